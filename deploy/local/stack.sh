@@ -1,0 +1,349 @@
+#!/usr/bin/env bash
+# The real local stack posflow runs and tests against: Apache Kafka (KRaft), Apicurio Registry
+# (Confluent-compatible API), Mosquitto, PostgreSQL and an SMTP server — every one a real
+# component, all on loopback.
+#
+#   stack.sh install   fetch and unpack what is missing (idempotent; cached under $POSFLOW_CACHE)
+#   stack.sh up        install, then start whatever is not running, and wait until each is ready
+#   stack.sh down      stop every process `up` started
+#   stack.sh status    what runs where
+#   stack.sh env       the addresses, as POSFLOW_* variables, for `eval`
+#
+# Runtime state (data, logs, pid files) lives in $POSFLOW_STACK (default: <repo>/.stack).
+# Downloads are cached in $POSFLOW_CACHE (default: ~/.cache/posflow) and Maven's ~/.m2, so a
+# second `up` downloads nothing. See docs/local-stack.md for the decisions behind each setting.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+STACK=${POSFLOW_STACK:-$repo/.stack}
+CACHE=${POSFLOW_CACHE:-$HOME/.cache/posflow}
+
+KAFKA_VERSION=4.4.0
+APICURIO_VERSION=3.3.3
+DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
+
+# Ports: project-specific so a developer's own Kafka or PostgreSQL on the defaults is left alone.
+KAFKA_PORT=${POSFLOW_KAFKA_PORT:-29092}
+KAFKA_CONTROLLER_PORT=${POSFLOW_KAFKA_CONTROLLER_PORT:-29093}
+REGISTRY_PORT=${POSFLOW_REGISTRY_PORT:-28081}
+REGISTRY_MGMT_PORT=${POSFLOW_REGISTRY_MGMT_PORT:-28082}
+MQTT_PORT=${POSFLOW_MQTT_PORT:-21883}
+PG_PORT=${POSFLOW_PG_PORT:-25432}
+SMTP_PORT=${POSFLOW_SMTP_PORT:-22525}
+
+# Local-only credentials. Production takes every one of these from a Kubernetes Secret.
+PG_PASSWORD=posflow-local
+MQTT_BRIDGE_PASSWORD=bridge-local
+MQTT_TERMINAL_PASSWORD=terminal-local
+# Terminal ids the local broker knows: T0001..T0500 (the simulator's default naming).
+MQTT_TERMINALS=${POSFLOW_MQTT_TERMINALS:-500}
+MQTT_BRIDGE_REPLICAS=8
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+need_apt() {
+  local missing=()
+  command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+  command -v mosquitto_passwd >/dev/null || missing+=(mosquitto)
+  command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
+  command -v kcat >/dev/null || missing+=(kcat)
+  [ -x "$(pg_bin)/initdb" ] || missing+=(postgresql)
+  /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing from Debian: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+pg_bin() {
+  local d
+  d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  echo "${d:-/usr/lib/postgresql/15/bin}"
+}
+
+install_kafka() {
+  local lib=$CACHE/kafka-$KAFKA_VERSION/lib
+  if [ -f "$lib/.complete" ]; then return; fi
+  log "resolving Apache Kafka $KAFKA_VERSION from Maven Central"
+  mkdir -p "$lib"
+  (cd "$here/kafka" && mvn -B -q "$DEP_PLUGIN:copy-dependencies" -DincludeScope=runtime \
+      -DoutputDirectory="$lib")
+  touch "$lib/.complete"
+}
+
+install_registry() {
+  local dir=$CACHE/apicurio-$APICURIO_VERSION
+  if [ -f "$dir/.complete" ]; then return; fi
+  log "resolving Apicurio Registry $APICURIO_VERSION from Maven Central (~160 MB, once)"
+  mkdir -p "$dir"
+  local tmp; tmp=$(mktemp -d)
+  (cd "$here/kafka" && mvn -B -q "$DEP_PLUGIN:copy" \
+      -Dartifact="io.apicurio:apicurio-registry-app:$APICURIO_VERSION:tar.gz:all" \
+      -DoutputDirectory="$tmp")
+  tar xzf "$tmp"/apicurio-registry-app-*.tar.gz -C "$dir"
+  rm -rf "$tmp"
+  [ -f "$dir/quarkus-run.jar" ] || die "Apicurio archive has no quarkus-run.jar"
+  touch "$dir/.complete"
+}
+
+cmd_install() {
+  need_apt
+  command -v java >/dev/null || die "java 17+ is required (Kafka 4.x)"
+  command -v mvn >/dev/null || die "mvn is required to fetch Kafka and Apicurio"
+  install_kafka
+  install_registry
+}
+
+# --- process bookkeeping --------------------------------------------------------------------
+
+pidfile() { echo "$STACK/run/$1.pid"; }
+running() {
+  local f; f=$(pidfile "$1")
+  [ -f "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+start_bg() { # name, command...
+  local name=$1; shift
+  mkdir -p "$STACK/run" "$STACK/logs"
+  setsid "$@" >"$STACK/logs/$name.log" 2>&1 < /dev/null &
+  echo $! > "$(pidfile "$name")"
+}
+wait_for() { # name, seconds, check command...
+  local name=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    running "$name" || { tail -n 30 "$STACK/logs/$name.log" >&2 || true; die "$name exited during start-up (log: $STACK/logs/$name.log)"; }
+    [ $SECONDS -lt $deadline ] || { tail -n 30 "$STACK/logs/$name.log" >&2 || true; die "$name not ready after ${secs}s"; }
+    sleep 0.5
+  done
+  log "$name ready"
+}
+stop_one() { # name [signal]: postgres wants SIGINT (fast shutdown); SIGTERM waits for clients
+  local name=$1 sig=${2:-TERM} f; f=$(pidfile "$name")
+  [ -f "$f" ] || return 0
+  local pid; pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "-$sig" -- "-$pid" 2>/dev/null || kill "-$sig" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    log "$name stopped"
+  fi
+  rm -f "$f"
+}
+
+# --- components -----------------------------------------------------------------------------
+
+up_kafka() {
+  running kafka && return 0
+  local dir=$STACK/kafka lib=$CACHE/kafka-$KAFKA_VERSION/lib
+  mkdir -p "$dir/data"
+  cat > "$dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=8
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+EOF
+  cat > "$dir/log4j2.yaml" <<'EOF'
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+    Logger:
+      - name: kafka
+        level: WARN
+      - name: org.apache.kafka
+        level: WARN
+EOF
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    local id; id=$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid)
+    java -cp "$lib/*" -Dlog4j2.configurationFile="$dir/log4j2.yaml" kafka.tools.StorageTool format \
+      -t "$id" -c "$dir/server.properties" --ignore-formatted >/dev/null
+  fi
+  start_bg kafka java -Xms512m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
+    -cp "$lib/*" kafka.Kafka "$dir/server.properties"
+}
+
+# Apicurio 3.3 is compiled for Java 21; Kafka runs on the machine's Java 17. Take the newest JDK
+# under /usr/lib/jvm that is 21 or later (Temurin 25 on our build machines).
+registry_java() {
+  local j v best="" bestv=0
+  for j in "${POSFLOW_REGISTRY_JAVA:-}" /usr/lib/jvm/*/bin/java "$(command -v java)"; do
+    [ -n "$j" ] && [ -x "$j" ] || continue
+    v=$("$j" -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2}')
+    v=${v%%.*}
+    if [ "${v:-0}" -gt "$bestv" ]; then best=$j; bestv=$v; fi
+  done
+  [ "$bestv" -ge 21 ] || die "Apicurio Registry $APICURIO_VERSION needs Java 21+; found Java $bestv at ${best:-nowhere} (set POSFLOW_REGISTRY_JAVA)"
+  echo "$best"
+}
+
+up_registry() {
+  running registry && return 0
+  local dir=$CACHE/apicurio-$APICURIO_VERSION java; java=$(registry_java)
+  # In-memory storage: provisioning re-registers every schema, so a restart loses nothing we
+  # cannot recreate. Production points Apicurio at PostgreSQL or KafkaSQL storage.
+  start_bg registry "$java" -Xms128m -Xmx512m \
+    -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+    -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \
+    -Dquarkus.log.level=WARN -Dquarkus.banner.enabled=false \
+    -jar "$dir/quarkus-run.jar"
+}
+
+up_mosquitto() {
+  running mosquitto && return 0
+  local dir=$STACK/mosquitto
+  mkdir -p "$dir/data"
+  # Password file: plain lines, then hashed in place (`-U`) in one pass.
+  : > "$dir/passwd"
+  for i in $(seq 0 $((MQTT_BRIDGE_REPLICAS - 1))); do echo "bridge-$i:$MQTT_BRIDGE_PASSWORD" >> "$dir/passwd"; done
+  for i in $(seq 1 "$MQTT_TERMINALS"); do printf 'T%04d:%s\n' "$i" "$MQTT_TERMINAL_PASSWORD" >> "$dir/passwd"; done
+  mosquitto_passwd -U "$dir/passwd"
+  {
+    echo "# Terminals: publish only their own transactions, read only their own answers."
+    echo "pattern write pos/+/%u/tx"
+    echo "pattern read pos/+/%u/ack"
+    for i in $(seq 0 $((MQTT_BRIDGE_REPLICAS - 1))); do
+      printf 'user bridge-%d\ntopic read pos/+/+/tx\ntopic write pos/+/+/ack\n' "$i"
+    done
+  } > "$dir/acl"
+  cat > "$dir/mosquitto.conf" <<EOF
+# posflow local broker. Why each setting: docs/local-stack.md.
+per_listener_settings false
+allow_anonymous false
+password_file $dir/passwd
+acl_file $dir/acl
+persistence true
+persistence_location $dir/data/
+autosave_interval 5
+# The default is 1000 queued per client, and the excess is dropped without a word.
+max_queued_messages 1000000
+max_queued_bytes 0
+max_inflight_messages 100
+max_packet_size 1048576
+log_dest stdout
+log_type error
+log_type warning
+log_type notice
+user root
+listener $MQTT_PORT 127.0.0.1
+protocol mqtt
+use_username_as_clientid true
+EOF
+  start_bg mosquitto mosquitto -c "$dir/mosquitto.conf"
+}
+
+up_postgres() {
+  running postgres && return 0
+  local dir=$STACK/postgres bin; bin=$(pg_bin)
+  mkdir -p "$dir"
+  # initdb refuses to run as root: the cluster belongs to the postgres system user.
+  local as=()
+  if [ "$(id -u)" = 0 ]; then as=(runuser -u postgres --); chown postgres "$dir"; fi
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    local pw; pw=$(mktemp); echo "$PG_PASSWORD" > "$pw"; chmod 644 "$pw"
+    "${as[@]}" "$bin/initdb" -D "$dir/data" -U posflow --pwfile="$pw" --auth=scram-sha-256 \
+      -E UTF8 --locale=C.UTF-8 >/dev/null
+    rm -f "$pw"
+    mkdir -p "$dir/socket"; [ ${#as[@]} -gt 0 ] && chown postgres "$dir/socket"
+  fi
+  start_bg postgres "${as[@]}" "$bin/postgres" -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
+    -c unix_socket_directories="$dir/socket" -c max_connections=100 -c shared_buffers=128MB \
+    -c fsync=on -c synchronous_commit=on
+}
+
+pg_ready() { "$(pg_bin)/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q; }
+ensure_database() {
+  PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -tAc \
+    "SELECT 1 FROM pg_database WHERE datname='posflow'" | grep -q 1 ||
+  PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -qc 'CREATE DATABASE posflow'
+}
+
+up_smtp() {
+  running smtp && return 0
+  mkdir -p "$STACK/smtp/maildir"
+  start_bg smtp /usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
+    -c aiosmtpd.handlers.Mailbox "$STACK/smtp/maildir"
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+kafka_ready() { kcat -L -b "127.0.0.1:$KAFKA_PORT" -m 5 >/dev/null 2>&1; }
+registry_ready() { curl -fsS "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" >/dev/null; }
+
+cmd_up() {
+  cmd_install
+  mkdir -p "$STACK"
+  up_kafka; up_registry; up_mosquitto; up_postgres; up_smtp
+  wait_for mosquitto 20 tcp_open "$MQTT_PORT"
+  wait_for smtp 20 tcp_open "$SMTP_PORT"
+  wait_for postgres 60 pg_ready
+  ensure_database
+  wait_for kafka 120 kafka_ready
+  wait_for registry 180 registry_ready
+  cmd_status
+}
+
+cmd_down() {
+  for n in smtp registry mosquitto kafka; do stop_one "$n"; done
+  stop_one postgres INT
+}
+
+cmd_status() {
+  local n port state
+  printf '%-10s %-8s %-24s %s\n' COMPONENT STATE ADDRESS LOG
+  for n in kafka registry mosquitto postgres smtp; do
+    case $n in
+      kafka) port="127.0.0.1:$KAFKA_PORT";; registry) port="http://127.0.0.1:$REGISTRY_PORT";;
+      mosquitto) port="127.0.0.1:$MQTT_PORT";; postgres) port="127.0.0.1:$PG_PORT";;
+      smtp) port="127.0.0.1:$SMTP_PORT";;
+    esac
+    if running "$n"; then state="up(pid $(cat "$(pidfile "$n")"))"; else state=down; fi
+    printf '%-10s %-8s %-24s %s\n' "$n" "$state" "$port" "$STACK/logs/$n.log"
+  done
+}
+
+cmd_env() {
+  cat <<EOF
+export POSFLOW_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export POSFLOW_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
+export POSFLOW_MQTT_HOST=127.0.0.1
+export POSFLOW_MQTT_PORT=$MQTT_PORT
+export POSFLOW_MQTT_PASSWORD=$MQTT_BRIDGE_PASSWORD
+export POSFLOW_TERMINAL_PASSWORD=$MQTT_TERMINAL_PASSWORD
+export POSFLOW_DATABASE_URL=postgres://posflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/posflow
+export POSFLOW_SMTP_ADDR=127.0.0.1:$SMTP_PORT
+export POSFLOW_SMTP_MAILDIR=$STACK/smtp/maildir
+EOF
+}
+
+case "${1:-}" in
+  install) cmd_install ;;
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) cmd_env ;;
+  *) echo "usage: $0 install|up|down|status|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,84 @@
+//! posflow-admin: provisions what the stages need and do not create themselves — the Kafka
+//! topics of the catalogue and their value schemas in the registry. Idempotent; run it on
+//! every deploy (the Helm chart runs it as a pre-install/pre-upgrade hook).
+
+use clap::{Parser, Subcommand};
+use posflow_kafka::provision::{provision, ProvisionPlan};
+use posflow_kafka::{KafkaArgs, CATALOGUE};
+use posflow_runtime::ConfigErrors;
+use std::process::ExitCode;
+
+/// posflow-admin: create topics and register schemas.
+#[derive(Debug, Parser)]
+#[command(name = "posflow-admin", version, about, long_about = None)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create every catalogue topic (existing ones are left alone) and register every schema.
+    Provision {
+        /// 3 in production; 1 on a single-broker local stack.
+        #[arg(long, env = "POSFLOW_REPLICATION_FACTOR", default_value_t = 3)]
+        replication_factor: i32,
+        /// 2 in production (with replication 3); 1 locally.
+        #[arg(long, env = "POSFLOW_MIN_INSYNC_REPLICAS", default_value_t = 2)]
+        min_insync_replicas: i32,
+        /// Override every topic's partition count (default: the catalogue's).
+        #[arg(long, env = "POSFLOW_PARTITIONS")]
+        partitions: Option<i32>,
+    },
+    /// Print the topic catalogue.
+    Topics,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut errors = ConfigErrors::new();
+    args.kafka.check(&mut errors);
+    if let Command::Provision { replication_factor, min_insync_replicas, partitions } = &args.command {
+        errors.check(*replication_factor >= 1, "--replication-factor must be >= 1");
+        errors.check((1..=*replication_factor).contains(min_insync_replicas), "--min-insync-replicas must be 1..=replication factor");
+        errors.check(partitions.is_none_or(|p| p >= 1), "--partitions must be >= 1");
+    }
+    if !errors.is_empty() {
+        eprintln!("posflow-admin: invalid configuration:\n{errors}");
+        return ExitCode::from(2);
+    }
+    match args.command {
+        Command::Topics => {
+            let topics = args.kafka.topics();
+            println!("{:<36} {:>10} {:>9}  {:<28} {}", "TOPIC", "PARTITIONS", "RETENTION", "WRITERS", "KEY");
+            for t in CATALOGUE {
+                println!("{:<36} {:>10} {:>8}d  {:<28} {}", topics.name(t.name), t.partitions, t.retention_days, t.writers, t.key);
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Provision { replication_factor, min_insync_replicas, partitions } => {
+            let plan = ProvisionPlan { replication_factor, min_insync_replicas, partitions };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            match rt.block_on(provision(&args.kafka, &plan)) {
+                Ok(report) => {
+                    for t in &report.created {
+                        println!("created  {t}");
+                    }
+                    for t in &report.existed {
+                        println!("exists   {t}");
+                    }
+                    for (subject, id) in &report.schemas {
+                        println!("schema   {subject} id={id}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("posflow-admin: provisioning failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

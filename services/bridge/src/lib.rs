@@ -1,0 +1,376 @@
+//! posflow-bridge: MQTT → Kafka. A terminal's message is acknowledged (PUBACK) only after Kafka
+//! confirmed it — on the raw topic, or on the dead-letter topic with a reason — and PUBACKs go
+//! out in arrival order. Until then the message stays in the broker's session for this replica,
+//! so a crash loses nothing: the broker redelivers.
+
+pub mod card;
+mod metrics;
+pub mod payload;
+
+use anyhow::Context as _;
+use clap::Parser;
+use futures::stream::{FuturesOrdered, StreamExt};
+use posflow_kafka::{headers, KafkaArgs};
+use posflow_mqtt::MqttArgs;
+use posflow_runtime::{CommonArgs, ConfigErrors, Context, Secret};
+use posflow_schema::{now_millis, DeadLetter, Encoder, Envelope, TransactionReceived};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+pub use metrics::metrics;
+
+/// posflow-bridge: MQTT → Kafka ingress for POS transactions.
+#[derive(Debug, Parser)]
+#[command(name = "posflow-bridge", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub mqtt: MqttArgs,
+    /// This replica's id: its MQTT client id and username (stable per replica, e.g. the
+    /// StatefulSet pod name), so its persistent session survives restarts.
+    #[arg(long, env = "POSFLOW_BRIDGE_ID", default_value = "bridge-0")]
+    pub bridge_id: String,
+    /// Shared-subscription group: replicas in one group split the terminals' messages.
+    #[arg(long, env = "POSFLOW_MQTT_SHARE_GROUP", default_value = "posflow-bridge")]
+    pub share_group: String,
+    /// Messages in flight (received, not yet acknowledged); the MQTT receive maximum.
+    #[arg(long, env = "POSFLOW_BRIDGE_IN_FLIGHT", default_value_t = 256)]
+    pub in_flight: u16,
+    /// Seconds the broker keeps this replica's session (and its queued share) while it is away.
+    #[arg(long, env = "POSFLOW_MQTT_SESSION_EXPIRY", default_value_t = 86_400)]
+    pub session_expiry: u32,
+    /// Largest payload accepted, in bytes; larger ones are dead-lettered as OVERSIZE.
+    #[arg(long, env = "POSFLOW_BRIDGE_MAX_PAYLOAD", default_value_t = 16_384)]
+    pub max_payload_bytes: usize,
+    /// HMAC key for card tokens (at least 32 bytes). From a Secret; never logged.
+    #[arg(long, env = "POSFLOW_CARD_TOKEN_KEY", hide_env_values = true, default_value = "")]
+    pub card_token_key: Secret,
+    /// Seconds to finish in-flight messages after SIGTERM before leaving them to redelivery.
+    #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
+    pub drain_timeout: u64,
+}
+
+impl Args {
+    pub fn check(self) -> Result<Self, ConfigErrors> {
+        let mut e = ConfigErrors::new();
+        self.kafka.check(&mut e);
+        self.mqtt.check(&mut e);
+        e.check(posflow_mqtt::is_valid_id(&self.bridge_id), "--bridge-id must be 1-64 of [A-Za-z0-9_-]");
+        e.check(posflow_mqtt::is_valid_id(&self.share_group), "--share-group must be 1-64 of [A-Za-z0-9_-]");
+        e.check(self.in_flight >= 1, "--in-flight must be at least 1");
+        e.check((1024..=1_048_576).contains(&self.max_payload_bytes), "--max-payload-bytes must be 1024..=1048576");
+        e.check(self.card_token_key.expose().len() >= 32, "--card-token-key (POSFLOW_CARD_TOKEN_KEY) must be set, at least 32 bytes");
+        e.check(!self.mqtt.mqtt_password.is_empty(), "--mqtt-password (POSFLOW_MQTT_PASSWORD) must be set");
+        e.into_result(self)
+    }
+}
+
+/// One received message on its way: what to produce, and where to answer the terminal.
+struct Outcome {
+    publish: Publish,
+    received: Instant,
+    /// (reply topic, JSON) for the terminal, when the topic named one.
+    reply: Option<(String, Vec<u8>)>,
+}
+
+/// Runs until shutdown. Connection losses are retried, never fatal.
+pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
+    let m = metrics();
+    let producer: FutureProducer = posflow_kafka::clients::producer(&args.kafka, &args.bridge_id).context("creating the Kafka producer")?;
+    let registry = args.kafka.registry();
+    let topics = args.kafka.topics();
+    let (raw_topic, dlq_topic) = (topics.raw(), topics.deadletter());
+    let encoder = retry_forever(&ctx, "schema lookup", || Encoder::<TransactionReceived>::for_topic(&registry, &raw_topic)).await?;
+    let dlq_encoder = retry_forever(&ctx, "schema lookup", || Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)).await?;
+    let tokenizer = card::Tokenizer::new(&args.card_token_key);
+
+    let mut opts = args.mqtt.options(&args.bridge_id, &args.mqtt.mqtt_password);
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(args.session_expiry));
+    opts.set_receive_maximum(Some(args.in_flight));
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(Some(args.max_payload_bytes as u32 * 2 + 4096));
+    let (client, eventloop) = AsyncClient::new(opts, usize::from(args.in_flight) * 2);
+    let (tx, mut rx) = mpsc::channel::<Publish>(usize::from(args.in_flight));
+    let filter = format!("$share/{}/{}", args.share_group, posflow_mqtt::tx_filter());
+    let poller = tokio::spawn(poll_mqtt(eventloop, client.clone(), filter, tx, ctx.clone()));
+
+    let producer = Arc::new(producer);
+    let mut inflight = FuturesOrdered::new();
+    let mut draining_since: Option<Instant> = None;
+    let drain = Duration::from_secs(args.drain_timeout);
+    loop {
+        tokio::select! {
+            biased;
+            Some(done) = inflight.next(), if !inflight.is_empty() => {
+                let done: Option<Outcome> = done;
+                m.in_flight.dec();
+                let Some(o) = done else { continue };
+                // PUBACK in arrival order: FuturesOrdered yields in the order pushed.
+                if let Err(e) = client.ack(&o.publish).await {
+                    tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
+                    continue;
+                }
+                m.acknowledged.inc();
+                m.ack_latency.observe(o.received.elapsed().as_secs_f64());
+                if let Some((topic, body)) = o.reply {
+                    // The answer is best-effort QoS 1: a terminal that misses it republishes,
+                    // and the same transaction id is recognised downstream.
+                    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, body) {
+                        tracing::debug!(error = %e, "answer to terminal not queued");
+                    }
+                }
+            }
+            msg = rx.recv(), if draining_since.is_none() => {
+                let Some(publish) = msg else { break };
+                m.received.inc();
+                m.in_flight.inc();
+                let job = handle(publish, &args, &tokenizer, &encoder, &dlq_encoder, &raw_topic, &dlq_topic);
+                inflight.push_back(deliver(producer.clone(), job, ctx.clone()));
+            }
+            _ = ctx.shutdown.wait(), if draining_since.is_none() => {
+                tracing::info!(in_flight = inflight.len(), "draining");
+                draining_since = Some(Instant::now());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if draining_since.is_some() => {}
+        }
+        if let Some(t) = draining_since {
+            if inflight.is_empty() || t.elapsed() > drain {
+                if !inflight.is_empty() {
+                    tracing::warn!(left = inflight.len(), "drain timeout; the broker redelivers the rest");
+                }
+                break;
+            }
+        }
+    }
+    ctx.health.set_ready(false);
+    // Disconnect cleanly: the session (and anything unacknowledged) stays with the broker.
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
+    let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
+    Ok(())
+}
+
+/// What to send to Kafka for one message.
+struct Job {
+    publish: Publish,
+    received: Instant,
+    topic: String,
+    key: String,
+    value: Vec<u8>,
+    headers: OwnedHeaders,
+    /// The answer for the terminal, built once Kafka gave us the partition and offset.
+    reply_to: Option<String>,
+    verdict: Verdict,
+}
+
+enum Verdict {
+    Accepted { transaction_id: String },
+    Rejected { reason: &'static str, transaction_id: Option<String> },
+}
+
+fn handle(
+    publish: Publish,
+    args: &Args,
+    tokenizer: &card::Tokenizer,
+    encoder: &Encoder<TransactionReceived>,
+    dlq_encoder: &Encoder<DeadLetter>,
+    raw_topic: &str,
+    dlq_topic: &str,
+) -> Job {
+    let received = Instant::now();
+    let received_at = now_millis();
+    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+    let mut hdrs = OwnedHeaders::new()
+        .insert(Header { key: headers::MQTT_TOPIC, value: Some(topic.as_bytes()) })
+        .insert(Header { key: headers::RECEIVED_AT, value: Some(received_at.to_string().as_bytes()) });
+    if let Some(props) = &publish.properties {
+        for (k, v) in &props.user_properties {
+            // traceparent and any terminal-supplied properties travel as headers.
+            hdrs = hdrs.insert(Header { key: k.as_str(), value: Some(v.as_bytes()) });
+        }
+    }
+    let parsed = posflow_mqtt::parse_tx_topic(&topic);
+    let reply_to = parsed.as_ref().ok().map(|ids| posflow_mqtt::ack_topic(ids.merchant_id, ids.terminal_id));
+    let result = match &parsed {
+        Err(e) => Err(payload::Refusal { reason: payload::Reason::TopicInvalid, detail: e.to_string(), transaction_id: None }),
+        Ok(ids) => payload::parse(&publish.payload, ids, args.max_payload_bytes, tokenizer),
+    };
+    let encoded = result.and_then(|transaction| {
+        let record = TransactionReceived {
+            envelope: Envelope { received_at, mqtt_topic: topic.clone(), bridge_id: args.bridge_id.clone(), payload_version: payload::PAYLOAD_VERSION },
+            transaction,
+        };
+        let id = record.transaction.transaction_id.clone();
+        let key = record.transaction.terminal_id.clone();
+        encoder
+            .encode(&record)
+            .map(|v| (id, key, v))
+            .map_err(|e| payload::Refusal { reason: payload::Reason::FieldInvalid, detail: card::mask_text(&e.to_string()), transaction_id: Some(record.transaction.transaction_id.clone()) })
+    });
+    match encoded {
+        Ok((transaction_id, key, value)) => Job {
+            publish,
+            received,
+            topic: raw_topic.to_string(),
+            key,
+            value,
+            headers: hdrs,
+            reply_to,
+            verdict: Verdict::Accepted { transaction_id },
+        },
+        Err(refusal) => {
+            let code = refusal.reason.code();
+            metrics().dead_lettered.with_label_values(&[code]).inc();
+            tracing::info!(reason = code, mqtt_topic = %card::mask_text(&topic), "dead-lettered");
+            let letter = DeadLetter {
+                reason: code.to_string(),
+                detail: refusal.detail,
+                stage: "bridge".into(),
+                source: card::mask_text(&topic),
+                received_at,
+                payload: card::mask_card_numbers(&publish.payload),
+            };
+            let value = dlq_encoder.encode(&letter).expect("the dead-letter schema takes any bytes");
+            Job {
+                key: letter.source.clone(),
+                publish,
+                received,
+                topic: dlq_topic.to_string(),
+                value,
+                headers: hdrs.insert(Header { key: headers::REASON, value: Some(code.as_bytes()) }),
+                reply_to,
+                verdict: Verdict::Rejected { reason: code, transaction_id: refusal.transaction_id },
+            }
+        }
+    }
+}
+
+/// Sends `job` until Kafka confirms it. Failures are retried with backoff (back-pressure: the
+/// broker stops sending once `in_flight` messages wait); `None` only when shutdown interrupts,
+/// and then the message is left unacknowledged for redelivery.
+async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Option<Outcome> {
+    let m = metrics();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let record = FutureRecord::to(&job.topic).key(&job.key).payload(&job.value).headers(job.headers.clone());
+        match producer.send(record, Timeout::After(Duration::from_secs(5))).await {
+            Ok(delivery) => {
+                if matches!(job.verdict, Verdict::Accepted { .. }) {
+                    m.produced.inc();
+                }
+                m.produce_latency.observe(job.received.elapsed().as_secs_f64());
+                let reply = job.reply_to.map(|t| (t, answer(&job.verdict, delivery.partition, delivery.offset)));
+                return Some(Outcome { publish: job.publish, received: job.received, reply });
+            }
+            Err((e, _)) => {
+                m.produce_errors.inc();
+                tracing::warn!(error = %e, topic = %job.topic, "Kafka send failed; retrying");
+                if ctx.shutdown.is_triggered() {
+                    return None;
+                }
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The terminal's answer (docs/terminal-contract.md).
+fn answer(v: &Verdict, partition: i32, offset: i64) -> Vec<u8> {
+    let j = match v {
+        Verdict::Accepted { transaction_id } => serde_json::json!({
+            "transaction_id": transaction_id, "status": "accepted", "partition": partition, "offset": offset,
+        }),
+        Verdict::Rejected { reason, transaction_id } => serde_json::json!({
+            "transaction_id": transaction_id, "status": "rejected", "reason": reason,
+        }),
+    };
+    j.to_string().into_bytes()
+}
+
+/// Full jitter: a random wait in [d/2, d].
+pub fn jitter(d: Duration) -> Duration {
+    use rand::Rng;
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
+}
+
+async fn retry_forever<T, E: std::fmt::Display, F, Fut>(ctx: &Context, what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = ctx.shutdown.wait() => anyhow::bail!("{what}: stopped before it succeeded: {e}"),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Drives the MQTT connection: (re)connects with backoff, subscribes when the broker has no
+/// session for us, and hands each PUBLISH to the pipeline. The bounded channel plus the
+/// receive maximum are the back-pressure: we never hold more than `in_flight` messages.
+async fn poll_mqtt(mut eventloop: EventLoop, client: AsyncClient, filter: String, tx: mpsc::Sender<Publish>, ctx: Context) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let event = tokio::select! {
+            e = eventloop.poll() => e,
+            _ = ctx.shutdown.wait() => {
+                // Keep polling briefly so the final PUBACKs and DISCONNECT are written.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async { while eventloop.poll().await.is_ok() {} }).await;
+                return;
+            }
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(200);
+                tracing::info!(session_present = ack.session_present, "connected to MQTT");
+                if !ack.session_present {
+                    if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, "subscribe not queued");
+                    }
+                }
+                ctx.health.set_ready(true);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                tracing::warn!(reason = ?d.reason_code, "broker disconnected us");
+                ctx.health.set_ready(false);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                ctx.health.set_ready(false);
+                tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(jitter(backoff)) => {}
+                    _ = ctx.shutdown.wait() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

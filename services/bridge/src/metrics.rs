@@ -1,0 +1,30 @@
+//! The bridge's metrics, all in one place (docs/metrics.md).
+
+use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram, LATENCY_BUCKETS};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    pub received: IntCounter,
+    pub produced: IntCounter,
+    pub acknowledged: IntCounter,
+    pub dead_lettered: IntCounterVec,
+    pub produce_errors: IntCounter,
+    pub in_flight: IntGauge,
+    pub produce_latency: Histogram,
+    pub ack_latency: Histogram,
+}
+
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics {
+        received: counter("posflow_bridge_received_total", "MQTT messages received"),
+        produced: counter("posflow_bridge_produced_total", "Transactions Kafka confirmed on the raw topic"),
+        acknowledged: counter("posflow_bridge_acknowledged_total", "MQTT messages acknowledged (PUBACK) after Kafka confirmed them"),
+        dead_lettered: counter_vec("posflow_bridge_dead_lettered_total", "Messages sent to the dead-letter topic, by reason", &["reason"]),
+        produce_errors: counter("posflow_bridge_produce_errors_total", "Kafka sends that failed and were retried"),
+        in_flight: gauge("posflow_bridge_in_flight", "Messages received and not yet acknowledged"),
+        produce_latency: histogram("posflow_bridge_produce_latency_seconds", "MQTT receive to Kafka confirmation", LATENCY_BUCKETS),
+        ack_latency: histogram("posflow_bridge_ack_latency_seconds", "MQTT receive to PUBACK", LATENCY_BUCKETS),
+    })
+}

@@ -1,0 +1,98 @@
+use clap::Args;
+use posflow_runtime::{ConfigErrors, Secret};
+use rdkafka::ClientConfig;
+
+/// How to reach Kafka and the schema registry. TLS and SASL are off unless configured.
+#[derive(Debug, Clone, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port.
+    #[arg(long, env = "POSFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:29092")]
+    pub kafka_brokers: String,
+    /// plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(long, env = "POSFLOW_KAFKA_SECURITY_PROTOCOL", default_value = "plaintext")]
+    pub kafka_security_protocol: String,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a sasl_* protocol).
+    #[arg(long, env = "POSFLOW_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+    #[arg(long, env = "POSFLOW_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+    #[arg(long, env = "POSFLOW_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<Secret>,
+    /// CA bundle (PEM) to verify the brokers, with an ssl protocol.
+    #[arg(long, env = "POSFLOW_KAFKA_SSL_CA")]
+    pub kafka_ssl_ca: Option<String>,
+    /// Prefix for every topic name and consumer group: isolates test runs and tenants.
+    #[arg(long, env = "POSFLOW_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
+    /// Confluent-API schema registry root.
+    #[arg(long, env = "POSFLOW_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:28081/apis/ccompat/v7")]
+    pub schema_registry_url: String,
+}
+
+impl KafkaArgs {
+    /// Adds every problem with these settings to `errors`.
+    pub fn check(&self, errors: &mut ConfigErrors) {
+        errors.check(
+            !self.kafka_brokers.trim().is_empty()
+                && self.kafka_brokers.split(',').all(|b| b.trim().rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())),
+            format!("--kafka-brokers must be host:port[,host:port...], got {:?}", self.kafka_brokers),
+        );
+        let proto = self.kafka_security_protocol.to_ascii_lowercase();
+        errors.check(
+            ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&proto.as_str()),
+            format!("--kafka-security-protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl, got {:?}", self.kafka_security_protocol),
+        );
+        if proto.starts_with("sasl") {
+            errors.check(self.kafka_sasl_mechanism.is_some(), "--kafka-sasl-mechanism is required with a sasl_* protocol");
+            errors.check(self.kafka_sasl_username.is_some(), "--kafka-sasl-username is required with a sasl_* protocol");
+            errors.check(self.kafka_sasl_password.is_some(), "--kafka-sasl-password is required with a sasl_* protocol");
+        }
+        if let Some(ca) = &self.kafka_ssl_ca {
+            errors.check(std::path::Path::new(ca).is_file(), format!("--kafka-ssl-ca {ca:?} is not a readable file"));
+        }
+        errors.check(
+            self.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "--topic-prefix may hold only letters, digits, '.', '_' and '-'",
+        );
+        errors.check(
+            self.schema_registry_url.starts_with("http://") || self.schema_registry_url.starts_with("https://"),
+            format!("--schema-registry-url must be an http(s) URL, got {:?}", self.schema_registry_url),
+        );
+    }
+
+    /// The base client configuration every producer, consumer and admin client starts from.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka_brokers)
+            .set("security.protocol", self.kafka_security_protocol.to_ascii_lowercase())
+            .set("client.dns.lookup", "use_all_dns_ips")
+            // librdkafka logs through its own callback; keep it quiet unless something breaks.
+            .set("log_level", "4");
+        if let Some(m) = &self.kafka_sasl_mechanism {
+            c.set("sasl.mechanism", m);
+        }
+        if let Some(u) = &self.kafka_sasl_username {
+            c.set("sasl.username", u);
+        }
+        if let Some(p) = &self.kafka_sasl_password {
+            c.set("sasl.password", p.expose());
+        }
+        if let Some(ca) = &self.kafka_ssl_ca {
+            c.set("ssl.ca.location", ca);
+        }
+        c
+    }
+
+    pub fn topics(&self) -> crate::Topics {
+        crate::Topics::new(&self.topic_prefix)
+    }
+
+    pub fn registry(&self) -> posflow_schema::Registry {
+        posflow_schema::Registry::new(&self.schema_registry_url)
+    }
+
+    /// A consumer group id, prefixed like the topics.
+    pub fn group(&self, name: &str) -> String {
+        format!("{}{}", self.topic_prefix, name)
+    }
+}

@@ -1,0 +1,49 @@
+//! Producer and consumer settings posflow's guarantees depend on, in one place.
+
+use crate::KafkaArgs;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+
+/// An idempotent producer (implies acks=all): a retried send is never written twice, and a
+/// partition's records keep their order. `delivery.timeout.ms` bounds how long a send may take
+/// before it fails and the caller must not acknowledge its input.
+pub fn producer(args: &KafkaArgs, client_id: &str) -> rdkafka::error::KafkaResult<FutureProducer> {
+    producer_config(args, client_id).create()
+}
+
+pub fn producer_config(args: &KafkaArgs, client_id: &str) -> ClientConfig {
+    let mut c = args.client_config();
+    c.set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("compression.type", "lz4")
+        .set("delivery.timeout.ms", "30000")
+        .set("message.timeout.ms", "30000")
+        .set("queue.buffering.max.messages", "100000");
+    c
+}
+
+/// A consumer that never moves an offset by itself: the stage stores an offset only once the
+/// record and every earlier one on its partition is fully handled; librdkafka then commits the
+/// stored offsets in the background.
+pub fn consumer(args: &KafkaArgs, group: &str, client_id: &str) -> rdkafka::error::KafkaResult<StreamConsumer> {
+    consumer_config(args, group, client_id).create()
+}
+
+pub fn consumer_config(args: &KafkaArgs, group: &str, client_id: &str) -> ClientConfig {
+    let mut c = args.client_config();
+    c.set("group.id", group)
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", "10000")
+        .set("max.poll.interval.ms", "300000");
+    c
+}

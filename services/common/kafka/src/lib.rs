@@ -1,0 +1,12 @@
+//! Kafka wiring shared by the stages: client settings from flags, the topic catalogue, topic
+//! provisioning and schema registration, and the consumer/producer settings posflow relies on.
+
+pub mod args;
+pub mod clients;
+pub mod headers;
+pub mod pipeline;
+pub mod provision;
+pub mod topics;
+
+pub use args::KafkaArgs;
+pub use topics::{TopicSpec, Topics, CATALOGUE};

@@ -1,0 +1,141 @@
+//! The topic catalogue: the one place that says what each topic is. docs/topics.md is this
+//! table in prose; a test keeps the two in step.
+
+use posflow_schema::ValueSchema;
+
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec {
+    /// Name without the deployment's prefix.
+    pub name: &'static str,
+    /// What the record key is, and why.
+    pub key: &'static str,
+    pub value: ValueSchema,
+    pub partitions: i32,
+    pub retention_days: i64,
+    pub writers: &'static str,
+    pub readers: &'static str,
+}
+
+pub const RAW: &str = "pos.transactions.raw";
+pub const VALIDATED: &str = "pos.transactions.validated";
+pub const REJECTED: &str = "pos.transactions.rejected";
+pub const FRAUD_ALERTS: &str = "pos.fraud.alerts";
+pub const NOTIFICATION_STATUS: &str = "pos.notifications.status";
+pub const DEADLETTER: &str = "pos.deadletter";
+
+pub const CATALOGUE: &[TopicSpec] = &[
+    TopicSpec {
+        name: RAW,
+        key: "terminal id (keeps each terminal's transactions in order)",
+        value: ValueSchema::TransactionReceived,
+        partitions: 12,
+        retention_days: 7,
+        writers: "bridge",
+        readers: "validator",
+    },
+    TopicSpec {
+        name: VALIDATED,
+        key: "terminal id (per-terminal order end to end; fraud re-keys by card itself)",
+        value: ValueSchema::TransactionValidated,
+        partitions: 12,
+        retention_days: 7,
+        writers: "validator",
+        readers: "storage, fraud, notifier, analysts",
+    },
+    TopicSpec {
+        name: REJECTED,
+        key: "terminal id",
+        value: ValueSchema::TransactionRejected,
+        partitions: 6,
+        retention_days: 30,
+        writers: "validator",
+        readers: "storage, analysts",
+    },
+    TopicSpec {
+        name: FRAUD_ALERTS,
+        key: "card token (terminal id for terminal-level rules)",
+        value: ValueSchema::FraudAlert,
+        partitions: 6,
+        retention_days: 30,
+        writers: "fraud",
+        readers: "notifier, analysts",
+    },
+    TopicSpec {
+        name: NOTIFICATION_STATUS,
+        key: "merchant id",
+        value: ValueSchema::NotificationOutcome,
+        partitions: 6,
+        retention_days: 7,
+        writers: "notifier",
+        readers: "analysts, operators",
+    },
+    TopicSpec {
+        name: DEADLETTER,
+        key: "source (MQTT topic, or topic/partition/offset)",
+        value: ValueSchema::DeadLetter,
+        partitions: 3,
+        retention_days: 30,
+        writers: "bridge, storage, notifier",
+        readers: "operators (replay tooling)",
+    },
+];
+
+/// Topic names for one deployment (prefix applied).
+#[derive(Debug, Clone)]
+pub struct Topics {
+    prefix: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_string() }
+    }
+    pub fn name(&self, base: &str) -> String {
+        format!("{}{}", self.prefix, base)
+    }
+    pub fn raw(&self) -> String {
+        self.name(RAW)
+    }
+    pub fn validated(&self) -> String {
+        self.name(VALIDATED)
+    }
+    pub fn rejected(&self) -> String {
+        self.name(REJECTED)
+    }
+    pub fn fraud_alerts(&self) -> String {
+        self.name(FRAUD_ALERTS)
+    }
+    pub fn notification_status(&self) -> String {
+        self.name(NOTIFICATION_STATUS)
+    }
+    pub fn deadletter(&self) -> String {
+        self.name(DEADLETTER)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_schema_has_exactly_one_topic_named_after_its_file() {
+        for s in ValueSchema::ALL {
+            let topics: Vec<_> = CATALOGUE.iter().filter(|t| t.value == s).collect();
+            assert_eq!(topics.len(), 1, "{s:?}");
+            assert_eq!(format!("{}.avsc", topics[0].name), s.file());
+        }
+    }
+
+    #[test]
+    fn the_docs_list_every_topic_with_its_partitions() {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../docs/topics.md"));
+        for t in CATALOGUE {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` ", t.name)))
+                .unwrap_or_else(|| panic!("docs/topics.md has no row for {}", t.name));
+            assert!(row.contains(&format!("| {} |", t.partitions)), "{row}");
+            assert!(row.contains(&format!("| {} d |", t.retention_days)), "{row}");
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Configuration conventions: every flag also reads `POSFLOW_<NAME>`; a stage checks its whole
+//! configuration at start and reports every problem at once, not the first.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// Flags every stage takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Address of the /healthz, /readyz and /metrics endpoint.
+    #[arg(long, env = "POSFLOW_HTTP_ADDR", default_value = "127.0.0.1:9464")]
+    pub http_addr: SocketAddr,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,rdkafka=warn`.
+    #[arg(long, env = "POSFLOW_LOG", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Every configuration problem found, one per line.
+#[derive(Debug, Default)]
+pub struct ConfigErrors(Vec<String>);
+
+impl ConfigErrors {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Records `message` unless `ok`.
+    pub fn check(&mut self, ok: bool, message: impl Into<String>) {
+        if !ok {
+            self.0.push(message.into());
+        }
+    }
+    pub fn push(&mut self, message: impl Into<String>) {
+        self.0.push(message.into());
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn messages(&self) -> &[String] {
+        &self.0
+    }
+    /// `Ok(value)` when nothing was recorded.
+    pub fn into_result<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A secret from configuration (password, key). Debug and Display print `****`; the value is
+/// reachable only through [`Secret::expose`], so it cannot end up in a log line by accident.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("****")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host/...` URL with `****`, for logs.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://") {
+        if let Some((creds, host)) = rest.split_once('@') {
+            if let Some((user, _)) = creds.split_once(':') {
+                return format!("{scheme}://{user}:****@{host}");
+            }
+        }
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s} {s:?}"), "**** ****");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn errors_list_every_problem() {
+        let mut e = ConfigErrors::new();
+        e.check(true, "fine");
+        e.check(false, "first");
+        e.push("second");
+        assert_eq!(e.to_string(), "  - first\n  - second");
+        assert!(e.into_result(()).is_err());
+    }
+
+    #[test]
+    fn urls_lose_their_password() {
+        assert_eq!(redact_url("postgres://u:pw@h:1/db"), "postgres://u:****@h:1/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+}

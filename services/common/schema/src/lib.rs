@@ -1,0 +1,20 @@
+//! posflow's records: the Rust types, their Avro schemas (compiled in from `schemas/`), the
+//! Confluent wire format, and a schema-registry client.
+
+pub mod catalogue;
+pub mod codec;
+pub mod registry;
+pub mod types;
+
+pub use catalogue::ValueSchema;
+pub use codec::{AvroRecord, CodecError, Decoder, Encoder};
+pub use registry::{value_subject, Registry, RegistryError};
+pub use types::*;
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,254 @@
+//! Rust mirrors of the `.avsc` files in `schemas/`. The `.avsc` files are the source of truth;
+//! `tests/agree.rs` in this crate proves each type round-trips through its schema, field by field.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Card {
+    /// HMAC-SHA256 of the PAN under the bridge's key, lowercase hex.
+    pub token: String,
+    pub bin: String,
+    pub last4: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Location {
+    pub latitude: f64,
+    pub longitude: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LineItem {
+    pub sku: String,
+    pub description: String,
+    pub unit_price_minor: i64,
+    pub quantity: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TransactionType {
+    Sale,
+    Refund,
+    Void,
+    PreAuthorisation,
+    Completion,
+}
+
+impl TransactionType {
+    pub const ALL: [TransactionType; 5] = [
+        Self::Sale,
+        Self::Refund,
+        Self::Void,
+        Self::PreAuthorisation,
+        Self::Completion,
+    ];
+    /// The lower-case name used in the terminal payload, the database and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sale => "sale",
+            Self::Refund => "refund",
+            Self::Void => "void",
+            Self::PreAuthorisation => "pre_authorisation",
+            Self::Completion => "completion",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PaymentMethod {
+    Card,
+    Wallet,
+}
+
+impl PaymentMethod {
+    pub const ALL: [PaymentMethod; 2] = [Self::Card, Self::Wallet];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Card => "card",
+            Self::Wallet => "wallet",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum EntryMode {
+    Chip,
+    Contactless,
+    Swipe,
+    Manual,
+    Qr,
+}
+
+impl EntryMode {
+    pub const ALL: [EntryMode; 5] = [
+        Self::Chip,
+        Self::Contactless,
+        Self::Swipe,
+        Self::Manual,
+        Self::Qr,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Chip => "chip",
+            Self::Contactless => "contactless",
+            Self::Swipe => "swipe",
+            Self::Manual => "manual",
+            Self::Qr => "qr",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub transaction_id: String,
+    pub terminal_id: String,
+    pub merchant_id: String,
+    pub sequence: i64,
+    /// Milliseconds since the Unix epoch (Avro timestamp-millis).
+    pub transaction_time: i64,
+    #[serde(rename = "type")]
+    pub kind: TransactionType,
+    pub original_transaction_id: Option<String>,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub payment_method: PaymentMethod,
+    pub entry_mode: EntryMode,
+    pub card: Option<Card>,
+    pub auth_code: Option<String>,
+    pub response_code: String,
+    pub mcc: String,
+    pub location: Option<Location>,
+    pub line_items: Vec<LineItem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub received_at: i64,
+    pub mqtt_topic: String,
+    pub bridge_id: String,
+    pub payload_version: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionReceived {
+    pub envelope: Envelope,
+    pub transaction: Transaction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionValidated {
+    pub envelope: Envelope,
+    pub transaction: Transaction,
+    pub validated_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RejectionReason {
+    pub code: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransactionRejected {
+    pub envelope: Envelope,
+    pub transaction: Transaction,
+    pub reasons: Vec<RejectionReason>,
+    pub rejected_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FraudAlert {
+    pub alert_id: String,
+    pub rule_id: String,
+    pub severity: Severity,
+    pub score: f64,
+    pub evidence_transaction_ids: Vec<String>,
+    pub card_token: Option<String>,
+    pub merchant_id: String,
+    pub terminal_id: String,
+    pub detected_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Channel {
+    Webhook,
+    Email,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DeliveryStatus {
+    Delivered,
+    Retrying,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotificationOutcome {
+    pub idempotency_key: String,
+    pub merchant_id: String,
+    pub channel: Channel,
+    pub event_type: String,
+    pub status: DeliveryStatus,
+    pub attempts: i32,
+    pub latency_ms: i64,
+    pub error: Option<String>,
+    pub at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub detail: String,
+    pub stage: String,
+    pub source: String,
+    pub received_at: i64,
+    #[serde(with = "serde_bytes_compat")]
+    pub payload: Vec<u8>,
+}
+
+/// Avro `bytes` must be serialised as bytes, not as a sequence of ints.
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}

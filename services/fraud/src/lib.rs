@@ -1,0 +1,40 @@
+//! posflow-fraud: fraud rules over validated transactions. This version is the stage's frame —
+//! it consumes its input in its own consumer group, decodes every record, reports health and
+//! metrics, and commits offsets — so it deploys and scales like the others; the rules come in
+//! issue #5.
+
+use clap::Parser;
+use posflow_kafka::pipeline::consume_and_decode;
+use posflow_kafka::KafkaArgs;
+use posflow_runtime::metrics::counter_vec;
+use posflow_runtime::{CommonArgs, ConfigErrors, Context};
+use posflow_schema::TransactionValidated;
+use std::time::Duration;
+
+/// posflow-fraud: real-time fraud rules over validated transactions.
+#[derive(Debug, Parser)]
+#[command(name = "posflow-fraud", version, about, long_about = None)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Seconds to finish in-flight records after SIGTERM.
+    #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
+    pub drain_timeout: u64,
+}
+
+impl Args {
+    pub fn check(self) -> Result<Self, ConfigErrors> {
+        let mut e = ConfigErrors::new();
+        self.kafka.check(&mut e);
+        e.into_result(self)
+    }
+}
+
+pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
+    let received = counter_vec("posflow_fraud_received_total", "Validated transactions consumed, by decode outcome", &["outcome"]);
+    let topic = args.kafka.topics().validated();
+    let drain = Duration::from_secs(args.drain_timeout);
+    consume_and_decode::<TransactionValidated>(&args.kafka, "fraud", &topic, &received, &ctx, drain).await
+}

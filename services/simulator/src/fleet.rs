@@ -1,0 +1,180 @@
+//! Terminals on the wire: each is its own MQTT 5 connection (client id = username = terminal
+//! id), publishes QoS 1 on its topic, listens for the bridge's answers on its ack topic, and
+//! republishes whatever stays unanswered — like store-and-forward firmware.
+
+use crate::plan::Planned;
+use posflow_mqtt::MqttArgs;
+use posflow_runtime::Secret;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// Transactions per second per terminal (0: as fast as the broker takes them).
+    pub rate_per_terminal: f64,
+    /// Republish a transaction with no answer after this long.
+    pub retry_after: Duration,
+    /// Give up waiting for answers after this long (counted from the start).
+    pub deadline: Duration,
+}
+
+/// Live counters, readable while the fleet runs.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Transactions sent (first publish of each).
+    pub published: AtomicU64,
+    /// PUBACKs from the broker, republishes included.
+    pub broker_acks: AtomicU64,
+    pub republished: AtomicU64,
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub published: u64,
+    pub republished: u64,
+    /// Transaction id → the bridge's answer: "accepted" or the reason it was dead-lettered.
+    pub answers: HashMap<String, String>,
+    pub unanswered: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn accepted(&self) -> usize {
+        self.answers.values().filter(|a| *a == "accepted").count()
+    }
+    pub fn rejected_by_reason(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for a in self.answers.values().filter(|a| *a != "accepted") {
+            *m.entry(a.clone()).or_insert(0) += 1;
+        }
+        m
+    }
+}
+
+/// Publishes every terminal's plan concurrently and waits for the answers.
+pub async fn run(mqtt: &MqttArgs, password: &Secret, fleet: Vec<Vec<Planned>>, opts: &PublishOptions, progress: Arc<Progress>) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for plan in fleet.into_iter().filter(|p| !p.is_empty()) {
+        let (mqtt, password, opts, progress) = (mqtt.clone(), password.clone(), opts.clone(), progress.clone());
+        tasks.push(tokio::spawn(async move { terminal(&mqtt, &password, plan, &opts, progress, started).await }));
+    }
+    let mut report = Report::default();
+    for t in tasks {
+        let (answers, unanswered) = t.await??;
+        report.answers.extend(answers);
+        report.unanswered.extend(unanswered);
+    }
+    report.published = progress.published.load(Ordering::Relaxed);
+    report.republished = progress.republished.load(Ordering::Relaxed);
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+type Answers = HashMap<String, String>;
+
+async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: &PublishOptions, progress: Arc<Progress>, started: Instant) -> anyhow::Result<(Answers, Vec<String>)> {
+    let (terminal_id, merchant_id) = (plan[0].terminal_id.clone(), plan[0].merchant_id.clone());
+    let mut o = mqtt.options(&terminal_id, password);
+    o.set_clean_start(true);
+    let (client, mut eventloop) = AsyncClient::new(o, 64);
+    let answers: Arc<Mutex<Answers>> = Arc::default();
+    let subscribed = Arc::new(tokio::sync::Notify::new());
+    let poller = {
+        let (answers, subscribed, progress) = (answers.clone(), subscribed.clone(), progress.clone());
+        let client = client.clone();
+        let ack_topic = posflow_mqtt::ack_topic(&merchant_id, &terminal_id);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = client.subscribe(ack_topic.clone(), QoS::AtLeastOnce).await;
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => subscribed.notify_one(),
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        progress.broker_acks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                            if let Some(id) = v["transaction_id"].as_str() {
+                                let status = match v["status"].as_str() {
+                                    Some("accepted") => "accepted".to_string(),
+                                    _ => v["reason"].as_str().unwrap_or("rejected").to_string(),
+                                };
+                                let counter = if status == "accepted" { &progress.accepted } else { &progress.rejected };
+                                if answers.lock().expect("poisoned").insert(id.to_string(), status).is_none() {
+                                    counter.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Disconnect(_))) | Ok(Event::Outgoing(rumqttc::v5::Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "terminal connection lost; reconnecting");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(30), subscribed.notified())
+        .await
+        .map_err(|_| anyhow::anyhow!("{terminal_id}: no SUBACK within 30 s (broker down or credentials refused?)"))?;
+    let topic = posflow_mqtt::tx_topic(&merchant_id, &terminal_id);
+    let gap = (opts.rate_per_terminal > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate_per_terminal));
+    let mut sent_at: HashMap<&str, Instant> = HashMap::new();
+    for p in &plan {
+        publish(&client, &topic, p).await?;
+        progress.published.fetch_add(1, Ordering::Relaxed);
+        sent_at.insert(&p.transaction_id, Instant::now());
+        if let Some(g) = gap {
+            tokio::time::sleep(g).await;
+        }
+    }
+    // Wait for every answer; republish what stays unanswered (same transaction id: the
+    // pipeline recognises it).
+    loop {
+        let missing: Vec<&Planned> = {
+            let a = answers.lock().expect("poisoned");
+            plan.iter().filter(|p| !a.contains_key(&p.transaction_id)).collect()
+        };
+        if missing.is_empty() || started.elapsed() > opts.deadline {
+            break;
+        }
+        for p in &missing {
+            if sent_at[p.transaction_id.as_str()].elapsed() > opts.retry_after {
+                publish(&client, &topic, p).await?;
+                progress.republished.fetch_add(1, Ordering::Relaxed);
+                sent_at.insert(&p.transaction_id, Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answers = std::mem::take(&mut *answers.lock().expect("poisoned"));
+    let planned: HashSet<&str> = plan.iter().map(|p| p.transaction_id.as_str()).collect();
+    let unanswered = planned.iter().filter(|id| !answers.contains_key(**id)).map(|s| s.to_string()).collect();
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
+    Ok((answers, unanswered))
+}
+
+async fn publish(client: &AsyncClient, topic: &str, p: &Planned) -> anyhow::Result<()> {
+    // A W3C trace context per transaction, as instrumented firmware would send.
+    let trace: u128 = rand::random();
+    let span: u64 = rand::random::<u64>() | 1;
+    let props = PublishProperties {
+        user_properties: vec![("traceparent".into(), format!("00-{trace:032x}-{span:016x}-01"))],
+        ..Default::default()
+    };
+    client.publish_with_properties(topic, QoS::AtLeastOnce, false, p.payload.clone(), props).await?;
+    Ok(())
+}
