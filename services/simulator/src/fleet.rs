@@ -115,7 +115,7 @@ async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: 
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::Disconnect(_))) | Ok(Event::Outgoing(rumqttc::v5::Outgoing::Disconnect)) => return,
+                    Ok(Event::Incoming(Packet::Disconnect(_))) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
                     Err(e) => {
