@@ -1,0 +1,473 @@
+//! The harness for end-to-end tests: a fresh set of topics per test (random prefix) on the real
+//! local stack, the real service binaries started as processes, and readers for Kafka and
+//! PostgreSQL that wait on conditions, not on time.
+//!
+//! Needs `deploy/local/stack.sh up` and `cargo build --workspace` first (`make test` does both).
+//! Addresses come from the POSFLOW_* variables of `stack.sh env`, defaulting to the stack's own.
+
+use posflow_kafka::provision::{provision, ProvisionPlan};
+use posflow_kafka::KafkaArgs;
+use posflow_runtime::Secret;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The key the tests give the bridge; tests compute expected tokens with it.
+pub const CARD_TOKEN_KEY: &str = "e2e-test-card-token-key-0123456789abcdef";
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// Where the local stack listens.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    pub brokers: String,
+    pub registry: String,
+    pub mqtt_host: String,
+    pub mqtt_port: u16,
+    pub bridge_password: String,
+    pub terminal_password: String,
+    pub database_url: String,
+}
+
+impl Stack {
+    pub fn from_env() -> Self {
+        Self {
+            brokers: env_or("POSFLOW_KAFKA_BROKERS", "127.0.0.1:29092"),
+            registry: env_or(
+                "POSFLOW_SCHEMA_REGISTRY_URL",
+                "http://127.0.0.1:28081/apis/ccompat/v7",
+            ),
+            mqtt_host: env_or("POSFLOW_MQTT_HOST", "127.0.0.1"),
+            mqtt_port: env_or("POSFLOW_MQTT_PORT", "21883")
+                .parse()
+                .expect("POSFLOW_MQTT_PORT"),
+            bridge_password: env_or("POSFLOW_MQTT_PASSWORD", "bridge-local"),
+            terminal_password: env_or("POSFLOW_TERMINAL_PASSWORD", "terminal-local"),
+            database_url: env_or(
+                "POSFLOW_DATABASE_URL",
+                "postgres://posflow:posflow-local@127.0.0.1:25432/posflow",
+            ),
+        }
+    }
+
+    pub fn mqtt_args(&self) -> posflow_mqtt::MqttArgs {
+        posflow_mqtt::MqttArgs {
+            mqtt_host: self.mqtt_host.clone(),
+            mqtt_port: self.mqtt_port,
+            mqtt_password: Secret::new(""),
+            mqtt_keep_alive: 15,
+        }
+    }
+}
+
+/// One test's world: its own topics, consumer groups and share group on the shared stack.
+pub struct Deployment {
+    pub stack: Stack,
+    pub prefix: String,
+    pub kafka: KafkaArgs,
+    /// Share group for this test's bridges, so no earlier test's session takes a share.
+    pub share_group: String,
+}
+
+impl Deployment {
+    /// Provisions a fresh prefix (topics with 4 partitions, schemas) and migrates the database.
+    pub async fn new() -> Self {
+        let stack = Stack::from_env();
+        let id: u32 = rand::random();
+        let prefix = format!("e2e{id:08x}.");
+        let kafka = KafkaArgs {
+            kafka_brokers: stack.brokers.clone(),
+            kafka_security_protocol: "plaintext".into(),
+            kafka_sasl_mechanism: None,
+            kafka_sasl_username: None,
+            kafka_sasl_password: None,
+            kafka_ssl_ca: None,
+            topic_prefix: prefix.clone(),
+            schema_registry_url: stack.registry.clone(),
+        };
+        provision(
+            &kafka,
+            &ProvisionPlan {
+                replication_factor: 1,
+                min_insync_replicas: 1,
+                partitions: Some(4),
+            },
+        )
+        .await
+        .expect("provisioning (is the stack up? make up)");
+        let out = Command::new(bin("posflow-storage"))
+            .arg("migrate")
+            .env("POSFLOW_DATABASE_URL", &stack.database_url)
+            .env("POSFLOW_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .output()
+            .expect("posflow-storage migrate");
+        assert!(
+            out.status.success(),
+            "migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            share_group: format!("e2e{id:08x}"),
+            stack,
+            prefix,
+            kafka,
+        }
+    }
+
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{}", self.prefix, base)
+    }
+
+    /// The environment every service of this deployment gets.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let s = &self.stack;
+        [
+            ("POSFLOW_KAFKA_BROKERS", s.brokers.as_str()),
+            ("POSFLOW_SCHEMA_REGISTRY_URL", s.registry.as_str()),
+            ("POSFLOW_TOPIC_PREFIX", self.prefix.as_str()),
+            ("POSFLOW_MQTT_HOST", s.mqtt_host.as_str()),
+            ("POSFLOW_MQTT_PASSWORD", s.bridge_password.as_str()),
+            ("POSFLOW_DATABASE_URL", s.database_url.as_str()),
+            ("POSFLOW_CARD_TOKEN_KEY", CARD_TOKEN_KEY),
+            ("POSFLOW_MQTT_SHARE_GROUP", self.share_group.as_str()),
+            ("POSFLOW_LOG", "info,librdkafka=warn,rdkafka=warn"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain([("POSFLOW_MQTT_PORT".to_string(), s.mqtt_port.to_string())])
+        .collect()
+    }
+
+    /// Starts a bridge replica with a clean MQTT session (nothing left from an earlier test).
+    pub async fn start_bridge(&self, replica: u8) -> Service {
+        let id = format!("bridge-{replica}");
+        clear_mqtt_session(&self.stack, &id, &self.stack.bridge_password).await;
+        Service::start(
+            "posflow-bridge",
+            &self.env(),
+            &["--bridge-id", &id, "--session-expiry", "300"],
+        )
+        .await
+    }
+
+    pub async fn start(&self, binary: &str) -> Service {
+        Service::start(binary, &self.env(), &[]).await
+    }
+}
+
+/// A service binary from `target/debug` (or `$POSFLOW_BIN_DIR`).
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var("POSFLOW_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+                .join("debug")
+        });
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (make test does)",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running service process, stopped (SIGKILL) when dropped.
+pub struct Service {
+    pub name: String,
+    pub child: Child,
+    pub http: String,
+    pub log: PathBuf,
+}
+
+impl Service {
+    pub async fn start(binary: &str, env: &[(String, String)], args: &[&str]) -> Service {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("posflow-e2e-{binary}-{port}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin(binary))
+            .args(args)
+            .envs(env.iter().cloned())
+            .env("POSFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
+        let mut s = Service {
+            name: binary.to_string(),
+            child,
+            http: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        s.wait_ready(Duration::from_secs(60)).await;
+        s
+    }
+
+    pub async fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "{} exited with {status} before ready; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if http_get(&self.http, "/readyz")
+                .await
+                .map(|(c, _)| c == 200)
+                .unwrap_or(false)
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not ready; log:\n{}",
+                self.name,
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_get(&self.http, "/metrics")
+            .await
+            .expect("metrics endpoint")
+            .1
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of a counter or gauge in a Prometheus text page (`name{labels}` exactly as rendered).
+pub fn metric(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// A minimal HTTP/1.1 GET (status, body) over a raw socket.
+pub async fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(host).await.ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Connects once with clean start and leaves: the broker drops any session `client_id` had.
+pub async fn clear_mqtt_session(stack: &Stack, client_id: &str, password: &str) {
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new(client_id, &stack.mqtt_host, stack.mqtt_port);
+    o.set_credentials(client_id, password);
+    o.set_clean_start(true);
+    let (client, mut ev) = AsyncClient::new(o, 10);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ev.poll()).await {
+            Ok(Ok(Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::ConnAck(_)))) => break,
+            Ok(Err(e)) => panic!("MQTT connect as {client_id}: {e}"),
+            _ if Instant::now() > deadline => panic!("MQTT connect as {client_id} timed out"),
+            _ => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while ev.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+/// A record read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning (read_committed) until `expected` records arrived, then for
+/// `quiet` more to catch any extra one; panics with what it has after `within`.
+pub fn read_topic(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    within: Duration,
+    quiet: Duration,
+) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-reader-{}", rand::random::<u32>()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let start = Instant::now();
+    let mut reached: Option<Instant> = None;
+    let mut out = Vec::new();
+    loop {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                value: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
+        }
+        if out.len() >= expected && reached.is_none() {
+            reached = Some(Instant::now());
+        }
+        if reached.is_some_and(|r| r.elapsed() >= quiet) {
+            return out;
+        }
+        if start.elapsed() > within {
+            panic!(
+                "{topic}: {} records after {within:?}, expected {expected}",
+                out.len()
+            );
+        }
+    }
+}
+
+pub async fn db(stack: &Stack) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
+        .await
+        .expect("database");
+    tokio::spawn(conn);
+    client
+}
+
+/// Waits until `query` (returning one bigint) returns `expected`; returns the last value.
+pub async fn wait_for_count(
+    client: &tokio_postgres::Client,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    expected: i64,
+    within: Duration,
+) -> i64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let n: i64 = client.query_one(query, params).await.unwrap().get(0);
+        if n == expected || Instant::now() > deadline {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every Luhn-valid run of 13–19 digits in `bytes` (what a leaked card number looks like).
+pub fn luhn_runs(bytes: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        let run = &bytes[start..i];
+        for w in 13..=19.min(run.len()) {
+            for win in run.windows(w) {
+                if posflow_bridge::card::luhn_valid(win) {
+                    found.push(String::from_utf8_lossy(win).into_owned());
+                }
+            }
+        }
+    }
+    found
+}

@@ -40,10 +40,24 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut errors = ConfigErrors::new();
     args.kafka.check(&mut errors);
-    if let Command::Provision { replication_factor, min_insync_replicas, partitions } = &args.command {
-        errors.check(*replication_factor >= 1, "--replication-factor must be >= 1");
-        errors.check((1..=*replication_factor).contains(min_insync_replicas), "--min-insync-replicas must be 1..=replication factor");
-        errors.check(partitions.is_none_or(|p| p >= 1), "--partitions must be >= 1");
+    if let Command::Provision {
+        replication_factor,
+        min_insync_replicas,
+        partitions,
+    } = &args.command
+    {
+        errors.check(
+            *replication_factor >= 1,
+            "--replication-factor must be >= 1",
+        );
+        errors.check(
+            (1..=*replication_factor).contains(min_insync_replicas),
+            "--min-insync-replicas must be 1..=replication factor",
+        );
+        errors.check(
+            partitions.is_none_or(|p| p >= 1),
+            "--partitions must be >= 1",
+        );
     }
     if !errors.is_empty() {
         eprintln!("posflow-admin: invalid configuration:\n{errors}");
@@ -52,15 +66,36 @@ fn main() -> ExitCode {
     match args.command {
         Command::Topics => {
             let topics = args.kafka.topics();
-            println!("{:<36} {:>10} {:>9}  {:<28} {}", "TOPIC", "PARTITIONS", "RETENTION", "WRITERS", "KEY");
+            println!(
+                "{:<36} {:>10} {:>9}  {:<28} {}",
+                "TOPIC", "PARTITIONS", "RETENTION", "WRITERS", "KEY"
+            );
             for t in CATALOGUE {
-                println!("{:<36} {:>10} {:>8}d  {:<28} {}", topics.name(t.name), t.partitions, t.retention_days, t.writers, t.key);
+                println!(
+                    "{:<36} {:>10} {:>8}d  {:<28} {}",
+                    topics.name(t.name),
+                    t.partitions,
+                    t.retention_days,
+                    t.writers,
+                    t.key
+                );
             }
             ExitCode::SUCCESS
         }
-        Command::Provision { replication_factor, min_insync_replicas, partitions } => {
-            let plan = ProvisionPlan { replication_factor, min_insync_replicas, partitions };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        Command::Provision {
+            replication_factor,
+            min_insync_replicas,
+            partitions,
+        } => {
+            let plan = ProvisionPlan {
+                replication_factor,
+                min_insync_replicas,
+                partitions,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             match rt.block_on(provision(&args.kafka, &plan)) {
                 Ok(report) => {
                     for t in &report.created {

@@ -1,6 +1,8 @@
 //! Card data at ingress: the PAN becomes a keyed token plus BIN and last four, and anything
 //! that looks like a card number is masked before it is stored anywhere else (dead letters).
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use posflow_runtime::Secret;
 use posflow_schema::Card;
@@ -37,7 +39,10 @@ pub enum PanError {
 
 impl Tokenizer {
     pub fn new(key: &Secret) -> Self {
-        Self { mac: Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key length") }
+        Self {
+            mac: Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())
+                .expect("HMAC takes any key length"),
+        }
     }
 
     pub fn tokenize(&self, pan: &str) -> Result<Card, PanError> {
@@ -50,9 +55,15 @@ impl Tokenizer {
         }
         let mut mac = self.mac.clone();
         mac.update(&digits);
-        let token = hex::encode(mac.finalize().into_bytes());
+        // base64url, not hex: hex tokens hold long all-digit runs often enough to look like card
+        // numbers to a PAN scanner; 43 base64url characters practically never do.
+        let token = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
         let text = String::from_utf8(digits).expect("ascii digits");
-        Ok(Card { token, bin: text[..6].to_string(), last4: text[text.len() - 4..].to_string() })
+        Ok(Card {
+            token,
+            bin: text[..6].to_string(),
+            last4: text[text.len() - 4..].to_string(),
+        })
     }
 }
 
@@ -77,13 +88,18 @@ pub fn mask_card_numbers(input: &[u8]) -> Vec<u8> {
                 digits.push(input[j]);
                 end = j + 1;
                 j += 1;
-            } else if (input[j] == b' ' || input[j] == b'-') && j + 1 < input.len() && input[j + 1].is_ascii_digit() && !digits.is_empty() {
+            } else if (input[j] == b' ' || input[j] == b'-')
+                && j + 1 < input.len()
+                && input[j + 1].is_ascii_digit()
+                && !digits.is_empty()
+            {
                 j += 1;
             } else {
                 break;
             }
         }
-        if digits.len() > 19 || (digits.len() >= 13 && luhn_valid(&digits)) || contains_pan(&digits) {
+        if digits.len() > 19 || (digits.len() >= 13 && luhn_valid(&digits)) || contains_pan(&digits)
+        {
             for b in &mut out[start..end] {
                 if b.is_ascii_digit() {
                     *b = b'*';
@@ -130,10 +146,18 @@ mod tests {
         let c = a.tokenize(VISA).unwrap();
         assert_eq!(c.bin, "411111");
         assert_eq!(c.last4, "1111");
-        assert_eq!(c.token.len(), 64);
+        assert_eq!(c.token.len(), 43);
         assert!(!c.token.contains(VISA));
-        assert_eq!(a.tokenize("4111 1111 1111 1111").unwrap(), c, "grouping does not change the token");
-        assert_ne!(b.tokenize(VISA).unwrap().token, c.token, "another key, another token");
+        assert_eq!(
+            a.tokenize("4111 1111 1111 1111").unwrap(),
+            c,
+            "grouping does not change the token"
+        );
+        assert_ne!(
+            b.tokenize(VISA).unwrap().token,
+            c.token,
+            "another key, another token"
+        );
         assert_eq!(a.tokenize("4111111111111112"), Err(PanError::Luhn));
         assert_eq!(a.tokenize("41111111"), Err(PanError::Format));
         assert_eq!(a.tokenize("4111x11111111111"), Err(PanError::Format));
@@ -141,7 +165,9 @@ mod tests {
 
     #[test]
     fn masking_hides_every_pan_shape_and_nothing_else() {
-        let input = format!(r#"{{"pan":"{VISA}","b":"4111 1111 1111 1111","c":"5555-5555-5555-4444","glued":"99{MC}","order":1234567890123,"seq":42}}"#);
+        let input = format!(
+            r#"{{"pan":"{VISA}","b":"4111 1111 1111 1111","c":"5555-5555-5555-4444","glued":"99{MC}","order":1234567890123,"seq":42}}"#
+        );
         let masked = String::from_utf8(mask_card_numbers(input.as_bytes())).unwrap();
         assert!(!masked.contains(VISA) && !masked.contains(MC), "{masked}");
         assert!(masked.contains(r#""b":"**** **** **** ****""#), "{masked}");

@@ -41,7 +41,11 @@ pub struct Args {
     #[arg(long, env = "POSFLOW_BRIDGE_ID", default_value = "bridge-0")]
     pub bridge_id: String,
     /// Shared-subscription group: replicas in one group split the terminals' messages.
-    #[arg(long, env = "POSFLOW_MQTT_SHARE_GROUP", default_value = "posflow-bridge")]
+    #[arg(
+        long,
+        env = "POSFLOW_MQTT_SHARE_GROUP",
+        default_value = "posflow-bridge"
+    )]
     pub share_group: String,
     /// Messages in flight (received, not yet acknowledged); the MQTT receive maximum.
     #[arg(long, env = "POSFLOW_BRIDGE_IN_FLIGHT", default_value_t = 256)]
@@ -53,7 +57,12 @@ pub struct Args {
     #[arg(long, env = "POSFLOW_BRIDGE_MAX_PAYLOAD", default_value_t = 16_384)]
     pub max_payload_bytes: usize,
     /// HMAC key for card tokens (at least 32 bytes). From a Secret; never logged.
-    #[arg(long, env = "POSFLOW_CARD_TOKEN_KEY", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "POSFLOW_CARD_TOKEN_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub card_token_key: Secret,
     /// Seconds to finish in-flight messages after SIGTERM before leaving them to redelivery.
     #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
@@ -65,12 +74,27 @@ impl Args {
         let mut e = ConfigErrors::new();
         self.kafka.check(&mut e);
         self.mqtt.check(&mut e);
-        e.check(posflow_mqtt::is_valid_id(&self.bridge_id), "--bridge-id must be 1-64 of [A-Za-z0-9_-]");
-        e.check(posflow_mqtt::is_valid_id(&self.share_group), "--share-group must be 1-64 of [A-Za-z0-9_-]");
+        e.check(
+            posflow_mqtt::is_valid_id(&self.bridge_id),
+            "--bridge-id must be 1-64 of [A-Za-z0-9_-]",
+        );
+        e.check(
+            posflow_mqtt::is_valid_id(&self.share_group),
+            "--share-group must be 1-64 of [A-Za-z0-9_-]",
+        );
         e.check(self.in_flight >= 1, "--in-flight must be at least 1");
-        e.check((1024..=1_048_576).contains(&self.max_payload_bytes), "--max-payload-bytes must be 1024..=1048576");
-        e.check(self.card_token_key.expose().len() >= 32, "--card-token-key (POSFLOW_CARD_TOKEN_KEY) must be set, at least 32 bytes");
-        e.check(!self.mqtt.mqtt_password.is_empty(), "--mqtt-password (POSFLOW_MQTT_PASSWORD) must be set");
+        e.check(
+            (1024..=1_048_576).contains(&self.max_payload_bytes),
+            "--max-payload-bytes must be 1024..=1048576",
+        );
+        e.check(
+            self.card_token_key.expose().len() >= 32,
+            "--card-token-key (POSFLOW_CARD_TOKEN_KEY) must be set, at least 32 bytes",
+        );
+        e.check(
+            !self.mqtt.mqtt_password.is_empty(),
+            "--mqtt-password (POSFLOW_MQTT_PASSWORD) must be set",
+        );
         e.into_result(self)
     }
 }
@@ -85,13 +109,20 @@ struct Outcome {
 
 /// Runs until shutdown. Connection losses are retried, never fatal.
 pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
-    let m = metrics();
-    let producer: FutureProducer = posflow_kafka::clients::producer(&args.kafka, &args.bridge_id).context("creating the Kafka producer")?;
+    let m = metrics(); // registers every series now, so /metrics lists them from the start
+    let producer: FutureProducer = posflow_kafka::clients::producer(&args.kafka, &args.bridge_id)
+        .context("creating the Kafka producer")?;
     let registry = args.kafka.registry();
     let topics = args.kafka.topics();
     let (raw_topic, dlq_topic) = (topics.raw(), topics.deadletter());
-    let encoder = retry_forever(&ctx, "schema lookup", || Encoder::<TransactionReceived>::for_topic(&registry, &raw_topic)).await?;
-    let dlq_encoder = retry_forever(&ctx, "schema lookup", || Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)).await?;
+    let encoder = retry_forever(&ctx, "schema lookup", || {
+        Encoder::<TransactionReceived>::for_topic(&registry, &raw_topic)
+    })
+    .await?;
+    let dlq_encoder = retry_forever(&ctx, "schema lookup", || {
+        Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)
+    })
+    .await?;
     let tokenizer = card::Tokenizer::new(&args.card_token_key);
 
     let mut opts = args.mqtt.options(&args.bridge_id, &args.mqtt.mqtt_password);
@@ -101,9 +132,21 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     opts.set_manual_acks(true);
     opts.set_max_packet_size(Some(args.max_payload_bytes as u32 * 2 + 4096));
     let (client, eventloop) = AsyncClient::new(opts, usize::from(args.in_flight) * 2);
-    let (tx, mut rx) = mpsc::channel::<Publish>(usize::from(args.in_flight));
+    // The poller must never wait on the pipeline: rumqttc sends our PUBACKs from the same loop
+    // that reads the socket, so a poller blocked on a full hand-off would deadlock against a
+    // pipeline blocked on sending PUBACKs (seen with Mosquitto 2.0.11, which let more than the
+    // receive maximum through). MQTT packet ids bound the unacknowledged QoS 1 messages a
+    // broker can send to 65,535, so a channel of that size never fills; in practice it holds
+    // about `in_flight` messages, and tokio allocates it as it grows.
+    let (tx, mut rx) = mpsc::channel::<Publish>(usize::from(u16::MAX));
     let filter = format!("$share/{}/{}", args.share_group, posflow_mqtt::tx_filter());
-    let poller = tokio::spawn(poll_mqtt(eventloop, client.clone(), filter, tx, ctx.clone()));
+    let poller = tokio::spawn(poll_mqtt(
+        eventloop,
+        client.clone(),
+        filter,
+        tx,
+        ctx.clone(),
+    ));
 
     let producer = Arc::new(producer);
     let mut inflight = FuturesOrdered::new();
@@ -124,10 +167,11 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                 m.acknowledged.inc();
                 m.ack_latency.observe(o.received.elapsed().as_secs_f64());
                 if let Some((topic, body)) = o.reply {
-                    // The answer is best-effort QoS 1: a terminal that misses it republishes,
-                    // and the same transaction id is recognised downstream.
-                    if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, body) {
-                        tracing::debug!(error = %e, "answer to terminal not queued");
+                    // QoS 0: the answer is advice. A terminal that misses it republishes after its
+                    // timeout and gets its answer then; QoS 1 would make the broker queue answers
+                    // for every offline terminal.
+                    if let Err(e) = client.publish(topic, QoS::AtMostOnce, false, body).await {
+                        tracing::warn!(error = %e, "answer to terminal not queued");
                     }
                 }
             }
@@ -147,7 +191,10 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         if let Some(t) = draining_since {
             if inflight.is_empty() || t.elapsed() > drain {
                 if !inflight.is_empty() {
-                    tracing::warn!(left = inflight.len(), "drain timeout; the broker redelivers the rest");
+                    tracing::warn!(
+                        left = inflight.len(),
+                        "drain timeout; the broker redelivers the rest"
+                    );
                 }
                 break;
             }
@@ -157,7 +204,9 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     // Disconnect cleanly: the session (and anything unacknowledged) stays with the broker.
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
-    let _ = tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5)))).await;
+    let _ =
+        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5))))
+            .await;
     Ok(())
 }
 
@@ -175,8 +224,13 @@ struct Job {
 }
 
 enum Verdict {
-    Accepted { transaction_id: String },
-    Rejected { reason: &'static str, transaction_id: Option<String> },
+    Accepted {
+        transaction_id: String,
+    },
+    Rejected {
+        reason: &'static str,
+        transaction_id: Option<String>,
+    },
 }
 
 fn handle(
@@ -192,23 +246,44 @@ fn handle(
     let received_at = now_millis();
     let topic = String::from_utf8_lossy(&publish.topic).into_owned();
     let mut hdrs = OwnedHeaders::new()
-        .insert(Header { key: headers::MQTT_TOPIC, value: Some(topic.as_bytes()) })
-        .insert(Header { key: headers::RECEIVED_AT, value: Some(received_at.to_string().as_bytes()) });
+        .insert(Header {
+            key: headers::MQTT_TOPIC,
+            value: Some(topic.as_bytes()),
+        })
+        .insert(Header {
+            key: headers::RECEIVED_AT,
+            value: Some(received_at.to_string().as_bytes()),
+        });
     if let Some(props) = &publish.properties {
         for (k, v) in &props.user_properties {
             // traceparent and any terminal-supplied properties travel as headers.
-            hdrs = hdrs.insert(Header { key: k.as_str(), value: Some(v.as_bytes()) });
+            hdrs = hdrs.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_bytes()),
+            });
         }
     }
     let parsed = posflow_mqtt::parse_tx_topic(&topic);
-    let reply_to = parsed.as_ref().ok().map(|ids| posflow_mqtt::ack_topic(ids.merchant_id, ids.terminal_id));
+    let reply_to = parsed
+        .as_ref()
+        .ok()
+        .map(|ids| posflow_mqtt::ack_topic(ids.merchant_id, ids.terminal_id));
     let result = match &parsed {
-        Err(e) => Err(payload::Refusal { reason: payload::Reason::TopicInvalid, detail: e.to_string(), transaction_id: None }),
+        Err(e) => Err(payload::Refusal {
+            reason: payload::Reason::TopicInvalid,
+            detail: e.to_string(),
+            transaction_id: None,
+        }),
         Ok(ids) => payload::parse(&publish.payload, ids, args.max_payload_bytes, tokenizer),
     };
     let encoded = result.and_then(|transaction| {
         let record = TransactionReceived {
-            envelope: Envelope { received_at, mqtt_topic: topic.clone(), bridge_id: args.bridge_id.clone(), payload_version: payload::PAYLOAD_VERSION },
+            envelope: Envelope {
+                received_at,
+                mqtt_topic: topic.clone(),
+                bridge_id: args.bridge_id.clone(),
+                payload_version: payload::PAYLOAD_VERSION,
+            },
             transaction,
         };
         let id = record.transaction.transaction_id.clone();
@@ -216,7 +291,11 @@ fn handle(
         encoder
             .encode(&record)
             .map(|v| (id, key, v))
-            .map_err(|e| payload::Refusal { reason: payload::Reason::FieldInvalid, detail: card::mask_text(&e.to_string()), transaction_id: Some(record.transaction.transaction_id.clone()) })
+            .map_err(|e| payload::Refusal {
+                reason: payload::Reason::FieldInvalid,
+                detail: card::mask_text(&e.to_string()),
+                transaction_id: Some(record.transaction.transaction_id.clone()),
+            })
     });
     match encoded {
         Ok((transaction_id, key, value)) => Job {
@@ -241,16 +320,24 @@ fn handle(
                 received_at,
                 payload: card::mask_card_numbers(&publish.payload),
             };
-            let value = dlq_encoder.encode(&letter).expect("the dead-letter schema takes any bytes");
+            let value = dlq_encoder
+                .encode(&letter)
+                .expect("the dead-letter schema takes any bytes");
             Job {
                 key: letter.source.clone(),
                 publish,
                 received,
                 topic: dlq_topic.to_string(),
                 value,
-                headers: hdrs.insert(Header { key: headers::REASON, value: Some(code.as_bytes()) }),
+                headers: hdrs.insert(Header {
+                    key: headers::REASON,
+                    value: Some(code.as_bytes()),
+                }),
                 reply_to,
-                verdict: Verdict::Rejected { reason: code, transaction_id: refusal.transaction_id },
+                verdict: Verdict::Rejected {
+                    reason: code,
+                    transaction_id: refusal.transaction_id,
+                },
             }
         }
     }
@@ -263,15 +350,28 @@ async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Optio
     let m = metrics();
     let mut backoff = Duration::from_millis(100);
     loop {
-        let record = FutureRecord::to(&job.topic).key(&job.key).payload(&job.value).headers(job.headers.clone());
-        match producer.send(record, Timeout::After(Duration::from_secs(5))).await {
+        let record = FutureRecord::to(&job.topic)
+            .key(&job.key)
+            .payload(&job.value)
+            .headers(job.headers.clone());
+        match producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+            .await
+        {
             Ok(delivery) => {
                 if matches!(job.verdict, Verdict::Accepted { .. }) {
                     m.produced.inc();
                 }
-                m.produce_latency.observe(job.received.elapsed().as_secs_f64());
-                let reply = job.reply_to.map(|t| (t, answer(&job.verdict, delivery.partition, delivery.offset)));
-                return Some(Outcome { publish: job.publish, received: job.received, reply });
+                m.produce_latency
+                    .observe(job.received.elapsed().as_secs_f64());
+                let reply = job
+                    .reply_to
+                    .map(|t| (t, answer(&job.verdict, delivery.partition, delivery.offset)));
+                return Some(Outcome {
+                    publish: job.publish,
+                    received: job.received,
+                    reply,
+                });
             }
             Err((e, _)) => {
                 m.produce_errors.inc();
@@ -292,7 +392,10 @@ fn answer(v: &Verdict, partition: i32, offset: i64) -> Vec<u8> {
         Verdict::Accepted { transaction_id } => serde_json::json!({
             "transaction_id": transaction_id, "status": "accepted", "partition": partition, "offset": offset,
         }),
-        Verdict::Rejected { reason, transaction_id } => serde_json::json!({
+        Verdict::Rejected {
+            reason,
+            transaction_id,
+        } => serde_json::json!({
             "transaction_id": transaction_id, "status": "rejected", "reason": reason,
         }),
     };
@@ -306,7 +409,11 @@ pub fn jitter(d: Duration) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
 }
 
-async fn retry_forever<T, E: std::fmt::Display, F, Fut>(ctx: &Context, what: &str, mut f: F) -> anyhow::Result<T>
+async fn retry_forever<T, E: std::fmt::Display, F, Fut>(
+    ctx: &Context,
+    what: &str,
+    mut f: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
@@ -328,9 +435,15 @@ where
 }
 
 /// Drives the MQTT connection: (re)connects with backoff, subscribes when the broker has no
-/// session for us, and hands each PUBLISH to the pipeline. The bounded channel plus the
-/// receive maximum are the back-pressure: we never hold more than `in_flight` messages.
-async fn poll_mqtt(mut eventloop: EventLoop, client: AsyncClient, filter: String, tx: mpsc::Sender<Publish>, ctx: Context) {
+/// session for us, and hands each PUBLISH to the pipeline. Back-pressure is the broker's: it
+/// holds back what exceeds our receive maximum until we acknowledge.
+async fn poll_mqtt(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filter: String,
+    tx: mpsc::Sender<Publish>,
+    ctx: Context,
+) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let event = tokio::select! {

@@ -19,12 +19,36 @@ pub fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(|| Metrics {
         received: counter("posflow_bridge_received_total", "MQTT messages received"),
-        produced: counter("posflow_bridge_produced_total", "Transactions Kafka confirmed on the raw topic"),
-        acknowledged: counter("posflow_bridge_acknowledged_total", "MQTT messages acknowledged (PUBACK) after Kafka confirmed them"),
-        dead_lettered: counter_vec("posflow_bridge_dead_lettered_total", "Messages sent to the dead-letter topic, by reason", &["reason"]),
-        produce_errors: counter("posflow_bridge_produce_errors_total", "Kafka sends that failed and were retried"),
-        in_flight: gauge("posflow_bridge_in_flight", "Messages received and not yet acknowledged"),
-        produce_latency: histogram("posflow_bridge_produce_latency_seconds", "MQTT receive to Kafka confirmation", LATENCY_BUCKETS),
-        ack_latency: histogram("posflow_bridge_ack_latency_seconds", "MQTT receive to PUBACK", LATENCY_BUCKETS),
+        produced: counter(
+            "posflow_bridge_produced_total",
+            "Transactions Kafka confirmed on the raw topic",
+        ),
+        acknowledged: counter(
+            "posflow_bridge_acknowledged_total",
+            "MQTT messages acknowledged (PUBACK) after Kafka confirmed them",
+        ),
+        dead_lettered: counter_vec(
+            "posflow_bridge_dead_lettered_total",
+            "Messages sent to the dead-letter topic, by reason",
+            &["reason"],
+        ),
+        produce_errors: counter(
+            "posflow_bridge_produce_errors_total",
+            "Kafka sends that failed and were retried",
+        ),
+        in_flight: gauge(
+            "posflow_bridge_in_flight",
+            "Messages received and not yet acknowledged",
+        ),
+        produce_latency: histogram(
+            "posflow_bridge_produce_latency_seconds",
+            "MQTT receive to Kafka confirmation",
+            LATENCY_BUCKETS,
+        ),
+        ack_latency: histogram(
+            "posflow_bridge_ack_latency_seconds",
+            "MQTT receive to PUBACK",
+            LATENCY_BUCKETS,
+        ),
     })
 }

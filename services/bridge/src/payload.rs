@@ -62,12 +62,27 @@ pub struct Refusal {
 }
 
 fn refuse(reason: Reason, detail: impl Into<String>) -> Refusal {
-    Refusal { reason, detail: mask_text(&detail.into()), transaction_id: None }
+    Refusal {
+        reason,
+        detail: mask_text(&detail.into()),
+        transaction_id: None,
+    }
 }
 
 /// Field names that carry sensitive authentication data. Their presence alone refuses the
 /// payload: posflow never accepts CVV, track data or PIN blocks, not even to drop them.
-const FORBIDDEN_KEYS: &[&str] = &["cvv", "cvv2", "cvc", "cvc2", "cid", "track1", "track2", "track_data", "pin", "pin_block"];
+const FORBIDDEN_KEYS: &[&str] = &[
+    "cvv",
+    "cvv2",
+    "cvc",
+    "cvc2",
+    "cid",
+    "track1",
+    "track2",
+    "track_data",
+    "pin",
+    "pin_block",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -123,47 +138,102 @@ struct WireLineItem {
     quantity: i32,
 }
 
-fn enum_field<T: Copy>(all: &[T], name: fn(T) -> &'static str, field: &str, v: &str) -> Result<T, Refusal> {
+fn enum_field<T: Copy>(
+    all: &[T],
+    name: fn(T) -> &'static str,
+    field: &str,
+    v: &str,
+) -> Result<T, Refusal> {
     all.iter().copied().find(|t| name(*t) == v).ok_or_else(|| {
         let allowed: Vec<_> = all.iter().map(|t| name(*t)).collect();
-        refuse(Reason::FieldInvalid, format!("{field} must be one of {allowed:?}"))
+        refuse(
+            Reason::FieldInvalid,
+            format!("{field} must be one of {allowed:?}"),
+        )
     })
 }
 
 fn short_text(field: &str, v: &str, max: usize) -> Result<(), Refusal> {
     if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
-        return Err(refuse(Reason::FieldInvalid, format!("{field} must be 1-{max} printable characters")));
+        return Err(refuse(
+            Reason::FieldInvalid,
+            format!("{field} must be 1-{max} printable characters"),
+        ));
     }
     Ok(())
 }
 
 /// Parses and checks one payload received on `topic` (already parsed). Checks here are about
 /// the contract and identity; business rules belong to the validator.
-pub fn parse(bytes: &[u8], topic: &TopicIds<'_>, max_bytes: usize, tokenizer: &Tokenizer) -> Result<Transaction, Refusal> {
+pub fn parse(
+    bytes: &[u8],
+    topic: &TopicIds<'_>,
+    max_bytes: usize,
+    tokenizer: &Tokenizer,
+) -> Result<Transaction, Refusal> {
     if bytes.len() > max_bytes {
-        return Err(refuse(Reason::Oversize, format!("payload is {} bytes, the limit is {max_bytes}", bytes.len())));
+        return Err(refuse(
+            Reason::Oversize,
+            format!("payload is {} bytes, the limit is {max_bytes}", bytes.len()),
+        ));
     }
-    let text = std::str::from_utf8(bytes).map_err(|e| refuse(Reason::NotUtf8, format!("invalid UTF-8 at byte {}", e.valid_up_to())))?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| refuse(Reason::NotJson, e.to_string()))?;
-    let obj = value.as_object().ok_or_else(|| refuse(Reason::NotJson, "payload is JSON but not an object"))?;
-    let tx_id = obj.get("transaction_id").and_then(|v| v.as_str()).filter(|s| s.len() <= 64).map(str::to_string);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        refuse(
+            Reason::NotUtf8,
+            format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        )
+    })?;
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| refuse(Reason::NotJson, e.to_string()))?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| refuse(Reason::NotJson, "payload is JSON but not an object"))?;
+    let tx_id = obj
+        .get("transaction_id")
+        .and_then(|v| v.as_str())
+        .filter(|s| s.len() <= 64)
+        .map(str::to_string);
     let with_id = |mut r: Refusal| {
         r.transaction_id = tx_id.clone();
         r
     };
     match obj.get("version") {
         Some(v) if v.as_i64() == Some(PAYLOAD_VERSION as i64) => {}
-        Some(v) if v.is_i64() => return Err(with_id(refuse(Reason::UnsupportedVersion, format!("version {v} is not supported; this bridge reads {PAYLOAD_VERSION}")))),
-        _ => return Err(with_id(refuse(Reason::SchemaViolation, "version must be an integer"))),
+        Some(v) if v.is_i64() => {
+            return Err(with_id(refuse(
+                Reason::UnsupportedVersion,
+                format!("version {v} is not supported; this bridge reads {PAYLOAD_VERSION}"),
+            )))
+        }
+        _ => {
+            return Err(with_id(refuse(
+                Reason::SchemaViolation,
+                "version must be an integer",
+            )))
+        }
     }
     if let Some(card) = obj.get("card").and_then(|c| c.as_object()) {
-        if let Some(k) = card.keys().chain(obj.keys()).find(|k| FORBIDDEN_KEYS.contains(&k.to_ascii_lowercase().as_str())) {
-            return Err(with_id(refuse(Reason::CardDataForbidden, format!("field {k:?} is sensitive authentication data and is never accepted"))));
+        if let Some(k) = card
+            .keys()
+            .chain(obj.keys())
+            .find(|k| FORBIDDEN_KEYS.contains(&k.to_ascii_lowercase().as_str()))
+        {
+            return Err(with_id(refuse(
+                Reason::CardDataForbidden,
+                format!("field {k:?} is sensitive authentication data and is never accepted"),
+            )));
         }
-    } else if let Some(k) = obj.keys().find(|k| FORBIDDEN_KEYS.contains(&k.to_ascii_lowercase().as_str())) {
-        return Err(with_id(refuse(Reason::CardDataForbidden, format!("field {k:?} is sensitive authentication data and is never accepted"))));
+    } else if let Some(k) = obj
+        .keys()
+        .find(|k| FORBIDDEN_KEYS.contains(&k.to_ascii_lowercase().as_str()))
+    {
+        return Err(with_id(refuse(
+            Reason::CardDataForbidden,
+            format!("field {k:?} is sensitive authentication data and is never accepted"),
+        )));
     }
-    let w: Wire = serde_json::from_value(value).map_err(|e| with_id(refuse(Reason::SchemaViolation, e.to_string())))?;
+    let w: Wire = serde_json::from_value(value)
+        .map_err(|e| with_id(refuse(Reason::SchemaViolation, e.to_string())))?;
 
     if w.terminal_id != topic.terminal_id || w.merchant_id != topic.merchant_id {
         return Err(with_id(refuse(
@@ -179,7 +249,12 @@ pub fn parse(bytes: &[u8], topic: &TopicIds<'_>, max_bytes: usize, tokenizer: &T
         let time = humantime::parse_rfc3339_weak(&w.transaction_time)
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .ok_or_else(|| refuse(Reason::FieldInvalid, "transaction_time must be RFC 3339, e.g. 2026-11-27T10:15:30.123Z"))?;
+            .ok_or_else(|| {
+                refuse(
+                    Reason::FieldInvalid,
+                    "transaction_time must be RFC 3339, e.g. 2026-11-27T10:15:30.123Z",
+                )
+            })?;
         if w.sequence < 0 {
             return Err(refuse(Reason::FieldInvalid, "sequence must be >= 0"));
         }
@@ -193,13 +268,25 @@ pub fn parse(bytes: &[u8], topic: &TopicIds<'_>, max_bytes: usize, tokenizer: &T
         let location = match &w.location {
             None => None,
             Some(l) if (-90.0..=90.0).contains(&l.lat) && (-180.0..=180.0).contains(&l.lon) => {
-                Some(Location { latitude: l.lat, longitude: l.lon })
+                Some(Location {
+                    latitude: l.lat,
+                    longitude: l.lon,
+                })
             }
-            Some(_) => return Err(refuse(Reason::FieldInvalid, "location lat must be -90..90 and lon -180..180")),
+            Some(_) => {
+                return Err(refuse(
+                    Reason::FieldInvalid,
+                    "location lat must be -90..90 and lon -180..180",
+                ))
+            }
         };
         for (i, li) in w.line_items.iter().enumerate() {
             short_text(&format!("line_items[{i}].sku"), &li.sku, 64)?;
-            short_text(&format!("line_items[{i}].description"), &li.description, 200)?;
+            short_text(
+                &format!("line_items[{i}].description"),
+                &li.description,
+                200,
+            )?;
         }
         if w.line_items.len() > 200 {
             return Err(refuse(Reason::FieldInvalid, "at most 200 line_items"));
@@ -211,16 +298,36 @@ pub fn parse(bytes: &[u8], topic: &TopicIds<'_>, max_bytes: usize, tokenizer: &T
             short_text("auth_code", a, 12)?;
         }
         Ok(Transaction {
-            kind: enum_field(&TransactionType::ALL, TransactionType::as_str, "type", &w.kind)?,
-            payment_method: enum_field(&PaymentMethod::ALL, PaymentMethod::as_str, "payment_method", &w.payment_method)?,
-            entry_mode: enum_field(&EntryMode::ALL, EntryMode::as_str, "entry_mode", &w.entry_mode)?,
+            kind: enum_field(
+                &TransactionType::ALL,
+                TransactionType::as_str,
+                "type",
+                &w.kind,
+            )?,
+            payment_method: enum_field(
+                &PaymentMethod::ALL,
+                PaymentMethod::as_str,
+                "payment_method",
+                &w.payment_method,
+            )?,
+            entry_mode: enum_field(
+                &EntryMode::ALL,
+                EntryMode::as_str,
+                "entry_mode",
+                &w.entry_mode,
+            )?,
             transaction_time: time.as_millis() as i64,
             card,
             location,
             line_items: w
                 .line_items
                 .iter()
-                .map(|l| LineItem { sku: l.sku.clone(), description: l.description.clone(), unit_price_minor: l.unit_price_minor, quantity: l.quantity })
+                .map(|l| LineItem {
+                    sku: l.sku.clone(),
+                    description: l.description.clone(),
+                    unit_price_minor: l.unit_price_minor,
+                    quantity: l.quantity,
+                })
                 .collect(),
             transaction_id: w.transaction_id.clone(),
             terminal_id: w.terminal_id.clone(),

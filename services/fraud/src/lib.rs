@@ -33,8 +33,13 @@ impl Args {
 }
 
 pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
-    let received = counter_vec("posflow_fraud_received_total", "Validated transactions consumed, by decode outcome", &["outcome"]);
+    let received = counter_vec(
+        "posflow_fraud_received_total",
+        "Validated transactions consumed, by decode outcome",
+        &["outcome"],
+    );
     let topic = args.kafka.topics().validated();
     let drain = Duration::from_secs(args.drain_timeout);
-    consume_and_decode::<TransactionValidated>(&args.kafka, "fraud", &topic, &received, &ctx, drain).await
+    consume_and_decode::<TransactionValidated>(&args.kafka, "fraud", &topic, &received, &ctx, drain)
+        .await
 }

@@ -59,12 +59,25 @@ impl Report {
 }
 
 /// Publishes every terminal's plan concurrently and waits for the answers.
-pub async fn run(mqtt: &MqttArgs, password: &Secret, fleet: Vec<Vec<Planned>>, opts: &PublishOptions, progress: Arc<Progress>) -> anyhow::Result<Report> {
+pub async fn run(
+    mqtt: &MqttArgs,
+    password: &Secret,
+    fleet: Vec<Vec<Planned>>,
+    opts: &PublishOptions,
+    progress: Arc<Progress>,
+) -> anyhow::Result<Report> {
     let started = Instant::now();
     let mut tasks = Vec::new();
     for plan in fleet.into_iter().filter(|p| !p.is_empty()) {
-        let (mqtt, password, opts, progress) = (mqtt.clone(), password.clone(), opts.clone(), progress.clone());
-        tasks.push(tokio::spawn(async move { terminal(&mqtt, &password, plan, &opts, progress, started).await }));
+        let (mqtt, password, opts, progress) = (
+            mqtt.clone(),
+            password.clone(),
+            opts.clone(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            terminal(&mqtt, &password, plan, &opts, progress, started).await
+        }));
     }
     let mut report = Report::default();
     for t in tasks {
@@ -80,7 +93,14 @@ pub async fn run(mqtt: &MqttArgs, password: &Secret, fleet: Vec<Vec<Planned>>, o
 
 type Answers = HashMap<String, String>;
 
-async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: &PublishOptions, progress: Arc<Progress>, started: Instant) -> anyhow::Result<(Answers, Vec<String>)> {
+async fn terminal(
+    mqtt: &MqttArgs,
+    password: &Secret,
+    plan: Vec<Planned>,
+    opts: &PublishOptions,
+    progress: Arc<Progress>,
+    started: Instant,
+) -> anyhow::Result<(Answers, Vec<String>)> {
     let (terminal_id, merchant_id) = (plan[0].terminal_id.clone(), plan[0].merchant_id.clone());
     let mut o = mqtt.options(&terminal_id, password);
     o.set_clean_start(true);
@@ -88,7 +108,8 @@ async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: 
     let answers: Arc<Mutex<Answers>> = Arc::default();
     let subscribed = Arc::new(tokio::sync::Notify::new());
     let poller = {
-        let (answers, subscribed, progress) = (answers.clone(), subscribed.clone(), progress.clone());
+        let (answers, subscribed, progress) =
+            (answers.clone(), subscribed.clone(), progress.clone());
         let client = client.clone();
         let ack_topic = posflow_mqtt::ack_topic(&merchant_id, &terminal_id);
         tokio::spawn(async move {
@@ -108,14 +129,24 @@ async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: 
                                     Some("accepted") => "accepted".to_string(),
                                     _ => v["reason"].as_str().unwrap_or("rejected").to_string(),
                                 };
-                                let counter = if status == "accepted" { &progress.accepted } else { &progress.rejected };
-                                if answers.lock().expect("poisoned").insert(id.to_string(), status).is_none() {
+                                let counter = if status == "accepted" {
+                                    &progress.accepted
+                                } else {
+                                    &progress.rejected
+                                };
+                                if answers
+                                    .lock()
+                                    .expect("poisoned")
+                                    .insert(id.to_string(), status)
+                                    .is_none()
+                                {
                                     counter.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::Disconnect(_))) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(Event::Incoming(Packet::Disconnect(_)))
+                    | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
                     Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
                     Err(e) => {
@@ -128,9 +159,14 @@ async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: 
     };
     tokio::time::timeout(Duration::from_secs(30), subscribed.notified())
         .await
-        .map_err(|_| anyhow::anyhow!("{terminal_id}: no SUBACK within 30 s (broker down or credentials refused?)"))?;
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{terminal_id}: no SUBACK within 30 s (broker down or credentials refused?)"
+            )
+        })?;
     let topic = posflow_mqtt::tx_topic(&merchant_id, &terminal_id);
-    let gap = (opts.rate_per_terminal > 0.0).then(|| Duration::from_secs_f64(1.0 / opts.rate_per_terminal));
+    let gap = (opts.rate_per_terminal > 0.0)
+        .then(|| Duration::from_secs_f64(1.0 / opts.rate_per_terminal));
     let mut sent_at: HashMap<&str, Instant> = HashMap::new();
     for p in &plan {
         publish(&client, &topic, p).await?;
@@ -145,7 +181,9 @@ async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: 
     loop {
         let missing: Vec<&Planned> = {
             let a = answers.lock().expect("poisoned");
-            plan.iter().filter(|p| !a.contains_key(&p.transaction_id)).collect()
+            plan.iter()
+                .filter(|p| !a.contains_key(&p.transaction_id))
+                .collect()
         };
         if missing.is_empty() || started.elapsed() > opts.deadline {
             break;
@@ -161,7 +199,11 @@ async fn terminal(mqtt: &MqttArgs, password: &Secret, plan: Vec<Planned>, opts: 
     }
     let answers = std::mem::take(&mut *answers.lock().expect("poisoned"));
     let planned: HashSet<&str> = plan.iter().map(|p| p.transaction_id.as_str()).collect();
-    let unanswered = planned.iter().filter(|id| !answers.contains_key(**id)).map(|s| s.to_string()).collect();
+    let unanswered = planned
+        .iter()
+        .filter(|id| !answers.contains_key(**id))
+        .map(|s| s.to_string())
+        .collect();
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
     Ok((answers, unanswered))
@@ -172,9 +214,14 @@ async fn publish(client: &AsyncClient, topic: &str, p: &Planned) -> anyhow::Resu
     let trace: u128 = rand::random();
     let span: u64 = rand::random::<u64>() | 1;
     let props = PublishProperties {
-        user_properties: vec![("traceparent".into(), format!("00-{trace:032x}-{span:016x}-01"))],
+        user_properties: vec![(
+            "traceparent".into(),
+            format!("00-{trace:032x}-{span:016x}-01"),
+        )],
         ..Default::default()
     };
-    client.publish_with_properties(topic, QoS::AtLeastOnce, false, p.payload.clone(), props).await?;
+    client
+        .publish_with_properties(topic, QoS::AtLeastOnce, false, p.payload.clone(), props)
+        .await?;
     Ok(())
 }

@@ -19,7 +19,12 @@ pub struct Args {
     #[command(flatten)]
     pub mqtt: MqttArgs,
     /// Password of the terminal accounts (the local broker gives every T0001..T0500 the same).
-    #[arg(long, env = "POSFLOW_TERMINAL_PASSWORD", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "POSFLOW_TERMINAL_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub terminal_password: Secret,
     #[arg(long, default_value_t = 20)]
     pub terminals: usize,
@@ -54,11 +59,17 @@ impl Args {
     pub fn check(self) -> Result<Self, ConfigErrors> {
         let mut e = ConfigErrors::new();
         self.mqtt.check(&mut e);
-        e.check((1..=500).contains(&self.terminals), "--terminals must be 1..=500 (the local broker knows T0001..T0500)");
+        e.check(
+            (1..=500).contains(&self.terminals),
+            "--terminals must be 1..=500 (the local broker knows T0001..T0500)",
+        );
         e.check(self.per_terminal >= 1, "--per-terminal must be at least 1");
         e.check(self.merchants >= 1, "--merchants must be at least 1");
         e.check(self.rate >= 0.0, "--rate must be >= 0");
-        e.check(!self.terminal_password.is_empty(), "--terminal-password (POSFLOW_TERMINAL_PASSWORD) must be set");
+        e.check(
+            !self.terminal_password.is_empty(),
+            "--terminal-password (POSFLOW_TERMINAL_PASSWORD) must be set",
+        );
         e.into_result(self)
     }
 }
@@ -88,7 +99,10 @@ pub async fn run(args: Args) -> anyhow::Result<fleet::Report> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let (a, r) = (p.accepted.load(Ordering::Relaxed), p.rejected.load(Ordering::Relaxed));
+                let (a, r) = (
+                    p.accepted.load(Ordering::Relaxed),
+                    p.rejected.load(Ordering::Relaxed),
+                );
                 eprintln!(
                     "[simulator] published {}/{total}  broker-acked {}  answered {}/{total} (accepted {a}, dead-lettered {r})  republished {}",
                     p.published.load(Ordering::Relaxed),

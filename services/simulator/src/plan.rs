@@ -6,7 +6,12 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 /// The rule an invalid-on-purpose transaction breaks (the validator's reason code).
-pub const INVALID_KINDS: [&str; 4] = ["AMOUNT_NOT_POSITIVE", "CURRENCY_UNKNOWN", "TIME_IN_FUTURE", "ORIGINAL_MISSING"];
+pub const INVALID_KINDS: [&str; 4] = [
+    "AMOUNT_NOT_POSITIVE",
+    "CURRENCY_UNKNOWN",
+    "TIME_IN_FUTURE",
+    "ORIGINAL_MISSING",
+];
 
 #[derive(Debug, Clone)]
 pub struct FleetConfig {
@@ -44,7 +49,10 @@ const BINS: [&str; 4] = ["411111", "555555", "400000", "520000"];
 
 /// A Luhn-valid 16-digit test number under one of the well-known test BINs.
 fn card_number(rng: &mut StdRng) -> String {
-    let mut d: Vec<u8> = BINS[rng.gen_range(0..BINS.len())].bytes().map(|b| b - b'0').collect();
+    let mut d: Vec<u8> = BINS[rng.gen_range(0..BINS.len())]
+        .bytes()
+        .map(|b| b - b'0')
+        .collect();
     while d.len() < 15 {
         d.push(rng.gen_range(0..10));
     }
@@ -56,7 +64,11 @@ fn card_number(rng: &mut StdRng) -> String {
             let v = u32::from(v);
             if i % 2 == 0 {
                 let x = v * 2;
-                if x > 9 { x - 9 } else { x }
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
             } else {
                 v
             }
@@ -66,11 +78,23 @@ fn card_number(rng: &mut StdRng) -> String {
     d.iter().map(|v| char::from(b'0' + v)).collect()
 }
 
-const GOODS: [(&str, &str); 6] =
-    [("COF-01", "Coffee"), ("CRO-02", "Croissant"), ("WAT-03", "Water 0.5l"), ("SAN-04", "Sandwich"), ("NEWS-5", "Newspaper"), ("GUM-06", "Chewing gum")];
+const GOODS: [(&str, &str); 6] = [
+    ("COF-01", "Coffee"),
+    ("CRO-02", "Croissant"),
+    ("WAT-03", "Water 0.5l"),
+    ("SAN-04", "Sandwich"),
+    ("NEWS-5", "Newspaper"),
+    ("GUM-06", "Chewing gum"),
+];
 
 /// Rough city centres, so locations are plausible.
-const CITIES: [(f64, f64); 5] = [(52.52, 13.405), (48.857, 2.352), (51.507, -0.128), (35.68, 139.69), (40.416, -3.703)];
+const CITIES: [(f64, f64); 5] = [
+    (52.52, 13.405),
+    (48.857, 2.352),
+    (51.507, -0.128),
+    (35.68, 139.69),
+    (40.416, -3.703),
+];
 
 fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
@@ -92,7 +116,10 @@ pub fn plan(cfg: &FleetConfig, now_ms: i64) -> Vec<Vec<Planned>> {
                 _ => ("EUR", 1),
             };
             let city = CITIES[m % CITIES.len()];
-            let (lat, lon) = (city.0 + rng.gen_range(-0.05..0.05), city.1 + rng.gen_range(-0.05..0.05));
+            // Five decimals (about a metre), as terminals report; long decimal tails would also
+            // look like digit runs to card-number scanners.
+            let round = |v: f64| (v * 1e5).round() / 1e5;
+            let (lat, lon) = (round(city.0 + rng.gen_range(-0.05..0.05)), round(city.1 + rng.gen_range(-0.05..0.05)));
             let cards: Vec<String> = (0..8).map(|_| card_number(&mut rng)).collect();
             let mut previous: Option<String> = None;
             (0..cfg.per_terminal)
@@ -175,13 +202,25 @@ mod tests {
 
     #[test]
     fn plans_are_deterministic_and_mark_the_invalid_ones() {
-        let cfg = FleetConfig { terminals: 3, per_terminal: 10, merchants: 2, invalid_every: 5, seed: 7, first_terminal: 1, run_id: "r".into() };
+        let cfg = FleetConfig {
+            terminals: 3,
+            per_terminal: 10,
+            merchants: 2,
+            invalid_every: 5,
+            seed: 7,
+            first_terminal: 1,
+            run_id: "r".into(),
+        };
         let a = plan(&cfg, 1_000_000_000_000);
         let b = plan(&cfg, 1_000_000_000_000);
         assert_eq!(a.len(), 3);
         assert!(a.iter().all(|t| t.len() == 10));
         assert_eq!(a[2][9].payload, b[2][9].payload);
-        let invalid: Vec<_> = a.iter().flatten().filter_map(|p| p.expected_rejection).collect();
+        let invalid: Vec<_> = a
+            .iter()
+            .flatten()
+            .filter_map(|p| p.expected_rejection)
+            .collect();
         assert_eq!(invalid.len(), 6);
         assert_eq!(a[1][0].terminal_id, "T0002");
         assert_eq!(a[1][0].merchant_id, "M002");

@@ -5,7 +5,11 @@ use std::collections::{BTreeMap, HashSet};
 use tokio_postgres::{Client, NoTls};
 
 /// Versioned migrations, applied in order, each once (table schema_migrations).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "transactions", include_str!("../migrations/0001_transactions.sql"))];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "transactions",
+    include_str!("../migrations/0001_transactions.sql"),
+)];
 
 /// Serialises migrations across replicas starting together.
 const MIGRATION_LOCK: i64 = 0x706f_7366_6c6f_77; // "posflow"
@@ -21,7 +25,8 @@ impl DbError {
     /// vs. everything else (connection lost, server restarting), which is retried.
     pub fn is_permanent(&self) -> bool {
         let DbError::Postgres(e) = self;
-        e.code().is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+        e.code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
     }
 }
 
@@ -38,19 +43,29 @@ pub async fn connect(url: &str) -> Result<Client, DbError> {
 /// Applies pending migrations; returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
     let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
     tx.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
     )
     .await?;
-    let done: HashSet<i32> = tx.query("SELECT version FROM schema_migrations", &[]).await?.iter().map(|r| r.get(0)).collect();
+    let done: HashSet<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         if done.contains(version) {
             continue;
         }
         tx.batch_execute(sql).await?;
-        tx.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", &[version, name]).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
         applied.push(*version);
     }
     tx.commit().await?;
@@ -59,7 +74,12 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
 
 /// Keeps monthly partitions from last month to two months ahead.
 pub async fn ensure_partitions(client: &Client) -> Result<(), DbError> {
-    client.execute("SELECT posflow_ensure_month_partitions((now() - interval '1 month')::date, 4)", &[]).await?;
+    client
+        .execute(
+            "SELECT posflow_ensure_month_partitions((now() - interval '1 month')::date, 4)",
+            &[],
+        )
+        .await?;
     Ok(())
 }
 
@@ -72,13 +92,27 @@ pub struct Row {
 
 /// Writes a batch in one database transaction: new transaction ids only, their rows and line
 /// items, and the next offset per partition. Returns how many rows were new.
-pub async fn write_batch(client: &mut Client, group: &str, topic: &str, rows: &[Row]) -> Result<u64, DbError> {
+pub async fn write_batch(
+    client: &mut Client,
+    group: &str,
+    topic: &str,
+    rows: &[Row],
+) -> Result<u64, DbError> {
     let tx = client.transaction().await?;
     // One row per id even if the batch repeats one (a redelivery inside the batch).
     let mut seen = HashSet::new();
-    let unique: Vec<&Row> = rows.iter().filter(|r| seen.insert(r.record.transaction.transaction_id.as_str())).collect();
-    let ids: Vec<&str> = unique.iter().map(|r| r.record.transaction.transaction_id.as_str()).collect();
-    let times: Vec<i64> = unique.iter().map(|r| r.record.transaction.transaction_time).collect();
+    let unique: Vec<&Row> = rows
+        .iter()
+        .filter(|r| seen.insert(r.record.transaction.transaction_id.as_str()))
+        .collect();
+    let ids: Vec<&str> = unique
+        .iter()
+        .map(|r| r.record.transaction.transaction_id.as_str())
+        .collect();
+    let times: Vec<i64> = unique
+        .iter()
+        .map(|r| r.record.transaction.transaction_time)
+        .collect();
     let new: HashSet<String> = tx
         .query(
             "INSERT INTO transaction_keys (transaction_id, transaction_time)
@@ -90,7 +124,10 @@ pub async fn write_batch(client: &mut Client, group: &str, topic: &str, rows: &[
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let fresh: Vec<&Row> = unique.into_iter().filter(|r| new.contains(&r.record.transaction.transaction_id)).collect();
+    let fresh: Vec<&Row> = unique
+        .into_iter()
+        .filter(|r| new.contains(&r.record.transaction.transaction_id))
+        .collect();
     if !fresh.is_empty() {
         insert_rows(&tx, &fresh).await?;
     }
@@ -114,8 +151,12 @@ pub async fn write_batch(client: &mut Client, group: &str, topic: &str, rows: &[
 async fn insert_rows(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) -> Result<(), DbError> {
     let t = |r: &&Row| r.record.transaction.clone();
     let txs: Vec<_> = rows.iter().map(t).collect();
-    let col = |f: fn(&posflow_schema::Transaction) -> String| -> Vec<String> { txs.iter().map(f).collect() };
-    let opt = |f: fn(&posflow_schema::Transaction) -> Option<String>| -> Vec<Option<String>> { txs.iter().map(f).collect() };
+    let col = |f: fn(&posflow_schema::Transaction) -> String| -> Vec<String> {
+        txs.iter().map(f).collect()
+    };
+    let opt = |f: fn(&posflow_schema::Transaction) -> Option<String>| -> Vec<Option<String>> {
+        txs.iter().map(f).collect()
+    };
     let ids = col(|t| t.transaction_id.clone());
     let terminals = col(|t| t.terminal_id.clone());
     let merchants = col(|t| t.merchant_id.clone());
@@ -134,9 +175,15 @@ async fn insert_rows(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) -> Res
     let responses = col(|t| t.response_code.clone());
     let mccs = col(|t| t.mcc.clone());
     let lats: Vec<Option<f64>> = txs.iter().map(|t| t.location.map(|l| l.latitude)).collect();
-    let lons: Vec<Option<f64>> = txs.iter().map(|t| t.location.map(|l| l.longitude)).collect();
+    let lons: Vec<Option<f64>> = txs
+        .iter()
+        .map(|t| t.location.map(|l| l.longitude))
+        .collect();
     let received: Vec<i64> = rows.iter().map(|r| r.record.envelope.received_at).collect();
-    let bridges: Vec<String> = rows.iter().map(|r| r.record.envelope.bridge_id.clone()).collect();
+    let bridges: Vec<String> = rows
+        .iter()
+        .map(|r| r.record.envelope.bridge_id.clone())
+        .collect();
     let validated: Vec<i64> = rows.iter().map(|r| r.record.validated_at).collect();
     let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
     let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();

@@ -29,7 +29,12 @@ pub struct Args {
     #[command(flatten)]
     pub kafka: KafkaArgs,
     /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. From a Secret; the password is never logged.
-    #[arg(long, env = "POSFLOW_DATABASE_URL", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "POSFLOW_DATABASE_URL",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub database_url: Secret,
     /// Apply pending migrations at start-up (otherwise run `posflow-storage migrate` first).
     #[arg(long, env = "POSFLOW_MIGRATE_ON_START", default_value_t = false)]
@@ -57,9 +62,18 @@ impl Args {
             self.kafka.check(&mut e);
         }
         let url = self.database_url.expose();
-        e.check(url.starts_with("postgres://") || url.starts_with("postgresql://"), "--database-url (POSFLOW_DATABASE_URL) must be a postgres:// URL");
-        e.check((1..=10_000).contains(&self.batch_size), "--batch-size must be 1..=10000");
-        e.check((1..=60_000).contains(&self.batch_linger_ms), "--batch-linger-ms must be 1..=60000");
+        e.check(
+            url.starts_with("postgres://") || url.starts_with("postgresql://"),
+            "--database-url (POSFLOW_DATABASE_URL) must be a postgres:// URL",
+        );
+        e.check(
+            (1..=10_000).contains(&self.batch_size),
+            "--batch-size must be 1..=10000",
+        );
+        e.check(
+            (1..=60_000).contains(&self.batch_linger_ms),
+            "--batch-linger-ms must be 1..=60000",
+        );
         e.into_result(self)
     }
 }
@@ -77,18 +91,45 @@ struct Metrics {
 fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(|| Metrics {
-        received: counter("posflow_storage_received_total", "Validated transactions consumed"),
-        stored: counter("posflow_storage_stored_total", "Rows written (new transaction ids)"),
-        duplicates: counter("posflow_storage_duplicates_total", "Records whose transaction id was already stored"),
-        db_errors: counter_vec("posflow_storage_db_errors_total", "Failed batch writes, by class", &["class"]),
-        dead_lettered: counter_vec("posflow_storage_dead_lettered_total", "Records sent to the dead-letter topic, by reason", &["reason"]),
-        batch_rows: histogram("posflow_storage_batch_rows", "Rows per database transaction", &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]),
-        batch_latency: histogram("posflow_storage_batch_seconds", "Time to write one batch", posflow_runtime::metrics::LATENCY_BUCKETS),
+        received: counter(
+            "posflow_storage_received_total",
+            "Validated transactions consumed",
+        ),
+        stored: counter(
+            "posflow_storage_stored_total",
+            "Rows written (new transaction ids)",
+        ),
+        duplicates: counter(
+            "posflow_storage_duplicates_total",
+            "Records whose transaction id was already stored",
+        ),
+        db_errors: counter_vec(
+            "posflow_storage_db_errors_total",
+            "Failed batch writes, by class",
+            &["class"],
+        ),
+        dead_lettered: counter_vec(
+            "posflow_storage_dead_lettered_total",
+            "Records sent to the dead-letter topic, by reason",
+            &["reason"],
+        ),
+        batch_rows: histogram(
+            "posflow_storage_batch_rows",
+            "Rows per database transaction",
+            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+        ),
+        batch_latency: histogram(
+            "posflow_storage_batch_seconds",
+            "Time to write one batch",
+            posflow_runtime::metrics::LATENCY_BUCKETS,
+        ),
     })
 }
 
 pub async fn migrate(args: &Args) -> anyhow::Result<Vec<i32>> {
-    let mut client = db::connect(args.database_url.expose()).await.with_context(|| format!("connecting to {}", redact_url(args.database_url.expose())))?;
+    let mut client = db::connect(args.database_url.expose())
+        .await
+        .with_context(|| format!("connecting to {}", redact_url(args.database_url.expose())))?;
     let applied = db::migrate(&mut client).await?;
     db::ensure_partitions(&client).await?;
     Ok(applied)
@@ -111,7 +152,9 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let dlq_topic = topics.deadletter();
     let group = args.kafka.group("posflow-storage");
     let client_id = format!("storage-{}", std::process::id());
-    let dlq_enc = Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic).await.context("dead-letter schema (run posflow-admin provision)")?;
+    let dlq_enc = Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)
+        .await
+        .context("dead-letter schema (run posflow-admin provision)")?;
     let decoder = Decoder::<TransactionValidated>::new(registry);
     let consumer = posflow_kafka::clients::consumer(&args.kafka, &group, &client_id)?;
     consumer.subscribe(&[&topic])?;
@@ -154,7 +197,11 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         }
         if !batch.is_empty() {
             let started = std::time::Instant::now();
-            let Some(new) = write_with_retry(&mut client, &args, &group, &topic, &batch, &ctx).await else { break };
+            let Some(new) =
+                write_with_retry(&mut client, &args, &group, &topic, &batch, &ctx).await
+            else {
+                break;
+            };
             m.stored.inc_by(new);
             m.duplicates.inc_by(batch.len() as u64 - new);
             m.batch_rows.observe(batch.len() as f64);
@@ -174,11 +221,18 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
 }
 
 fn dead_letter_headers(h: OwnedHeaders, reason: &str) -> OwnedHeaders {
-    h.insert(Header { key: headers::REASON, value: Some(reason.as_bytes()) })
+    h.insert(Header {
+        key: headers::REASON,
+        value: Some(reason.as_bytes()),
+    })
 }
 
 /// `None` when shutdown interrupts a wait for the registry.
-async fn decode_with_retry(decoder: &Decoder<TransactionValidated>, payload: &[u8], ctx: &Context) -> Option<Result<TransactionValidated, String>> {
+async fn decode_with_retry(
+    decoder: &Decoder<TransactionValidated>,
+    payload: &[u8],
+    ctx: &Context,
+) -> Option<Result<TransactionValidated, String>> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match decoder.decode(payload).await {
@@ -213,7 +267,14 @@ async fn connect_with_retry(args: &Args, ctx: &Context) -> anyhow::Result<tokio_
 /// Writes until it succeeds; the consumer is not read meanwhile, so an outage stops
 /// consumption instead of piling up rows. `None` if shutdown comes first (nothing committed,
 /// the offsets stay where they are).
-async fn write_with_retry(client: &mut tokio_postgres::Client, args: &Args, group: &str, topic: &str, batch: &[db::Row], ctx: &Context) -> Option<u64> {
+async fn write_with_retry(
+    client: &mut tokio_postgres::Client,
+    args: &Args,
+    group: &str,
+    topic: &str,
+    batch: &[db::Row],
+    ctx: &Context,
+) -> Option<u64> {
     let mut backoff = Duration::from_millis(200);
     loop {
         match db::write_batch(client, group, topic, batch).await {
@@ -222,7 +283,11 @@ async fn write_with_retry(client: &mut tokio_postgres::Client, args: &Args, grou
                 return Some(n);
             }
             Err(e) => {
-                let class = if e.is_permanent() { "permanent" } else { "transient" };
+                let class = if e.is_permanent() {
+                    "permanent"
+                } else {
+                    "transient"
+                };
                 metrics().db_errors.with_label_values(&[class]).inc();
                 tracing::warn!(error = %e, class, rows = batch.len(), "batch write failed; retrying");
                 ctx.health.set_ready(false);

@@ -11,7 +11,10 @@ use posflow_kafka::pipeline::{self, Input, Output, Retry};
 use posflow_kafka::{headers, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
-use posflow_schema::{now_millis, DeadLetter, Decoder, Encoder, TransactionReceived, TransactionRejected, TransactionValidated};
+use posflow_schema::{
+    now_millis, DeadLetter, Decoder, Encoder, TransactionReceived, TransactionRejected,
+    TransactionValidated,
+};
 use prometheus::{IntCounter, IntCounterVec};
 use rdkafka::message::{Header, OwnedHeaders};
 use std::sync::OnceLock;
@@ -72,79 +75,135 @@ struct Metrics {
 fn metrics() -> &'static Metrics {
     static M: OnceLock<Metrics> = OnceLock::new();
     M.get_or_init(|| Metrics {
-        received: counter("posflow_validator_received_total", "Raw transactions consumed"),
-        validated: counter("posflow_validator_validated_total", "Transactions that passed every rule"),
-        rejected: counter_vec("posflow_validator_rejected_total", "Rejections, by reason code (a transaction with two reasons counts in both)", &["reason"]),
-        dead_lettered: counter_vec("posflow_validator_dead_lettered_total", "Raw records that could not be decoded", &["reason"]),
+        received: counter(
+            "posflow_validator_received_total",
+            "Raw transactions consumed",
+        ),
+        validated: counter(
+            "posflow_validator_validated_total",
+            "Transactions that passed every rule",
+        ),
+        rejected: counter_vec(
+            "posflow_validator_rejected_total",
+            "Rejections, by reason code (a transaction with two reasons counts in both)",
+            &["reason"],
+        ),
+        dead_lettered: counter_vec(
+            "posflow_validator_dead_lettered_total",
+            "Raw records that could not be decoded",
+            &["reason"],
+        ),
     })
 }
 
 pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let topics = args.kafka.topics();
     let registry = args.kafka.registry();
-    let (validated_t, rejected_t, dlq_t) = (topics.validated(), topics.rejected(), topics.deadletter());
-    let validated_enc = Encoder::<TransactionValidated>::for_topic(&registry, &validated_t).await.context("validated schema (run posflow-admin provision)")?;
-    let rejected_enc = Encoder::<TransactionRejected>::for_topic(&registry, &rejected_t).await.context("rejected schema (run posflow-admin provision)")?;
-    let dlq_enc = Encoder::<DeadLetter>::for_topic(&registry, &dlq_t).await.context("dead-letter schema (run posflow-admin provision)")?;
+    let (validated_t, rejected_t, dlq_t) =
+        (topics.validated(), topics.rejected(), topics.deadletter());
+    let validated_enc = Encoder::<TransactionValidated>::for_topic(&registry, &validated_t)
+        .await
+        .context("validated schema (run posflow-admin provision)")?;
+    let rejected_enc = Encoder::<TransactionRejected>::for_topic(&registry, &rejected_t)
+        .await
+        .context("rejected schema (run posflow-admin provision)")?;
+    let dlq_enc = Encoder::<DeadLetter>::for_topic(&registry, &dlq_t)
+        .await
+        .context("dead-letter schema (run posflow-admin provision)")?;
     let decoder = Decoder::<TransactionReceived>::new(registry);
     let rules = args.rules();
     let client_id = format!("validator-{}", std::process::id());
-    let consumer = posflow_kafka::clients::consumer(&args.kafka, &args.kafka.group("posflow-validator"), &client_id)?;
+    let consumer = posflow_kafka::clients::consumer(
+        &args.kafka,
+        &args.kafka.group("posflow-validator"),
+        &client_id,
+    )?;
     rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
     let producer = posflow_kafka::clients::producer(&args.kafka, &client_id)?;
     ctx.health.set_ready(true);
     let m = metrics();
 
-    pipeline::run(&consumer, &producer, args.in_flight, Duration::from_secs(args.drain_timeout), &ctx, |input: Input| {
-        let (decoder, rules) = (&decoder, &rules);
-        let (validated_enc, rejected_enc, dlq_enc) = (&validated_enc, &rejected_enc, &dlq_enc);
-        let (validated_t, rejected_t, dlq_t) = (&validated_t, &rejected_t, &dlq_t);
-        async move {
-            m.received.inc();
-            let hdrs = input.headers.clone().unwrap_or_default();
-            let payload = input.payload.as_deref().unwrap_or_default();
-            let received = match decoder.decode(payload).await {
-                Ok(r) => r,
-                Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
-                Err(e) => {
-                    m.dead_lettered.with_label_values(&["DECODE_FAILED"]).inc();
-                    let letter = DeadLetter {
-                        reason: "DECODE_FAILED".into(),
-                        detail: e.to_string(),
-                        stage: "validator".into(),
-                        source: input.position(),
-                        received_at: now_millis(),
-                        payload: payload.to_vec(),
+    pipeline::run(
+        &consumer,
+        &producer,
+        args.in_flight,
+        Duration::from_secs(args.drain_timeout),
+        &ctx,
+        |input: Input| {
+            let (decoder, rules) = (&decoder, &rules);
+            let (validated_enc, rejected_enc, dlq_enc) = (&validated_enc, &rejected_enc, &dlq_enc);
+            let (validated_t, rejected_t, dlq_t) = (&validated_t, &rejected_t, &dlq_t);
+            async move {
+                m.received.inc();
+                let hdrs = input.headers.clone().unwrap_or_default();
+                let payload = input.payload.as_deref().unwrap_or_default();
+                let received = match decoder.decode(payload).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
+                    Err(e) => {
+                        m.dead_lettered.with_label_values(&["DECODE_FAILED"]).inc();
+                        let letter = DeadLetter {
+                            reason: "DECODE_FAILED".into(),
+                            detail: e.to_string(),
+                            stage: "validator".into(),
+                            source: input.position(),
+                            received_at: now_millis(),
+                            payload: payload.to_vec(),
+                        };
+                        let value = dlq_enc.encode(&letter).map_err(|e| Retry(e.to_string()))?;
+                        return Ok(vec![Output {
+                            topic: dlq_t.clone(),
+                            key: letter.source,
+                            value,
+                            headers: hdrs.insert(Header {
+                                key: headers::REASON,
+                                value: Some("DECODE_FAILED"),
+                            }),
+                        }]);
+                    }
+                };
+                let key = received.transaction.terminal_id.clone();
+                let reasons = rules::check(&received, rules);
+                let (topic, value, hdrs) = if reasons.is_empty() {
+                    m.validated.inc();
+                    let v = TransactionValidated {
+                        envelope: received.envelope,
+                        transaction: received.transaction,
+                        validated_at: now_millis(),
                     };
-                    let value = dlq_enc.encode(&letter).map_err(|e| Retry(e.to_string()))?;
-                    return Ok(vec![Output {
-                        topic: dlq_t.clone(),
-                        key: letter.source,
-                        value,
-                        headers: hdrs.insert(Header { key: headers::REASON, value: Some("DECODE_FAILED") }),
-                    }]);
-                }
-            };
-            let key = received.transaction.terminal_id.clone();
-            let reasons = rules::check(&received, rules);
-            let (topic, value, hdrs) = if reasons.is_empty() {
-                m.validated.inc();
-                let v = TransactionValidated { envelope: received.envelope, transaction: received.transaction, validated_at: now_millis() };
-                (validated_t.clone(), validated_enc.encode(&v), hdrs)
-            } else {
-                for r in &reasons {
-                    m.rejected.with_label_values(&[r.code.as_str()]).inc();
-                }
-                let codes = reasons.iter().map(|r| r.code.as_str()).collect::<Vec<_>>().join(",");
-                let hdrs: OwnedHeaders = hdrs.insert(Header { key: headers::REASON, value: Some(codes.as_bytes()) });
-                let v = TransactionRejected { envelope: received.envelope, transaction: received.transaction, reasons, rejected_at: now_millis() };
-                (rejected_t.clone(), rejected_enc.encode(&v), hdrs)
-            };
-            // Encoding a value we just decoded under the same schemas cannot fail short of a bug.
-            let value = value.map_err(|e| Retry(format!("encoding: {e}")))?;
-            Ok(vec![Output { topic, key, value, headers: hdrs }])
-        }
-    })
+                    (validated_t.clone(), validated_enc.encode(&v), hdrs)
+                } else {
+                    for r in &reasons {
+                        m.rejected.with_label_values(&[r.code.as_str()]).inc();
+                    }
+                    let codes = reasons
+                        .iter()
+                        .map(|r| r.code.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    let hdrs: OwnedHeaders = hdrs.insert(Header {
+                        key: headers::REASON,
+                        value: Some(codes.as_bytes()),
+                    });
+                    let v = TransactionRejected {
+                        envelope: received.envelope,
+                        transaction: received.transaction,
+                        reasons,
+                        rejected_at: now_millis(),
+                    };
+                    (rejected_t.clone(), rejected_enc.encode(&v), hdrs)
+                };
+                // Encoding a value we just decoded under the same schemas cannot fail short of a bug.
+                let value = value.map_err(|e| Retry(format!("encoding: {e}")))?;
+                Ok(vec![Output {
+                    topic,
+                    key,
+                    value,
+                    headers: hdrs,
+                }])
+            }
+        },
+    )
     .await?;
     Ok(())
 }

@@ -4,5 +4,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let args = posflow_validator::Args::parse();
     let common = args.common.clone();
-    posflow_runtime::main("validator", &common, || args.check(), posflow_validator::run)
+    posflow_runtime::main(
+        "validator",
+        &common,
+        || args.check(),
+        posflow_validator::run,
+    )
 }

@@ -19,7 +19,11 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Self { max_amount_major: 100_000, max_clock_skew_ms: 5 * 60_000, max_age_ms: 7 * 86_400_000 }
+        Self {
+            max_amount_major: 100_000,
+            max_clock_skew_ms: 5 * 60_000,
+            max_age_ms: 7 * 86_400_000,
+        }
     }
 }
 
@@ -35,7 +39,10 @@ pub mod code {
 }
 
 fn reason(code: &str, message: String) -> RejectionReason {
-    RejectionReason { code: code.to_string(), message }
+    RejectionReason {
+        code: code.to_string(),
+        message,
+    }
 }
 
 /// Every rule the transaction breaks; empty means valid.
@@ -43,35 +50,80 @@ pub fn check(r: &TransactionReceived, rules: &Rules) -> Vec<RejectionReason> {
     let t = &r.transaction;
     let mut out = Vec::new();
     if t.amount_minor <= 0 {
-        out.push(reason(code::AMOUNT_NOT_POSITIVE, format!("amount_minor {} must be > 0", t.amount_minor)));
+        out.push(reason(
+            code::AMOUNT_NOT_POSITIVE,
+            format!("amount_minor {} must be > 0", t.amount_minor),
+        ));
     }
     match minor_units(&t.currency) {
-        None => out.push(reason(code::CURRENCY_UNKNOWN, format!("{:?} is not an active ISO 4217 currency", t.currency))),
+        None => out.push(reason(
+            code::CURRENCY_UNKNOWN,
+            format!("{:?} is not an active ISO 4217 currency", t.currency),
+        )),
         Some(units) => {
-            let limit = rules.max_amount_major.saturating_mul(10i64.pow(u32::from(units)));
+            let limit = rules
+                .max_amount_major
+                .saturating_mul(10i64.pow(u32::from(units)));
             if t.amount_minor > limit {
-                out.push(reason(code::AMOUNT_OVER_LIMIT, format!("amount_minor {} exceeds the limit {limit} for {}", t.amount_minor, t.currency)));
+                out.push(reason(
+                    code::AMOUNT_OVER_LIMIT,
+                    format!(
+                        "amount_minor {} exceeds the limit {limit} for {}",
+                        t.amount_minor, t.currency
+                    ),
+                ));
             }
         }
     }
     let received = r.envelope.received_at;
     if t.transaction_time > received + rules.max_clock_skew_ms {
-        out.push(reason(code::TIME_IN_FUTURE, format!("transaction_time is {} ms ahead of receipt", t.transaction_time - received)));
+        out.push(reason(
+            code::TIME_IN_FUTURE,
+            format!(
+                "transaction_time is {} ms ahead of receipt",
+                t.transaction_time - received
+            ),
+        ));
     }
     if t.transaction_time < received - rules.max_age_ms {
-        out.push(reason(code::TIME_TOO_OLD, format!("transaction_time is {} ms before receipt", received - t.transaction_time)));
+        out.push(reason(
+            code::TIME_TOO_OLD,
+            format!(
+                "transaction_time is {} ms before receipt",
+                received - t.transaction_time
+            ),
+        ));
     }
-    let needs_original = matches!(t.kind, TransactionType::Refund | TransactionType::Void | TransactionType::Completion);
+    let needs_original = matches!(
+        t.kind,
+        TransactionType::Refund | TransactionType::Void | TransactionType::Completion
+    );
     if needs_original && t.original_transaction_id.is_none() {
-        out.push(reason(code::ORIGINAL_MISSING, format!("a {} must reference its original transaction", t.kind.as_str())));
+        out.push(reason(
+            code::ORIGINAL_MISSING,
+            format!(
+                "a {} must reference its original transaction",
+                t.kind.as_str()
+            ),
+        ));
     }
     if t.mcc.len() != 4 || !t.mcc.bytes().all(|b| b.is_ascii_digit()) {
         out.push(reason(code::MCC_INVALID, "mcc must be 4 digits".into()));
     }
     if !t.line_items.is_empty() {
-        let sum: i128 = t.line_items.iter().map(|l| i128::from(l.unit_price_minor) * i128::from(l.quantity)).sum();
+        let sum: i128 = t
+            .line_items
+            .iter()
+            .map(|l| i128::from(l.unit_price_minor) * i128::from(l.quantity))
+            .sum();
         if sum != i128::from(t.amount_minor) {
-            out.push(reason(code::LINE_ITEMS_MISMATCH, format!("line items add up to {sum}, amount_minor is {}", t.amount_minor)));
+            out.push(reason(
+                code::LINE_ITEMS_MISMATCH,
+                format!(
+                    "line items add up to {sum}, amount_minor is {}",
+                    t.amount_minor
+                ),
+            ));
         }
     }
     out
@@ -84,7 +136,12 @@ mod tests {
 
     fn valid() -> TransactionReceived {
         TransactionReceived {
-            envelope: Envelope { received_at: 1_000_000_000_000, mqtt_topic: "pos/M/T/tx".into(), bridge_id: "b".into(), payload_version: 1 },
+            envelope: Envelope {
+                received_at: 1_000_000_000_000,
+                mqtt_topic: "pos/M/T/tx".into(),
+                bridge_id: "b".into(),
+                payload_version: 1,
+            },
             transaction: Transaction {
                 transaction_id: "t".into(),
                 terminal_id: "T".into(),
@@ -102,13 +159,21 @@ mod tests {
                 response_code: "00".into(),
                 mcc: "5411".into(),
                 location: None,
-                line_items: vec![LineItem { sku: "a".into(), description: "a".into(), unit_price_minor: 617, quantity: 2 }],
+                line_items: vec![LineItem {
+                    sku: "a".into(),
+                    description: "a".into(),
+                    unit_price_minor: 617,
+                    quantity: 2,
+                }],
             },
         }
     }
 
     fn codes(r: &TransactionReceived) -> Vec<String> {
-        check(r, &Rules::default()).into_iter().map(|r| r.code).collect()
+        check(r, &Rules::default())
+            .into_iter()
+            .map(|r| r.code)
+            .collect()
     }
 
     #[test]
@@ -119,14 +184,48 @@ mod tests {
     #[test]
     fn each_rule_yields_exactly_its_code() {
         let cases: Vec<(&str, Box<dyn Fn(&mut TransactionReceived)>)> = vec![
-            (code::AMOUNT_NOT_POSITIVE, Box::new(|r| { r.transaction.amount_minor = 0; r.transaction.line_items.clear(); })),
-            (code::AMOUNT_OVER_LIMIT, Box::new(|r| { r.transaction.amount_minor = 10_000_001; r.transaction.line_items.clear(); })),
-            (code::CURRENCY_UNKNOWN, Box::new(|r| r.transaction.currency = "XXX".into())),
-            (code::TIME_IN_FUTURE, Box::new(|r| r.transaction.transaction_time = r.envelope.received_at + 5 * 60_000 + 1)),
-            (code::TIME_TOO_OLD, Box::new(|r| r.transaction.transaction_time = r.envelope.received_at - 7 * 86_400_000 - 1)),
-            (code::ORIGINAL_MISSING, Box::new(|r| r.transaction.kind = TransactionType::Refund)),
-            (code::MCC_INVALID, Box::new(|r| r.transaction.mcc = "54a1".into())),
-            (code::LINE_ITEMS_MISMATCH, Box::new(|r| r.transaction.amount_minor = 1235)),
+            (
+                code::AMOUNT_NOT_POSITIVE,
+                Box::new(|r| {
+                    r.transaction.amount_minor = 0;
+                    r.transaction.line_items.clear();
+                }),
+            ),
+            (
+                code::AMOUNT_OVER_LIMIT,
+                Box::new(|r| {
+                    r.transaction.amount_minor = 10_000_001;
+                    r.transaction.line_items.clear();
+                }),
+            ),
+            (
+                code::CURRENCY_UNKNOWN,
+                Box::new(|r| r.transaction.currency = "XXX".into()),
+            ),
+            (
+                code::TIME_IN_FUTURE,
+                Box::new(|r| {
+                    r.transaction.transaction_time = r.envelope.received_at + 5 * 60_000 + 1
+                }),
+            ),
+            (
+                code::TIME_TOO_OLD,
+                Box::new(|r| {
+                    r.transaction.transaction_time = r.envelope.received_at - 7 * 86_400_000 - 1
+                }),
+            ),
+            (
+                code::ORIGINAL_MISSING,
+                Box::new(|r| r.transaction.kind = TransactionType::Refund),
+            ),
+            (
+                code::MCC_INVALID,
+                Box::new(|r| r.transaction.mcc = "54a1".into()),
+            ),
+            (
+                code::LINE_ITEMS_MISMATCH,
+                Box::new(|r| r.transaction.amount_minor = 1235),
+            ),
         ];
         for (expected, mutate) in cases {
             let mut r = valid();
@@ -151,6 +250,13 @@ mod tests {
         let mut r = valid();
         r.transaction.amount_minor = -5;
         r.transaction.currency = "EURO".into();
-        assert_eq!(codes(&r), vec![code::AMOUNT_NOT_POSITIVE, code::CURRENCY_UNKNOWN, code::LINE_ITEMS_MISMATCH]);
+        assert_eq!(
+            codes(&r),
+            vec![
+                code::AMOUNT_NOT_POSITIVE,
+                code::CURRENCY_UNKNOWN,
+                code::LINE_ITEMS_MISMATCH
+            ]
+        );
     }
 }

@@ -9,7 +9,11 @@ pub struct KafkaArgs {
     #[arg(long, env = "POSFLOW_KAFKA_BROKERS", default_value = "127.0.0.1:29092")]
     pub kafka_brokers: String,
     /// plaintext, ssl, sasl_plaintext or sasl_ssl.
-    #[arg(long, env = "POSFLOW_KAFKA_SECURITY_PROTOCOL", default_value = "plaintext")]
+    #[arg(
+        long,
+        env = "POSFLOW_KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext"
+    )]
     pub kafka_security_protocol: String,
     /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (with a sasl_* protocol).
     #[arg(long, env = "POSFLOW_KAFKA_SASL_MECHANISM")]
@@ -25,7 +29,11 @@ pub struct KafkaArgs {
     #[arg(long, env = "POSFLOW_TOPIC_PREFIX", default_value = "")]
     pub topic_prefix: String,
     /// Confluent-API schema registry root.
-    #[arg(long, env = "POSFLOW_SCHEMA_REGISTRY_URL", default_value = "http://127.0.0.1:28081/apis/ccompat/v7")]
+    #[arg(
+        long,
+        env = "POSFLOW_SCHEMA_REGISTRY_URL",
+        default_value = "http://127.0.0.1:28081/apis/ccompat/v7"
+    )]
     pub schema_registry_url: String,
 }
 
@@ -34,8 +42,15 @@ impl KafkaArgs {
     pub fn check(&self, errors: &mut ConfigErrors) {
         errors.check(
             !self.kafka_brokers.trim().is_empty()
-                && self.kafka_brokers.split(',').all(|b| b.trim().rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())),
-            format!("--kafka-brokers must be host:port[,host:port...], got {:?}", self.kafka_brokers),
+                && self.kafka_brokers.split(',').all(|b| {
+                    b.trim()
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                }),
+            format!(
+                "--kafka-brokers must be host:port[,host:port...], got {:?}",
+                self.kafka_brokers
+            ),
         );
         let proto = self.kafka_security_protocol.to_ascii_lowercase();
         errors.check(
@@ -43,20 +58,38 @@ impl KafkaArgs {
             format!("--kafka-security-protocol must be plaintext, ssl, sasl_plaintext or sasl_ssl, got {:?}", self.kafka_security_protocol),
         );
         if proto.starts_with("sasl") {
-            errors.check(self.kafka_sasl_mechanism.is_some(), "--kafka-sasl-mechanism is required with a sasl_* protocol");
-            errors.check(self.kafka_sasl_username.is_some(), "--kafka-sasl-username is required with a sasl_* protocol");
-            errors.check(self.kafka_sasl_password.is_some(), "--kafka-sasl-password is required with a sasl_* protocol");
+            errors.check(
+                self.kafka_sasl_mechanism.is_some(),
+                "--kafka-sasl-mechanism is required with a sasl_* protocol",
+            );
+            errors.check(
+                self.kafka_sasl_username.is_some(),
+                "--kafka-sasl-username is required with a sasl_* protocol",
+            );
+            errors.check(
+                self.kafka_sasl_password.is_some(),
+                "--kafka-sasl-password is required with a sasl_* protocol",
+            );
         }
         if let Some(ca) = &self.kafka_ssl_ca {
-            errors.check(std::path::Path::new(ca).is_file(), format!("--kafka-ssl-ca {ca:?} is not a readable file"));
+            errors.check(
+                std::path::Path::new(ca).is_file(),
+                format!("--kafka-ssl-ca {ca:?} is not a readable file"),
+            );
         }
         errors.check(
-            self.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            self.topic_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
             "--topic-prefix may hold only letters, digits, '.', '_' and '-'",
         );
         errors.check(
-            self.schema_registry_url.starts_with("http://") || self.schema_registry_url.starts_with("https://"),
-            format!("--schema-registry-url must be an http(s) URL, got {:?}", self.schema_registry_url),
+            self.schema_registry_url.starts_with("http://")
+                || self.schema_registry_url.starts_with("https://"),
+            format!(
+                "--schema-registry-url must be an http(s) URL, got {:?}",
+                self.schema_registry_url
+            ),
         );
     }
 
@@ -64,7 +97,10 @@ impl KafkaArgs {
     pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.kafka_brokers)
-            .set("security.protocol", self.kafka_security_protocol.to_ascii_lowercase())
+            .set(
+                "security.protocol",
+                self.kafka_security_protocol.to_ascii_lowercase(),
+            )
             .set("client.dns.lookup", "use_all_dns_ips")
             // librdkafka logs through its own callback; keep it quiet unless something breaks.
             .set("log_level", "4");

@@ -29,7 +29,11 @@ pub fn producer_config(args: &KafkaArgs, client_id: &str) -> ClientConfig {
 /// A consumer that never moves an offset by itself: the stage stores an offset only once the
 /// record and every earlier one on its partition is fully handled; librdkafka then commits the
 /// stored offsets in the background.
-pub fn consumer(args: &KafkaArgs, group: &str, client_id: &str) -> rdkafka::error::KafkaResult<StreamConsumer> {
+pub fn consumer(
+    args: &KafkaArgs,
+    group: &str,
+    client_id: &str,
+) -> rdkafka::error::KafkaResult<StreamConsumer> {
     consumer_config(args, group, client_id).create()
 }
 

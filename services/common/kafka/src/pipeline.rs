@@ -28,7 +28,11 @@ pub struct Input {
 impl Input {
     /// The value of header `name`, if present.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.as_ref()?.iter().find(|h| h.key == name).and_then(|h| h.value)
+        self.headers
+            .as_ref()?
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
     }
     /// `topic/partition/offset`, for dead letters and logs.
     pub fn position(&self) -> String {
@@ -125,7 +129,11 @@ where
     Ok(())
 }
 
-async fn transform_with_retry<F, Fut>(transform: &mut F, input: Input, ctx: &Context) -> Option<Vec<Output>>
+async fn transform_with_retry<F, Fut>(
+    transform: &mut F,
+    input: Input,
+    ctx: &Context,
+) -> Option<Vec<Output>>
 where
     F: FnMut(Input) -> Fut,
     Fut: Future<Output = Result<Vec<Output>, Retry>>,
@@ -135,7 +143,11 @@ where
         match transform(input.clone()).await {
             Ok(o) => return Some(o),
             Err(Retry(why)) => {
-                tracing::warn!(error = why, position = input.position(), "transform failed; retrying");
+                tracing::warn!(
+                    error = why,
+                    position = input.position(),
+                    "transform failed; retrying"
+                );
                 ctx.health.set_ready(false);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -152,8 +164,14 @@ where
 pub async fn produce_until_confirmed(producer: &FutureProducer, o: &Output, ctx: &Context) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        let record = FutureRecord::to(&o.topic).key(&o.key).payload(&o.value).headers(o.headers.clone());
-        match producer.send(record, Timeout::After(Duration::from_secs(5))).await {
+        let record = FutureRecord::to(&o.topic)
+            .key(&o.key)
+            .payload(&o.value)
+            .headers(o.headers.clone());
+        match producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+            .await
+        {
             Ok(_) => return,
             Err((e, _)) => {
                 tracing::warn!(error = %e, topic = o.topic, "Kafka send failed; retrying");
@@ -178,14 +196,18 @@ pub async fn consume_and_decode<T: posflow_schema::AvroRecord>(
 ) -> anyhow::Result<()> {
     let decoder = posflow_schema::Decoder::<T>::new(args.registry());
     let client_id = format!("{stage}-{}", std::process::id());
-    let consumer = crate::clients::consumer(args, &args.group(&format!("posflow-{stage}")), &client_id)?;
+    let consumer =
+        crate::clients::consumer(args, &args.group(&format!("posflow-{stage}")), &client_id)?;
     consumer.subscribe(&[topic])?;
     let producer = crate::clients::producer(args, &client_id)?;
     ctx.health.set_ready(true);
     run(&consumer, &producer, 1000, drain, ctx, |input| {
         let decoder = &decoder;
         async move {
-            match decoder.decode(input.payload.as_deref().unwrap_or_default()).await {
+            match decoder
+                .decode(input.payload.as_deref().unwrap_or_default())
+                .await
+            {
                 Ok(_) => metric.with_label_values(&["ok"]).inc(),
                 Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
                 Err(_) => metric.with_label_values(&["undecodable"]).inc(),

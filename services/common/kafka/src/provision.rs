@@ -21,9 +21,15 @@ pub enum ProvisionError {
     #[error("Kafka admin: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("creating topic {topic}: {code}")]
-    Topic { topic: String, code: RDKafkaErrorCode },
+    Topic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("registering the schema of {topic}: {source}")]
-    Schema { topic: String, source: posflow_schema::RegistryError },
+    Schema {
+        topic: String,
+        source: posflow_schema::RegistryError,
+    },
 }
 
 /// What provisioning did, topic by topic.
@@ -35,7 +41,10 @@ pub struct ProvisionReport {
     pub schemas: Vec<(String, u32)>,
 }
 
-pub async fn provision(args: &KafkaArgs, plan: &ProvisionPlan) -> Result<ProvisionReport, ProvisionError> {
+pub async fn provision(
+    args: &KafkaArgs,
+    plan: &ProvisionPlan,
+) -> Result<ProvisionReport, ProvisionError> {
     let admin: AdminClient<DefaultClientContext> = args.client_config().create()?;
     let topics = args.topics();
     let names: Vec<(String, i32, String)> = CATALOGUE
@@ -52,10 +61,14 @@ pub async fn provision(args: &KafkaArgs, plan: &ProvisionPlan) -> Result<Provisi
     let new: Vec<NewTopic> = names
         .iter()
         .map(|(name, partitions, retention)| {
-            NewTopic::new(name, *partitions, TopicReplication::Fixed(plan.replication_factor))
-                .set("retention.ms", retention)
-                .set("min.insync.replicas", &min_isr)
-                .set("cleanup.policy", "delete")
+            NewTopic::new(
+                name,
+                *partitions,
+                TopicReplication::Fixed(plan.replication_factor),
+            )
+            .set("retention.ms", retention)
+            .set("min.insync.replicas", &min_isr)
+            .set("cleanup.policy", "delete")
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -71,9 +84,18 @@ pub async fn provision(args: &KafkaArgs, plan: &ProvisionPlan) -> Result<Provisi
     for spec in CATALOGUE {
         let topic = topics.name(spec.name);
         let subject = value_subject(&topic);
-        let schema_err = |source| ProvisionError::Schema { topic: topic.clone(), source };
-        let id = registry.register(&subject, spec.value.json()).await.map_err(schema_err)?;
-        registry.set_compatibility(&subject, "BACKWARD").await.map_err(schema_err)?;
+        let schema_err = |source| ProvisionError::Schema {
+            topic: topic.clone(),
+            source,
+        };
+        let id = registry
+            .register(&subject, spec.value.json())
+            .await
+            .map_err(schema_err)?;
+        registry
+            .set_compatibility(&subject, "BACKWARD")
+            .await
+            .map_err(schema_err)?;
         report.schemas.push((subject, id));
     }
     Ok(report)

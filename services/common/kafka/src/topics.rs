@@ -88,7 +88,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_string() }
+        Self {
+            prefix: prefix.to_string(),
+        }
     }
     pub fn name(&self, base: &str) -> String {
         format!("{}{}", self.prefix, base)
@@ -128,14 +130,20 @@ mod tests {
 
     #[test]
     fn the_docs_list_every_topic_with_its_partitions() {
-        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../docs/topics.md"));
+        let doc = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../docs/topics.md"
+        ));
         for t in CATALOGUE {
             let row = doc
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{}` ", t.name)))
                 .unwrap_or_else(|| panic!("docs/topics.md has no row for {}", t.name));
             assert!(row.contains(&format!("| {} |", t.partitions)), "{row}");
-            assert!(row.contains(&format!("| {} d |", t.retention_days)), "{row}");
+            assert!(
+                row.contains(&format!("| {} d |", t.retention_days)),
+                "{row}"
+            );
         }
     }
 }

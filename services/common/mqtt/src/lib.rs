@@ -31,7 +31,9 @@ pub enum TopicError {
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 pub fn tx_topic(merchant_id: &str, terminal_id: &str) -> String {
@@ -49,15 +51,22 @@ pub fn tx_filter() -> String {
 
 pub fn parse_tx_topic(topic: &str) -> Result<TopicIds<'_>, TopicError> {
     let mut parts = topic.split('/');
-    let (Some(ROOT), Some(merchant_id), Some(terminal_id), Some("tx"), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(ROOT), Some(merchant_id), Some(terminal_id), Some("tx"), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(TopicError::Shape);
     };
     if !is_valid_id(merchant_id) || !is_valid_id(terminal_id) {
         return Err(TopicError::BadId);
     }
-    Ok(TopicIds { merchant_id, terminal_id })
+    Ok(TopicIds {
+        merchant_id,
+        terminal_id,
+    })
 }
 
 /// How to reach the MQTT broker.
@@ -67,7 +76,12 @@ pub struct MqttArgs {
     pub mqtt_host: String,
     #[arg(long, env = "POSFLOW_MQTT_PORT", default_value_t = 21883)]
     pub mqtt_port: u16,
-    #[arg(long, env = "POSFLOW_MQTT_PASSWORD", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "POSFLOW_MQTT_PASSWORD",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub mqtt_password: Secret,
     /// Seconds between keep-alive pings.
     #[arg(long, env = "POSFLOW_MQTT_KEEP_ALIVE", default_value_t = 15)]
@@ -102,16 +116,35 @@ mod tests {
     fn topics_round_trip() {
         let t = tx_topic("M-01", "T_0001");
         assert_eq!(t, "pos/M-01/T_0001/tx");
-        assert_eq!(parse_tx_topic(&t), Ok(TopicIds { merchant_id: "M-01", terminal_id: "T_0001" }));
+        assert_eq!(
+            parse_tx_topic(&t),
+            Ok(TopicIds {
+                merchant_id: "M-01",
+                terminal_id: "T_0001"
+            })
+        );
         assert_eq!(ack_topic("M-01", "T_0001"), "pos/M-01/T_0001/ack");
     }
 
     #[test]
     fn hostile_topics_are_refused() {
-        for t in ["pos/M/T/ack", "pos/M/tx", "pos/M/T/tx/x", "x/M/T/tx", "pos//T/tx", "pos/M/T+/tx", "pos/M/#/tx", "pos/M/$T/tx", "pos/M/T é/tx"] {
+        for t in [
+            "pos/M/T/ack",
+            "pos/M/tx",
+            "pos/M/T/tx/x",
+            "x/M/T/tx",
+            "pos//T/tx",
+            "pos/M/T+/tx",
+            "pos/M/#/tx",
+            "pos/M/$T/tx",
+            "pos/M/T é/tx",
+        ] {
             assert!(parse_tx_topic(t).is_err(), "{t}");
         }
-        assert_eq!(parse_tx_topic(&format!("pos/M/{}/tx", "a".repeat(65))), Err(TopicError::BadId));
+        assert_eq!(
+            parse_tx_topic(&format!("pos/M/{}/tx", "a".repeat(65))),
+            Err(TopicError::BadId)
+        );
         assert!(parse_tx_topic(&format!("pos/M/{}/tx", "a".repeat(64))).is_ok());
     }
 }

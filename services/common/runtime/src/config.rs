@@ -134,7 +134,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password() {
-        assert_eq!(redact_url("postgres://u:pw@h:1/db"), "postgres://u:****@h:1/db");
+        assert_eq!(
+            redact_url("postgres://u:pw@h:1/db"),
+            "postgres://u:****@h:1/db"
+        );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
 }

@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 
 /// Binds `addr` and serves until shutdown. Returns the bound address (port 0 picks one).
-pub async fn serve(addr: SocketAddr, health: Health, shutdown: Shutdown) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    health: Health,
+    shutdown: Shutdown,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -34,13 +38,28 @@ pub async fn serve(addr: SocketAddr, health: Health, shutdown: Shutdown) -> std:
     Ok(bound)
 }
 
-async fn handle(req: Request<Incoming>, health: Health) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<Incoming>,
+    health: Health,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body, ctype) = match req.uri().path() {
         "/healthz" if !health.is_failed() => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
-        "/healthz" => (StatusCode::SERVICE_UNAVAILABLE, "no progress\n".into(), "text/plain"),
+        "/healthz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no progress\n".into(),
+            "text/plain",
+        ),
         "/readyz" if health.is_ready() => (StatusCode::OK, "ready\n".into(), "text/plain"),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain"),
-        "/metrics" => (StatusCode::OK, metrics::render(), "text/plain; version=0.0.4"),
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready\n".into(),
+            "text/plain",
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            metrics::render(),
+            "text/plain; version=0.0.4",
+        ),
         _ => (StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
     };
     Ok(Response::builder()

@@ -27,7 +27,10 @@ impl Context {
     /// A context with no HTTP endpoint and no signal handling, for tests that run a stage
     /// in-process.
     pub fn detached() -> Self {
-        Self { shutdown: Shutdown::new(), health: Health::new() }
+        Self {
+            shutdown: Shutdown::new(),
+            health: Health::new(),
+        }
     }
 }
 
@@ -49,7 +52,10 @@ where
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{service}: cannot start the async runtime: {e}");

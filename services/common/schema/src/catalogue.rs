@@ -9,17 +9,36 @@ use std::sync::OnceLock;
 
 macro_rules! avsc {
     ($file:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../schemas/", $file))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../schemas/",
+            $file
+        ))
     };
 }
 
 /// Named types that top-level schemas refer to by full name.
 const TYPES: &[(&str, &str)] = &[
-    ("dev.posflow.v1.Card", avsc!("types/dev.posflow.v1.Card.avsc")),
-    ("dev.posflow.v1.Location", avsc!("types/dev.posflow.v1.Location.avsc")),
-    ("dev.posflow.v1.LineItem", avsc!("types/dev.posflow.v1.LineItem.avsc")),
-    ("dev.posflow.v1.Envelope", avsc!("types/dev.posflow.v1.Envelope.avsc")),
-    ("dev.posflow.v1.Transaction", avsc!("types/dev.posflow.v1.Transaction.avsc")),
+    (
+        "dev.posflow.v1.Card",
+        avsc!("types/dev.posflow.v1.Card.avsc"),
+    ),
+    (
+        "dev.posflow.v1.Location",
+        avsc!("types/dev.posflow.v1.Location.avsc"),
+    ),
+    (
+        "dev.posflow.v1.LineItem",
+        avsc!("types/dev.posflow.v1.LineItem.avsc"),
+    ),
+    (
+        "dev.posflow.v1.Envelope",
+        avsc!("types/dev.posflow.v1.Envelope.avsc"),
+    ),
+    (
+        "dev.posflow.v1.Transaction",
+        avsc!("types/dev.posflow.v1.Transaction.avsc"),
+    ),
 ];
 
 /// The value schema of each topic. The file is named after the topic it describes.
@@ -72,7 +91,12 @@ impl ValueSchema {
         CACHE.get_or_init(|| {
             Self::ALL
                 .iter()
-                .map(|s| (*s, inline(s.source()).expect("schemas/ files are valid JSON")))
+                .map(|s| {
+                    (
+                        *s,
+                        inline(s.source()).expect("schemas/ files are valid JSON"),
+                    )
+                })
                 .collect()
         })[&self]
             .as_str()
@@ -85,7 +109,12 @@ impl ValueSchema {
         &CACHE.get_or_init(|| {
             Self::ALL
                 .iter()
-                .map(|s| (*s, Schema::parse_str(s.json()).expect("schemas/ files are valid Avro")))
+                .map(|s| {
+                    (
+                        *s,
+                        Schema::parse_str(s.json()).expect("schemas/ files are valid Avro"),
+                    )
+                })
                 .collect()
         })[&self]
     }

@@ -58,8 +58,13 @@ impl<T: AvroRecord> Encoder<T> {
     /// Looks the schema up under `<topic>-value`. Start-up fails if provisioning has not
     /// registered it: stages never register schemas themselves.
     pub async fn for_topic(registry: &Registry, topic: &str) -> Result<Self, RegistryError> {
-        let id = registry.lookup(&value_subject(topic), T::SCHEMA.json()).await?;
-        Ok(Self { id, _t: PhantomData })
+        let id = registry
+            .lookup(&value_subject(topic), T::SCHEMA.json())
+            .await?;
+        Ok(Self {
+            id,
+            _t: PhantomData,
+        })
     }
 
     pub fn schema_id(&self) -> u32 {
@@ -104,7 +109,11 @@ pub struct Decoder<T> {
 
 impl<T: AvroRecord> Decoder<T> {
     pub fn new(registry: Registry) -> Self {
-        Self { registry, writers: RwLock::new(HashMap::new()), _t: PhantomData }
+        Self {
+            registry,
+            writers: RwLock::new(HashMap::new()),
+            _t: PhantomData,
+        }
     }
 
     pub async fn decode(&self, bytes: &[u8]) -> Result<T, CodecError> {
@@ -121,8 +130,12 @@ impl<T: AvroRecord> Decoder<T> {
             return Ok(s.clone());
         }
         let text = self.registry.schema_by_id(id).await?;
-        let schema = Arc::new(Schema::parse_str(&text).map_err(|e| CodecError::Avro(e.to_string()))?);
-        self.writers.write().expect("poisoned").insert(id, schema.clone());
+        let schema =
+            Arc::new(Schema::parse_str(&text).map_err(|e| CodecError::Avro(e.to_string()))?);
+        self.writers
+            .write()
+            .expect("poisoned")
+            .insert(id, schema.clone());
         Ok(schema)
     }
 }

@@ -35,7 +35,9 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("base", &self.base).finish()
+        f.debug_struct("Registry")
+            .field("base", &self.base)
+            .finish()
     }
 }
 
@@ -71,7 +73,10 @@ impl Registry {
             .method(method)
             .uri(&uri)
             .header("content-type", "application/vnd.schemaregistry.v1+json")
-            .header("accept", "application/vnd.schemaregistry.v1+json, application/json")
+            .header(
+                "accept",
+                "application/vnd.schemaregistry.v1+json, application/json",
+            )
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| RegistryError::Protocol(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(15), self.client.request(req))
@@ -135,7 +140,9 @@ impl Registry {
 
     /// The schema text registered under a global id.
     pub async fn schema_by_id(&self, id: u32) -> Result<String, RegistryError> {
-        let v = self.call(Method::GET, &format!("/schemas/ids/{id}"), None).await?;
+        let v = self
+            .call(Method::GET, &format!("/schemas/ids/{id}"), None)
+            .await?;
         v.get("schema")
             .and_then(|s| s.as_str())
             .map(str::to_string)

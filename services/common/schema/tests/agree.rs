@@ -19,13 +19,25 @@ fn transaction(i: usize) -> Transaction {
         currency: "EUR".into(),
         payment_method: PaymentMethod::ALL[i % 2],
         entry_mode: EntryMode::ALL[i % 5],
-        card: (i % 2 == 0).then(|| Card { token: "ab".repeat(32), bin: "411111".into(), last4: "1111".into() }),
+        card: (i % 2 == 0).then(|| Card {
+            token: "ab".repeat(32),
+            bin: "411111".into(),
+            last4: "1111".into(),
+        }),
         auth_code: (i % 2 == 0).then(|| "A1B2C3".into()),
         response_code: "00".into(),
         mcc: "5411".into(),
-        location: (i % 2 == 0).then_some(Location { latitude: 52.52, longitude: 13.405 }),
+        location: (i % 2 == 0).then_some(Location {
+            latitude: 52.52,
+            longitude: 13.405,
+        }),
         line_items: if i % 2 == 0 {
-            vec![LineItem { sku: "sku-1".into(), description: "Coffee".into(), unit_price_minor: 617, quantity: 2 }]
+            vec![LineItem {
+                sku: "sku-1".into(),
+                description: "Coffee".into(),
+                unit_price_minor: 617,
+                quantity: 2,
+            }]
         } else {
             vec![]
         },
@@ -33,14 +45,23 @@ fn transaction(i: usize) -> Transaction {
 }
 
 fn envelope() -> Envelope {
-    Envelope { received_at: 1_790_000_000_500, mqtt_topic: "pos/M001/T0001/tx".into(), bridge_id: "bridge-0".into(), payload_version: 1 }
+    Envelope {
+        received_at: 1_790_000_000_500,
+        mqtt_topic: "pos/M001/T0001/tx".into(),
+        bridge_id: "bridge-0".into(),
+        payload_version: 1,
+    }
 }
 
 fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(value: T) {
     let schema = T::SCHEMA.schema();
     // Field names and order written by serde are the schema's.
-    let Value::Record(fields) = apache_avro::to_value(&value).unwrap() else { panic!("not a record") };
-    let Schema::Record(rs) = schema else { panic!("schema is not a record") };
+    let Value::Record(fields) = apache_avro::to_value(&value).unwrap() else {
+        panic!("not a record")
+    };
+    let Schema::Record(rs) = schema else {
+        panic!("schema is not a record")
+    };
     let written: Vec<&str> = fields.iter().map(|(n, _)| n.as_str()).collect();
     let declared: Vec<&str> = rs.fields.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(written, declared, "{:?}", T::SCHEMA);
@@ -64,12 +85,22 @@ fn every_schema_parses_and_is_self_contained() {
 #[test]
 fn transactions_agree() {
     for i in 0..10 {
-        round_trip(TransactionReceived { envelope: envelope(), transaction: transaction(i) });
-        round_trip(TransactionValidated { envelope: envelope(), transaction: transaction(i), validated_at: 5 });
+        round_trip(TransactionReceived {
+            envelope: envelope(),
+            transaction: transaction(i),
+        });
+        round_trip(TransactionValidated {
+            envelope: envelope(),
+            transaction: transaction(i),
+            validated_at: 5,
+        });
         round_trip(TransactionRejected {
             envelope: envelope(),
             transaction: transaction(i),
-            reasons: vec![RejectionReason { code: "AMOUNT_NOT_POSITIVE".into(), message: "amount must be > 0".into() }],
+            reasons: vec![RejectionReason {
+                code: "AMOUNT_NOT_POSITIVE".into(),
+                message: "amount must be > 0".into(),
+            }],
             rejected_at: 6,
         });
     }
@@ -77,7 +108,15 @@ fn transactions_agree() {
 
 #[test]
 fn alerts_outcomes_and_dead_letters_agree() {
-    for (i, severity) in [Severity::Low, Severity::Medium, Severity::High, Severity::Critical].into_iter().enumerate() {
+    for (i, severity) in [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         round_trip(FraudAlert {
             alert_id: "a".into(),
             rule_id: "velocity_card".into(),
@@ -90,11 +129,22 @@ fn alerts_outcomes_and_dead_letters_agree() {
             detected_at: 9,
         });
     }
-    for (i, status) in [DeliveryStatus::Delivered, DeliveryStatus::Retrying, DeliveryStatus::Failed].into_iter().enumerate() {
+    for (i, status) in [
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Failed,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         round_trip(NotificationOutcome {
             idempotency_key: "k".into(),
             merchant_id: "M001".into(),
-            channel: if i % 2 == 0 { Channel::Webhook } else { Channel::Email },
+            channel: if i % 2 == 0 {
+                Channel::Webhook
+            } else {
+                Channel::Email
+            },
             event_type: "transaction".into(),
             status,
             attempts: 4,
@@ -116,12 +166,28 @@ fn alerts_outcomes_and_dead_letters_agree() {
 #[test]
 fn money_is_minor_units_and_cards_are_tokens_only() {
     let tx = ValueSchema::TransactionReceived.json();
-    assert!(tx.contains(r#""name":"amount_minor","type":"long""#), "{tx}");
+    assert!(
+        tx.contains(r#""name":"amount_minor","type":"long""#),
+        "{tx}"
+    );
     assert!(tx.contains(r#""name":"currency","type":"string""#));
-    for forbidden in ["pan", "cvv", "cvc", "cvv2", "track1", "track2", "pin", "pin_block", "expiry"] {
+    for forbidden in [
+        "pan",
+        "cvv",
+        "cvc",
+        "cvv2",
+        "track1",
+        "track2",
+        "pin",
+        "pin_block",
+        "expiry",
+    ] {
         for s in ValueSchema::ALL {
             let field = format!(r#""name":"{forbidden}""#);
-            assert!(!s.json().to_lowercase().contains(&field), "{s:?} has a field {forbidden}");
+            assert!(
+                !s.json().to_lowercase().contains(&field),
+                "{s:?} has a field {forbidden}"
+            );
         }
     }
 }

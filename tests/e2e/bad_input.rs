@@ -1,0 +1,247 @@
+//! Bad input never crashes the bridge: each malformed, spoofed or oversize message lands on the
+//! dead-letter topic with its reason (header and record), card numbers masked, the terminal gets
+//! a "rejected" answer, and good messages keep flowing. And the broker keeps a terminal to its
+//! own topic.
+
+use posflow_e2e::*;
+use posflow_schema::{DeadLetter, Decoder};
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::time::Duration;
+
+const PAN: &str = "4111111111111111";
+
+/// A terminal's own connection, returning every packet it receives on a channel.
+async fn terminal(
+    stack: &Stack,
+    id: &str,
+) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<Packet>) {
+    let mut o = MqttOptions::new(id, &stack.mqtt_host, stack.mqtt_port);
+    o.set_credentials(id, &stack.terminal_password);
+    o.set_clean_start(true);
+    o.set_max_packet_size(Some(2 * 1024 * 1024));
+    let (client, mut ev) = AsyncClient::new(o, 32);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let Event::Incoming(p) = e {
+                if tx.send(p).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+async fn next_matching<F: Fn(&Packet) -> bool>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Packet>,
+    f: F,
+) -> Packet {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let p = rx.recv().await.expect("connection closed");
+            if f(&p) {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("packet within 30 s")
+}
+
+fn valid(tx: &str, terminal: &str, merchant: &str) -> String {
+    serde_json::json!({
+        "version": 1, "transaction_id": tx, "terminal_id": terminal, "merchant_id": merchant, "sequence": 1,
+        "transaction_time": "2026-01-01T00:00:00Z", "type": "sale", "amount_minor": 100, "currency": "EUR",
+        "payment_method": "card", "entry_mode": "chip", "card": {"pan": PAN}, "response_code": "00", "mcc": "5411"
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_keeps_running() {
+    let d = Deployment::new().await;
+    let mut bridge = d.start_bridge(1).await;
+    let (t, m) = ("T0490", "M490");
+    let (client, mut rx) = terminal(&d.stack, t).await;
+    next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
+    client
+        .subscribe(posflow_mqtt::ack_topic(m, t), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::SubAck(_))).await;
+
+    let oversize = format!(
+        r#"{{"version":1,"transaction_id":"big","pad":"{}","card":{{"pan":"{PAN}"}}}}"#,
+        "x".repeat(20_000)
+    );
+    let mut cvv: serde_json::Value = serde_json::from_str(&valid("cvv-1", t, m)).unwrap();
+    cvv["card"]["cvv"] = "123".into();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "NOT_JSON",
+            format!("card {PAN} and not json {{").into_bytes(),
+        ),
+        (
+            "IDENTITY_MISMATCH",
+            valid("spoof-1", "T0491", m).into_bytes(),
+        ),
+        ("OVERSIZE", oversize.into_bytes()),
+        ("NOT_UTF8", vec![0xff, 0xfe, b'{', b'}']),
+        (
+            "SCHEMA_VIOLATION",
+            valid("types-1", t, m)
+                .replace(r#""amount_minor":100"#, r#""amount_minor":"100""#)
+                .into_bytes(),
+        ),
+        (
+            "UNSUPPORTED_VERSION",
+            valid("ver-1", t, m)
+                .replace(r#""version":1"#, r#""version":99"#)
+                .into_bytes(),
+        ),
+        ("CARD_DATA_FORBIDDEN", cvv.to_string().into_bytes()),
+        (
+            "PAN_INVALID",
+            valid("pan-1", t, m)
+                .replace(PAN, "4111111111111112")
+                .into_bytes(),
+        ),
+    ];
+    let topic = posflow_mqtt::tx_topic(m, t);
+    for (_, payload) in &cases {
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, payload.clone())
+            .await
+            .unwrap();
+    }
+    // Then a good one: the bridge is still taking work.
+    client
+        .publish(&topic, QoS::AtLeastOnce, false, valid("good-1", t, m))
+        .await
+        .unwrap();
+
+    let dlq = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.deadletter"),
+        cases.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
+    assert_eq!(dlq.len(), cases.len());
+    let decoder = Decoder::<DeadLetter>::new(d.kafka.registry());
+    let mut reasons = Vec::new();
+    for r in &dlq {
+        let letter = decoder.decode(&r.value).await.unwrap();
+        assert_eq!(
+            r.headers.get("posflow-reason"),
+            Some(&letter.reason),
+            "reason header = record reason"
+        );
+        assert_eq!(letter.stage, "bridge");
+        assert_eq!(letter.source, topic);
+        assert_eq!(
+            luhn_runs(&letter.payload),
+            Vec::<String>::new(),
+            "{}: card number not masked",
+            letter.reason
+        );
+        assert_eq!(luhn_runs(letter.detail.as_bytes()), Vec::<String>::new());
+        assert_eq!(luhn_runs(&r.value), Vec::<String>::new());
+        reasons.push(letter.reason);
+    }
+    reasons.sort();
+    let mut expected: Vec<String> = cases.iter().map(|(r, _)| r.to_string()).collect();
+    expected.sort();
+    assert_eq!(reasons, expected);
+
+    let raw = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.transactions.raw"),
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert_eq!(raw.len(), 1, "only the good one reaches the raw topic");
+
+    // The terminal hears back about every one of them: 8 rejected, 1 accepted.
+    let mut answers = Vec::new();
+    while answers.len() < cases.len() + 1 {
+        if let Packet::Publish(p) =
+            next_matching(&mut rx, |p| matches!(p, Packet::Publish(_))).await
+        {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            answers.push(v["status"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        answers.iter().filter(|a| *a == "rejected").count(),
+        cases.len()
+    );
+    assert_eq!(answers.iter().filter(|a| *a == "accepted").count(), 1);
+
+    assert!(
+        bridge.is_running(),
+        "the bridge crashed:\n{}",
+        bridge.log_text()
+    );
+    assert_eq!(
+        http_get(&bridge.http, "/healthz").await.map(|r| r.0),
+        Some(200)
+    );
+    let m = bridge.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"posflow_bridge_dead_lettered_total{reason="OVERSIZE"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "posflow_bridge_produced_total"), Some(1.0));
+    assert_eq!(metric(&m, "posflow_bridge_acknowledged_total"), Some(9.0));
+    assert!(!bridge.log_text().contains(PAN), "PAN in the bridge's log");
+    assert!(bridge.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_keeps_a_terminal_to_its_own_topic() {
+    let d = Deployment::new().await;
+    let _bridge = d.start_bridge(2).await;
+    let (client, mut rx) = terminal(&d.stack, "T0480").await;
+    next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
+    // T0480 publishing as T0481: MQTT 5 answers "not authorized" and nothing is forwarded.
+    client
+        .publish(
+            posflow_mqtt::tx_topic("M480", "T0481"),
+            QoS::AtLeastOnce,
+            false,
+            valid("acl-1", "T0481", "M480"),
+        )
+        .await
+        .unwrap();
+    let Packet::PubAck(ack) = next_matching(&mut rx, |p| matches!(p, Packet::PubAck(_))).await
+    else {
+        unreachable!()
+    };
+    assert_eq!(format!("{:?}", ack.reason), "NotAuthorized");
+    client
+        .publish(
+            posflow_mqtt::tx_topic("M480", "T0480"),
+            QoS::AtLeastOnce,
+            false,
+            valid("acl-2", "T0480", "M480"),
+        )
+        .await
+        .unwrap();
+    let raw = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.transactions.raw"),
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
+    assert_eq!(raw.len(), 1, "only the terminal's own message is forwarded");
+    assert!(String::from_utf8_lossy(&raw[0].value).contains("acl-2"));
+}

@@ -1,0 +1,68 @@
+//! Every binary answers --help; bad configuration stops start-up with every error listed and
+//! without echoing a secret.
+
+use posflow_e2e::bin;
+use std::process::Command;
+
+const BINARIES: [&str; 7] = [
+    "posflow-bridge",
+    "posflow-validator",
+    "posflow-storage",
+    "posflow-fraud",
+    "posflow-notifier",
+    "posflow-simulator",
+    "posflow-admin",
+];
+
+#[test]
+fn every_binary_answers_help() {
+    for b in BINARIES {
+        let out = Command::new(bin(b)).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{b} --help");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Usage:") && text.contains(b), "{b}: {text}");
+    }
+}
+
+#[test]
+fn bad_configuration_lists_every_error_and_no_secret() {
+    let out = Command::new(bin("posflow-bridge"))
+        .env_clear()
+        .env("POSFLOW_KAFKA_BROKERS", "not-a-broker")
+        .env("POSFLOW_MQTT_PASSWORD", "hunter2-mqtt-password")
+        .env("POSFLOW_CARD_TOKEN_KEY", "short-secret-key")
+        .args(["--bridge-id", "bad/id", "--in-flight", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "--kafka-brokers",
+        "--bridge-id",
+        "--in-flight",
+        "--card-token-key",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    assert!(
+        !text.contains("short-secret-key") && !text.contains("hunter2"),
+        "a secret was printed:\n{text}"
+    );
+
+    let out = Command::new(bin("posflow-storage"))
+        .env_clear()
+        .env("POSFLOW_DATABASE_URL", "mysql://x")
+        .args(["--batch-size", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--database-url") && text.contains("--batch-size"),
+        "{text}"
+    );
+}
