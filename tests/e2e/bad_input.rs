@@ -63,7 +63,7 @@ fn valid(tx: &str, terminal: &str, merchant: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_keeps_running() {
     let d = Deployment::new().await;
-    let mut bridge = d.start_bridge(1).await;
+    let mut bridge = d.start_bridge(6).await;
     let (t, m) = ("T0490", "M490");
     let (client, mut rx) = terminal(&d.stack, t).await;
     next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
@@ -208,7 +208,7 @@ async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_keeps_a_terminal_to_its_own_topic() {
     let d = Deployment::new().await;
-    let _bridge = d.start_bridge(2).await;
+    let _bridge = d.start_bridge(7).await;
     let (client, mut rx) = terminal(&d.stack, "T0480").await;
     next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
     // T0480 publishing as T0481: MQTT 5 answers "not authorized" and nothing is forwarded.

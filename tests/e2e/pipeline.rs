@@ -13,7 +13,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_transactions_reach_postgres_exactly_once_and_no_card_number_leaks() {
     let d = Deployment::new().await;
-    let bridge = d.start_bridge(0).await;
+    let bridge = d.start_bridge(5).await;
     let mut validator = d.start("posflow-validator").await;
     let mut storage = d.start("posflow-storage").await;
 

@@ -434,8 +434,7 @@ where
     }
 }
 
-/// Drives the MQTT connection: (re)connects with backoff, subscribes when the broker has no
-/// session for us, and hands each PUBLISH to the pipeline. Back-pressure is the broker's: it
+/// Drives the MQTT connection: (re)connects with backoff, subscribes, and hands each PUBLISH to the pipeline. Back-pressure is the broker's: it
 /// holds back what exceeds our receive maximum until we acknowledge.
 async fn poll_mqtt(
     mut eventloop: EventLoop,
@@ -458,10 +457,11 @@ async fn poll_mqtt(
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(200);
                 tracing::info!(session_present = ack.session_present, "connected to MQTT");
-                if !ack.session_present {
-                    if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-                        tracing::error!(error = %e, "subscribe not queued");
-                    }
+                // Subscribe on every connect, resumed session or not: it is idempotent, keeps
+                // the queued messages, and repairs a session whose subscription was made under
+                // another configuration (a changed share group).
+                if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                    tracing::error!(error = %e, "subscribe not queued");
                 }
                 ctx.health.set_ready(true);
             }

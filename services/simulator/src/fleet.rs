@@ -37,6 +37,8 @@ pub struct Progress {
 
 #[derive(Debug, Default, Clone)]
 pub struct Report {
+    /// Prefix of every transaction id of this run.
+    pub run_id: String,
     pub published: u64,
     pub republished: u64,
     /// Transaction id → the bridge's answer: "accepted" or the reason it was dead-lettered.

@@ -84,7 +84,7 @@ pub async fn run(args: Args) -> anyhow::Result<fleet::Report> {
         invalid_every: args.invalid_every,
         seed: args.seed,
         first_terminal: args.first_terminal,
-        run_id,
+        run_id: run_id.clone(),
     };
     let fleet = plan::plan(&cfg, posflow_schema::now_millis());
     let total = args.terminals * args.per_terminal;
@@ -115,5 +115,5 @@ pub async fn run(args: Args) -> anyhow::Result<fleet::Report> {
     };
     let report = fleet::run(&args.mqtt, &args.terminal_password, fleet, &opts, progress).await;
     ticker.abort();
-    report
+    report.map(|r| fleet::Report { run_id, ..r })
 }

@@ -17,6 +17,7 @@ async fn main() -> ExitCode {
             let rate = r.published as f64 / r.elapsed.as_secs_f64().max(0.001);
             if json {
                 let summary = serde_json::json!({
+                    "run_id": r.run_id,
                     "published": r.published,
                     "republished": r.republished,
                     "accepted": r.accepted(),

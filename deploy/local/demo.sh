@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The main job: every stage of posflow on the local stack, a fleet of simulated terminals, and a
+# summary of what happened to each transaction. Run through `make demo` (which starts the stack
+# and builds the binaries first).
+#
+#   TERMINALS=20 PER_TERMINAL=50 INVALID_EVERY=25 deploy/local/demo.sh
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+eval "$("$here/stack.sh" env)"
+STACK=${POSFLOW_STACK:-$repo/.stack}
+BIN=${POSFLOW_BIN_DIR:-$repo/target/debug}
+TERMINALS=${TERMINALS:-20}
+PER_TERMINAL=${PER_TERMINAL:-50}
+INVALID_EVERY=${INVALID_EVERY:-25}
+# Demo-only key. Production takes it from a Kubernetes Secret (see the chart).
+export POSFLOW_CARD_TOKEN_KEY=${POSFLOW_CARD_TOKEN_KEY:-demo-only-card-token-key-0123456789abcdef}
+export POSFLOW_LOG=${POSFLOW_LOG:-info,librdkafka=warn}
+logs=$STACK/demo
+mkdir -p "$logs"
+# Each run gets topics of its own (prefix), so the figures below are this run's alone.
+export POSFLOW_TOPIC_PREFIX=demo$(date +%s).
+
+say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
+port() { case $1 in bridge) echo 19461;; validator) echo 19462;; storage) echo 19463;; fraud) echo 19464;; notifier) echo 19465;; esac; }
+metric() { # service, series: the value, or 0
+  curl -fsS "http://127.0.0.1:$(port "$1")/metrics" 2>/dev/null | awk -v s="$2" '$1 == s {print $2; f=1} END {if (!f) print 0}'
+}
+
+pids=()
+stop_all() {
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap stop_all EXIT
+
+# The demo is a fresh run: its bridge starts from a clean MQTT session, so nothing queued for
+# bridge-0 by earlier runs (or tests) is mixed into this run's figures.
+mosquitto_sub -h 127.0.0.1 -p "$POSFLOW_MQTT_PORT" -i bridge-0 -u bridge-0 -P "$POSFLOW_MQTT_PASSWORD" -t posflow/demo/reset -E
+
+"$BIN/posflow-admin" provision --replication-factor 1 --min-insync-replicas 1 --partitions 4 > "$logs/provision.log"
+POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-storage" migrate > "$logs/migrate.log"
+for s in bridge validator storage fraud notifier; do
+  POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
+  pids+=($!)
+done
+i=0
+for s in bridge validator storage fraud notifier; do
+  pid=${pids[$i]}; i=$((i + 1))
+  for _ in $(seq 1 200); do
+    curl -fsS "http://127.0.0.1:$(port $s)/readyz" >/dev/null 2>&1 && break
+    kill -0 "$pid" 2>/dev/null || { say "$s exited; log: $logs/$s.log"; tail -5 "$logs/$s.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  curl -fsS "http://127.0.0.1:$(port $s)/readyz" >/dev/null || { say "$s not ready; log: $logs/$s.log"; tail -5 "$logs/$s.log" >&2; exit 1; }
+done
+say "bridge, validator, storage, fraud and notifier ready (logs in $logs)"
+say "simulating $TERMINALS terminals x $PER_TERMINAL transactions (every ${INVALID_EVERY}th breaks a rule on purpose)"
+
+start=$(date +%s.%N)
+"$BIN/posflow-simulator" --terminals "$TERMINALS" --per-terminal "$PER_TERMINAL" --invalid-every "$INVALID_EVERY" \
+  --json > "$logs/simulator.json"
+summary=$(cat "$logs/simulator.json")
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$summary" "$1"; }
+run_id=$(field run_id)
+published=$(field published)
+accepted=$(field accepted)
+
+# Wait until every accepted transaction has been validated and every valid one stored.
+deadline=$((SECONDS + 120))
+while :; do
+  received=$(metric validator posflow_validator_received_total)
+  validated=$(metric validator posflow_validator_validated_total)
+  stored=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM transactions WHERE transaction_id LIKE '$run_id-%'")
+  say "validated $validated and rejected $((${received%.*} - ${validated%.*})) of $accepted; stored $stored"
+  if [ "${received%.*}" -ge "$accepted" ] && [ "$stored" -ge "${validated%.*}" ]; then break; fi
+  [ $SECONDS -lt $deadline ] || { say "timed out waiting for the pipeline"; exit 1; }
+  sleep 1
+done
+elapsed=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
+
+echo
+echo "posflow demo — run $run_id, topics ${POSFLOW_TOPIC_PREFIX}pos.*"
+echo "  published by terminals   $published"
+echo "  acknowledged by bridge   $accepted   (in Kafka, answered on each terminal's ack topic)"
+echo "  stored in PostgreSQL     $stored"
+echo "  rejected by the rules    $((${received%.*} - ${validated%.*}))"
+curl -fsS "http://127.0.0.1:$(port validator)/metrics" | awk -F'[{}"= ]+' '/^posflow_validator_rejected_total\{/ {printf "      %-26s %s\n", $3, $4}'
+echo "  dead-lettered by bridge  $(python3 -c 'import json,sys; print(sum(json.loads(sys.argv[1])["dead_lettered"].values()))' "$summary")"
+echo "  elapsed                  ${elapsed} s ($(python3 -c "print(f'{$published / $elapsed:.0f}')") transactions/s end to end)"
+echo
+echo "Query the rows:"
+echo "  eval \"\$(deploy/local/stack.sh env)\""
+echo "  psql \"\$POSFLOW_DATABASE_URL\" -c \"SELECT merchant_id, currency, count(*), sum(amount_minor) FROM transactions WHERE transaction_id LIKE '$run_id-%' GROUP BY 1, 2 ORDER BY 1\""
+echo "More queries: docs/storage.md. Stop the stack: make down."
