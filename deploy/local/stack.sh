@@ -256,9 +256,19 @@ EOF
   start_bg mosquitto mosquitto -c "$dir/mosquitto.conf"
 }
 
+# Where the PostgreSQL cluster lives: under $STACK, unless (as root) the postgres user cannot
+# reach it — a checkout under a private home directory — then in a per-checkout /var/tmp folder.
+pg_dir() {
+  local dir=$STACK/postgres
+  if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$STACK" 2>/dev/null; then
+    dir=/var/tmp/posflow-pg-$(printf '%s' "$STACK" | md5sum | cut -c1-12)
+  fi
+  echo "$dir"
+}
+
 up_postgres() {
   running postgres && return 0
-  local dir=$STACK/postgres bin; bin=$(pg_bin)
+  local dir bin; dir=$(pg_dir); bin=$(pg_bin)
   mkdir -p "$dir"
   # initdb refuses to run as root: the cluster belongs to the postgres system user.
   local as=()

@@ -12,7 +12,7 @@ use clap::Parser;
 use futures::stream::{FuturesOrdered, StreamExt};
 use posflow_kafka::{headers, KafkaArgs};
 use posflow_mqtt::MqttArgs;
-use posflow_runtime::{CommonArgs, ConfigErrors, Context, Secret};
+use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context, Secret};
 use posflow_schema::{now_millis, DeadLetter, Encoder, Envelope, TransactionReceived};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -64,9 +64,6 @@ pub struct Args {
         default_value = ""
     )]
     pub card_token_key: Secret,
-    /// Seconds to finish in-flight messages after SIGTERM before leaving them to redelivery.
-    #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
-    pub drain_timeout: u64,
 }
 
 impl Args {
@@ -151,7 +148,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let producer = Arc::new(producer);
     let mut inflight = FuturesOrdered::new();
     let mut draining_since: Option<Instant> = None;
-    let drain = Duration::from_secs(args.drain_timeout);
+    let drain = args.common.drain();
     loop {
         tokio::select! {
             biased;
@@ -348,7 +345,7 @@ fn handle(
 /// and then the message is left unacknowledged for redelivery.
 async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Option<Outcome> {
     let m = metrics();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let record = FutureRecord::to(&job.topic)
             .key(&job.key)
@@ -379,8 +376,7 @@ async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Optio
                 if ctx.shutdown.is_triggered() {
                     return None;
                 }
-                tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }
@@ -402,13 +398,6 @@ fn answer(v: &Verdict, partition: i32, offset: i64) -> Vec<u8> {
     j.to_string().into_bytes()
 }
 
-/// Full jitter: a random wait in [d/2, d].
-pub fn jitter(d: Duration) -> Duration {
-    use rand::Rng;
-    let ms = d.as_millis() as u64;
-    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms.max(1)))
-}
-
 async fn retry_forever<T, E: std::fmt::Display, F, Fut>(
     ctx: &Context,
     what: &str,
@@ -418,17 +407,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::outage();
     loop {
         match f().await {
             Ok(v) => return Ok(v),
             Err(e) => {
                 tracing::warn!(error = %e, "{what} failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
-                    _ = ctx.shutdown.wait() => anyhow::bail!("{what}: stopped before it succeeded: {e}"),
+                if !backoff.wait(&ctx.shutdown).await {
+                    anyhow::bail!("{what}: stopped before it succeeded: {e}");
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -443,7 +430,7 @@ async fn poll_mqtt(
     tx: mpsc::Sender<Publish>,
     ctx: Context,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::outage();
     loop {
         let event = tokio::select! {
             e = eventloop.poll() => e,
@@ -455,7 +442,7 @@ async fn poll_mqtt(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 tracing::info!(session_present = ack.session_present, "connected to MQTT");
                 // Subscribe on every connect, resumed session or not: it is idempotent, keeps
                 // the queued messages, and repairs a session whose subscription was made under
@@ -478,11 +465,9 @@ async fn poll_mqtt(
             Err(e) => {
                 ctx.health.set_ready(false);
                 tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
-                tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
-                    _ = ctx.shutdown.wait() => return,
+                if !backoff.wait(&ctx.shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -9,7 +9,6 @@ use posflow_kafka::KafkaArgs;
 use posflow_runtime::metrics::counter_vec;
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
 use posflow_schema::TransactionValidated;
-use std::time::Duration;
 
 /// posflow-fraud: real-time fraud rules over validated transactions.
 #[derive(Debug, Parser)]
@@ -19,9 +18,6 @@ pub struct Args {
     pub common: CommonArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Seconds to finish in-flight records after SIGTERM.
-    #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
-    pub drain_timeout: u64,
 }
 
 impl Args {
@@ -39,7 +35,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         &["outcome"],
     );
     let topic = args.kafka.topics().validated();
-    let drain = Duration::from_secs(args.drain_timeout);
+    let drain = args.common.drain();
     consume_and_decode::<TransactionValidated>(&args.kafka, "fraud", &topic, &received, &ctx, drain)
         .await
 }

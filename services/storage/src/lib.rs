@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_kafka::{headers, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, histogram};
-use posflow_runtime::{config::redact_url, CommonArgs, ConfigErrors, Context, Secret};
+use posflow_runtime::{config::redact_url, Backoff, CommonArgs, ConfigErrors, Context, Secret};
 use posflow_schema::{now_millis, DeadLetter, Decoder, Encoder, TransactionValidated};
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -233,32 +233,31 @@ async fn decode_with_retry(
     payload: &[u8],
     ctx: &Context,
 ) -> Option<Result<TransactionValidated, String>> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::outage();
     loop {
         match decoder.decode(payload).await {
             Ok(r) => return Some(Ok(r)),
             Err(e) if !e.is_retriable() => return Some(Err(e.to_string())),
             Err(e) => {
                 tracing::warn!(error = %e, "schema registry unavailable; retrying");
-                tokio::select! { _ = tokio::time::sleep(backoff) => {}, _ = ctx.shutdown.wait() => return None }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                if !backoff.wait(&ctx.shutdown).await {
+                    return None;
+                }
             }
         }
     }
 }
 
 async fn connect_with_retry(args: &Args, ctx: &Context) -> anyhow::Result<tokio_postgres::Client> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::outage();
     loop {
         match db::connect(args.database_url.expose()).await {
             Ok(c) => return Ok(c),
             Err(e) => {
                 tracing::warn!(error = %e, database = %redact_url(args.database_url.expose()), "database unreachable; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = ctx.shutdown.wait() => anyhow::bail!("stopped while waiting for the database"),
+                if !backoff.wait(&ctx.shutdown).await {
+                    anyhow::bail!("stopped while waiting for the database");
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -275,7 +274,7 @@ async fn write_with_retry(
     batch: &[db::Row],
     ctx: &Context,
 ) -> Option<u64> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::outage();
     loop {
         match db::write_batch(client, group, topic, batch).await {
             Ok(n) => {
@@ -291,11 +290,9 @@ async fn write_with_retry(
                 metrics().db_errors.with_label_values(&[class]).inc();
                 tracing::warn!(error = %e, class, rows = batch.len(), "batch write failed; retrying");
                 ctx.health.set_ready(false);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = ctx.shutdown.wait() => return None,
+                if !backoff.wait(&ctx.shutdown).await {
+                    return None;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
                 if client.is_closed() {
                     if let Ok(c) = db::connect(args.database_url.expose()).await {
                         *client = c;

@@ -18,7 +18,6 @@ use posflow_schema::{
 use prometheus::{IntCounter, IntCounterVec};
 use rdkafka::message::{Header, OwnedHeaders};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// posflow-validator: checks every raw transaction against the business rules.
 #[derive(Debug, Parser)]
@@ -31,9 +30,6 @@ pub struct Args {
     /// Records in flight between consume and confirmed produce.
     #[arg(long, env = "POSFLOW_VALIDATOR_IN_FLIGHT", default_value_t = 1000)]
     pub in_flight: usize,
-    /// Seconds to finish in-flight records after SIGTERM.
-    #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
-    pub drain_timeout: u64,
     /// How far (seconds) a terminal clock may run ahead of the bridge.
     #[arg(long, env = "POSFLOW_MAX_CLOCK_SKEW", default_value_t = 300)]
     pub max_clock_skew: i64,
@@ -127,7 +123,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         &consumer,
         &producer,
         args.in_flight,
-        Duration::from_secs(args.drain_timeout),
+        args.common.drain(),
         &ctx,
         |input: Input| {
             let (decoder, rules) = (&decoder, &rules);

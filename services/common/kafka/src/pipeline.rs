@@ -6,7 +6,7 @@
 //! Issue #4 adds the transactional (exactly-once) variant.
 
 use futures::stream::{FuturesOrdered, StreamExt};
-use posflow_runtime::Context;
+use posflow_runtime::{Backoff, Context};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -138,7 +138,7 @@ where
     F: FnMut(Input) -> Fut,
     Fut: Future<Output = Result<Vec<Output>, Retry>>,
 {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::outage();
     loop {
         match transform(input.clone()).await {
             Ok(o) => return Some(o),
@@ -149,11 +149,9 @@ where
                     "transform failed; retrying"
                 );
                 ctx.health.set_ready(false);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = ctx.shutdown.wait() => return None,
+                if !backoff.wait(&ctx.shutdown).await {
+                    return None;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -162,7 +160,7 @@ where
 /// Sends until Kafka confirms. The producer is idempotent, so retries never duplicate within a
 /// producer session. Shutdown does not abandon a send: its offset must not be stored without it.
 pub async fn produce_until_confirmed(producer: &FutureProducer, o: &Output, ctx: &Context) {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let record = FutureRecord::to(&o.topic)
             .key(&o.key)
@@ -176,8 +174,7 @@ pub async fn produce_until_confirmed(producer: &FutureProducer, o: &Output, ctx:
             Err((e, _)) => {
                 tracing::warn!(error = %e, topic = o.topic, "Kafka send failed; retrying");
                 ctx.health.set_ready(false);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

@@ -14,6 +14,16 @@ pub struct CommonArgs {
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `info,rdkafka=warn`.
     #[arg(long, env = "POSFLOW_LOG", default_value = "info")]
     pub log_level: String,
+    /// Seconds to finish in-flight work after SIGTERM; what is left is redelivered to the next
+    /// owner. Keep it below the orchestrator's termination grace period.
+    #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
+    pub drain_timeout: u64,
+}
+
+impl CommonArgs {
+    pub fn drain(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.drain_timeout)
+    }
 }
 
 /// Every configuration problem found, one per line.

@@ -2,6 +2,7 @@
 //! health/metrics HTTP endpoint, and a graceful shutdown signal. A stage's `main` is
 //! `posflow_runtime::main(...)` around its library's `run`.
 
+pub mod backoff;
 pub mod config;
 pub mod health;
 pub mod http;
@@ -9,6 +10,7 @@ pub mod logs;
 pub mod metrics;
 pub mod shutdown;
 
+pub use backoff::Backoff;
 pub use config::{CommonArgs, ConfigErrors, Secret};
 pub use health::Health;
 pub use shutdown::Shutdown;
