@@ -37,14 +37,11 @@ async fn provisioning_creates_every_topic_and_registers_every_schema_idempotentl
             .lookup(&value_subject(&name), spec.value.json())
             .await
             .unwrap();
-        assert_eq!(
-            registry
-                .schema_by_id(id)
-                .await
-                .unwrap()
-                .contains("dev.posflow.v1"),
-            true
-        );
+        assert!(registry
+            .schema_by_id(id)
+            .await
+            .unwrap()
+            .contains("dev.posflow.v1"));
     }
     // Again: nothing created, the same schema ids.
     let again = provision(

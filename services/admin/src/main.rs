@@ -67,8 +67,8 @@ fn main() -> ExitCode {
         Command::Topics => {
             let topics = args.kafka.topics();
             println!(
-                "{:<36} {:>10} {:>9}  {:<28} {}",
-                "TOPIC", "PARTITIONS", "RETENTION", "WRITERS", "KEY"
+                "{:<36} {:>10} {:>9}  {:<28} KEY",
+                "TOPIC", "PARTITIONS", "RETENTION", "WRITERS"
             );
             for t in CATALOGUE {
                 println!(

@@ -10,12 +10,13 @@ pub mod payload;
 use anyhow::Context as _;
 use clap::Parser;
 use futures::stream::{FuturesOrdered, StreamExt};
+use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_kafka::{headers, KafkaArgs};
 use posflow_mqtt::MqttArgs;
 use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context, Secret};
 use posflow_schema::{now_millis, DeadLetter, Encoder, Envelope, TransactionReceived};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
@@ -211,10 +212,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
 struct Job {
     publish: Publish,
     received: Instant,
-    topic: String,
-    key: String,
-    value: Vec<u8>,
-    headers: OwnedHeaders,
+    output: Output,
     /// The answer for the terminal, built once Kafka gave us the partition and offset.
     reply_to: Option<String>,
     verdict: Verdict,
@@ -298,10 +296,12 @@ fn handle(
         Ok((transaction_id, key, value)) => Job {
             publish,
             received,
-            topic: raw_topic.to_string(),
-            key,
-            value,
-            headers: hdrs,
+            output: Output {
+                topic: raw_topic.to_string(),
+                key,
+                value,
+                headers: hdrs,
+            },
             reply_to,
             verdict: Verdict::Accepted { transaction_id },
         },
@@ -321,15 +321,17 @@ fn handle(
                 .encode(&letter)
                 .expect("the dead-letter schema takes any bytes");
             Job {
-                key: letter.source.clone(),
+                output: Output {
+                    topic: dlq_topic.to_string(),
+                    key: letter.source.clone(),
+                    value,
+                    headers: hdrs.insert(Header {
+                        key: headers::REASON,
+                        value: Some(code.as_bytes()),
+                    }),
+                },
                 publish,
                 received,
-                topic: dlq_topic.to_string(),
-                value,
-                headers: hdrs.insert(Header {
-                    key: headers::REASON,
-                    value: Some(code.as_bytes()),
-                }),
                 reply_to,
                 verdict: Verdict::Rejected {
                     reason: code,
@@ -345,41 +347,22 @@ fn handle(
 /// and then the message is left unacknowledged for redelivery.
 async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Option<Outcome> {
     let m = metrics();
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    loop {
-        let record = FutureRecord::to(&job.topic)
-            .key(&job.key)
-            .payload(&job.value)
-            .headers(job.headers.clone());
-        match producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
-            .await
-        {
-            Ok(delivery) => {
-                if matches!(job.verdict, Verdict::Accepted { .. }) {
-                    m.produced.inc();
-                }
-                m.produce_latency
-                    .observe(job.received.elapsed().as_secs_f64());
-                let reply = job
-                    .reply_to
-                    .map(|t| (t, answer(&job.verdict, delivery.partition, delivery.offset)));
-                return Some(Outcome {
-                    publish: job.publish,
-                    received: job.received,
-                    reply,
-                });
-            }
-            Err((e, _)) => {
-                m.produce_errors.inc();
-                tracing::warn!(error = %e, topic = %job.topic, "Kafka send failed; retrying");
-                if ctx.shutdown.is_triggered() {
-                    return None;
-                }
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-        }
+    let confirmed = produce_until_confirmed(&producer, &job.output, &ctx).await;
+    let c = confirmed?;
+    m.produce_errors.inc_by(u64::from(c.failed_attempts));
+    if matches!(job.verdict, Verdict::Accepted { .. }) {
+        m.produced.inc();
     }
+    m.produce_latency
+        .observe(job.received.elapsed().as_secs_f64());
+    let reply = job
+        .reply_to
+        .map(|t| (t, answer(&job.verdict, c.partition, c.offset)));
+    Some(Outcome {
+        publish: job.publish,
+        received: job.received,
+        reply,
+    })
 }
 
 /// The terminal's answer (docs/terminal-contract.md).

@@ -12,7 +12,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
 )];
 
 /// Serialises migrations across replicas starting together.
-const MIGRATION_LOCK: i64 = 0x706f_7366_6c6f_77; // "posflow"
+const MIGRATION_LOCK: i64 = 0x0070_6f73_666c_6f77; // "posflow"
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {

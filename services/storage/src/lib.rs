@@ -186,7 +186,11 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                             m.dead_lettered.with_label_values(&["DECODE_FAILED"]).inc();
                             let letter = DeadLetter { reason: "DECODE_FAILED".into(), detail: e, stage: "storage".into(), source: format!("{topic}/{partition}/{offset}"), received_at: now_millis(), payload };
                             let out = Output { topic: dlq_topic.clone(), key: letter.source.clone(), value: dlq_enc.encode(&letter)?, headers: dead_letter_headers(hdrs, "DECODE_FAILED") };
-                            produce_until_confirmed(&producer, &out, &ctx).await;
+                            if produce_until_confirmed(&producer, &out, &ctx).await.is_none() {
+                                stopping = true; // not dead-lettered: neither this offset nor later ones move
+                                positions.pop();
+                                break;
+                            }
                         }
                         None => { stopping = true; break; }
                     }

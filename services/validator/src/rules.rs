@@ -183,7 +183,8 @@ mod tests {
 
     #[test]
     fn each_rule_yields_exactly_its_code() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut TransactionReceived)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut TransactionReceived)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             (
                 code::AMOUNT_NOT_POSITIVE,
                 Box::new(|r| {

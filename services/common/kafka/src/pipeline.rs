@@ -80,7 +80,8 @@ where
         tokio::select! {
             biased;
             Some(done) = inflight.next(), if !inflight.is_empty() => {
-                let (topic, partition, offset): (String, i32, i64) = done;
+                // Abandoned at shutdown: neither this offset nor any later one may be stored.
+                let Some((topic, partition, offset)): Option<(String, i32, i64)> = done else { break };
                 // After a rebalance the partition may be gone: its new owner re-reads from the
                 // last committed offset, so a failed store only means a repeat, never a loss.
                 if let Err(e) = consumer.store_offset(&topic, partition, offset) {
@@ -106,9 +107,9 @@ where
                 let ctx = ctx.clone();
                 inflight.push_back(async move {
                     for o in outputs {
-                        produce_until_confirmed(&producer, &o, &ctx).await;
+                        produce_until_confirmed(&producer, &o, &ctx).await?;
                     }
-                    position
+                    Some(position)
                 });
             }
             _ = ctx.shutdown.wait(), if draining.is_none() => {
@@ -157,10 +158,25 @@ where
     }
 }
 
-/// Sends until Kafka confirms. The producer is idempotent, so retries never duplicate within a
-/// producer session. Shutdown does not abandon a send: its offset must not be stored without it.
-pub async fn produce_until_confirmed(producer: &FutureProducer, o: &Output, ctx: &Context) {
+/// Where Kafka put a record, and how many sends failed before it did.
+#[derive(Debug, Clone, Copy)]
+pub struct Confirmed {
+    pub partition: i32,
+    pub offset: i64,
+    pub failed_attempts: u32,
+}
+
+/// Sends until Kafka confirms, with backoff between failed attempts. The producer is idempotent,
+/// so retries never duplicate within a producer session. `None` when shutdown comes while the
+/// send is failing: the caller must then neither acknowledge nor commit its input, which is
+/// redelivered to the next owner.
+pub async fn produce_until_confirmed(
+    producer: &FutureProducer,
+    o: &Output,
+    ctx: &Context,
+) -> Option<Confirmed> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failed_attempts = 0;
     loop {
         let record = FutureRecord::to(&o.topic)
             .key(&o.key)
@@ -170,10 +186,20 @@ pub async fn produce_until_confirmed(producer: &FutureProducer, o: &Output, ctx:
             .send(record, Timeout::After(Duration::from_secs(5)))
             .await
         {
-            Ok(_) => return,
+            Ok(d) => {
+                return Some(Confirmed {
+                    partition: d.partition,
+                    offset: d.offset,
+                    failed_attempts,
+                })
+            }
             Err((e, _)) => {
+                failed_attempts += 1;
                 tracing::warn!(error = %e, topic = o.topic, "Kafka send failed; retrying");
                 ctx.health.set_ready(false);
+                if ctx.shutdown.is_triggered() {
+                    return None;
+                }
                 tokio::time::sleep(backoff.next_delay()).await;
             }
         }
