@@ -131,11 +131,12 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     opts.set_max_packet_size(Some(args.max_payload_bytes as u32 * 2 + 4096));
     let (client, eventloop) = AsyncClient::new(opts, usize::from(args.in_flight) * 2);
     // The poller must never wait on the pipeline: rumqttc sends our PUBACKs from the same loop
-    // that reads the socket, so a poller blocked on a full hand-off would deadlock against a
-    // pipeline blocked on sending PUBACKs (seen with Mosquitto 2.0.11, which let more than the
-    // receive maximum through). MQTT packet ids bound the unacknowledged QoS 1 messages a
-    // broker can send to 65,535, so a channel of that size never fills; in practice it holds
-    // about `in_flight` messages, and tokio allocates it as it grows.
+    // that reads the socket, so a poller blocked on a full hand-off can deadlock against a
+    // pipeline waiting to queue PUBACKs. A channel the size of the receive maximum did deadlock
+    // under load (tests/e2e/pipeline.rs reproduces it). The broker honours our receive maximum
+    // (checked against Mosquitto 2.0), and MQTT packet ids cap unacknowledged QoS 1 messages at
+    // 65,535 anyway, so this channel never fills; it holds about `in_flight` messages, and tokio
+    // allocates it as it grows.
     let (tx, mut rx) = mpsc::channel::<Publish>(usize::from(u16::MAX));
     let filter = format!("$share/{}/{}", args.share_group, posflow_mqtt::tx_filter());
     let poller = tokio::spawn(poll_mqtt(
