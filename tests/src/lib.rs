@@ -147,14 +147,14 @@ impl Deployment {
 
     /// Starts a bridge replica with a clean MQTT session (nothing left from an earlier test).
     pub async fn start_bridge(&self, replica: u8) -> Service {
+        clear_mqtt_session(&self.stack, &format!("bridge-{replica}"), &self.stack.bridge_password).await;
+        self.restart_bridge(replica).await
+    }
+
+    /// Starts a bridge replica on whatever session the broker kept for it (a restart).
+    pub async fn restart_bridge(&self, replica: u8) -> Service {
         let id = format!("bridge-{replica}");
-        clear_mqtt_session(&self.stack, &id, &self.stack.bridge_password).await;
-        Service::start(
-            "posflow-bridge",
-            &self.env(),
-            &["--bridge-id", &id, "--session-expiry", "300"],
-        )
-        .await
+        Service::start("posflow-bridge", &self.env(), &["--bridge-id", &id, "--session-expiry", "300"]).await
     }
 
     pub async fn start(&self, binary: &str) -> Service {
@@ -245,6 +245,12 @@ impl Service {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// SIGKILL: no drain, no goodbye — a crash.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn is_running(&mut self) -> bool {
