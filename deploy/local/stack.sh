@@ -7,6 +7,8 @@
 #   stack.sh up        install, then start whatever is not running, and wait until each is ready
 #   stack.sh down      stop every process `up` started
 #   stack.sh status    what runs where
+#   stack.sh stop NAME / start NAME   one component (kafka, registry, mosquitto, postgres, smtp),
+#                      for fault-injection tests
 #   stack.sh env       the addresses, as POSFLOW_* variables, for `eval`
 #
 # Runtime state (data, logs, pid files) lives in $POSFLOW_STACK (default: <repo>/.stack).
@@ -303,17 +305,37 @@ tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 kafka_ready() { kcat -L -b "127.0.0.1:$KAFKA_PORT" -m 5 >/dev/null 2>&1; }
 registry_ready() { curl -fsS "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" >/dev/null; }
 
+wait_ready() {
+  case $1 in
+    mosquitto) wait_for mosquitto 20 tcp_open "$MQTT_PORT" ;;
+    smtp) wait_for smtp 20 tcp_open "$SMTP_PORT" ;;
+    postgres) wait_for postgres 60 pg_ready; ensure_database ;;
+    kafka) wait_for kafka 120 kafka_ready ;;
+    registry) wait_for registry 180 registry_ready ;;
+    *) die "no component $1" ;;
+  esac
+}
+
 cmd_up() {
   cmd_install
   mkdir -p "$STACK"
   up_kafka; up_registry; up_mosquitto; up_postgres; up_smtp
-  wait_for mosquitto 20 tcp_open "$MQTT_PORT"
-  wait_for smtp 20 tcp_open "$SMTP_PORT"
-  wait_for postgres 60 pg_ready
-  ensure_database
-  wait_for kafka 120 kafka_ready
-  wait_for registry 180 registry_ready
+  for n in mosquitto smtp postgres kafka registry; do wait_ready "$n"; done
   cmd_status
+}
+
+cmd_start() {
+  [ -n "${1:-}" ] || die "start what?"
+  "up_$1"
+  wait_ready "$1"
+}
+
+cmd_stop() {
+  case ${1:-} in
+    postgres) stop_one postgres INT ;;
+    kafka|registry|mosquitto|smtp) stop_one "$1" ;;
+    *) die "no component ${1:-}" ;;
+  esac
 }
 
 cmd_down() {
@@ -355,5 +377,7 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 install|up|down|status|env" >&2; exit 2 ;;
+  start) cmd_start "${2:-}" ;;
+  stop) cmd_stop "${2:-}" ;;
+  *) echo "usage: $0 install|up|down|status|env|start NAME|stop NAME" >&2; exit 2 ;;
 esac

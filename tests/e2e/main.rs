@@ -4,5 +4,6 @@
 mod bad_input;
 mod bridge_crash;
 mod cli;
+mod kafka_outage;
 mod pipeline;
 mod provisioning;

@@ -477,3 +477,35 @@ pub fn luhn_runs(bytes: &[u8]) -> Vec<String> {
     }
     found
 }
+
+/// Runs `deploy/local/stack.sh <args>` and panics if it fails.
+pub fn stack_ctl(args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack.sh");
+    let out = Command::new(script).args(args).output().expect("stack.sh");
+    assert!(out.status.success(), "stack.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Stops a stack component now and starts it again when dropped — also when the test panics,
+/// so one failing fault test does not take the stack down for the rest.
+pub struct Outage(&'static str);
+
+impl Outage {
+    pub fn begin(component: &'static str) -> Self {
+        stack_ctl(&["stop", component]);
+        Self(component)
+    }
+}
+
+impl Drop for Outage {
+    fn drop(&mut self) {
+        stack_ctl(&["start", self.0]);
+    }
+}
+
+/// Resident memory of a process, in KiB (Linux).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}

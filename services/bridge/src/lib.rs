@@ -351,6 +351,9 @@ async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Optio
     let confirmed = produce_until_confirmed(&producer, &job.output, &ctx).await;
     let c = confirmed?;
     m.produce_errors.inc_by(u64::from(c.failed_attempts));
+    if c.failed_attempts > 0 {
+        ctx.health.set_ready(true); // Kafka is back
+    }
     if matches!(job.verdict, Verdict::Accepted { .. }) {
         m.produced.inc();
     }
