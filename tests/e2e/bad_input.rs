@@ -35,6 +35,20 @@ async fn terminal(
     (client, rx)
 }
 
+/// The next `n` answers on the terminal's ack topic, as JSON.
+async fn answers(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Packet>,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let Packet::Publish(p) = next_matching(rx, |p| matches!(p, Packet::Publish(_))).await {
+            out.push(serde_json::from_slice(&p.payload).unwrap());
+        }
+    }
+    out
+}
+
 async fn next_matching<F: Fn(&Packet) -> bool>(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<Packet>,
     f: F,
@@ -123,6 +137,45 @@ async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_ke
         .await
         .unwrap();
 
+    // The terminal hears back about every one of them: 8 rejected, 1 accepted.
+    let first = answers(&mut rx, cases.len() + 1).await;
+    assert_eq!(
+        first.iter().filter(|a| a["status"] == "rejected").count(),
+        cases.len()
+    );
+    let good: Vec<_> = first
+        .iter()
+        .filter(|a| a["status"] == "accepted")
+        .collect();
+    assert_eq!(good.len(), 1);
+
+    // Kafka has good-1 now. The same message again (a QoS 1 redelivery or a terminal's
+    // republish) is answered with the same position and not produced again; the same id with
+    // other content is a conflict and is dead-lettered.
+    client
+        .publish(&topic, QoS::AtLeastOnce, false, valid("good-1", t, m))
+        .await
+        .unwrap();
+    client
+        .publish(
+            &topic,
+            QoS::AtLeastOnce,
+            false,
+            valid("good-1", t, m).replace(r#""amount_minor":100"#, r#""amount_minor":999"#),
+        )
+        .await
+        .unwrap();
+    let again = answers(&mut rx, 2).await;
+    assert_eq!(again[0]["status"], "accepted");
+    assert_eq!(
+        (&again[0]["partition"], &again[0]["offset"]),
+        (&good[0]["partition"], &good[0]["offset"])
+    );
+    assert_eq!(again[1]["status"], "rejected");
+    assert_eq!(again[1]["reason"], "DUPLICATE_TRANSACTION_ID");
+    let mut cases = cases;
+    cases.push(("DUPLICATE_TRANSACTION_ID", vec![]));
+
     let dlq = read_topic(
         &d.stack.brokers,
         &d.topic("pos.deadletter"),
@@ -166,22 +219,6 @@ async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_ke
     );
     assert_eq!(raw.len(), 1, "only the good one reaches the raw topic");
 
-    // The terminal hears back about every one of them: 8 rejected, 1 accepted.
-    let mut answers = Vec::new();
-    while answers.len() < cases.len() + 1 {
-        if let Packet::Publish(p) =
-            next_matching(&mut rx, |p| matches!(p, Packet::Publish(_))).await
-        {
-            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
-            answers.push(v["status"].as_str().unwrap().to_string());
-        }
-    }
-    assert_eq!(
-        answers.iter().filter(|a| *a == "rejected").count(),
-        cases.len()
-    );
-    assert_eq!(answers.iter().filter(|a| *a == "accepted").count(), 1);
-
     assert!(
         bridge.is_running(),
         "the bridge crashed:\n{}",
@@ -200,7 +237,8 @@ async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_ke
         Some(1.0)
     );
     assert_eq!(metric(&m, "posflow_bridge_produced_total"), Some(1.0));
-    assert_eq!(metric(&m, "posflow_bridge_acknowledged_total"), Some(9.0));
+    assert_eq!(metric(&m, "posflow_bridge_acknowledged_total"), Some(11.0));
+    assert_eq!(metric(&m, "posflow_bridge_repeats_total"), Some(1.0));
     assert!(!bridge.log_text().contains(PAN), "PAN in the bridge's log");
     assert!(bridge.terminate().success());
 }

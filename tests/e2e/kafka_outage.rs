@@ -16,14 +16,30 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
     let mut bridge = d.start_bridge(6).await;
     let pid = bridge.child.id();
     let run_id = format!("outage{:08x}", rand::random::<u32>());
-    let cfg = plan::FleetConfig { terminals: 20, per_terminal: 300, merchants: 4, invalid_every: 0, seed: 11, first_terminal: 301, run_id };
+    let cfg = plan::FleetConfig {
+        terminals: 20,
+        per_terminal: 300,
+        merchants: 4,
+        invalid_every: 0,
+        seed: 11,
+        first_terminal: 301,
+        run_id,
+    };
     let fleet_plan = plan::plan(&cfg, posflow_schema::now_millis());
     let total = 6_000;
     let progress = Arc::new(fleet::Progress::default());
     let publisher = {
-        let (mqtt, pw, progress) = (d.stack.mqtt_args(), Secret::new(&d.stack.terminal_password), progress.clone());
+        let (mqtt, pw, progress) = (
+            d.stack.mqtt_args(),
+            Secret::new(&d.stack.terminal_password),
+            progress.clone(),
+        );
         // 20 terminals x 20/s: the stream outlasts the outage.
-        let opts = fleet::PublishOptions { rate_per_terminal: 20.0, retry_after: Duration::from_secs(20), deadline: Duration::from_secs(240) };
+        let opts = fleet::PublishOptions {
+            rate_per_terminal: 20.0,
+            retry_after: Duration::from_secs(20),
+            deadline: Duration::from_secs(240),
+        };
         tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, progress).await })
     };
     while progress.accepted.load(Ordering::Relaxed) < 1_000 {
@@ -46,20 +62,48 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
         let accepted_during = progress.accepted.load(Ordering::Relaxed) - accepted_at_stop;
         // Sends already in librdkafka's buffers when Kafka stopped may still be confirmed in
         // its first seconds; after that nothing may be acknowledged.
-        assert!(accepted_during < 600, "{accepted_during} acknowledged while Kafka was down");
+        assert!(
+            accepted_during < 600,
+            "{accepted_during} acknowledged while Kafka was down"
+        );
         assert!(unready_seen, "/readyz never reported the outage");
     }
     let report = publisher.await.unwrap().unwrap();
-    assert!(bridge.is_running(), "the bridge restarted or died:\n{}", bridge.log_text());
-    assert!(report.unanswered.is_empty(), "{} unanswered after Kafka came back", report.unanswered.len());
+    assert!(
+        bridge.is_running(),
+        "the bridge restarted or died:\n{}",
+        bridge.log_text()
+    );
+    assert!(
+        report.unanswered.is_empty(),
+        "{} unanswered after Kafka came back",
+        report.unanswered.len()
+    );
 
-    let raw = read_topic(&d.stack.brokers, &d.topic("pos.transactions.raw"), total, Duration::from_secs(60), Duration::from_secs(3));
+    let raw = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.transactions.raw"),
+        total,
+        Duration::from_secs(60),
+        Duration::from_secs(3),
+    );
     let decoder = Decoder::<TransactionReceived>::new(d.kafka.registry());
     let mut ids = HashSet::new();
     for r in &raw {
-        ids.insert(decoder.decode(&r.value).await.unwrap().transaction.transaction_id);
+        ids.insert(
+            decoder
+                .decode(&r.value)
+                .await
+                .unwrap()
+                .transaction
+                .transaction_id,
+        );
     }
-    let missing = report.answers.iter().filter(|(id, a)| *a == "accepted" && !ids.contains(*id)).count();
+    let missing = report
+        .answers
+        .iter()
+        .filter(|(id, a)| *a == "accepted" && !ids.contains(*id))
+        .count();
     println!(
         "kafka outage: bridge RSS {rss_before} KiB before, {rss_max} KiB peak during 30 s outage; raw {} records, {} distinct, missing {missing}, republished {}",
         raw.len(),
@@ -69,6 +113,9 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
     assert_eq!(missing, 0);
     assert_eq!(ids.len(), total);
     // Bounded: the in-flight window (receive maximum 256) is all the bridge holds.
-    assert!(rss_max < rss_before + 64 * 1024, "bridge memory grew from {rss_before} to {rss_max} KiB");
+    assert!(
+        rss_max < rss_before + 64 * 1024,
+        "bridge memory grew from {rss_before} to {rss_max} KiB"
+    );
     assert!(bridge.terminate().success());
 }

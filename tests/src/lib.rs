@@ -147,14 +147,24 @@ impl Deployment {
 
     /// Starts a bridge replica with a clean MQTT session (nothing left from an earlier test).
     pub async fn start_bridge(&self, replica: u8) -> Service {
-        clear_mqtt_session(&self.stack, &format!("bridge-{replica}"), &self.stack.bridge_password).await;
+        clear_mqtt_session(
+            &self.stack,
+            &format!("bridge-{replica}"),
+            &self.stack.bridge_password,
+        )
+        .await;
         self.restart_bridge(replica).await
     }
 
     /// Starts a bridge replica on whatever session the broker kept for it (a restart).
     pub async fn restart_bridge(&self, replica: u8) -> Service {
         let id = format!("bridge-{replica}");
-        Service::start("posflow-bridge", &self.env(), &["--bridge-id", &id, "--session-expiry", "300"]).await
+        Service::start(
+            "posflow-bridge",
+            &self.env(),
+            &["--bridge-id", &id, "--session-expiry", "300"],
+        )
+        .await
     }
 
     pub async fn start(&self, binary: &str) -> Service {
@@ -482,7 +492,11 @@ pub fn luhn_runs(bytes: &[u8]) -> Vec<String> {
 pub fn stack_ctl(args: &[&str]) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack.sh");
     let out = Command::new(script).args(args).output().expect("stack.sh");
-    assert!(out.status.success(), "stack.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stack.sh {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Stops a stack component now and starts it again when dropped — also when the test panics,
@@ -506,6 +520,10 @@ impl Drop for Outage {
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }

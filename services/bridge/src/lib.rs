@@ -6,6 +6,7 @@
 pub mod card;
 mod metrics;
 pub mod payload;
+pub mod recent;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -57,6 +58,9 @@ pub struct Args {
     /// Largest payload accepted, in bytes; larger ones are dead-lettered as OVERSIZE.
     #[arg(long, env = "POSFLOW_BRIDGE_MAX_PAYLOAD", default_value_t = 16_384)]
     pub max_payload_bytes: usize,
+    /// Transaction ids remembered to answer repeats without producing them again (0: off).
+    #[arg(long, env = "POSFLOW_BRIDGE_RECENT_IDS", default_value_t = 100_000)]
+    pub recent_ids: usize,
     /// HMAC key for card tokens (at least 32 bytes). From a Secret; never logged.
     #[arg(
         long,
@@ -103,6 +107,8 @@ struct Outcome {
     received: Instant,
     /// (reply topic, JSON) for the terminal, when the topic named one.
     reply: Option<(String, Vec<u8>)>,
+    /// A newly produced transaction, for the recent-id cache.
+    remember: Option<(String, recent::Seen)>,
 }
 
 /// Runs until shutdown. Connection losses are retried, never fatal.
@@ -121,7 +127,16 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)
     })
     .await?;
-    let tokenizer = card::Tokenizer::new(&args.card_token_key);
+    let mut ingress = Ingress {
+        bridge_id: args.bridge_id.clone(),
+        max_payload_bytes: args.max_payload_bytes,
+        tokenizer: card::Tokenizer::new(&args.card_token_key),
+        encoder,
+        dlq_encoder,
+        raw_topic,
+        dlq_topic,
+        recent: recent::RecentIds::new(args.recent_ids),
+    };
 
     let mut opts = args.mqtt.options(&args.bridge_id, &args.mqtt.mqtt_password);
     opts.set_clean_start(false);
@@ -165,6 +180,10 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                 }
                 m.acknowledged.inc();
                 m.ack_latency.observe(o.received.elapsed().as_secs_f64());
+                if let Some((id, seen)) = o.remember {
+                    ingress.recent.remember(id, seen);
+                    m.recent_ids.set(ingress.recent.len() as i64);
+                }
                 if let Some((topic, body)) = o.reply {
                     // QoS 0: the answer is advice. A terminal that misses it republishes after its
                     // timeout and gets its answer then; QoS 1 would make the broker queue answers
@@ -178,7 +197,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                 let Some(publish) = msg else { break };
                 m.received.inc();
                 m.in_flight.inc();
-                let job = handle(publish, &args, &tokenizer, &encoder, &dlq_encoder, &raw_topic, &dlq_topic);
+                let job = ingress.handle(publish);
                 inflight.push_back(deliver(producer.clone(), job, ctx.clone()));
             }
             _ = ctx.shutdown.wait(), if draining_since.is_none() => {
@@ -213,7 +232,8 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
 struct Job {
     publish: Publish,
     received: Instant,
-    output: Output,
+    /// `None` for a transaction Kafka already has (answered from the recent-id cache).
+    output: Option<Output>,
     /// The answer for the terminal, built once Kafka gave us the partition and offset.
     reply_to: Option<String>,
     verdict: Verdict,
@@ -222,6 +242,11 @@ struct Job {
 enum Verdict {
     Accepted {
         transaction_id: String,
+        fingerprint: u64,
+    },
+    Repeat {
+        transaction_id: String,
+        seen: recent::Seen,
     },
     Rejected {
         reason: &'static str,
@@ -229,115 +254,161 @@ enum Verdict {
     },
 }
 
-fn handle(
-    publish: Publish,
-    args: &Args,
-    tokenizer: &card::Tokenizer,
-    encoder: &Encoder<TransactionReceived>,
-    dlq_encoder: &Encoder<DeadLetter>,
-    raw_topic: &str,
-    dlq_topic: &str,
-) -> Job {
-    let received = Instant::now();
-    let received_at = now_millis();
-    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-    let mut hdrs = OwnedHeaders::new()
-        .insert(Header {
-            key: headers::MQTT_TOPIC,
-            value: Some(topic.as_bytes()),
-        })
-        .insert(Header {
-            key: headers::RECEIVED_AT,
-            value: Some(received_at.to_string().as_bytes()),
-        });
-    if let Some(props) = &publish.properties {
-        for (k, v) in &props.user_properties {
-            // traceparent and any terminal-supplied properties travel as headers.
-            hdrs = hdrs.insert(Header {
-                key: k.as_str(),
-                value: Some(v.as_bytes()),
-            });
-        }
-    }
-    let parsed = posflow_mqtt::parse_tx_topic(&topic);
-    let reply_to = parsed
-        .as_ref()
-        .ok()
-        .map(|ids| posflow_mqtt::ack_topic(ids.merchant_id, ids.terminal_id));
-    let result = match &parsed {
-        Err(e) => Err(payload::Refusal {
-            reason: payload::Reason::TopicInvalid,
-            detail: e.to_string(),
-            transaction_id: None,
-        }),
-        Ok(ids) => payload::parse(&publish.payload, ids, args.max_payload_bytes, tokenizer),
-    };
-    let encoded = result.and_then(|transaction| {
-        let record = TransactionReceived {
-            envelope: Envelope {
-                received_at,
-                mqtt_topic: topic.clone(),
-                bridge_id: args.bridge_id.clone(),
-                payload_version: payload::PAYLOAD_VERSION,
-            },
-            transaction,
-        };
-        let id = record.transaction.transaction_id.clone();
-        let key = record.transaction.terminal_id.clone();
-        encoder
-            .encode(&record)
-            .map(|v| (id, key, v))
-            .map_err(|e| payload::Refusal {
-                reason: payload::Reason::FieldInvalid,
-                detail: card::mask_text(&e.to_string()),
-                transaction_id: Some(record.transaction.transaction_id.clone()),
+/// Everything the bridge needs to turn one MQTT message into one Kafka record.
+struct Ingress {
+    bridge_id: String,
+    max_payload_bytes: usize,
+    tokenizer: card::Tokenizer,
+    encoder: Encoder<TransactionReceived>,
+    dlq_encoder: Encoder<DeadLetter>,
+    raw_topic: String,
+    dlq_topic: String,
+    recent: recent::RecentIds,
+}
+
+impl Ingress {
+    fn handle(&self, publish: Publish) -> Job {
+        let received = Instant::now();
+        let received_at = now_millis();
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let mut hdrs = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::MQTT_TOPIC,
+                value: Some(topic.as_bytes()),
             })
-    });
-    match encoded {
-        Ok((transaction_id, key, value)) => Job {
-            publish,
-            received,
-            output: Output {
-                topic: raw_topic.to_string(),
-                key,
-                value,
-                headers: hdrs,
-            },
-            reply_to,
-            verdict: Verdict::Accepted { transaction_id },
-        },
-        Err(refusal) => {
-            let code = refusal.reason.code();
-            metrics().dead_lettered.with_label_values(&[code]).inc();
-            tracing::info!(reason = code, mqtt_topic = %card::mask_text(&topic), "dead-lettered");
-            let letter = DeadLetter {
-                reason: code.to_string(),
-                detail: refusal.detail,
-                stage: "bridge".into(),
-                source: card::mask_text(&topic),
-                received_at,
-                payload: card::mask_card_numbers(&publish.payload),
+            .insert(Header {
+                key: headers::RECEIVED_AT,
+                value: Some(received_at.to_string().as_bytes()),
+            });
+        if let Some(props) = &publish.properties {
+            for (k, v) in &props.user_properties {
+                // traceparent and any terminal-supplied properties travel as headers.
+                hdrs = hdrs.insert(Header {
+                    key: k.as_str(),
+                    value: Some(v.as_bytes()),
+                });
+            }
+        }
+        let parsed = posflow_mqtt::parse_tx_topic(&topic);
+        let reply_to = parsed
+            .as_ref()
+            .ok()
+            .map(|ids| posflow_mqtt::ack_topic(ids.merchant_id, ids.terminal_id));
+        let fingerprint = recent::fingerprint(&publish.payload);
+        let result = match &parsed {
+            Err(e) => Err(payload::Refusal {
+                reason: payload::Reason::TopicInvalid,
+                detail: e.to_string(),
+                transaction_id: None,
+            }),
+            Ok(ids) => payload::parse(
+                &publish.payload,
+                ids,
+                self.max_payload_bytes,
+                &self.tokenizer,
+            ),
+        }
+        .and_then(|transaction| {
+            match self.recent.lookup(&transaction.transaction_id, fingerprint) {
+                recent::Lookup::New => Ok(Ok(transaction)),
+                recent::Lookup::Repeat(seen) => Ok(Err((transaction.transaction_id, seen))),
+                recent::Lookup::Conflict => Err(payload::Refusal {
+                    reason: payload::Reason::DuplicateTransactionId,
+                    detail: "this transaction_id was accepted with different content".into(),
+                    transaction_id: Some(transaction.transaction_id),
+                }),
+            }
+        });
+        let encoded = result.and_then(|fresh| {
+            let transaction = match fresh {
+                Ok(t) => t,
+                Err((transaction_id, seen)) => return Ok(Err((transaction_id, seen))),
             };
-            let value = dlq_encoder
-                .encode(&letter)
-                .expect("the dead-letter schema takes any bytes");
-            Job {
-                output: Output {
-                    topic: dlq_topic.to_string(),
-                    key: letter.source.clone(),
-                    value,
-                    headers: hdrs.insert(Header {
-                        key: headers::REASON,
-                        value: Some(code.as_bytes()),
-                    }),
+            let record = TransactionReceived {
+                envelope: Envelope {
+                    received_at,
+                    mqtt_topic: topic.clone(),
+                    bridge_id: self.bridge_id.clone(),
+                    payload_version: payload::PAYLOAD_VERSION,
                 },
+                transaction,
+            };
+            let (id, key) = (
+                record.transaction.transaction_id.clone(),
+                record.transaction.terminal_id.clone(),
+            );
+            self.encoder
+                .encode(&record)
+                .map(|v| Ok((id.clone(), key, v)))
+                .map_err(|e| payload::Refusal {
+                    reason: payload::Reason::FieldInvalid,
+                    detail: card::mask_text(&e.to_string()),
+                    transaction_id: Some(id),
+                })
+        });
+        match encoded {
+            Ok(Ok((transaction_id, key, value))) => Job {
                 publish,
                 received,
+                output: Some(Output {
+                    topic: self.raw_topic.clone(),
+                    key,
+                    value,
+                    headers: hdrs,
+                }),
                 reply_to,
-                verdict: Verdict::Rejected {
-                    reason: code,
-                    transaction_id: refusal.transaction_id,
+                verdict: Verdict::Accepted {
+                    transaction_id,
+                    fingerprint,
                 },
+            },
+            Ok(Err((transaction_id, seen))) => {
+                metrics().repeats.inc();
+                Job {
+                    publish,
+                    received,
+                    output: None,
+                    reply_to,
+                    verdict: Verdict::Repeat {
+                        transaction_id,
+                        seen,
+                    },
+                }
+            }
+            Err(refusal) => {
+                let code = refusal.reason.code();
+                metrics().dead_lettered.with_label_values(&[code]).inc();
+                tracing::info!(reason = code, mqtt_topic = %card::mask_text(&topic), "dead-lettered");
+                let letter = DeadLetter {
+                    reason: code.to_string(),
+                    detail: refusal.detail,
+                    stage: "bridge".into(),
+                    source: card::mask_text(&topic),
+                    received_at,
+                    payload: card::mask_card_numbers(&publish.payload),
+                };
+                let value = self
+                    .dlq_encoder
+                    .encode(&letter)
+                    .expect("the dead-letter schema takes any bytes");
+                Job {
+                    output: Some(Output {
+                        topic: self.dlq_topic.clone(),
+                        key: letter.source.clone(),
+                        value,
+                        headers: hdrs.insert(Header {
+                            key: headers::REASON,
+                            value: Some(code.as_bytes()),
+                        }),
+                    }),
+                    publish,
+                    received,
+                    reply_to,
+                    verdict: Verdict::Rejected {
+                        reason: code,
+                        transaction_id: refusal.transaction_id,
+                    },
+                }
             }
         }
     }
@@ -348,33 +419,54 @@ fn handle(
 /// and then the message is left unacknowledged for redelivery.
 async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Option<Outcome> {
     let m = metrics();
-    let confirmed = produce_until_confirmed(&producer, &job.output, &ctx).await;
-    let c = confirmed?;
-    m.produce_errors.inc_by(u64::from(c.failed_attempts));
-    if c.failed_attempts > 0 {
-        ctx.health.set_ready(true); // Kafka is back
-    }
-    if matches!(job.verdict, Verdict::Accepted { .. }) {
-        m.produced.inc();
-    }
-    m.produce_latency
-        .observe(job.received.elapsed().as_secs_f64());
+    let (partition, offset, remember) = match (&job.output, &job.verdict) {
+        (None, Verdict::Repeat { seen, .. }) => (seen.partition, seen.offset, None),
+        (None, _) => unreachable!("only repeats skip Kafka"),
+        (Some(output), verdict) => {
+            let c = produce_until_confirmed(&producer, output, &ctx).await?;
+            m.produce_errors.inc_by(u64::from(c.failed_attempts));
+            if c.failed_attempts > 0 {
+                ctx.health.set_ready(true); // Kafka is back
+            }
+            m.produce_latency
+                .observe(job.received.elapsed().as_secs_f64());
+            let remember = match verdict {
+                Verdict::Accepted {
+                    transaction_id,
+                    fingerprint,
+                } => {
+                    m.produced.inc();
+                    let seen = recent::Seen {
+                        fingerprint: *fingerprint,
+                        partition: c.partition,
+                        offset: c.offset,
+                    };
+                    Some((transaction_id.clone(), seen))
+                }
+                _ => None,
+            };
+            (c.partition, c.offset, remember)
+        }
+    };
     let reply = job
         .reply_to
-        .map(|t| (t, answer(&job.verdict, c.partition, c.offset)));
+        .map(|t| (t, answer(&job.verdict, partition, offset)));
     Some(Outcome {
         publish: job.publish,
         received: job.received,
         reply,
+        remember,
     })
 }
 
 /// The terminal's answer (docs/terminal-contract.md).
 fn answer(v: &Verdict, partition: i32, offset: i64) -> Vec<u8> {
     let j = match v {
-        Verdict::Accepted { transaction_id } => serde_json::json!({
-            "transaction_id": transaction_id, "status": "accepted", "partition": partition, "offset": offset,
-        }),
+        Verdict::Accepted { transaction_id, .. } | Verdict::Repeat { transaction_id, .. } => {
+            serde_json::json!({
+                "transaction_id": transaction_id, "status": "accepted", "partition": partition, "offset": offset,
+            })
+        }
         Verdict::Rejected {
             reason,
             transaction_id,

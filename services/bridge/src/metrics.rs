@@ -11,6 +11,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub produce_errors: IntCounter,
     pub in_flight: IntGauge,
+    pub repeats: IntCounter,
+    pub recent_ids: IntGauge,
     pub produce_latency: Histogram,
     pub ack_latency: Histogram,
 }
@@ -39,6 +41,14 @@ pub fn metrics() -> &'static Metrics {
         in_flight: gauge(
             "posflow_bridge_in_flight",
             "Messages received and not yet acknowledged",
+        ),
+        repeats: counter(
+            "posflow_bridge_repeats_total",
+            "Transactions received again after Kafka had them; answered, not produced again",
+        ),
+        recent_ids: gauge(
+            "posflow_bridge_recent_ids",
+            "Transaction ids in the recent-id cache",
         ),
         produce_latency: histogram(
             "posflow_bridge_produce_latency_seconds",

@@ -21,10 +21,11 @@ pub enum Reason {
     CardDataForbidden,
     PanInvalid,
     FieldInvalid,
+    DuplicateTransactionId,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Self::TopicInvalid,
         Self::Oversize,
         Self::NotUtf8,
@@ -35,6 +36,7 @@ impl Reason {
         Self::CardDataForbidden,
         Self::PanInvalid,
         Self::FieldInvalid,
+        Self::DuplicateTransactionId,
     ];
     pub fn code(self) -> &'static str {
         match self {
@@ -48,6 +50,7 @@ impl Reason {
             Self::CardDataForbidden => "CARD_DATA_FORBIDDEN",
             Self::PanInvalid => "PAN_INVALID",
             Self::FieldInvalid => "FIELD_INVALID",
+            Self::DuplicateTransactionId => "DUPLICATE_TRANSACTION_ID",
         }
     }
 }
