@@ -143,10 +143,7 @@ async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_ke
         first.iter().filter(|a| a["status"] == "rejected").count(),
         cases.len()
     );
-    let good: Vec<_> = first
-        .iter()
-        .filter(|a| a["status"] == "accepted")
-        .collect();
+    let good: Vec<_> = first.iter().filter(|a| a["status"] == "accepted").collect();
     assert_eq!(good.len(), 1);
 
     // Kafka has good-1 now. The same message again (a QoS 1 redelivery or a terminal's

@@ -4,6 +4,7 @@
 mod bad_input;
 mod bridge_crash;
 mod cli;
+mod corpus;
 mod kafka_outage;
 mod pipeline;
 mod provisioning;
