@@ -7,7 +7,7 @@ CARGO ?= cargo
 # Local stack: one broker, so replication 1.
 PROVISION := ./target/debug/posflow-admin provision --replication-factor 1 --min-insync-replicas 1
 
-.PHONY: help up down status provision build demo test test-unit test-e2e fmt lint clean
+.PHONY: help up down status provision build demo test test-unit test-e2e fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,11 @@ fmt: ## Format the code
 lint: ## Formatting and clippy, as CI would
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fuzz: ## Coverage-guided fuzzing of the bridge's input (nightly + cargo-fuzz), FUZZ_SECONDS=60
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	mkdir -p fuzz/corpus/bridge_input && cp tests/corpus/bridge/*.bin fuzz/corpus/bridge_input/
+	cd fuzz && $(CARGO) +nightly fuzz run bridge_input corpus/bridge_input -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean: down ## Stop the stack and delete its data (downloads stay cached)
 	rm -rf .stack

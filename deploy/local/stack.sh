@@ -31,6 +31,7 @@ KAFKA_CONTROLLER_PORT=${POSFLOW_KAFKA_CONTROLLER_PORT:-29093}
 REGISTRY_PORT=${POSFLOW_REGISTRY_PORT:-28081}
 REGISTRY_MGMT_PORT=${POSFLOW_REGISTRY_MGMT_PORT:-28082}
 MQTT_PORT=${POSFLOW_MQTT_PORT:-21883}
+MQTT_TLS_PORT=${POSFLOW_MQTT_TLS_PORT:-21884}
 PG_PORT=${POSFLOW_PG_PORT:-25432}
 SMTP_PORT=${POSFLOW_SMTP_PORT:-22525}
 
@@ -51,6 +52,7 @@ need_apt() {
   command -v mosquitto_passwd >/dev/null || missing+=(mosquitto)
   command -v mosquitto_pub >/dev/null || missing+=(mosquitto-clients)
   command -v kcat >/dev/null || missing+=(kcat)
+  command -v openssl >/dev/null || missing+=(openssl)
   [ -x "$(pg_bin)/initdb" ] || missing+=(postgresql)
   /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
   if [ ${#missing[@]} -gt 0 ]; then
@@ -215,8 +217,33 @@ up_registry() {
     -jar "$dir/quarkus-run.jar"
 }
 
+# Local TLS material (made once per stack): a CA, the broker's certificate for 127.0.0.1 and
+# localhost, and client certificates whose CN is the MQTT identity (bridge-0..7, T0001..T0005).
+tls_material() {
+  local d=$STACK/tls
+  [ -f "$d/.complete" ] && return 0
+  mkdir -p "$d"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
+  openssl req -x509 "${ec[@]}" -days 3650 -subj "/CN=posflow-local-ca" -keyout "$d/ca.key" -out "$d/ca.crt" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  sign() { # name, extensions
+    openssl req "${ec[@]}" -subj "/CN=$1" -keyout "$d/$1.key" -out "$d/$1.csr" 2>/dev/null
+    openssl x509 -req -in "$d/$1.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+      -extfile <(printf '%s\n' "$2") -out "$d/$1.crt" 2>/dev/null
+    rm -f "$d/$1.csr"
+  }
+  sign server "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+  for n in bridge-0 bridge-1 bridge-2 bridge-3 bridge-4 bridge-5 bridge-6 bridge-7 T0001 T0002 T0003 T0004 T0005; do
+    sign "$n" "extendedKeyUsage=clientAuth"
+  done
+  chmod 600 "$d"/*.key
+  touch "$d/.complete"
+}
+
 up_mosquitto() {
   running mosquitto && return 0
+  tls_material
   local dir=$STACK/mosquitto
   mkdir -p "$dir/data"
   # Password file: plain lines, then hashed in place (`-U`) in one pass.
@@ -253,6 +280,17 @@ log_type notice
 user root
 listener $MQTT_PORT 127.0.0.1
 protocol mqtt
+use_username_as_clientid true
+
+# TLS with client certificates: the certificate's CN is the username (and the client id), so
+# the same ACL applies. No password on this listener.
+listener $MQTT_TLS_PORT 127.0.0.1
+protocol mqtt
+cafile $STACK/tls/ca.crt
+certfile $STACK/tls/server.crt
+keyfile $STACK/tls/server.key
+require_certificate true
+use_identity_as_username true
 use_username_as_clientid true
 EOF
   start_bg mosquitto mosquitto -c "$dir/mosquitto.conf"
@@ -307,7 +345,7 @@ registry_ready() { curl -fsS "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/su
 
 wait_ready() {
   case $1 in
-    mosquitto) wait_for mosquitto 20 tcp_open "$MQTT_PORT" ;;
+    mosquitto) wait_for mosquitto 20 tcp_open "$MQTT_PORT"; wait_for mosquitto 20 tcp_open "$MQTT_TLS_PORT" ;;
     smtp) wait_for smtp 20 tcp_open "$SMTP_PORT" ;;
     postgres) wait_for postgres 60 pg_ready; ensure_database ;;
     kafka) wait_for kafka 120 kafka_ready ;;
@@ -349,7 +387,7 @@ cmd_status() {
   for n in kafka registry mosquitto postgres smtp; do
     case $n in
       kafka) port="127.0.0.1:$KAFKA_PORT";; registry) port="http://127.0.0.1:$REGISTRY_PORT";;
-      mosquitto) port="127.0.0.1:$MQTT_PORT";; postgres) port="127.0.0.1:$PG_PORT";;
+      mosquitto) port="127.0.0.1:$MQTT_PORT,$MQTT_TLS_PORT";; postgres) port="127.0.0.1:$PG_PORT";;
       smtp) port="127.0.0.1:$SMTP_PORT";;
     esac
     if running "$n"; then state="up(pid $(cat "$(pidfile "$n")"))"; else state=down; fi
@@ -364,6 +402,8 @@ export POSFLOW_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/
 export POSFLOW_MQTT_HOST=127.0.0.1
 export POSFLOW_MQTT_PORT=$MQTT_PORT
 export POSFLOW_MQTT_PASSWORD=$MQTT_BRIDGE_PASSWORD
+export POSFLOW_LOCAL_MQTT_TLS_PORT=$MQTT_TLS_PORT
+export POSFLOW_LOCAL_TLS_DIR=$STACK/tls
 export POSFLOW_TERMINAL_PASSWORD=$MQTT_TERMINAL_PASSWORD
 export POSFLOW_DATABASE_URL=postgres://posflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/posflow
 export POSFLOW_SMTP_ADDR=127.0.0.1:$SMTP_PORT

@@ -63,6 +63,9 @@ impl Stack {
             mqtt_port: self.mqtt_port,
             mqtt_password: Secret::new(""),
             mqtt_keep_alive: 15,
+            mqtt_tls_ca: None,
+            mqtt_tls_cert: None,
+            mqtt_tls_key: None,
         }
     }
 }
@@ -138,6 +141,9 @@ impl Deployment {
             ("POSFLOW_CARD_TOKEN_KEY", CARD_TOKEN_KEY),
             ("POSFLOW_MQTT_SHARE_GROUP", self.share_group.as_str()),
             ("POSFLOW_LOG", "info,librdkafka=warn,rdkafka=warn"),
+            // Simulated fleets publish far faster than real terminals; tests of the limit set
+            // it with flags.
+            ("POSFLOW_BRIDGE_RATE_LIMIT", "0"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -147,24 +153,31 @@ impl Deployment {
 
     /// Starts a bridge replica with a clean MQTT session (nothing left from an earlier test).
     pub async fn start_bridge(&self, replica: u8) -> Service {
+        self.start_bridge_with(replica, &[]).await
+    }
+
+    /// A bridge replica with a clean MQTT session and extra flags.
+    pub async fn start_bridge_with(&self, replica: u8, extra: &[&str]) -> Service {
         clear_mqtt_session(
             &self.stack,
             &format!("bridge-{replica}"),
             &self.stack.bridge_password,
         )
         .await;
-        self.restart_bridge(replica).await
+        self.bridge_with(replica, extra).await
     }
 
     /// Starts a bridge replica on whatever session the broker kept for it (a restart).
     pub async fn restart_bridge(&self, replica: u8) -> Service {
+        self.bridge_with(replica, &[]).await
+    }
+
+    /// A bridge replica (session as the broker kept it) with extra flags.
+    pub async fn bridge_with(&self, replica: u8, extra: &[&str]) -> Service {
         let id = format!("bridge-{replica}");
-        Service::start(
-            "posflow-bridge",
-            &self.env(),
-            &["--bridge-id", &id, "--session-expiry", "300"],
-        )
-        .await
+        let mut args = vec!["--bridge-id", &id, "--session-expiry", "300"];
+        args.extend_from_slice(extra);
+        Service::start("posflow-bridge", &self.env(), &args).await
     }
 
     pub async fn start(&self, binary: &str) -> Service {

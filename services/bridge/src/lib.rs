@@ -4,6 +4,7 @@
 //! so a crash loses nothing: the broker redelivers.
 
 pub mod card;
+pub mod limit;
 mod metrics;
 pub mod payload;
 pub mod recent;
@@ -58,6 +59,25 @@ pub struct Args {
     /// Largest payload accepted, in bytes; larger ones are dead-lettered as OVERSIZE.
     #[arg(long, env = "POSFLOW_BRIDGE_MAX_PAYLOAD", default_value_t = 16_384)]
     pub max_payload_bytes: usize,
+    /// Transactions per second each terminal may send (0: no limit). Real terminals send far
+    /// less than one per second; the limit protects the pipeline from a runaway one.
+    #[arg(long, env = "POSFLOW_BRIDGE_RATE_LIMIT", default_value_t = 20)]
+    pub rate_limit: u32,
+    /// Transactions a terminal may send at once above its rate (a store-and-forward flush).
+    #[arg(long, env = "POSFLOW_BRIDGE_RATE_LIMIT_BURST", default_value_t = 200)]
+    pub rate_limit_burst: u32,
+    /// What happens above the limit: delay the terminal's messages, or reject them
+    /// (dead-lettered as RATE_LIMITED, answered "rejected"; the terminal retries).
+    #[arg(
+        long,
+        env = "POSFLOW_BRIDGE_RATE_LIMIT_POLICY",
+        value_enum,
+        default_value = "reject"
+    )]
+    pub rate_limit_policy: limit::Policy,
+    /// Seconds without finishing any message, while some wait, before liveness fails.
+    #[arg(long, env = "POSFLOW_BRIDGE_STALL_TIMEOUT", default_value_t = 300)]
+    pub stall_timeout: u64,
     /// Transaction ids remembered to answer repeats without producing them again (0: off).
     #[arg(long, env = "POSFLOW_BRIDGE_RECENT_IDS", default_value_t = 100_000)]
     pub recent_ids: usize,
@@ -86,6 +106,14 @@ impl Args {
         );
         e.check(self.in_flight >= 1, "--in-flight must be at least 1");
         e.check(
+            self.rate_limit == 0 || self.rate_limit_burst >= 1,
+            "--rate-limit-burst must be at least 1",
+        );
+        e.check(
+            self.stall_timeout >= 10,
+            "--stall-timeout must be at least 10 seconds",
+        );
+        e.check(
             (1024..=1_048_576).contains(&self.max_payload_bytes),
             "--max-payload-bytes must be 1024..=1048576",
         );
@@ -94,8 +122,8 @@ impl Args {
             "--card-token-key (POSFLOW_CARD_TOKEN_KEY) must be set, at least 32 bytes",
         );
         e.check(
-            !self.mqtt.mqtt_password.is_empty(),
-            "--mqtt-password (POSFLOW_MQTT_PASSWORD) must be set",
+            !self.mqtt.mqtt_password.is_empty() || self.mqtt.has_client_certificate(),
+            "--mqtt-password (POSFLOW_MQTT_PASSWORD) or a client certificate (--mqtt-tls-cert) must be set",
         );
         e.into_result(self)
     }
@@ -136,9 +164,17 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         raw_topic,
         dlq_topic,
         recent: recent::RecentIds::new(args.recent_ids),
+        limiter: limit::TerminalLimiter::new(
+            args.rate_limit,
+            args.rate_limit_burst,
+            args.rate_limit_policy,
+        ),
     };
 
-    let mut opts = args.mqtt.options(&args.bridge_id, &args.mqtt.mqtt_password);
+    let mut opts = args
+        .mqtt
+        .options(&args.bridge_id, &args.mqtt.mqtt_password)
+        .context("MQTT TLS files")?;
     opts.set_clean_start(false);
     opts.set_session_expiry_interval(Some(args.session_expiry));
     opts.set_receive_maximum(Some(args.in_flight));
@@ -152,20 +188,25 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     // (checked against Mosquitto 2.0), and MQTT packet ids cap unacknowledged QoS 1 messages at
     // 65,535 anyway, so this channel never fills; it holds about `in_flight` messages, and tokio
     // allocates it as it grows.
-    let (tx, mut rx) = mpsc::channel::<Publish>(usize::from(u16::MAX));
+    let (tx, mut rx) = mpsc::channel::<FromBroker>(usize::from(u16::MAX));
     let filter = format!("$share/{}/{}", args.share_group, posflow_mqtt::tx_filter());
-    let poller = tokio::spawn(poll_mqtt(
+    let mut poller = tokio::spawn(poll_mqtt(
         eventloop,
         client.clone(),
-        filter,
+        filter.clone(),
         tx,
         ctx.clone(),
     ));
 
     let producer = Arc::new(producer);
     let mut inflight = FuturesOrdered::new();
+    // Draining (after SIGTERM): unsubscribed first, so the broker gives our share to the other
+    // replicas; then everything already sent to us is finished and acknowledged.
     let mut draining_since: Option<Instant> = None;
+    let mut unsubscribed = false;
     let drain = args.common.drain();
+    let mut last_progress = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             biased;
@@ -178,6 +219,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
                     continue;
                 }
+                last_progress = Instant::now();
                 m.acknowledged.inc();
                 m.ack_latency.observe(o.received.elapsed().as_secs_f64());
                 if let Some((id, seen)) = o.remember {
@@ -193,27 +235,45 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                     }
                 }
             }
-            msg = rx.recv(), if draining_since.is_none() => {
-                let Some(publish) = msg else { break };
-                m.received.inc();
-                m.in_flight.inc();
-                let job = ingress.handle(publish);
-                inflight.push_back(deliver(producer.clone(), job, ctx.clone()));
-            }
+            msg = rx.recv() => match msg {
+                Some(FromBroker::Publish(publish)) => {
+                    if inflight.is_empty() {
+                        last_progress = Instant::now();
+                    }
+                    m.received.inc();
+                    m.in_flight.inc();
+                    let job = ingress.handle(publish);
+                    inflight.push_back(deliver(producer.clone(), job, ctx.clone()));
+                }
+                Some(FromBroker::Unsubscribed) => unsubscribed = true,
+                None => break,
+            },
             _ = ctx.shutdown.wait(), if draining_since.is_none() => {
-                tracing::info!(in_flight = inflight.len(), "draining");
+                tracing::info!(in_flight = inflight.len(), "draining: unsubscribing, finishing what was received");
                 draining_since = Some(Instant::now());
+                if let Err(e) = client.unsubscribe(filter.clone()).await {
+                    tracing::warn!(error = %e, "unsubscribe not queued");
+                }
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)), if draining_since.is_some() => {}
+            _ = tick.tick() => {
+                ingress.limiter.retain_recent();
+                // Liveness: messages are waiting and none has been finished for too long.
+                if !inflight.is_empty() && last_progress.elapsed() > Duration::from_secs(args.stall_timeout) {
+                    tracing::error!(in_flight = inflight.len(), stalled_s = last_progress.elapsed().as_secs(), "no progress; failing liveness");
+                    ctx.health.set_failed();
+                }
+            }
         }
         if let Some(t) = draining_since {
-            if inflight.is_empty() || t.elapsed() > drain {
-                if !inflight.is_empty() {
-                    tracing::warn!(
-                        left = inflight.len(),
-                        "drain timeout; the broker redelivers the rest"
-                    );
-                }
+            if unsubscribed && rx.is_empty() && inflight.is_empty() {
+                tracing::info!("drained: nothing left for this replica");
+                break;
+            }
+            if t.elapsed() > drain {
+                tracing::warn!(
+                    in_flight = inflight.len() + rx.len(),
+                    "drain timeout; the broker redelivers the rest when this replica id reconnects"
+                );
                 break;
             }
         }
@@ -221,7 +281,12 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     ctx.health.set_ready(false);
     // Disconnect cleanly: the session (and anything unacknowledged) stays with the broker.
     let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), poller).await;
+    if tokio::time::timeout(Duration::from_secs(5), &mut poller)
+        .await
+        .is_err()
+    {
+        poller.abort();
+    }
     let _ =
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5))))
             .await;
@@ -234,6 +299,8 @@ struct Job {
     received: Instant,
     /// `None` for a transaction Kafka already has (answered from the recent-id cache).
     output: Option<Output>,
+    /// Rate limiting with the delay policy: wait this long before producing.
+    delay: Option<Duration>,
     /// The answer for the terminal, built once Kafka gave us the partition and offset.
     reply_to: Option<String>,
     verdict: Verdict,
@@ -264,10 +331,11 @@ struct Ingress {
     raw_topic: String,
     dlq_topic: String,
     recent: recent::RecentIds,
+    limiter: limit::TerminalLimiter,
 }
 
 impl Ingress {
-    fn handle(&self, publish: Publish) -> Job {
+    fn handle(&mut self, publish: Publish) -> Job {
         let received = Instant::now();
         let received_at = now_millis();
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
@@ -295,18 +363,35 @@ impl Ingress {
             .ok()
             .map(|ids| posflow_mqtt::ack_topic(ids.merchant_id, ids.terminal_id));
         let fingerprint = recent::fingerprint(&publish.payload);
+        let mut delay = None;
         let result = match &parsed {
             Err(e) => Err(payload::Refusal {
                 reason: payload::Reason::TopicInvalid,
                 detail: e.to_string(),
                 transaction_id: None,
             }),
-            Ok(ids) => payload::parse(
-                &publish.payload,
-                ids,
-                self.max_payload_bytes,
-                &self.tokenizer,
-            ),
+            Ok(ids) => match self.limiter.check(ids.terminal_id) {
+                limit::Verdict::Reject => {
+                    metrics().throttled.with_label_values(&["reject"]).inc();
+                    Err(payload::Refusal {
+                        reason: payload::Reason::RateLimited,
+                        detail: "terminal above its rate limit; retry later".into(),
+                        transaction_id: None,
+                    })
+                }
+                verdict => {
+                    if let limit::Verdict::Delay(d) = verdict {
+                        metrics().throttled.with_label_values(&["delay"]).inc();
+                        delay = Some(d);
+                    }
+                    payload::parse(
+                        &publish.payload,
+                        ids,
+                        self.max_payload_bytes,
+                        &self.tokenizer,
+                    )
+                }
+            },
         }
         .and_then(|transaction| {
             match self.recent.lookup(&transaction.transaction_id, fingerprint) {
@@ -356,6 +441,7 @@ impl Ingress {
                     value,
                     headers: hdrs,
                 }),
+                delay,
                 reply_to,
                 verdict: Verdict::Accepted {
                     transaction_id,
@@ -368,6 +454,7 @@ impl Ingress {
                     publish,
                     received,
                     output: None,
+                    delay: None,
                     reply_to,
                     verdict: Verdict::Repeat {
                         transaction_id,
@@ -403,6 +490,7 @@ impl Ingress {
                     }),
                     publish,
                     received,
+                    delay: None,
                     reply_to,
                     verdict: Verdict::Rejected {
                         reason: code,
@@ -423,6 +511,9 @@ async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Optio
         (None, Verdict::Repeat { seen, .. }) => (seen.partition, seen.offset, None),
         (None, _) => unreachable!("only repeats skip Kafka"),
         (Some(output), verdict) => {
+            if let Some(d) = job.delay {
+                tokio::time::sleep(d).await;
+            }
             let c = produce_until_confirmed(&producer, output, &ctx).await?;
             m.produce_errors.inc_by(u64::from(c.failed_attempts));
             if c.failed_attempts > 0 {
@@ -500,53 +591,62 @@ where
     }
 }
 
-/// Drives the MQTT connection: (re)connects with backoff, subscribes, and hands each PUBLISH to the pipeline. Back-pressure is the broker's: it
-/// holds back what exceeds our receive maximum until we acknowledge.
+/// What the poller hands the pipeline.
+// Nearly every item is a Publish: boxing it would cost an allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
+enum FromBroker {
+    Publish(Publish),
+    /// The broker confirmed our UNSUBSCRIBE: every message it will ever send us is already in
+    /// the channel before this.
+    Unsubscribed,
+}
+
+/// Drives the MQTT connection: (re)connects with backoff, subscribes (not while draining), and
+/// hands each PUBLISH to the pipeline. Back-pressure is the broker's: it holds back what exceeds
+/// our receive maximum until we acknowledge. Runs until the pipeline disconnects, so the PUBACKs
+/// of a drain are still sent.
 async fn poll_mqtt(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
-    tx: mpsc::Sender<Publish>,
+    tx: mpsc::Sender<FromBroker>,
     ctx: Context,
 ) {
     let mut backoff = Backoff::outage();
     loop {
-        let event = tokio::select! {
-            e = eventloop.poll() => e,
-            _ = ctx.shutdown.wait() => {
-                // Keep polling briefly so the final PUBACKs and DISCONNECT are written.
-                let _ = tokio::time::timeout(Duration::from_secs(1), async { while eventloop.poll().await.is_ok() {} }).await;
-                return;
-            }
-        };
-        match event {
+        match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
                 tracing::info!(session_present = ack.session_present, "connected to MQTT");
                 // Subscribe on every connect, resumed session or not: it is idempotent, keeps
                 // the queued messages, and repairs a session whose subscription was made under
-                // another configuration (a changed share group).
-                if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-                    tracing::error!(error = %e, "subscribe not queued");
+                // another configuration (a changed share group). Not while draining.
+                if !ctx.shutdown.is_triggered() {
+                    if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
+                        tracing::error!(error = %e, "subscribe not queued");
+                    }
                 }
                 ctx.health.set_ready(true);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(p).await.is_err() {
+                if tx.send(FromBroker::Publish(p)).await.is_err() {
                     return;
                 }
+            }
+            Ok(Event::Incoming(Packet::UnsubAck(_))) => {
+                let _ = tx.send(FromBroker::Unsubscribed).await;
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 tracing::warn!(reason = ?d.reason_code, "broker disconnected us");
                 ctx.health.set_ready(false);
             }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
+            Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
             Err(e) => {
                 ctx.health.set_ready(false);
                 tracing::warn!(error = %e, "MQTT connection lost; reconnecting");
-                if !backoff.wait(&ctx.shutdown).await {
-                    return;
-                }
+                tokio::time::sleep(backoff.next_delay()).await;
             }
         }
     }

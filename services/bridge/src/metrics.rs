@@ -12,6 +12,7 @@ pub struct Metrics {
     pub produce_errors: IntCounter,
     pub in_flight: IntGauge,
     pub repeats: IntCounter,
+    pub throttled: IntCounterVec,
     pub recent_ids: IntGauge,
     pub produce_latency: Histogram,
     pub ack_latency: Histogram,
@@ -49,6 +50,11 @@ pub fn metrics() -> &'static Metrics {
         recent_ids: gauge(
             "posflow_bridge_recent_ids",
             "Transaction ids in the recent-id cache",
+        ),
+        throttled: counter_vec(
+            "posflow_bridge_throttled_total",
+            "Messages above their terminal's rate limit, by policy (delay or reject)",
+            &["policy"],
         ),
         produce_latency: histogram(
             "posflow_bridge_produce_latency_seconds",

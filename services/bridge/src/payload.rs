@@ -22,10 +22,11 @@ pub enum Reason {
     PanInvalid,
     FieldInvalid,
     DuplicateTransactionId,
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 12] = [
         Self::TopicInvalid,
         Self::Oversize,
         Self::NotUtf8,
@@ -37,6 +38,7 @@ impl Reason {
         Self::PanInvalid,
         Self::FieldInvalid,
         Self::DuplicateTransactionId,
+        Self::RateLimited,
     ];
     pub fn code(self) -> &'static str {
         match self {
@@ -51,6 +53,7 @@ impl Reason {
             Self::PanInvalid => "PAN_INVALID",
             Self::FieldInvalid => "FIELD_INVALID",
             Self::DuplicateTransactionId => "DUPLICATE_TRANSACTION_ID",
+            Self::RateLimited => "RATE_LIMITED",
         }
     }
 }

@@ -104,7 +104,7 @@ async fn terminal(
     started: Instant,
 ) -> anyhow::Result<(Answers, Vec<String>)> {
     let (terminal_id, merchant_id) = (plan[0].terminal_id.clone(), plan[0].merchant_id.clone());
-    let mut o = mqtt.options(&terminal_id, password);
+    let mut o = mqtt.options(&terminal_id, password)?;
     o.set_clean_start(true);
     let (client, mut eventloop) = AsyncClient::new(o, 64);
     let answers: Arc<Mutex<Answers>> = Arc::default();

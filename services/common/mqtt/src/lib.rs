@@ -8,6 +8,8 @@
 use clap::Args;
 use posflow_runtime::{ConfigErrors, Secret};
 use rumqttc::v5::MqttOptions;
+use rumqttc::Transport;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const ROOT: &str = "pos";
@@ -86,6 +88,15 @@ pub struct MqttArgs {
     /// Seconds between keep-alive pings.
     #[arg(long, env = "POSFLOW_MQTT_KEEP_ALIVE", default_value_t = 15)]
     pub mqtt_keep_alive: u64,
+    /// CA bundle (PEM) that signed the broker's certificate. Setting it turns TLS on.
+    #[arg(long, env = "POSFLOW_MQTT_TLS_CA")]
+    pub mqtt_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; the broker takes its CN as the username.
+    #[arg(long, env = "POSFLOW_MQTT_TLS_CERT")]
+    pub mqtt_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM). From a Secret.
+    #[arg(long, env = "POSFLOW_MQTT_TLS_KEY")]
+    pub mqtt_tls_key: Option<PathBuf>,
 }
 
 impl MqttArgs {
@@ -96,15 +107,49 @@ impl MqttArgs {
             (5..=3600).contains(&self.mqtt_keep_alive),
             "--mqtt-keep-alive must be 5..=3600 seconds",
         );
+        errors.check(
+            self.mqtt_tls_cert.is_some() == self.mqtt_tls_key.is_some(),
+            "--mqtt-tls-cert and --mqtt-tls-key go together",
+        );
+        errors.check(
+            self.mqtt_tls_cert.is_none() || self.mqtt_tls_ca.is_some(),
+            "--mqtt-tls-cert needs --mqtt-tls-ca (client certificates only over TLS)",
+        );
+        for (flag, path) in [
+            ("--mqtt-tls-ca", &self.mqtt_tls_ca),
+            ("--mqtt-tls-cert", &self.mqtt_tls_cert),
+            ("--mqtt-tls-key", &self.mqtt_tls_key),
+        ] {
+            if let Some(p) = path {
+                errors.check(
+                    std::fs::File::open(p).is_ok(),
+                    format!("{flag} {} is not readable", p.display()),
+                );
+            }
+        }
+    }
+
+    /// Whether the client authenticates with a certificate (then no password is needed).
+    pub fn has_client_certificate(&self) -> bool {
+        self.mqtt_tls_cert.is_some()
     }
 
     /// MQTT 5 options for `client_id`, which is also the username: the broker ties the two
     /// (`use_username_as_clientid`), so a client cannot take over another's session.
-    pub fn options(&self, client_id: &str, password: &Secret) -> MqttOptions {
+    pub fn options(&self, client_id: &str, password: &Secret) -> std::io::Result<MqttOptions> {
         let mut o = MqttOptions::new(client_id, &self.mqtt_host, self.mqtt_port);
         o.set_credentials(client_id, password.expose());
         o.set_keep_alive(Duration::from_secs(self.mqtt_keep_alive));
-        o
+        if let Some(ca) = &self.mqtt_tls_ca {
+            // rustls needs a process-wide crypto provider; a second install is a no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client_auth = match (&self.mqtt_tls_cert, &self.mqtt_tls_key) {
+                (Some(c), Some(k)) => Some((std::fs::read(c)?, std::fs::read(k)?)),
+                _ => None,
+            };
+            o.set_transport(Transport::tls(std::fs::read(ca)?, client_auth, None));
+        }
+        Ok(o)
     }
 }
 

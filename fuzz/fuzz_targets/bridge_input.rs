@@ -1,0 +1,33 @@
+//! Everything a terminal controls at the bridge: the MQTT topic and the payload bytes.
+//! `make fuzz` runs it seeded with tests/corpus/bridge. Properties: no panic; a refusal's
+//! detail and the masked payload hold no Luhn-valid card number; masking keeps the length.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use posflow_bridge::card::{luhn_valid, mask_card_numbers, Tokenizer};
+use posflow_bridge::payload;
+use posflow_runtime::Secret;
+use std::sync::OnceLock;
+
+fn tokenizer() -> &'static Tokenizer {
+    static T: OnceLock<Tokenizer> = OnceLock::new();
+    T.get_or_init(|| Tokenizer::new(&Secret::new("fuzz-key-0123456789abcdef0123456789abcdef")))
+}
+
+fn no_pan(bytes: &[u8]) -> bool {
+    bytes.split(|b| !b.is_ascii_digit()).all(|run| !(13..=19).contains(&run.len()) || !luhn_valid(run))
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The first byte says where the topic ends and the payload starts.
+    let split = usize::from(data.first().copied().unwrap_or(0)).min(data.len().saturating_sub(1));
+    let (topic, body) = data.get(1..).map(|d| d.split_at(split.min(d.len()))).unwrap_or((&[], &[]));
+    let topic = String::from_utf8_lossy(topic);
+    let masked = mask_card_numbers(body);
+    assert_eq!(masked.len(), body.len());
+    assert!(no_pan(&masked));
+    let ids = posflow_mqtt::parse_tx_topic(&topic).unwrap_or(posflow_mqtt::TopicIds { merchant_id: "M1", terminal_id: "T1" });
+    if let Err(refusal) = payload::parse(body, &ids, 16_384, tokenizer()) {
+        assert!(no_pan(refusal.detail.as_bytes()), "card number in a refusal detail");
+    }
+});

@@ -1,0 +1,76 @@
+//! The bridge reaches the broker over TLS with a client certificate (rustls): the broker takes
+//! the certificate's CN as its identity, so the same ACL applies and no password is involved.
+
+use posflow_e2e::*;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_connects_with_a_client_certificate_and_forwards() {
+    let d = Deployment::new().await;
+    let tls = std::path::PathBuf::from(
+        std::env::var("POSFLOW_LOCAL_TLS_DIR").expect("run under `stack.sh env`"),
+    );
+    let port = std::env::var("POSFLOW_LOCAL_MQTT_TLS_PORT").unwrap();
+    crate::clear_session_over_tls(&d, &tls, &port).await;
+    let file = |n: &str| tls.join(n).display().to_string();
+    let (ca, cert, key) = (file("ca.crt"), file("bridge-4.crt"), file("bridge-4.key"));
+    let bridge = d
+        .bridge_with(
+            4,
+            &[
+                "--mqtt-port",
+                &port,
+                "--mqtt-tls-ca",
+                &ca,
+                "--mqtt-tls-cert",
+                &cert,
+                "--mqtt-tls-key",
+                &key,
+                "--mqtt-password",
+                "",
+            ],
+        )
+        .await;
+
+    // A terminal on the plain listener; the bridge receives over TLS.
+    let mut o = MqttOptions::new("T0440", &d.stack.mqtt_host, d.stack.mqtt_port);
+    o.set_credentials("T0440", &d.stack.terminal_password);
+    let (client, mut ev) = AsyncClient::new(o, 10);
+    tokio::spawn(async move {
+        while !matches!(
+            ev.poll().await,
+            Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
+        ) {}
+    });
+    let payload = serde_json::json!({
+        "version": 1, "transaction_id": "tls-1", "terminal_id": "T0440", "merchant_id": "M440", "sequence": 1,
+        "transaction_time": "2026-01-01T00:00:00Z", "type": "sale", "amount_minor": 990, "currency": "GBP",
+        "payment_method": "card", "entry_mode": "contactless", "response_code": "00", "mcc": "5411"
+    });
+    client
+        .publish(
+            "pos/M440/T0440/tx",
+            QoS::AtLeastOnce,
+            false,
+            payload.to_string(),
+        )
+        .await
+        .unwrap();
+    let raw = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.transactions.raw"),
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert_eq!(raw.len(), 1);
+    assert!(String::from_utf8_lossy(&raw[0].value).contains("tls-1"));
+    assert!(
+        bridge.log_text().contains("connected to MQTT"),
+        "{}",
+        bridge.log_text()
+    );
+    let _ = client.disconnect().await;
+}
