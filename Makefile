@@ -7,7 +7,7 @@ CARGO ?= cargo
 # Local stack: one broker, so replication 1.
 PROVISION := ./target/debug/posflow-admin provision --replication-factor 1 --min-insync-replicas 1
 
-.PHONY: help up down status provision build demo test test-unit test-e2e fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e bench-bridge fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,12 @@ test-unit: ## Tests that need no running component
 
 test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1
+
+bench-bridge: up ## Bridge throughput and latency next to the broker's ceiling (release build)
+	$(CARGO) build --release --bins
+	mkdir -p bench/results
+	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
+	  $(CARGO) run --release -q -p posflow-bench -- bridge --json bench/results/bridge-$$(date +%Y%m%dT%H%M%S).json
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -38,6 +38,7 @@ async fn a_bridge_killed_mid_stream_loses_no_acknowledged_transaction() {
             rate_per_terminal: 0.0,
             retry_after: Duration::from_secs(15),
             deadline: Duration::from_secs(300),
+            await_answers: true,
         };
         tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, progress).await })
     };

@@ -47,6 +47,7 @@ async fn two_replicas_share_the_load_survive_a_kill_and_a_scale_down() {
             rate_per_terminal: 25.0,
             retry_after: Duration::from_secs(15),
             deadline: Duration::from_secs(180),
+            await_answers: true,
         };
         tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, progress).await })
     };
@@ -183,6 +184,7 @@ async fn burst(
         rate_per_terminal: 0.0,
         retry_after,
         deadline: Duration::from_secs(60),
+        await_answers: true,
     };
     let started = Instant::now();
     let mut report = fleet::run(

@@ -39,6 +39,7 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
             rate_per_terminal: 20.0,
             retry_after: Duration::from_secs(20),
             deadline: Duration::from_secs(240),
+            await_answers: true,
         };
         tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, progress).await })
     };

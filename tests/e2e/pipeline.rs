@@ -41,6 +41,7 @@ async fn a_thousand_transactions_reach_postgres_exactly_once_and_no_card_number_
         rate_per_terminal: 0.0,
         retry_after: Duration::from_secs(20),
         deadline: Duration::from_secs(120),
+        await_answers: true,
     };
     let report = fleet::run(
         &mqtt,

@@ -82,6 +82,23 @@ pub struct Deployment {
 impl Deployment {
     /// Provisions a fresh prefix (topics with 4 partitions, schemas) and migrates the database.
     pub async fn new() -> Self {
+        let d = Self::kafka_only().await;
+        let out = Command::new(bin("posflow-storage"))
+            .arg("migrate")
+            .env("POSFLOW_DATABASE_URL", &d.stack.database_url)
+            .env("POSFLOW_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
+            .output()
+            .expect("posflow-storage migrate");
+        assert!(
+            out.status.success(),
+            "migrate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d
+    }
+
+    /// Provisions a fresh prefix (topics with 4 partitions, schemas); no database.
+    pub async fn kafka_only() -> Self {
         let stack = Stack::from_env();
         let id: u32 = rand::random();
         let prefix = format!("e2e{id:08x}.");
@@ -105,17 +122,6 @@ impl Deployment {
         )
         .await
         .expect("provisioning (is the stack up? make up)");
-        let out = Command::new(bin("posflow-storage"))
-            .arg("migrate")
-            .env("POSFLOW_DATABASE_URL", &stack.database_url)
-            .env("POSFLOW_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
-            .output()
-            .expect("posflow-storage migrate");
-        assert!(
-            out.status.success(),
-            "migrate failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         Self {
             share_group: format!("e2e{id:08x}"),
             stack,

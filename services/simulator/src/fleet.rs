@@ -21,6 +21,9 @@ pub struct PublishOptions {
     pub retry_after: Duration,
     /// Give up waiting for answers after this long (counted from the start).
     pub deadline: Duration,
+    /// Wait for the bridge's answers (and republish the unanswered). Off: done once the broker
+    /// acknowledged every publish — for measuring the broker alone.
+    pub await_answers: bool,
 }
 
 /// Live counters, readable while the fleet runs.
@@ -33,6 +36,10 @@ pub struct Progress {
     pub republished: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+    /// When each transaction was first published.
+    pub sent_at: Mutex<HashMap<String, Instant>>,
+    /// First publish → first answer, per answered transaction, in microseconds.
+    pub answer_latency_us: Mutex<Vec<u64>>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -109,9 +116,14 @@ async fn terminal(
     let (client, mut eventloop) = AsyncClient::new(o, 64);
     let answers: Arc<Mutex<Answers>> = Arc::default();
     let subscribed = Arc::new(tokio::sync::Notify::new());
+    let my_acks = Arc::new(AtomicU64::new(0));
     let poller = {
-        let (answers, subscribed, progress) =
-            (answers.clone(), subscribed.clone(), progress.clone());
+        let (answers, subscribed, progress, my_acks) = (
+            answers.clone(),
+            subscribed.clone(),
+            progress.clone(),
+            my_acks.clone(),
+        );
         let client = client.clone();
         let ack_topic = posflow_mqtt::ack_topic(&merchant_id, &terminal_id);
         tokio::spawn(async move {
@@ -123,6 +135,7 @@ async fn terminal(
                     Ok(Event::Incoming(Packet::SubAck(_))) => subscribed.notify_one(),
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         progress.broker_acks.fetch_add(1, Ordering::Relaxed);
+                        my_acks.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
@@ -143,6 +156,16 @@ async fn terminal(
                                     .is_none()
                                 {
                                     counter.fetch_add(1, Ordering::Relaxed);
+                                    let sent =
+                                        progress.sent_at.lock().expect("poisoned").get(id).copied();
+                                    if let Some(t) = sent {
+                                        let us = t.elapsed().as_micros() as u64;
+                                        progress
+                                            .answer_latency_us
+                                            .lock()
+                                            .expect("poisoned")
+                                            .push(us);
+                                    }
                                 }
                             }
                         }
@@ -171,6 +194,11 @@ async fn terminal(
         .then(|| Duration::from_secs_f64(1.0 / opts.rate_per_terminal));
     let mut sent_at: HashMap<&str, Instant> = HashMap::new();
     for p in &plan {
+        progress
+            .sent_at
+            .lock()
+            .expect("poisoned")
+            .insert(p.transaction_id.clone(), Instant::now());
         publish(&client, &topic, p).await?;
         progress.published.fetch_add(1, Ordering::Relaxed);
         sent_at.insert(&p.transaction_id, Instant::now());
@@ -178,9 +206,16 @@ async fn terminal(
             tokio::time::sleep(g).await;
         }
     }
+    // Without answers to wait for: done when the broker has every message.
+    while !opts.await_answers
+        && my_acks.load(Ordering::Relaxed) < plan.len() as u64
+        && started.elapsed() < opts.deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Wait for every answer; republish what stays unanswered (same transaction id: the
     // pipeline recognises it).
-    loop {
+    while opts.await_answers {
         let missing: Vec<&Planned> = {
             let a = answers.lock().expect("poisoned");
             plan.iter()
@@ -203,7 +238,7 @@ async fn terminal(
     let planned: HashSet<&str> = plan.iter().map(|p| p.transaction_id.as_str()).collect();
     let unanswered = planned
         .iter()
-        .filter(|id| !answers.contains_key(**id))
+        .filter(|id| opts.await_answers && !answers.contains_key(**id))
         .map(|s| s.to_string())
         .collect();
     let _ = client.disconnect().await;

@@ -92,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<fleet::Report> {
         rate_per_terminal: args.rate,
         retry_after: Duration::from_secs(args.retry_after),
         deadline: Duration::from_secs(args.deadline),
+        await_answers: true,
     };
     let progress = Arc::new(fleet::Progress::default());
     let ticker = {
