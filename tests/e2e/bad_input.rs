@@ -65,13 +65,12 @@ async fn next_matching<F: Fn(&Packet) -> bool>(
     .expect("packet within 30 s")
 }
 
+/// A valid payload with a card number (the bridge must tokenise or mask it).
 fn valid(tx: &str, terminal: &str, merchant: &str) -> String {
-    serde_json::json!({
-        "version": 1, "transaction_id": tx, "terminal_id": terminal, "merchant_id": merchant, "sequence": 1,
-        "transaction_time": "2026-01-01T00:00:00Z", "type": "sale", "amount_minor": 100, "currency": "EUR",
-        "payment_method": "card", "entry_mode": "chip", "card": {"pan": PAN}, "response_code": "00", "mcc": "5411"
-    })
-    .to_string()
+    let mut v: serde_json::Value =
+        serde_json::from_str(&valid_payload(tx, terminal, merchant)).unwrap();
+    v["card"] = serde_json::json!({ "pan": PAN });
+    v.to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

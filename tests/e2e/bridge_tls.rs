@@ -44,18 +44,9 @@ async fn the_bridge_connects_with_a_client_certificate_and_forwards() {
             Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
         ) {}
     });
-    let payload = serde_json::json!({
-        "version": 1, "transaction_id": "tls-1", "terminal_id": "T0440", "merchant_id": "M440", "sequence": 1,
-        "transaction_time": "2026-01-01T00:00:00Z", "type": "sale", "amount_minor": 990, "currency": "GBP",
-        "payment_method": "card", "entry_mode": "contactless", "response_code": "00", "mcc": "5411"
-    });
+    let payload = valid_payload("tls-1", "T0440", "M440");
     client
-        .publish(
-            "pos/M440/T0440/tx",
-            QoS::AtLeastOnce,
-            false,
-            payload.to_string(),
-        )
+        .publish("pos/M440/T0440/tx", QoS::AtLeastOnce, false, payload)
         .await
         .unwrap();
     let raw = read_topic(

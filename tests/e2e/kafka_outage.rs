@@ -2,12 +2,8 @@
 //! does not have), its memory stays bounded, and it recovers by itself when Kafka returns.
 
 use posflow_e2e::*;
-use posflow_runtime::Secret;
-use posflow_schema::{Decoder, TransactionReceived};
-use posflow_simulator::{fleet, plan};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -15,42 +11,15 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
     let d = Deployment::new().await;
     let mut bridge = d.start_bridge(6).await;
     let pid = bridge.child.id();
-    let run_id = format!("outage{:08x}", rand::random::<u32>());
-    let cfg = plan::FleetConfig {
-        terminals: 20,
-        per_terminal: 300,
-        merchants: 4,
-        invalid_every: 0,
-        seed: 11,
-        first_terminal: 301,
-        run_id,
-    };
-    let fleet_plan = plan::plan(&cfg, posflow_schema::now_millis());
     let total = 6_000;
-    let progress = Arc::new(fleet::Progress::default());
-    let publisher = {
-        let (mqtt, pw, progress) = (
-            d.stack.mqtt_args(),
-            Secret::new(&d.stack.terminal_password),
-            progress.clone(),
-        );
-        // 20 terminals x 20/s: the stream outlasts the outage.
-        let opts = fleet::PublishOptions {
-            rate_per_terminal: 20.0,
-            retry_after: Duration::from_secs(20),
-            deadline: Duration::from_secs(240),
-            await_answers: true,
-        };
-        tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, progress).await })
-    };
-    while progress.accepted.load(Ordering::Relaxed) < 1_000 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // 20 terminals x 20/s: the stream outlasts the outage.
+    let fleet = d.fleet("outage", 301, 20, 300, 20.0, Duration::from_secs(20));
+    fleet.answers_reach(1_000).await;
     let rss_before = rss_kib(pid);
     let (mut rss_max, accepted_at_stop);
     {
-        let _outage = Outage::begin("kafka");
-        accepted_at_stop = progress.accepted.load(Ordering::Relaxed);
+        let _outage = Outage::kafka(&d);
+        accepted_at_stop = fleet.progress.accepted.load(Ordering::Relaxed);
         let started = Instant::now();
         rss_max = rss_before;
         // The fault lasts 30 s by design; meanwhile, sample memory and readiness.
@@ -60,7 +29,7 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
             unready_seen |= http_get(&bridge.http, "/readyz").await.map(|r| r.0) == Some(503);
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let accepted_during = progress.accepted.load(Ordering::Relaxed) - accepted_at_stop;
+        let accepted_during = fleet.progress.accepted.load(Ordering::Relaxed) - accepted_at_stop;
         // Sends already in librdkafka's buffers when Kafka stopped may still be confirmed in
         // its first seconds; after that nothing may be acknowledged.
         assert!(
@@ -69,7 +38,7 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
         );
         assert!(unready_seen, "/readyz never reported the outage");
     }
-    let report = publisher.await.unwrap().unwrap();
+    let report = fleet.finish().await;
     assert!(
         bridge.is_running(),
         "the bridge restarted or died:\n{}",
@@ -81,29 +50,15 @@ async fn kafka_down_for_30_seconds_loses_nothing_and_the_bridge_recovers_alone()
         report.unanswered.len()
     );
 
-    let raw = read_topic(
-        &d.stack.brokers,
-        &d.topic("pos.transactions.raw"),
-        total,
-        Duration::from_secs(60),
-        Duration::from_secs(3),
-    );
-    let decoder = Decoder::<TransactionReceived>::new(d.kafka.registry());
-    let mut ids = HashSet::new();
-    for r in &raw {
-        ids.insert(
-            decoder
-                .decode(&r.value)
-                .await
-                .unwrap()
-                .transaction
-                .transaction_id,
-        );
-    }
+    let raw = d.raw_transactions(total).await;
+    let ids: HashSet<&str> = raw
+        .iter()
+        .map(|(_, t)| t.transaction.transaction_id.as_str())
+        .collect();
     let missing = report
         .answers
         .iter()
-        .filter(|(id, a)| *a == "accepted" && !ids.contains(*id))
+        .filter(|(id, a)| *a == "accepted" && !ids.contains(id.as_str()))
         .count();
     println!(
         "kafka outage: bridge RSS {rss_before} KiB before, {rss_max} KiB peak during 30 s outage; raw {} records, {} distinct, missing {missing}, republished {}",

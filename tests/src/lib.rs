@@ -520,18 +520,35 @@ pub fn stack_ctl(args: &[&str]) {
 
 /// Stops a stack component now and starts it again when dropped — also when the test panics,
 /// so one failing fault test does not take the stack down for the rest.
-pub struct Outage(&'static str);
+pub struct Outage {
+    component: &'static str,
+    /// For Kafka: a topic to probe the group coordinator with once it is back.
+    probe: Option<(String, String)>,
+}
 
 impl Outage {
     pub fn begin(component: &'static str) -> Self {
         stack_ctl(&["stop", component]);
-        Self(component)
+        Self {
+            component,
+            probe: None,
+        }
+    }
+
+    /// Kafka down; when it comes back, wait until consumer groups work again too.
+    pub fn kafka(d: &Deployment) -> Self {
+        let mut o = Self::begin("kafka");
+        o.probe = Some((d.stack.brokers.clone(), d.topic("pos.transactions.raw")));
+        o
     }
 }
 
 impl Drop for Outage {
     fn drop(&mut self) {
-        stack_ctl(&["start", self.0]);
+        stack_ctl(&["start", self.component]);
+        if let Some((brokers, topic)) = &self.probe {
+            wait_for_group_coordinator(brokers, topic);
+        }
     }
 }
 
@@ -545,4 +562,120 @@ pub fn rss_kib(pid: u32) -> u64 {
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0)
+}
+
+/// A simulated fleet publishing in the background; its progress is readable while it runs.
+pub struct BackgroundFleet {
+    pub progress: std::sync::Arc<posflow_simulator::fleet::Progress>,
+    handle: tokio::task::JoinHandle<anyhow::Result<posflow_simulator::fleet::Report>>,
+}
+
+impl BackgroundFleet {
+    /// Waits until the terminals have had `n` answers (accepted or rejected).
+    pub async fn answers_reach(&self, n: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        while self.progress.accepted.load(Relaxed) + self.progress.rejected.load(Relaxed) < n {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn finish(self) -> posflow_simulator::fleet::Report {
+        self.handle.await.expect("fleet task").expect("fleet")
+    }
+}
+
+impl Deployment {
+    /// `terminals` terminals from T`first_terminal`, `per_terminal` valid transactions each, at
+    /// `rate` per terminal per second (0: as fast as the broker takes them), republishing what
+    /// stays unanswered for `retry_after`.
+    pub fn fleet(
+        &self,
+        name: &str,
+        first_terminal: usize,
+        terminals: usize,
+        per_terminal: usize,
+        rate: f64,
+        retry_after: Duration,
+    ) -> BackgroundFleet {
+        use posflow_simulator::{fleet, plan};
+        let cfg = plan::FleetConfig {
+            terminals,
+            per_terminal,
+            merchants: 10,
+            invalid_every: 0,
+            seed: first_terminal as u64,
+            first_terminal,
+            run_id: format!("{name}{:08x}", rand::random::<u32>()),
+        };
+        let fleet_plan = plan::plan(&cfg, posflow_schema::now_millis());
+        let progress = std::sync::Arc::new(fleet::Progress::default());
+        let (mqtt, pw, p) = (
+            self.stack.mqtt_args(),
+            Secret::new(&self.stack.terminal_password),
+            progress.clone(),
+        );
+        let opts = fleet::PublishOptions {
+            rate_per_terminal: rate,
+            retry_after,
+            deadline: Duration::from_secs(300),
+            await_answers: true,
+        };
+        let handle =
+            tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, p).await });
+        BackgroundFleet { progress, handle }
+    }
+
+    /// The raw topic decoded, in (partition, offset) order, once `expected` records are there.
+    pub async fn raw_transactions(
+        &self,
+        expected: usize,
+    ) -> Vec<(Record, posflow_schema::TransactionReceived)> {
+        let mut records = read_topic(
+            &self.stack.brokers,
+            &self.topic("pos.transactions.raw"),
+            expected,
+            Duration::from_secs(60),
+            Duration::from_secs(3),
+        );
+        records.sort_by_key(|r| (r.partition, r.offset));
+        let decoder = posflow_schema::Decoder::<posflow_schema::TransactionReceived>::new(
+            self.kafka.registry(),
+        );
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let t = decoder.decode(&r.value).await.expect("raw record decodes");
+            out.push((r, t));
+        }
+        out
+    }
+}
+
+/// A terminal payload (contract v1) that passes every bridge check.
+pub fn valid_payload(transaction_id: &str, terminal: &str, merchant: &str) -> String {
+    serde_json::json!({
+        "version": 1, "transaction_id": transaction_id, "terminal_id": terminal, "merchant_id": merchant, "sequence": 1,
+        "transaction_time": "2026-01-01T00:00:00Z", "type": "sale", "amount_minor": 100, "currency": "EUR",
+        "payment_method": "card", "entry_mode": "chip", "response_code": "00", "mcc": "5411"
+    })
+    .to_string()
+}
+
+/// Waits until Kafka's group coordinator serves a consumer group again (after a restart the
+/// brokers answer metadata before groups can join).
+pub fn wait_for_group_coordinator(brokers: &str, topic: &str) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-probe-{}", rand::random::<u32>()))
+        .create()
+        .expect("probe consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while consumer.assignment().map(|a| a.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "Kafka's group coordinator did not come back"
+        );
+        let _ = consumer.poll(Duration::from_millis(200));
+    }
 }

@@ -199,6 +199,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     ));
 
     let producer = Arc::new(producer);
+    posflow_kafka::clients::watch_connectivity(producer.clone(), ctx.clone());
     let mut inflight = FuturesOrdered::new();
     // Draining (after SIGTERM): unsubscribed first, so the broker gives our share to the other
     // replicas; then everything already sent to us is finished and acknowledged.

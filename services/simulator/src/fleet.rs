@@ -215,7 +215,10 @@ async fn terminal(
     }
     // Wait for every answer; republish what stays unanswered (same transaction id: the
     // pipeline recognises it).
-    while opts.await_answers {
+    loop {
+        if !opts.await_answers {
+            break;
+        }
         let missing: Vec<&Planned> = {
             let a = answers.lock().expect("poisoned");
             plan.iter()

@@ -51,3 +51,26 @@ pub fn consumer_config(args: &KafkaArgs, group: &str, client_id: &str) -> Client
         .set("max.poll.interval.ms", "300000");
     c
 }
+
+/// Keeps `/readyz` honest about Kafka: every 2 s asks a broker for metadata (through the
+/// producer's own connections) and marks the stage unready while none answers.
+pub fn watch_connectivity(producer: std::sync::Arc<FutureProducer>, ctx: posflow_runtime::Context) {
+    use rdkafka::producer::Producer;
+    tokio::spawn(async move {
+        loop {
+            let p = producer.clone();
+            let ok = tokio::task::spawn_blocking(move || {
+                p.client()
+                    .fetch_metadata(None, std::time::Duration::from_secs(2))
+                    .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            ctx.health.set_kafka_reachable(ok);
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                _ = ctx.shutdown.wait() => return,
+            }
+        }
+    });
+}

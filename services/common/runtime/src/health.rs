@@ -7,6 +7,8 @@ use std::sync::Arc;
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    /// Set by a Kafka connectivity watch: not ready while the brokers cannot be reached.
+    kafka_down: Arc<AtomicBool>,
     failed: Arc<AtomicBool>,
 }
 
@@ -18,7 +20,12 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.is_failed()
+        self.ready.load(Ordering::Relaxed)
+            && !self.kafka_down.load(Ordering::Relaxed)
+            && !self.is_failed()
+    }
+    pub fn set_kafka_reachable(&self, reachable: bool) {
+        self.kafka_down.store(!reachable, Ordering::Relaxed);
     }
     /// Liveness fails from now on: the orchestrator restarts the process.
     pub fn set_failed(&self) {
