@@ -214,7 +214,12 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
             Some(done) = inflight.next(), if !inflight.is_empty() => {
                 let done: Option<Outcome> = done;
                 m.in_flight.dec();
-                let Some(o) = done else { continue };
+                // A send abandoned at shutdown (Kafka failing): acknowledging anything after it
+                // would break arrival order, so the rest is left to redelivery too.
+                let Some(o) = done else {
+                    tracing::warn!(left = inflight.len(), "send abandoned at shutdown; the broker redelivers the rest");
+                    break;
+                };
                 // PUBACK in arrival order: FuturesOrdered yields in the order pushed.
                 if let Err(e) = client.ack(&o.publish).await {
                     tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
