@@ -5,7 +5,6 @@
 
 use posflow_e2e::*;
 use posflow_runtime::Secret;
-use posflow_schema::{Decoder, TransactionReceived};
 use posflow_simulator::{fleet, plan};
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
@@ -97,18 +96,9 @@ async fn an_mqtt_3_1_1_terminal_is_served_like_an_mqtt_5_one() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let raw = read_topic(
-        &d.stack.brokers,
-        &d.topic("pos.transactions.raw"),
-        1,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    );
+    let raw = d.raw_transactions(1).await;
     assert_eq!(raw.len(), 1);
-    let rec = Decoder::<TransactionReceived>::new(d.kafka.registry())
-        .decode(&raw[0].value)
-        .await
-        .unwrap();
+    let rec = &raw[0].1;
     assert_eq!(
         (
             rec.transaction.transaction_id.as_str(),

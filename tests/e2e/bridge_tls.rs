@@ -4,7 +4,6 @@
 use posflow_e2e::*;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_connects_with_a_client_certificate_and_forwards() {
@@ -49,15 +48,9 @@ async fn the_bridge_connects_with_a_client_certificate_and_forwards() {
         .publish("pos/M440/T0440/tx", QoS::AtLeastOnce, false, payload)
         .await
         .unwrap();
-    let raw = read_topic(
-        &d.stack.brokers,
-        &d.topic("pos.transactions.raw"),
-        1,
-        Duration::from_secs(30),
-        Duration::from_secs(1),
-    );
+    let raw = d.raw_transactions(1).await;
     assert_eq!(raw.len(), 1);
-    assert!(String::from_utf8_lossy(&raw[0].value).contains("tls-1"));
+    assert_eq!(raw[0].1.transaction.transaction_id, "tls-1");
     assert!(
         bridge.log_text().contains("connected to MQTT"),
         "{}",
