@@ -75,14 +75,7 @@ fn fleet_for(
         first_terminal: first,
         run_id: run.into(),
     };
-    plan::plan(&cfg, posflow_schema_now())
-}
-
-fn posflow_schema_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    plan::plan(&cfg, posflow_schema::now_millis())
 }
 
 /// The ceiling: a subscriber that only acknowledges, in the bridge's place.

@@ -190,7 +190,7 @@ async fn a_thousand_transactions_reach_postgres_exactly_once_and_no_card_number_
             Some(rec.transaction.terminal_id.as_bytes())
         );
         assert!(
-            r.headers.contains_key("traceparent"),
+            r.headers.contains_key(posflow_kafka::headers::TRACEPARENT),
             "traceparent header carried"
         );
         let k = (r.partition, rec.transaction.terminal_id.clone());

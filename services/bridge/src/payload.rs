@@ -349,3 +349,23 @@ pub fn parse(
     };
     check().map_err(with_id)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn every_reason_code_is_documented() {
+        let doc = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/reason-codes.md"
+        ));
+        for r in Reason::ALL {
+            assert!(
+                doc.contains(&format!("| `{}` |", r.code())),
+                "docs/reason-codes.md lacks {}",
+                r.code()
+            );
+        }
+    }
+}

@@ -8,7 +8,7 @@
 use futures::stream::{FuturesOrdered, StreamExt};
 use posflow_runtime::{Backoff, Context};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use std::future::Future;
@@ -26,14 +26,6 @@ pub struct Input {
 }
 
 impl Input {
-    /// The value of header `name`, if present.
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .as_ref()?
-            .iter()
-            .find(|h| h.key == name)
-            .and_then(|h| h.value)
-    }
     /// `topic/partition/offset`, for dead letters and logs.
     pub fn position(&self) -> String {
         format!("{}/{}/{}", self.topic, self.partition, self.offset)

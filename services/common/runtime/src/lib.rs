@@ -25,17 +25,6 @@ pub struct Context {
     pub health: Health,
 }
 
-impl Context {
-    /// A context with no HTTP endpoint and no signal handling, for tests that run a stage
-    /// in-process.
-    pub fn detached() -> Self {
-        Self {
-            shutdown: Shutdown::new(),
-            health: Health::new(),
-        }
-    }
-}
-
 /// Runs a stage: logs, then the stage's own config check (`setup`, which lists every problem),
 /// then the HTTP endpoint and signal handling, then `run` until it returns or a signal drains it.
 /// Exit codes: 0 clean, 1 failed while running, 2 bad configuration.

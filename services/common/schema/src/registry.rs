@@ -57,10 +57,6 @@ impl Registry {
         }
     }
 
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
     async fn call(
         &self,
         method: Method,
