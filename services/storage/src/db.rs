@@ -1,15 +1,22 @@
 //! PostgreSQL: migrations and the idempotent batch write.
 
-use posflow_schema::TransactionValidated;
+use posflow_schema::{TransactionRejected, TransactionValidated};
 use std::collections::{BTreeMap, HashSet};
 use tokio_postgres::{Client, NoTls};
 
 /// Versioned migrations, applied in order, each once (table schema_migrations).
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "transactions",
-    include_str!("../migrations/0001_transactions.sql"),
-)];
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "transactions",
+        include_str!("../migrations/0001_transactions.sql"),
+    ),
+    (
+        2,
+        "rejections",
+        include_str!("../migrations/0002_rejections.sql"),
+    ),
+];
 
 /// Serialises migrations across replicas starting together.
 const MIGRATION_LOCK: i64 = 0x0070_6f73_666c_6f77; // "posflow"
@@ -21,12 +28,27 @@ pub enum DbError {
 }
 
 impl DbError {
-    /// Data the database refuses for good (SQLSTATE classes 22 data exception, 23 integrity)
-    /// vs. everything else (connection lost, server restarting), which is retried.
+    /// Data the database refuses for good (SQLSTATE classes 22 data exception, 23 integrity
+    /// violation, 54 program limit exceeded) vs. everything else (connection lost, server
+    /// restarting, disk full), which is retried.
     pub fn is_permanent(&self) -> bool {
+        self.sqlstate()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
+    }
+
+    pub fn sqlstate(&self) -> Option<&str> {
         let DbError::Postgres(e) = self;
-        e.code()
-            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23"))
+        e.code().map(|c| c.code())
+    }
+
+    /// The server's message without its DETAIL, which may quote the row (card token, amounts):
+    /// safe for logs and dead letters.
+    pub fn summary(&self) -> String {
+        let DbError::Postgres(e) = self;
+        match e.as_db_error() {
+            Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        }
     }
 }
 
@@ -83,38 +105,75 @@ pub async fn ensure_partitions(client: &Client) -> Result<(), DbError> {
     Ok(())
 }
 
-/// One validated record with its Kafka position.
+/// What storage keeps of one consumed record.
+pub enum Item {
+    Transaction(TransactionValidated),
+    Rejection(TransactionRejected),
+}
+
+/// One decoded record with its Kafka position.
 pub struct Row {
-    pub record: TransactionValidated,
+    pub item: Item,
     pub partition: i32,
     pub offset: i64,
 }
 
+impl Row {
+    pub fn transaction_id(&self) -> &str {
+        match &self.item {
+            Item::Transaction(v) => &v.transaction.transaction_id,
+            Item::Rejection(r) => &r.transaction.transaction_id,
+        }
+    }
+}
+
+/// Per (topic, partition): the offset to resume from once a batch is committed.
+pub type NextOffsets = BTreeMap<(String, i32), i64>;
+
+/// What one batch wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// New transactions (their ids were not in the ledger).
+    pub stored: u64,
+    /// New rejections.
+    pub rejections: u64,
+    /// Records whose transaction id was already stored (a redelivery).
+    pub duplicates: u64,
+}
+
 /// Writes a batch in one database transaction: new transaction ids only, their rows and line
-/// items, and the next offset per partition. Returns how many rows were new.
+/// items, new rejections, and `next` offsets (which never move backwards).
 pub async fn write_batch(
     client: &mut Client,
     group: &str,
-    topic: &str,
     rows: &[Row],
-) -> Result<u64, DbError> {
+    next: &NextOffsets,
+) -> Result<Written, DbError> {
     let tx = client.transaction().await?;
     // One row per id even if the batch repeats one (a redelivery inside the batch).
     let mut seen = HashSet::new();
-    let unique: Vec<&Row> = rows
+    let (mut txns, mut rejections) = (Vec::new(), Vec::new());
+    for r in rows {
+        match &r.item {
+            Item::Transaction(v) if seen.insert(("t", r.transaction_id())) => txns.push((r, v)),
+            Item::Rejection(v) if seen.insert(("r", r.transaction_id())) => {
+                rejections.push((r, v))
+            }
+            _ => {}
+        }
+    }
+    let ids: Vec<&str> = txns
         .iter()
-        .filter(|r| seen.insert(r.record.transaction.transaction_id.as_str()))
+        .map(|(_, v)| v.transaction.transaction_id.as_str())
         .collect();
-    let ids: Vec<&str> = unique
+    let times: Vec<i64> = txns
         .iter()
-        .map(|r| r.record.transaction.transaction_id.as_str())
+        .map(|(_, v)| v.transaction.transaction_time)
         .collect();
-    let times: Vec<i64> = unique
-        .iter()
-        .map(|r| r.record.transaction.transaction_time)
-        .collect();
-    let new: HashSet<String> = tx
-        .query(
+    let new: HashSet<String> = if ids.is_empty() {
+        HashSet::new()
+    } else {
+        tx.query(
             "INSERT INTO transaction_keys (transaction_id, transaction_time)
              SELECT id, to_timestamp(ms / 1000.0) FROM unnest($1::text[], $2::bigint[]) AS t(id, ms)
              ON CONFLICT DO NOTHING RETURNING transaction_id",
@@ -123,39 +182,124 @@ pub async fn write_batch(
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
-    let fresh: Vec<&Row> = unique
+        .collect()
+    };
+    let fresh: Vec<(&Row, &TransactionValidated)> = txns
         .into_iter()
-        .filter(|r| new.contains(&r.record.transaction.transaction_id))
+        .filter(|(_, v)| new.contains(&v.transaction.transaction_id))
         .collect();
     if !fresh.is_empty() {
         insert_rows(&tx, &fresh).await?;
     }
-    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
-    for r in rows {
-        let e = next.entry(r.partition).or_insert(0);
-        *e = (*e).max(r.offset + 1);
-    }
-    for (partition, offset) in next {
+    let new_rejections = if rejections.is_empty() {
+        0
+    } else {
+        insert_rejections(&tx, &rejections).await?
+    };
+    for ((topic, partition), offset) in next {
         tx.execute(
             "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
              ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-            &[&group, &topic, &partition, &offset],
+            &[&group, topic, partition, offset],
         )
         .await?;
     }
     tx.commit().await?;
-    Ok(fresh.len() as u64)
+    let stored = fresh.len() as u64;
+    Ok(Written {
+        stored,
+        rejections: new_rejections,
+        duplicates: rows.len() as u64 - stored - new_rejections,
+    })
 }
 
-async fn insert_rows(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) -> Result<(), DbError> {
-    let t = |r: &&Row| r.record.transaction.clone();
-    let txs: Vec<_> = rows.iter().map(t).collect();
+/// Where this group's consumption of `topic`/`partition` is to resume, if storage wrote there.
+pub async fn next_offset(
+    client: &Client,
+    group: &str,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>, DbError> {
+    Ok(client
+        .query_opt(
+            "SELECT next_offset FROM kafka_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+            &[&group, &topic, &partition],
+        )
+        .await?
+        .map(|r| r.get(0)))
+}
+
+async fn insert_rejections(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[(&Row, &TransactionRejected)],
+) -> Result<u64, DbError> {
+    let col = |f: &dyn Fn(&TransactionRejected) -> String| -> Vec<String> {
+        rows.iter().map(|(_, v)| f(v)).collect()
+    };
+    let ids = col(&|v| v.transaction.transaction_id.clone());
+    let terminals = col(&|v| v.transaction.terminal_id.clone());
+    let merchants = col(&|v| v.transaction.merchant_id.clone());
+    let kinds = col(&|v| v.transaction.kind.as_str().to_string());
+    let currencies = col(&|v| v.transaction.currency.clone());
+    // Codes joined by commas (codes are [A-Z_]); the array is rebuilt in SQL.
+    let codes = col(&|v| {
+        v.reasons
+            .iter()
+            .map(|r| r.code.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    let reasons = col(&|v| {
+        serde_json::Value::Array(
+            v.reasons
+                .iter()
+                .map(|r| serde_json::json!({"code": r.code, "message": r.message}))
+                .collect(),
+        )
+        .to_string()
+    });
+    let tokens: Vec<Option<String>> = rows
+        .iter()
+        .map(|(_, v)| v.transaction.card.as_ref().map(|c| c.token.clone()))
+        .collect();
+    let long = |f: &dyn Fn(&Row, &TransactionRejected) -> i64| -> Vec<i64> {
+        rows.iter().map(|(r, v)| f(r, v)).collect()
+    };
+    let times = long(&|_, v| v.transaction.transaction_time);
+    let amounts = long(&|_, v| v.transaction.amount_minor);
+    let received = long(&|_, v| v.envelope.received_at);
+    let rejected = long(&|_, v| v.rejected_at);
+    let offsets = long(&|r, _| r.offset);
+    let partitions: Vec<i32> = rows.iter().map(|(r, _)| r.partition).collect();
+    let n = tx
+        .execute(
+            "INSERT INTO rejections (transaction_id, terminal_id, merchant_id, transaction_time, type, amount_minor,
+                currency, card_token, reason_codes, reasons, received_at, rejected_at, kafka_partition, kafka_offset)
+             SELECT a, b, c, to_timestamp(d / 1000.0), e, f, g, h, string_to_array(i, ','), j::jsonb,
+                    to_timestamp(k / 1000.0), to_timestamp(l / 1000.0), m, n
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::text[],
+                         $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::int[], $14::bigint[])
+                  AS src(a, b, c, d, e, f, g, h, i, j, k, l, m, n)
+             ON CONFLICT (transaction_id) DO NOTHING",
+            &[
+                &ids, &terminals, &merchants, &times, &kinds, &amounts, &currencies, &tokens, &codes, &reasons,
+                &received, &rejected, &partitions, &offsets,
+            ],
+        )
+        .await?;
+    Ok(n)
+}
+
+async fn insert_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[(&Row, &TransactionValidated)],
+) -> Result<(), DbError> {
+    let txs: Vec<&posflow_schema::Transaction> = rows.iter().map(|(_, v)| &v.transaction).collect();
     let col = |f: fn(&posflow_schema::Transaction) -> String| -> Vec<String> {
-        txs.iter().map(f).collect()
+        txs.iter().map(|t| f(t)).collect()
     };
     let opt = |f: fn(&posflow_schema::Transaction) -> Option<String>| -> Vec<Option<String>> {
-        txs.iter().map(f).collect()
+        txs.iter().map(|t| f(t)).collect()
     };
     let ids = col(|t| t.transaction_id.clone());
     let terminals = col(|t| t.terminal_id.clone());
@@ -179,14 +323,14 @@ async fn insert_rows(tx: &tokio_postgres::Transaction<'_>, rows: &[&Row]) -> Res
         .iter()
         .map(|t| t.location.map(|l| l.longitude))
         .collect();
-    let received: Vec<i64> = rows.iter().map(|r| r.record.envelope.received_at).collect();
+    let received: Vec<i64> = rows.iter().map(|(_, v)| v.envelope.received_at).collect();
     let bridges: Vec<String> = rows
         .iter()
-        .map(|r| r.record.envelope.bridge_id.clone())
+        .map(|(_, v)| v.envelope.bridge_id.clone())
         .collect();
-    let validated: Vec<i64> = rows.iter().map(|r| r.record.validated_at).collect();
-    let partitions: Vec<i32> = rows.iter().map(|r| r.partition).collect();
-    let offsets: Vec<i64> = rows.iter().map(|r| r.offset).collect();
+    let validated: Vec<i64> = rows.iter().map(|(_, v)| v.validated_at).collect();
+    let partitions: Vec<i32> = rows.iter().map(|(r, _)| r.partition).collect();
+    let offsets: Vec<i64> = rows.iter().map(|(r, _)| r.offset).collect();
     tx.execute(
         "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type,
             original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin,

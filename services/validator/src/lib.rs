@@ -1,23 +1,28 @@
 //! posflow-validator: business rules over the raw topic. Valid → validated topic; invalid →
 //! rejected topic with every reason code. Nothing is dropped: a record that cannot even be
-//! decoded goes to the dead-letter topic.
+//! decoded goes to the dead-letter topic. Exactly once by default (Kafka transactions), at
+//! least once by configuration.
 
 pub mod currency;
+pub mod policy;
 pub mod rules;
+pub mod sequence;
 
 use anyhow::Context as _;
 use clap::Parser;
-use posflow_kafka::pipeline::{self, Input, Output, Retry};
+use posflow_kafka::pipeline::{self, Batching, Delivery, Input, Output, Retry};
 use posflow_kafka::{headers, KafkaArgs};
-use posflow_runtime::metrics::{counter, counter_vec};
+use posflow_runtime::metrics::{counter, counter_vec, gauge};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
 use posflow_schema::{
-    now_millis, DeadLetter, Decoder, Encoder, TransactionReceived, TransactionRejected,
-    TransactionValidated,
+    now_millis, DeadLetter, Decoder, Encoder, Transaction, TransactionReceived,
+    TransactionRejected, TransactionValidated,
 };
-use prometheus::{IntCounter, IntCounterVec};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use rdkafka::message::{Header, OwnedHeaders};
+use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// posflow-validator: checks every raw transaction against the business rules.
 #[derive(Debug, Parser)]
@@ -27,45 +32,93 @@ pub struct Args {
     pub common: CommonArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// Records in flight between consume and confirmed produce.
+    /// Rules per merchant and transaction type (TOML, docs/validation.md). Without it every
+    /// merchant gets the built-in defaults.
+    #[arg(long, env = "POSFLOW_VALIDATOR_RULES")]
+    pub rules_file: Option<PathBuf>,
+    /// exactly-once: Kafka transactions; at-least-once: idempotent produce, may repeat after a crash.
+    #[arg(long, env = "POSFLOW_DELIVERY", value_enum, default_value_t = Delivery::ExactlyOnce)]
+    pub delivery: Delivery,
+    /// This instance's stable name (the pod name): its transactional id is
+    /// `<group>-<instance-id>`, so a restart fences the instance it replaces. Unique per replica.
+    #[arg(long, env = "POSFLOW_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// exactly-once: most inputs per Kafka transaction.
+    #[arg(long, env = "POSFLOW_TXN_MAX_RECORDS", default_value_t = 2000)]
+    pub txn_max_records: usize,
+    /// exactly-once: milliseconds a transaction gathers inputs before it commits.
+    #[arg(long, env = "POSFLOW_TXN_LINGER_MS", default_value_t = 20)]
+    pub txn_linger_ms: u64,
+    /// at-least-once: records in flight between consume and confirmed produce.
     #[arg(long, env = "POSFLOW_VALIDATOR_IN_FLIGHT", default_value_t = 1000)]
     pub in_flight: usize,
-    /// How far (seconds) a terminal clock may run ahead of the bridge.
-    #[arg(long, env = "POSFLOW_MAX_CLOCK_SKEW", default_value_t = 300)]
-    pub max_clock_skew: i64,
-    /// Oldest transaction accepted, in hours after the sale.
-    #[arg(long, env = "POSFLOW_MAX_AGE_HOURS", default_value_t = 168)]
-    pub max_age_hours: i64,
-    /// Largest amount, in major currency units.
-    #[arg(long, env = "POSFLOW_MAX_AMOUNT", default_value_t = 100_000)]
-    pub max_amount: i64,
+}
+
+/// Checked configuration: the arguments and the parsed rules.
+pub struct Config {
+    pub args: Args,
+    pub policies: policy::Policies,
 }
 
 impl Args {
-    pub fn check(self) -> Result<Self, ConfigErrors> {
+    /// Checks everything, including the rules file, listing every problem.
+    pub fn check(self) -> Result<Config, ConfigErrors> {
         let mut e = ConfigErrors::new();
         self.kafka.check(&mut e);
         e.check(self.in_flight >= 1, "--in-flight must be at least 1");
-        e.check(self.max_clock_skew >= 0, "--max-clock-skew must be >= 0");
-        e.check(self.max_age_hours > 0, "--max-age-hours must be > 0");
-        e.check(self.max_amount > 0, "--max-amount must be > 0");
-        e.into_result(self)
+        e.check(
+            (1..=100_000).contains(&self.txn_max_records),
+            "--txn-max-records must be 1..=100000",
+        );
+        e.check(
+            (1..=10_000).contains(&self.txn_linger_ms),
+            "--txn-linger-ms must be 1..=10000",
+        );
+        if let Some(id) = &self.instance_id {
+            e.check(
+                !id.is_empty() && id.len() <= 200,
+                "--instance-id must be 1..=200 characters",
+            );
+        }
+        let policies = match &self.rules_file {
+            None => policy::Policies::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(err) => {
+                    e.push(format!("--rules-file {}: {err}", path.display()));
+                    policy::Policies::default()
+                }
+                Ok(text) => policy::Policies::from_toml(&text).unwrap_or_else(|errors| {
+                    for err in errors {
+                        e.push(format!("--rules-file {}: {err}", path.display()));
+                    }
+                    policy::Policies::default()
+                }),
+            },
+        };
+        e.into_result(Config {
+            args: self,
+            policies,
+        })
     }
 
-    fn rules(&self) -> rules::Rules {
-        rules::Rules {
-            max_amount_major: self.max_amount,
-            max_clock_skew_ms: self.max_clock_skew * 1000,
-            max_age_ms: self.max_age_hours * 3_600_000,
-        }
+    fn instance(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("pid{}", std::process::id()))
     }
 }
 
 struct Metrics {
     received: IntCounter,
     validated: IntCounter,
-    rejected: IntCounterVec,
+    rejected: IntCounter,
+    rejection_reasons: IntCounterVec,
     dead_lettered: IntCounterVec,
+    sequence_gaps: IntCounter,
+    sequence_missing: IntCounter,
+    sequence_behind: IntCounter,
+    terminals: IntGauge,
 }
 
 fn metrics() -> &'static Metrics {
@@ -73,15 +126,19 @@ fn metrics() -> &'static Metrics {
     M.get_or_init(|| Metrics {
         received: counter(
             "posflow_validator_received_total",
-            "Raw transactions consumed",
+            "Raw records consumed (an aborted transaction's records count again on retry)",
         ),
         validated: counter(
             "posflow_validator_validated_total",
             "Transactions that passed every rule",
         ),
-        rejected: counter_vec(
+        rejected: counter(
             "posflow_validator_rejected_total",
-            "Rejections, by reason code (a transaction with two reasons counts in both)",
+            "Transactions that broke one or more rules",
+        ),
+        rejection_reasons: counter_vec(
+            "posflow_validator_rejection_reasons_total",
+            "Rule violations, by reason code (a transaction with two reasons counts in both)",
             &["reason"],
         ),
         dead_lettered: counter_vec(
@@ -89,117 +146,218 @@ fn metrics() -> &'static Metrics {
             "Raw records that could not be decoded",
             &["reason"],
         ),
+        sequence_gaps: counter(
+            "posflow_validator_sequence_gaps_total",
+            "Times a terminal's sequence number skipped ahead",
+        ),
+        sequence_missing: counter(
+            "posflow_validator_sequence_missing_total",
+            "Sequence numbers skipped in those gaps",
+        ),
+        sequence_behind: counter(
+            "posflow_validator_sequence_behind_total",
+            "Transactions at or below their terminal's last sequence number (resends, reordering)",
+        ),
+        terminals: gauge(
+            "posflow_validator_terminals_tracked",
+            "Terminals whose last sequence number this replica holds",
+        ),
     })
 }
 
-pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
+/// Where a validated transaction goes: keyed by card token, so every transaction of a card lands
+/// on one partition in order — what the fraud stage's per-card windows need. A payment without a
+/// card number falls back to its terminal (`terminal:<id>`, which cannot collide with a token).
+pub fn validated_key(t: &Transaction) -> String {
+    match &t.card {
+        Some(c) => c.token.clone(),
+        None => format!("terminal:{}", t.terminal_id),
+    }
+}
+
+/// Everything one record needs, shared by both delivery modes.
+struct Validator {
+    decoder: Decoder<TransactionReceived>,
+    validated: (String, Encoder<TransactionValidated>),
+    rejected: (String, Encoder<TransactionRejected>),
+    dead_letter: (String, Encoder<DeadLetter>),
+    policies: policy::Policies,
+    sequences: sequence::Tracker,
+}
+
+impl Validator {
+    async fn handle(&self, input: Input) -> Result<Vec<Output>, Retry> {
+        let m = metrics();
+        m.received.inc();
+        let hdrs = input.headers.clone().unwrap_or_default();
+        let payload = input.payload.as_deref().unwrap_or_default();
+        let received = match self.decoder.decode(payload).await {
+            Ok(r) => r,
+            Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
+            Err(e) => {
+                m.dead_lettered.with_label_values(&["DECODE_FAILED"]).inc();
+                let letter = DeadLetter {
+                    reason: "DECODE_FAILED".into(),
+                    detail: e.to_string(),
+                    stage: "validator".into(),
+                    source: input.position(),
+                    received_at: now_millis(),
+                    payload: payload.to_vec(),
+                };
+                let (topic, enc) = &self.dead_letter;
+                let value = enc.encode(&letter).map_err(|e| Retry(e.to_string()))?;
+                return Ok(vec![Output {
+                    topic: topic.clone(),
+                    key: letter.source,
+                    value,
+                    headers: reason_header(hdrs, "DECODE_FAILED"),
+                }]);
+            }
+        };
+        self.track_sequence(&received.transaction);
+        let policy = self.policies.for_merchant(&received.transaction.merchant_id);
+        let reasons = rules::check(&received, policy);
+        let output = if reasons.is_empty() {
+            m.validated.inc();
+            let v = TransactionValidated {
+                envelope: received.envelope,
+                transaction: received.transaction,
+                validated_at: now_millis(),
+            };
+            let (topic, enc) = &self.validated;
+            Output {
+                topic: topic.clone(),
+                key: validated_key(&v.transaction),
+                value: enc.encode(&v).map_err(|e| Retry(format!("encoding: {e}")))?,
+                headers: hdrs,
+            }
+        } else {
+            m.rejected.inc();
+            for r in &reasons {
+                m.rejection_reasons.with_label_values(&[r.code.as_str()]).inc();
+            }
+            let codes = reasons
+                .iter()
+                .map(|r| r.code.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            let v = TransactionRejected {
+                envelope: received.envelope,
+                transaction: received.transaction,
+                reasons,
+                rejected_at: now_millis(),
+            };
+            let (topic, enc) = &self.rejected;
+            Output {
+                topic: topic.clone(),
+                key: v.transaction.terminal_id.clone(),
+                value: enc.encode(&v).map_err(|e| Retry(format!("encoding: {e}")))?,
+                headers: reason_header(hdrs, &codes),
+            }
+        };
+        Ok(vec![output])
+    }
+
+    fn track_sequence(&self, t: &Transaction) {
+        let m = metrics();
+        match self.sequences.observe(&t.terminal_id, t.sequence) {
+            sequence::Sequence::InOrder => {}
+            sequence::Sequence::Gap { expected, missing } => {
+                m.sequence_gaps.inc();
+                m.sequence_missing.inc_by(missing.unsigned_abs());
+                tracing::warn!(
+                    event = "sequence_gap",
+                    terminal_id = t.terminal_id,
+                    merchant_id = t.merchant_id,
+                    expected,
+                    got = t.sequence,
+                    missing,
+                    "terminal sequence gap"
+                );
+            }
+            sequence::Sequence::Behind { .. } => m.sequence_behind.inc(),
+        }
+        m.terminals.set(self.sequences.terminals() as i64);
+    }
+}
+
+fn reason_header(h: OwnedHeaders, codes: &str) -> OwnedHeaders {
+    h.insert(Header {
+        key: headers::REASON,
+        value: Some(codes.as_bytes()),
+    })
+}
+
+pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    let Config { args, policies } = config;
     let topics = args.kafka.topics();
     let registry = args.kafka.registry();
     let (validated_t, rejected_t, dlq_t) =
         (topics.validated(), topics.rejected(), topics.deadletter());
-    let validated_enc = Encoder::<TransactionValidated>::for_topic(&registry, &validated_t)
-        .await
-        .context("validated schema (run posflow-admin provision)")?;
-    let rejected_enc = Encoder::<TransactionRejected>::for_topic(&registry, &rejected_t)
-        .await
-        .context("rejected schema (run posflow-admin provision)")?;
-    let dlq_enc = Encoder::<DeadLetter>::for_topic(&registry, &dlq_t)
-        .await
-        .context("dead-letter schema (run posflow-admin provision)")?;
-    let decoder = Decoder::<TransactionReceived>::new(registry);
-    let rules = args.rules();
-    let client_id = format!("validator-{}", std::process::id());
-    let consumer = posflow_kafka::clients::consumer(
-        &args.kafka,
-        &args.kafka.group("posflow-validator"),
-        &client_id,
-    )?;
-    rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
-    let producer = posflow_kafka::clients::producer(&args.kafka, &client_id)?;
-    ctx.health.set_ready(true);
-    let m = metrics();
-
-    pipeline::run(
-        &consumer,
-        &producer,
-        args.in_flight,
-        args.common.drain(),
-        &ctx,
-        |input: Input| {
-            let (decoder, rules) = (&decoder, &rules);
-            let (validated_enc, rejected_enc, dlq_enc) = (&validated_enc, &rejected_enc, &dlq_enc);
-            let (validated_t, rejected_t, dlq_t) = (&validated_t, &rejected_t, &dlq_t);
-            async move {
-                m.received.inc();
-                let hdrs = input.headers.clone().unwrap_or_default();
-                let payload = input.payload.as_deref().unwrap_or_default();
-                let received = match decoder.decode(payload).await {
-                    Ok(r) => r,
-                    Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
-                    Err(e) => {
-                        m.dead_lettered.with_label_values(&["DECODE_FAILED"]).inc();
-                        let letter = DeadLetter {
-                            reason: "DECODE_FAILED".into(),
-                            detail: e.to_string(),
-                            stage: "validator".into(),
-                            source: input.position(),
-                            received_at: now_millis(),
-                            payload: payload.to_vec(),
-                        };
-                        let value = dlq_enc.encode(&letter).map_err(|e| Retry(e.to_string()))?;
-                        return Ok(vec![Output {
-                            topic: dlq_t.clone(),
-                            key: letter.source,
-                            value,
-                            headers: hdrs.insert(Header {
-                                key: headers::REASON,
-                                value: Some("DECODE_FAILED"),
-                            }),
-                        }]);
-                    }
-                };
-                let key = received.transaction.terminal_id.clone();
-                let reasons = rules::check(&received, rules);
-                let (topic, value, hdrs) = if reasons.is_empty() {
-                    m.validated.inc();
-                    let v = TransactionValidated {
-                        envelope: received.envelope,
-                        transaction: received.transaction,
-                        validated_at: now_millis(),
-                    };
-                    (validated_t.clone(), validated_enc.encode(&v), hdrs)
-                } else {
-                    for r in &reasons {
-                        m.rejected.with_label_values(&[r.code.as_str()]).inc();
-                    }
-                    let codes = reasons
-                        .iter()
-                        .map(|r| r.code.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",");
-                    let hdrs: OwnedHeaders = hdrs.insert(Header {
-                        key: headers::REASON,
-                        value: Some(codes.as_bytes()),
-                    });
-                    let v = TransactionRejected {
-                        envelope: received.envelope,
-                        transaction: received.transaction,
-                        reasons,
-                        rejected_at: now_millis(),
-                    };
-                    (rejected_t.clone(), rejected_enc.encode(&v), hdrs)
-                };
-                // Encoding a value we just decoded under the same schemas cannot fail short of a bug.
-                let value = value.map_err(|e| Retry(format!("encoding: {e}")))?;
-                Ok(vec![Output {
-                    topic,
-                    key,
-                    value,
-                    headers: hdrs,
-                }])
-            }
-        },
-    )
-    .await?;
+    let validator = Validator {
+        validated: (
+            validated_t.clone(),
+            Encoder::for_topic(&registry, &validated_t)
+                .await
+                .context("validated schema (run posflow-admin provision)")?,
+        ),
+        rejected: (
+            rejected_t.clone(),
+            Encoder::for_topic(&registry, &rejected_t)
+                .await
+                .context("rejected schema (run posflow-admin provision)")?,
+        ),
+        dead_letter: (
+            dlq_t.clone(),
+            Encoder::for_topic(&registry, &dlq_t)
+                .await
+                .context("dead-letter schema (run posflow-admin provision)")?,
+        ),
+        decoder: Decoder::new(registry),
+        policies,
+        sequences: sequence::Tracker::default(),
+    };
+    tracing::info!(
+        delivery = ?args.delivery,
+        merchants_with_own_rules = validator.policies.merchant_count(),
+        "validating"
+    );
+    let group = args.kafka.group("posflow-validator");
+    let instance = args.instance();
+    let client_id = format!("validator-{instance}");
+    let transform = |input: Input| validator.handle(input);
+    match args.delivery {
+        Delivery::ExactlyOnce => {
+            let consumer =
+                posflow_kafka::clients::transactional_consumer(&args.kafka, &group, &client_id)?;
+            rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
+            let producer = posflow_kafka::clients::transactional_producer(
+                &args.kafka,
+                &client_id,
+                &format!("{group}-{instance}"),
+            )?;
+            ctx.health.set_ready(true);
+            let batching = Batching {
+                max_records: args.txn_max_records,
+                linger: Duration::from_millis(args.txn_linger_ms),
+            };
+            pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;
+        }
+        Delivery::AtLeastOnce => {
+            let consumer = posflow_kafka::clients::consumer(&args.kafka, &group, &client_id)?;
+            rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
+            let producer = posflow_kafka::clients::producer(&args.kafka, &client_id)?;
+            ctx.health.set_ready(true);
+            pipeline::run(
+                &consumer,
+                &producer,
+                args.in_flight,
+                args.common.drain(),
+                &ctx,
+                transform,
+            )
+            .await?;
+        }
+    }
     Ok(())
 }

@@ -26,6 +26,32 @@ pub fn producer_config(args: &KafkaArgs, client_id: &str) -> ClientConfig {
     c
 }
 
+/// A transactional producer for the exactly-once pipeline. `transactional_id` must be stable
+/// per instance (a restarted instance fences its earlier incarnation) and unique among live ones.
+pub fn transactional_producer(
+    args: &KafkaArgs,
+    client_id: &str,
+    transactional_id: &str,
+) -> rdkafka::error::KafkaResult<FutureProducer> {
+    producer_config(args, client_id)
+        .set("transactional.id", transactional_id)
+        // A crashed instance's open transaction blocks read_committed readers of its output
+        // partitions until the broker aborts it (or a restart with the same id fences it).
+        .set("transaction.timeout.ms", "30000")
+        .create()
+}
+
+/// A consumer for the exactly-once pipeline: offsets are committed only inside transactions.
+pub fn transactional_consumer(
+    args: &KafkaArgs,
+    group: &str,
+    client_id: &str,
+) -> rdkafka::error::KafkaResult<StreamConsumer> {
+    consumer_config(args, group, client_id)
+        .set("enable.auto.commit", "false")
+        .create()
+}
+
 /// A consumer that never moves an offset by itself: the stage stores an offset only once the
 /// record and every earlier one on its partition is fully handled; librdkafka then commits the
 /// stored offsets in the background.

@@ -1,0 +1,283 @@
+//! The rule settings, per merchant and transaction type, from a TOML file (docs/validation.md).
+//! Everything has a built-in default, so no file means the defaults for every merchant. The
+//! file is read once at start-up and checked completely: every mistake is listed before the
+//! stage refuses to start. Each merchant's settings are resolved once, so the hot path does one
+//! map lookup per transaction.
+
+use posflow_schema::{EntryMode, TransactionType};
+use serde::Deserialize;
+use std::collections::HashMap;
+
+/// The effective rules for one merchant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Largest amount per type, in major units of the currency (scaled by its minor units).
+    max_amount_major: [i64; TransactionType::ALL.len()],
+    /// How far the terminal clock may run ahead of the bridge's receive time.
+    pub max_clock_skew_ms: i64,
+    /// How old a transaction may be when it arrives (store-and-forward terminals queue offline).
+    pub max_age_ms: i64,
+    types: [bool; TransactionType::ALL.len()],
+    entry_modes: [bool; EntryMode::ALL.len()],
+    /// `None`: any well-formed MCC.
+    mccs: Option<Vec<String>>,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_amount_major: [100_000; TransactionType::ALL.len()],
+            max_clock_skew_ms: 5 * 60_000,
+            max_age_ms: 7 * 86_400_000,
+            types: [true; TransactionType::ALL.len()],
+            entry_modes: [true; EntryMode::ALL.len()],
+            mccs: None,
+        }
+    }
+}
+
+fn type_index(t: TransactionType) -> usize {
+    TransactionType::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+fn mode_index(m: EntryMode) -> usize {
+    EntryMode::ALL.iter().position(|x| *x == m).unwrap_or(0)
+}
+
+impl Policy {
+    pub fn max_amount_major(&self, t: TransactionType) -> i64 {
+        self.max_amount_major[type_index(t)]
+    }
+    pub fn allows_type(&self, t: TransactionType) -> bool {
+        self.types[type_index(t)]
+    }
+    pub fn allows_entry_mode(&self, m: EntryMode) -> bool {
+        self.entry_modes[mode_index(m)]
+    }
+    /// `None` when the merchant accepts any well-formed MCC.
+    pub fn mccs(&self) -> Option<&[String]> {
+        self.mccs.as_deref()
+    }
+}
+
+/// Every merchant's policy; merchants the file does not name get the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Policies {
+    defaults: Policy,
+    merchants: HashMap<String, Policy>,
+}
+
+impl Policies {
+    pub fn for_merchant(&self, merchant_id: &str) -> &Policy {
+        self.merchants.get(merchant_id).unwrap_or(&self.defaults)
+    }
+
+    pub fn merchant_count(&self) -> usize {
+        self.merchants.len()
+    }
+
+    /// Parses and checks a rules file; the error lists every problem found.
+    pub fn from_toml(text: &str) -> Result<Self, Vec<String>> {
+        let file: File = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        let mut errors = Vec::new();
+        let defaults = file
+            .defaults
+            .resolve(&Policy::default(), "[defaults]", &mut errors);
+        let merchants = file
+            .merchants
+            .iter()
+            .map(|(id, s)| {
+                let p = s.resolve(&defaults, &format!("[merchants.{id}]"), &mut errors);
+                (id.clone(), p)
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(Self {
+                defaults,
+                merchants,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    defaults: Settings,
+    #[serde(default)]
+    merchants: HashMap<String, Settings>,
+}
+
+/// One section of the file. Every field is optional: what a merchant leaves out comes from
+/// `[defaults]`, and what that leaves out from the built-in defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    max_amount: Option<i64>,
+    #[serde(default)]
+    max_amount_by_type: HashMap<String, i64>,
+    max_clock_skew_secs: Option<i64>,
+    max_age_hours: Option<i64>,
+    types: Option<Vec<String>>,
+    entry_modes: Option<Vec<String>>,
+    mccs: Option<Vec<String>>,
+}
+
+impl Settings {
+    /// Precedence, most specific first: this section's per-type limit, this section's
+    /// `max_amount`, then the parent's limit for that type.
+    fn resolve(&self, parent: &Policy, section: &str, errors: &mut Vec<String>) -> Policy {
+        let mut p = parent.clone();
+        if let Some(a) = self.max_amount {
+            if a <= 0 {
+                errors.push(format!("{section} max_amount must be > 0, not {a}"));
+            }
+            p.max_amount_major = [a; TransactionType::ALL.len()];
+        }
+        for (name, &a) in &self.max_amount_by_type {
+            match TransactionType::ALL.iter().find(|t| t.as_str() == name) {
+                None => errors.push(format!(
+                    "{section} max_amount_by_type: unknown type {name:?} (one of {})",
+                    type_names()
+                )),
+                Some(_) if a <= 0 => errors.push(format!(
+                    "{section} max_amount_by_type.{name} must be > 0, not {a}"
+                )),
+                Some(&t) => p.max_amount_major[type_index(t)] = a,
+            }
+        }
+        if let Some(s) = self.max_clock_skew_secs {
+            if s < 0 {
+                errors.push(format!("{section} max_clock_skew_secs must be >= 0"));
+            }
+            p.max_clock_skew_ms = s.saturating_mul(1000);
+        }
+        if let Some(h) = self.max_age_hours {
+            if h <= 0 {
+                errors.push(format!("{section} max_age_hours must be > 0"));
+            }
+            p.max_age_ms = h.saturating_mul(3_600_000);
+        }
+        if let Some(types) = &self.types {
+            p.types = [false; TransactionType::ALL.len()];
+            for name in types {
+                match TransactionType::ALL.iter().find(|t| t.as_str() == name) {
+                    Some(&t) => p.types[type_index(t)] = true,
+                    None => errors.push(format!(
+                        "{section} types: unknown type {name:?} (one of {})",
+                        type_names()
+                    )),
+                }
+            }
+        }
+        if let Some(modes) = &self.entry_modes {
+            p.entry_modes = [false; EntryMode::ALL.len()];
+            for name in modes {
+                match EntryMode::ALL.iter().find(|m| m.as_str() == name) {
+                    Some(&m) => p.entry_modes[mode_index(m)] = true,
+                    None => errors.push(format!(
+                        "{section} entry_modes: unknown entry mode {name:?} (one of {})",
+                        EntryMode::ALL.map(EntryMode::as_str).join(", ")
+                    )),
+                }
+            }
+        }
+        if let Some(mccs) = &self.mccs {
+            for m in mccs.iter().filter(|m| !crate::rules::is_mcc(m)) {
+                errors.push(format!("{section} mccs: {m:?} is not a 4-digit MCC"));
+            }
+            p.mccs = Some(mccs.clone());
+        }
+        p
+    }
+}
+
+fn type_names() -> String {
+    TransactionType::ALL.map(TransactionType::as_str).join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_means_built_in_defaults_for_everyone() {
+        let p = Policies::from_toml("").unwrap();
+        assert_eq!(p.for_merchant("M1"), &Policy::default());
+    }
+
+    #[test]
+    fn merchant_settings_override_defaults_most_specific_first() {
+        let p = Policies::from_toml(
+            r#"
+            [defaults]
+            max_amount = 50000
+            max_clock_skew_secs = 60
+            [defaults.max_amount_by_type]
+            refund = 2000
+            [merchants.M1]
+            max_amount = 900
+            entry_modes = ["chip", "contactless"]
+            [merchants.M1.max_amount_by_type]
+            void = 100
+            [merchants.M2]
+            types = ["sale"]
+            mccs = ["5411"]
+            "#,
+        )
+        .unwrap();
+        let d = p.for_merchant("other");
+        assert_eq!(d.max_amount_major(TransactionType::Sale), 50000);
+        assert_eq!(d.max_amount_major(TransactionType::Refund), 2000);
+        assert_eq!(d.max_clock_skew_ms, 60_000);
+        let m1 = p.for_merchant("M1");
+        assert_eq!(m1.max_amount_major(TransactionType::Sale), 900);
+        assert_eq!(m1.max_amount_major(TransactionType::Refund), 900);
+        assert_eq!(m1.max_amount_major(TransactionType::Void), 100);
+        assert_eq!(m1.max_clock_skew_ms, 60_000, "inherited from [defaults]");
+        assert!(m1.allows_entry_mode(EntryMode::Chip));
+        assert!(!m1.allows_entry_mode(EntryMode::Manual));
+        let m2 = p.for_merchant("M2");
+        assert!(m2.allows_type(TransactionType::Sale));
+        assert!(!m2.allows_type(TransactionType::Refund));
+        assert_eq!(m2.max_amount_major(TransactionType::Refund), 2000);
+        assert_eq!(m2.mccs(), Some(&["5411".to_string()][..]));
+    }
+
+    #[test]
+    fn every_mistake_is_listed() {
+        let errors = Policies::from_toml(
+            r#"
+            [defaults]
+            max_amount = 0
+            [merchants.M1]
+            types = ["sale", "chargeback"]
+            entry_modes = ["telepathy"]
+            mccs = ["54"]
+            [merchants.M1.max_amount_by_type]
+            gift = 5
+            "#,
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert!(errors.iter().any(|e| e.contains("\"chargeback\"")));
+        assert!(errors.iter().any(|e| e.contains("\"telepathy\"")));
+        assert!(errors.iter().any(|e| e.contains("\"gift\"")));
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_refused() {
+        let errors = Policies::from_toml("[defaults]\nmax_amout = 5\n").unwrap_err();
+        assert!(errors[0].contains("max_amout"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_shipped_example_file_is_valid() {
+        let text = include_str!("../../../deploy/config/validator-rules.toml");
+        let p = Policies::from_toml(text).unwrap();
+        assert!(p.merchant_count() > 0);
+    }
+}
