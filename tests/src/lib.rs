@@ -71,6 +71,7 @@ impl Stack {
 }
 
 /// One test's world: its own topics, consumer groups and share group on the shared stack.
+#[derive(Clone)]
 pub struct Deployment {
     pub stack: Stack,
     pub prefix: String,
@@ -597,17 +598,33 @@ impl Deployment {
         rate: f64,
         retry_after: Duration,
     ) -> BackgroundFleet {
+        let cfg = fleet_config(name, first_terminal, terminals, per_terminal, 0);
+        self.spawn_fleet(&cfg, rate, retry_after).0
+    }
+
+    /// Like [`Deployment::fleet`] at full speed, with every `invalid_every`th transaction
+    /// breaking a business rule; also returns the plan (what each transaction should become).
+    pub fn fleet_with_invalid(
+        &self,
+        name: &str,
+        first_terminal: usize,
+        terminals: usize,
+        per_terminal: usize,
+        invalid_every: usize,
+    ) -> (BackgroundFleet, Vec<posflow_simulator::plan::Planned>) {
+        let cfg = fleet_config(name, first_terminal, terminals, per_terminal, invalid_every);
+        self.spawn_fleet(&cfg, 0.0, Duration::from_secs(20))
+    }
+
+    fn spawn_fleet(
+        &self,
+        cfg: &posflow_simulator::plan::FleetConfig,
+        rate: f64,
+        retry_after: Duration,
+    ) -> (BackgroundFleet, Vec<posflow_simulator::plan::Planned>) {
         use posflow_simulator::{fleet, plan};
-        let cfg = plan::FleetConfig {
-            terminals,
-            per_terminal,
-            merchants: 10,
-            invalid_every: 0,
-            seed: first_terminal as u64,
-            first_terminal,
-            run_id: format!("{name}{:08x}", rand::random::<u32>()),
-        };
-        let fleet_plan = plan::plan(&cfg, posflow_schema::now_millis());
+        let fleet_plan = plan::plan(cfg, posflow_schema::now_millis());
+        let planned = fleet_plan.iter().flatten().cloned().collect();
         let progress = std::sync::Arc::new(fleet::Progress::default());
         let (mqtt, pw, p) = (
             self.stack.mqtt_args(),
@@ -622,7 +639,7 @@ impl Deployment {
         };
         let handle =
             tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, p).await });
-        BackgroundFleet { progress, handle }
+        (BackgroundFleet { progress, handle }, planned)
     }
 
     /// The raw topic decoded, in (partition, offset) order, once `expected` records are there.
@@ -647,6 +664,24 @@ impl Deployment {
             out.push((r, t));
         }
         out
+    }
+}
+
+fn fleet_config(
+    name: &str,
+    first_terminal: usize,
+    terminals: usize,
+    per_terminal: usize,
+    invalid_every: usize,
+) -> posflow_simulator::plan::FleetConfig {
+    posflow_simulator::plan::FleetConfig {
+        terminals,
+        per_terminal,
+        merchants: 10,
+        invalid_every,
+        seed: first_terminal as u64,
+        first_terminal,
+        run_id: format!("{name}{:08x}", rand::random::<u32>()),
     }
 }
 
@@ -677,5 +712,81 @@ pub fn wait_for_group_coordinator(brokers: &str, topic: &str) {
             "Kafka's group coordinator did not come back"
         );
         let _ = consumer.poll(Duration::from_millis(200));
+    }
+}
+
+/// A transaction as the bridge puts it on the raw topic: a valid card sale of 12.34 EUR at
+/// `terminal` of merchant M001, received now.
+pub fn received_sale(id: &str, terminal: &str, sequence: i64) -> posflow_schema::TransactionReceived {
+    use posflow_schema::*;
+    let now = now_millis();
+    TransactionReceived {
+        envelope: Envelope {
+            received_at: now,
+            mqtt_topic: format!("pos/M001/{terminal}/tx"),
+            bridge_id: "e2e".into(),
+            payload_version: 1,
+        },
+        transaction: Transaction {
+            transaction_id: id.into(),
+            terminal_id: terminal.into(),
+            merchant_id: "M001".into(),
+            sequence,
+            transaction_time: now - 1000,
+            kind: TransactionType::Sale,
+            original_transaction_id: None,
+            amount_minor: 1234,
+            currency: "EUR".into(),
+            payment_method: PaymentMethod::Card,
+            entry_mode: EntryMode::Contactless,
+            card: Some(Card {
+                token: format!("tok-{terminal}-{}", sequence % 7),
+                bin: "411111".into(),
+                last4: "1111".into(),
+            }),
+            auth_code: Some("123456".into()),
+            response_code: "00".into(),
+            mcc: "5814".into(),
+            location: None,
+            line_items: vec![],
+        },
+    }
+}
+
+impl Deployment {
+    /// Produces `records` to `base` topic (schema from the registry), keyed by `key`, and waits
+    /// until Kafka has every one.
+    pub async fn produce<T: posflow_schema::AvroRecord>(
+        &self,
+        base: &str,
+        records: &[T],
+        key: impl Fn(&T) -> String,
+    ) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let topic = self.topic(base);
+        let encoder = posflow_schema::Encoder::<T>::for_topic(&self.kafka.registry(), &topic)
+            .await
+            .expect("schema registered");
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &self.stack.brokers)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .unwrap();
+        let mut pending = Vec::with_capacity(records.len());
+        for r in records {
+            let value = encoder.encode(r).unwrap();
+            let k = key(r);
+            let f = producer.send_result(FutureRecord::to(&topic).key(&k).payload(&value));
+            pending.push(f.map_err(|(e, _)| e).expect("enqueue"));
+            if pending.len() >= 10_000 {
+                for p in pending.drain(..) {
+                    p.await.unwrap().map_err(|(e, _)| e).expect("delivered");
+                }
+            }
+        }
+        for p in pending {
+            p.await.unwrap().map_err(|(e, _)| e).expect("delivered");
+        }
     }
 }

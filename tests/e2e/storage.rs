@@ -1,0 +1,253 @@
+//! Storage: exactly once in PostgreSQL through crashes and a database restart; refused rows
+//! dead-lettered; resuming from the database's own offsets; the documented queries run.
+
+use posflow_e2e::*;
+use posflow_schema::{DeadLetter, Decoder, LineItem, TransactionValidated};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+async fn count(db: &tokio_postgres::Client, sql: &str, like: &str) -> i64 {
+    db.query_one(sql, &[&like]).await.map(|r| r.get(0)).unwrap_or(-1)
+}
+
+/// Polls the number of stored rows of this run until it reaches `n` (errors count as not yet).
+async fn stored_reaches(db: &tokio_postgres::Client, like: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while count(db, "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1", like).await < n {
+        assert!(Instant::now() < deadline, "storage did not reach {n} rows");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a_postgres_restart() {
+    let d = Deployment::new().await;
+    let _bridge = d.start_bridge(6).await;
+    let _validator = d.start("posflow-validator").await;
+    let mut storage = d.start("posflow-storage").await;
+    let (fleet, planned) = d.fleet_with_invalid("store", 351, 50, 1000, 40);
+    assert_eq!(planned.len(), 50_000);
+    let run_id = planned[0].transaction_id.split('-').next().unwrap().to_string();
+    let like = format!("{run_id}-%");
+    let valid: HashSet<&str> = planned
+        .iter()
+        .filter(|p| p.expected_rejection.is_none())
+        .map(|p| p.transaction_id.as_str())
+        .collect();
+    let mut expected_reasons: BTreeMap<String, i64> = BTreeMap::new();
+    for p in &planned {
+        if let Some(r) = p.expected_rejection {
+            *expected_reasons.entry(r.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(valid.len(), 48_750);
+
+    // Faults at random points of the stream: storage SIGKILLed, PostgreSQL restarted, storage
+    // SIGKILLed again.
+    let r = |lo: i64| lo + i64::from(rand::random::<u16>()) % 10_000;
+    let (kill1, pg_restart, kill2) = (r(3_000), r(18_000), r(33_000));
+    let mut db = db(&d.stack).await;
+    stored_reaches(&db, &like, kill1).await;
+    storage.kill();
+    storage = d.start("posflow-storage").await;
+    stored_reaches(&db, &like, pg_restart).await;
+    {
+        let _outage = Outage::begin("postgres");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    db = posflow_e2e::db(&d.stack).await;
+    stored_reaches(&db, &like, kill2).await;
+    storage.kill();
+    let storage = d.start("posflow-storage").await;
+
+    let report = fleet.finish().await;
+    assert!(report.unanswered.is_empty(), "{} unanswered", report.unanswered.len());
+    let rows = wait_for_count(
+        &db,
+        "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1",
+        &[&like],
+        valid.len() as i64,
+        Duration::from_secs(180),
+    )
+    .await;
+    let rejections = wait_for_count(
+        &db,
+        "SELECT count(*) FROM rejections WHERE transaction_id LIKE $1",
+        &[&like],
+        1_250,
+        Duration::from_secs(60),
+    )
+    .await;
+    // Anything extra would have arrived by now; look once more after a pause.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored_ids: Vec<String> = db
+        .query("SELECT transaction_id FROM transactions WHERE transaction_id LIKE $1", &[&like])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let distinct: HashSet<&str> = stored_ids.iter().map(String::as_str).collect();
+    let line_item_dups = count(
+        &db,
+        "SELECT count(*) - count(DISTINCT (transaction_id, line_no)) FROM transaction_line_items WHERE transaction_id LIKE $1",
+        &like,
+    )
+    .await;
+    let mut by_reason: BTreeMap<String, i64> = BTreeMap::new();
+    for row in db
+        .query(
+            "SELECT code, count(*) FROM rejections, unnest(reason_codes) AS code WHERE transaction_id LIKE $1 GROUP BY code",
+            &[&like],
+        )
+        .await
+        .unwrap()
+    {
+        by_reason.insert(row.get(0), row.get(1));
+    }
+    println!(
+        "storage faults: kill at {kill1}, PostgreSQL restart at {pg_restart}, kill at {kill2} rows; \
+         {rows} rows, {} distinct, {rejections} rejections {by_reason:?}; last storage skipped {} and saw {} duplicates",
+        distinct.len(),
+        metric(&storage.metrics().await, "posflow_storage_skipped_total").unwrap_or(0.0),
+        metric(&storage.metrics().await, "posflow_storage_duplicates_total").unwrap_or(0.0),
+    );
+    assert_eq!(stored_ids.len(), distinct.len(), "duplicate rows");
+    assert_eq!(distinct, valid, "rows = the distinct valid transaction ids published");
+    assert_eq!(line_item_dups, 0, "duplicate line items");
+    assert_eq!(rejections, 1_250, "rejected count = invalid count");
+    assert_eq!(by_reason, expected_reasons, "rejections per reason");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_rows_are_dead_lettered_and_storage_resumes_from_its_own_offsets() {
+    let d = Deployment::new().await;
+    let run = format!("ref{:08x}", rand::random::<u32>());
+    let records: Vec<TransactionValidated> = (0..8)
+        .map(|n| {
+            let r = received_sale(&format!("{run}-{n}"), "T0450", n);
+            let mut v = TransactionValidated {
+                envelope: r.envelope,
+                transaction: r.transaction,
+                validated_at: posflow_schema::now_millis(),
+            };
+            match n {
+                // PostgreSQL text cannot hold NUL (SQLSTATE 22021).
+                6 => v.transaction.line_items.push(LineItem {
+                    sku: "s".into(),
+                    description: "nul\0byte".into(),
+                    unit_price_minor: 1234,
+                    quantity: 1,
+                }),
+                // The currency CHECK constraint (SQLSTATE 23514).
+                7 => v.transaction.currency = "eur".into(),
+                _ => {}
+            }
+            v
+        })
+        .collect();
+    // One key: one partition, offsets 0..7 in order.
+    d.produce("pos.transactions.validated", &records, |_| "card".to_string())
+        .await;
+    let topic = d.topic("pos.transactions.validated");
+    let on_kafka = read_topic(&d.stack.brokers, &topic, 8, Duration::from_secs(30), Duration::ZERO);
+    let partition = on_kafka[0].partition;
+    assert_eq!(on_kafka.iter().map(|r| r.offset).max(), Some(7));
+
+    // The database says offsets below 3 are stored already; Kafka has no commit for the group.
+    // Storage must trust the database.
+    let db = db(&d.stack).await;
+    let group = d.kafka.group("posflow-storage");
+    db.execute(
+        "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, 3)",
+        &[&group, &topic, &partition],
+    )
+    .await
+    .unwrap();
+    let storage = d.start("posflow-storage").await;
+    let like = format!("{run}-%");
+    let dlq = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.deadletter"),
+        2,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    let stored = wait_for_count(
+        &db,
+        "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1",
+        &[&like],
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    let ids: BTreeMap<String, i64> = db
+        .query(
+            "SELECT transaction_id, kafka_offset FROM transactions WHERE transaction_id LIKE $1",
+            &[&like],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored, 3);
+    assert_eq!(
+        ids.values().copied().collect::<Vec<_>>(),
+        vec![3, 4, 5],
+        "offsets 0..2 skipped (stored per the database), 6 and 7 refused"
+    );
+    let decoder = Decoder::<DeadLetter>::new(d.kafka.registry());
+    let mut letters = Vec::new();
+    for r in &dlq {
+        let l = decoder.decode(&r.value).await.unwrap();
+        assert_eq!(r.headers.get(posflow_kafka::headers::REASON).map(String::as_str), Some("DB_REJECTED"));
+        letters.push((l.source, l.reason, l.detail.split(':').next().unwrap_or("").to_string()));
+    }
+    letters.sort();
+    assert_eq!(
+        letters,
+        vec![
+            (format!("{topic}/{partition}/6"), "DB_REJECTED".into(), "SQLSTATE 22021".into()),
+            (format!("{topic}/{partition}/7"), "DB_REJECTED".into(), "SQLSTATE 23514".into()),
+        ]
+    );
+    let next: i64 = db
+        .query_one(
+            "SELECT next_offset FROM kafka_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+            &[&group, &topic, &partition],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next, 8, "the refused rows' offsets are passed too");
+    let m = storage.metrics().await;
+    // The first record read (offset 0) is skipped, then a seek jumps past the rest.
+    assert!(metric(&m, "posflow_storage_skipped_total").unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        metric(&m, "posflow_storage_dead_lettered_total{reason=\"DB_REJECTED\"}"),
+        Some(2.0)
+    );
+}
+
+/// Every query in docs/storage.md runs against the migrated schema (maintenance blocks that
+/// change the schema are skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_queries_run() {
+    let d = Deployment::new().await;
+    let db = db(&d.stack).await;
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/storage.md")).unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```sql")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| !b.trim_start().starts_with("BEGIN"))
+        .collect();
+    assert!(blocks.len() >= 5, "docs/storage.md has its queries");
+    for sql in blocks {
+        let sql = sql.replace("$1", "'a-token'");
+        if let Err(e) = db.batch_execute(&sql).await {
+            panic!("documented query fails: {e}\n{sql}");
+        }
+    }
+}
