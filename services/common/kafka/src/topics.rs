@@ -35,7 +35,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
     },
     TopicSpec {
         name: VALIDATED,
-        key: "terminal id (per-terminal order end to end; fraud re-keys by card itself)",
+        key: "card token (`terminal:<id>` without a card): each card's transactions in order on one partition, for fraud",
         value: ValueSchema::TransactionValidated,
         partitions: 12,
         retention_days: 7,
