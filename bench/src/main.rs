@@ -7,6 +7,8 @@
 //! transaction, publish → receipt or publish → answer. The bridge's own receive → PUBACK
 //! latency comes from its histogram. Issue #7 grows this into `make bench`.
 
+mod stages;
+
 use clap::{Parser, Subcommand};
 use posflow_e2e::{http_get, Deployment};
 use posflow_runtime::Secret;
@@ -37,6 +39,53 @@ enum Scenario {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Validator messages/s next to a consume->produce passthrough with no rules.
+    Validator {
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Storage rows/s next to a plain PostgreSQL COPY of the same rows.
+    Storage {
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+}
+
+fn machine() -> serde_json::Value {
+    serde_json::json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)})
+}
+
+fn write_json(path: Option<std::path::PathBuf>, value: serde_json::Value) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(&path, serde_json::to_string_pretty(&value)?)?;
+        eprintln!("[bench] results in {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_validator(records: usize, json: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let results = stages::validator(records).await?;
+    println!("{:<16} {:>16} {:>16} {:>8}", "delivery", "passthrough/s", "validator/s", "ratio");
+    let mut out = Vec::new();
+    for (mode, p, v) in &results {
+        println!("{:<16} {:>16.0} {:>16.0} {:>8.2}", mode, p.per_s(), v.per_s(), v.per_s() / p.per_s());
+        out.push(serde_json::json!({"delivery": mode, "records": records, "passthrough_per_s": p.per_s(), "validator_per_s": v.per_s(), "ratio": v.per_s() / p.per_s()}));
+    }
+    write_json(json, serde_json::json!({"machine": machine(), "scenario": "validator", "results": out}))
+}
+
+async fn run_storage(records: usize, json: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    let (copy, storage) = stages::storage(records).await?;
+    println!("{:<28} {:>12}", "contender", "rows/s");
+    println!("{:<28} {:>12.0}", "PostgreSQL COPY (baseline)", copy.per_s());
+    println!("{:<28} {:>12.0}", "posflow-storage", storage.per_s());
+    println!("storage / COPY: {:.2}", storage.per_s() / copy.per_s());
+    write_json(json, serde_json::json!({"machine": machine(), "scenario": "storage", "records": records,
+        "copy_rows_per_s": copy.per_s(), "storage_rows_per_s": storage.per_s(), "ratio": storage.per_s() / copy.per_s()}))
 }
 
 struct Figures {
@@ -230,11 +279,11 @@ fn histogram_quantile(page: &str, name: &str, q: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Scenario::Bridge {
-        terminals,
-        per_terminal,
-        json,
-    } = Args::parse().scenario;
+    let (terminals, per_terminal, json) = match Args::parse().scenario {
+        Scenario::Bridge { terminals, per_terminal, json } => (terminals, per_terminal, json),
+        Scenario::Validator { records, json } => return run_validator(records, json).await,
+        Scenario::Storage { records, json } => return run_storage(records, json).await,
+    };
     let d = Deployment::kafka_only().await;
     eprintln!("[bench] ceiling: {terminals} terminals x {per_terminal} ...");
     let c = ceiling(&d, terminals, per_terminal).await?;
@@ -266,7 +315,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(path) = json {
         let fig = |f: &Figures| serde_json::json!({"scenario": f.name, "transactions": f.count, "elapsed_s": f.elapsed.as_secs_f64(), "tx_per_s": f.rate(), "latency_p50_ms": f.pct(0.5), "latency_p99_ms": f.pct(0.99)});
         let out = serde_json::json!({
-            "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+            "machine": machine(),
             "ceiling": fig(&c), "bridge": fig(&b),
             "bridge_ack_latency_ms": {"p50_le": ack_p50, "p99_le": ack_p99},
             "ratio": b.rate() / c.rate(),

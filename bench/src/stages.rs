@@ -1,0 +1,297 @@
+//! Kafka stages against their ceilings, in the same run on the same records:
+//!
+//! - `validator`: the validator process next to a consume→produce passthrough with no rules,
+//!   built on the same pipeline code and client settings (exactly-once: same transactions and
+//!   batching; at-least-once: same in-flight window). Throughput is measured the same way for
+//!   both: the group's committed offsets, from the first commit to the last record.
+//! - `storage`: the storage process next to a plain PostgreSQL `COPY` of the same rows (and
+//!   their line items) into the same tables, with the same indexes.
+
+use posflow_e2e::{db, received_sale, Deployment, Service};
+use posflow_kafka::pipeline::{self, Batching, Output};
+use posflow_schema::{LineItem, TransactionReceived, TransactionValidated};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::time::{Duration, Instant};
+
+/// A measured run: how many records, over how long.
+pub struct Rate {
+    pub records: u64,
+    pub elapsed: Duration,
+}
+
+impl Rate {
+    pub fn per_s(&self) -> f64 {
+        self.records as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// `n` raw transactions from 200 terminals, one in ten breaking a rule, two line items each.
+fn raw_records(run: &str, n: usize) -> Vec<TransactionReceived> {
+    (0..n)
+        .map(|i| {
+            let terminal = format!("T{:04}", 1 + i % 200);
+            let mut r = received_sale(&format!("{run}-{i:08}"), &terminal, (i / 200) as i64);
+            r.transaction.line_items = vec![
+                LineItem { sku: "COF-1".into(), description: "Flat white".into(), unit_price_minor: 617, quantity: 1 },
+                LineItem { sku: "BAK-2".into(), description: "Croissant".into(), unit_price_minor: 617, quantity: 1 },
+            ];
+            if i % 10 == 9 {
+                r.transaction.currency = "XYZ".into();
+            }
+            r
+        })
+        .collect()
+}
+
+/// Sum of the group's committed offsets on `topic` (records fully handled).
+fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> u64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    c.committed_offsets(tpl, Duration::from_secs(5))
+        .map(|t| {
+            t.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o.max(0) as u64,
+                    _ => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Records on `topics` (sum of high watermarks): outputs as soon as they are produced.
+fn produced(brokers: &str, topics: &[String], partitions: i32) -> u64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("watermark reader");
+    topics
+        .iter()
+        .flat_map(|t| (0..partitions).map(move |p| (t, p)))
+        .map(|(t, p)| c.fetch_watermarks(t, p, Duration::from_secs(5)).map(|w| w.1.max(0) as u64).unwrap_or(0))
+        .sum()
+}
+
+/// Waits until `progress()` reaches `total`; the rate runs from the first progress seen, so
+/// process start-up is not counted, the same way for every contender.
+async fn measure<F, Fut>(total: u64, what: &str, mut progress: F) -> Rate
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = u64>,
+{
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, u64)> = None;
+    let mut last_report = Instant::now();
+    loop {
+        let n = progress().await;
+        let now = Instant::now();
+        if n > 0 && first.is_none() {
+            first = Some((now, n));
+        }
+        if n >= total {
+            let (t0, n0) = first.unwrap_or((now, 0));
+            return Rate { records: total - n0, elapsed: now.duration_since(t0).max(Duration::from_millis(1)) };
+        }
+        if last_report.elapsed() > Duration::from_secs(2) {
+            eprintln!("[bench]   {what}: {n}/{total}");
+            last_report = Instant::now();
+        }
+        assert!(now < deadline, "{what} stalled at {n}/{total}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const PARTITIONS: i32 = 4;
+
+/// The passthrough: raw records copied to the validated topic, nothing decoded, nothing checked.
+async fn passthrough(d: &Deployment, exactly_once: bool) -> anyhow::Result<()> {
+    let ctx = posflow_runtime::Context { shutdown: posflow_runtime::Shutdown::new(), health: posflow_runtime::Health::new() };
+    let group = d.kafka.group("posflow-validator");
+    let out = d.topic("pos.transactions.validated");
+    let transform = |input: pipeline::Input| {
+        let out = out.clone();
+        async move {
+            Ok(vec![Output {
+                topic: out,
+                key: String::from_utf8_lossy(input.key.as_deref().unwrap_or_default()).into_owned(),
+                value: input.payload.unwrap_or_default(),
+                headers: input.headers.unwrap_or_default(),
+            }])
+        }
+    };
+    let raw = d.topic("pos.transactions.raw");
+    if exactly_once {
+        let consumer = posflow_kafka::clients::transactional_consumer(&d.kafka, &group, "passthrough")?;
+        consumer.subscribe(&[&raw])?;
+        let producer = posflow_kafka::clients::transactional_producer(&d.kafka, "passthrough", &format!("{group}-passthrough"))?;
+        // The validator's defaults.
+        let batching = Batching { max_records: 2000, linger: Duration::from_millis(20) };
+        pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;
+    } else {
+        let consumer = posflow_kafka::clients::consumer(&d.kafka, &group, "passthrough")?;
+        consumer.subscribe(&[&raw])?;
+        let producer = posflow_kafka::clients::producer(&d.kafka, "passthrough")?;
+        pipeline::run(&consumer, &producer, 1000, Duration::from_secs(5), &ctx, transform).await?;
+    }
+    Ok(())
+}
+
+/// Validator vs passthrough, exactly-once and at-least-once: four runs of `n` records, each on
+/// its own topics. Returns (mode, passthrough, validator) per mode.
+pub async fn validator(n: usize) -> anyhow::Result<Vec<(&'static str, Rate, Rate)>> {
+    let mut out = Vec::new();
+    for (mode, eos) in [("exactly-once", true), ("at-least-once", false)] {
+        let mut rates = Vec::new();
+        for contender in ["passthrough", "validator"] {
+            let d = Deployment::kafka_only().await;
+            eprintln!("[bench] {contender} ({mode}): producing {n} raw records ...");
+            let records = raw_records(&format!("vb{:08x}", rand::random::<u32>()), n);
+            d.produce("pos.transactions.raw", &records, |r| r.transaction.terminal_id.clone()).await;
+            let group = d.kafka.group("posflow-validator");
+            let raw = d.topic("pos.transactions.raw");
+            let task = if contender == "passthrough" {
+                let d = d.clone();
+                Some(tokio::spawn(async move { passthrough(&d, eos).await }))
+            } else {
+                None
+            };
+            let service = if contender == "validator" {
+                let mut env = d.env();
+                env.push(("POSFLOW_DELIVERY".into(), mode.into()));
+                env.push(("POSFLOW_LOG".into(), "warn".into()));
+                Some(Service::start("posflow-validator", &env, &[]).await)
+            } else {
+                None
+            };
+            let brokers = d.stack.brokers.clone();
+            // Exactly-once: the offsets committed with each transaction. At-least-once: outputs on
+            // the topics (its offsets are committed a second later, which would blur the end).
+            let outputs = [d.topic("pos.transactions.validated"), d.topic("pos.transactions.rejected")];
+            let rate = measure(n as u64, &format!("{contender} ({mode})"), || {
+                let c = if eos {
+                    committed(&brokers, &group, &raw, PARTITIONS)
+                } else {
+                    produced(&brokers, &outputs, PARTITIONS)
+                };
+                async move { c }
+            })
+            .await;
+            if let Some(t) = task {
+                t.abort();
+            }
+            drop(service);
+            rates.push(rate);
+        }
+        let v = rates.pop().unwrap();
+        let p = rates.pop().unwrap();
+        out.push((mode, p, v));
+    }
+    Ok(out)
+}
+
+fn ts(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Text COPY field: `\N` for NULL, backslash escapes for the separators.
+fn field(s: Option<&str>) -> String {
+    match s {
+        None => "\\N".into(),
+        Some(s) => s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n"),
+    }
+}
+
+/// Storage vs COPY of the same `n` rows (with their line items) into the same tables.
+pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
+    use futures::SinkExt;
+    let validated: Vec<TransactionValidated> = raw_records(&format!("sb{:08x}", rand::random::<u32>()), n)
+        .into_iter()
+        .map(|r| TransactionValidated { envelope: r.envelope, transaction: r.transaction, validated_at: posflow_schema::now_millis() })
+        .collect();
+    let d = Deployment::new().await;
+    let client = db(&d.stack).await;
+
+    // COPY: the same rows under other ids, straight into transactions and line items.
+    eprintln!("[bench] COPY of {n} rows ...");
+    let mut tx_rows = String::new();
+    let mut li_rows = String::new();
+    let copy_prefix = format!("copy{:08x}-", rand::random::<u32>());
+    for (i, v) in validated.iter().enumerate() {
+        let t = &v.transaction;
+        let id = format!("{copy_prefix}{}", t.transaction_id);
+        let card = t.card.as_ref();
+        let cols: [Option<String>; 24] = [
+            Some(id.clone()), Some(t.terminal_id.clone()), Some(t.merchant_id.clone()), Some(t.sequence.to_string()),
+            Some(ts(t.transaction_time)), Some(t.kind.as_str().into()), t.original_transaction_id.clone(),
+            Some(t.amount_minor.to_string()), Some(t.currency.clone()), Some(t.payment_method.as_str().into()),
+            Some(t.entry_mode.as_str().into()), card.map(|c| c.token.clone()), card.map(|c| c.bin.clone()),
+            card.map(|c| c.last4.clone()), t.auth_code.clone(), Some(t.response_code.clone()), Some(t.mcc.clone()),
+            t.location.map(|l| l.latitude.to_string()), t.location.map(|l| l.longitude.to_string()),
+            Some(ts(v.envelope.received_at)), Some(v.envelope.bridge_id.clone()), Some(ts(v.validated_at)),
+            Some("0".into()), Some(i.to_string()),
+        ];
+        tx_rows.push_str(&cols.iter().map(|c| field(c.as_deref())).collect::<Vec<_>>().join("\t"));
+        tx_rows.push('\n');
+        for (no, li) in t.line_items.iter().enumerate() {
+            li_rows.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{}\n", field(Some(&id)), no + 1, field(Some(&li.sku)), field(Some(&li.description)), li.unit_price_minor, li.quantity));
+        }
+    }
+    // The line items reference the ledger; COPY it too, as storage writes it.
+    let mut key_rows = String::new();
+    for v in &validated {
+        key_rows.push_str(&format!("{copy_prefix}{}\t{}\n", v.transaction.transaction_id, ts(v.transaction.transaction_time)));
+    }
+    let started = Instant::now();
+    client.batch_execute("BEGIN").await?;
+    for (sql, data) in [
+        ("COPY transaction_keys (transaction_id, transaction_time) FROM STDIN", key_rows),
+        ("COPY transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type, original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin, card_last4, auth_code, response_code, mcc, latitude, longitude, received_at, bridge_id, validated_at, kafka_partition, kafka_offset) FROM STDIN", tx_rows),
+        ("COPY transaction_line_items (transaction_id, line_no, sku, description, unit_price_minor, quantity) FROM STDIN", li_rows),
+    ] {
+        let sink = client.copy_in::<_, bytes::Bytes>(sql).await?;
+        futures::pin_mut!(sink);
+        sink.send(bytes::Bytes::from(data)).await?;
+        sink.finish().await?;
+    }
+    client.batch_execute("COMMIT").await?;
+    let copy = Rate { records: n as u64, elapsed: started.elapsed() };
+
+    eprintln!("[bench] storage: producing {n} validated records ...");
+    d.produce("pos.transactions.validated", &validated, |v| posflow_validator::validated_key(&v.transaction)).await;
+    let mut env = d.env();
+    env.push(("POSFLOW_LOG".into(), "warn".into()));
+    let _storage = Service::start("posflow-storage", &env, &[]).await;
+    let group = d.kafka.group("posflow-storage");
+    let topic = d.topic("pos.transactions.validated");
+    let storage_rate = measure(n as u64, "storage", || {
+        let (client, group, topic) = (&client, &group, &topic);
+        async move {
+            client
+                .query_one(
+                    "SELECT coalesce(sum(next_offset), 0)::bigint FROM kafka_offsets WHERE consumer_group = $1 AND topic = $2",
+                    &[group, topic],
+                )
+                .await
+                .map(|r| r.get::<_, i64>(0) as u64)
+                .unwrap_or(0)
+        }
+    })
+    .await;
+    client
+        .execute("DELETE FROM transaction_line_items WHERE transaction_id LIKE $1", &[&format!("{copy_prefix}%")])
+        .await?;
+    client.execute("DELETE FROM transactions WHERE transaction_id LIKE $1", &[&format!("{copy_prefix}%")]).await?;
+    client.execute("DELETE FROM transaction_keys WHERE transaction_id LIKE $1", &[&format!("{copy_prefix}%")]).await?;
+    Ok((copy, storage_rate))
+}
