@@ -69,23 +69,42 @@ fn write_json(path: Option<std::path::PathBuf>, value: serde_json::Value) -> any
 
 async fn run_validator(records: usize, json: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let results = stages::validator(records).await?;
-    println!("{:<16} {:>16} {:>16} {:>8}", "delivery", "passthrough/s", "validator/s", "ratio");
+    println!(
+        "{:<16} {:>16} {:>16} {:>8}",
+        "delivery", "passthrough/s", "validator/s", "ratio"
+    );
     let mut out = Vec::new();
     for (mode, p, v) in &results {
-        println!("{:<16} {:>16.0} {:>16.0} {:>8.2}", mode, p.per_s(), v.per_s(), v.per_s() / p.per_s());
+        println!(
+            "{:<16} {:>16.0} {:>16.0} {:>8.2}",
+            mode,
+            p.per_s(),
+            v.per_s(),
+            v.per_s() / p.per_s()
+        );
         out.push(serde_json::json!({"delivery": mode, "records": records, "passthrough_per_s": p.per_s(), "validator_per_s": v.per_s(), "ratio": v.per_s() / p.per_s()}));
     }
-    write_json(json, serde_json::json!({"machine": machine(), "scenario": "validator", "results": out}))
+    write_json(
+        json,
+        serde_json::json!({"machine": machine(), "scenario": "validator", "results": out}),
+    )
 }
 
 async fn run_storage(records: usize, json: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let (copy, storage) = stages::storage(records).await?;
     println!("{:<28} {:>12}", "contender", "rows/s");
-    println!("{:<28} {:>12.0}", "PostgreSQL COPY (baseline)", copy.per_s());
+    println!(
+        "{:<28} {:>12.0}",
+        "PostgreSQL COPY (baseline)",
+        copy.per_s()
+    );
     println!("{:<28} {:>12.0}", "posflow-storage", storage.per_s());
     println!("storage / COPY: {:.2}", storage.per_s() / copy.per_s());
-    write_json(json, serde_json::json!({"machine": machine(), "scenario": "storage", "records": records,
-        "copy_rows_per_s": copy.per_s(), "storage_rows_per_s": storage.per_s(), "ratio": storage.per_s() / copy.per_s()}))
+    write_json(
+        json,
+        serde_json::json!({"machine": machine(), "scenario": "storage", "records": records,
+        "copy_rows_per_s": copy.per_s(), "storage_rows_per_s": storage.per_s(), "ratio": storage.per_s() / copy.per_s()}),
+    )
 }
 
 struct Figures {
@@ -280,7 +299,11 @@ fn histogram_quantile(page: &str, name: &str, q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (terminals, per_terminal, json) = match Args::parse().scenario {
-        Scenario::Bridge { terminals, per_terminal, json } => (terminals, per_terminal, json),
+        Scenario::Bridge {
+            terminals,
+            per_terminal,
+            json,
+        } => (terminals, per_terminal, json),
         Scenario::Validator { records, json } => return run_validator(records, json).await,
         Scenario::Storage { records, json } => return run_storage(records, json).await,
     };

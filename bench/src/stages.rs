@@ -33,8 +33,18 @@ fn raw_records(run: &str, n: usize) -> Vec<TransactionReceived> {
             let terminal = format!("T{:04}", 1 + i % 200);
             let mut r = received_sale(&format!("{run}-{i:08}"), &terminal, (i / 200) as i64);
             r.transaction.line_items = vec![
-                LineItem { sku: "COF-1".into(), description: "Flat white".into(), unit_price_minor: 617, quantity: 1 },
-                LineItem { sku: "BAK-2".into(), description: "Croissant".into(), unit_price_minor: 617, quantity: 1 },
+                LineItem {
+                    sku: "COF-1".into(),
+                    description: "Flat white".into(),
+                    unit_price_minor: 617,
+                    quantity: 1,
+                },
+                LineItem {
+                    sku: "BAK-2".into(),
+                    description: "Croissant".into(),
+                    unit_price_minor: 617,
+                    quantity: 1,
+                },
             ];
             if i % 10 == 9 {
                 r.transaction.currency = "XYZ".into();
@@ -78,7 +88,11 @@ fn produced(brokers: &str, topics: &[String], partitions: i32) -> u64 {
     topics
         .iter()
         .flat_map(|t| (0..partitions).map(move |p| (t, p)))
-        .map(|(t, p)| c.fetch_watermarks(t, p, Duration::from_secs(5)).map(|w| w.1.max(0) as u64).unwrap_or(0))
+        .map(|(t, p)| {
+            c.fetch_watermarks(t, p, Duration::from_secs(5))
+                .map(|w| w.1.max(0) as u64)
+                .unwrap_or(0)
+        })
         .sum()
 }
 
@@ -100,7 +114,10 @@ where
         }
         if n >= total {
             let (t0, n0) = first.unwrap_or((now, 0));
-            return Rate { records: total - n0, elapsed: now.duration_since(t0).max(Duration::from_millis(1)) };
+            return Rate {
+                records: total - n0,
+                elapsed: now.duration_since(t0).max(Duration::from_millis(1)),
+            };
         }
         if last_report.elapsed() > Duration::from_secs(2) {
             eprintln!("[bench]   {what}: {n}/{total}");
@@ -115,7 +132,10 @@ const PARTITIONS: i32 = 4;
 
 /// The passthrough: raw records copied to the validated topic, nothing decoded, nothing checked.
 async fn passthrough(d: &Deployment, exactly_once: bool) -> anyhow::Result<()> {
-    let ctx = posflow_runtime::Context { shutdown: posflow_runtime::Shutdown::new(), health: posflow_runtime::Health::new() };
+    let ctx = posflow_runtime::Context {
+        shutdown: posflow_runtime::Shutdown::new(),
+        health: posflow_runtime::Health::new(),
+    };
     let group = d.kafka.group("posflow-validator");
     let out = d.topic("pos.transactions.validated");
     let transform = |input: pipeline::Input| {
@@ -131,17 +151,33 @@ async fn passthrough(d: &Deployment, exactly_once: bool) -> anyhow::Result<()> {
     };
     let raw = d.topic("pos.transactions.raw");
     if exactly_once {
-        let consumer = posflow_kafka::clients::transactional_consumer(&d.kafka, &group, "passthrough")?;
+        let consumer =
+            posflow_kafka::clients::transactional_consumer(&d.kafka, &group, "passthrough")?;
         consumer.subscribe(&[&raw])?;
-        let producer = posflow_kafka::clients::transactional_producer(&d.kafka, "passthrough", &format!("{group}-passthrough"))?;
+        let producer = posflow_kafka::clients::transactional_producer(
+            &d.kafka,
+            "passthrough",
+            &format!("{group}-passthrough"),
+        )?;
         // The validator's defaults.
-        let batching = Batching { max_records: 2000, linger: Duration::from_millis(20) };
+        let batching = Batching {
+            max_records: 2000,
+            linger: Duration::from_millis(20),
+        };
         pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;
     } else {
         let consumer = posflow_kafka::clients::consumer(&d.kafka, &group, "passthrough")?;
         consumer.subscribe(&[&raw])?;
         let producer = posflow_kafka::clients::producer(&d.kafka, "passthrough")?;
-        pipeline::run(&consumer, &producer, 1000, Duration::from_secs(5), &ctx, transform).await?;
+        pipeline::run(
+            &consumer,
+            &producer,
+            1000,
+            Duration::from_secs(5),
+            &ctx,
+            transform,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -156,7 +192,10 @@ pub async fn validator(n: usize) -> anyhow::Result<Vec<(&'static str, Rate, Rate
             let d = Deployment::kafka_only().await;
             eprintln!("[bench] {contender} ({mode}): producing {n} raw records ...");
             let records = raw_records(&format!("vb{:08x}", rand::random::<u32>()), n);
-            d.produce("pos.transactions.raw", &records, |r| r.transaction.terminal_id.clone()).await;
+            d.produce("pos.transactions.raw", &records, |r| {
+                r.transaction.terminal_id.clone()
+            })
+            .await;
             let group = d.kafka.group("posflow-validator");
             let raw = d.topic("pos.transactions.raw");
             let task = if contender == "passthrough" {
@@ -176,7 +215,10 @@ pub async fn validator(n: usize) -> anyhow::Result<Vec<(&'static str, Rate, Rate
             let brokers = d.stack.brokers.clone();
             // Exactly-once: the offsets committed with each transaction. At-least-once: outputs on
             // the topics (its offsets are committed a second later, which would blur the end).
-            let outputs = [d.topic("pos.transactions.validated"), d.topic("pos.transactions.rejected")];
+            let outputs = [
+                d.topic("pos.transactions.validated"),
+                d.topic("pos.transactions.rejected"),
+            ];
             let rate = measure(n as u64, &format!("{contender} ({mode})"), || {
                 let c = if eos {
                     committed(&brokers, &group, &raw, PARTITIONS)
@@ -208,17 +250,25 @@ fn ts(ms: i64) -> String {
 fn field(s: Option<&str>) -> String {
     match s {
         None => "\\N".into(),
-        Some(s) => s.replace('\\', "\\\\").replace('\t', "\\t").replace('\n', "\\n"),
+        Some(s) => s
+            .replace('\\', "\\\\")
+            .replace('\t', "\\t")
+            .replace('\n', "\\n"),
     }
 }
 
 /// Storage vs COPY of the same `n` rows (with their line items) into the same tables.
 pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
     use futures::SinkExt;
-    let validated: Vec<TransactionValidated> = raw_records(&format!("sb{:08x}", rand::random::<u32>()), n)
-        .into_iter()
-        .map(|r| TransactionValidated { envelope: r.envelope, transaction: r.transaction, validated_at: posflow_schema::now_millis() })
-        .collect();
+    let validated: Vec<TransactionValidated> =
+        raw_records(&format!("sb{:08x}", rand::random::<u32>()), n)
+            .into_iter()
+            .map(|r| TransactionValidated {
+                envelope: r.envelope,
+                transaction: r.transaction,
+                validated_at: posflow_schema::now_millis(),
+            })
+            .collect();
     let d = Deployment::new().await;
     let client = db(&d.stack).await;
 
@@ -232,25 +282,59 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
         let id = format!("{copy_prefix}{}", t.transaction_id);
         let card = t.card.as_ref();
         let cols: [Option<String>; 24] = [
-            Some(id.clone()), Some(t.terminal_id.clone()), Some(t.merchant_id.clone()), Some(t.sequence.to_string()),
-            Some(ts(t.transaction_time)), Some(t.kind.as_str().into()), t.original_transaction_id.clone(),
-            Some(t.amount_minor.to_string()), Some(t.currency.clone()), Some(t.payment_method.as_str().into()),
-            Some(t.entry_mode.as_str().into()), card.map(|c| c.token.clone()), card.map(|c| c.bin.clone()),
-            card.map(|c| c.last4.clone()), t.auth_code.clone(), Some(t.response_code.clone()), Some(t.mcc.clone()),
-            t.location.map(|l| l.latitude.to_string()), t.location.map(|l| l.longitude.to_string()),
-            Some(ts(v.envelope.received_at)), Some(v.envelope.bridge_id.clone()), Some(ts(v.validated_at)),
-            Some("0".into()), Some(i.to_string()),
+            Some(id.clone()),
+            Some(t.terminal_id.clone()),
+            Some(t.merchant_id.clone()),
+            Some(t.sequence.to_string()),
+            Some(ts(t.transaction_time)),
+            Some(t.kind.as_str().into()),
+            t.original_transaction_id.clone(),
+            Some(t.amount_minor.to_string()),
+            Some(t.currency.clone()),
+            Some(t.payment_method.as_str().into()),
+            Some(t.entry_mode.as_str().into()),
+            card.map(|c| c.token.clone()),
+            card.map(|c| c.bin.clone()),
+            card.map(|c| c.last4.clone()),
+            t.auth_code.clone(),
+            Some(t.response_code.clone()),
+            Some(t.mcc.clone()),
+            t.location.map(|l| l.latitude.to_string()),
+            t.location.map(|l| l.longitude.to_string()),
+            Some(ts(v.envelope.received_at)),
+            Some(v.envelope.bridge_id.clone()),
+            Some(ts(v.validated_at)),
+            Some("0".into()),
+            Some(i.to_string()),
         ];
-        tx_rows.push_str(&cols.iter().map(|c| field(c.as_deref())).collect::<Vec<_>>().join("\t"));
+        tx_rows.push_str(
+            &cols
+                .iter()
+                .map(|c| field(c.as_deref()))
+                .collect::<Vec<_>>()
+                .join("\t"),
+        );
         tx_rows.push('\n');
         for (no, li) in t.line_items.iter().enumerate() {
-            li_rows.push_str(&format!("{}\t{}\t{}\t{}\t{}\t{}\n", field(Some(&id)), no + 1, field(Some(&li.sku)), field(Some(&li.description)), li.unit_price_minor, li.quantity));
+            li_rows.push_str(&format!(
+                "{}\t{}\t{}\t{}\t{}\t{}\n",
+                field(Some(&id)),
+                no + 1,
+                field(Some(&li.sku)),
+                field(Some(&li.description)),
+                li.unit_price_minor,
+                li.quantity
+            ));
         }
     }
     // The line items reference the ledger; COPY it too, as storage writes it.
     let mut key_rows = String::new();
     for v in &validated {
-        key_rows.push_str(&format!("{copy_prefix}{}\t{}\n", v.transaction.transaction_id, ts(v.transaction.transaction_time)));
+        key_rows.push_str(&format!(
+            "{copy_prefix}{}\t{}\n",
+            v.transaction.transaction_id,
+            ts(v.transaction.transaction_time)
+        ));
     }
     let started = Instant::now();
     client.batch_execute("BEGIN").await?;
@@ -265,10 +349,16 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
         sink.finish().await?;
     }
     client.batch_execute("COMMIT").await?;
-    let copy = Rate { records: n as u64, elapsed: started.elapsed() };
+    let copy = Rate {
+        records: n as u64,
+        elapsed: started.elapsed(),
+    };
 
     eprintln!("[bench] storage: producing {n} validated records ...");
-    d.produce("pos.transactions.validated", &validated, |v| posflow_validator::validated_key(&v.transaction)).await;
+    d.produce("pos.transactions.validated", &validated, |v| {
+        posflow_validator::validated_key(&v.transaction)
+    })
+    .await;
     let mut env = d.env();
     env.push(("POSFLOW_LOG".into(), "warn".into()));
     let _storage = Service::start("posflow-storage", &env, &[]).await;
@@ -289,9 +379,22 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
     })
     .await;
     client
-        .execute("DELETE FROM transaction_line_items WHERE transaction_id LIKE $1", &[&format!("{copy_prefix}%")])
+        .execute(
+            "DELETE FROM transaction_line_items WHERE transaction_id LIKE $1",
+            &[&format!("{copy_prefix}%")],
+        )
         .await?;
-    client.execute("DELETE FROM transactions WHERE transaction_id LIKE $1", &[&format!("{copy_prefix}%")]).await?;
-    client.execute("DELETE FROM transaction_keys WHERE transaction_id LIKE $1", &[&format!("{copy_prefix}%")]).await?;
+    client
+        .execute(
+            "DELETE FROM transactions WHERE transaction_id LIKE $1",
+            &[&format!("{copy_prefix}%")],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM transaction_keys WHERE transaction_id LIKE $1",
+            &[&format!("{copy_prefix}%")],
+        )
+        .await?;
     Ok((copy, storage_rate))
 }

@@ -41,6 +41,8 @@ mosquitto_sub -h 127.0.0.1 -p "$POSFLOW_MQTT_PORT" -i bridge-0 -u bridge-0 -P "$
 
 "$BIN/posflow-admin" provision --replication-factor 1 --min-insync-replicas 1 --partitions 4 > "$logs/provision.log"
 POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-storage" migrate > "$logs/migrate.log"
+# The example rules (per-merchant limits, entry modes, MCCs): docs/validation.md.
+export POSFLOW_VALIDATOR_RULES="$repo/deploy/config/validator-rules.toml"
 for s in bridge validator storage fraud notifier; do
   POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
   pids+=($!)
@@ -70,11 +72,12 @@ accepted=$(field accepted)
 # Wait until every accepted transaction has been validated and every valid one stored.
 deadline=$((SECONDS + 120))
 while :; do
-  received=$(metric validator posflow_validator_received_total)
   validated=$(metric validator posflow_validator_validated_total)
+  rejected=$(metric validator posflow_validator_rejected_total)
   stored=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM transactions WHERE transaction_id LIKE '$run_id-%'")
-  say "validated $validated and rejected $((${received%.*} - ${validated%.*})) of $accepted; stored $stored"
-  if [ "${received%.*}" -ge "$accepted" ] && [ "$stored" -ge "${validated%.*}" ]; then break; fi
+  rejections=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM rejections WHERE transaction_id LIKE '$run_id-%'")
+  say "validated $validated and rejected $rejected of $accepted; stored $stored + $rejections rejections"
+  if [ $((${validated%.*} + ${rejected%.*})) -ge "$accepted" ] && [ "$stored" -ge "${validated%.*}" ] && [ "$rejections" -ge "${rejected%.*}" ]; then break; fi
   [ $SECONDS -lt $deadline ] || { say "timed out waiting for the pipeline"; exit 1; }
   sleep 1
 done
@@ -85,8 +88,9 @@ echo "posflow demo — run $run_id, topics ${POSFLOW_TOPIC_PREFIX}pos.*"
 echo "  published by terminals   $published"
 echo "  acknowledged by bridge   $accepted   (in Kafka, answered on each terminal's ack topic)"
 echo "  stored in PostgreSQL     $stored"
-echo "  rejected by the rules    $((${received%.*} - ${validated%.*}))"
-curl -fsS "http://127.0.0.1:$(port validator)/metrics" | awk -F'[{}"= ]+' '/^posflow_validator_rejected_total\{/ {printf "      %-26s %s\n", $3, $4}'
+echo "  rejected by the rules    $rejections   (table rejections, by reason:)"
+psql "$POSFLOW_DATABASE_URL" -tA -F ' ' -c "SELECT code, count(*) FROM rejections, unnest(reason_codes) code WHERE transaction_id LIKE '$run_id-%' GROUP BY 1 ORDER BY 2 DESC" |
+  awk '{printf "      %-26s %s\n", $1, $2}'
 echo "  dead-lettered by bridge  $(python3 -c 'import json,sys; print(sum(json.loads(sys.argv[1])["dead_lettered"].values()))' "$summary")"
 echo "  elapsed                  ${elapsed} s ($(python3 -c "print(f'{$published / $elapsed:.0f}')") transactions/s end to end)"
 echo

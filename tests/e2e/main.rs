@@ -9,9 +9,9 @@ mod cli;
 mod corpus;
 mod kafka_outage;
 mod pipeline;
-mod validator_exactly_once;
 mod provisioning;
 mod storage;
+mod validator_exactly_once;
 
 /// Drops any session bridge-4 has on the broker, connecting over TLS with its certificate
 /// (on the TLS listener the identity comes from the certificate, not a password).

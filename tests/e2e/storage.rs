@@ -7,27 +7,43 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 async fn count(db: &tokio_postgres::Client, sql: &str, like: &str) -> i64 {
-    db.query_one(sql, &[&like]).await.map(|r| r.get(0)).unwrap_or(-1)
+    db.query_one(sql, &[&like])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1)
 }
 
 /// Polls the number of stored rows of this run until it reaches `n` (errors count as not yet).
 async fn stored_reaches(db: &tokio_postgres::Client, like: &str, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(180);
-    while count(db, "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1", like).await < n {
+    while count(
+        db,
+        "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1",
+        like,
+    )
+    .await
+        < n
+    {
         assert!(Instant::now() < deadline, "storage did not reach {n} rows");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a_postgres_restart() {
+async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a_postgres_restart()
+{
     let d = Deployment::new().await;
     let _bridge = d.start_bridge(6).await;
     let _validator = d.start("posflow-validator").await;
     let mut storage = d.start("posflow-storage").await;
     let (fleet, planned) = d.fleet_with_invalid("store", 351, 50, 1000, 40);
     assert_eq!(planned.len(), 50_000);
-    let run_id = planned[0].transaction_id.split('-').next().unwrap().to_string();
+    let run_id = planned[0]
+        .transaction_id
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
     let like = format!("{run_id}-%");
     let valid: HashSet<&str> = planned
         .iter()
@@ -61,7 +77,11 @@ async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a
     let storage = d.start("posflow-storage").await;
 
     let report = fleet.finish().await;
-    assert!(report.unanswered.is_empty(), "{} unanswered", report.unanswered.len());
+    assert!(
+        report.unanswered.is_empty(),
+        "{} unanswered",
+        report.unanswered.len()
+    );
     let rows = wait_for_count(
         &db,
         "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1",
@@ -81,7 +101,10 @@ async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a
     // Anything extra would have arrived by now; look once more after a pause.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stored_ids: Vec<String> = db
-        .query("SELECT transaction_id FROM transactions WHERE transaction_id LIKE $1", &[&like])
+        .query(
+            "SELECT transaction_id FROM transactions WHERE transaction_id LIKE $1",
+            &[&like],
+        )
         .await
         .unwrap()
         .iter()
@@ -113,7 +136,10 @@ async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a
         metric(&storage.metrics().await, "posflow_storage_duplicates_total").unwrap_or(0.0),
     );
     assert_eq!(stored_ids.len(), distinct.len(), "duplicate rows");
-    assert_eq!(distinct, valid, "rows = the distinct valid transaction ids published");
+    assert_eq!(
+        distinct, valid,
+        "rows = the distinct valid transaction ids published"
+    );
     assert_eq!(line_item_dups, 0, "duplicate line items");
     assert_eq!(rejections, 1_250, "rejected count = invalid count");
     assert_eq!(by_reason, expected_reasons, "rejections per reason");
@@ -147,10 +173,18 @@ async fn refused_rows_are_dead_lettered_and_storage_resumes_from_its_own_offsets
         })
         .collect();
     // One key: one partition, offsets 0..7 in order.
-    d.produce("pos.transactions.validated", &records, |_| "card".to_string())
-        .await;
+    d.produce("pos.transactions.validated", &records, |_| {
+        "card".to_string()
+    })
+    .await;
     let topic = d.topic("pos.transactions.validated");
-    let on_kafka = read_topic(&d.stack.brokers, &topic, 8, Duration::from_secs(30), Duration::ZERO);
+    let on_kafka = read_topic(
+        &d.stack.brokers,
+        &topic,
+        8,
+        Duration::from_secs(30),
+        Duration::ZERO,
+    );
     let partition = on_kafka[0].partition;
     assert_eq!(on_kafka.iter().map(|r| r.offset).max(), Some(7));
 
@@ -201,15 +235,32 @@ async fn refused_rows_are_dead_lettered_and_storage_resumes_from_its_own_offsets
     let mut letters = Vec::new();
     for r in &dlq {
         let l = decoder.decode(&r.value).await.unwrap();
-        assert_eq!(r.headers.get(posflow_kafka::headers::REASON).map(String::as_str), Some("DB_REJECTED"));
-        letters.push((l.source, l.reason, l.detail.split(':').next().unwrap_or("").to_string()));
+        assert_eq!(
+            r.headers
+                .get(posflow_kafka::headers::REASON)
+                .map(String::as_str),
+            Some("DB_REJECTED")
+        );
+        letters.push((
+            l.source,
+            l.reason,
+            l.detail.split(':').next().unwrap_or("").to_string(),
+        ));
     }
     letters.sort();
     assert_eq!(
         letters,
         vec![
-            (format!("{topic}/{partition}/6"), "DB_REJECTED".into(), "SQLSTATE 22021".into()),
-            (format!("{topic}/{partition}/7"), "DB_REJECTED".into(), "SQLSTATE 23514".into()),
+            (
+                format!("{topic}/{partition}/6"),
+                "DB_REJECTED".into(),
+                "SQLSTATE 22021".into()
+            ),
+            (
+                format!("{topic}/{partition}/7"),
+                "DB_REJECTED".into(),
+                "SQLSTATE 23514".into()
+            ),
         ]
     );
     let next: i64 = db
@@ -225,7 +276,10 @@ async fn refused_rows_are_dead_lettered_and_storage_resumes_from_its_own_offsets
     // The first record read (offset 0) is skipped, then a seek jumps past the rest.
     assert!(metric(&m, "posflow_storage_skipped_total").unwrap_or(0.0) >= 1.0);
     assert_eq!(
-        metric(&m, "posflow_storage_dead_lettered_total{reason=\"DB_REJECTED\"}"),
+        metric(
+            &m,
+            "posflow_storage_dead_lettered_total{reason=\"DB_REJECTED\"}"
+        ),
         Some(2.0)
     );
 }
@@ -236,7 +290,8 @@ async fn refused_rows_are_dead_lettered_and_storage_resumes_from_its_own_offsets
 async fn the_documented_queries_run() {
     let d = Deployment::new().await;
     let db = db(&d.stack).await;
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/storage.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/storage.md"))
+        .unwrap();
     let blocks: Vec<&str> = doc
         .split("```sql")
         .skip(1)

@@ -1,5 +1,6 @@
-//! The validator in exactly-once mode, SIGKILLed mid-stream and restarted: read with
-//! read_committed, the validated and rejected topics hold each input exactly once.
+//! The validator in exactly-once mode, scaled out mid-stream (a rebalance moves partitions
+//! between live replicas), then one replica SIGKILLed and restarted: read with read_committed,
+//! the validated and rejected topics hold each input exactly once.
 
 use posflow_e2e::*;
 use posflow_schema::{Decoder, TransactionReceived, TransactionRejected, TransactionValidated};
@@ -36,16 +37,36 @@ async fn a_validator_killed_mid_stream_leaves_each_input_exactly_once() {
         let (d, inputs) = (d.clone(), inputs.clone());
         tokio::spawn(async move {
             for chunk in inputs.chunks(2000) {
-                d.produce("pos.transactions.raw", chunk, |r| r.transaction.terminal_id.clone())
-                    .await;
+                d.produce("pos.transactions.raw", chunk, |r| {
+                    r.transaction.terminal_id.clone()
+                })
+                .await;
                 tokio::time::sleep(Duration::from_millis(150)).await;
             }
         })
     };
-    let kill_at = 4000 + rand::random::<u64>() % 4000;
+    let scale_at = 1500 + rand::random::<u64>() % 1500;
+    let kill_at = 3500 + rand::random::<u64>() % 2500;
     let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(
+        &validator.metrics().await,
+        "posflow_validator_received_total",
+    )
+    .unwrap_or(0.0)
+        < scale_at as f64
+    {
+        assert!(Instant::now() < deadline, "validator not progressing");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut env_b = d.env();
+    env_b.push(("POSFLOW_INSTANCE_ID".into(), format!("{run}-1")));
+    let _second = Service::start("posflow-validator", &env_b, &[]).await;
     let received_at_kill = loop {
-        let n = metric(&validator.metrics().await, "posflow_validator_received_total").unwrap_or(0.0);
+        let n = metric(
+            &validator.metrics().await,
+            "posflow_validator_received_total",
+        )
+        .unwrap_or(0.0);
         if n as u64 >= kill_at {
             validator.kill();
             break n as u64;

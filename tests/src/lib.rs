@@ -717,7 +717,11 @@ pub fn wait_for_group_coordinator(brokers: &str, topic: &str) {
 
 /// A transaction as the bridge puts it on the raw topic: a valid card sale of 12.34 EUR at
 /// `terminal` of merchant M001, received now.
-pub fn received_sale(id: &str, terminal: &str, sequence: i64) -> posflow_schema::TransactionReceived {
+pub fn received_sale(
+    id: &str,
+    terminal: &str,
+    sequence: i64,
+) -> posflow_schema::TransactionReceived {
     use posflow_schema::*;
     let now = now_millis();
     TransactionReceived {

@@ -156,9 +156,7 @@ pub async fn write_batch(
     for r in rows {
         match &r.item {
             Item::Transaction(v) if seen.insert(("t", r.transaction_id())) => txns.push((r, v)),
-            Item::Rejection(v) if seen.insert(("r", r.transaction_id())) => {
-                rejections.push((r, v))
-            }
+            Item::Rejection(v) if seen.insert(("r", r.transaction_id())) => rejections.push((r, v)),
             _ => {}
         }
     }

@@ -15,8 +15,7 @@ use posflow_kafka::{headers, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, histogram};
 use posflow_runtime::{config::redact_url, Backoff, CommonArgs, ConfigErrors, Context, Secret};
 use posflow_schema::{
-    now_millis, AvroRecord, DeadLetter, Decoder, Encoder, TransactionRejected,
-    TransactionValidated,
+    now_millis, AvroRecord, DeadLetter, Decoder, Encoder, TransactionRejected, TransactionValidated,
 };
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use rdkafka::consumer::{
@@ -51,7 +50,7 @@ pub struct Args {
     #[arg(long, env = "POSFLOW_MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
     /// Rows per database transaction, at most.
-    #[arg(long, env = "POSFLOW_STORAGE_BATCH_SIZE", default_value_t = 500)]
+    #[arg(long, env = "POSFLOW_STORAGE_BATCH_SIZE", default_value_t = 2000)]
     pub batch_size: usize,
     /// Milliseconds a batch waits to fill before it is written anyway.
     #[arg(long, env = "POSFLOW_STORAGE_BATCH_LINGER_MS", default_value_t = 100)]
@@ -271,12 +270,21 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         }
         if !next.is_empty() {
             let started = std::time::Instant::now();
-            let written = match write_with_retry(&mut client, &args, &group, &batch, &next, &ctx).await {
+            let written = match write_with_retry(&mut client, &args, &group, &batch, &next, &ctx)
+                .await
+            {
                 Some(Ok(w)) => w,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e.summary(), rows = batch.len(), "the database refused the batch; writing its rows one by one");
-                    let one_by_one = OneByOne { group: &group, producer: &producer, dead_letter: &dead_letter };
-                    let Some(w) = one_by_one.write(&mut client, &args, &batch, &sources, &next, &ctx).await? else {
+                    let one_by_one = OneByOne {
+                        group: &group,
+                        producer: &producer,
+                        dead_letter: &dead_letter,
+                    };
+                    let Some(w) = one_by_one
+                        .write(&mut client, &args, &batch, &sources, &next, &ctx)
+                        .await?
+                    else {
                         break;
                     };
                     w
@@ -338,9 +346,19 @@ async fn resume_point(
         }
     };
     if from > 0 {
-        tracing::info!(topic, partition, from, "resuming from the database's offset");
+        tracing::info!(
+            topic,
+            partition,
+            from,
+            "resuming from the database's offset"
+        );
         // Skipping the records below `from` is what matters; the seek only saves reading them.
-        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(from), Duration::from_secs(5)) {
+        if let Err(e) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(from),
+            Duration::from_secs(5),
+        ) {
             tracing::debug!(error = %e, "seek to the database offset failed; skipping instead");
         }
     }
@@ -479,7 +497,10 @@ where
                         payload: payload.clone(),
                     };
                     let out = (self.dead_letter)(letter, hdrs.clone())?;
-                    if produce_until_confirmed(self.producer, &out, ctx).await.is_none() {
+                    if produce_until_confirmed(self.producer, &out, ctx)
+                        .await
+                        .is_none()
+                    {
                         return Ok(None);
                     }
                 }

@@ -215,7 +215,9 @@ impl Validator {
             }
         };
         self.track_sequence(&received.transaction);
-        let policy = self.policies.for_merchant(&received.transaction.merchant_id);
+        let policy = self
+            .policies
+            .for_merchant(&received.transaction.merchant_id);
         let reasons = rules::check(&received, policy);
         let output = if reasons.is_empty() {
             m.validated.inc();
@@ -228,13 +230,17 @@ impl Validator {
             Output {
                 topic: topic.clone(),
                 key: validated_key(&v.transaction),
-                value: enc.encode(&v).map_err(|e| Retry(format!("encoding: {e}")))?,
+                value: enc
+                    .encode(&v)
+                    .map_err(|e| Retry(format!("encoding: {e}")))?,
                 headers: hdrs,
             }
         } else {
             m.rejected.inc();
             for r in &reasons {
-                m.rejection_reasons.with_label_values(&[r.code.as_str()]).inc();
+                m.rejection_reasons
+                    .with_label_values(&[r.code.as_str()])
+                    .inc();
             }
             let codes = reasons
                 .iter()
@@ -251,7 +257,9 @@ impl Validator {
             Output {
                 topic: topic.clone(),
                 key: v.transaction.terminal_id.clone(),
-                value: enc.encode(&v).map_err(|e| Retry(format!("encoding: {e}")))?,
+                value: enc
+                    .encode(&v)
+                    .map_err(|e| Retry(format!("encoding: {e}")))?,
                 headers: reason_header(hdrs, &codes),
             }
         };

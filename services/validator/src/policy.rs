@@ -37,7 +37,10 @@ impl Default for Policy {
 }
 
 fn type_index(t: TransactionType) -> usize {
-    TransactionType::ALL.iter().position(|x| *x == t).unwrap_or(0)
+    TransactionType::ALL
+        .iter()
+        .position(|x| *x == t)
+        .unwrap_or(0)
 }
 
 fn mode_index(m: EntryMode) -> usize {

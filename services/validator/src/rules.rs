@@ -186,7 +186,10 @@ mod tests {
     const CURRENCIES: [&str; 7] = ["EUR", "USD", "JPY", "GBP", "KWD", "BHD", "CHF"];
 
     fn policy() -> Policy {
-        Policies::from_toml(POLICY).unwrap().for_merchant("M").clone()
+        Policies::from_toml(POLICY)
+            .unwrap()
+            .for_merchant("M")
+            .clone()
     }
 
     fn limit_minor(p: &Policy, t: &Transaction) -> i64 {
@@ -382,7 +385,10 @@ mod tests {
     fn every_code_is_documented() {
         let doc = include_str!("../../../docs/reason-codes.md");
         for c in code::ALL {
-            assert!(doc.contains(&format!("`{c}`")), "docs/reason-codes.md lacks {c}");
+            assert!(
+                doc.contains(&format!("`{c}`")),
+                "docs/reason-codes.md lacks {c}"
+            );
         }
     }
 }

@@ -168,10 +168,16 @@ fn transaction_metrics() -> &'static prometheus::IntCounterVec {
 /// so the group coordinator fences an instance that lost its partitions in a rebalance (a
 /// zombie) and `init_transactions` fences an earlier incarnation with the same transactional id.
 ///
-/// On an abortable error the transaction is aborted and the consumer rewound to the batch's
-/// first offsets, so the batch is processed again. A fatal error (fenced) ends the run with
-/// [`PipelineError::Fatal`]: the process must exit and be replaced. On shutdown the batch being
-/// gathered is committed, then the run ends.
+/// A batch closes after `max_records` inputs or `linger` after its first. Its transaction (begin,
+/// produce every output, send offsets, commit: a few broker round trips) runs on a blocking
+/// thread while the next batch is consumed and transformed, so the transform's CPU work and the
+/// commit's waiting overlap. One transaction is in flight at a time (one producer).
+///
+/// On an abortable error the transaction is aborted and the consumer rewound to the first
+/// offsets of both the failed batch and the one gathered meanwhile, which is dropped: both are
+/// processed again. A fatal error (fenced) ends the run with [`PipelineError::Fatal`]: the
+/// process must exit and be replaced. On shutdown the gathered batch is committed, then the run
+/// ends.
 ///
 /// The consumer must not commit by itself (`enable.auto.commit=false`) and the producer must
 /// have a `transactional.id` (see `clients`).
@@ -186,65 +192,118 @@ where
     F: FnMut(Input) -> Fut,
     Fut: Future<Output = Result<Vec<Output>, Retry>>,
 {
-    const CALL: Duration = Duration::from_secs(30);
     let txns = transaction_metrics();
-    tokio::task::block_in_place(|| producer.init_transactions(CALL)).map_err(PipelineError::Fatal)?;
+    tokio::task::block_in_place(|| producer.init_transactions(TXN_CALL))
+        .map_err(PipelineError::Fatal)?;
+    let mut gathering = Batch::default();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    // The batch being committed (its first offsets, for a rewind) and its commit.
+    let mut committing: Option<(
+        BTreeMap<(String, i32), i64>,
+        tokio::task::JoinHandle<Result<(), TxnError>>,
+    )> = None;
+    let mut stopping = false;
     loop {
-        // Gather: wait as long as it takes for the first input, then at most `linger`.
-        let mut inputs = Vec::new();
-        let mut stopping = false;
-        let mut deadline = None;
-        while inputs.len() < batching.max_records {
-            let linger = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                msg = consumer.recv() => {
-                    let msg = msg?;
-                    ctx.health.set_ready(true);
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + batching.linger);
-                    inputs.push(Input {
-                        topic: msg.topic().to_string(),
-                        partition: msg.partition(),
-                        offset: msg.offset(),
-                        key: msg.key().map(<[u8]>::to_vec),
-                        payload: msg.payload().map(<[u8]>::to_vec),
-                        headers: msg.headers().map(|h| h.detach()),
-                    });
-                }
-                _ = linger => break,
-                _ = ctx.shutdown.wait() => { stopping = true; break; }
-            }
+        let full = gathering.inputs >= batching.max_records;
+        let due = full || stopping || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        if committing.is_none() && gathering.inputs > 0 && due {
+            let batch = std::mem::take(&mut gathering);
+            deadline = None;
+            let group = consumer.group_metadata();
+            let producer = producer.clone();
+            let first = batch.first.clone();
+            committing = Some((
+                first,
+                tokio::task::spawn_blocking(move || commit(&producer, batch, group)),
+            ));
         }
-        let mut outputs = Vec::new();
-        for input in &inputs {
-            match transform_with_retry(&mut transform, input.clone(), ctx).await {
-                Some(o) => outputs.extend(o),
-                // Shut down while waiting out an outage: nothing began, nothing to undo.
-                None => return Ok(()),
-            }
-        }
-        if !inputs.is_empty() {
-            match commit_batch(consumer, producer, &inputs, &outputs, CALL).await {
-                Ok(()) => txns.with_label_values(&["committed"]).inc(),
-                Err(TxnError::Fatal(e)) => return Err(PipelineError::Fatal(e)),
-                Err(TxnError::Abort(e)) => {
-                    txns.with_label_values(&["aborted"]).inc();
-                    tracing::warn!(error = %e, records = inputs.len(), "transaction aborted; the batch will be processed again");
-                    ctx.health.set_ready(false);
-                    tokio::task::block_in_place(|| producer.abort_transaction(CALL))
-                        .map_err(PipelineError::Fatal)?;
-                    rewind(consumer, &inputs);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-        if stopping {
+        if stopping && committing.is_none() && gathering.inputs == 0 {
             return Ok(());
         }
+        let linger = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            done = async { (&mut committing.as_mut().expect("guarded").1).await }, if committing.is_some() => {
+                let (first, _) = committing.take().expect("guarded");
+                let result = done.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "transaction commit task failed");
+                    Err(TxnError::Abort(KafkaError::Canceled))
+                });
+                match result {
+                    Ok(()) => txns.with_label_values(&["committed"]).inc(),
+                    Err(TxnError::Fatal(e)) => return Err(PipelineError::Fatal(e)),
+                    Err(TxnError::Abort(e)) => {
+                        txns.with_label_values(&["aborted"]).inc();
+                        tracing::warn!(error = %e, "transaction aborted; its batch and the next will be processed again");
+                        ctx.health.set_ready(false);
+                        tokio::task::block_in_place(|| producer.abort_transaction(TXN_CALL))
+                            .map_err(PipelineError::Fatal)?;
+                        let mut from = first;
+                        for (k, o) in std::mem::take(&mut gathering).first {
+                            from.entry(k).or_insert(o);
+                        }
+                        deadline = None;
+                        rewind(consumer, &from);
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            msg = consumer.recv(), if !full && !stopping => {
+                let msg = msg?;
+                ctx.health.set_ready(true);
+                let input = Input {
+                    topic: msg.topic().to_string(),
+                    partition: msg.partition(),
+                    offset: msg.offset(),
+                    key: msg.key().map(<[u8]>::to_vec),
+                    payload: msg.payload().map(<[u8]>::to_vec),
+                    headers: msg.headers().map(|h| h.detach()),
+                };
+                drop(msg);
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + batching.linger);
+                gathering.track(&input);
+                match transform_with_retry(&mut transform, input, ctx).await {
+                    Some(outputs) => gathering.outputs.extend(outputs),
+                    // Shut down while waiting out an outage: the gathered batch is dropped
+                    // (never begun); a commit in flight is let finish.
+                    None => {
+                        if let Some((_, c)) = committing.take() {
+                            let _ = c.await;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            _ = linger, if committing.is_none() => {}
+            _ = ctx.shutdown.wait(), if !stopping => stopping = true,
+        }
+    }
+}
+
+/// Bound on each blocking transaction call (init, send offsets, commit, abort).
+const TXN_CALL: Duration = Duration::from_secs(30);
+
+/// A batch's inputs (first and next offset per partition) and outputs.
+#[derive(Default)]
+struct Batch {
+    inputs: usize,
+    first: BTreeMap<(String, i32), i64>,
+    next: BTreeMap<(String, i32), i64>,
+    outputs: Vec<Output>,
+}
+
+impl Batch {
+    fn track(&mut self, i: &Input) {
+        self.inputs += 1;
+        let key = (i.topic.clone(), i.partition);
+        self.first.entry(key.clone()).or_insert(i.offset);
+        let next = self.next.entry(key).or_default();
+        *next = (*next).max(i.offset + 1);
     }
 }
 
@@ -262,73 +321,64 @@ impl From<KafkaError> for TxnError {
     }
 }
 
-async fn commit_batch(
-    consumer: &StreamConsumer,
+/// One batch as one transaction, on a blocking thread: begin, produce, send offsets, commit.
+fn commit(
     producer: &FutureProducer,
-    inputs: &[Input],
-    outputs: &[Output],
-    call: Duration,
+    batch: Batch,
+    group: Option<rdkafka::consumer::ConsumerGroupMetadata>,
 ) -> Result<(), TxnError> {
-    producer.begin_transaction()?;
-    let mut deliveries = Vec::with_capacity(outputs.len());
-    for o in outputs {
+    // Present once the consumer has joined its group, which it has if it delivered inputs.
+    let group = group.ok_or(KafkaError::Rebalance(RDKafkaErrorCode::InvalidGroupId))?;
+    producer
+        .begin_transaction()
+        .map_err(|e| match TxnError::from(e) {
+            // Beginning fails only in a broken state: nothing to abort, the instance must go.
+            TxnError::Abort(e) | TxnError::Fatal(e) => TxnError::Fatal(e),
+        })?;
+    for o in &batch.outputs {
         let mut record = FutureRecord::to(&o.topic)
             .key(&o.key)
             .payload(&o.value)
             .headers(o.headers.clone());
         loop {
+            // Delivery is confirmed by the commit (it flushes and fails if any send failed),
+            // so the per-record futures are not awaited.
             match producer.send_result(record) {
-                Ok(d) => break deliveries.push(d),
+                Ok(_) => break,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    std::thread::sleep(Duration::from_millis(2));
                 }
                 Err((e, _)) => return Err(e.into()),
             }
         }
     }
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for i in inputs {
-        let e = next.entry((i.topic.as_str(), i.partition)).or_default();
-        *e = (*e).max(i.offset + 1);
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in &batch.next {
+        offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    }
-    // Present once the consumer has joined its group, which it has if it delivered `inputs`.
-    let group = consumer
-        .group_metadata()
-        .ok_or(KafkaError::Rebalance(RDKafkaErrorCode::InvalidGroupId))?;
-    tokio::task::block_in_place(|| producer.send_offsets_to_transaction(&tpl, &group, call))?;
-    // commit_transaction flushes every output first; a failed one fails the commit.
+    producer.send_offsets_to_transaction(&offsets, &group, TXN_CALL)?;
     let mut attempts = 0;
     loop {
-        match tokio::task::block_in_place(|| producer.commit_transaction(call)) {
-            Ok(()) => break,
+        match producer.commit_transaction(TXN_CALL) {
+            Ok(()) => return Ok(()),
             Err(KafkaError::Transaction(t)) if t.is_retriable() && attempts < 5 => attempts += 1,
             Err(e) => return Err(e.into()),
         }
     }
-    for d in deliveries {
-        if !matches!(d.await, Ok(Ok(_))) {
-            // Committed means every message was written; this would be a librdkafka bug.
-            tracing::error!("a committed transaction reported a failed delivery");
-        }
-    }
-    Ok(())
 }
 
 /// After an abort, back to each partition's first offset of the batch (where the last
 /// committed transaction left it). A partition revoked meanwhile is skipped: its new owner
 /// starts from the committed offset anyway.
-fn rewind(consumer: &StreamConsumer, inputs: &[Input]) {
-    let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for i in inputs {
-        first.entry((i.topic.as_str(), i.partition)).or_insert(i.offset);
-    }
+fn rewind(consumer: &StreamConsumer, first: &BTreeMap<(String, i32), i64>) {
     for ((topic, partition), offset) in first {
-        if let Err(e) = consumer.seek(topic, partition, Offset::Offset(offset), Duration::from_secs(10)) {
+        if let Err(e) = consumer.seek(
+            topic,
+            *partition,
+            Offset::Offset(*offset),
+            Duration::from_secs(10),
+        ) {
             tracing::debug!(error = %e, topic, partition, "rewind skipped (partition revoked?)");
         }
     }

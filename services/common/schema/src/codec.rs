@@ -103,7 +103,11 @@ pub fn from_datum<T: AvroRecord>(writer: &Schema, bytes: &[u8]) -> Result<T, Cod
 }
 
 /// `same`: the writer schema is the reader's own, so the (costly) resolution step is skipped.
-fn read_datum<T: AvroRecord>(writer: &Schema, same: bool, mut bytes: &[u8]) -> Result<T, CodecError> {
+fn read_datum<T: AvroRecord>(
+    writer: &Schema,
+    same: bool,
+    mut bytes: &[u8],
+) -> Result<T, CodecError> {
     let reader = (!same).then(|| T::SCHEMA.schema());
     let v = apache_avro::from_avro_datum(writer, &mut bytes, reader)
         .map_err(|e| CodecError::Avro(e.to_string()))?;
