@@ -198,10 +198,7 @@ where
     let mut gathering = Batch::default();
     let mut deadline: Option<tokio::time::Instant> = None;
     // The batch being committed (its first offsets, for a rewind) and its commit.
-    let mut committing: Option<(
-        BTreeMap<(String, i32), i64>,
-        tokio::task::JoinHandle<Result<(), TxnError>>,
-    )> = None;
+    let mut committing: Option<(Positions, tokio::task::JoinHandle<Result<(), TxnError>>)> = None;
     let mut stopping = false;
     loop {
         let full = gathering.inputs >= batching.max_records;
@@ -288,12 +285,15 @@ where
 /// Bound on each blocking transaction call (init, send offsets, commit, abort).
 const TXN_CALL: Duration = Duration::from_secs(30);
 
+/// An offset per (topic, partition).
+type Positions = BTreeMap<(String, i32), i64>;
+
 /// A batch's inputs (first and next offset per partition) and outputs.
 #[derive(Default)]
 struct Batch {
     inputs: usize,
-    first: BTreeMap<(String, i32), i64>,
-    next: BTreeMap<(String, i32), i64>,
+    first: Positions,
+    next: Positions,
     outputs: Vec<Output>,
 }
 
@@ -371,7 +371,7 @@ fn commit(
 /// After an abort, back to each partition's first offset of the batch (where the last
 /// committed transaction left it). A partition revoked meanwhile is skipped: its new owner
 /// starts from the committed offset anyway.
-fn rewind(consumer: &StreamConsumer, first: &BTreeMap<(String, i32), i64>) {
+fn rewind(consumer: &StreamConsumer, first: &Positions) {
     for ((topic, partition), offset) in first {
         if let Err(e) = consumer.seek(
             topic,
