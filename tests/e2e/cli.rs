@@ -66,3 +66,33 @@ fn bad_configuration_lists_every_error_and_no_secret() {
         "{text}"
     );
 }
+
+#[test]
+fn a_bad_rules_file_stops_the_validator_with_every_mistake() {
+    let dir = std::env::temp_dir().join(format!("posflow-rules-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rules.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\nmax_amount = -1\n[merchants.M1]\ntypes = [\"sale\", \"chargeback\"]\nentry_modes = [\"telepathy\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("posflow-validator"))
+        .env_clear()
+        .arg("--rules-file")
+        .arg(&file)
+        .args(["--txn-max-records", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "max_amount must be > 0",
+        "\"chargeback\"",
+        "\"telepathy\"",
+        "--txn-max-records",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

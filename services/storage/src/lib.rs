@@ -221,7 +221,15 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     // dead-lettered records.
     let mut next = db::NextOffsets::new();
     let mut resume = Resume::default();
+    let mut partitions_ensured = std::time::Instant::now();
     loop {
+        // A replica can run for months: keep the monthly partitions ahead of time.
+        if partitions_ensured.elapsed() > Duration::from_secs(3600) {
+            if let Err(e) = db::ensure_partitions(&client).await {
+                tracing::warn!(error = %e.summary(), "could not create next months' partitions; retrying in an hour");
+            }
+            partitions_ensured = std::time::Instant::now();
+        }
         let deadline = tokio::time::Instant::now() + linger;
         let mut stopping = false;
         while batch.len() < args.batch_size {
@@ -233,7 +241,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                     let payload = msg.payload().unwrap_or_default().to_vec();
                     let hdrs = msg.headers().map(|h| h.detach()).unwrap_or_default();
                     drop(msg);
-                    let Some(from) = resume_point(&consumer, &mut resume, &client, &group, &topic, partition, &ctx).await else {
+                    let Some(from) = resume_point(&consumer, &mut resume, &mut client, &args, &group, &topic, partition, &ctx).await else {
                         stopping = true;
                         break;
                     };
@@ -314,10 +322,12 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
 /// The offset `topic`/`partition` resumes from according to the database, looked up once per
 /// partition after every rebalance. If the consumer is behind it (Kafka's commit lags the
 /// database's by up to a commit interval, or was lost), it is moved there. `None` on shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn resume_point(
     consumer: &StreamConsumer<Rebalances>,
     resume: &mut Resume,
-    client: &tokio_postgres::Client,
+    client: &mut tokio_postgres::Client,
+    args: &Args,
     group: &str,
     topic: &str,
     partition: i32,
@@ -342,6 +352,7 @@ async fn resume_point(
                 if !backoff.wait(&ctx.shutdown).await {
                     return None;
                 }
+                reconnect_if_closed(client, args).await;
             }
         }
     };
@@ -438,12 +449,17 @@ async fn write_with_retry(
                 if !backoff.wait(&ctx.shutdown).await {
                     return None;
                 }
-                if client.is_closed() {
-                    if let Ok(c) = db::connect(args.database_url.expose()).await {
-                        *client = c;
-                    }
-                }
+                reconnect_if_closed(client, args).await;
             }
+        }
+    }
+}
+
+/// After a server restart the connection is gone for good: a new one, if the server is back.
+async fn reconnect_if_closed(client: &mut tokio_postgres::Client, args: &Args) {
+    if client.is_closed() {
+        if let Ok(c) = db::connect(args.database_url.expose()).await {
+            *client = c;
         }
     }
 }
