@@ -32,6 +32,18 @@ pub struct Input {
 }
 
 impl Input {
+    /// Copies a consumed message out of the consumer's buffer.
+    pub fn detach(msg: &rdkafka::message::BorrowedMessage<'_>) -> Self {
+        Self {
+            topic: msg.topic().to_string(),
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers: msg.headers().map(|h| h.detach()),
+        }
+    }
+
     /// `topic/partition/offset`, for dead letters and logs.
     pub fn position(&self) -> String {
         format!("{}/{}/{}", self.topic, self.partition, self.offset)
@@ -104,14 +116,7 @@ where
             msg = consumer.recv(), if draining.is_none() && inflight.len() < window => {
                 let msg = msg?;
                 ctx.health.set_ready(true);
-                let input = Input {
-                    topic: msg.topic().to_string(),
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                    key: msg.key().map(<[u8]>::to_vec),
-                    payload: msg.payload().map(<[u8]>::to_vec),
-                    headers: msg.headers().map(|h| h.detach()),
-                };
+                let input = Input::detach(&msg);
                 drop(msg);
                 let position = (input.topic.clone(), input.partition, input.offset);
                 let outputs = transform_with_retry(&mut transform, input, ctx).await;
@@ -253,14 +258,7 @@ where
             msg = consumer.recv(), if !full && !stopping => {
                 let msg = msg?;
                 ctx.health.set_ready(true);
-                let input = Input {
-                    topic: msg.topic().to_string(),
-                    partition: msg.partition(),
-                    offset: msg.offset(),
-                    key: msg.key().map(<[u8]>::to_vec),
-                    payload: msg.payload().map(<[u8]>::to_vec),
-                    headers: msg.headers().map(|h| h.detach()),
-                };
+                let input = Input::detach(&msg);
                 drop(msg);
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + batching.linger);
                 gathering.track(&input);
