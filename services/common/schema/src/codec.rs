@@ -88,7 +88,7 @@ pub fn encode_with_id<T: AvroRecord>(id: u32, value: &T) -> Result<Vec<u8>, Code
 
 /// Plain Avro binary of `value` under its schema (no framing). Serialises straight from `T`
 /// against the schema: no intermediate `Value` tree and no separate validation pass (the
-/// serializer refuses what the schema does not allow as it goes) — about three times faster.
+/// serializer refuses what the schema does not allow as it goes).
 pub fn to_datum<T: AvroRecord>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(256);
     apache_avro::write_avro_datum_ref(T::SCHEMA.schema(), value, &mut out)
