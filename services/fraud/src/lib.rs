@@ -1,16 +1,39 @@
-//! posflow-fraud: fraud rules over validated transactions. This version is the stage's frame —
-//! it consumes its input in its own consumer group, decodes every record, reports health and
-//! metrics, and commits offsets — so it deploys and scales like the others; the rules come in
-//! issue #5.
+//! posflow-fraud: stateful fraud rules over the transaction stream, exactly once.
+//!
+//! Card rules read `pos.transactions.validated` (keyed by card token: one replica owns all of a
+//! card's transactions, in order); terminal rules read `pos.transactions.raw` (keyed by terminal,
+//! every attempt that reached Kafka, including the ones the validator rejects — what card-testing
+//! detection wants). Both inputs go through one consumer group and one Kafka transaction per
+//! batch, so an alert and the offsets of the transactions that raised it commit together.
+//!
+//! State is per input partition, in memory, bounded by event time (`engine`). A partition this
+//! replica did not hold — newly assigned, or rewound after an aborted transaction — is rebuilt
+//! before its first record is judged, by replaying the rules' horizon from Kafka (`replay`).
+//! Rules decide from the window contents only, so the rebuilt state decides as the previous
+//! owner would have: alerts are neither missed nor raised twice (docs/fraud.md).
 
+pub mod engine;
+pub mod replay;
+pub mod rules;
+
+use anyhow::Context as _;
 use clap::Parser;
-use posflow_kafka::pipeline::consume_and_decode;
-use posflow_kafka::KafkaArgs;
-use posflow_runtime::metrics::counter_vec;
+use posflow_kafka::pipeline::{self, Input, Output, Retry};
+use posflow_kafka::{ExactlyOnceArgs, KafkaArgs};
+use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
-use posflow_schema::TransactionValidated;
+use posflow_schema::{
+    now_millis, Decoder, Encoder, FraudAlert, Transaction, TransactionReceived,
+    TransactionValidated,
+};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::ClientContext;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// posflow-fraud: real-time fraud rules over validated transactions.
+/// posflow-fraud: real-time fraud rules over the transaction stream.
 #[derive(Debug, Parser)]
 #[command(name = "posflow-fraud", version, about, long_about = None)]
 pub struct Args {
@@ -18,24 +41,327 @@ pub struct Args {
     pub common: CommonArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub exactly_once: ExactlyOnceArgs,
+    /// Rule settings (TOML, docs/fraud.md); without it the built-in defaults.
+    #[arg(long, env = "POSFLOW_FRAUD_RULES")]
+    pub rules_file: Option<PathBuf>,
+    /// How far ahead of the bridge a terminal clock may run (the validator's skew), in seconds:
+    /// a rebuild replays from this much before the horizon, as Kafka timestamps go by receipt.
+    #[arg(long, env = "POSFLOW_MAX_CLOCK_SKEW_SECS", default_value_t = 300)]
+    pub max_clock_skew_secs: i64,
+}
+
+/// Checked configuration.
+pub struct Config {
+    pub args: Args,
+    pub settings: rules::Settings,
 }
 
 impl Args {
-    pub fn check(self) -> Result<Self, ConfigErrors> {
+    pub fn check(self) -> Result<Config, ConfigErrors> {
         let mut e = ConfigErrors::new();
         self.kafka.check(&mut e);
-        e.into_result(self)
+        self.exactly_once.check(&mut e);
+        e.check(
+            self.max_clock_skew_secs >= 0,
+            "--max-clock-skew-secs must be >= 0",
+        );
+        let settings = match &self.rules_file {
+            None => rules::Settings::default(),
+            Some(path) => match std::fs::read_to_string(path) {
+                Err(err) => {
+                    e.push(format!("--rules-file {}: {err}", path.display()));
+                    rules::Settings::default()
+                }
+                Ok(text) => rules::Settings::from_toml(&text).unwrap_or_else(|errors| {
+                    for err in errors {
+                        e.push(format!("--rules-file {}: {err}", path.display()));
+                    }
+                    rules::Settings::default()
+                }),
+            },
+        };
+        e.into_result(Config {
+            args: self,
+            settings,
+        })
     }
 }
 
-pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
-    let received = counter_vec(
-        "posflow_fraud_received_total",
-        "Validated transactions consumed, by decode outcome",
-        &["outcome"],
+struct Metrics {
+    received: IntCounterVec,
+    alerts: IntCounterVec,
+    too_late: IntCounter,
+    undecodable: IntCounter,
+    rebuilds: IntCounter,
+    replayed: IntCounter,
+    evicted: IntCounter,
+    state_keys: IntGauge,
+    alert_latency: Histogram,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics {
+        received: counter_vec(
+            "posflow_fraud_received_total",
+            "Transactions judged, by input (card: validated topic, terminal: raw topic)",
+            &["input"],
+        ),
+        alerts: counter_vec(
+            "posflow_fraud_alerts_total",
+            "Alerts raised, by rule (an aborted transaction's alerts count again on retry)",
+            &["rule"],
+        ),
+        too_late: counter(
+            "posflow_fraud_too_late_total",
+            "Transactions older than the watermark by more than the allowed lateness: not counted in windows",
+        ),
+        undecodable: counter(
+            "posflow_fraud_undecodable_total",
+            "Input records that could not be decoded (skipped; the validator dead-letters raw ones)",
+        ),
+        rebuilds: counter(
+            "posflow_fraud_state_rebuilds_total",
+            "Partition states rebuilt by replay (assignment, rewind after an abort)",
+        ),
+        replayed: counter(
+            "posflow_fraud_replayed_total",
+            "Records replayed to rebuild state",
+        ),
+        evicted: counter(
+            "posflow_fraud_state_evicted_total",
+            "Keys dropped from state after their windows expired",
+        ),
+        state_keys: gauge(
+            "posflow_fraud_state_keys",
+            "Cards and terminals held in state, all partitions",
+        ),
+        alert_latency: histogram(
+            "posflow_fraud_alert_latency_seconds",
+            "Transaction time to alert produced",
+            posflow_runtime::metrics::LATENCY_BUCKETS,
+        ),
+    })
+}
+
+/// Records which partitions a rebalance takes away, so their state is dropped (and rebuilt if
+/// they come back: another replica may have moved them on meanwhile).
+#[derive(Default, Clone)]
+pub struct Revocations(Arc<Mutex<Vec<(String, i32)>>>);
+
+impl ClientContext for Revocations {}
+
+impl ConsumerContext for Revocations {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let mut revoked = self.0.lock().expect("poisoned");
+            revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
+        }
+    }
+}
+
+/// Which rules an input topic feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input_ {
+    Card,
+    Terminal,
+}
+
+struct PartitionState {
+    engine: engine::Engine,
+    /// The last offset judged: a record at or below it means the consumer was rewound.
+    last_offset: i64,
+    since_eviction: u32,
+}
+
+struct Stage {
+    settings: rules::Settings,
+    validated_topic: String,
+    validated: Decoder<TransactionValidated>,
+    raw: Decoder<TransactionReceived>,
+    alerts: (String, Encoder<FraudAlert>),
+    replayer: replay::Replayer,
+    revoked: Revocations,
+    states: tokio::sync::Mutex<HashMap<(String, i32), PartitionState>>,
+}
+
+impl Stage {
+    fn input_of(&self, topic: &str) -> Input_ {
+        if topic == self.validated_topic {
+            Input_::Card
+        } else {
+            Input_::Terminal
+        }
+    }
+
+    async fn decode(&self, input: Input_, payload: &[u8]) -> Result<Option<Transaction>, Retry> {
+        let r = match input {
+            Input_::Card => self.validated.decode(payload).await.map(|v| v.transaction),
+            Input_::Terminal => self.raw.decode(payload).await.map(|r| r.transaction),
+        };
+        match r {
+            Ok(t) => Ok(Some(t)),
+            Err(e) if e.is_retriable() => Err(Retry(e.to_string())),
+            Err(_) => {
+                metrics().undecodable.inc();
+                Ok(None)
+            }
+        }
+    }
+
+    fn horizon_ms(&self, input: Input_) -> i64 {
+        match input {
+            Input_::Card => self.settings.card_horizon_ms(),
+            Input_::Terminal => self.settings.terminal_horizon_ms(),
+        }
+    }
+
+    fn judge(&self, input: Input_, e: &mut engine::Engine, t: &Transaction) -> engine::Outcome {
+        match (input, &t.card) {
+            (Input_::Card, Some(card)) => e.on_card(&card.token, t, &self.settings),
+            // A payment without a card number has no card rules.
+            (Input_::Card, None) => engine::Outcome::default(),
+            (Input_::Terminal, _) => e.on_terminal(&t.terminal_id, t, &self.settings),
+        }
+    }
+
+    async fn handle(&self, input: Input) -> Result<Vec<Output>, Retry> {
+        let m = metrics();
+        let kind = self.input_of(&input.topic);
+        let Some(t) = self.decode(kind, input.payload.as_deref().unwrap_or_default()).await? else {
+            return Ok(vec![]);
+        };
+        let mut states = self.states.lock().await;
+        for key in self.revoked.0.lock().expect("poisoned").drain(..) {
+            states.remove(&key);
+        }
+        let key = (input.topic.clone(), input.partition);
+        let stale = states.get(&key).is_none_or(|s| input.offset <= s.last_offset);
+        if stale {
+            // Rebuild from the horizon before this record, up to (not including) it.
+            let from_time = t.transaction_time - self.horizon_ms(kind);
+            let mut engine = engine::Engine::default();
+            let mut replayed = 0u64;
+            let records = self
+                .replayer
+                .read(&input.topic, input.partition, from_time, input.offset)
+                .await
+                .map_err(|e| Retry(format!("replay: {e}")))?;
+            for payload in records {
+                if let Some(past) = self.decode(kind, &payload).await? {
+                    self.judge(kind, &mut engine, &past);
+                    replayed += 1;
+                }
+            }
+            m.rebuilds.inc();
+            m.replayed.inc_by(replayed);
+            tracing::info!(topic = input.topic, partition = input.partition, replayed, "partition state rebuilt");
+            states.insert(key.clone(), PartitionState { engine, last_offset: -1, since_eviction: 0 });
+        }
+        let state = states.get_mut(&key).expect("inserted above");
+        state.last_offset = input.offset;
+        let outcome = self.judge(kind, &mut state.engine, &t);
+        m.received
+            .with_label_values(&[match kind {
+                Input_::Card => "card",
+                Input_::Terminal => "terminal",
+            }])
+            .inc();
+        if outcome.too_late {
+            m.too_late.inc();
+        }
+        state.since_eviction += 1;
+        if state.since_eviction >= 1000 {
+            state.since_eviction = 0;
+            m.evicted.inc_by(state.engine.evict(self.horizon_ms(kind)) as u64);
+            m.state_keys.set(states.values().map(|s| s.engine.keys()).sum::<usize>() as i64);
+        }
+        let (topic, enc) = &self.alerts;
+        let now = now_millis();
+        outcome
+            .alerts
+            .into_iter()
+            .map(|a| {
+                m.alerts.with_label_values(&[a.rule_id]).inc();
+                m.alert_latency
+                    .observe((now - t.transaction_time).max(0) as f64 / 1000.0);
+                let card_token = t.card.as_ref().map(|c| c.token.clone());
+                let record = FraudAlert {
+                    alert_id: a.alert_id,
+                    rule_id: a.rule_id.to_string(),
+                    severity: a.severity,
+                    score: a.score,
+                    evidence_transaction_ids: a.evidence,
+                    card_token: card_token.clone().filter(|_| kind == Input_::Card),
+                    merchant_id: t.merchant_id.clone(),
+                    terminal_id: t.terminal_id.clone(),
+                    detected_at: now,
+                };
+                let key = match (kind, card_token) {
+                    (Input_::Card, Some(token)) => token,
+                    _ => t.terminal_id.clone(),
+                };
+                Ok(Output {
+                    topic: topic.clone(),
+                    key,
+                    value: enc.encode(&record).map_err(|e| Retry(format!("encoding: {e}")))?,
+                    headers: Default::default(),
+                })
+            })
+            .collect()
+    }
+}
+
+pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
+    let Config { args, settings } = config;
+    let topics = args.kafka.topics();
+    let registry = args.kafka.registry();
+    let alerts_topic = topics.fraud_alerts();
+    let group = args.kafka.group("posflow-fraud");
+    let instance = args.exactly_once.instance();
+    let client_id = format!("fraud-{instance}");
+    let revoked = Revocations::default();
+    let consumer: StreamConsumer<Revocations> =
+        posflow_kafka::clients::consumer_config(&args.kafka, &group, &client_id)
+            .set("enable.auto.commit", "false")
+            .create_with_context(revoked.clone())?;
+    let (validated_topic, raw_topic) = (topics.validated(), topics.raw());
+    rdkafka::consumer::Consumer::subscribe(&consumer, &[&validated_topic, &raw_topic])?;
+    let producer = posflow_kafka::clients::transactional_producer(
+        &args.kafka,
+        &client_id,
+        &format!("{group}-{instance}"),
+    )?;
+    let stage = Stage {
+        alerts: (
+            alerts_topic.clone(),
+            Encoder::for_topic(&registry, &alerts_topic)
+                .await
+                .context("fraud alert schema (run posflow-admin provision)")?,
+        ),
+        validated: Decoder::new(registry.clone()),
+        raw: Decoder::new(registry),
+        replayer: replay::Replayer::new(&args.kafka, args.max_clock_skew_secs * 1000),
+        validated_topic,
+        settings,
+        revoked,
+        states: Default::default(),
+    };
+    tracing::info!(
+        card_horizon_s = stage.settings.card_horizon_ms() / 1000,
+        terminal_horizon_s = stage.settings.terminal_horizon_ms() / 1000,
+        "judging"
     );
-    let topic = args.kafka.topics().validated();
-    let drain = args.common.drain();
-    consume_and_decode::<TransactionValidated>(&args.kafka, "fraud", &topic, &received, &ctx, drain)
-        .await
+    ctx.health.set_ready(true);
+    pipeline::run_transactional(
+        &consumer,
+        &producer,
+        args.exactly_once.batching(),
+        &ctx,
+        |input| stage.handle(input),
+    )
+    .await?;
+    Ok(())
 }

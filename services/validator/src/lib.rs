@@ -10,8 +10,8 @@ pub mod sequence;
 
 use anyhow::Context as _;
 use clap::Parser;
-use posflow_kafka::pipeline::{self, Batching, Delivery, Input, Output, Retry};
-use posflow_kafka::{headers, KafkaArgs};
+use posflow_kafka::pipeline::{self, Delivery, Input, Output, Retry};
+use posflow_kafka::{headers, ExactlyOnceArgs, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, gauge};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
 use posflow_schema::{
@@ -22,7 +22,6 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use rdkafka::message::{Header, OwnedHeaders};
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::time::Duration;
 
 /// posflow-validator: checks every raw transaction against the business rules.
 #[derive(Debug, Parser)]
@@ -39,16 +38,8 @@ pub struct Args {
     /// exactly-once: Kafka transactions; at-least-once: idempotent produce, may repeat after a crash.
     #[arg(long, env = "POSFLOW_DELIVERY", value_enum, default_value_t = Delivery::ExactlyOnce)]
     pub delivery: Delivery,
-    /// This instance's stable name (the pod name): its transactional id is
-    /// `<group>-<instance-id>`, so a restart fences the instance it replaces. Unique per replica.
-    #[arg(long, env = "POSFLOW_INSTANCE_ID")]
-    pub instance_id: Option<String>,
-    /// exactly-once: most inputs per Kafka transaction.
-    #[arg(long, env = "POSFLOW_TXN_MAX_RECORDS", default_value_t = 2000)]
-    pub txn_max_records: usize,
-    /// exactly-once: milliseconds a transaction gathers inputs before it commits.
-    #[arg(long, env = "POSFLOW_TXN_LINGER_MS", default_value_t = 20)]
-    pub txn_linger_ms: u64,
+    #[command(flatten)]
+    pub exactly_once: ExactlyOnceArgs,
     /// at-least-once: records in flight between consume and confirmed produce.
     #[arg(long, env = "POSFLOW_VALIDATOR_IN_FLIGHT", default_value_t = 1000)]
     pub in_flight: usize,
@@ -66,20 +57,7 @@ impl Args {
         let mut e = ConfigErrors::new();
         self.kafka.check(&mut e);
         e.check(self.in_flight >= 1, "--in-flight must be at least 1");
-        e.check(
-            (1..=100_000).contains(&self.txn_max_records),
-            "--txn-max-records must be 1..=100000",
-        );
-        e.check(
-            (1..=10_000).contains(&self.txn_linger_ms),
-            "--txn-linger-ms must be 1..=10000",
-        );
-        if let Some(id) = &self.instance_id {
-            e.check(
-                !id.is_empty() && id.len() <= 200,
-                "--instance-id must be 1..=200 characters",
-            );
-        }
+        self.exactly_once.check(&mut e);
         let policies = match &self.rules_file {
             None => policy::Policies::default(),
             Some(path) => match std::fs::read_to_string(path) {
@@ -99,13 +77,6 @@ impl Args {
             args: self,
             policies,
         })
-    }
-
-    fn instance(&self) -> String {
-        self.instance_id
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| format!("pid{}", std::process::id()))
     }
 }
 
@@ -331,7 +302,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         "validating"
     );
     let group = args.kafka.group("posflow-validator");
-    let instance = args.instance();
+    let instance = args.exactly_once.instance();
     let client_id = format!("validator-{instance}");
     let transform = |input: Input| validator.handle(input);
     match args.delivery {
@@ -345,10 +316,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
                 &format!("{group}-{instance}"),
             )?;
             ctx.health.set_ready(true);
-            let batching = Batching {
-                max_records: args.txn_max_records,
-                linger: Duration::from_millis(args.txn_linger_ms),
-            };
+            let batching = args.exactly_once.batching();
             pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;
         }
         Delivery::AtLeastOnce => {

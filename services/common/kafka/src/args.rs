@@ -132,3 +132,52 @@ impl KafkaArgs {
         format!("{}{}", self.topic_prefix, name)
     }
 }
+
+/// The exactly-once pipeline's settings, shared by the stages that use it (validator, fraud).
+#[derive(Debug, Clone, Args)]
+pub struct ExactlyOnceArgs {
+    /// This instance's stable name (the pod name): its transactional id is
+    /// `<group>-<instance-id>`, so a restart fences the instance it replaces. Unique per replica.
+    #[arg(long, env = "POSFLOW_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Most inputs per Kafka transaction.
+    #[arg(long, env = "POSFLOW_TXN_MAX_RECORDS", default_value_t = 2000)]
+    pub txn_max_records: usize,
+    /// Milliseconds a transaction gathers inputs before it commits.
+    #[arg(long, env = "POSFLOW_TXN_LINGER_MS", default_value_t = 20)]
+    pub txn_linger_ms: u64,
+}
+
+impl ExactlyOnceArgs {
+    pub fn check(&self, e: &mut ConfigErrors) {
+        e.check(
+            (1..=100_000).contains(&self.txn_max_records),
+            "--txn-max-records must be 1..=100000",
+        );
+        e.check(
+            (1..=10_000).contains(&self.txn_linger_ms),
+            "--txn-linger-ms must be 1..=10000",
+        );
+        if let Some(id) = &self.instance_id {
+            e.check(
+                !id.is_empty() && id.len() <= 200,
+                "--instance-id must be 1..=200 characters",
+            );
+        }
+    }
+
+    /// `--instance-id`, else the host name (the pod name in Kubernetes), else the process id.
+    pub fn instance(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("pid{}", std::process::id()))
+    }
+
+    pub fn batching(&self) -> crate::pipeline::Batching {
+        crate::pipeline::Batching {
+            max_records: self.txn_max_records,
+            linger: std::time::Duration::from_millis(self.txn_linger_ms),
+        }
+    }
+}

@@ -186,14 +186,15 @@ fn transaction_metrics() -> &'static prometheus::IntCounterVec {
 ///
 /// The consumer must not commit by itself (`enable.auto.commit=false`) and the producer must
 /// have a `transactional.id` (see `clients`).
-pub async fn run_transactional<F, Fut>(
-    consumer: &StreamConsumer,
+pub async fn run_transactional<C, F, Fut>(
+    consumer: &StreamConsumer<C>,
     producer: &FutureProducer,
     batching: Batching,
     ctx: &Context,
     mut transform: F,
 ) -> Result<(), PipelineError>
 where
+    C: rdkafka::consumer::ConsumerContext + 'static,
     F: FnMut(Input) -> Fut,
     Fut: Future<Output = Result<Vec<Output>, Retry>>,
 {
@@ -369,7 +370,10 @@ fn commit(
 /// After an abort, back to each partition's first offset of the batch (where the last
 /// committed transaction left it). A partition revoked meanwhile is skipped: its new owner
 /// starts from the committed offset anyway.
-fn rewind(consumer: &StreamConsumer, first: &Positions) {
+fn rewind<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    first: &Positions,
+) {
     for ((topic, partition), offset) in first {
         if let Err(e) = consumer.seek(
             topic,

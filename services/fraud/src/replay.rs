@@ -1,0 +1,97 @@
+//! Reading a partition's recent past back from Kafka, to rebuild rule state.
+
+use posflow_kafka::KafkaArgs;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A consumer outside any group (it never commits), assigned one partition at a time.
+pub struct Replayer {
+    consumer: Arc<BaseConsumer>,
+    skew_ms: i64,
+}
+
+impl Replayer {
+    /// `skew_ms`: how far record timestamps (set at receipt) may trail transaction times.
+    pub fn new(args: &KafkaArgs, skew_ms: i64) -> Self {
+        let consumer = args
+            .client_config()
+            .set("group.id", format!("posflow-fraud-replay-{}", std::process::id()))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .create()
+            .expect("a consumer from checked settings");
+        Self {
+            consumer: Arc::new(consumer),
+            skew_ms,
+        }
+    }
+
+    /// The payloads of `topic`/`partition` from the first record stamped at or after
+    /// `from_time - skew` up to, not including, offset `until`. Committed records only.
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_time: i64,
+        until: i64,
+    ) -> KafkaResult<Vec<Vec<u8>>> {
+        let (consumer, topic, since) = (
+            self.consumer.clone(),
+            topic.to_string(),
+            from_time - self.skew_ms,
+        );
+        tokio::task::spawn_blocking(move || read_blocking(&consumer, &topic, partition, since, until))
+            .await
+            .map_err(|_| KafkaError::Canceled)?
+    }
+}
+
+fn read_blocking(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    since: i64,
+    until: i64,
+) -> KafkaResult<Vec<Vec<u8>>> {
+    let mut by_time = TopicPartitionList::new();
+    by_time.add_partition_offset(topic, partition, Offset::Offset(since.max(0)))?;
+    let found = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
+    let start = match found.elements().first().map(|e| e.offset()) {
+        Some(Offset::Offset(o)) => o,
+        // No record stamped that late: nothing inside the horizon.
+        _ => return Ok(Vec::new()),
+    };
+    if start >= until {
+        return Ok(Vec::new());
+    }
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(start))?;
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut out = Vec::new();
+    let result = loop {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                if m.offset() >= until {
+                    break Ok(());
+                }
+                out.push(m.payload().unwrap_or_default().to_vec());
+                if m.offset() + 1 >= until {
+                    break Ok(());
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            None if Instant::now() > deadline => break Err(KafkaError::NoMessageReceived),
+            None => {}
+        }
+    };
+    let _ = consumer.unassign();
+    result.map(|()| out)
+}
