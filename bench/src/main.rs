@@ -46,6 +46,15 @@ enum Scenario {
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
+    /// Fraud messages/s next to a passthrough, alert latency, memory under 1,000,000 cards.
+    Fraud {
+        #[arg(long, default_value_t = 200_000)]
+        records: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        cards: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
     /// Storage rows/s next to a plain PostgreSQL COPY of the same rows.
     Storage {
         #[arg(long, default_value_t = 200_000)]
@@ -87,6 +96,34 @@ async fn run_validator(records: usize, json: Option<std::path::PathBuf>) -> anyh
     write_json(
         json,
         serde_json::json!({"machine": machine(), "scenario": "validator", "results": out}),
+    )
+}
+
+async fn run_fraud(
+    records: usize,
+    cards: usize,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let (p, f) = stages::fraud(records).await?;
+    let (alerts, p50, p99) = stages::fraud_latency(2000, 10).await?;
+    let mem = stages::fraud_memory(cards).await?;
+    println!("{:<40} {:>14}", "contender (exactly-once)", "messages/s");
+    println!("{:<40} {:>14.0}", "consume->produce passthrough", p.per_s());
+    println!("{:<40} {:>14.0}", "posflow-fraud", f.per_s());
+    println!("fraud / passthrough: {:.2}", f.per_s() / p.per_s());
+    println!("alert latency at 2,000 tx/s ({alerts} alerts): p50 <= {p50} ms, p99 <= {p99} ms (histogram bucket bounds)");
+    println!(
+        "memory, {} distinct cards: RSS {} -> {} -> {} MiB, state keys {} -> {} -> {} (start, after the stream, after the windows expired)",
+        mem.cards,
+        mem.rss_kib[0] / 1024, mem.rss_kib[1] / 1024, mem.rss_kib[2] / 1024,
+        mem.state_keys[0], mem.state_keys[1], mem.state_keys[2]
+    );
+    write_json(
+        json,
+        serde_json::json!({"machine": machine(), "scenario": "fraud", "records": records,
+        "passthrough_per_s": p.per_s(), "fraud_per_s": f.per_s(), "ratio": f.per_s() / p.per_s(),
+        "alert_latency_ms": {"rate_per_s": 2000, "alerts": alerts, "p50_le": p50, "p99_le": p99},
+        "memory": {"cards": mem.cards, "rss_kib": mem.rss_kib, "state_keys": mem.state_keys}}),
     )
 }
 
@@ -306,6 +343,11 @@ async fn main() -> anyhow::Result<()> {
         } => (terminals, per_terminal, json),
         Scenario::Validator { records, json } => return run_validator(records, json).await,
         Scenario::Storage { records, json } => return run_storage(records, json).await,
+        Scenario::Fraud {
+            records,
+            cards,
+            json,
+        } => return run_fraud(records, cards, json).await,
     };
     let d = Deployment::kafka_only().await;
     eprintln!("[bench] ceiling: {terminals} terminals x {per_terminal} ...");

@@ -130,14 +130,21 @@ where
 
 const PARTITIONS: i32 = 4;
 
-/// The passthrough: raw records copied to the validated topic, nothing decoded, nothing checked.
-async fn passthrough(d: &Deployment, exactly_once: bool) -> anyhow::Result<()> {
+/// The passthrough: records copied from `input` to `output` in `group`, nothing decoded,
+/// nothing checked.
+async fn passthrough(
+    d: &Deployment,
+    exactly_once: bool,
+    group: &str,
+    input: &str,
+    output: &str,
+) -> anyhow::Result<()> {
     let ctx = posflow_runtime::Context {
         shutdown: posflow_runtime::Shutdown::new(),
         health: posflow_runtime::Health::new(),
     };
-    let group = d.kafka.group("posflow-validator");
-    let out = d.topic("pos.transactions.validated");
+    let group = d.kafka.group(group);
+    let out = d.topic(output);
     let transform = |input: pipeline::Input| {
         let out = out.clone();
         async move {
@@ -149,7 +156,7 @@ async fn passthrough(d: &Deployment, exactly_once: bool) -> anyhow::Result<()> {
             }])
         }
     };
-    let raw = d.topic("pos.transactions.raw");
+    let raw = d.topic(input);
     if exactly_once {
         let consumer =
             posflow_kafka::clients::transactional_consumer(&d.kafka, &group, "passthrough")?;
@@ -200,7 +207,16 @@ pub async fn validator(n: usize) -> anyhow::Result<Vec<(&'static str, Rate, Rate
             let raw = d.topic("pos.transactions.raw");
             let task = if contender == "passthrough" {
                 let d = d.clone();
-                Some(tokio::spawn(async move { passthrough(&d, eos).await }))
+                Some(tokio::spawn(async move {
+                    passthrough(
+                        &d,
+                        eos,
+                        "posflow-validator",
+                        "pos.transactions.raw",
+                        "pos.transactions.validated",
+                    )
+                    .await
+                }))
             } else {
                 None
             };
@@ -397,4 +413,192 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
         )
         .await?;
     Ok((copy, storage_rate))
+}
+
+/// `n` validated transactions on `cards` cards, event times `step_ms` apart from `t0`.
+fn validated_records(
+    run: &str,
+    n: usize,
+    cards: usize,
+    t0: i64,
+    step_ms: i64,
+) -> Vec<TransactionValidated> {
+    raw_records(run, n)
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut t = r.transaction;
+            t.currency = "EUR".into();
+            t.transaction_time = t0 + i as i64 * step_ms;
+            if let Some(c) = t.card.as_mut() {
+                c.token = format!("{run}-card-{}", i % cards);
+            }
+            TransactionValidated {
+                envelope: r.envelope,
+                transaction: t,
+                validated_at: posflow_schema::now_millis(),
+            }
+        })
+        .collect()
+}
+
+fn fraud_env(d: &Deployment) -> Vec<(String, String)> {
+    let mut env = d.env();
+    env.push(("POSFLOW_LOG".into(), "warn".into()));
+    env.push((
+        "POSFLOW_INSTANCE_ID".into(),
+        format!("bench-{}", rand::random::<u32>()),
+    ));
+    env
+}
+
+async fn produce_validated(d: &Deployment, records: &[TransactionValidated]) {
+    d.produce("pos.transactions.validated", records, |v| {
+        posflow_validator::validated_key(&v.transaction)
+    })
+    .await;
+}
+
+/// Fraud vs passthrough (exactly-once, the same batching), `n` records on 20,000 cards.
+pub async fn fraud(n: usize) -> anyhow::Result<(Rate, Rate)> {
+    let mut rates = Vec::new();
+    for contender in ["passthrough", "fraud"] {
+        let d = Deployment::kafka_only().await;
+        eprintln!("[bench] {contender}: producing {n} validated records ...");
+        let t0 = posflow_schema::now_millis() - 3_600_000;
+        produce_validated(
+            &d,
+            &validated_records(
+                &format!("fb{:08x}", rand::random::<u32>()),
+                n,
+                20_000,
+                t0,
+                10,
+            ),
+        )
+        .await;
+        let group = d.kafka.group("posflow-fraud");
+        let input = d.topic("pos.transactions.validated");
+        let task = (contender == "passthrough").then(|| {
+            let d = d.clone();
+            tokio::spawn(async move {
+                passthrough(
+                    &d,
+                    true,
+                    "posflow-fraud",
+                    "pos.transactions.validated",
+                    "pos.fraud.alerts",
+                )
+                .await
+            })
+        });
+        let service = if contender == "fraud" {
+            Some(Service::start("posflow-fraud", &fraud_env(&d), &[]).await)
+        } else {
+            None
+        };
+        let brokers = d.stack.brokers.clone();
+        let rate = measure(n as u64, contender, || {
+            let c = committed(&brokers, &group, &input, PARTITIONS);
+            async move { c }
+        })
+        .await;
+        if let Some(t) = task {
+            t.abort();
+        }
+        drop(service);
+        rates.push(rate);
+    }
+    let f = rates.pop().unwrap();
+    Ok((rates.pop().unwrap(), f))
+}
+
+/// Alert latency under a steady live load: `rate` transactions a second for `secs` seconds on
+/// 500 cards (each card passes the velocity limit about once), event time = publish time.
+/// Returns (alerts, p50 ms bound, p99 ms bound) from the stage's histogram.
+pub async fn fraud_latency(rate: usize, secs: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let d = Deployment::kafka_only().await;
+    let fraud = Service::start("posflow-fraud", &fraud_env(&d), &[]).await;
+    let run = format!("fl{:08x}", rand::random::<u32>());
+    eprintln!("[bench] fraud latency: {rate}/s for {secs} s ...");
+    let per_tick = rate / 10;
+    for tick in 0..secs * 10 {
+        let started = Instant::now();
+        let now = posflow_schema::now_millis();
+        let mut batch = validated_records(&format!("{run}-{tick}"), per_tick, 1, now, 0);
+        for (i, v) in batch.iter_mut().enumerate() {
+            v.transaction.card.as_mut().expect("card").token =
+                format!("{run}-card-{}", (tick * per_tick + i) % 500);
+        }
+        produce_validated(&d, &batch).await;
+        tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed())).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let page = fraud.metrics().await;
+    let alerts = posflow_e2e::metric(&page, "posflow_fraud_alerts_total{rule=\"VELOCITY_CARD\"}")
+        .unwrap_or(0.0);
+    Ok((
+        alerts,
+        crate::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.5),
+        crate::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.99),
+    ))
+}
+
+/// Memory under `cards` distinct card tokens: resident memory and state size before, after
+/// the stream, and after the windows have expired (a later batch moves event time past the
+/// horizon, which evicts).
+pub struct Memory {
+    pub cards: usize,
+    pub rss_kib: [u64; 3],
+    pub state_keys: [f64; 3],
+}
+
+pub async fn fraud_memory(cards: usize) -> anyhow::Result<Memory> {
+    let d = Deployment::kafka_only().await;
+    let fraud = Service::start("posflow-fraud", &fraud_env(&d), &[]).await;
+    let keys = |page: &str| posflow_e2e::metric(page, "posflow_fraud_state_keys").unwrap_or(0.0);
+    let rss0 = posflow_e2e::rss_kib(fraud.child.id());
+    let keys0 = keys(&fraud.metrics().await);
+    let run = format!("fm{:08x}", rand::random::<u32>());
+    let t0 = posflow_schema::now_millis() - 3_600_000;
+    eprintln!("[bench] fraud memory: {cards} distinct cards ...");
+    // In chunks of 100,000 (each its own run id, so every card token is distinct).
+    let mut produced = 0;
+    while produced < cards {
+        let n = (cards - produced).min(100_000);
+        let chunk = validated_records(&format!("{run}-{produced}"), n, n, t0 + produced as i64, 1);
+        produce_validated(&d, &chunk).await;
+        produced += n;
+        eprintln!("[bench]   produced {produced}/{cards}");
+    }
+    let group = d.kafka.group("posflow-fraud");
+    let input = d.topic("pos.transactions.validated");
+    let brokers = d.stack.brokers.clone();
+    measure(cards as u64, "fraud (memory)", || {
+        let c = committed(&brokers, &group, &input, PARTITIONS);
+        async move { c }
+    })
+    .await;
+    let rss1 = posflow_e2e::rss_kib(fraud.child.id());
+    let keys1 = keys(&fraud.metrics().await);
+    // Past the horizon (24 h 1 min with the defaults): 8,000 transactions a day later.
+    let later = t0 + cards as i64 + 25 * 3_600_000;
+    produce_validated(
+        &d,
+        &validated_records(&format!("{run}-later"), 8_000, 8_000, later, 1),
+    )
+    .await;
+    measure((cards + 8_000) as u64, "fraud (expiry)", || {
+        let c = committed(&brokers, &group, &input, PARTITIONS);
+        async move { c }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss2 = posflow_e2e::rss_kib(fraud.child.id());
+    let keys2 = keys(&fraud.metrics().await);
+    Ok(Memory {
+        cards,
+        rss_kib: [rss0, rss1, rss2],
+        state_keys: [keys0, keys1, keys2],
+    })
 }

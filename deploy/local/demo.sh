@@ -77,7 +77,9 @@ while :; do
   stored=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM transactions WHERE transaction_id LIKE '$run_id-%'")
   rejections=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM rejections WHERE transaction_id LIKE '$run_id-%'")
   say "validated $validated and rejected $rejected of $accepted; stored $stored + $rejections rejections"
-  if [ $((${validated%.*} + ${rejected%.*})) -ge "$accepted" ] && [ "$stored" -ge "${validated%.*}" ] && [ "$rejections" -ge "${rejected%.*}" ]; then break; fi
+  judged=$(metric fraud 'posflow_fraud_received_total{input="card"}')
+  if [ $((${validated%.*} + ${rejected%.*})) -ge "$accepted" ] && [ "$stored" -ge "${validated%.*}" ] \
+     && [ "$rejections" -ge "${rejected%.*}" ] && [ "${judged%.*}" -ge "${validated%.*}" ]; then break; fi
   [ $SECONDS -lt $deadline ] || { say "timed out waiting for the pipeline"; exit 1; }
   sleep 1
 done
@@ -91,6 +93,9 @@ echo "  stored in PostgreSQL     $stored"
 echo "  rejected by the rules    $rejections   (table rejections, by reason:)"
 psql "$POSFLOW_DATABASE_URL" -tA -F ' ' -c "SELECT code, count(*) FROM rejections, unnest(reason_codes) code WHERE transaction_id LIKE '$run_id-%' GROUP BY 1 ORDER BY 2 DESC" |
   awk '{printf "      %-26s %s\n", $1, $2}'
+alerts=$(curl -fsS "http://127.0.0.1:$(port fraud)/metrics" | awk '/^posflow_fraud_alerts_total\{/ {s += $2} END {print s + 0}')
+echo "  fraud alerts             $alerts   (pos.fraud.alerts, by rule; simulated terminals are fast, so velocity fires:)"
+curl -fsS "http://127.0.0.1:$(port fraud)/metrics" | awk -F'[{}"= ]+' '/^posflow_fraud_alerts_total\{/ {printf "      %-26s %s\n", $3, $4}'
 echo "  dead-lettered by bridge  $(python3 -c 'import json,sys; print(sum(json.loads(sys.argv[1])["dead_lettered"].values()))' "$summary")"
 echo "  elapsed                  ${elapsed} s ($(python3 -c "print(f'{$published / $elapsed:.0f}')") transactions/s end to end)"
 echo

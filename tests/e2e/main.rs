@@ -7,6 +7,7 @@ mod bridge_scaling;
 mod bridge_tls;
 mod cli;
 mod corpus;
+mod fraud;
 mod kafka_outage;
 mod pipeline;
 mod provisioning;

@@ -82,7 +82,13 @@ pub struct Alert {
     pub evidence: Vec<String>,
 }
 
-fn alert(rule: &'static str, key: &str, severity: Severity, score: f64, evidence: Vec<String>) -> Alert {
+fn alert(
+    rule: &'static str,
+    key: &str,
+    severity: Severity,
+    score: f64,
+    evidence: Vec<String>,
+) -> Alert {
     let mut h = Sha256::new();
     h.update(rule.as_bytes());
     h.update([0]);
@@ -178,7 +184,10 @@ impl Engine {
 
         let v = &s.velocity_card;
         if v.enabled {
-            let ids: Vec<String> = h.window(now, v.window_secs).map(|e| e.id.to_string()).collect();
+            let ids: Vec<String> = h
+                .window(now, v.window_secs)
+                .map(|e| e.id.to_string())
+                .collect();
             if crossed(ids.len() > v.max, ids.len() - 1 > v.max) {
                 let score = ids.len() as f64 / (2.0 * v.max.max(1) as f64);
                 out.push(alert(id::VELOCITY_CARD, key, Severity::Medium, score, ids));
@@ -203,7 +212,13 @@ impl Engine {
                 .map(|x| x.id.to_string())
                 .collect();
             if crossed(ids.len() >= d.min_declines, ids.len() - 1 >= d.min_declines) {
-                out.push(alert(id::REPEATED_DECLINES, key, Severity::Medium, 0.6, ids));
+                out.push(alert(
+                    id::REPEATED_DECLINES,
+                    key,
+                    Severity::Medium,
+                    0.6,
+                    ids,
+                ));
             }
         }
         let a = &s.amount_anomaly;
@@ -219,7 +234,13 @@ impl Engine {
                 let ratio = e.amount_minor as f64 / mean.max(1.0);
                 if ratio >= a.factor {
                     let score = ratio / (2.0 * a.factor);
-                    out.push(alert(id::AMOUNT_ANOMALY, key, Severity::Medium, score, vec![e.id.to_string()]));
+                    out.push(alert(
+                        id::AMOUNT_ANOMALY,
+                        key,
+                        Severity::Medium,
+                        score,
+                        vec![e.id.to_string()],
+                    ));
                 }
             }
         }
@@ -228,9 +249,18 @@ impl Engine {
             if let Some(there) = p.location {
                 let km = distance_km(there, here);
                 let hours = ((now - p.time) as f64 / 3_600_000.0).max(1.0 / 3600.0);
-                if now - p.time <= tr.window_secs * 1000 && km >= tr.min_distance_km && km / hours > tr.max_speed_kmh {
+                if now - p.time <= tr.window_secs * 1000
+                    && km >= tr.min_distance_km
+                    && km / hours > tr.max_speed_kmh
+                {
                     let score = (km / hours) / (2.0 * tr.max_speed_kmh);
-                    out.push(alert(id::IMPOSSIBLE_TRAVEL, key, Severity::High, score, vec![p.id.to_string(), e.id.to_string()]));
+                    out.push(alert(
+                        id::IMPOSSIBLE_TRAVEL,
+                        key,
+                        Severity::High,
+                        score,
+                        vec![p.id.to_string(), e.id.to_string()],
+                    ));
                 }
             }
         }
@@ -244,7 +274,13 @@ impl Engine {
                     hour >= n.night_start_hour || hour < n.night_end_hour
                 };
                 if night {
-                    out.push(alert(id::NIGHT_HIGH_RISK_MCC, key, Severity::Low, 0.5, vec![e.id.to_string()]));
+                    out.push(alert(
+                        id::NIGHT_HIGH_RISK_MCC,
+                        key,
+                        Severity::Low,
+                        0.5,
+                        vec![e.id.to_string()],
+                    ));
                 }
             }
         }
@@ -270,10 +306,19 @@ impl Engine {
         let mut out = Vec::new();
         let v = &s.velocity_terminal;
         if v.enabled {
-            let ids: Vec<String> = h.window(now, v.window_secs).map(|e| e.id.to_string()).collect();
+            let ids: Vec<String> = h
+                .window(now, v.window_secs)
+                .map(|e| e.id.to_string())
+                .collect();
             if crossed(ids.len() > v.max, ids.len() - 1 > v.max) {
                 let score = ids.len() as f64 / (2.0 * v.max.max(1) as f64);
-                out.push(alert(id::VELOCITY_TERMINAL, key, Severity::Medium, score, ids));
+                out.push(alert(
+                    id::VELOCITY_TERMINAL,
+                    key,
+                    Severity::Medium,
+                    score,
+                    ids,
+                ));
             }
         }
         let d = &s.terminal_declines;
@@ -285,9 +330,19 @@ impl Engine {
             };
             let without = holds(in_window.len() - 1, declines - usize::from(!e.approved));
             if crossed(holds(in_window.len(), declines), without) {
-                let ids = in_window.iter().filter(|x| !x.approved).map(|x| x.id.to_string()).collect();
+                let ids = in_window
+                    .iter()
+                    .filter(|x| !x.approved)
+                    .map(|x| x.id.to_string())
+                    .collect();
                 let score = declines as f64 / in_window.len() as f64;
-                out.push(alert(id::TERMINAL_DECLINES, key, Severity::High, score, ids));
+                out.push(alert(
+                    id::TERMINAL_DECLINES,
+                    key,
+                    Severity::High,
+                    score,
+                    ids,
+                ));
             }
         }
         Outcome {
@@ -321,15 +376,27 @@ mod tests {
             auth_code: None,
             response_code: "00".into(),
             mcc: "5411".into(),
-            location: Some(Location { latitude: 52.52, longitude: 13.40 }),
+            location: Some(Location {
+                latitude: 52.52,
+                longitude: 13.40,
+            }),
             line_items: vec![],
         }
     }
 
-    fn rules_fired(e: &mut Engine, s: &Settings, txs: &[Transaction], terminal: bool) -> Vec<&'static str> {
+    fn rules_fired(
+        e: &mut Engine,
+        s: &Settings,
+        txs: &[Transaction],
+        terminal: bool,
+    ) -> Vec<&'static str> {
         txs.iter()
             .flat_map(|t| {
-                let o = if terminal { e.on_terminal("K", t, s) } else { e.on_card("K", t, s) };
+                let o = if terminal {
+                    e.on_terminal("K", t, s)
+                } else {
+                    e.on_card("K", t, s)
+                };
                 o.alerts.into_iter().map(|a| a.rule_id)
             })
             .collect()
@@ -338,22 +405,34 @@ mod tests {
     #[test]
     fn velocity_fires_once_per_burst_and_not_below_the_limit() {
         let s = Settings::default(); // more than 5 in 60 s
-        let benign: Vec<_> = (0..20).map(|i| tx(&format!("b{i}"), i * 13, 1000)).collect();
+        let benign: Vec<_> = (0..20)
+            .map(|i| tx(&format!("b{i}"), i * 13, 1000))
+            .collect();
         assert!(rules_fired(&mut Engine::default(), &s, &benign, false).is_empty());
         let burst: Vec<_> = (0..10).map(|i| tx(&format!("v{i}"), i * 5, 1000)).collect();
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &burst, false), vec![id::VELOCITY_CARD]);
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &burst, false),
+            vec![id::VELOCITY_CARD]
+        );
         // A second burst after the window has emptied is a second alert.
-        let two: Vec<_> = (0..10).map(|i| tx(&format!("v{i}"), i * 5, 1000))
+        let two: Vec<_> = (0..10)
+            .map(|i| tx(&format!("v{i}"), i * 5, 1000))
             .chain((0..6).map(|i| tx(&format!("w{i}"), 300 + i * 5, 1000)))
             .collect();
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &two, false), vec![id::VELOCITY_CARD; 2]);
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &two, false),
+            vec![id::VELOCITY_CARD; 2]
+        );
     }
 
     #[test]
     fn card_testing_needs_small_amounts() {
         let s = Settings::default(); // 4 of <= 2.00 in 5 min
         let small: Vec<_> = (0..4).map(|i| tx(&format!("s{i}"), i * 50, 100)).collect();
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &small, false), vec![id::CARD_TESTING]);
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &small, false),
+            vec![id::CARD_TESTING]
+        );
         let large: Vec<_> = (0..4).map(|i| tx(&format!("l{i}"), i * 50, 5000)).collect();
         assert!(rules_fired(&mut Engine::default(), &s, &large, false).is_empty());
     }
@@ -362,8 +441,13 @@ mod tests {
     fn repeated_declines_count_declines_only() {
         let s = Settings::default(); // 3 declines in 10 min
         let mut declined: Vec<_> = (0..3).map(|i| tx(&format!("d{i}"), i * 60, 5000)).collect();
-        declined.iter_mut().for_each(|t| t.response_code = "05".into());
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &declined, false), vec![id::REPEATED_DECLINES]);
+        declined
+            .iter_mut()
+            .for_each(|t| t.response_code = "05".into());
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &declined, false),
+            vec![id::REPEATED_DECLINES]
+        );
         let approved: Vec<_> = (0..3).map(|i| tx(&format!("a{i}"), i * 60, 5000)).collect();
         assert!(rules_fired(&mut Engine::default(), &s, &approved, false).is_empty());
     }
@@ -371,9 +455,14 @@ mod tests {
     #[test]
     fn amount_anomaly_compares_with_the_cards_history() {
         let s = Settings::default(); // 10x the mean of >= 5
-        let mut txs: Vec<_> = (0..5).map(|i| tx(&format!("h{i}"), i * 600, 2000)).collect();
+        let mut txs: Vec<_> = (0..5)
+            .map(|i| tx(&format!("h{i}"), i * 600, 2000))
+            .collect();
         txs.push(tx("big", 4000, 25_000));
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &txs, false), vec![id::AMOUNT_ANOMALY]);
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &txs, false),
+            vec![id::AMOUNT_ANOMALY]
+        );
         txs.pop();
         txs.push(tx("normal", 4000, 15_000));
         assert!(rules_fired(&mut Engine::default(), &s, &txs, false).is_empty());
@@ -386,10 +475,16 @@ mod tests {
     fn impossible_travel_is_distance_over_time() {
         let s = Settings::default(); // 900 km/h, 100 km
         let mut paris = tx("paris", 1800, 1000);
-        paris.location = Some(Location { latitude: 48.86, longitude: 2.35 });
+        paris.location = Some(Location {
+            latitude: 48.86,
+            longitude: 2.35,
+        });
         // Berlin -> Paris (~880 km) in half an hour: too fast.
         let fast = vec![tx("berlin", 0, 1000), paris.clone()];
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &fast, false), vec![id::IMPOSSIBLE_TRAVEL]);
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &fast, false),
+            vec![id::IMPOSSIBLE_TRAVEL]
+        );
         // ... in two hours: a flight.
         paris.transaction_time = T0 + 7200 * 1000;
         let flight = vec![tx("berlin", 0, 1000), paris];
@@ -403,8 +498,14 @@ mod tests {
         t.mcc = "5944".into();
         // T0 is 08:00 UTC: 08:53 local solar time in Berlin, 02:09 in Chicago (longitude -87.6).
         assert!(rules_fired(&mut Engine::default(), &s, &[t.clone()], false).is_empty());
-        t.location = Some(Location { latitude: 41.88, longitude: -87.63 });
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &[t.clone()], false), vec![id::NIGHT_HIGH_RISK_MCC]);
+        t.location = Some(Location {
+            latitude: 41.88,
+            longitude: -87.63,
+        });
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &[t.clone()], false),
+            vec![id::NIGHT_HIGH_RISK_MCC]
+        );
         t.mcc = "5411".into();
         assert!(rules_fired(&mut Engine::default(), &s, &[t], false).is_empty());
     }
@@ -412,13 +513,21 @@ mod tests {
     #[test]
     fn terminal_rules_velocity_and_decline_ratio() {
         let s = Settings::default(); // > 120 per minute; >= 10 attempts with half declined
-        let busy: Vec<_> = (0..121).map(|i| tx(&format!("t{i}"), i / 3, 1000)).collect();
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &busy, true), vec![id::VELOCITY_TERMINAL]);
+        let busy: Vec<_> = (0..121)
+            .map(|i| tx(&format!("t{i}"), i / 3, 1000))
+            .collect();
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &busy, true),
+            vec![id::VELOCITY_TERMINAL]
+        );
         let mut testing: Vec<_> = (0..10).map(|i| tx(&format!("x{i}"), i * 10, 100)).collect();
         for t in testing.iter_mut().step_by(2) {
             t.response_code = "51".into();
         }
-        assert_eq!(rules_fired(&mut Engine::default(), &s, &testing, true), vec![id::TERMINAL_DECLINES]);
+        assert_eq!(
+            rules_fired(&mut Engine::default(), &s, &testing, true),
+            vec![id::TERMINAL_DECLINES]
+        );
         let healthy: Vec<_> = (0..30).map(|i| tx(&format!("y{i}"), i * 10, 100)).collect();
         assert!(rules_fired(&mut Engine::default(), &s, &healthy, true).is_empty());
     }
@@ -434,7 +543,11 @@ mod tests {
         assert_eq!(s.card_horizon_ms(), 660_000);
         let stream: Vec<_> = (0..400)
             .map(|i: i64| {
-                let mut t = tx(&format!("r{i}"), i * 7 + (i % 5) * 3, if i % 9 == 0 { 100 } else { 1500 + i * 37 % 900 });
+                let mut t = tx(
+                    &format!("r{i}"),
+                    i * 7 + (i % 5) * 3,
+                    if i % 9 == 0 { 100 } else { 1500 + i * 37 % 900 },
+                );
                 if i % 11 == 0 {
                     t.response_code = "05".into();
                 }
@@ -442,17 +555,29 @@ mod tests {
             })
             .collect();
         let mut whole = Engine::default();
-        let all: Vec<Vec<Alert>> = stream.iter().map(|t| whole.on_card("K", t, &s).alerts).collect();
+        let all: Vec<Vec<Alert>> = stream
+            .iter()
+            .map(|t| whole.on_card("K", t, &s).alerts)
+            .collect();
         for cut in [50usize, 123, 299] {
             let start_time = stream[cut].transaction_time - s.card_horizon_ms();
             let mut rebuilt = Engine::default();
-            for t in stream[..cut].iter().filter(|t| t.transaction_time >= start_time) {
+            for t in stream[..cut]
+                .iter()
+                .filter(|t| t.transaction_time >= start_time)
+            {
                 rebuilt.on_card("K", t, &s);
             }
-            let after: Vec<Vec<Alert>> = stream[cut..].iter().map(|t| rebuilt.on_card("K", t, &s).alerts).collect();
+            let after: Vec<Vec<Alert>> = stream[cut..]
+                .iter()
+                .map(|t| rebuilt.on_card("K", t, &s).alerts)
+                .collect();
             assert_eq!(after, all[cut..].to_vec(), "cut at {cut}");
         }
-        assert!(all.iter().any(|a| !a.is_empty()), "the stream fires something");
+        assert!(
+            all.iter().any(|a| !a.is_empty()),
+            "the stream fires something"
+        );
     }
 
     #[test]
@@ -463,16 +588,38 @@ mod tests {
         assert!(e.on_card("B", &tx("late", 1000 - 61, 100), &s).too_late);
         assert!(!e.on_card("B", &tx("ok", 1000 - 59, 100), &s).too_late);
         assert_eq!(e.keys(), 2);
-        e.on_card("C", &tx("c", 1000 + s.card_horizon_ms() / 1000 + 1, 100), &s);
+        e.on_card(
+            "C",
+            &tx("c", 1000 + s.card_horizon_ms() / 1000 + 1, 100),
+            &s,
+        );
         assert_eq!(e.evict(s.card_horizon_ms()), 2);
         assert_eq!(e.keys(), 1);
     }
 
     #[test]
     fn alert_ids_depend_on_rule_key_and_evidence_only() {
-        let a = alert(id::VELOCITY_CARD, "K", Severity::Medium, 0.5, vec!["1".into(), "2".into()]);
-        let b = alert(id::VELOCITY_CARD, "K", Severity::High, 0.9, vec!["1".into(), "2".into()]);
-        let c = alert(id::VELOCITY_CARD, "K", Severity::Medium, 0.5, vec!["1".into(), "3".into()]);
+        let a = alert(
+            id::VELOCITY_CARD,
+            "K",
+            Severity::Medium,
+            0.5,
+            vec!["1".into(), "2".into()],
+        );
+        let b = alert(
+            id::VELOCITY_CARD,
+            "K",
+            Severity::High,
+            0.9,
+            vec!["1".into(), "2".into()],
+        );
+        let c = alert(
+            id::VELOCITY_CARD,
+            "K",
+            Severity::Medium,
+            0.5,
+            vec!["1".into(), "3".into()],
+        );
         assert_eq!(a.alert_id, b.alert_id);
         assert_ne!(a.alert_id, c.alert_id);
         assert_eq!(a.alert_id.len(), 32);

@@ -27,11 +27,9 @@ use posflow_schema::{
     TransactionValidated,
 };
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::ClientContext;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// posflow-fraud: real-time fraud rules over the transaction stream.
 #[derive(Debug, Parser)]
@@ -146,22 +144,6 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// Records which partitions a rebalance takes away, so their state is dropped (and rebuilt if
-/// they come back: another replica may have moved them on meanwhile).
-#[derive(Default, Clone)]
-pub struct Revocations(Arc<Mutex<Vec<(String, i32)>>>);
-
-impl ClientContext for Revocations {}
-
-impl ConsumerContext for Revocations {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.0.lock().expect("poisoned");
-            revoked.extend(tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())));
-        }
-    }
-}
-
 /// Which rules an input topic feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Input_ {
@@ -183,7 +165,9 @@ struct Stage {
     raw: Decoder<TransactionReceived>,
     alerts: (String, Encoder<FraudAlert>),
     replayer: replay::Replayer,
-    revoked: Revocations,
+    /// Tells which partitions a rebalance took away: their state is dropped (and rebuilt if they
+    /// come back, as another replica may have moved them on meanwhile).
+    consumer_context: pipeline::TxnContext,
     states: tokio::sync::Mutex<HashMap<(String, i32), PartitionState>>,
 }
 
@@ -230,15 +214,20 @@ impl Stage {
     async fn handle(&self, input: Input) -> Result<Vec<Output>, Retry> {
         let m = metrics();
         let kind = self.input_of(&input.topic);
-        let Some(t) = self.decode(kind, input.payload.as_deref().unwrap_or_default()).await? else {
+        let Some(t) = self
+            .decode(kind, input.payload.as_deref().unwrap_or_default())
+            .await?
+        else {
             return Ok(vec![]);
         };
         let mut states = self.states.lock().await;
-        for key in self.revoked.0.lock().expect("poisoned").drain(..) {
+        for key in self.consumer_context.take_revoked() {
             states.remove(&key);
         }
         let key = (input.topic.clone(), input.partition);
-        let stale = states.get(&key).is_none_or(|s| input.offset <= s.last_offset);
+        let stale = states
+            .get(&key)
+            .is_none_or(|s| input.offset <= s.last_offset);
         if stale {
             // Rebuild from the horizon before this record, up to (not including) it.
             let from_time = t.transaction_time - self.horizon_ms(kind);
@@ -257,8 +246,20 @@ impl Stage {
             }
             m.rebuilds.inc();
             m.replayed.inc_by(replayed);
-            tracing::info!(topic = input.topic, partition = input.partition, replayed, "partition state rebuilt");
-            states.insert(key.clone(), PartitionState { engine, last_offset: -1, since_eviction: 0 });
+            tracing::info!(
+                topic = input.topic,
+                partition = input.partition,
+                replayed,
+                "partition state rebuilt"
+            );
+            states.insert(
+                key.clone(),
+                PartitionState {
+                    engine,
+                    last_offset: -1,
+                    since_eviction: 0,
+                },
+            );
         }
         let state = states.get_mut(&key).expect("inserted above");
         state.last_offset = input.offset;
@@ -275,8 +276,10 @@ impl Stage {
         state.since_eviction += 1;
         if state.since_eviction >= 1000 {
             state.since_eviction = 0;
-            m.evicted.inc_by(state.engine.evict(self.horizon_ms(kind)) as u64);
-            m.state_keys.set(states.values().map(|s| s.engine.keys()).sum::<usize>() as i64);
+            m.evicted
+                .inc_by(state.engine.evict(self.horizon_ms(kind)) as u64);
+            m.state_keys
+                .set(states.values().map(|s| s.engine.keys()).sum::<usize>() as i64);
         }
         let (topic, enc) = &self.alerts;
         let now = now_millis();
@@ -306,7 +309,9 @@ impl Stage {
                 Ok(Output {
                     topic: topic.clone(),
                     key,
-                    value: enc.encode(&record).map_err(|e| Retry(format!("encoding: {e}")))?,
+                    value: enc
+                        .encode(&record)
+                        .map_err(|e| Retry(format!("encoding: {e}")))?,
                     headers: Default::default(),
                 })
             })
@@ -322,11 +327,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let group = args.kafka.group("posflow-fraud");
     let instance = args.exactly_once.instance();
     let client_id = format!("fraud-{instance}");
-    let revoked = Revocations::default();
-    let consumer: StreamConsumer<Revocations> =
-        posflow_kafka::clients::consumer_config(&args.kafka, &group, &client_id)
-            .set("enable.auto.commit", "false")
-            .create_with_context(revoked.clone())?;
+    let consumer = posflow_kafka::clients::transactional_consumer(&args.kafka, &group, &client_id)?;
     let (validated_topic, raw_topic) = (topics.validated(), topics.raw());
     rdkafka::consumer::Consumer::subscribe(&consumer, &[&validated_topic, &raw_topic])?;
     let producer = posflow_kafka::clients::transactional_producer(
@@ -346,7 +347,9 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         replayer: replay::Replayer::new(&args.kafka, args.max_clock_skew_secs * 1000),
         validated_topic,
         settings,
-        revoked,
+        consumer_context: rdkafka::consumer::Consumer::context(&consumer)
+            .as_ref()
+            .clone(),
         states: Default::default(),
     };
     tracing::info!(

@@ -19,7 +19,10 @@ impl Replayer {
     pub fn new(args: &KafkaArgs, skew_ms: i64) -> Self {
         let consumer = args
             .client_config()
-            .set("group.id", format!("posflow-fraud-replay-{}", std::process::id()))
+            .set(
+                "group.id",
+                format!("posflow-fraud-replay-{}", std::process::id()),
+            )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
@@ -46,9 +49,11 @@ impl Replayer {
             topic.to_string(),
             from_time - self.skew_ms,
         );
-        tokio::task::spawn_blocking(move || read_blocking(&consumer, &topic, partition, since, until))
-            .await
-            .map_err(|_| KafkaError::Canceled)?
+        tokio::task::spawn_blocking(move || {
+            read_blocking(&consumer, &topic, partition, since, until)
+        })
+        .await
+        .map_err(|_| KafkaError::Canceled)?
     }
 }
 

@@ -227,12 +227,24 @@ impl Settings {
             }
         };
         positive("velocity_card.window_secs", s.velocity_card.window_secs);
-        positive("velocity_terminal.window_secs", s.velocity_terminal.window_secs);
+        positive(
+            "velocity_terminal.window_secs",
+            s.velocity_terminal.window_secs,
+        );
         positive("card_testing.window_secs", s.card_testing.window_secs);
-        positive("terminal_declines.window_secs", s.terminal_declines.window_secs);
-        positive("repeated_declines.window_secs", s.repeated_declines.window_secs);
+        positive(
+            "terminal_declines.window_secs",
+            s.terminal_declines.window_secs,
+        );
+        positive(
+            "repeated_declines.window_secs",
+            s.repeated_declines.window_secs,
+        );
         positive("amount_anomaly.window_secs", s.amount_anomaly.window_secs);
-        positive("impossible_travel.window_secs", s.impossible_travel.window_secs);
+        positive(
+            "impossible_travel.window_secs",
+            s.impossible_travel.window_secs,
+        );
         if s.allowed_lateness_secs < 0 {
             errors.push("allowed_lateness_secs must be >= 0".into());
         }
@@ -242,7 +254,9 @@ impl Settings {
         if s.amount_anomaly.factor <= 1.0 {
             errors.push("amount_anomaly.factor must be > 1".into());
         }
-        if s.amount_anomaly.min_history == 0 || s.amount_anomaly.history < s.amount_anomaly.min_history {
+        if s.amount_anomaly.min_history == 0
+            || s.amount_anomaly.history < s.amount_anomaly.min_history
+        {
             errors.push("amount_anomaly needs 1 <= min_history <= history".into());
         }
         if s.impossible_travel.max_speed_kmh <= 0.0 {
@@ -291,5 +305,39 @@ impl Settings {
             w = w.max(self.terminal_declines.window_secs);
         }
         (w + self.allowed_lateness_secs) * 1000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_file_is_the_defaults() {
+        let file =
+            Settings::from_toml(include_str!("../../../deploy/config/fraud-rules.toml")).unwrap();
+        assert_eq!(format!("{file:?}"), format!("{:?}", Settings::default()));
+    }
+
+    #[test]
+    fn every_mistake_is_listed_and_unknown_keys_refused() {
+        let errors = Settings::from_toml(
+            "allowed_lateness_secs = -1\n[velocity_card]\nenabled = true\nmax = 5\nwindow_secs = 0\n[amount_anomaly]\nfactor = 0.5\n",
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        let errors = Settings::from_toml("[velocity_card]\nenabled = true\nmax = 5\nwindow = 60\n")
+            .unwrap_err();
+        assert!(errors[0].contains("window"), "{errors:?}");
+    }
+
+    #[test]
+    fn horizons_cover_the_longest_enabled_window_and_the_lateness() {
+        let mut s = Settings::default();
+        assert_eq!(s.card_horizon_ms(), (86_400 + 60) * 1000);
+        assert_eq!(s.terminal_horizon_ms(), (300 + 60) * 1000);
+        s.amount_anomaly.enabled = false;
+        s.impossible_travel.enabled = false;
+        assert_eq!(s.card_horizon_ms(), (600 + 60) * 1000);
     }
 }

@@ -18,6 +18,8 @@ use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 /// A consumed record, detached from the consumer.
@@ -186,19 +188,19 @@ fn transaction_metrics() -> &'static prometheus::IntCounterVec {
 ///
 /// The consumer must not commit by itself (`enable.auto.commit=false`) and the producer must
 /// have a `transactional.id` (see `clients`).
-pub async fn run_transactional<C, F, Fut>(
-    consumer: &StreamConsumer<C>,
+pub async fn run_transactional<F, Fut>(
+    consumer: &StreamConsumer<TxnContext>,
     producer: &FutureProducer,
     batching: Batching,
     ctx: &Context,
     mut transform: F,
 ) -> Result<(), PipelineError>
 where
-    C: rdkafka::consumer::ConsumerContext + 'static,
     F: FnMut(Input) -> Fut,
     Fut: Future<Output = Result<Vec<Output>, Retry>>,
 {
     let txns = transaction_metrics();
+    let shared = consumer.context().clone();
     tokio::task::block_in_place(|| producer.init_transactions(TXN_CALL))
         .map_err(PipelineError::Fatal)?;
     let mut gathering = Batch::default();
@@ -207,6 +209,14 @@ where
     let mut committing: Option<(Positions, tokio::task::JoinHandle<Result<(), TxnError>>)> = None;
     let mut stopping = false;
     loop {
+        if shared.0.revoked.swap(false, Ordering::SeqCst) && gathering.inputs > 0 {
+            // Partitions were taken away while this batch gathered: it must not commit (their
+            // new owner may be on the same records already). Dropped; the partitions still ours
+            // go back to its first offsets (seeking a revoked one fails harmlessly).
+            let dropped = std::mem::take(&mut gathering);
+            deadline = None;
+            rewind(consumer, &dropped.first);
+        }
         let full = gathering.inputs >= batching.max_records;
         let due = full || stopping || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         if committing.is_none() && gathering.inputs > 0 && due {
@@ -215,9 +225,15 @@ where
             let group = consumer.group_metadata();
             let producer = producer.clone();
             let first = batch.first.clone();
+            let shared = shared.clone();
+            shared.set_committing(true);
             committing = Some((
                 first,
-                tokio::task::spawn_blocking(move || commit(&producer, batch, group)),
+                tokio::task::spawn_blocking(move || {
+                    let result = commit(&producer, batch, group);
+                    shared.set_committing(false);
+                    result
+                }),
             ));
         }
         if stopping && committing.is_none() && gathering.inputs == 0 {
@@ -277,6 +293,60 @@ where
             }
             _ = linger, if committing.is_none() => {}
             _ = ctx.shutdown.wait(), if !stopping => stopping = true,
+        }
+    }
+}
+
+/// The consumer context the exactly-once pipeline runs with. A revocation (a rebalance taking
+/// partitions away) must not let this instance commit work for those partitions afterwards: the
+/// new owner may already have read the committed offsets and started on the same records, and the
+/// group generation alone does not stop it (a cooperative rebalance keeps this member in the
+/// group). So a revocation waits, in the rebalance callback, for the transaction in flight to
+/// finish, and the pipeline drops the batch it gathered but had not begun to commit.
+#[derive(Clone, Default)]
+pub struct TxnContext(Arc<TxnShared>);
+
+#[derive(Default)]
+struct TxnShared {
+    committing: Mutex<bool>,
+    committed: Condvar,
+    revoked: AtomicBool,
+    revoked_partitions: Mutex<Vec<(String, i32)>>,
+}
+
+impl rdkafka::ClientContext for TxnContext {}
+
+impl rdkafka::consumer::ConsumerContext for TxnContext {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let mut busy = self.0.committing.lock().expect("poisoned");
+            while *busy {
+                busy = self.0.committed.wait(busy).expect("poisoned");
+            }
+            self.0.revoked.store(true, Ordering::SeqCst);
+            self.0.revoked_partitions.lock().expect("poisoned").extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
+        }
+    }
+}
+
+impl TxnContext {
+    /// Partitions revoked since the last call: a stateful stage drops their state.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.0.revoked_partitions.lock().expect("poisoned"))
+    }
+
+    fn set_committing(&self, busy: bool) {
+        *self.0.committing.lock().expect("poisoned") = busy;
+        if !busy {
+            self.0.committed.notify_all();
         }
     }
 }
@@ -370,10 +440,7 @@ fn commit(
 /// After an abort, back to each partition's first offset of the batch (where the last
 /// committed transaction left it). A partition revoked meanwhile is skipped: its new owner
 /// starts from the committed offset anyway.
-fn rewind<C: rdkafka::consumer::ConsumerContext + 'static>(
-    consumer: &StreamConsumer<C>,
-    first: &Positions,
-) {
+fn rewind(consumer: &StreamConsumer<TxnContext>, first: &Positions) {
     for ((topic, partition), offset) in first {
         if let Err(e) = consumer.seek(
             topic,

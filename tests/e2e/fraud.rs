@@ -1,0 +1,342 @@
+//! Fraud: one scripted scenario per rule, each with a benign twin that must stay silent; the
+//! same stream judged by one replica and by two replicas with one SIGKILLed and restarted gives
+//! the same alert ids.
+
+use posflow_e2e::*;
+use posflow_schema::{
+    Card, Decoder, FraudAlert, Location, Transaction, TransactionReceived, TransactionValidated,
+};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+const BERLIN: Location = Location {
+    latitude: 52.52,
+    longitude: 13.40,
+};
+const PARIS: Location = Location {
+    latitude: 48.86,
+    longitude: 2.35,
+};
+const CHICAGO: Location = Location {
+    latitude: 41.88,
+    longitude: -87.63,
+};
+
+struct Script {
+    /// Card-rule input (validated topic) and terminal-rule input (raw topic).
+    card: Vec<Transaction>,
+    terminal: Vec<TransactionReceived>,
+    /// Rule → the key (card token or terminal) it must fire on, once.
+    expected: BTreeMap<&'static str, &'static str>,
+    /// Alerts from the recurring bursts, on top of `expected`.
+    recurring_alerts: usize,
+}
+
+/// Every rule's scenario and its benign twin, plus `noise` ordinary transactions on other cards
+/// and terminals. Event times start at `t0`, the last 02:30 local solar time in Chicago at
+/// least three hours before `now`, so the night rule has its night without any event jumping
+/// ahead of the others. Ids depend on `run` only.
+///
+/// `recurring` more velocity bursts (on their own cards), half as many card-testing bursts and
+/// a fifth as many terminal decline bursts are spread over the hour, so some of them straddle
+/// whatever happens to the stage mid-stream.
+fn script(run: &str, now: i64, noise: usize, recurring: usize) -> Script {
+    let chicago_offset_s = (CHICAGO.longitude / 15.0 * 3600.0) as i64;
+    let base = now - 3 * 3_600_000;
+    let local_s = (base / 1000 + chicago_offset_s).rem_euclid(86_400);
+    let t0 = base - (local_s - 9000).rem_euclid(86_400) * 1000;
+    let mut n = 0;
+    let mut tx = |key: &str, terminal: &str, secs: i64, amount: i64| -> Transaction {
+        n += 1;
+        let mut t = received_sale(&format!("{run}-{n:06}"), terminal, n).transaction;
+        t.transaction_time = t0 + secs * 1000;
+        t.amount_minor = amount;
+        t.card = Some(Card {
+            token: key.into(),
+            bin: "400000".into(),
+            last4: "0002".into(),
+        });
+        t.location = Some(BERLIN);
+        t
+    };
+    let mut card = Vec::new();
+    let mut terminal = Vec::new();
+    // Velocity: 8 in 40 s vs 5 in a minute.
+    card.extend((0..8).map(|i| tx("card-velocity", "T0601", i * 5, 1000)));
+    card.extend((0..5).map(|i| tx("card-velocity-ok", "T0601", i * 13, 1000)));
+    // Card testing: four authorisations of 1.00 vs four of 50.00.
+    card.extend((0..4).map(|i| tx("card-testing", "T0602", i * 40, 100)));
+    card.extend((0..4).map(|i| tx("card-testing-ok", "T0602", i * 40, 5000)));
+    // Repeated declines: three vs two.
+    for (key, count) in [("card-declines", 3), ("card-declines-ok", 2)] {
+        card.extend((0..count).map(|i| {
+            let mut t = tx(key, "T0603", i * 90, 5000);
+            t.response_code = "05".into();
+            t
+        }));
+    }
+    // Amount anomaly: five of 20.00, then 300.00 vs then 90.00.
+    for (key, last) in [("card-amount", 30_000), ("card-amount-ok", 9_000)] {
+        card.extend((0..5).map(|i| tx(key, "T0604", i * 600, 2000)));
+        card.push(tx(key, "T0604", 3600, last));
+    }
+    // Impossible travel: Berlin, then Paris 30 minutes later vs 3 hours later.
+    for (key, after) in [("card-travel", 1800), ("card-travel-ok", 3 * 3600)] {
+        card.push(tx(key, "T0605", 0, 3000));
+        let mut p = tx(key, "T0606", after, 3000);
+        p.location = Some(PARIS);
+        card.push(p);
+    }
+    // Night: jewellery for 800.00 in Chicago at 02:30 local solar time vs in Berlin, where it
+    // is 09:30.
+    for (key, place) in [("card-night", CHICAGO), ("card-night-ok", BERLIN)] {
+        let mut t = tx(key, "T0607", 0, 80_000);
+        t.mcc = "5944".into();
+        t.location = Some(place);
+        card.push(t);
+    }
+    // Terminal velocity: 130 in 40 s vs 100.
+    let raw = |t: Transaction| {
+        let mut r = received_sale(&t.transaction_id, &t.terminal_id, t.sequence);
+        r.transaction = t;
+        r
+    };
+    terminal.extend((0..130).map(|i| raw(tx(&format!("tv-{i}"), "T0611", i * 40 / 130, 1000))));
+    terminal.extend((0..100).map(|i| raw(tx(&format!("tvok-{i}"), "T0612", i * 40 / 100, 1000))));
+    // Terminal declines: 5 of 10 vs 2 of 10.
+    for (terminal_id, declined) in [("T0613", 5), ("T0614", 2)] {
+        terminal.extend((0..10).map(|i| {
+            let mut t = tx(&format!("{terminal_id}-c{i}"), terminal_id, i * 10, 100);
+            if i < declined {
+                t.response_code = "51".into();
+            }
+            raw(t)
+        }));
+    }
+    // Noise: ordinary sales, one card and terminal each in a thousand.
+    for i in 0..noise {
+        let secs = (i as i64 * 3) % 3600;
+        let t = tx(
+            &format!("noise-card-{}", i % 1000),
+            &format!("T{:04}", 700 + i % 50),
+            secs,
+            1500 + (i as i64 % 7) * 100,
+        );
+        if i % 2 == 0 {
+            card.push(t);
+        } else {
+            terminal.push(raw(t));
+        }
+    }
+    for r in 0..recurring as i64 {
+        let start = r * 3500 / recurring.max(1) as i64;
+        card.extend((0..8).map(|i| tx(&format!("velocity-{r}"), "T0620", start + i * 4, 1000)));
+        if r % 2 == 0 {
+            card.extend((0..4).map(|i| tx(&format!("testing-{r}"), "T0621", start + i * 30, 100)));
+        }
+        if r % 5 == 0 {
+            let terminal_id = format!("T{:04}", 800 + r / 5);
+            terminal.extend((0..10).map(|i| {
+                let mut t = tx(
+                    &format!("{terminal_id}-r{i}"),
+                    &terminal_id,
+                    start + i * 6,
+                    100,
+                );
+                if i % 2 == 0 {
+                    t.response_code = "51".into();
+                }
+                raw(t)
+            }));
+        }
+    }
+    let recurring_alerts = recurring + recurring.div_ceil(2) + recurring.div_ceil(5);
+    // Published in event-time order, as terminals send them: a partition's watermark is the
+    // newest time it has seen, and a transaction more than a minute behind it would not count.
+    card.sort_by_key(|t| t.transaction_time);
+    terminal.sort_by_key(|r| r.transaction.transaction_time);
+    let mut expected = BTreeMap::new();
+    expected.insert("VELOCITY_CARD", "card-velocity");
+    expected.insert("CARD_TESTING", "card-testing");
+    expected.insert("REPEATED_DECLINES", "card-declines");
+    expected.insert("AMOUNT_ANOMALY", "card-amount");
+    expected.insert("IMPOSSIBLE_TRAVEL", "card-travel");
+    expected.insert("NIGHT_HIGH_RISK_MCC", "card-night");
+    expected.insert("VELOCITY_TERMINAL", "T0611");
+    expected.insert("TERMINAL_DECLINES", "T0613");
+    Script {
+        card,
+        terminal,
+        expected,
+        recurring_alerts,
+    }
+}
+
+fn validated(t: Transaction) -> TransactionValidated {
+    let r = received_sale(&t.transaction_id, &t.terminal_id, t.sequence);
+    TransactionValidated {
+        envelope: r.envelope,
+        transaction: t,
+        validated_at: posflow_schema::now_millis(),
+    }
+}
+
+async fn publish(d: &Deployment, s: &Script, chunks: usize) {
+    let card: Vec<TransactionValidated> = s.card.iter().cloned().map(validated).collect();
+    let (cs, ts) = (
+        card.len().div_ceil(chunks),
+        s.terminal.len().div_ceil(chunks),
+    );
+    for i in 0..chunks {
+        let c = &card[(i * cs).min(card.len())..((i + 1) * cs).min(card.len())];
+        let t = &s.terminal[(i * ts).min(s.terminal.len())..((i + 1) * ts).min(s.terminal.len())];
+        d.produce("pos.transactions.validated", c, |v| {
+            posflow_validator::validated_key(&v.transaction)
+        })
+        .await;
+        d.produce("pos.transactions.raw", t, |r| {
+            r.transaction.terminal_id.clone()
+        })
+        .await;
+    }
+}
+
+/// The alerts topic (read_committed) once `expected` alerts are there and a quiet spell passed.
+async fn alerts(d: &Deployment, expected: usize) -> Vec<FraudAlert> {
+    let records = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.fraud.alerts"),
+        expected,
+        Duration::from_secs(120),
+        Duration::from_secs(4),
+    );
+    let dec = Decoder::<FraudAlert>::new(d.kafka.registry());
+    let mut out = Vec::new();
+    for r in records {
+        out.push(dec.decode(&r.value).await.unwrap());
+    }
+    out
+}
+
+/// Waits until the stage has judged `n` transactions.
+async fn judged(fraud: &Service, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let page = fraud.metrics().await;
+        let done = metric(&page, "posflow_fraud_received_total{input=\"card\"}").unwrap_or(0.0)
+            + metric(&page, "posflow_fraud_received_total{input=\"terminal\"}").unwrap_or(0.0);
+        if done as usize >= n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "fraud judged {done} of {n}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn fraud_env(d: &Deployment, instance: &str) -> Vec<(String, String)> {
+    let mut env = d.env();
+    env.push(("POSFLOW_INSTANCE_ID".into(), instance.into()));
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_rule_fires_exactly_on_its_scenario_and_never_on_its_benign_twin() {
+    let d = Deployment::kafka_only().await;
+    let s = script("fr", posflow_schema::now_millis(), 0, 0);
+    // Fraud only ever reads its own input; the raw topic of this deployment is never validated.
+    let fraud = Service::start("posflow-fraud", &fraud_env(&d, "fr-0"), &[]).await;
+    publish(&d, &s, 1).await;
+    judged(&fraud, s.card.len() + s.terminal.len()).await;
+    let got = alerts(&d, 0).await;
+    let fired: BTreeMap<&str, Vec<String>> = got.iter().fold(BTreeMap::new(), |mut m, a| {
+        let key = a
+            .card_token
+            .clone()
+            .unwrap_or_else(|| a.terminal_id.clone());
+        m.entry(a.rule_id.as_str())
+            .or_insert_with(Vec::new)
+            .push(key);
+        m
+    });
+    let expected: BTreeMap<&str, Vec<String>> = s
+        .expected
+        .iter()
+        .map(|(r, k)| (*r, vec![k.to_string()]))
+        .collect();
+    assert_eq!(fired, expected, "alerts by rule and key");
+    for a in &got {
+        assert!(!a.evidence_transaction_ids.is_empty());
+        assert!((0.0..=1.0).contains(&a.score));
+        assert_eq!(a.alert_id.len(), 32);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_and_two_with_a_kill_raise_the_same_alerts() {
+    let run = format!("rep{:08x}", rand::random::<u32>());
+    let s = script(&run, posflow_schema::now_millis(), 20_000, 200);
+    let expected = s.expected.len() + s.recurring_alerts;
+
+    // One replica, the whole stream.
+    let one = Deployment::kafka_only().await;
+    let _single = Service::start(
+        "posflow-fraud",
+        &fraud_env(&one, &format!("{run}-single")),
+        &[],
+    )
+    .await;
+    publish(&one, &s, 1).await;
+    let single: Vec<String> = alerts(&one, expected)
+        .await
+        .into_iter()
+        .map(|a| a.alert_id)
+        .collect();
+    assert_eq!(single.len(), expected, "one replica: {single:?}");
+    let single: BTreeSet<String> = single.into_iter().collect();
+
+    // Two replicas; one is SIGKILLed mid-stream and restarted.
+    let two = Deployment::kafka_only().await;
+    let mut a = Service::start("posflow-fraud", &fraud_env(&two, &format!("{run}-a")), &[]).await;
+    let _b = Service::start("posflow-fraud", &fraud_env(&two, &format!("{run}-b")), &[]).await;
+    let publisher = {
+        let (two, card, terminal) = (two.clone(), s.card.clone(), s.terminal.clone());
+        tokio::spawn(async move {
+            let s = Script {
+                card,
+                terminal,
+                expected: BTreeMap::new(),
+                recurring_alerts: 0,
+            };
+            publish(&two, &s, 10).await;
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let page = a.metrics().await;
+        let n = metric(&page, "posflow_fraud_received_total{input=\"card\"}").unwrap_or(0.0)
+            + metric(&page, "posflow_fraud_received_total{input=\"terminal\"}").unwrap_or(0.0);
+        if n >= 3000.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica a judged only {n}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.kill();
+    let _a = Service::start("posflow-fraud", &fraud_env(&two, &format!("{run}-a")), &[]).await;
+    publisher.await.unwrap();
+    let pair: Vec<String> = alerts(&two, expected)
+        .await
+        .into_iter()
+        .map(|a| a.alert_id)
+        .collect();
+    assert_eq!(
+        pair.len(),
+        expected,
+        "two replicas, each alert once: {pair:?}"
+    );
+    assert_eq!(
+        pair.into_iter().collect::<BTreeSet<_>>(),
+        single,
+        "the same alert ids"
+    );
+}
