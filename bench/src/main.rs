@@ -106,7 +106,8 @@ async fn run_fraud(
 ) -> anyhow::Result<()> {
     let (p, f) = stages::fraud(records).await?;
     let (alerts, p50, p99) = stages::fraud_latency(2000, 10).await?;
-    let mem = stages::fraud_memory(cards).await?;
+    let d = posflow_e2e::Deployment::kafka_only().await;
+    let mem = posflow_e2e::fraud_memory(&d, cards).await;
     println!("{:<40} {:>14}", "contender (exactly-once)", "messages/s");
     println!("{:<40} {:>14.0}", "consume->produce passthrough", p.per_s());
     println!("{:<40} {:>14.0}", "posflow-fraud", f.per_s());

@@ -521,16 +521,37 @@ pub async fn fraud_latency(rate: usize, secs: usize) -> anyhow::Result<(f64, f64
     let fraud = Service::start("posflow-fraud", &fraud_env(&d), &[]).await;
     let run = format!("fl{:08x}", rand::random::<u32>());
     eprintln!("[bench] fraud latency: {rate}/s for {secs} s ...");
+    // One producer for the run, as a validator would have: creating one per tick would count
+    // its connection set-up as alert latency.
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &d.stack.brokers)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let topic = d.topic("pos.transactions.validated");
+    let encoder =
+        posflow_schema::Encoder::<TransactionValidated>::for_topic(&d.kafka.registry(), &topic)
+            .await?;
     let per_tick = rate / 10;
     for tick in 0..secs * 10 {
         let started = Instant::now();
         let now = posflow_schema::now_millis();
-        let mut batch = validated_records(&format!("{run}-{tick}"), per_tick, 1, now, 0);
-        for (i, v) in batch.iter_mut().enumerate() {
-            v.transaction.card.as_mut().expect("card").token =
-                format!("{run}-card-{}", (tick * per_tick + i) % 500);
+        let mut pending = Vec::with_capacity(per_tick);
+        for (i, mut v) in validated_records(&format!("{run}-{tick}"), per_tick, 1, now, 0)
+            .into_iter()
+            .enumerate()
+        {
+            let card = v.transaction.card.as_mut().expect("card");
+            card.token = format!("{run}-card-{}", (tick * per_tick + i) % 500);
+            let (key, value) = (card.token.clone(), encoder.encode(&v)?);
+            let record = rdkafka::producer::FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&value);
+            pending.push(producer.send_result(record).map_err(|(e, _)| e)?);
         }
-        produce_validated(&d, &batch).await;
+        for p in pending {
+            p.await?.map_err(|(e, _)| e)?;
+        }
         tokio::time::sleep(Duration::from_millis(100).saturating_sub(started.elapsed())).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -542,63 +563,4 @@ pub async fn fraud_latency(rate: usize, secs: usize) -> anyhow::Result<(f64, f64
         crate::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.5),
         crate::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.99),
     ))
-}
-
-/// Memory under `cards` distinct card tokens: resident memory and state size before, after
-/// the stream, and after the windows have expired (a later batch moves event time past the
-/// horizon, which evicts).
-pub struct Memory {
-    pub cards: usize,
-    pub rss_kib: [u64; 3],
-    pub state_keys: [f64; 3],
-}
-
-pub async fn fraud_memory(cards: usize) -> anyhow::Result<Memory> {
-    let d = Deployment::kafka_only().await;
-    let fraud = Service::start("posflow-fraud", &fraud_env(&d), &[]).await;
-    let keys = |page: &str| posflow_e2e::metric(page, "posflow_fraud_state_keys").unwrap_or(0.0);
-    let rss0 = posflow_e2e::rss_kib(fraud.child.id());
-    let keys0 = keys(&fraud.metrics().await);
-    let run = format!("fm{:08x}", rand::random::<u32>());
-    let t0 = posflow_schema::now_millis() - 3_600_000;
-    eprintln!("[bench] fraud memory: {cards} distinct cards ...");
-    // In chunks of 100,000 (each its own run id, so every card token is distinct).
-    let mut produced = 0;
-    while produced < cards {
-        let n = (cards - produced).min(100_000);
-        let chunk = validated_records(&format!("{run}-{produced}"), n, n, t0 + produced as i64, 1);
-        produce_validated(&d, &chunk).await;
-        produced += n;
-        eprintln!("[bench]   produced {produced}/{cards}");
-    }
-    let group = d.kafka.group("posflow-fraud");
-    let input = d.topic("pos.transactions.validated");
-    let brokers = d.stack.brokers.clone();
-    measure(cards as u64, "fraud (memory)", || {
-        let c = committed(&brokers, &group, &input, PARTITIONS);
-        async move { c }
-    })
-    .await;
-    let rss1 = posflow_e2e::rss_kib(fraud.child.id());
-    let keys1 = keys(&fraud.metrics().await);
-    // Past the horizon (24 h 1 min with the defaults): 8,000 transactions a day later.
-    let later = t0 + cards as i64 + 25 * 3_600_000;
-    produce_validated(
-        &d,
-        &validated_records(&format!("{run}-later"), 8_000, 8_000, later, 1),
-    )
-    .await;
-    measure((cards + 8_000) as u64, "fraud (expiry)", || {
-        let c = committed(&brokers, &group, &input, PARTITIONS);
-        async move { c }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss2 = posflow_e2e::rss_kib(fraud.child.id());
-    let keys2 = keys(&fraud.metrics().await);
-    Ok(Memory {
-        cards,
-        rss_kib: [rss0, rss1, rss2],
-        state_keys: [keys0, keys1, keys2],
-    })
 }
