@@ -200,7 +200,8 @@ impl Engine {
                 .filter(|x| x.amount_minor <= c.small_amount_minor)
                 .map(|x| x.id.to_string())
                 .collect();
-            if crossed(ids.len() >= c.min_small, ids.len() - 1 >= c.min_small) {
+            // Without the current one: `len - 1 >= min`, i.e. `len > min`.
+            if crossed(ids.len() >= c.min_small, ids.len() > c.min_small) {
                 out.push(alert(id::CARD_TESTING, key, Severity::High, 0.8, ids));
             }
         }
@@ -211,7 +212,7 @@ impl Engine {
                 .filter(|x| !x.approved)
                 .map(|x| x.id.to_string())
                 .collect();
-            if crossed(ids.len() >= d.min_declines, ids.len() - 1 >= d.min_declines) {
+            if crossed(ids.len() >= d.min_declines, ids.len() > d.min_declines) {
                 out.push(alert(
                     id::REPEATED_DECLINES,
                     key,
@@ -265,7 +266,7 @@ impl Engine {
             }
         }
         let n = &s.night_high_risk_mcc;
-        if n.enabled && t.amount_minor >= n.min_amount_minor && n.mccs.iter().any(|m| *m == t.mcc) {
+        if n.enabled && t.amount_minor >= n.min_amount_minor && n.mccs.contains(&t.mcc) {
             if let Some(l) = t.location {
                 let hour = local_hour(now, l.longitude);
                 let night = if n.night_start_hour <= n.night_end_hour {
