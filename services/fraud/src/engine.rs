@@ -129,6 +129,27 @@ fn crossed(with: bool, without: bool) -> bool {
     with && !without
 }
 
+/// More than `v.max` in the window, crossed by the event at `now`.
+fn velocity(
+    h: &History,
+    now: i64,
+    v: &crate::rules::Velocity,
+    rule: &'static str,
+    key: &str,
+) -> Option<Alert> {
+    if !v.enabled {
+        return None;
+    }
+    let ids: Vec<String> = h
+        .window(now, v.window_secs)
+        .map(|e| e.id.to_string())
+        .collect();
+    crossed(ids.len() > v.max, ids.len() - 1 > v.max).then(|| {
+        let score = ids.len() as f64 / (2.0 * v.max.max(1) as f64);
+        alert(rule, key, Severity::Medium, score, ids)
+    })
+}
+
 /// The state of one input partition: card rules or terminal rules, by key.
 #[derive(Debug, Default)]
 pub struct Engine {
@@ -145,6 +166,15 @@ pub struct Outcome {
     pub too_late: bool,
 }
 
+impl Outcome {
+    fn too_late() -> Self {
+        Self {
+            alerts: Vec::new(),
+            too_late: true,
+        }
+    }
+}
+
 impl Engine {
     pub fn keys(&self) -> usize {
         self.keys.len()
@@ -158,41 +188,35 @@ impl Engine {
         before - self.keys.len()
     }
 
-    fn admit(&mut self, t: &Transaction, s: &Settings) -> bool {
+    /// Moves the watermark and files the transaction under `key`; `None` if it is too late.
+    fn admit(
+        &mut self,
+        key: &str,
+        t: &Transaction,
+        s: &Settings,
+        horizon: i64,
+    ) -> Option<(&History, Event)> {
         if t.transaction_time < self.watermark - s.allowed_lateness_secs * 1000 {
-            return false;
+            return None;
         }
         self.watermark = self.watermark.max(t.transaction_time);
-        true
+        let h = self.keys.entry(key.into()).or_default();
+        let e = Event::of(t);
+        h.insert(e.clone(), horizon);
+        Some((h, e))
     }
 
     /// Card rules for a transaction of the card `key`.
     pub fn on_card(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
-        if !self.admit(t, s) {
-            return Outcome {
-                too_late: true,
-                ..Outcome::default()
-            };
-        }
-        let horizon = s.card_horizon_ms();
-        let h = self.keys.entry(key.into()).or_default();
-        let e = Event::of(t);
+        let Some((h, e)) = self.admit(key, t, s, s.card_horizon_ms()) else {
+            return Outcome::too_late();
+        };
         let now = e.time;
-        let previous = h.0.iter().rev().find(|x| x.time <= now).cloned();
-        h.insert(e.clone(), horizon);
-        let mut out = Vec::new();
-
-        let v = &s.velocity_card;
-        if v.enabled {
-            let ids: Vec<String> = h
-                .window(now, v.window_secs)
-                .map(|e| e.id.to_string())
-                .collect();
-            if crossed(ids.len() > v.max, ids.len() - 1 > v.max) {
-                let score = ids.len() as f64 / (2.0 * v.max.max(1) as f64);
-                out.push(alert(id::VELOCITY_CARD, key, Severity::Medium, score, ids));
-            }
-        }
+        // The card's transaction before this one (by event time), for travel.
+        let previous = h.0.iter().rev().find(|x| x.time <= now && x.id != e.id);
+        let mut out: Vec<Alert> = velocity(h, now, &s.velocity_card, id::VELOCITY_CARD, key)
+            .into_iter()
+            .collect();
         let c = &s.card_testing;
         if c.enabled && e.amount_minor <= c.small_amount_minor {
             let ids: Vec<String> = h
@@ -293,35 +317,14 @@ impl Engine {
 
     /// Terminal rules for a transaction at the terminal `key`.
     pub fn on_terminal(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
-        if !self.admit(t, s) {
-            return Outcome {
-                too_late: true,
-                ..Outcome::default()
-            };
-        }
-        let horizon = s.terminal_horizon_ms();
-        let h = self.keys.entry(key.into()).or_default();
-        let e = Event::of(t);
+        let Some((h, e)) = self.admit(key, t, s, s.terminal_horizon_ms()) else {
+            return Outcome::too_late();
+        };
         let now = e.time;
-        h.insert(e.clone(), horizon);
-        let mut out = Vec::new();
-        let v = &s.velocity_terminal;
-        if v.enabled {
-            let ids: Vec<String> = h
-                .window(now, v.window_secs)
-                .map(|e| e.id.to_string())
+        let mut out: Vec<Alert> =
+            velocity(h, now, &s.velocity_terminal, id::VELOCITY_TERMINAL, key)
+                .into_iter()
                 .collect();
-            if crossed(ids.len() > v.max, ids.len() - 1 > v.max) {
-                let score = ids.len() as f64 / (2.0 * v.max.max(1) as f64);
-                out.push(alert(
-                    id::VELOCITY_TERMINAL,
-                    key,
-                    Severity::Medium,
-                    score,
-                    ids,
-                ));
-            }
-        }
         let d = &s.terminal_declines;
         if d.enabled {
             let in_window: Vec<&Event> = h.window(now, d.window_secs).collect();
@@ -600,27 +603,18 @@ mod tests {
 
     #[test]
     fn alert_ids_depend_on_rule_key_and_evidence_only() {
-        let a = alert(
-            id::VELOCITY_CARD,
-            "K",
-            Severity::Medium,
-            0.5,
-            vec!["1".into(), "2".into()],
-        );
-        let b = alert(
-            id::VELOCITY_CARD,
-            "K",
-            Severity::High,
-            0.9,
-            vec!["1".into(), "2".into()],
-        );
-        let c = alert(
-            id::VELOCITY_CARD,
-            "K",
-            Severity::Medium,
-            0.5,
-            vec!["1".into(), "3".into()],
-        );
+        let make = |severity, score, last: &str| {
+            alert(
+                id::VELOCITY_CARD,
+                "K",
+                severity,
+                score,
+                vec!["1".into(), last.into()],
+            )
+        };
+        let a = make(Severity::Medium, 0.5, "2");
+        let b = make(Severity::High, 0.9, "2");
+        let c = make(Severity::Medium, 0.5, "3");
         assert_eq!(a.alert_id, b.alert_id);
         assert_ne!(a.alert_id, c.alert_id);
         assert_eq!(a.alert_id.len(), 32);

@@ -65,21 +65,12 @@ impl Args {
             self.max_clock_skew_secs >= 0,
             "--max-clock-skew-secs must be >= 0",
         );
-        let settings = match &self.rules_file {
-            None => rules::Settings::default(),
-            Some(path) => match std::fs::read_to_string(path) {
-                Err(err) => {
-                    e.push(format!("--rules-file {}: {err}", path.display()));
-                    rules::Settings::default()
-                }
-                Ok(text) => rules::Settings::from_toml(&text).unwrap_or_else(|errors| {
-                    for err in errors {
-                        e.push(format!("--rules-file {}: {err}", path.display()));
-                    }
-                    rules::Settings::default()
-                }),
-            },
-        };
+        let settings = posflow_runtime::config::load_file(
+            self.rules_file.as_deref(),
+            "--rules-file",
+            rules::Settings::from_toml,
+            &mut e,
+        );
         e.into_result(Config {
             args: self,
             settings,

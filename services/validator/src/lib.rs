@@ -58,21 +58,12 @@ impl Args {
         self.kafka.check(&mut e);
         e.check(self.in_flight >= 1, "--in-flight must be at least 1");
         self.exactly_once.check(&mut e);
-        let policies = match &self.rules_file {
-            None => policy::Policies::default(),
-            Some(path) => match std::fs::read_to_string(path) {
-                Err(err) => {
-                    e.push(format!("--rules-file {}: {err}", path.display()));
-                    policy::Policies::default()
-                }
-                Ok(text) => policy::Policies::from_toml(&text).unwrap_or_else(|errors| {
-                    for err in errors {
-                        e.push(format!("--rules-file {}: {err}", path.display()));
-                    }
-                    policy::Policies::default()
-                }),
-            },
-        };
+        let policies = posflow_runtime::config::load_file(
+            self.rules_file.as_deref(),
+            "--rules-file",
+            policy::Policies::from_toml,
+            &mut e,
+        );
         e.into_result(Config {
             args: self,
             policies,
