@@ -118,6 +118,31 @@ pub fn redact_url(url: &str) -> String {
     url.to_string()
 }
 
+/// Reads and parses an optional configuration file named by `flag` (rules files): `None` gives
+/// `T::default()`. A file that cannot be read or parsed adds every problem to `errors`, each
+/// prefixed with the flag and path, and gives the default so the other checks still run.
+pub fn load_file<T: Default>(
+    path: Option<&std::path::Path>,
+    flag: &str,
+    parse: impl FnOnce(&str) -> Result<T, Vec<String>>,
+    errors: &mut ConfigErrors,
+) -> T {
+    let Some(path) = path else {
+        return T::default();
+    };
+    let problems = match std::fs::read_to_string(path) {
+        Err(e) => vec![e.to_string()],
+        Ok(text) => match parse(&text) {
+            Ok(v) => return v,
+            Err(problems) => problems,
+        },
+    };
+    for p in problems {
+        errors.push(format!("{flag} {}: {p}", path.display()));
+    }
+    T::default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,29 +172,4 @@ mod tests {
         );
         assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
     }
-}
-
-/// Reads and parses an optional configuration file named by `flag` (rules files): `None` gives
-/// `T::default()`. A file that cannot be read or parsed adds every problem to `errors`, each
-/// prefixed with the flag and path, and gives the default so the other checks still run.
-pub fn load_file<T: Default>(
-    path: Option<&std::path::Path>,
-    flag: &str,
-    parse: impl FnOnce(&str) -> Result<T, Vec<String>>,
-    errors: &mut ConfigErrors,
-) -> T {
-    let Some(path) = path else {
-        return T::default();
-    };
-    let problems = match std::fs::read_to_string(path) {
-        Err(e) => vec![e.to_string()],
-        Ok(text) => match parse(&text) {
-            Ok(v) => return v,
-            Err(problems) => problems,
-        },
-    };
-    for p in problems {
-        errors.push(format!("{flag} {}: {p}", path.display()));
-    }
-    T::default()
 }
