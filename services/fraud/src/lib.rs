@@ -135,9 +135,9 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// Which rules an input topic feeds.
+/// Which rules an input topic feeds: card rules (validated topic) or terminal rules (raw topic).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Input_ {
+enum Feed {
     Card,
     Terminal,
 }
@@ -163,18 +163,18 @@ struct Stage {
 }
 
 impl Stage {
-    fn input_of(&self, topic: &str) -> Input_ {
+    fn input_of(&self, topic: &str) -> Feed {
         if topic == self.validated_topic {
-            Input_::Card
+            Feed::Card
         } else {
-            Input_::Terminal
+            Feed::Terminal
         }
     }
 
-    async fn decode(&self, input: Input_, payload: &[u8]) -> Result<Option<Transaction>, Retry> {
+    async fn decode(&self, input: Feed, payload: &[u8]) -> Result<Option<Transaction>, Retry> {
         let r = match input {
-            Input_::Card => self.validated.decode(payload).await.map(|v| v.transaction),
-            Input_::Terminal => self.raw.decode(payload).await.map(|r| r.transaction),
+            Feed::Card => self.validated.decode(payload).await.map(|v| v.transaction),
+            Feed::Terminal => self.raw.decode(payload).await.map(|r| r.transaction),
         };
         match r {
             Ok(t) => Ok(Some(t)),
@@ -186,19 +186,19 @@ impl Stage {
         }
     }
 
-    fn horizon_ms(&self, input: Input_) -> i64 {
+    fn horizon_ms(&self, input: Feed) -> i64 {
         match input {
-            Input_::Card => self.settings.card_horizon_ms(),
-            Input_::Terminal => self.settings.terminal_horizon_ms(),
+            Feed::Card => self.settings.card_horizon_ms(),
+            Feed::Terminal => self.settings.terminal_horizon_ms(),
         }
     }
 
-    fn judge(&self, input: Input_, e: &mut engine::Engine, t: &Transaction) -> engine::Outcome {
+    fn judge(&self, input: Feed, e: &mut engine::Engine, t: &Transaction) -> engine::Outcome {
         match (input, &t.card) {
-            (Input_::Card, Some(card)) => e.on_card(&card.token, t, &self.settings),
+            (Feed::Card, Some(card)) => e.on_card(&card.token, t, &self.settings),
             // A payment without a card number has no card rules.
-            (Input_::Card, None) => engine::Outcome::default(),
-            (Input_::Terminal, _) => e.on_terminal(&t.terminal_id, t, &self.settings),
+            (Feed::Card, None) => engine::Outcome::default(),
+            (Feed::Terminal, _) => e.on_terminal(&t.terminal_id, t, &self.settings),
         }
     }
 
@@ -257,8 +257,8 @@ impl Stage {
         let outcome = self.judge(kind, &mut state.engine, &t);
         m.received
             .with_label_values(&[match kind {
-                Input_::Card => "card",
-                Input_::Terminal => "terminal",
+                Feed::Card => "card",
+                Feed::Terminal => "terminal",
             }])
             .inc();
         if outcome.too_late {
@@ -288,13 +288,13 @@ impl Stage {
                     severity: a.severity,
                     score: a.score,
                     evidence_transaction_ids: a.evidence,
-                    card_token: card_token.clone().filter(|_| kind == Input_::Card),
+                    card_token: card_token.clone().filter(|_| kind == Feed::Card),
                     merchant_id: t.merchant_id.clone(),
                     terminal_id: t.terminal_id.clone(),
                     detected_at: now,
                 };
                 let key = match (kind, card_token) {
-                    (Input_::Card, Some(token)) => token,
+                    (Feed::Card, Some(token)) => token,
                     _ => t.terminal_id.clone(),
                 };
                 Ok(Output {
