@@ -31,7 +31,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         partitions: 12,
         retention_days: 7,
         writers: "bridge",
-        readers: "validator",
+        readers: "validator, fraud (terminal rules)",
     },
     TopicSpec {
         name: VALIDATED,
