@@ -103,7 +103,8 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = u64>,
 {
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
     let mut first: Option<(Instant, u64)> = None;
     let mut last_report = Instant::now();
     loop {
@@ -113,7 +114,12 @@ where
             first = Some((now, n));
         }
         if n >= total {
-            let (t0, n0) = first.unwrap_or((now, 0));
+            let (mut t0, mut n0) = first.unwrap_or((now, 0));
+            if n0 >= total {
+                // All done before the first look (a run too small to time from inside):
+                // count from the start, start-up included.
+                (t0, n0) = (started, 0);
+            }
             return Rate {
                 records: total - n0,
                 elapsed: now.duration_since(t0).max(Duration::from_millis(1)),
@@ -189,6 +195,56 @@ async fn passthrough(
     Ok(())
 }
 
+/// What runs against a set of records: the passthrough in this process, or a stage binary.
+enum Contender {
+    Passthrough {
+        exactly_once: bool,
+        group: &'static str,
+        input: &'static str,
+        output: &'static str,
+    },
+    Stage {
+        binary: &'static str,
+        env: Vec<(String, String)>,
+    },
+}
+
+/// Starts `c` on `d`'s topics, measures it until `progress()` reaches `n`, stops it.
+async fn race(
+    d: &Deployment,
+    c: Contender,
+    label: &str,
+    n: usize,
+    mut progress: impl FnMut() -> u64,
+) -> Rate {
+    let (task, service) = match c {
+        Contender::Passthrough {
+            exactly_once,
+            group,
+            input,
+            output,
+        } => {
+            let d = d.clone();
+            let task =
+                tokio::spawn(
+                    async move { passthrough(&d, exactly_once, group, input, output).await },
+                );
+            (Some(task), None)
+        }
+        Contender::Stage { binary, env } => (None, Some(Service::start(binary, &env, &[]).await)),
+    };
+    let rate = measure(n as u64, label, || {
+        let v = progress();
+        async move { v }
+    })
+    .await;
+    if let Some(t) = task {
+        t.abort();
+    }
+    drop(service);
+    rate
+}
+
 /// Validator vs passthrough, exactly-once and at-least-once: four runs of `n` records, each on
 /// its own topics. Returns (mode, passthrough, validator) per mode.
 pub async fn validator(n: usize) -> anyhow::Result<Vec<(&'static str, Rate, Rate)>> {
@@ -205,28 +261,21 @@ pub async fn validator(n: usize) -> anyhow::Result<Vec<(&'static str, Rate, Rate
             .await;
             let group = d.kafka.group("posflow-validator");
             let raw = d.topic("pos.transactions.raw");
-            let task = if contender == "passthrough" {
-                let d = d.clone();
-                Some(tokio::spawn(async move {
-                    passthrough(
-                        &d,
-                        eos,
-                        "posflow-validator",
-                        "pos.transactions.raw",
-                        "pos.transactions.validated",
-                    )
-                    .await
-                }))
+            let c = if contender == "passthrough" {
+                Contender::Passthrough {
+                    exactly_once: eos,
+                    group: "posflow-validator",
+                    input: "pos.transactions.raw",
+                    output: "pos.transactions.validated",
+                }
             } else {
-                None
-            };
-            let service = if contender == "validator" {
                 let mut env = d.env();
                 env.push(("POSFLOW_DELIVERY".into(), mode.into()));
                 env.push(("POSFLOW_LOG".into(), "warn".into()));
-                Some(Service::start("posflow-validator", &env, &[]).await)
-            } else {
-                None
+                Contender::Stage {
+                    binary: "posflow-validator",
+                    env,
+                }
             };
             let brokers = d.stack.brokers.clone();
             // Exactly-once: the offsets committed with each transaction. At-least-once: outputs on
@@ -235,20 +284,17 @@ pub async fn validator(n: usize) -> anyhow::Result<Vec<(&'static str, Rate, Rate
                 d.topic("pos.transactions.validated"),
                 d.topic("pos.transactions.rejected"),
             ];
-            let rate = measure(n as u64, &format!("{contender} ({mode})"), || {
-                let c = if eos {
-                    committed(&brokers, &group, &raw, PARTITIONS)
-                } else {
-                    produced(&brokers, &outputs, PARTITIONS)
-                };
-                async move { c }
-            })
-            .await;
-            if let Some(t) = task {
-                t.abort();
-            }
-            drop(service);
-            rates.push(rate);
+            let label = format!("{contender} ({mode})");
+            rates.push(
+                race(&d, c, &label, n, || {
+                    if eos {
+                        committed(&brokers, &group, &raw, PARTITIONS)
+                    } else {
+                        produced(&brokers, &outputs, PARTITIONS)
+                    }
+                })
+                .await,
+            );
         }
         let v = rates.pop().unwrap();
         let p = rates.pop().unwrap();
@@ -479,35 +525,26 @@ pub async fn fraud(n: usize) -> anyhow::Result<(Rate, Rate)> {
         .await;
         let group = d.kafka.group("posflow-fraud");
         let input = d.topic("pos.transactions.validated");
-        let task = (contender == "passthrough").then(|| {
-            let d = d.clone();
-            tokio::spawn(async move {
-                passthrough(
-                    &d,
-                    true,
-                    "posflow-fraud",
-                    "pos.transactions.validated",
-                    "pos.fraud.alerts",
-                )
-                .await
-            })
-        });
-        let service = if contender == "fraud" {
-            Some(Service::start("posflow-fraud", &fraud_env(&d), &[]).await)
+        let c = if contender == "passthrough" {
+            Contender::Passthrough {
+                exactly_once: true,
+                group: "posflow-fraud",
+                input: "pos.transactions.validated",
+                output: "pos.fraud.alerts",
+            }
         } else {
-            None
+            Contender::Stage {
+                binary: "posflow-fraud",
+                env: fraud_env(&d),
+            }
         };
         let brokers = d.stack.brokers.clone();
-        let rate = measure(n as u64, contender, || {
-            let c = committed(&brokers, &group, &input, PARTITIONS);
-            async move { c }
-        })
-        .await;
-        if let Some(t) = task {
-            t.abort();
-        }
-        drop(service);
-        rates.push(rate);
+        rates.push(
+            race(&d, c, contender, n, || {
+                committed(&brokers, &group, &input, PARTITIONS)
+            })
+            .await,
+        );
     }
     let f = rates.pop().unwrap();
     Ok((rates.pop().unwrap(), f))

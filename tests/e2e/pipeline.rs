@@ -231,16 +231,12 @@ async fn a_thousand_transactions_reach_postgres_exactly_once_and_no_card_number_
             );
         }
     }
-    let dump: Vec<String> = db
-        .query(
-            "SELECT t::text FROM transactions t WHERE transaction_id LIKE $1",
-            &[&like],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let dump = texts(
+        &db,
+        "SELECT t::text FROM transactions t WHERE transaction_id LIKE $1",
+        &like,
+    )
+    .await;
     for line in &dump {
         assert_eq!(
             luhn_runs(line.as_bytes()),

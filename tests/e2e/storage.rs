@@ -100,16 +100,12 @@ async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a
     .await;
     // Anything extra would have arrived by now; look once more after a pause.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stored_ids: Vec<String> = db
-        .query(
-            "SELECT transaction_id FROM transactions WHERE transaction_id LIKE $1",
-            &[&like],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let stored_ids = texts(
+        &db,
+        "SELECT transaction_id FROM transactions WHERE transaction_id LIKE $1",
+        &like,
+    )
+    .await;
     let distinct: HashSet<&str> = stored_ids.iter().map(String::as_str).collect();
     let line_item_dups = count(
         &db,

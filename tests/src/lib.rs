@@ -465,6 +465,17 @@ pub async fn db(stack: &Stack) -> tokio_postgres::Client {
     client
 }
 
+/// The text values of a one-column query with one text parameter (e.g. a `LIKE` pattern).
+pub async fn texts(client: &tokio_postgres::Client, query: &str, param: &str) -> Vec<String> {
+    client
+        .query(query, &[&param])
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Waits until `query` (returning one bigint) returns `expected`; returns the last value.
 pub async fn wait_for_count(
     client: &tokio_postgres::Client,
