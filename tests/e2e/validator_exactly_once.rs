@@ -130,3 +130,53 @@ async fn a_validator_killed_mid_stream_leaves_each_input_exactly_once() {
         rejected.len()
     );
 }
+
+/// A gap in a terminal's sequence numbers is reported (metrics and a log event), and the
+/// transactions are still validated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_gaps_are_reported_not_rejected() {
+    let d = Deployment::kafka_only().await;
+    let run = format!("gap{:08x}", rand::random::<u32>());
+    // T0390 sends 1, 2, then 5 (3 and 4 missing), 6, then 4 again late.
+    let inputs: Vec<TransactionReceived> = [1, 2, 5, 6, 4]
+        .iter()
+        .map(|&seq| received_sale(&format!("{run}-{seq}"), "T0390", seq))
+        .collect();
+    d.produce("pos.transactions.raw", &inputs, |r| {
+        r.transaction.terminal_id.clone()
+    })
+    .await;
+    let validator = Service::start("posflow-validator", &d.env(), &[]).await;
+    read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.transactions.validated"),
+        5,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    let m = validator.metrics().await;
+    assert_eq!(
+        metric(&m, "posflow_validator_sequence_gaps_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "posflow_validator_sequence_missing_total"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&m, "posflow_validator_sequence_behind_total"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "posflow_validator_validated_total"), Some(5.0));
+    let log = validator.log_text();
+    let gap = log
+        .lines()
+        .find(|l| l.contains("\"event\":\"sequence_gap\""))
+        .unwrap_or_else(|| panic!("no sequence_gap event in:\n{log}"));
+    assert!(
+        gap.contains("\"terminal_id\":\"T0390\"")
+            && gap.contains("\"expected\":3")
+            && gap.contains("\"got\":5"),
+        "{gap}"
+    );
+}
