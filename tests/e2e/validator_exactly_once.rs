@@ -168,6 +168,7 @@ async fn sequence_gaps_are_reported_not_rejected() {
         Some(1.0)
     );
     assert_eq!(metric(&m, "posflow_validator_validated_total"), Some(5.0));
+    assert_eq!(metric(&m, "posflow_validator_terminals_tracked"), Some(1.0));
     let log = validator.log_text();
     let gap = log
         .lines()

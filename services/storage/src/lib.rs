@@ -235,7 +235,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         while batch.len() < args.batch_size {
             tokio::select! {
                 msg = consumer.recv() => {
-                    let msg = msg?;
+                    let Some(msg) = posflow_kafka::pipeline::consumed(msg, &ctx).await? else { continue };
                     m.received.inc();
                     let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
                     let payload = msg.payload().unwrap_or_default().to_vec();

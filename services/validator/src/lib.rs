@@ -232,6 +232,8 @@ impl Validator {
         let m = metrics();
         match self.sequences.observe(&t.terminal_id, t.sequence) {
             sequence::Sequence::InOrder => {}
+            // The gauge moves only when the map grows: no shard walk per record.
+            sequence::Sequence::First => m.terminals.inc(),
             sequence::Sequence::Gap { expected, missing } => {
                 m.sequence_gaps.inc();
                 m.sequence_missing.inc_by(missing.unsigned_abs());
@@ -247,7 +249,6 @@ impl Validator {
             }
             sequence::Sequence::Behind { .. } => m.sequence_behind.inc(),
         }
-        m.terminals.set(self.sequences.terminals() as i64);
     }
 }
 

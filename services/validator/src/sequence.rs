@@ -13,7 +13,9 @@ use dashmap::DashMap;
 /// What one transaction's sequence number says about its terminal's stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sequence {
-    /// The first seen, or the next one.
+    /// The terminal's first transaction this replica has seen (its baseline).
+    First,
+    /// The next one.
     InOrder,
     /// `missing` numbers were skipped before this one.
     Gap { expected: i64, missing: i64 },
@@ -30,7 +32,7 @@ impl Tracker {
     pub fn observe(&self, terminal_id: &str, sequence: i64) -> Sequence {
         let Some(mut last) = self.last.get_mut(terminal_id) else {
             self.last.insert(terminal_id.to_string(), sequence);
-            return Sequence::InOrder;
+            return Sequence::First;
         };
         let prev = *last;
         if sequence <= prev {
@@ -59,7 +61,7 @@ mod tests {
     #[test]
     fn gaps_are_counted_resends_are_not() {
         let t = Tracker::default();
-        assert_eq!(t.observe("T1", 5), Sequence::InOrder);
+        assert_eq!(t.observe("T1", 5), Sequence::First);
         assert_eq!(t.observe("T1", 6), Sequence::InOrder);
         assert_eq!(
             t.observe("T1", 9),
@@ -70,7 +72,7 @@ mod tests {
         );
         assert_eq!(t.observe("T1", 8), Sequence::Behind { last: 9 });
         assert_eq!(t.observe("T1", 10), Sequence::InOrder);
-        assert_eq!(t.observe("T2", 1), Sequence::InOrder);
+        assert_eq!(t.observe("T2", 1), Sequence::First);
         assert_eq!(t.terminals(), 2);
     }
 }

@@ -116,8 +116,7 @@ where
                 }
             }
             msg = consumer.recv(), if draining.is_none() && inflight.len() < window => {
-                let msg = msg?;
-                ctx.health.set_ready(true);
+                let Some(msg) = consumed(msg, ctx).await? else { continue };
                 let input = Input::detach(&msg);
                 drop(msg);
                 let position = (input.topic.clone(), input.partition, input.offset);
@@ -273,8 +272,7 @@ where
                 }
             }
             msg = consumer.recv(), if !full && !stopping => {
-                let msg = msg?;
-                ctx.health.set_ready(true);
+                let Some(msg) = consumed(msg, ctx).await? else { continue };
                 let input = Input::detach(&msg);
                 drop(msg);
                 deadline.get_or_insert_with(|| tokio::time::Instant::now() + batching.linger);
@@ -449,6 +447,28 @@ fn rewind(consumer: &StreamConsumer<TxnContext>, first: &Positions) {
             Duration::from_secs(10),
         ) {
             tracing::debug!(error = %e, topic, partition, "rewind skipped (partition revoked?)");
+        }
+    }
+}
+
+/// What `recv` gave: a message, or `None` for a consumer error worth waiting out — a topic
+/// not yet known to this broker right after provisioning, a broker moving a partition —
+/// which librdkafka recovers from by itself. Only a fatal consumer error ends the run.
+pub async fn consumed<M>(
+    r: Result<M, KafkaError>,
+    ctx: &Context,
+) -> Result<Option<M>, PipelineError> {
+    match r {
+        Ok(m) => {
+            ctx.health.set_ready(true);
+            Ok(Some(m))
+        }
+        Err(e @ KafkaError::MessageConsumptionFatal(_)) => Err(e.into()),
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer error; librdkafka retries");
+            ctx.health.set_ready(false);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(None)
         }
     }
 }
