@@ -334,7 +334,8 @@ ensure_database() {
 
 up_smtp() {
   running smtp && return 0
-  mkdir -p "$STACK/smtp/maildir"
+  # aiosmtpd's Mailbox handler does not create the maildir's own folders.
+  mkdir -p "$STACK/smtp/maildir/tmp" "$STACK/smtp/maildir/new" "$STACK/smtp/maildir/cur"
   start_bg smtp /usr/bin/python3 -m aiosmtpd -n -l "127.0.0.1:$SMTP_PORT" \
     -c aiosmtpd.handlers.Mailbox "$STACK/smtp/maildir"
 }

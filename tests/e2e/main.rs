@@ -9,6 +9,7 @@ mod cli;
 mod corpus;
 mod fraud;
 mod kafka_outage;
+mod notifier;
 mod pipeline;
 mod provisioning;
 mod storage;

@@ -5,6 +5,8 @@
 //! Needs `deploy/local/stack.sh up` and `cargo build --workspace` first (`make test` does both).
 //! Addresses come from the POSFLOW_* variables of `stack.sh env`, defaulting to the stack's own.
 
+pub mod notify;
+
 use posflow_kafka::provision::{provision, ProvisionPlan};
 use posflow_kafka::KafkaArgs;
 use posflow_runtime::Secret;

@@ -489,10 +489,7 @@ impl Ingress {
                         topic: self.dlq_topic.clone(),
                         key: letter.source.clone(),
                         value,
-                        headers: hdrs.insert(Header {
-                            key: headers::REASON,
-                            value: Some(code.as_bytes()),
-                        }),
+                        headers: headers::with_reason(hdrs, code),
                     }),
                     publish,
                     received,

@@ -1,48 +1,375 @@
-//! posflow-notifier: merchant notification. This version is the stage's frame —
-//! it consumes its input in its own consumer group, decodes every record, reports health and
-//! metrics, and commits offsets — so it deploys and scales like the others; delivery (webhooks, email) comes in
-//! issue #6.
+//! posflow-notifier: delivers each merchant its transactions as it chose — signed webhooks,
+//! email receipts, periodic digests — and fraud alerts ahead of everything else.
+//!
+//! Four loops share one PostgreSQL outbox (docs/notifier.md):
+//! - **ingest** consumes validated transactions and fraud alerts, renders one delivery per event
+//!   and channel (or a digest item) and inserts them idempotently; offsets move after the
+//!   insert commits, so nothing consumed is lost and a redelivery adds nothing;
+//! - **dispatch** claims due deliveries (fraud alerts first) under a lease with `SKIP LOCKED`,
+//!   so replicas share the work, and sends them with a per-merchant rate limit, concurrency cap
+//!   and circuit breaker; retries back off with jitter; an exhausted or refused delivery is
+//!   dead-lettered; every attempt's outcome goes to the status topic;
+//! - **digests** close each digest-mode merchant's period once (a primary key decides which
+//!   replica) and enqueue the digest;
+//! - **preferences** are reloaded from the table every few seconds.
 
-use clap::Parser;
-use posflow_kafka::pipeline::consume_and_decode;
-use posflow_kafka::KafkaArgs;
-use posflow_runtime::metrics::counter_vec;
-use posflow_runtime::{CommonArgs, ConfigErrors, Context};
-use posflow_schema::TransactionValidated;
+pub mod cli;
+pub mod digest;
+pub mod dispatch;
+pub mod email;
+pub mod ingest;
+pub mod policy;
+pub mod prefs;
+pub mod render;
+pub mod store;
+pub mod webhook;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use posflow_kafka::{InstanceArgs, KafkaArgs};
+use posflow_pg::DatabaseArgs;
+use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context, Secret};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 /// posflow-notifier: delivers transactions to merchants by webhook and email.
 #[derive(Debug, Parser)]
 #[command(name = "posflow-notifier", version, about, long_about = None)]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub db: DatabaseArgs,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    /// Apply pending migrations at start-up (otherwise run `posflow-notifier migrate` first).
+    #[arg(long, env = "POSFLOW_MIGRATE_ON_START", default_value_t = false)]
+    pub migrate_on_start: bool,
+    /// SMTP server: smtps://user:password@host:465 (TLS), smtp://user:password@host:587?tls=required
+    /// (STARTTLS) or smtp://host:25 (plain, local relays only). From a Secret.
+    #[arg(
+        long,
+        env = "POSFLOW_SMTP_URL",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub smtp_url: Secret,
+    /// The From of every email.
+    #[arg(
+        long,
+        env = "POSFLOW_SMTP_FROM",
+        default_value = "posflow <notifications@posflow.invalid>"
+    )]
+    pub smtp_from: String,
+    /// Extra CA bundle (PEM) trusted for webhook endpoints, besides the system's roots.
+    #[arg(long, env = "POSFLOW_WEBHOOK_CA_FILE")]
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Milliseconds a webhook or SMTP exchange may take before it counts as failed (and is retried).
+    #[arg(long, env = "POSFLOW_DELIVERY_TIMEOUT_MS", default_value_t = 10_000)]
+    pub delivery_timeout_ms: u64,
+    /// Milliseconds before the first retry; doubles per failed attempt, with jitter.
+    #[arg(long, env = "POSFLOW_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+    /// Longest wait between two attempts, in seconds (a Retry-After may ask for longer, up to an hour).
+    #[arg(long, env = "POSFLOW_RETRY_MAX_DELAY_SECS", default_value_t = 600)]
+    pub retry_max_delay_secs: u64,
+    /// Attempts per delivery, the first included; then it is failed and dead-lettered.
+    #[arg(long, env = "POSFLOW_MAX_ATTEMPTS", default_value_t = 10)]
+    pub max_attempts: u32,
+    /// Deliveries per second to one merchant (all channels), per replica.
+    #[arg(long, env = "POSFLOW_MERCHANT_RATE", default_value_t = 50)]
+    pub merchant_rate: u32,
+    /// Deliveries to one merchant in flight at once, per replica.
+    #[arg(long, env = "POSFLOW_MERCHANT_CONCURRENCY", default_value_t = 8)]
+    pub merchant_concurrency: usize,
+    /// Deliveries in flight at once, per replica.
+    #[arg(long, env = "POSFLOW_CONCURRENCY", default_value_t = 256)]
+    pub concurrency: usize,
+    /// Consecutive failed attempts that open a merchant's circuit.
+    #[arg(long, env = "POSFLOW_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub breaker_threshold: u32,
+    /// Seconds an open circuit waits before one probe delivery.
+    #[arg(long, env = "POSFLOW_BREAKER_COOLDOWN_SECS", default_value_t = 30)]
+    pub breaker_cooldown_secs: u64,
+    /// Seconds a claimed delivery is held before another replica may take it (covers a crash).
+    #[arg(long, env = "POSFLOW_LEASE_SECS", default_value_t = 120)]
+    pub lease_secs: u64,
+    /// Seconds between reloads of the merchant preferences table.
+    #[arg(long, env = "POSFLOW_PREFERENCES_REFRESH_SECS", default_value_t = 10)]
+    pub preferences_refresh_secs: u64,
+    /// Seconds after a digest period ends before it is closed, for transactions still in the pipeline.
+    #[arg(long, env = "POSFLOW_DIGEST_GRACE_SECS", default_value_t = 60)]
+    pub digest_grace_secs: u64,
+    /// Hours finished deliveries and digested items are kept.
+    #[arg(long, env = "POSFLOW_OUTBOX_RETENTION_HOURS", default_value_t = 168)]
+    pub outbox_retention_hours: u64,
+    /// Events per outbox insert (one database transaction), at most.
+    #[arg(long, env = "POSFLOW_NOTIFIER_BATCH_SIZE", default_value_t = 1000)]
+    pub batch_size: usize,
+    /// Milliseconds an insert batch waits to fill.
+    #[arg(long, env = "POSFLOW_NOTIFIER_BATCH_LINGER_MS", default_value_t = 50)]
+    pub batch_linger_ms: u64,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consume, enqueue and deliver (the default).
+    Run,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage merchant delivery preferences.
+    #[command(subcommand)]
+    Merchants(cli::Merchants),
 }
 
 impl Args {
     pub fn check(self) -> Result<Self, ConfigErrors> {
         let mut e = ConfigErrors::new();
-        self.kafka.check(&mut e);
+        self.db.check(&mut e);
+        if matches!(self.command, None | Some(Command::Run)) {
+            self.kafka.check(&mut e);
+            self.instance.check(&mut e);
+            let smtp = self.smtp_url.expose();
+            e.check(
+                smtp.starts_with("smtp://") || smtp.starts_with("smtps://"),
+                "--smtp-url (POSFLOW_SMTP_URL) must be an smtp:// or smtps:// URL",
+            );
+            e.check(
+                self.smtp_from.parse::<lettre::message::Mailbox>().is_ok(),
+                format!("--smtp-from {:?} is not an email address", self.smtp_from),
+            );
+            if let Some(ca) = &self.webhook_ca_file {
+                e.check(
+                    ca.is_file(),
+                    format!("--webhook-ca-file {} is not a file", ca.display()),
+                );
+            }
+            let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 15] = [
+                (
+                    "--delivery-timeout-ms",
+                    self.delivery_timeout_ms,
+                    100..=120_000,
+                ),
+                ("--retry-base-ms", self.retry_base_ms, 10..=600_000),
+                (
+                    "--retry-max-delay-secs",
+                    self.retry_max_delay_secs,
+                    1..=86_400,
+                ),
+                ("--max-attempts", self.max_attempts.into(), 1..=100),
+                ("--merchant-rate", self.merchant_rate.into(), 1..=100_000),
+                (
+                    "--merchant-concurrency",
+                    self.merchant_concurrency as u64,
+                    1..=1_000,
+                ),
+                ("--concurrency", self.concurrency as u64, 1..=10_000),
+                (
+                    "--breaker-threshold",
+                    self.breaker_threshold.into(),
+                    1..=1_000,
+                ),
+                (
+                    "--breaker-cooldown-secs",
+                    self.breaker_cooldown_secs,
+                    1..=3_600,
+                ),
+                ("--lease-secs", self.lease_secs, 5..=3_600),
+                (
+                    "--preferences-refresh-secs",
+                    self.preferences_refresh_secs,
+                    1..=3_600,
+                ),
+                ("--digest-grace-secs", self.digest_grace_secs, 0..=3_600),
+                (
+                    "--outbox-retention-hours",
+                    self.outbox_retention_hours,
+                    1..=24 * 365,
+                ),
+                ("--batch-size", self.batch_size as u64, 1..=10_000),
+                ("--batch-linger-ms", self.batch_linger_ms, 1..=60_000),
+            ];
+            for (flag, value, range) in ranges {
+                e.check(
+                    range.contains(&value),
+                    format!(
+                        "{flag} must be {}..={} (got {value})",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+            }
+            e.check(
+                self.lease_secs * 1000 > self.delivery_timeout_ms * 2,
+                "--lease-secs must exceed twice --delivery-timeout-ms, or a slow attempt could be claimed twice",
+            );
+        }
         e.into_result(self)
+    }
+
+    pub fn retry_policy(&self) -> policy::RetryPolicy {
+        policy::RetryPolicy {
+            base: Duration::from_millis(self.retry_base_ms),
+            max_delay: Duration::from_secs(self.retry_max_delay_secs),
+            max_attempts: self.max_attempts,
+        }
     }
 }
 
+/// The merchant preferences every loop reads, swapped whole on reload.
+#[derive(Clone, Default)]
+pub struct Prefs(Arc<RwLock<Arc<store::PreferenceMap>>>);
+
+impl Prefs {
+    pub fn get(&self, merchant: &str) -> Option<Arc<prefs::Preferences>> {
+        self.snapshot().get(merchant).cloned()
+    }
+    pub fn snapshot(&self) -> Arc<store::PreferenceMap> {
+        self.0.read().map(|m| m.clone()).unwrap_or_default()
+    }
+    fn replace(&self, map: store::PreferenceMap) {
+        if let Ok(mut m) = self.0.write() {
+            *m = Arc::new(map);
+        }
+    }
+}
+
+/// A database connection a loop owns, reopened when it drops.
+pub struct Conn {
+    db: DatabaseArgs,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Conn {
+    pub fn new(db: &DatabaseArgs) -> Self {
+        Conn {
+            db: db.clone(),
+            client: None,
+        }
+    }
+
+    /// The open connection, reconnecting as often as needed; `None` on shutdown.
+    pub async fn get(&mut self, ctx: &Context) -> Option<&mut tokio_postgres::Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(connect_with_backoff(&self.db, ctx).await?);
+        }
+        self.client.as_mut()
+    }
+}
+
+/// Connects, retrying with backoff (the stage unready meanwhile); `None` on shutdown.
+pub async fn connect_with_backoff(
+    db: &DatabaseArgs,
+    ctx: &Context,
+) -> Option<tokio_postgres::Client> {
+    let mut backoff = Backoff::outage();
+    loop {
+        match db.connect().await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e.summary(), database = %db.redacted(), "database unreachable; retrying");
+                ctx.health.set_ready(false);
+                if !backoff.wait(&ctx.shutdown).await {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Applies the notifier's migrations.
+pub async fn migrate(db: &DatabaseArgs) -> anyhow::Result<Vec<i32>> {
+    let mut client = db
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", db.redacted()))?;
+    Ok(store::migrate(&mut client).await?)
+}
+
 pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
-    let received = counter_vec(
-        "posflow_notifier_received_total",
-        "Validated transactions consumed, by decode outcome",
-        &["outcome"],
+    if matches!(args.command, Some(Command::Migrate)) {
+        let applied = migrate(&args.db).await?;
+        tracing::info!(?applied, "migrations applied");
+        return Ok(());
+    }
+    if args.migrate_on_start {
+        let applied = migrate(&args.db).await?;
+        tracing::info!(?applied, "migrations applied");
+    }
+    let args = Arc::new(args);
+    let prefs = Prefs::default();
+    let mut conn = Conn::new(&args.db);
+    let Some(client) = conn.get(&ctx).await else {
+        return Ok(());
+    };
+    prefs.replace(store::load_preferences(client).await.context(
+        "reading merchant preferences (run `posflow-notifier migrate`, then `merchants apply`)",
+    )?);
+    tracing::info!(
+        merchants = prefs.snapshot().len(),
+        "merchant preferences loaded"
     );
-    let topic = args.kafka.topics().validated();
-    let drain = args.common.drain();
-    consume_and_decode::<TransactionValidated>(
-        &args.kafka,
-        "notifier",
-        &topic,
-        &received,
-        &ctx,
-        drain,
-    )
-    .await
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let dispatcher = dispatch::Dispatcher::new(&args, prefs.clone(), ctx.clone()).await?;
+    let tasks = vec![
+        tokio::spawn(refresh_preferences(
+            args.clone(),
+            prefs.clone(),
+            conn,
+            ctx.clone(),
+        )),
+        tokio::spawn(ingest::run(
+            args.clone(),
+            prefs.clone(),
+            wake.clone(),
+            ctx.clone(),
+        )),
+        tokio::spawn(dispatcher.run(wake, ctx.clone())),
+        tokio::spawn(digest::run(args.clone(), prefs, ctx.clone())),
+    ];
+    ctx.health.set_ready(true);
+    let mut result = Ok(());
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                ctx.shutdown.trigger();
+                result = Err(e);
+            }
+            Err(e) => {
+                ctx.shutdown.trigger();
+                result = Err(anyhow::anyhow!("a notifier task panicked: {e}"));
+            }
+        }
+    }
+    result
+}
+
+async fn refresh_preferences(
+    args: Arc<Args>,
+    prefs: Prefs,
+    mut conn: Conn,
+    ctx: Context,
+) -> anyhow::Result<()> {
+    let every = Duration::from_secs(args.preferences_refresh_secs);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = ctx.shutdown.wait() => return Ok(()),
+        }
+        let Some(client) = conn.get(&ctx).await else {
+            return Ok(());
+        };
+        match store::load_preferences(client).await {
+            Ok(map) => prefs.replace(map),
+            Err(e) => {
+                tracing::warn!(error = %e.summary(), "reloading merchant preferences failed; keeping the last ones")
+            }
+        }
+    }
 }

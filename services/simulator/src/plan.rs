@@ -96,11 +96,6 @@ const CITIES: [(f64, f64); 5] = [
     (40.416, -3.703),
 ];
 
-fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
 /// The fleet's transactions, per terminal, in publish order.
 pub fn plan(cfg: &FleetConfig, now_ms: i64) -> Vec<Vec<Planned>> {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -165,7 +160,7 @@ pub fn plan(cfg: &FleetConfig, now_ms: i64) -> Vec<Vec<Planned>> {
                         "terminal_id": terminal,
                         "merchant_id": merchant,
                         "sequence": seq,
-                        "transaction_time": rfc3339(time),
+                        "transaction_time": posflow_schema::rfc3339_millis(time),
                         "type": kind,
                         "original_transaction_id": original,
                         "amount_minor": amount,

@@ -2,7 +2,7 @@
 
 use posflow_schema::{TransactionRejected, TransactionValidated};
 use std::collections::{BTreeMap, HashSet};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 /// Versioned migrations, applied in order, each once (table schema_migrations).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -18,80 +18,18 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
-/// Serialises migrations across replicas starting together.
-const MIGRATION_LOCK: i64 = 0x0070_6f73_666c_6f77; // "posflow"
+pub use posflow_pg::{connect, DbError};
 
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-}
-
-impl DbError {
-    /// Data the database refuses for good (SQLSTATE classes 22 data exception, 23 integrity
-    /// violation, 54 program limit exceeded) vs. everything else (connection lost, server
-    /// restarting, disk full), which is retried.
-    pub fn is_permanent(&self) -> bool {
-        self.sqlstate()
-            .is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54"))
-    }
-
-    pub fn sqlstate(&self) -> Option<&str> {
-        let DbError::Postgres(e) = self;
-        e.code().map(|c| c.code())
-    }
-
-    /// The server's message without its DETAIL, which may quote the row (card token, amounts):
-    /// safe for logs and dead letters.
-    pub fn summary(&self) -> String {
-        let DbError::Postgres(e) = self;
-        match e.as_db_error() {
-            Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        }
-    }
-}
-
-pub async fn connect(url: &str) -> Result<Client, DbError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "database connection closed");
-        }
-    });
-    Ok(client)
-}
+/// Storage's tables; the ledger keeps its historical name.
+pub const STORAGE_MIGRATIONS: posflow_pg::Migrations = posflow_pg::Migrations {
+    ledger: "schema_migrations",
+    lock: 0x0070_6f73_666c_6f77, // "posflow"
+    steps: MIGRATIONS,
+};
 
 /// Applies pending migrations; returns the versions applied now.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
-        .await?;
-    tx.batch_execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
-    )
-    .await?;
-    let done: HashSet<i32> = tx
-        .query("SELECT version FROM schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let mut applied = Vec::new();
-    for (version, name, sql) in MIGRATIONS {
-        if done.contains(version) {
-            continue;
-        }
-        tx.batch_execute(sql).await?;
-        tx.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[version, name],
-        )
-        .await?;
-        applied.push(*version);
-    }
-    tx.commit().await?;
-    Ok(applied)
+    posflow_pg::migrate(client, &STORAGE_MIGRATIONS).await
 }
 
 /// Keeps monthly partitions from last month to two months ahead.

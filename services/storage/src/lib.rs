@@ -13,15 +13,15 @@ use clap::{Parser, Subcommand};
 use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_kafka::{headers, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, histogram};
-use posflow_runtime::{config::redact_url, Backoff, CommonArgs, ConfigErrors, Context, Secret};
+use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context};
 use posflow_schema::{
-    now_millis, AvroRecord, DeadLetter, Decoder, Encoder, TransactionRejected, TransactionValidated,
+    now_millis, DeadLetter, Decoder, Encoder, TransactionRejected, TransactionValidated,
 };
 use prometheus::{Histogram, IntCounter, IntCounterVec};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::{ClientContext, Offset};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,14 +38,8 @@ pub struct Args {
     pub common: CommonArgs,
     #[command(flatten)]
     pub kafka: KafkaArgs,
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. From a Secret; the password is never logged.
-    #[arg(
-        long,
-        env = "POSFLOW_DATABASE_URL",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    pub database_url: Secret,
+    #[command(flatten)]
+    pub db: posflow_pg::DatabaseArgs,
     /// Apply pending migrations at start-up (otherwise run `posflow-storage migrate` first).
     #[arg(long, env = "POSFLOW_MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
@@ -71,11 +65,7 @@ impl Args {
         if !matches!(self.command, Some(Command::Migrate)) {
             self.kafka.check(&mut e);
         }
-        let url = self.database_url.expose();
-        e.check(
-            url.starts_with("postgres://") || url.starts_with("postgresql://"),
-            "--database-url (POSFLOW_DATABASE_URL) must be a postgres:// URL",
-        );
+        self.db.check(&mut e);
         e.check(
             (1..=10_000).contains(&self.batch_size),
             "--batch-size must be 1..=10000",
@@ -147,9 +137,11 @@ fn metrics() -> &'static Metrics {
 }
 
 pub async fn migrate(args: &Args) -> anyhow::Result<Vec<i32>> {
-    let mut client = db::connect(args.database_url.expose())
+    let mut client = args
+        .db
+        .connect()
         .await
-        .with_context(|| format!("connecting to {}", redact_url(args.database_url.expose())))?;
+        .with_context(|| format!("connecting to {}", args.db.redacted()))?;
     let applied = db::migrate(&mut client).await?;
     db::ensure_partitions(&client).await?;
     Ok(applied)
@@ -209,7 +201,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
             topic: dlq_topic.clone(),
             key: letter.source.clone(),
             value: dlq_enc.encode(&letter)?,
-            headers: dead_letter_headers(hdrs, &letter.reason),
+            headers: headers::with_reason(hdrs, &letter.reason),
         })
     };
 
@@ -250,9 +242,9 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                         continue;
                     }
                     let decoded = if topic == validated_t {
-                        decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(db::Item::Transaction))
+                        posflow_kafka::pipeline::decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(db::Item::Transaction))
                     } else {
-                        decode_with_retry(&rejected_dec, &payload, &ctx).await.map(|r| r.map(db::Item::Rejection))
+                        posflow_kafka::pipeline::decode_with_retry(&rejected_dec, &payload, &ctx).await.map(|r| r.map(db::Item::Rejection))
                     };
                     match decoded {
                         Some(Ok(item)) => {
@@ -377,41 +369,13 @@ async fn resume_point(
     Some(from)
 }
 
-fn dead_letter_headers(h: OwnedHeaders, reason: &str) -> OwnedHeaders {
-    h.insert(Header {
-        key: headers::REASON,
-        value: Some(reason.as_bytes()),
-    })
-}
-
-/// `None` when shutdown interrupts a wait for the registry.
-async fn decode_with_retry<T: AvroRecord>(
-    decoder: &Decoder<T>,
-    payload: &[u8],
-    ctx: &Context,
-) -> Option<Result<T, String>> {
-    let mut backoff = Backoff::outage();
-    loop {
-        match decoder.decode(payload).await {
-            Ok(r) => return Some(Ok(r)),
-            Err(e) if !e.is_retriable() => return Some(Err(e.to_string())),
-            Err(e) => {
-                tracing::warn!(error = %e, "schema registry unavailable; retrying");
-                if !backoff.wait(&ctx.shutdown).await {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
 async fn connect_with_retry(args: &Args, ctx: &Context) -> anyhow::Result<tokio_postgres::Client> {
     let mut backoff = Backoff::outage();
     loop {
-        match db::connect(args.database_url.expose()).await {
+        match args.db.connect().await {
             Ok(c) => return Ok(c),
             Err(e) => {
-                tracing::warn!(error = %e, database = %redact_url(args.database_url.expose()), "database unreachable; retrying");
+                tracing::warn!(error = %e, database = %args.db.redacted(), "database unreachable; retrying");
                 if !backoff.wait(&ctx.shutdown).await {
                     anyhow::bail!("stopped while waiting for the database");
                 }
@@ -458,7 +422,7 @@ async fn write_with_retry(
 /// After a server restart the connection is gone for good: a new one, if the server is back.
 async fn reconnect_if_closed(client: &mut tokio_postgres::Client, args: &Args) {
     if client.is_closed() {
-        if let Ok(c) = db::connect(args.database_url.expose()).await {
+        if let Ok(c) = args.db.connect().await {
             *client = c;
         }
     }

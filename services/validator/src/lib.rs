@@ -3,7 +3,6 @@
 //! decoded goes to the dead-letter topic. Exactly once by default (Kafka transactions), at
 //! least once by configuration.
 
-pub mod currency;
 pub mod policy;
 pub mod rules;
 pub mod sequence;
@@ -19,7 +18,6 @@ use posflow_schema::{
     TransactionRejected, TransactionValidated,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
-use rdkafka::message::{Header, OwnedHeaders};
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -172,7 +170,7 @@ impl Validator {
                     topic: topic.clone(),
                     key: letter.source,
                     value,
-                    headers: reason_header(hdrs, "DECODE_FAILED"),
+                    headers: headers::with_reason(hdrs, "DECODE_FAILED"),
                 }]);
             }
         };
@@ -222,7 +220,7 @@ impl Validator {
                 value: enc
                     .encode(&v)
                     .map_err(|e| Retry(format!("encoding: {e}")))?,
-                headers: reason_header(hdrs, &codes),
+                headers: headers::with_reason(hdrs, &codes),
             }
         };
         Ok(vec![output])
@@ -250,13 +248,6 @@ impl Validator {
             sequence::Sequence::Behind { .. } => m.sequence_behind.inc(),
         }
     }
-}
-
-fn reason_header(h: OwnedHeaders, codes: &str) -> OwnedHeaders {
-    h.insert(Header {
-        key: headers::REASON,
-        value: Some(codes.as_bytes()),
-    })
 }
 
 pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {

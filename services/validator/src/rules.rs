@@ -2,8 +2,8 @@
 //! so they are tested without Kafka. Every violation yields its own reason code
 //! (docs/reason-codes.md); a transaction can break several at once and gets them all.
 
-use crate::currency::minor_units;
 use crate::policy::Policy;
+use posflow_schema::currency::minor_units;
 use posflow_schema::{RejectionReason, TransactionReceived, TransactionType};
 
 pub mod code {

@@ -133,13 +133,41 @@ impl KafkaArgs {
     }
 }
 
+/// A replica's stable name, for whatever must survive its restart but not be shared with
+/// another replica: transactional ids (validator, fraud), outbox leases (notifier).
+#[derive(Debug, Clone, Args)]
+pub struct InstanceArgs {
+    /// This instance's stable name (the pod name), unique per replica: a restart takes over what
+    /// the instance it replaces held (its Kafka transactional id `<group>-<instance-id>`, its
+    /// notifier leases).
+    #[arg(long, env = "POSFLOW_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+}
+
+impl InstanceArgs {
+    pub fn check(&self, e: &mut ConfigErrors) {
+        if let Some(id) = &self.instance_id {
+            e.check(
+                !id.is_empty() && id.len() <= 200,
+                "--instance-id must be 1..=200 characters",
+            );
+        }
+    }
+
+    /// `--instance-id`, else the host name (the pod name in Kubernetes), else the process id.
+    pub fn instance(&self) -> String {
+        self.instance_id
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| format!("pid{}", std::process::id()))
+    }
+}
+
 /// The exactly-once pipeline's settings, shared by the stages that use it (validator, fraud).
 #[derive(Debug, Clone, Args)]
 pub struct ExactlyOnceArgs {
-    /// This instance's stable name (the pod name): its transactional id is
-    /// `<group>-<instance-id>`, so a restart fences the instance it replaces. Unique per replica.
-    #[arg(long, env = "POSFLOW_INSTANCE_ID")]
-    pub instance_id: Option<String>,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
     /// Most inputs per Kafka transaction.
     #[arg(long, env = "POSFLOW_TXN_MAX_RECORDS", default_value_t = 2000)]
     pub txn_max_records: usize,
@@ -158,20 +186,11 @@ impl ExactlyOnceArgs {
             (1..=10_000).contains(&self.txn_linger_ms),
             "--txn-linger-ms must be 1..=10000",
         );
-        if let Some(id) = &self.instance_id {
-            e.check(
-                !id.is_empty() && id.len() <= 200,
-                "--instance-id must be 1..=200 characters",
-            );
-        }
+        self.instance.check(e);
     }
 
-    /// `--instance-id`, else the host name (the pod name in Kubernetes), else the process id.
     pub fn instance(&self) -> String {
-        self.instance_id
-            .clone()
-            .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
-            .unwrap_or_else(|| format!("pid{}", std::process::id()))
+        self.instance.instance()
     }
 
     pub fn batching(&self) -> crate::pipeline::Batching {

@@ -8,3 +8,14 @@ pub const MQTT_TOPIC: &str = "posflow-mqtt-topic";
 pub const RECEIVED_AT: &str = "posflow-received-at";
 /// The W3C trace context, passed through from the terminal.
 pub const TRACEPARENT: &str = "traceparent";
+
+/// `h` with the reason code header added (dead letters, rejections).
+pub fn with_reason(
+    h: rdkafka::message::OwnedHeaders,
+    reason: &str,
+) -> rdkafka::message::OwnedHeaders {
+    h.insert(rdkafka::message::Header {
+        key: REASON,
+        value: Some(reason.as_bytes()),
+    })
+}

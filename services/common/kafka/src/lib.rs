@@ -8,5 +8,5 @@ pub mod pipeline;
 pub mod provision;
 pub mod topics;
 
-pub use args::{ExactlyOnceArgs, KafkaArgs};
+pub use args::{ExactlyOnceArgs, InstanceArgs, KafkaArgs};
 pub use topics::{TopicSpec, Topics, CATALOGUE};

@@ -549,38 +549,25 @@ pub async fn produce_until_confirmed(
     }
 }
 
-/// The frame of a stage whose logic is still to come: consumes `topic` in `group`, decodes each
-/// record as `T`, counts it under `metric{outcome="ok"|"undecodable"}` and commits, until
-/// shutdown. It proves the stage deploys, scales and drains like the others.
-pub async fn consume_and_decode<T: posflow_schema::AvroRecord>(
-    args: &crate::KafkaArgs,
-    stage: &str,
-    topic: &str,
-    metric: &prometheus::IntCounterVec,
+/// Decodes, waiting out an unreachable schema registry; bad bytes are an `Err` (for a dead
+/// letter). `None` when shutdown interrupts the wait.
+pub async fn decode_with_retry<T: posflow_schema::AvroRecord>(
+    decoder: &posflow_schema::Decoder<T>,
+    payload: &[u8],
     ctx: &Context,
-    drain: Duration,
-) -> anyhow::Result<()> {
-    let decoder = posflow_schema::Decoder::<T>::new(args.registry());
-    let client_id = format!("{stage}-{}", std::process::id());
-    let consumer =
-        crate::clients::consumer(args, &args.group(&format!("posflow-{stage}")), &client_id)?;
-    consumer.subscribe(&[topic])?;
-    let producer = crate::clients::producer(args, &client_id)?;
-    ctx.health.set_ready(true);
-    run(&consumer, &producer, 1000, drain, ctx, |input| {
-        let decoder = &decoder;
-        async move {
-            match decoder
-                .decode(input.payload.as_deref().unwrap_or_default())
-                .await
-            {
-                Ok(_) => metric.with_label_values(&["ok"]).inc(),
-                Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
-                Err(_) => metric.with_label_values(&["undecodable"]).inc(),
+) -> Option<Result<T, String>> {
+    let mut backoff = Backoff::outage();
+    loop {
+        match decoder.decode(payload).await {
+            Ok(r) => return Some(Ok(r)),
+            Err(e) if !e.is_retriable() => return Some(Err(e.to_string())),
+            Err(e) => {
+                tracing::warn!(error = %e, "schema registry unavailable; retrying");
+                ctx.health.set_ready(false);
+                if !backoff.wait(&ctx.shutdown).await {
+                    return None;
+                }
             }
-            Ok(vec![])
         }
-    })
-    .await?;
-    Ok(())
+    }
 }

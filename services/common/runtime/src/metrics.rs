@@ -2,7 +2,9 @@
 //! one `metrics.rs` with these helpers. Labels are low-cardinality by rule: stage, reason,
 //! outcome, topic — never a card token, PAN, terminal id or raw error text.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+};
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
     // A second registration (a stage started twice in one test process) keeps the first.
@@ -31,6 +33,16 @@ pub fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
     register(
         Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
             .expect("valid metric name"),
+    )
+}
+
+pub fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("valid metric name"),
     )
 }
 

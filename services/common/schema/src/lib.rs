@@ -3,6 +3,7 @@
 
 pub mod catalogue;
 pub mod codec;
+pub mod currency;
 pub mod registry;
 pub mod types;
 
@@ -17,4 +18,10 @@ pub fn now_millis() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A timestamp-millis as RFC 3339 UTC with milliseconds, e.g. 2026-11-28T10:00:00.000Z.
+pub fn rfc3339_millis(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }

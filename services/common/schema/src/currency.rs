@@ -165,8 +165,36 @@ pub fn minor_units(code: &str) -> Option<u8> {
     ISO_4217.iter().find(|(c, _)| *c == code).map(|(_, m)| *m)
 }
 
+/// An amount in minor units as a decimal string in its currency's major units ("12.34" for
+/// 1234 EUR, "1234" for 1234 JPY); two decimals for an unknown code.
+pub fn format_minor(amount_minor: i64, code: &str) -> String {
+    let units = minor_units(code).unwrap_or(2) as u32;
+    if units == 0 {
+        return amount_minor.to_string();
+    }
+    let scale = 10u64.pow(units);
+    let sign = if amount_minor < 0 { "-" } else { "" };
+    let abs = amount_minor.unsigned_abs();
+    format!(
+        "{sign}{}.{:0width$}",
+        abs / scale,
+        abs % scale,
+        width = units as usize
+    )
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn amounts_print_in_major_units() {
+        use super::format_minor;
+        assert_eq!(format_minor(1234, "EUR"), "12.34");
+        assert_eq!(format_minor(-5, "EUR"), "-0.05");
+        assert_eq!(format_minor(1234, "JPY"), "1234");
+        assert_eq!(format_minor(1234, "BHD"), "1.234");
+        assert_eq!(format_minor(0, "XXX"), "0.00");
+    }
+
     #[test]
     fn table_is_sorted_unique_and_well_formed() {
         let codes: Vec<_> = super::ISO_4217.iter().map(|(c, _)| *c).collect();

@@ -1,0 +1,127 @@
+//! `posflow-notifier merchants …`: the preferences table's front door. `apply` checks the whole
+//! file first (every mistake listed, nothing written), then upserts every merchant in one
+//! transaction; running replicas pick the change up within --preferences-refresh-secs.
+
+use crate::prefs::{self, Mode};
+use crate::store;
+use clap::Subcommand;
+use posflow_pg::DatabaseArgs;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Merchants {
+    /// Create or update the merchants in a preferences file (TOML; see deploy/config/merchants.toml).
+    Apply {
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Print every merchant's preferences (webhook secrets masked).
+    List,
+    /// Delete a merchant's preferences: it receives nothing more (pending deliveries then fail).
+    Remove { merchant_id: String },
+}
+
+/// Runs a `merchants` command; exit 0 done, 1 failed, 2 bad input.
+pub fn main(db: &DatabaseArgs, cmd: &Merchants) -> ExitCode {
+    let mut errors = posflow_runtime::ConfigErrors::new();
+    db.check(&mut errors);
+    let parsed = match cmd {
+        Merchants::Apply { file } => match std::fs::read_to_string(file) {
+            Ok(text) => match prefs::parse(&text, |v| std::env::var(v).ok()) {
+                Ok(p) => Some(p),
+                Err(problems) => {
+                    for p in problems {
+                        errors.push(format!("{}: {p}", file.display()));
+                    }
+                    None
+                }
+            },
+            Err(e) => {
+                errors.push(format!("--file {}: {e}", file.display()));
+                None
+            }
+        },
+        _ => None,
+    };
+    if !errors.is_empty() {
+        eprintln!("posflow-notifier merchants: invalid input:\n{errors}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<String> = rt.block_on(async {
+        let mut client = db
+            .connect()
+            .await
+            .map_err(|e| anyhow::anyhow!("connecting to {}: {}", db.redacted(), e.summary()))?;
+        match cmd {
+            Merchants::Apply { .. } => {
+                let p = parsed.unwrap_or_default();
+                store::save_preferences(&mut client, &p)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.summary()))?;
+                Ok(format!("{} merchants applied", p.len()))
+            }
+            Merchants::List => {
+                let map = store::load_preferences(&client)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.summary()))?;
+                let mut ids: Vec<&String> = map.keys().collect();
+                ids.sort();
+                let mut out = String::new();
+                for id in ids {
+                    let p = &map[id];
+                    let mode = match p.mode {
+                        Mode::PerEvent => "per-event".to_string(),
+                        Mode::Digest { every } => {
+                            format!("digest every {}", humantime::format_duration(every))
+                        }
+                    };
+                    out += &format!(
+                        "{id}\t{mode}\t{}\tevents={}\twebhook={}\temails={}\trisk_emails={}\n",
+                        p.format.as_str(),
+                        p.events_as_strings().join(","),
+                        p.webhook
+                            .as_ref()
+                            .map(|w| format!("{} (secret {})", w.url, w.secret))
+                            .unwrap_or_else(|| "-".into()),
+                        p.emails.join(","),
+                        p.risk_emails.join(","),
+                    );
+                }
+                Ok(out.trim_end().to_string())
+            }
+            Merchants::Remove { merchant_id } => {
+                if store::remove_preferences(&client, merchant_id)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.summary()))?
+                {
+                    Ok(format!("{merchant_id} removed"))
+                } else {
+                    anyhow::bail!("no merchant {merchant_id}")
+                }
+            }
+        }
+    });
+    match result {
+        Ok(text) => {
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("posflow-notifier merchants: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

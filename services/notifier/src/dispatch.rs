@@ -1,0 +1,561 @@
+//! Outbox → merchants. Claims due deliveries and sends each on its own task, so one slow or
+//! dead merchant holds at most `--merchant-concurrency` tasks and never the others' deliveries.
+//! Per merchant: a rate limit (governor), a concurrency cap (enforced in the claim itself) and a
+//! circuit breaker. Every attempt's outcome goes to the status topic before the outbox row is
+//! settled, so an outcome may be repeated after a crash but never lost.
+
+use crate::email::{Mail, Mailer};
+use crate::policy::{Answer, Breaker, RetryPolicy};
+use crate::prefs::Preferences;
+use crate::store::{self, Channel, Claimed, Room, Settle};
+use crate::webhook::{Request, Sender};
+use crate::{connect_with_backoff, Args, Prefs};
+use anyhow::Context as _;
+use dashmap::DashMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use posflow_kafka::headers;
+use posflow_kafka::pipeline::{produce_until_confirmed, Output};
+use posflow_runtime::metrics::{counter_vec, gauge, histogram_vec};
+use posflow_runtime::{Backoff, Context};
+use posflow_schema::{
+    now_millis, Channel as OutcomeChannel, DeadLetter, DeliveryStatus, Encoder, NotificationOutcome,
+};
+use prometheus::{HistogramVec, IntCounterVec, IntGauge};
+use rand::SeedableRng;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::FutureProducer;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_postgres::Client;
+
+struct Metrics {
+    deliveries: IntCounterVec,
+    attempt_seconds: HistogramVec,
+    latency: HistogramVec,
+    dead_lettered: IntCounterVec,
+    breaker_opened: IntCounterVec,
+    breakers_open: IntGauge,
+    in_flight: IntGauge,
+    pending: IntGauge,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics {
+        deliveries: counter_vec(
+            "posflow_notifier_attempts_total",
+            "Delivery attempts, by channel and resulting status (delivered, retrying, failed)",
+            &["channel", "status"],
+        ),
+        attempt_seconds: histogram_vec(
+            "posflow_notifier_attempt_seconds",
+            "Time one attempt took (HTTP exchange or SMTP send), by channel",
+            &["channel"],
+            posflow_runtime::metrics::LATENCY_BUCKETS,
+        ),
+        latency: histogram_vec(
+            "posflow_notifier_delivery_latency_seconds",
+            "From the event's arrival in the outbox to its delivery, by channel",
+            &["channel"],
+            &[
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0,
+            ],
+        ),
+        dead_lettered: counter_vec(
+            "posflow_notifier_dead_lettered_total",
+            "Deliveries given up and dead-lettered, by reason",
+            &["reason"],
+        ),
+        breaker_opened: counter_vec(
+            "posflow_notifier_breaker_opened_total",
+            "Times a merchant's circuit opened, by channel",
+            &["channel"],
+        ),
+        breakers_open: gauge(
+            "posflow_notifier_breakers_open",
+            "Merchants whose circuit is open on this replica",
+        ),
+        in_flight: gauge(
+            "posflow_notifier_in_flight",
+            "Deliveries claimed by this replica and not yet settled",
+        ),
+        pending: gauge(
+            "posflow_notifier_outbox_pending",
+            "Deliveries pending in the outbox (all replicas), sampled every 5 s",
+        ),
+    })
+}
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    args: Arc<Args>,
+    prefs: Prefs,
+    owner: String,
+    policy: RetryPolicy,
+    db: tokio::sync::Mutex<Option<Arc<Client>>>,
+    sender: Sender,
+    mailer: Mailer,
+    limiter: DefaultKeyedRateLimiter<String>,
+    /// Per merchant and channel: a dead SMTP server must not stop webhooks.
+    breakers: DashMap<(String, &'static str), Breaker>,
+    /// Deliveries held per merchant (claimed, not yet settled).
+    held: DashMap<String, usize>,
+    total: AtomicUsize,
+    settled: Notify,
+    producer: FutureProducer,
+    status_topic: String,
+    status_enc: Encoder<NotificationOutcome>,
+    dlq_topic: String,
+    dlq_enc: Encoder<DeadLetter>,
+    rng: Mutex<rand::rngs::StdRng>,
+}
+
+impl Dispatcher {
+    pub async fn new(args: &Arc<Args>, prefs: Prefs, _ctx: Context) -> anyhow::Result<Self> {
+        let topics = args.kafka.topics();
+        let registry = args.kafka.registry();
+        let (status_topic, dlq_topic) = (topics.notification_status(), topics.deadletter());
+        let status_enc = Encoder::for_topic(&registry, &status_topic)
+            .await
+            .context("notification status schema (run posflow-admin provision)")?;
+        let dlq_enc = Encoder::for_topic(&registry, &dlq_topic)
+            .await
+            .context("dead-letter schema (run posflow-admin provision)")?;
+        let timeout = Duration::from_millis(args.delivery_timeout_ms);
+        let rate = NonZeroU32::new(args.merchant_rate).unwrap_or(NonZeroU32::MIN);
+        let owner = args.instance.instance();
+        Ok(Dispatcher {
+            shared: Arc::new(Shared {
+                args: args.clone(),
+                prefs,
+                policy: args.retry_policy(),
+                db: tokio::sync::Mutex::new(None),
+                sender: Sender::new(args.webhook_ca_file.as_deref(), timeout)?,
+                mailer: Mailer::new(args.smtp_url.expose(), &args.smtp_from, timeout)?,
+                limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
+                breakers: DashMap::new(),
+                held: DashMap::new(),
+                total: AtomicUsize::new(0),
+                settled: Notify::new(),
+                producer: posflow_kafka::clients::producer(
+                    &args.kafka,
+                    &format!("notifier-{owner}"),
+                )?,
+                status_topic,
+                status_enc,
+                dlq_topic,
+                dlq_enc,
+                rng: Mutex::new(rand::rngs::StdRng::from_entropy()),
+                owner,
+            }),
+        })
+    }
+
+    pub async fn run(self, wake: Arc<Notify>, ctx: Context) -> anyhow::Result<()> {
+        let s = self.shared;
+        let m = metrics();
+        let Some(db) = s.client(&ctx).await else {
+            return Ok(());
+        };
+        match store::release_leases_of(&db, &s.owner).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deliveries = n,
+                owner = s.owner,
+                "took back the deliveries this instance held before it restarted"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e.summary(), "could not release this instance's old leases; they expire by themselves")
+            }
+        }
+        let lease = Duration::from_secs(s.args.lease_secs);
+        let poll = Duration::from_millis(200);
+        let mut sampled = Instant::now() - Duration::from_secs(60);
+        let mut backoff = Backoff::outage();
+        while !ctx.shutdown.is_triggered() {
+            if sampled.elapsed() >= Duration::from_secs(5) {
+                sampled = Instant::now();
+                s.sample(&ctx).await;
+            }
+            let free = s
+                .args
+                .concurrency
+                .saturating_sub(s.total.load(Ordering::SeqCst));
+            if free == 0 {
+                tokio::select! {
+                    _ = s.settled.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = ctx.shutdown.wait() => break,
+                }
+                continue;
+            }
+            let (exclude, partial) = s.room();
+            let room = Room {
+                exclude: &exclude,
+                partial: &partial,
+                per_merchant: s.args.merchant_concurrency as i32,
+            };
+            let Some(db) = s.client(&ctx).await else {
+                break;
+            };
+            let claimed = match store::claim(&db, &s.owner, lease, free.min(500) as i64, &room)
+                .await
+            {
+                Ok(c) => {
+                    backoff.reset();
+                    c
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.summary(), "claiming deliveries failed; retrying");
+                    ctx.health.set_ready(false);
+                    if !backoff.wait(&ctx.shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = s.settled.notified() => {}
+                    _ = tokio::time::sleep(poll) => {}
+                    _ = ctx.shutdown.wait() => break,
+                }
+                continue;
+            }
+            for c in claimed {
+                *s.held.entry(c.merchant_id.clone()).or_default() += 1;
+                s.total.fetch_add(1, Ordering::SeqCst);
+                m.in_flight.inc();
+                let (s, ctx) = (s.clone(), ctx.clone());
+                tokio::spawn(async move { s.deliver(c, &ctx).await });
+            }
+        }
+        // Let attempts under way finish; what is left is released at the next start (same
+        // instance id) or when its lease runs out.
+        let deadline = Instant::now() + s.args.common.drain();
+        while s.total.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::select! {
+                _ = s.settled.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// The shared connection (queries pipeline over it), reopened if it dropped.
+    async fn client(&self, ctx: &Context) -> Option<Arc<Client>> {
+        let mut slot = self.db.lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(Arc::new(connect_with_backoff(&self.args.db, ctx).await?));
+        }
+        slot.clone()
+    }
+
+    /// Merchants to leave out of the next claim, and the room of those partly busy.
+    fn room(&self) -> (Vec<String>, Vec<(String, i32)>) {
+        let cap = self.args.merchant_concurrency;
+        let now = Instant::now();
+        let mut exclude: Vec<String> = self
+            .breakers
+            .iter()
+            .filter(|b| b.value().is_open(now))
+            .map(|b| b.key().0.clone())
+            .collect();
+        let mut partial = Vec::new();
+        for h in self.held.iter() {
+            if *h.value() >= cap {
+                exclude.push(h.key().clone());
+            } else if *h.value() > 0 {
+                partial.push((h.key().clone(), (cap - *h.value()) as i32));
+            }
+        }
+        (exclude, partial)
+    }
+
+    async fn sample(&self, ctx: &Context) {
+        let m = metrics();
+        let now = Instant::now();
+        m.breakers_open.set(
+            self.breakers
+                .iter()
+                .filter(|b| b.value().is_open(now))
+                .count() as i64,
+        );
+        self.held.retain(|_, n| *n > 0);
+        self.limiter.retain_recent();
+        if let Some(db) = self.client(ctx).await {
+            if let Ok(n) = store::pending(&db).await {
+                m.pending.set(n);
+            }
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, c: Claimed, ctx: &Context) {
+        let m = metrics();
+        let channel = c.channel.as_str();
+        let prefs = self.prefs.get(&c.merchant_id);
+        let breaker_key = (c.merchant_id.clone(), channel);
+        let allowed = self
+            .breakers
+            .entry(breaker_key.clone())
+            .or_insert_with(|| {
+                Breaker::new(
+                    self.args.breaker_threshold,
+                    Duration::from_secs(self.args.breaker_cooldown_secs),
+                )
+            })
+            .allow(Instant::now());
+        let settle = if !allowed {
+            // The circuit opened after the claim: put it back untouched.
+            Settle::Release {
+                after: Duration::from_secs(self.args.breaker_cooldown_secs),
+            }
+        } else {
+            self.limiter.until_key_ready(&c.merchant_id).await;
+            let started = Instant::now();
+            let answer = self.attempt(&c, prefs.as_deref()).await;
+            m.attempt_seconds
+                .with_label_values(&[channel])
+                .observe(started.elapsed().as_secs_f64());
+            self.judge(&c, answer, &breaker_key, ctx).await
+        };
+        self.settle(&c, &settle, ctx).await;
+        if let Some(mut n) = self.held.get_mut(&c.merchant_id) {
+            *n = n.saturating_sub(1);
+        }
+        self.total.fetch_sub(1, Ordering::SeqCst);
+        m.in_flight.dec();
+        self.settled.notify_one();
+    }
+
+    async fn attempt(&self, c: &Claimed, prefs: Option<&Preferences>) -> Answer {
+        let Some(p) = prefs else {
+            return Answer::Refused {
+                error: "the merchant has no delivery preferences any more".into(),
+            };
+        };
+        match c.channel {
+            Channel::Webhook => {
+                let Some(w) = &p.webhook else {
+                    return Answer::Refused {
+                        error: "the merchant has no webhook any more".into(),
+                    };
+                };
+                self.sender
+                    .send(&Request {
+                        url: &w.url,
+                        secret: w.secret.expose().as_bytes(),
+                        idempotency_key: &c.idempotency_key,
+                        event_type: &c.event_type,
+                        attempt: c.attempt,
+                        content_type: &c.content_type,
+                        body: &c.body,
+                    })
+                    .await
+            }
+            Channel::Email => {
+                let to = if c.risk_contact {
+                    p.risk_contacts()
+                } else {
+                    &p.emails
+                };
+                if to.is_empty() {
+                    return Answer::Refused {
+                        error: "the merchant has no email address any more".into(),
+                    };
+                }
+                self.mailer
+                    .send(&Mail {
+                        to,
+                        subject: c.subject.as_deref().unwrap_or("posflow"),
+                        text: &c.body,
+                        attachment: c.attachment.as_ref(),
+                        idempotency_key: &c.idempotency_key,
+                    })
+                    .await
+            }
+        }
+    }
+
+    /// Applies the policy to an answer: the breaker, the next attempt or the end, the outcome
+    /// on the status topic and (for a failure) the dead letter. Returns how to settle the row.
+    async fn judge(
+        &self,
+        c: &Claimed,
+        answer: Answer,
+        breaker_key: &(String, &'static str),
+        ctx: &Context,
+    ) -> Settle {
+        let m = metrics();
+        let channel = c.channel.as_str();
+        let (settle, status, error) = match answer {
+            Answer::Delivered => {
+                if let Some(mut b) = self.breakers.get_mut(breaker_key) {
+                    b.success();
+                }
+                let latency = (now_millis() - c.created_at_ms).max(0) as f64 / 1000.0;
+                m.latency.with_label_values(&[channel]).observe(latency);
+                (Settle::Delivered, DeliveryStatus::Delivered, None)
+            }
+            Answer::Retry { error, retry_after } => {
+                if let Some(mut b) = self.breakers.get_mut(breaker_key) {
+                    if b.failure(Instant::now()) {
+                        m.breaker_opened.with_label_values(&[channel]).inc();
+                        tracing::warn!(
+                            merchant = c.merchant_id,
+                            channel,
+                            error,
+                            "circuit opened: this merchant's deliveries wait"
+                        );
+                    }
+                }
+                if self.policy.exhausted(c.attempt as u32) {
+                    let error = format!("gave up after {} attempts: {error}", c.attempt);
+                    let reason = format!("{}_EXHAUSTED", channel.to_uppercase());
+                    self.dead_letter(c, &reason, &error, ctx).await;
+                    (
+                        Settle::Failed {
+                            error: error.clone(),
+                        },
+                        DeliveryStatus::Failed,
+                        Some(error),
+                    )
+                } else {
+                    let after = {
+                        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                        self.policy.delay(c.attempt as u32, retry_after, &mut *rng)
+                    };
+                    (
+                        Settle::Retry {
+                            after,
+                            error: error.clone(),
+                        },
+                        DeliveryStatus::Retrying,
+                        Some(error),
+                    )
+                }
+            }
+            Answer::Refused { error } => {
+                // The endpoint answered: it is up, so the breaker is not touched.
+                let reason = format!("{}_REFUSED", channel.to_uppercase());
+                self.dead_letter(c, &reason, &error, ctx).await;
+                (
+                    Settle::Failed {
+                        error: error.clone(),
+                    },
+                    DeliveryStatus::Failed,
+                    Some(error),
+                )
+            }
+        };
+        let label = match status {
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Failed => "failed",
+        };
+        m.deliveries.with_label_values(&[channel, label]).inc();
+        self.outcome(c, status, error, ctx).await;
+        settle
+    }
+
+    async fn outcome(
+        &self,
+        c: &Claimed,
+        status: DeliveryStatus,
+        error: Option<String>,
+        ctx: &Context,
+    ) {
+        let now = now_millis();
+        let outcome = NotificationOutcome {
+            idempotency_key: c.idempotency_key.clone(),
+            merchant_id: c.merchant_id.clone(),
+            channel: match c.channel {
+                Channel::Webhook => OutcomeChannel::Webhook,
+                Channel::Email => OutcomeChannel::Email,
+            },
+            event_type: c.event_type.clone(),
+            status,
+            attempts: c.attempt,
+            latency_ms: (now - c.created_at_ms).max(0),
+            error,
+            at: now,
+        };
+        match self.status_enc.encode(&outcome) {
+            Ok(value) => {
+                let o = Output {
+                    topic: self.status_topic.clone(),
+                    key: c.merchant_id.clone(),
+                    value,
+                    headers: OwnedHeaders::new(),
+                };
+                produce_until_confirmed(&self.producer, &o, ctx).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a notification outcome"),
+        }
+    }
+
+    async fn dead_letter(&self, c: &Claimed, reason: &str, error: &str, ctx: &Context) {
+        metrics().dead_lettered.with_label_values(&[reason]).inc();
+        tracing::warn!(
+            merchant = c.merchant_id,
+            key = c.idempotency_key,
+            reason,
+            error,
+            "delivery dead-lettered"
+        );
+        let letter = DeadLetter {
+            reason: reason.into(),
+            detail: format!(
+                "{} {} to merchant {}: {error}",
+                c.channel.as_str(),
+                c.event_type,
+                c.merchant_id
+            ),
+            stage: "notifier".into(),
+            source: format!("outbox/{}/{}", c.id, c.idempotency_key),
+            received_at: now_millis(),
+            payload: c.body.clone(),
+        };
+        match self.dlq_enc.encode(&letter) {
+            Ok(value) => {
+                let o = Output {
+                    topic: self.dlq_topic.clone(),
+                    key: c.merchant_id.clone(),
+                    value,
+                    headers: headers::with_reason(OwnedHeaders::new(), reason),
+                };
+                produce_until_confirmed(&self.producer, &o, ctx).await;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a dead letter"),
+        }
+    }
+
+    /// Records the settlement, retrying transient database failures until shutdown (then the
+    /// lease, or the next start of this instance, makes the row due again).
+    async fn settle(&self, c: &Claimed, settle: &Settle, ctx: &Context) {
+        let mut backoff = Backoff::outage();
+        loop {
+            let Some(db) = self.client(ctx).await else {
+                return;
+            };
+            match store::settle(&db, c.id, &self.owner, settle).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e.summary(), "settling a delivery failed; retrying");
+                    if !backoff.wait(&ctx.shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

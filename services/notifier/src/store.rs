@@ -1,0 +1,509 @@
+//! The notifier's PostgreSQL state: preferences, the delivery outbox, digest items and the
+//! digests sent. Every write here is idempotent, so a Kafka redelivery or a second replica
+//! changes nothing it should not.
+
+use crate::prefs::{Mode, Preferences};
+use posflow_pg::{DbError, Migrations};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_postgres::Client;
+
+pub const MIGRATIONS: Migrations = Migrations {
+    ledger: "notifier_schema_migrations",
+    lock: 0x706f_7366_6e6f_7466, // "posfnotf"
+    steps: &[(
+        1,
+        "notifier",
+        include_str!("../migrations/0001_notifier.sql"),
+    )],
+};
+
+pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
+    posflow_pg::migrate(client, &MIGRATIONS).await
+}
+
+/// Upserts every merchant of a preferences file in one transaction.
+pub async fn save_preferences(client: &mut Client, prefs: &[Preferences]) -> Result<(), DbError> {
+    let tx = client.transaction().await?;
+    for p in prefs {
+        let (mode, every) = match p.mode {
+            Mode::PerEvent => ("per-event", None),
+            Mode::Digest { every } => ("digest", Some(every.as_secs() as i32)),
+        };
+        let url = p.webhook.as_ref().map(|w| w.url.as_str());
+        let secret = p.webhook.as_ref().map(|w| w.secret.expose());
+        tx.execute(
+            "INSERT INTO merchant_preferences (merchant_id, mode, digest_every_secs, format, events, webhook_url, webhook_secret, emails, risk_emails)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (merchant_id) DO UPDATE SET mode = EXCLUDED.mode, digest_every_secs = EXCLUDED.digest_every_secs,
+               format = EXCLUDED.format, events = EXCLUDED.events, webhook_url = EXCLUDED.webhook_url,
+               webhook_secret = EXCLUDED.webhook_secret, emails = EXCLUDED.emails, risk_emails = EXCLUDED.risk_emails, updated_at = now()",
+            &[&p.merchant_id, &mode, &every, &p.format.as_str(), &p.events_as_strings(), &url, &secret, &p.emails, &p.risk_emails],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+pub type PreferenceMap = HashMap<String, Arc<Preferences>>;
+
+pub async fn load_preferences(client: &Client) -> Result<PreferenceMap, DbError> {
+    let rows = client
+        .query(
+            "SELECT merchant_id, mode, digest_every_secs, format, events, webhook_url, webhook_secret, emails, risk_emails FROM merchant_preferences",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let url: Option<String> = r.get(5);
+            let secret: Option<String> = r.get(6);
+            let p = Preferences::from_columns(
+                r.get(0),
+                r.get(1),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                url.zip(secret),
+                r.get(7),
+                r.get(8),
+            );
+            (p.merchant_id.clone(), Arc::new(p))
+        })
+        .collect())
+}
+
+pub async fn remove_preferences(client: &Client, merchant_id: &str) -> Result<bool, DbError> {
+    Ok(client
+        .execute(
+            "DELETE FROM merchant_preferences WHERE merchant_id = $1",
+            &[&merchant_id],
+        )
+        .await?
+        == 1)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Webhook,
+    Email,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Webhook => "webhook",
+            Channel::Email => "email",
+        }
+    }
+}
+
+/// An email attachment.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    pub name: String,
+    pub content_type: String,
+    pub bytes: Vec<u8>,
+}
+
+/// One delivery to enqueue: an event rendered for one channel.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub idempotency_key: String,
+    pub merchant_id: String,
+    pub channel: Channel,
+    pub event_type: &'static str,
+    /// 0 for fraud alerts, claimed ahead of everything else.
+    pub priority: i16,
+    pub subject: Option<String>,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub attachment: Option<Attachment>,
+    pub risk_contact: bool,
+}
+
+/// A transaction waiting for its merchant's next digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DigestItem {
+    pub merchant_id: String,
+    pub transaction_id: String,
+    pub received_at_ms: i64,
+    pub transaction_time_ms: i64,
+    pub terminal_id: String,
+    pub kind: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    pub entry_mode: String,
+    pub card_last4: Option<String>,
+    pub auth_code: Option<String>,
+}
+
+/// Adds deliveries and digest items in one transaction; ones already there are left alone.
+/// Returns how many of each were new.
+pub async fn enqueue(
+    client: &mut Client,
+    deliveries: &[NewDelivery],
+    items: &[DigestItem],
+) -> Result<(u64, u64), DbError> {
+    let tx = client.transaction().await?;
+    let new_deliveries = insert_deliveries(&tx, deliveries).await?;
+    let new_items = insert_items(&tx, items).await?;
+    tx.commit().await?;
+    Ok((new_deliveries, new_items))
+}
+
+async fn insert_deliveries(
+    tx: &tokio_postgres::Transaction<'_>,
+    deliveries: &[NewDelivery],
+) -> Result<u64, DbError> {
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    {
+        let col = |f: &dyn Fn(&NewDelivery) -> Option<String>| -> Vec<Option<String>> {
+            deliveries.iter().map(f).collect()
+        };
+        let keys = col(&|d| Some(d.idempotency_key.clone()));
+        let merchants = col(&|d| Some(d.merchant_id.clone()));
+        let channels = col(&|d| Some(d.channel.as_str().into()));
+        let kinds = col(&|d| Some(d.event_type.into()));
+        let subjects = col(&|d| d.subject.clone());
+        let types = col(&|d| Some(d.content_type.clone()));
+        let names = col(&|d| d.attachment.as_ref().map(|a| a.name.clone()));
+        let att_types = col(&|d| d.attachment.as_ref().map(|a| a.content_type.clone()));
+        let priorities: Vec<i16> = deliveries.iter().map(|d| d.priority).collect();
+        let risk: Vec<bool> = deliveries.iter().map(|d| d.risk_contact).collect();
+        let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.body.as_slice()).collect();
+        let attachments: Vec<Option<&[u8]>> = deliveries
+            .iter()
+            .map(|d| d.attachment.as_ref().map(|a| a.bytes.as_slice()))
+            .collect();
+        Ok(tx
+            .execute(
+                "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[])
+                 ON CONFLICT (idempotency_key) DO NOTHING",
+                &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk],
+            )
+            .await?)
+    }
+}
+
+async fn insert_items(
+    tx: &tokio_postgres::Transaction<'_>,
+    items: &[DigestItem],
+) -> Result<u64, DbError> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    {
+        let col = |f: &dyn Fn(&DigestItem) -> Option<String>| -> Vec<Option<String>> {
+            items.iter().map(f).collect()
+        };
+        let merchants = col(&|i| Some(i.merchant_id.clone()));
+        let ids = col(&|i| Some(i.transaction_id.clone()));
+        let terminals = col(&|i| Some(i.terminal_id.clone()));
+        let kinds = col(&|i| Some(i.kind.clone()));
+        let currencies = col(&|i| Some(i.currency.clone()));
+        let modes = col(&|i| Some(i.entry_mode.clone()));
+        let last4 = col(&|i| i.card_last4.clone());
+        let auth = col(&|i| i.auth_code.clone());
+        let received: Vec<i64> = items.iter().map(|i| i.received_at_ms).collect();
+        let times: Vec<i64> = items.iter().map(|i| i.transaction_time_ms).collect();
+        let amounts: Vec<i64> = items.iter().map(|i| i.amount_minor).collect();
+        Ok(tx
+            .execute(
+                "INSERT INTO digest_items (merchant_id, transaction_id, received_at, transaction_time, terminal_id, type, amount_minor, currency, entry_mode, card_last4, auth_code)
+                 SELECT m, id, to_timestamp(r / 1000.0), to_timestamp(t / 1000.0), term, k, a, c, b, l, ac
+                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[])
+                   AS x(m, id, r, t, term, k, a, c, b, l, ac)
+                 ON CONFLICT DO NOTHING",
+                &[&merchants, &ids, &received, &times, &terminals, &kinds, &amounts, &currencies, &modes, &last4, &auth],
+            )
+            .await?)
+    }
+}
+
+/// A delivery claimed by this replica, to attempt now.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: i64,
+    pub idempotency_key: String,
+    pub merchant_id: String,
+    pub channel: Channel,
+    pub event_type: String,
+    pub priority: i16,
+    pub subject: Option<String>,
+    pub content_type: String,
+    pub body: Vec<u8>,
+    pub attachment: Option<Attachment>,
+    pub risk_contact: bool,
+    /// This attempt's number, from 1.
+    pub attempt: i32,
+    pub created_at_ms: i64,
+}
+
+/// How many more deliveries this replica may hold per merchant.
+pub struct Room<'a> {
+    /// Merchants to skip: circuit open, or no room left here.
+    pub exclude: &'a [String],
+    /// Merchants with some deliveries held already, and the room they have left.
+    pub partial: &'a [(String, i32)],
+    /// Room of any other merchant.
+    pub per_merchant: i32,
+}
+
+/// Claims up to `limit` due deliveries, fraud alerts first, at most each merchant's room (so a
+/// merchant's backlog cannot fill this replica, nor be held here beyond what it can send while
+/// the lease lasts), skipping rows another replica holds. The lease covers a crash: the row is
+/// due again when it expires. Candidates are read from at most `SCAN` due rows, then locked
+/// with SKIP LOCKED, which re-checks them against concurrent claims.
+pub async fn claim(
+    client: &Client,
+    owner: &str,
+    lease: Duration,
+    limit: i64,
+    room: &Room<'_>,
+) -> Result<Vec<Claimed>, DbError> {
+    const SCAN: i64 = 5000;
+    let (partial_m, partial_r): (Vec<&str>, Vec<i32>) =
+        room.partial.iter().map(|(m, r)| (m.as_str(), *r)).unzip();
+    let rows = client
+        .query(
+            "WITH due AS (
+                 SELECT id, merchant_id, priority, next_attempt_at FROM notification_outbox
+                  WHERE status = 'pending' AND next_attempt_at <= now()
+                    AND (lease_until IS NULL OR lease_until < now())
+                    AND NOT (merchant_id = ANY($3))
+                  ORDER BY priority, next_attempt_at
+                  LIMIT $5),
+             ranked AS (
+                 SELECT id, merchant_id, priority, next_attempt_at,
+                        row_number() OVER (PARTITION BY merchant_id ORDER BY priority, next_attempt_at, id) AS rn
+                   FROM due),
+             room AS (SELECT * FROM unnest($6::text[], $7::int4[]) AS r(merchant_id, room)),
+             chosen AS (
+                 SELECT ranked.id FROM ranked LEFT JOIN room USING (merchant_id)
+                  WHERE ranked.rn <= coalesce(room.room, $8)
+                  ORDER BY ranked.priority, ranked.next_attempt_at
+                  LIMIT $4),
+             locked AS (
+                 SELECT id FROM notification_outbox
+                  WHERE id IN (SELECT id FROM chosen) AND status = 'pending'
+                    AND (lease_until IS NULL OR lease_until < now())
+                  FOR UPDATE SKIP LOCKED)
+           UPDATE notification_outbox o
+              SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), attempts = o.attempts + 1
+             FROM locked WHERE o.id = locked.id
+        RETURNING o.id, o.idempotency_key, o.merchant_id, o.channel, o.event_type, o.priority, o.subject, o.content_type, o.body,
+                  o.attachment_name, o.attachment_type, o.attachment, o.risk_contact, o.attempts,
+                  (extract(epoch FROM o.created_at) * 1000)::int8",
+            &[&owner, &lease.as_secs_f64(), &room.exclude, &limit, &SCAN, &partial_m, &partial_r, &room.per_merchant],
+        )
+        .await?;
+    let mut out: Vec<Claimed> = rows
+        .iter()
+        .map(|r| {
+            let name: Option<String> = r.get(9);
+            let kind: Option<String> = r.get(10);
+            let bytes: Option<Vec<u8>> = r.get(11);
+            Claimed {
+                id: r.get(0),
+                idempotency_key: r.get(1),
+                merchant_id: r.get(2),
+                channel: if r.get::<_, &str>(3) == "email" {
+                    Channel::Email
+                } else {
+                    Channel::Webhook
+                },
+                event_type: r.get(4),
+                priority: r.get(5),
+                subject: r.get(6),
+                content_type: r.get(7),
+                body: r.get(8),
+                attachment: match (name, kind, bytes) {
+                    (Some(name), Some(content_type), Some(bytes)) => Some(Attachment {
+                        name,
+                        content_type,
+                        bytes,
+                    }),
+                    _ => None,
+                },
+                risk_contact: r.get(12),
+                attempt: r.get(13),
+                created_at_ms: r.get(14),
+            }
+        })
+        .collect();
+    out.sort_by_key(|c| (c.priority, c.id));
+    Ok(out)
+}
+
+/// What became of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Settle {
+    Delivered,
+    /// Try again after the delay.
+    Retry {
+        after: Duration,
+        error: String,
+    },
+    Failed {
+        error: String,
+    },
+    /// Not attempted after all (shutdown, circuit opened meanwhile): the attempt is not counted.
+    Release {
+        after: Duration,
+    },
+}
+
+/// Records an attempt's result, if this replica still holds the row.
+pub async fn settle(client: &Client, id: i64, owner: &str, s: &Settle) -> Result<(), DbError> {
+    const FREE: &str = "lease_owner = NULL, lease_until = NULL";
+    const MINE: &str = "WHERE id = $1 AND lease_owner = $2";
+    match s {
+        Settle::Delivered => {
+            let sql = format!("UPDATE notification_outbox SET status = 'delivered', finished_at = now(), last_error = NULL, {FREE} {MINE}");
+            client.execute(&sql, &[&id, &owner]).await?
+        }
+        Settle::Failed { error } => {
+            let sql = format!("UPDATE notification_outbox SET status = 'failed', finished_at = now(), last_error = $3, {FREE} {MINE}");
+            client.execute(&sql, &[&id, &owner, error]).await?
+        }
+        Settle::Retry { after, error } => {
+            let sql = format!("UPDATE notification_outbox SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4, {FREE} {MINE}");
+            client
+                .execute(&sql, &[&id, &owner, &after.as_secs_f64(), error])
+                .await?
+        }
+        Settle::Release { after } => {
+            let sql = format!("UPDATE notification_outbox SET attempts = attempts - 1, next_attempt_at = now() + make_interval(secs => $3), {FREE} {MINE}");
+            client
+                .execute(&sql, &[&id, &owner, &after.as_secs_f64()])
+                .await?
+        }
+    };
+    Ok(())
+}
+
+/// A restarted replica holds nothing in flight: whatever its predecessor (same instance id)
+/// had claimed is due again now rather than when the lease runs out. Returns how many.
+pub async fn release_leases_of(client: &Client, owner: &str) -> Result<u64, DbError> {
+    Ok(client
+        .execute(
+            "UPDATE notification_outbox SET lease_owner = NULL, lease_until = NULL, next_attempt_at = now()
+              WHERE status = 'pending' AND lease_owner = $1",
+            &[&owner],
+        )
+        .await?)
+}
+
+pub async fn pending(client: &Client) -> Result<i64, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM notification_outbox WHERE status = 'pending'",
+            &[],
+        )
+        .await?
+        .get(0))
+}
+
+/// Deletes finished deliveries, and digest items of digests, older than `retention`.
+pub async fn prune(client: &Client, retention: Duration) -> Result<u64, DbError> {
+    let secs = retention.as_secs_f64();
+    let a = client
+        .execute(
+            "DELETE FROM notification_outbox WHERE status <> 'pending' AND finished_at < now() - make_interval(secs => $1)",
+            &[&secs],
+        )
+        .await?;
+    let b = client
+        .execute(
+            "DELETE FROM digest_items WHERE period_end < now() - make_interval(secs => $1)",
+            &[&secs],
+        )
+        .await?;
+    Ok(a + b)
+}
+
+/// The end of the merchant's last digest, if any.
+pub async fn last_digest_end_ms(
+    client: &Client,
+    merchant_id: &str,
+) -> Result<Option<i64>, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT (extract(epoch FROM max(period_end)) * 1000)::int8 FROM digests WHERE merchant_id = $1",
+            &[&merchant_id],
+        )
+        .await?
+        .get(0))
+}
+
+/// Closes the merchant's digest for [start, end): records the period (once, whichever replica
+/// comes first), claims every open item received before `end` — late ones from earlier periods
+/// included, so each item is in exactly one digest — and enqueues `render(items)`, all in one
+/// transaction. Nothing happens (and nothing is recorded) when there are no items or the period
+/// was closed already. Returns the number of items.
+pub async fn close_digest(
+    client: &mut Client,
+    merchant_id: &str,
+    start_ms: i64,
+    end_ms: i64,
+    render: impl FnOnce(&[DigestItem]) -> Vec<NewDelivery>,
+) -> Result<Option<usize>, DbError> {
+    let tx = client.transaction().await?;
+    let fresh = tx
+        .execute(
+            "INSERT INTO digests (merchant_id, period_start, period_end, items)
+             VALUES ($1, to_timestamp($2::float8 / 1000.0), to_timestamp($3::float8 / 1000.0), 0) ON CONFLICT DO NOTHING",
+            &[&merchant_id, &(start_ms as f64), &(end_ms as f64)],
+        )
+        .await?;
+    if fresh == 0 {
+        return Ok(None);
+    }
+    let rows = tx
+        .query(
+            "UPDATE digest_items SET period_end = to_timestamp($2::float8 / 1000.0)
+              WHERE merchant_id = $1 AND period_end IS NULL AND received_at < to_timestamp($2::float8 / 1000.0)
+          RETURNING transaction_id, (extract(epoch FROM received_at) * 1000)::int8, (extract(epoch FROM transaction_time) * 1000)::int8,
+                    terminal_id, type, amount_minor, currency, entry_mode, card_last4, auth_code",
+            &[&merchant_id, &(end_ms as f64)],
+        )
+        .await?;
+    if rows.is_empty() {
+        // Dropping the transaction rolls the period back: an empty period sends nothing.
+        return Ok(None);
+    }
+    let mut items: Vec<DigestItem> = rows
+        .iter()
+        .map(|r| DigestItem {
+            merchant_id: merchant_id.to_string(),
+            transaction_id: r.get(0),
+            received_at_ms: r.get(1),
+            transaction_time_ms: r.get(2),
+            terminal_id: r.get(3),
+            kind: r.get(4),
+            amount_minor: r.get(5),
+            currency: r.get(6),
+            entry_mode: r.get(7),
+            card_last4: r.get(8),
+            auth_code: r.get(9),
+        })
+        .collect();
+    items.sort_by(|a, b| {
+        (a.transaction_time_ms, &a.transaction_id).cmp(&(b.transaction_time_ms, &b.transaction_id))
+    });
+    tx.execute(
+        "UPDATE digests SET items = $3 WHERE merchant_id = $1 AND period_end = to_timestamp($2::float8 / 1000.0)",
+        &[&merchant_id, &(end_ms as f64), &(items.len() as i32)],
+    )
+    .await?;
+    insert_deliveries(&tx, &render(&items)).await?;
+    tx.commit().await?;
+    Ok(Some(items.len()))
+}

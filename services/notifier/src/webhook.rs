@@ -1,0 +1,204 @@
+//! Webhooks: an HTTPS POST per delivery, signed, with its idempotency key.
+//!
+//! Signature (docs/notifier.md has a verification snippet):
+//!   `Posflow-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`
+//! The timestamp is signed with the body so a captured request cannot be replayed later: the
+//! merchant rejects a `t` older than a few minutes. It changes on every attempt; the
+//! idempotency key and the body do not.
+
+use crate::policy::{parse_retry_after, Answer};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+use sha2::Sha256;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+pub const SIGNATURE_HEADER: &str = "posflow-signature";
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// `t=<unix>,v1=<hex>` for `body` signed at `unix`.
+pub fn signature(secret: &[u8], unix: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(unix.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t={unix},v1={hex}")
+}
+
+/// Classifies an HTTP status (and Retry-After) into an answer.
+pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Answer {
+    match status {
+        200..=299 => Answer::Delivered,
+        408 | 429 | 500..=599 => Answer::Retry {
+            error: format!("HTTP {status}"),
+            retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+        },
+        _ => Answer::Refused {
+            error: format!("HTTP {status}"),
+        },
+    }
+}
+
+/// One request to send.
+pub struct Request<'a> {
+    pub url: &'a str,
+    pub secret: &'a [u8],
+    pub idempotency_key: &'a str,
+    pub event_type: &'a str,
+    pub attempt: i32,
+    pub content_type: &'a str,
+    pub body: &'a [u8],
+}
+
+#[derive(Clone)]
+pub struct Sender {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    timeout: Duration,
+}
+
+impl Sender {
+    /// A pooled HTTPS client trusting the system's roots plus `extra_ca` (a PEM bundle, for
+    /// merchants — or tests — behind a private CA).
+    pub fn new(extra_ca: Option<&Path>, timeout: Duration) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert); // a malformed system certificate is not ours to fail on
+        }
+        if let Some(path) = extra_ca {
+            for cert in CertificateDer::pem_file_iter(path)
+                .map_err(|e| anyhow::anyhow!("--webhook-ca-file {}: {e}", path.display()))?
+            {
+                roots.add(cert.map_err(|e| anyhow::anyhow!("--webhook-ca-file: {e}"))?)?;
+            }
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            .build(https);
+        Ok(Sender { client, timeout })
+    }
+
+    pub async fn send(&self, r: &Request<'_>) -> Answer {
+        let now = SystemTime::now();
+        let unix = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let request = hyper::Request::post(r.url)
+            .header("content-type", r.content_type)
+            .header(
+                "user-agent",
+                concat!("posflow-notifier/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(IDEMPOTENCY_HEADER, r.idempotency_key)
+            .header("posflow-event-type", r.event_type)
+            .header("posflow-attempt", r.attempt.to_string())
+            .header(SIGNATURE_HEADER, signature(r.secret, unix, r.body))
+            .body(Full::new(Bytes::copy_from_slice(r.body)));
+        let request = match request {
+            Ok(req) => req,
+            Err(e) => {
+                return Answer::Refused {
+                    error: format!("bad request: {e}"),
+                }
+            }
+        };
+        let exchange = async {
+            let response = self.client.request(request).await?;
+            let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            // Read (and drop) the body so the connection goes back to the pool.
+            let _ = response.into_body().collect().await;
+            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok((status, retry_after))) => classify(status, retry_after.as_deref(), now),
+            Ok(Err(e)) => Answer::Retry {
+                error: connection_error(&e),
+                retry_after: None,
+            },
+            Err(_) => Answer::Retry {
+                error: format!("timed out after {:?}", self.timeout),
+                retry_after: None,
+            },
+        }
+    }
+}
+
+/// The error with its causes (hyper's top-level message alone says "client error (Connect)").
+fn connection_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        s += ": ";
+        s += &c.to_string();
+        cause = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_is_hmac_over_timestamp_dot_body() {
+        // Python: hmac.new(b"whsec_test_0123456789", b"1700000000.{}", hashlib.sha256).hexdigest()
+        assert_eq!(
+            signature(b"whsec_test_0123456789", 1_700_000_000, b"{}"),
+            "t=1700000000,v1=875e3fae219931c6a6bb1177e37553968753cdb5e5fc0294caa82dbfaec6608c"
+        );
+    }
+
+    #[test]
+    fn statuses_map_to_the_retry_policy() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(classify(204, None, now), Answer::Delivered);
+        for s in [500, 502, 503, 408, 429] {
+            assert!(
+                matches!(classify(s, None, now), Answer::Retry { .. }),
+                "{s}"
+            );
+        }
+        for s in [301, 400, 401, 404, 410, 422] {
+            assert!(
+                matches!(classify(s, None, now), Answer::Refused { .. }),
+                "{s}"
+            );
+        }
+        assert_eq!(
+            classify(429, Some("7"), now),
+            Answer::Retry {
+                error: "HTTP 429".into(),
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+    }
+}
