@@ -41,13 +41,23 @@ mosquitto_sub -h 127.0.0.1 -p "$POSFLOW_MQTT_PORT" -i bridge-0 -u bridge-0 -P "$
 
 "$BIN/posflow-admin" provision --replication-factor 1 --min-insync-replicas 1 --partitions 4 > "$logs/provision.log"
 POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-storage" migrate > "$logs/migrate.log"
+POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-notifier" migrate >> "$logs/migrate.log"
+# Merchants' delivery preferences (docs/notifier.md) and the merchants' own webhook endpoint: a
+# receiver that verifies every signature the way the docs tell merchants to.
+export POSFLOW_DEMO_WEBHOOK_SECRET=${POSFLOW_DEMO_WEBHOOK_SECRET:-demo-only-webhook-secret-0123456789}
+"$BIN/posflow-notifier" merchants apply --file "$repo/deploy/config/merchants.toml" > "$logs/merchants.log"
+python3 "$here/webhook-receiver.py" --port 19466 --cert "$STACK/tls/server.crt" --key "$STACK/tls/server.key" \
+  --stats "$logs/webhooks.json" > "$logs/webhook-receiver.log" 2>&1 &
+pids+=($!)
+export POSFLOW_SMTP_URL=smtp://$POSFLOW_SMTP_ADDR POSFLOW_WEBHOOK_CA_FILE=$STACK/tls/ca.crt
+export POSFLOW_DIGEST_GRACE_SECS=5 POSFLOW_INSTANCE_ID=demo-notifier
 # The example rules (per-merchant limits, entry modes, MCCs): docs/validation.md.
 export POSFLOW_VALIDATOR_RULES="$repo/deploy/config/validator-rules.toml"
 for s in bridge validator storage fraud notifier; do
   POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
   pids+=($!)
 done
-i=0
+i=1 # pids[0] is the webhook receiver
 for s in bridge validator storage fraud notifier; do
   pid=${pids[$i]}; i=$((i + 1))
   for _ in $(seq 1 200); do
@@ -85,6 +95,17 @@ while :; do
 done
 elapsed=$(python3 -c "import time; print(f'{time.time() - $start:.1f}')")
 
+# Notifications: every delivery settled, and M003's transactions in a digest (every 30 s).
+deadline=$((SECONDS + 90))
+while :; do
+  pending=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM notification_outbox WHERE status = 'pending'")
+  undigested=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM digest_items WHERE transaction_id LIKE '$run_id-%' AND period_end IS NULL")
+  say "notifications pending $pending; transactions waiting for their digest $undigested"
+  [ "$pending" -eq 0 ] && [ "$undigested" -eq 0 ] && break
+  [ $SECONDS -lt $deadline ] || { say "timed out waiting for the notifier"; exit 1; }
+  sleep 2
+done
+
 echo
 echo "posflow demo — run $run_id, topics ${POSFLOW_TOPIC_PREFIX}pos.*"
 echo "  published by terminals   $published"
@@ -96,6 +117,14 @@ psql "$POSFLOW_DATABASE_URL" -tA -F ' ' -c "SELECT code, count(*) FROM rejection
 alerts=$(curl -fsS "http://127.0.0.1:$(port fraud)/metrics" | awk '/^posflow_fraud_alerts_total\{/ {s += $2} END {print s + 0}')
 echo "  fraud alerts             $alerts   (pos.fraud.alerts, by rule; simulated terminals are fast, so velocity fires:)"
 curl -fsS "http://127.0.0.1:$(port fraud)/metrics" | awk -F'[{}"= ]+' '/^posflow_fraud_alerts_total\{/ {printf "      %-26s %s\n", $3, $4}'
+notified() { metric notifier "posflow_notifier_attempts_total{channel=\"$1\",status=\"delivered\"}"; }
+echo "  notifications            $(notified webhook) webhooks, $(notified email) emails delivered (status: pos.notifications.status)"
+python3 - "$logs/webhooks.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+print(f"      webhook receiver       {s['keys']} distinct events, {s['bad_signatures']} bad signatures, by type {s['events']}")
+PY
+echo "      digests (M003, CSV)    $(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(DISTINCT period_end) FROM digest_items WHERE transaction_id LIKE '$run_id-%'") emails; mail in $STACK/smtp/maildir/new"
 echo "  dead-lettered by bridge  $(python3 -c 'import json,sys; print(sum(json.loads(sys.argv[1])["dead_lettered"].values()))' "$summary")"
 echo "  elapsed                  ${elapsed} s ($(python3 -c "print(f'{$published / $elapsed:.0f}')") transactions/s end to end)"
 echo

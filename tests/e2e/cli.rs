@@ -96,3 +96,45 @@ fn a_bad_rules_file_stops_the_validator_with_every_mistake() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_bad_merchants_file_lists_every_mistake_and_writes_nothing() {
+    let file = std::env::temp_dir().join(format!("posflow-merchants-{}.toml", std::process::id()));
+    std::fs::write(
+        &file,
+        r#"
+[merchants.M1]
+webhook_url = "http://insecure.example/hook"
+webhook_secret = "hunter2-but-long-enough-0123"
+[merchants.M2]
+mode = "digest"
+emails = ["books@example.com"]
+[merchants.M3]
+emails = ["nobody"]
+events = ["sales"]
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin("posflow-notifier"))
+        .args(["merchants", "apply", "--file", file.to_str().unwrap()])
+        .env(
+            "POSFLOW_DATABASE_URL",
+            "postgres://u:dbpassword@127.0.0.1:1/x",
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for want in [
+        "merchants.M1: webhook_url \"http://insecure.example/hook\" must be an https:// URL",
+        "merchants.M2: mode = \"digest\" needs digest_every",
+        "merchants.M3: \"nobody\" is not an email address",
+        "merchants.M3: event \"sales\" is not one of transactions, refunds, fraud-alerts",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(
+        !err.contains("hunter2") && !err.contains("dbpassword"),
+        "{err}"
+    );
+}

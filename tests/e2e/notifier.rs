@@ -100,6 +100,18 @@ async fn webhooks_are_signed_retried_dead_lettered_and_alerts_go_first() {
     ]
     .concat();
     d.apply_merchants(&prefs);
+    // The preferences as stored, secrets masked.
+    let listed = d
+        .cli("posflow-notifier", &["merchants", "list"])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert!(listed.contains("PRIO\tper-event\tjson\tevents=transactions,refunds,fraud-alerts\twebhook=https://127.0.0.1:"), "{listed}");
+    assert!(
+        listed.contains("(secret ****)") && !listed.contains(&secret("OK")),
+        "{listed}"
+    );
     let timeout_ms = 2000;
     let _notifier = d
         .start_notifier(

@@ -75,7 +75,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         value: ValueSchema::DeadLetter,
         partitions: 3,
         retention_days: 30,
-        writers: "bridge, storage, notifier",
+        writers: "bridge, validator, storage, notifier",
         readers: "operators (replay tooling)",
     },
 ];
