@@ -7,7 +7,7 @@ CARGO ?= cargo
 # Local stack: one broker, so replication 1.
 PROVISION := ./target/debug/posflow-admin provision --replication-factor 1 --min-insync-replicas 1
 
-.PHONY: help up down status provision build demo test test-unit test-e2e bench-bridge bench-validator bench-storage bench-fraud fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e bench-bridge bench-validator bench-storage bench-fraud bench-notifier fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,12 @@ bench-fraud: up ## Fraud messages/s next to a passthrough, alert latency, memory
 	mkdir -p bench/results
 	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
 	  $(CARGO) run --release -q -p posflow-bench -- fraud --json bench/results/fraud-$$(date +%Y%m%dT%H%M%S).json
+
+bench-notifier: up ## Webhook deliveries/s next to the HTTPS receiver's own ceiling (release build)
+	$(CARGO) build --release --bins
+	mkdir -p bench/results
+	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
+	  $(CARGO) run --release -q -p posflow-bench -- notifier --json bench/results/notifier-$$(date +%Y%m%dT%H%M%S).json
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -7,6 +7,7 @@
 //! transaction, publish → receipt or publish → answer. The bridge's own receive → PUBACK
 //! latency comes from its histogram. Issue #7 grows this into `make bench`.
 
+mod notify;
 mod stages;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,15 @@ enum Scenario {
         records: usize,
         #[arg(long, default_value_t = 1_000_000)]
         cards: usize,
+        #[arg(long)]
+        json: Option<std::path::PathBuf>,
+    },
+    /// Webhook deliveries/s next to the HTTPS receiver's own ceiling (a load generator).
+    Notifier {
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        #[arg(long, default_value_t = 20)]
+        merchants: usize,
         #[arg(long)]
         json: Option<std::path::PathBuf>,
     },
@@ -142,6 +152,37 @@ async fn run_storage(records: usize, json: Option<std::path::PathBuf>) -> anyhow
         json,
         serde_json::json!({"machine": machine(), "scenario": "storage", "records": records,
         "copy_rows_per_s": copy.per_s(), "storage_rows_per_s": storage.per_s(), "ratio": storage.per_s() / copy.per_s()}),
+    )
+}
+
+async fn run_notifier(
+    records: usize,
+    merchants: usize,
+    json: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
+    let (ceiling, notifier) = notify::webhooks(records, merchants).await?;
+    println!(
+        "{:<52} {:>14}",
+        "contender (HTTPS, signed, verified)", "deliveries/s"
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "load generator straight to the receiver (ceiling)",
+        ceiling.per_s()
+    );
+    println!(
+        "{:<52} {:>14.0}",
+        "posflow-notifier (Kafka -> outbox -> webhook)",
+        notifier.per_s()
+    );
+    println!(
+        "notifier / ceiling: {:.2}",
+        notifier.per_s() / ceiling.per_s()
+    );
+    write_json(
+        json,
+        serde_json::json!({"machine": machine(), "scenario": "notifier", "records": records, "merchants": merchants,
+        "receiver_ceiling_per_s": ceiling.per_s(), "notifier_per_s": notifier.per_s(), "ratio": notifier.per_s() / ceiling.per_s()}),
     )
 }
 
@@ -344,6 +385,11 @@ async fn main() -> anyhow::Result<()> {
         } => (terminals, per_terminal, json),
         Scenario::Validator { records, json } => return run_validator(records, json).await,
         Scenario::Storage { records, json } => return run_storage(records, json).await,
+        Scenario::Notifier {
+            records,
+            merchants,
+            json,
+        } => return run_notifier(records, merchants, json).await,
         Scenario::Fraud {
             records,
             cards,

@@ -98,7 +98,7 @@ fn produced(brokers: &str, topics: &[String], partitions: i32) -> u64 {
 
 /// Waits until `progress()` reaches `total`; the rate runs from the first progress seen, so
 /// process start-up is not counted, the same way for every contender.
-async fn measure<F, Fut>(total: u64, what: &str, mut progress: F) -> Rate
+pub async fn measure<F, Fut>(total: u64, what: &str, mut progress: F) -> Rate
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = u64>,

@@ -7,7 +7,7 @@
 use crate::email::{Mail, Mailer};
 use crate::policy::{Answer, Breaker, RetryPolicy};
 use crate::prefs::Preferences;
-use crate::store::{self, Channel, Claimed, Room, Settle};
+use crate::store::{self, Channel, Claimed, Settle};
 use crate::webhook::{Request, Sender};
 use crate::{connect_with_backoff, Args, Prefs};
 use anyhow::Context as _;
@@ -24,6 +24,7 @@ use prometheus::{HistogramVec, IntCounterVec, IntGauge};
 use rand::SeedableRng;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -40,6 +41,7 @@ struct Metrics {
     breakers_open: IntGauge,
     in_flight: IntGauge,
     pending: IntGauge,
+    claim_seconds: prometheus::Histogram,
 }
 
 fn metrics() -> &'static Metrics {
@@ -82,6 +84,11 @@ fn metrics() -> &'static Metrics {
             "posflow_notifier_in_flight",
             "Deliveries claimed by this replica and not yet settled",
         ),
+        claim_seconds: posflow_runtime::metrics::histogram(
+            "posflow_notifier_claim_seconds",
+            "Time one claim of due deliveries took (one database transaction)",
+            posflow_runtime::metrics::LATENCY_BUCKETS,
+        ),
         pending: gauge(
             "posflow_notifier_outbox_pending",
             "Deliveries pending in the outbox (all replicas), sampled every 5 s",
@@ -91,6 +98,7 @@ fn metrics() -> &'static Metrics {
 
 pub struct Dispatcher {
     shared: Arc<Shared>,
+    settlements: tokio::sync::mpsc::UnboundedReceiver<(i64, Settle)>,
 }
 
 struct Shared {
@@ -98,14 +106,18 @@ struct Shared {
     prefs: Prefs,
     owner: String,
     policy: RetryPolicy,
-    db: tokio::sync::Mutex<Option<Arc<Client>>>,
+    claims: SharedConn,
+    /// Settlements go to one writer that commits them in batches.
+    settle: tokio::sync::mpsc::UnboundedSender<(i64, Settle)>,
     sender: Sender,
     mailer: Mailer,
     limiter: DefaultKeyedRateLimiter<String>,
     /// Per merchant and channel: a dead SMTP server must not stop webhooks.
     breakers: DashMap<(String, &'static str), Breaker>,
-    /// Deliveries held per merchant (claimed, not yet settled).
+    /// Deliveries held per merchant (claimed, not yet settled), up to `depth()`.
     held: DashMap<String, usize>,
+    /// Per merchant: `--merchant-concurrency` permits for attempts under way.
+    permits: DashMap<String, Arc<tokio::sync::Semaphore>>,
     total: AtomicUsize,
     settled: Notify,
     producer: FutureProducer,
@@ -130,17 +142,23 @@ impl Dispatcher {
         let timeout = Duration::from_millis(args.delivery_timeout_ms);
         let rate = NonZeroU32::new(args.merchant_rate).unwrap_or(NonZeroU32::MIN);
         let owner = args.instance.instance();
+        let (settle, settlements) = tokio::sync::mpsc::unbounded_channel();
         Ok(Dispatcher {
+            settlements,
             shared: Arc::new(Shared {
                 args: args.clone(),
                 prefs,
                 policy: args.retry_policy(),
-                db: tokio::sync::Mutex::new(None),
-                sender: Sender::new(args.webhook_ca_file.as_deref(), timeout)?,
+                claims: SharedConn::new(&args.db),
+                settle,
+                // One host may serve many merchants (a platform's endpoint): keep as many
+                // connections alive as may be in use at once.
+                sender: Sender::new(args.webhook_ca_file.as_deref(), timeout, args.concurrency)?,
                 mailer: Mailer::new(args.smtp_url.expose(), &args.smtp_from, timeout)?,
                 limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
                 breakers: DashMap::new(),
                 held: DashMap::new(),
+                permits: DashMap::new(),
                 total: AtomicUsize::new(0),
                 settled: Notify::new(),
                 producer: posflow_kafka::clients::producer(
@@ -159,8 +177,14 @@ impl Dispatcher {
 
     pub async fn run(self, wake: Arc<Notify>, ctx: Context) -> anyhow::Result<()> {
         let s = self.shared;
+        let settler = tokio::spawn(settler(
+            s.args.clone(),
+            s.owner.clone(),
+            self.settlements,
+            ctx.clone(),
+        ));
         let m = metrics();
-        let Some(db) = s.client(&ctx).await else {
+        let Some(db) = s.claims.get(&ctx).await else {
             return Ok(());
         };
         match store::release_leases_of(&db, &s.owner).await {
@@ -178,35 +202,48 @@ impl Dispatcher {
         let poll = Duration::from_millis(200);
         let mut sampled = Instant::now() - Duration::from_secs(60);
         let mut backoff = Backoff::outage();
+        // Merchants believed to have due deliveries, served in rotation. Rediscovered every
+        // second (retries falling due, other replicas' inserts) and whenever ingest adds rows.
+        let mut active: Vec<String> = Vec::new();
+        let mut discovered: Option<Instant> = None;
+        let mut turn = 0;
         while !ctx.shutdown.is_triggered() {
             if sampled.elapsed() >= Duration::from_secs(5) {
                 sampled = Instant::now();
                 s.sample(&ctx).await;
             }
+            let Some(db) = s.claims.get(&ctx).await else {
+                break;
+            };
+            if discovered.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                match store::pending_merchants(&db).await {
+                    Ok(m) => {
+                        active = m;
+                        discovered = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e.summary(), "listing merchants with pending deliveries failed; retrying")
+                    }
+                }
+            }
             let free = s
                 .args
                 .concurrency
                 .saturating_sub(s.total.load(Ordering::SeqCst));
-            if free == 0 {
+            let wants = s.wants(&active, free, &mut turn);
+            if wants.is_empty() {
                 tokio::select! {
+                    _ = wake.notified() => discovered = None,
                     _ = s.settled.notified() => {}
                     _ = tokio::time::sleep(poll) => {}
                     _ = ctx.shutdown.wait() => break,
                 }
                 continue;
             }
-            let (exclude, partial) = s.room();
-            let room = Room {
-                exclude: &exclude,
-                partial: &partial,
-                per_merchant: s.args.merchant_concurrency as i32,
-            };
-            let Some(db) = s.client(&ctx).await else {
-                break;
-            };
-            let claimed = match store::claim(&db, &s.owner, lease, free.min(500) as i64, &room)
-                .await
-            {
+            let started = Instant::now();
+            let claimed = store::claim(&db, &s.owner, lease, &wants).await;
+            m.claim_seconds.observe(started.elapsed().as_secs_f64());
+            let claimed = match claimed {
                 Ok(c) => {
                     backoff.reset();
                     c
@@ -220,15 +257,18 @@ impl Dispatcher {
                     continue;
                 }
             };
-            if claimed.is_empty() {
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = s.settled.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = ctx.shutdown.wait() => break,
-                }
-                continue;
+            // A merchant that gave fewer than asked has nothing more due now: leave it until
+            // the next discovery.
+            let mut got: HashMap<&str, i32> = HashMap::new();
+            for c in &claimed {
+                *got.entry(c.merchant_id.as_str()).or_default() += 1;
             }
+            let short: HashSet<&str> = wants
+                .iter()
+                .filter(|(m, n)| got.get(m.as_str()).copied().unwrap_or(0) < *n)
+                .map(|(m, _)| m.as_str())
+                .collect();
+            active.retain(|m| !short.contains(m.as_str()));
             for c in claimed {
                 *s.held.entry(c.merchant_id.clone()).or_default() += 1;
                 s.total.fetch_add(1, Ordering::SeqCst);
@@ -246,39 +286,106 @@ impl Dispatcher {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
         }
+        // The settler ends once every sender is gone: the tasks', then this one.
+        drop(s);
+        let _ = tokio::time::timeout(Duration::from_secs(5), settler).await;
         Ok(())
     }
 }
 
-impl Shared {
-    /// The shared connection (queries pipeline over it), reopened if it dropped.
-    async fn client(&self, ctx: &Context) -> Option<Arc<Client>> {
-        let mut slot = self.db.lock().await;
+/// Writes settlements in batches: whatever arrived while the previous batch committed, up to
+/// 1,000. Transient database failures are retried; on shutdown what is left unwritten stays
+/// leased, and the next start of this instance (or the lease's end) makes it due again.
+async fn settler(
+    args: Arc<Args>,
+    owner: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(i64, Settle)>,
+    ctx: Context,
+) {
+    let mut conn = crate::Conn::new(&args.db);
+    let mut batch = Vec::with_capacity(1000);
+    while rx.recv_many(&mut batch, 1000).await > 0 {
+        let mut backoff = Backoff::outage();
+        loop {
+            let Some(client) = conn.get(&ctx).await else {
+                return;
+            };
+            match store::settle_batch(client, &owner, &batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e.summary(), settlements = batch.len(), "recording delivery results failed; retrying");
+                    if !backoff.wait(&ctx.shutdown).await {
+                        return;
+                    }
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// A connection shared by tasks (tokio-postgres pipelines their queries), reopened if it dropped.
+struct SharedConn {
+    db: posflow_pg::DatabaseArgs,
+    slot: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+impl SharedConn {
+    fn new(db: &posflow_pg::DatabaseArgs) -> Self {
+        SharedConn {
+            db: db.clone(),
+            slot: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn get(&self, ctx: &Context) -> Option<Arc<Client>> {
+        let mut slot = self.slot.lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(Arc::new(connect_with_backoff(&self.args.db, ctx).await?));
+            *slot = Some(Arc::new(connect_with_backoff(&self.db, ctx).await?));
         }
         slot.clone()
     }
+}
 
+impl Shared {
     /// Merchants to leave out of the next claim, and the room of those partly busy.
-    fn room(&self) -> (Vec<String>, Vec<(String, i32)>) {
-        let cap = self.args.merchant_concurrency;
+    /// How many deliveries of one merchant this replica holds at most: four rounds of its
+    /// concurrency, refilled by halves, so a freed slot finds its next delivery at hand and
+    /// each claim carries many rows (a claim costs about as much for 10 rows as for 100).
+    fn depth(&self) -> usize {
+        4 * self.args.merchant_concurrency
+    }
+
+    /// What to claim next: for each active merchant in turn whose circuits are closed and whose
+    /// queue here is at most half full, enough to fill it — within the replica's free capacity.
+    /// Refilling by halves makes each claim carry many deliveries rather than one.
+    fn wants(&self, active: &[String], mut free: usize, turn: &mut usize) -> Vec<(String, i32)> {
+        let depth = self.depth();
+        let refill = (depth / 2).max(1);
         let now = Instant::now();
-        let mut exclude: Vec<String> = self
-            .breakers
-            .iter()
-            .filter(|b| b.value().is_open(now))
-            .map(|b| b.key().0.clone())
-            .collect();
-        let mut partial = Vec::new();
-        for h in self.held.iter() {
-            if *h.value() >= cap {
-                exclude.push(h.key().clone());
-            } else if *h.value() > 0 {
-                partial.push((h.key().clone(), (cap - *h.value()) as i32));
+        let mut out = Vec::new();
+        let n = active.len();
+        for k in 0..n {
+            if free == 0 {
+                break;
             }
+            let m = &active[(*turn + k) % n];
+            let open = ["webhook", "email"].into_iter().any(|ch| {
+                self.breakers
+                    .get(&(m.clone(), ch))
+                    .is_some_and(|b| b.is_open(now))
+            });
+            let held = self.held.get(m).map(|h| *h).unwrap_or(0);
+            let room = depth.saturating_sub(held);
+            if open || room < refill {
+                continue;
+            }
+            let take = room.min(free);
+            free -= take;
+            out.push((m.clone(), take as i32));
         }
-        (exclude, partial)
+        *turn = (*turn + 1) % n.max(1);
+        out
     }
 
     async fn sample(&self, ctx: &Context) {
@@ -291,8 +398,9 @@ impl Shared {
                 .count() as i64,
         );
         self.held.retain(|_, n| *n > 0);
+        self.permits.retain(|_, p| Arc::strong_count(p) > 1);
         self.limiter.retain_recent();
-        if let Some(db) = self.client(ctx).await {
+        if let Some(db) = self.claims.get(ctx).await {
             if let Ok(n) = store::pending(&db).await {
                 m.pending.set(n);
             }
@@ -302,6 +410,16 @@ impl Shared {
     async fn deliver(self: Arc<Self>, c: Claimed, ctx: &Context) {
         let m = metrics();
         let channel = c.channel.as_str();
+        let permits = self
+            .permits
+            .entry(c.merchant_id.clone())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Semaphore::new(self.args.merchant_concurrency))
+            })
+            .clone();
+        let Ok(permit) = permits.acquire_owned().await else {
+            return;
+        };
         let prefs = self.prefs.get(&c.merchant_id);
         let breaker_key = (c.merchant_id.clone(), channel);
         let allowed = self
@@ -323,12 +441,13 @@ impl Shared {
             self.limiter.until_key_ready(&c.merchant_id).await;
             let started = Instant::now();
             let answer = self.attempt(&c, prefs.as_deref()).await;
+            drop(permit); // the merchant's next delivery may go while this one is recorded
             m.attempt_seconds
                 .with_label_values(&[channel])
                 .observe(started.elapsed().as_secs_f64());
             self.judge(&c, answer, &breaker_key, ctx).await
         };
-        self.settle(&c, &settle, ctx).await;
+        let _ = self.settle.send((c.id, settle));
         if let Some(mut n) = self.held.get_mut(&c.merchant_id) {
             *n = n.saturating_sub(1);
         }
@@ -536,26 +655,6 @@ impl Shared {
                 produce_until_confirmed(&self.producer, &o, ctx).await;
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a dead letter"),
-        }
-    }
-
-    /// Records the settlement, retrying transient database failures until shutdown (then the
-    /// lease, or the next start of this instance, makes the row due again).
-    async fn settle(&self, c: &Claimed, settle: &Settle, ctx: &Context) {
-        let mut backoff = Backoff::outage();
-        loop {
-            let Some(db) = self.client(ctx).await else {
-                return;
-            };
-            match store::settle(&db, c.id, &self.owner, settle).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e.summary(), "settling a delivery failed; retrying");
-                    if !backoff.wait(&ctx.shutdown).await {
-                        return;
-                    }
-                }
-            }
         }
     }
 }

@@ -146,9 +146,7 @@ pub async fn run(
             wake.notify_one();
         }
         // Everything up to `next` is in the outbox or the dead-letter topic.
-        for ((topic, partition), offset) in std::mem::take(&mut next) {
-            let _ = consumer.store_offset(&topic, partition, offset - 1);
-        }
+        posflow_kafka::pipeline::store_next_offsets(&consumer, &mut next);
         if stopping {
             break;
         }

@@ -87,8 +87,9 @@ pub struct Args {
     /// Deliveries to one merchant in flight at once, per replica.
     #[arg(long, env = "POSFLOW_MERCHANT_CONCURRENCY", default_value_t = 8)]
     pub merchant_concurrency: usize,
-    /// Deliveries in flight at once, per replica.
-    #[arg(long, env = "POSFLOW_CONCURRENCY", default_value_t = 256)]
+    /// Deliveries claimed and not yet settled, per replica (attempts under way and the next
+    /// ones of each merchant, up to four times --merchant-concurrency each).
+    #[arg(long, env = "POSFLOW_CONCURRENCY", default_value_t = 1000)]
     pub concurrency: usize,
     /// Consecutive failed attempts that open a merchant's circuit.
     #[arg(long, env = "POSFLOW_BREAKER_THRESHOLD", default_value_t = 5)]

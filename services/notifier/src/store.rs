@@ -246,62 +246,60 @@ pub struct Claimed {
     pub created_at_ms: i64,
 }
 
-/// How many more deliveries this replica may hold per merchant.
-pub struct Room<'a> {
-    /// Merchants to skip: circuit open, or no room left here.
-    pub exclude: &'a [String],
-    /// Merchants with some deliveries held already, and the room they have left.
-    pub partial: &'a [(String, i32)],
-    /// Room of any other merchant.
-    pub per_merchant: i32,
+/// The merchants with pending deliveries (due or not), found by skipping through the index
+/// merchant by merchant: as many index probes as merchants, whatever the backlog.
+pub async fn pending_merchants(client: &Client) -> Result<Vec<String>, DbError> {
+    Ok(client
+        .query(
+            "WITH RECURSIVE m AS (
+                 (SELECT merchant_id FROM notification_outbox WHERE status = 'pending' ORDER BY merchant_id LIMIT 1)
+                 UNION ALL
+                 SELECT (SELECT o.merchant_id FROM notification_outbox o
+                          WHERE o.status = 'pending' AND o.merchant_id > m.merchant_id
+                          ORDER BY o.merchant_id LIMIT 1)
+                   FROM m WHERE m.merchant_id IS NOT NULL)
+             SELECT merchant_id FROM m WHERE merchant_id IS NOT NULL",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
-/// Claims up to `limit` due deliveries, fraud alerts first, at most each merchant's room (so a
-/// merchant's backlog cannot fill this replica, nor be held here beyond what it can send while
-/// the lease lasts), skipping rows another replica holds. The lease covers a crash: the row is
-/// due again when it expires. Candidates are read from at most `SCAN` due rows, then locked
-/// with SKIP LOCKED, which re-checks them against concurrent claims.
+/// Claims, for each (merchant, n) of `wants`, up to n of that merchant's due deliveries — fraud
+/// alerts first, then by due time — skipping rows another replica holds (SKIP LOCKED), and
+/// leases them to `owner`. The lease covers a crash: the row is due again when it expires. Each
+/// merchant's part reads only the rows it takes (index on merchant, priority, due time).
 pub async fn claim(
     client: &Client,
     owner: &str,
     lease: Duration,
-    limit: i64,
-    room: &Room<'_>,
+    wants: &[(String, i32)],
 ) -> Result<Vec<Claimed>, DbError> {
-    const SCAN: i64 = 5000;
-    let (partial_m, partial_r): (Vec<&str>, Vec<i32>) =
-        room.partial.iter().map(|(m, r)| (m.as_str(), *r)).unzip();
+    if wants.is_empty() {
+        return Ok(vec![]);
+    }
+    let (merchants, counts): (Vec<&str>, Vec<i32>) =
+        wants.iter().map(|(m, n)| (m.as_str(), *n)).unzip();
     let rows = client
         .query(
-            "WITH due AS (
-                 SELECT id, merchant_id, priority, next_attempt_at FROM notification_outbox
-                  WHERE status = 'pending' AND next_attempt_at <= now()
-                    AND (lease_until IS NULL OR lease_until < now())
-                    AND NOT (merchant_id = ANY($3))
-                  ORDER BY priority, next_attempt_at
-                  LIMIT $5),
-             ranked AS (
-                 SELECT id, merchant_id, priority, next_attempt_at,
-                        row_number() OVER (PARTITION BY merchant_id ORDER BY priority, next_attempt_at, id) AS rn
-                   FROM due),
-             room AS (SELECT * FROM unnest($6::text[], $7::int4[]) AS r(merchant_id, room)),
-             chosen AS (
-                 SELECT ranked.id FROM ranked LEFT JOIN room USING (merchant_id)
-                  WHERE ranked.rn <= coalesce(room.room, $8)
-                  ORDER BY ranked.priority, ranked.next_attempt_at
-                  LIMIT $4),
-             locked AS (
-                 SELECT id FROM notification_outbox
-                  WHERE id IN (SELECT id FROM chosen) AND status = 'pending'
-                    AND (lease_until IS NULL OR lease_until < now())
-                  FOR UPDATE SKIP LOCKED)
+            "WITH picked AS (
+                 SELECT d.id FROM unnest($3::text[], $4::int4[]) AS w(merchant_id, n)
+                 CROSS JOIN LATERAL (
+                     SELECT id FROM notification_outbox o
+                      WHERE o.merchant_id = w.merchant_id AND o.status = 'pending' AND o.next_attempt_at <= now()
+                        AND (o.lease_until IS NULL OR o.lease_until < now())
+                      ORDER BY o.priority, o.next_attempt_at
+                      LIMIT w.n
+                      FOR UPDATE SKIP LOCKED) d)
            UPDATE notification_outbox o
               SET lease_owner = $1, lease_until = now() + make_interval(secs => $2), attempts = o.attempts + 1
-             FROM locked WHERE o.id = locked.id
+             FROM picked WHERE o.id = picked.id
         RETURNING o.id, o.idempotency_key, o.merchant_id, o.channel, o.event_type, o.priority, o.subject, o.content_type, o.body,
                   o.attachment_name, o.attachment_type, o.attachment, o.risk_contact, o.attempts,
                   (extract(epoch FROM o.created_at) * 1000)::int8",
-            &[&owner, &lease.as_secs_f64(), &room.exclude, &limit, &SCAN, &partial_m, &partial_r, &room.per_merchant],
+            &[&owner, &lease.as_secs_f64(), &merchants, &counts],
         )
         .await?;
     let mut out: Vec<Claimed> = rows
@@ -360,32 +358,61 @@ pub enum Settle {
     },
 }
 
-/// Records an attempt's result, if this replica still holds the row.
-pub async fn settle(client: &Client, id: i64, owner: &str, s: &Settle) -> Result<(), DbError> {
+/// Records attempts' results in one transaction (one commit for many attempts: at thousands
+/// of deliveries a second, a commit each would be the limit), for the rows this replica still holds.
+pub async fn settle_batch(
+    client: &mut Client,
+    owner: &str,
+    batch: &[(i64, Settle)],
+) -> Result<(), DbError> {
     const FREE: &str = "lease_owner = NULL, lease_until = NULL";
-    const MINE: &str = "WHERE id = $1 AND lease_owner = $2";
-    match s {
-        Settle::Delivered => {
-            let sql = format!("UPDATE notification_outbox SET status = 'delivered', finished_at = now(), last_error = NULL, {FREE} {MINE}");
-            client.execute(&sql, &[&id, &owner]).await?
+    let (mut delivered, mut failed, mut retry, mut release) = (
+        Vec::new(),
+        (Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new(), Vec::new()),
+        (Vec::new(), Vec::new()),
+    );
+    for (id, s) in batch {
+        match s {
+            Settle::Delivered => delivered.push(*id),
+            Settle::Failed { error } => {
+                failed.0.push(*id);
+                failed.1.push(error.as_str());
+            }
+            Settle::Retry { after, error } => {
+                retry.0.push(*id);
+                retry.1.push(after.as_secs_f64());
+                retry.2.push(error.as_str());
+            }
+            Settle::Release { after } => {
+                release.0.push(*id);
+                release.1.push(after.as_secs_f64());
+            }
         }
-        Settle::Failed { error } => {
-            let sql = format!("UPDATE notification_outbox SET status = 'failed', finished_at = now(), last_error = $3, {FREE} {MINE}");
-            client.execute(&sql, &[&id, &owner, error]).await?
-        }
-        Settle::Retry { after, error } => {
-            let sql = format!("UPDATE notification_outbox SET next_attempt_at = now() + make_interval(secs => $3), last_error = $4, {FREE} {MINE}");
-            client
-                .execute(&sql, &[&id, &owner, &after.as_secs_f64(), error])
-                .await?
-        }
-        Settle::Release { after } => {
-            let sql = format!("UPDATE notification_outbox SET attempts = attempts - 1, next_attempt_at = now() + make_interval(secs => $3), {FREE} {MINE}");
-            client
-                .execute(&sql, &[&id, &owner, &after.as_secs_f64()])
-                .await?
-        }
-    };
+    }
+    let tx = client.transaction().await?;
+    if !delivered.is_empty() {
+        let sql = format!("UPDATE notification_outbox SET status = 'delivered', finished_at = now(), last_error = NULL, {FREE}
+                            WHERE id = ANY($1) AND lease_owner = $2");
+        tx.execute(&sql, &[&delivered, &owner]).await?;
+    }
+    if !failed.0.is_empty() {
+        let sql = format!("UPDATE notification_outbox o SET status = 'failed', finished_at = now(), last_error = f.error, {FREE}
+                             FROM unnest($1::int8[], $3::text[]) AS f(id, error) WHERE o.id = f.id AND o.lease_owner = $2");
+        tx.execute(&sql, &[&failed.0, &owner, &failed.1]).await?;
+    }
+    if !retry.0.is_empty() {
+        let sql = format!("UPDATE notification_outbox o SET next_attempt_at = now() + make_interval(secs => r.secs), last_error = r.error, {FREE}
+                             FROM unnest($1::int8[], $3::float8[], $4::text[]) AS r(id, secs, error) WHERE o.id = r.id AND o.lease_owner = $2");
+        tx.execute(&sql, &[&retry.0, &owner, &retry.1, &retry.2])
+            .await?;
+    }
+    if !release.0.is_empty() {
+        let sql = format!("UPDATE notification_outbox o SET attempts = o.attempts - 1, next_attempt_at = now() + make_interval(secs => r.secs), {FREE}
+                             FROM unnest($1::int8[], $3::float8[]) AS r(id, secs) WHERE o.id = r.id AND o.lease_owner = $2");
+        tx.execute(&sql, &[&release.0, &owner, &release.1]).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

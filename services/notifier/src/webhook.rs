@@ -71,8 +71,13 @@ pub struct Sender {
 
 impl Sender {
     /// A pooled HTTPS client trusting the system's roots plus `extra_ca` (a PEM bundle, for
-    /// merchants — or tests — behind a private CA).
-    pub fn new(extra_ca: Option<&Path>, timeout: Duration) -> anyhow::Result<Self> {
+    /// merchants — or tests — behind a private CA), keeping up to `idle_per_host` connections
+    /// open per endpoint: a TLS handshake costs far more CPU than the request it carries.
+    pub fn new(
+        extra_ca: Option<&Path>,
+        timeout: Duration,
+        idle_per_host: usize,
+    ) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
             let _ = roots.add(cert); // a malformed system certificate is not ours to fail on
@@ -96,7 +101,7 @@ impl Sender {
             .build();
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(idle_per_host)
             .build(https);
         Ok(Sender { client, timeout })
     }

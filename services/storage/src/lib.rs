@@ -299,9 +299,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
             batch.clear();
             sources.clear();
             // The rows are committed: now, and only now, the Kafka offsets may move.
-            for ((topic, partition), offset) in std::mem::take(&mut next) {
-                let _ = consumer.store_offset(&topic, partition, offset - 1);
-            }
+            posflow_kafka::pipeline::store_next_offsets(&consumer, &mut next);
         }
         if stopping {
             break;

@@ -571,3 +571,15 @@ pub async fn decode_with_retry<T: posflow_schema::AvroRecord>(
         }
     }
 }
+
+/// Stores `next` (per topic and partition, the offset to resume from) for the consumer's
+/// automatic commit, and empties it. Call only once everything below those offsets is handled.
+pub fn store_next_offsets<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    next: &mut std::collections::BTreeMap<(String, i32), i64>,
+) {
+    for ((topic, partition), offset) in std::mem::take(next) {
+        // A partition revoked meanwhile refuses the store; its next owner redelivers.
+        let _ = consumer.store_offset(&topic, partition, offset - 1);
+    }
+}
