@@ -389,7 +389,7 @@ async fn webhooks_are_signed_retried_dead_lettered_and_alerts_go_first() {
 #[tokio::test]
 async fn a_killed_notifier_delivers_everything_at_least_once_under_the_same_keys() {
     const MERCHANTS: usize = 5;
-    const PER_MERCHANT: usize = 1_200;
+    const PER_MERCHANT: usize = 1_600;
     let d = Deployment::new().await.with_own_schema().await;
     let rx = Receiver::start().await;
     let prefs: String = (0..MERCHANTS)
@@ -399,8 +399,9 @@ async fn a_killed_notifier_delivers_everything_at_least_once_under_the_same_keys
         })
         .collect();
     d.apply_merchants(&prefs);
-    // 100 deliveries a second per merchant: 12 s of work, so the kill finds most of it pending.
-    let flags = ["--merchant-rate", "100", "--lease-secs", "60"];
+    // 60 deliveries a second per merchant: 27 s of work. The kill comes as soon as 5,000 are
+    // pending in the outbox, most likely while ingest is still inserting the rest.
+    let flags = ["--merchant-rate", "60", "--lease-secs", "60"];
     let mut notifier = d.start_notifier("k1", &flags).await;
     let events: Vec<TransactionValidated> = (0..MERCHANTS * PER_MERCHANT)
         .map(|i| {
@@ -423,14 +424,13 @@ async fn a_killed_notifier_delivers_everything_at_least_once_under_the_same_keys
             .await
             .unwrap();
         let (p, t): (i64, i64) = (row.get(0), row.get(1));
-        if t as usize == events.len() && p >= 5_000 {
+        if p >= 5_000 {
             break (p, t);
         }
         assert!(
-            t < events.len() as i64 || p >= 5_000,
-            "only {p} pending by the time all {t} were enqueued"
+            Instant::now() < deadline && (t as usize) < events.len(),
+            "never 5,000 pending: {p} pending of {t} enqueued"
         );
-        assert!(Instant::now() < deadline, "{t} enqueued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     notifier.kill();
