@@ -211,12 +211,28 @@ async fn webhooks_are_signed_retried_dead_lettered_and_alerts_go_first() {
         bad.len(),
         bad.first()
     );
+    // A real request's signature: valid under its secret, not under another, not on another body.
     let sample = rx.received_by("OK").remove(0);
-    assert!(!verify_signature(
-        b"not-the-secret-0123456789",
-        "t=1,v1=00",
+    let now = SystemTime::now();
+    assert!(verify_signature(
+        secret("OK").as_bytes(),
+        &sample.signature,
         &sample.body,
-        SystemTime::now()
+        now
+    ));
+    assert!(!verify_signature(
+        secret("FLAKY").as_bytes(),
+        &sample.signature,
+        &sample.body,
+        now
+    ));
+    let mut tampered = sample.body.clone();
+    tampered.push(b' ');
+    assert!(!verify_signature(
+        secret("OK").as_bytes(),
+        &sample.signature,
+        &tampered,
+        now
     ));
 
     // Healthy: 100 distinct keys, each delivered once, 90 transactions and 10 refunds.

@@ -39,9 +39,10 @@ pub struct Received {
     pub event_type: String,
     pub attempt: u32,
     pub body: Vec<u8>,
+    /// The Posflow-Signature header as sent.
+    pub signature: String,
     pub signature_ok: bool,
     pub status: u16,
-    pub at: Instant,
 }
 
 #[derive(Default)]
@@ -262,9 +263,9 @@ async fn handle(
         event_type,
         attempt,
         body,
+        signature,
         signature_ok,
         status,
-        at: Instant::now(),
     });
     if status == 0 {
         std::future::pending::<()>().await;

@@ -21,13 +21,12 @@ use posflow_schema::{
     now_millis, Channel as OutcomeChannel, DeadLetter, DeliveryStatus, Encoder, NotificationOutcome,
 };
 use prometheus::{HistogramVec, IntCounterVec, IntGauge};
-use rand::SeedableRng;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::Client;
@@ -125,11 +124,10 @@ struct Shared {
     status_enc: Encoder<NotificationOutcome>,
     dlq_topic: String,
     dlq_enc: Encoder<DeadLetter>,
-    rng: Mutex<rand::rngs::StdRng>,
 }
 
 impl Dispatcher {
-    pub async fn new(args: &Arc<Args>, prefs: Prefs, _ctx: Context) -> anyhow::Result<Self> {
+    pub async fn new(args: &Arc<Args>, prefs: Prefs) -> anyhow::Result<Self> {
         let topics = args.kafka.topics();
         let registry = args.kafka.registry();
         let (status_topic, dlq_topic) = (topics.notification_status(), topics.deadletter());
@@ -169,7 +167,6 @@ impl Dispatcher {
                 status_enc,
                 dlq_topic,
                 dlq_enc,
-                rng: Mutex::new(rand::rngs::StdRng::from_entropy()),
                 owner,
             }),
         })
@@ -549,10 +546,9 @@ impl Shared {
                         Some(error),
                     )
                 } else {
-                    let after = {
-                        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-                        self.policy.delay(c.attempt as u32, retry_after, &mut *rng)
-                    };
+                    let after =
+                        self.policy
+                            .delay(c.attempt as u32, retry_after, &mut rand::thread_rng());
                     (
                         Settle::Retry {
                             after,

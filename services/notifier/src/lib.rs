@@ -316,7 +316,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         "merchant preferences loaded"
     );
     let wake = Arc::new(tokio::sync::Notify::new());
-    let dispatcher = dispatch::Dispatcher::new(&args, prefs.clone(), ctx.clone()).await?;
+    let dispatcher = dispatch::Dispatcher::new(&args, prefs.clone()).await?;
     let tasks = vec![
         tokio::spawn(refresh_preferences(
             args.clone(),
