@@ -6,8 +6,13 @@ STACK := deploy/local/stack.sh
 CARGO ?= cargo
 # Local stack: one broker, so replication 1.
 PROVISION := ./target/debug/posflow-admin provision --replication-factor 1 --min-insync-replicas 1
+# Chart tooling, installed once through the registries: helm from the Go module proxy, the
+# Kubernetes schemas (kubernetes-validate) from PyPI.
+TOOLS := $(HOME)/.cache/posflow/tools
+HELM := $(TOOLS)/bin/helm
+HELM_VERSION := v4.3.1
 
-.PHONY: help up down status provision build demo test test-unit test-e2e bench-bridge bench-validator bench-storage bench-fraud bench-notifier fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e chart-test bench-bridge bench-validator bench-storage bench-fraud bench-notifier fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,12 +33,18 @@ build: ## Build every binary (debug profile; dependencies optimised)
 demo: up ## The whole pipeline on the local stack: 20 terminals x 50 transactions, with a summary
 	deploy/local/demo.sh
 
-test: up ## Unit, integration and end-to-end tests against the real local stack
+test: up ## Unit, chart, integration and end-to-end tests against the real local stack
 	$(MAKE) test-unit
+	$(MAKE) chart-test
 	$(MAKE) test-e2e
 
 test-unit: ## Tests that need no running component
 	$(CARGO) test --workspace --exclude posflow-e2e
+
+chart-test: build ## Helm chart: lint, every scenario rendered and validated against Kubernetes' schema, checks over the output
+	@test -x $(HELM) || { echo "installing helm $(HELM_VERSION) (go install, once)"; GOBIN=$(TOOLS)/bin go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION); }
+	@test -x $(TOOLS)/venv/bin/python || { python3 -m venv $(TOOLS)/venv && $(TOOLS)/venv/bin/pip install -q kubernetes-validate pyyaml; }
+	$(TOOLS)/venv/bin/python tests/chart/check_chart.py $(HELM) target/debug
 
 test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1

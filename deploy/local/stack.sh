@@ -55,6 +55,8 @@ need_apt() {
   command -v openssl >/dev/null || missing+=(openssl)
   [ -x "$(pg_bin)/initdb" ] || missing+=(postgresql)
   /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
+  # Not the stack's: `make chart-test` keeps its Kubernetes schemas in a venv.
+  /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing from Debian: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,288 @@
+{{/* Names and labels. */}}
+{{- define "posflow.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "posflow.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one stage: (dict "root" $ "stage" "bridge") */}}
+{{- define "posflow.selector" -}}
+app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .stage }}
+{{- end -}}
+
+{{- define "posflow.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "posflow.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{ .Values.serviceAccount.name | default (include "posflow.fullname" .) }}
+{{- else -}}
+{{ .Values.serviceAccount.name | default "default" }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+What each stage is: its binary (in the image: deploy/docker/Dockerfile), and for the Kafka
+consumers the consumer group and main input topic that KEDA watches for lag.
+*/}}
+{{- define "posflow.stageInfo" -}}
+bridge: {binary: posflow-bridge, group: "", topic: "", kafkaConsumer: false}
+validator: {binary: posflow-validator, group: posflow-validator, topic: pos.transactions.raw, kafkaConsumer: true}
+storage: {binary: posflow-storage, group: posflow-storage, topic: pos.transactions.validated, kafkaConsumer: true}
+fraud: {binary: posflow-fraud, group: posflow-fraud, topic: pos.transactions.validated, kafkaConsumer: true}
+notifier: {binary: posflow-notifier, group: posflow-notifier, topic: pos.transactions.validated, kafkaConsumer: true}
+{{- end -}}
+
+{{/* Kafka and registry settings, for every stage and the provisioning job. */}}
+{{- define "posflow.kafkaEnv" -}}
+- name: POSFLOW_KAFKA_BROKERS
+  value: {{ required "kafka.brokers is required" .Values.kafka.brokers | quote }}
+- name: POSFLOW_KAFKA_SECURITY_PROTOCOL
+  value: {{ .Values.kafka.securityProtocol | quote }}
+- name: POSFLOW_TOPIC_PREFIX
+  value: {{ .Values.kafka.topicPrefix | quote }}
+- name: POSFLOW_SCHEMA_REGISTRY_URL
+  value: {{ required "schemaRegistry.url is required" .Values.schemaRegistry.url | quote }}
+{{- if hasPrefix "sasl" .Values.kafka.securityProtocol }}
+- name: POSFLOW_KAFKA_SASL_MECHANISM
+  value: {{ .Values.kafka.sasl.mechanism | quote }}
+- name: POSFLOW_KAFKA_SASL_USERNAME
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "kafka.sasl.existingSecret is required with a sasl_* protocol" .Values.kafka.sasl.existingSecret }}
+      key: {{ .Values.kafka.sasl.usernameKey }}
+- name: POSFLOW_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.kafka.sasl.existingSecret }}
+      key: {{ .Values.kafka.sasl.passwordKey }}
+{{- end }}
+{{- if .Values.kafka.tls.existingSecret }}
+- name: POSFLOW_KAFKA_SSL_CA
+  value: /etc/posflow/kafka-tls/{{ .Values.kafka.tls.caKey }}
+{{- end }}
+{{- end -}}
+
+{{- define "posflow.databaseEnv" -}}
+- name: POSFLOW_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "database.existingSecret is required" .Values.database.existingSecret }}
+      key: {{ .Values.database.urlKey }}
+{{- end -}}
+
+{{/* The pod security settings every posflow pod runs with. */}}
+{{- define "posflow.podSecurity" -}}
+securityContext:
+  {{- toYaml .Values.podSecurityContext | nindent 2 }}
+{{- end -}}
+
+{{/* One stage: (dict "root" $ "stage" "validator" "s" $.Values.stages.validator) */}}
+{{- define "posflow.statefulset" -}}
+{{- $root := .root -}}
+{{- $s := .s -}}
+{{- $info := get (fromYaml (include "posflow.stageInfo" $root)) .stage -}}
+{{- $name := printf "%s-%s" (include "posflow.fullname" $root) .stage -}}
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: {{ $name }}
+  labels:
+    {{- include "posflow.labels" $root | nindent 4 }}
+    app.kubernetes.io/component: {{ .stage }}
+spec:
+  serviceName: {{ $name }}
+  podManagementPolicy: Parallel
+  {{- if not (or $s.autoscaling.enabled (and $s.keda.enabled $info.kafkaConsumer)) }}
+  replicas: {{ $s.replicas }}
+  {{- end }}
+  selector:
+    matchLabels:
+      {{- include "posflow.selector" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "posflow.labels" $root | nindent 8 }}
+        app.kubernetes.io/component: {{ .stage }}
+      annotations:
+        checksum/rules: {{ $root.Values.rules | toYaml | sha256sum }}
+        {{- with $s.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "posflow.serviceAccountName" $root }}
+      automountServiceAccountToken: false
+      {{- with $root.Values.imagePullSecrets }}
+      imagePullSecrets:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- include "posflow.podSecurity" $root | nindent 6 }}
+      # Longer than the drain: in-flight work finishes before the kubelet's SIGKILL.
+      terminationGracePeriodSeconds: {{ add $s.drainTimeoutSeconds 15 }}
+      containers:
+        - name: {{ .stage }}
+          image: {{ include "posflow.image" $root }}
+          imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+          command: [{{ $info.binary | quote }}]
+          {{- with $s.extraArgs }}
+          args:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
+          env:
+            - name: POSFLOW_HTTP_ADDR
+              value: "0.0.0.0:9464"
+            - name: POSFLOW_DRAIN_TIMEOUT
+              value: {{ $s.drainTimeoutSeconds | quote }}
+            - name: POSFLOW_INSTANCE_ID
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.name
+            {{- include "posflow.kafkaEnv" $root | nindent 12 }}
+            {{- include (printf "posflow.env.%s" .stage) $root | nindent 12 }}
+            {{- range $k, $v := $s.env }}
+            - name: {{ $k }}
+              value: {{ $v | quote }}
+            {{- end }}
+          {{- if and (eq .stage "notifier") $root.Values.webhooks.signingSecrets }}
+          envFrom:
+            - secretRef:
+                name: {{ $root.Values.webhooks.signingSecrets }}
+          {{- end }}
+          ports:
+            - name: http-metrics
+              containerPort: 9464
+          startupProbe:
+            httpGet: {path: /healthz, port: http-metrics}
+            periodSeconds: 2
+            failureThreshold: 60
+          livenessProbe:
+            httpGet: {path: /healthz, port: http-metrics}
+            periodSeconds: 10
+            failureThreshold: 3
+          readinessProbe:
+            httpGet: {path: /readyz, port: http-metrics}
+            periodSeconds: 5
+            failureThreshold: 2
+          resources:
+            {{- toYaml $s.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $root.Values.securityContext | nindent 12 }}
+          volumeMounts:
+            - {name: tmp, mountPath: /tmp}
+            {{- if $root.Values.kafka.tls.existingSecret }}
+            - {name: kafka-tls, mountPath: /etc/posflow/kafka-tls, readOnly: true}
+            {{- end }}
+            {{- if and (eq .stage "bridge") $root.Values.mqtt.tls.enabled }}
+            - {name: mqtt-tls, mountPath: /etc/posflow/mqtt-tls, readOnly: true}
+            {{- end }}
+            {{- if or (eq .stage "validator") (eq .stage "fraud") }}
+            - {name: rules, mountPath: /etc/posflow/rules, readOnly: true}
+            {{- end }}
+      volumes:
+        - name: tmp
+          emptyDir: {sizeLimit: 64Mi}
+        {{- if $root.Values.kafka.tls.existingSecret }}
+        - name: kafka-tls
+          secret: {secretName: {{ $root.Values.kafka.tls.existingSecret }}}
+        {{- end }}
+        {{- if and (eq .stage "bridge") $root.Values.mqtt.tls.enabled }}
+        - name: mqtt-tls
+          secret: {secretName: {{ required "mqtt.tls.existingSecret is required with mqtt.tls.enabled" $root.Values.mqtt.tls.existingSecret }}}
+        {{- end }}
+        {{- if or (eq .stage "validator") (eq .stage "fraud") }}
+        - name: rules
+          configMap: {name: {{ include "posflow.fullname" $root }}-rules}
+        {{- end }}
+      {{- with $s.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $s.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $s.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+{{- end -}}
+
+{{/* Per-stage environment. */}}
+{{- define "posflow.env.bridge" -}}
+- name: POSFLOW_BRIDGE_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POSFLOW_CARD_TOKEN_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "cardToken.existingSecret is required" .Values.cardToken.existingSecret }}
+      key: {{ .Values.cardToken.key }}
+- name: POSFLOW_MQTT_HOST
+  value: {{ required "mqtt.host is required" .Values.mqtt.host | quote }}
+- name: POSFLOW_MQTT_PORT
+  value: {{ .Values.mqtt.port | quote }}
+- name: POSFLOW_MQTT_SHARE_GROUP
+  value: {{ .Values.mqtt.shareGroup | quote }}
+- name: POSFLOW_MQTT_SESSION_EXPIRY
+  value: {{ .Values.mqtt.sessionExpirySecs | quote }}
+{{- if .Values.mqtt.tls.enabled }}
+- name: POSFLOW_MQTT_TLS_CA
+  value: /etc/posflow/mqtt-tls/ca.crt
+{{- if not .Values.mqtt.passwordSecret }}
+- name: POSFLOW_MQTT_TLS_CERT
+  value: /etc/posflow/mqtt-tls/tls.crt
+- name: POSFLOW_MQTT_TLS_KEY
+  value: /etc/posflow/mqtt-tls/tls.key
+{{- end }}
+{{- end }}
+{{- if .Values.mqtt.passwordSecret }}
+- name: POSFLOW_MQTT_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.mqtt.passwordSecret }}
+      key: password
+{{- end }}
+{{- end -}}
+
+{{- define "posflow.env.validator" -}}
+{{- if .Values.rules.validator }}
+- name: POSFLOW_VALIDATOR_RULES
+  value: /etc/posflow/rules/validator-rules.toml
+{{- end }}
+{{- end -}}
+
+{{- define "posflow.env.fraud" -}}
+{{- if .Values.rules.fraud }}
+- name: POSFLOW_FRAUD_RULES
+  value: /etc/posflow/rules/fraud-rules.toml
+{{- end }}
+{{- end -}}
+
+{{- define "posflow.env.storage" -}}
+{{ include "posflow.databaseEnv" . }}
+{{- end -}}
+
+{{- define "posflow.env.notifier" -}}
+{{ include "posflow.databaseEnv" . }}
+- name: POSFLOW_SMTP_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "smtp.existingSecret is required" .Values.smtp.existingSecret }}
+      key: {{ .Values.smtp.urlKey }}
+- name: POSFLOW_SMTP_FROM
+  value: {{ .Values.smtp.from | quote }}
+{{- end -}}

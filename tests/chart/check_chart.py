@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Checks the Helm chart (deploy/helm/posflow) the way a reviewing SRE would, with the real helm:
+
+- `helm lint --strict` with the default values and every ci/*-values.yaml scenario;
+- `helm template` of each, every built-in manifest validated against the Kubernetes schema
+  (kubernetes-validate, strict); the KEDA and Prometheus Operator kinds checked by shape;
+- over the rendered output: every pod non-root with a read-only root filesystem and no
+  capabilities; every container's binary is one the image ships (deploy/docker/Dockerfile) and
+  the workspace builds, and its subcommand exists; every POSFLOW_* variable is one a binary reads;
+  no Secret rendered and no credential in a ConfigMap; grace period longer than the drain;
+  probes on /healthz and /readyz; one StatefulSet, Service, PDB and HPA or ScaledObject per stage;
+- the schema refuses bad values (a wrong type, an unknown key, an unknown enum) — proven by
+  helm failing on them;
+- README.md documents every values key, and nothing values.yaml lacks;
+- the checks themselves catch what they claim: each is run on a copy of the default rendering
+  with one defect put in (root user, writable root, unknown binary, short grace, a Secret, a
+  credential in a ConfigMap, a missing probe) and must report it.
+
+Usage: check_chart.py HELM [BIN_DIR]   (BIN_DIR: built binaries, to check subcommands)
+"""
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+
+import kubernetes_validate
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CHART = os.path.join(ROOT, "deploy", "helm", "posflow")
+K8S_VERSION = "1.34.0"
+STAGES = ["bridge", "validator", "storage", "fraud", "notifier"]
+CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+
+failures = []
+
+
+def fail(msg):
+    failures.append(msg)
+    print(f"FAIL {msg}")
+
+
+def helm(helm_bin, *args, ok=True):
+    r = subprocess.run([helm_bin, *args], capture_output=True, text=True)
+    if ok and r.returncode != 0:
+        raise SystemExit(f"helm {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
+    return r
+
+
+def render(helm_bin, values_file):
+    args = ["template", "posflow", CHART, "--namespace", "posflow"]
+    if values_file:
+        args += ["-f", values_file]
+    out = helm(helm_bin, *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def image_binaries():
+    text = open(os.path.join(ROOT, "deploy", "docker", "Dockerfile")).read()
+    copied = set(re.findall(r"target/release/(posflow-[a-z]+)", text))
+    built = set(re.findall(r"-p (posflow-[a-z]+)", text))
+    if copied != built:
+        fail(f"Dockerfile builds {sorted(built)} but copies {sorted(copied)}")
+    workspace = set()
+    for manifest in glob.glob(os.path.join(ROOT, "services", "*", "Cargo.toml")):
+        name = re.search(r'^name = "([^"]+)"', open(manifest).read(), re.M).group(1)
+        if os.path.exists(os.path.join(os.path.dirname(manifest), "src", "main.rs")):
+            workspace.add(name)
+    if copied != workspace:
+        fail(f"the image ships {sorted(copied)}, the workspace builds binaries {sorted(workspace)}")
+    # `COPY . .` must not send gigabytes of local build output to the builder.
+    ignored = open(os.path.join(ROOT, ".dockerignore")).read().split()
+    if "target" not in ignored:
+        fail(".dockerignore does not exclude target/")
+    return copied
+
+
+def env_vars_read():
+    names = set()
+    for path in glob.glob(os.path.join(ROOT, "services", "**", "*.rs"), recursive=True):
+        names |= set(re.findall(r'env = "(POSFLOW_[A-Z0-9_]+)"', open(path).read()))
+    return names
+
+
+def pod_specs(doc):
+    kind = doc["kind"]
+    if kind in ("StatefulSet", "Deployment", "Job"):
+        return [doc["spec"]["template"]["spec"]]
+    if kind == "Pod":
+        return [doc["spec"]]
+    return []
+
+
+def check_pods(name, docs, binaries, known_env, bin_dir):
+    for doc in docs:
+        for spec in pod_specs(doc):
+            where = f"{name}: {doc['kind']} {doc['metadata']['name']}"
+            psc = spec.get("securityContext", {})
+            if psc.get("runAsNonRoot") is not True or psc.get("runAsUser", 0) == 0:
+                fail(f"{where}: pod not non-root ({psc})")
+            if spec.get("automountServiceAccountToken") is not False:
+                fail(f"{where}: mounts a service account token")
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                csc = c.get("securityContext", {})
+                if not (csc.get("readOnlyRootFilesystem") and csc.get("allowPrivilegeEscalation") is False
+                        and "ALL" in csc.get("capabilities", {}).get("drop", [])):
+                    fail(f"{where}/{c['name']}: container security context {csc}")
+                if "resources" not in c:
+                    fail(f"{where}/{c['name']}: no resources")
+                cmd = c.get("command", [])
+                if c["image"].startswith("busybox"):
+                    continue
+                if not cmd or cmd[0] not in binaries:
+                    fail(f"{where}/{c['name']}: command {cmd} is not a binary of the image")
+                elif len(cmd) > 1 and bin_dir:
+                    helptext = subprocess.run([os.path.join(bin_dir, cmd[0]), "--help"],
+                                              capture_output=True, text=True).stdout
+                    if not re.search(rf"^\s+{re.escape(cmd[1])}\s", helptext, re.M):
+                        fail(f"{where}/{c['name']}: {cmd[0]} has no subcommand {cmd[1]}")
+                for e in c.get("env", []):
+                    if e["name"].startswith("POSFLOW_") and e["name"] not in known_env:
+                        fail(f"{where}/{c['name']}: {e['name']} is read by no binary")
+                    if "value" in e and re.search(r"://[^/\s]*:[^@/\s]+@", str(e["value"])):
+                        fail(f"{where}/{c['name']}: {e['name']} holds a credential in clear")
+
+
+def check_stages(name, docs, values):
+    by_kind = {}
+    for d in docs:
+        comp = d["metadata"].get("labels", {}).get("app.kubernetes.io/component")
+        by_kind.setdefault((d["kind"], comp), []).append(d)
+    for stage in STAGES:
+        s = values["stages"][stage]
+        sts = by_kind.get(("StatefulSet", stage), [])
+        if not s["enabled"]:
+            if sts:
+                fail(f"{name}: {stage} disabled but rendered")
+            continue
+        if len(sts) != 1:
+            fail(f"{name}: {stage}: {len(sts)} StatefulSets")
+            continue
+        pod = sts[0]["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        drain = int(env.get("POSFLOW_DRAIN_TIMEOUT", "20"))
+        if pod.get("terminationGracePeriodSeconds", 30) <= drain:
+            fail(f"{name}: {stage}: grace period {pod.get('terminationGracePeriodSeconds')} <= drain {drain}")
+        if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz" or \
+           c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+            fail(f"{name}: {stage}: probes are not /healthz and /readyz")
+        if env.get("POSFLOW_HTTP_ADDR") != "0.0.0.0:9464":
+            fail(f"{name}: {stage}: the health endpoint is not reachable from the kubelet")
+        if len(by_kind.get(("Service", stage), [])) != 1:
+            fail(f"{name}: {stage}: no Service")
+        if s["pdb"]["enabled"] != bool(by_kind.get(("PodDisruptionBudget", stage))):
+            fail(f"{name}: {stage}: PodDisruptionBudget does not follow pdb.enabled")
+        keda = s["keda"]["enabled"] and stage != "bridge"
+        hpa = bool(by_kind.get(("HorizontalPodAutoscaler", stage)))
+        so = bool(by_kind.get(("ScaledObject", stage)))
+        if so != keda or hpa != (s["autoscaling"]["enabled"] and not keda):
+            fail(f"{name}: {stage}: HPA {hpa}, ScaledObject {so} for autoscaling {s['autoscaling']['enabled']}, keda {keda}")
+        if (hpa or so) == ("replicas" in sts[0]["spec"]):
+            fail(f"{name}: {stage}: replicas set although autoscaled (or missing)")
+    for d in docs:
+        if d["kind"] == "Secret":
+            fail(f"{name}: renders a Secret ({d['metadata']['name']}): secrets are by reference only")
+        if d["kind"] == "ConfigMap":
+            text = json.dumps(d.get("data", {}))
+            if re.search(r"password|secret|PRIVATE KEY|://[^/\s]*:[^@/\s]+@", text, re.I):
+                fail(f"{name}: ConfigMap {d['metadata']['name']} holds something secret-looking")
+        if d["kind"] == "ScaledObject":
+            t = d["spec"]["triggers"][0]
+            if t["type"] != "kafka" or not t["metadata"].get("consumerGroup") or \
+               d["spec"]["scaleTargetRef"]["kind"] != "StatefulSet":
+                fail(f"{name}: ScaledObject {d['metadata']['name']} malformed")
+        if d["kind"] == "ServiceMonitor" and d["spec"]["endpoints"][0]["port"] != "http-metrics":
+            fail(f"{name}: ServiceMonitor {d['metadata']['name']} scrapes no metrics port")
+
+
+def first(docs, kind, component=None):
+    return next(d for d in docs if d["kind"] == kind and
+                (component is None or d["metadata"]["labels"].get("app.kubernetes.io/component") == component))
+
+
+def sts_pod(docs):
+    return first(docs, "StatefulSet", "bridge")["spec"]["template"]["spec"]
+
+
+# One defect each, put into a copy of the default rendering: the checks must report every one.
+DEFECTS = {
+    "root user": lambda d: sts_pod(d)["securityContext"].update(runAsUser=0),
+    "writable root filesystem": lambda d: sts_pod(d)["containers"][0]["securityContext"].update(
+        readOnlyRootFilesystem=False),
+    "binary not in the image": lambda d: sts_pod(d)["containers"][0].update(command=["posflow-gateway"]),
+    "grace period within the drain": lambda d: sts_pod(d).update(terminationGracePeriodSeconds=20),
+    "no readiness probe": lambda d: sts_pod(d)["containers"][0].pop("readinessProbe"),
+    "unknown variable": lambda d: sts_pod(d)["containers"][0]["env"].append(
+        {"name": "POSFLOW_TYPO", "value": "1"}),
+    "a rendered Secret": lambda d: d.append({"kind": "Secret", "metadata": {"name": "leak"}}),
+    "a password in a ConfigMap": lambda d: first(d, "ConfigMap").update(
+        data={"smtp": "smtps://user:hunter2@mail:465"}),
+}
+
+
+def self_test(docs, binaries, known_env, bin_dir, values):
+    global failures
+    real = failures
+    for name, put_in in DEFECTS.items():
+        failures = []
+        mutated = json.loads(json.dumps(docs))
+        put_in(mutated)
+        with open(os.devnull, "w") as quiet:
+            stdout, sys.stdout = sys.stdout, quiet
+            try:
+                check_pods("self-test", mutated, binaries, known_env, bin_dir)
+                check_stages("self-test", mutated, values)
+            finally:
+                sys.stdout = stdout
+        caught = bool(failures)
+        failures = real
+        if caught:
+            print(f"ok   the checks catch {name}")
+        else:
+            fail(f"the checks miss {name}")
+
+
+def merged_values(helm_bin, values_file):
+    args = ["show", "values", CHART]
+    base = yaml.safe_load(helm(helm_bin, *args).stdout)
+    if not values_file:
+        return base
+
+    def merge(a, b):
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+        return a
+    return merge(base, yaml.safe_load(open(values_file)) or {})
+
+
+# Maps documented as one value (their keys are the user's).
+OPAQUE = {"resources", "labels", "env", "nodeSelector", "affinity", "podAnnotations",
+          "podSecurityContext", "securityContext"}
+
+
+def value_paths(values, prefix=""):
+    """Every leaf of values.yaml as a dotted path; the stages share one shape, `stages.<stage>`."""
+    for k, v in values.items():
+        if prefix == "stages.":
+            if k == STAGES[0]:
+                yield from value_paths(v, "stages.<stage>.")
+            continue
+        if isinstance(v, dict) and k not in OPAQUE:
+            yield from value_paths(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def main():
+    helm_bin = sys.argv[1]
+    bin_dir = sys.argv[2] if len(sys.argv) > 2 else None
+    binaries = image_binaries()
+    known_env = env_vars_read()
+    scenarios = [("default", None)] + [
+        (os.path.basename(f), f) for f in sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml")))]
+    summary = {}
+    for name, values_file in scenarios:
+        lint = ["lint", "--strict", CHART] + (["-f", values_file] if values_file else [])
+        r = helm(helm_bin, *lint, ok=False)
+        if r.returncode != 0:
+            fail(f"{name}: helm lint --strict:\n{r.stdout}{r.stderr}")
+            continue
+        docs = render(helm_bin, values_file)
+        for d in docs:
+            if d["kind"] in CRD_KINDS:
+                continue
+            try:
+                kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+            except Exception as e:  # ValidationError, SchemaNotFoundError
+                fail(f"{name}: {d['kind']} {d['metadata']['name']}: {str(e).splitlines()[0]}")
+        check_pods(name, docs, binaries, known_env, bin_dir)
+        values = merged_values(helm_bin, values_file)
+        check_stages(name, docs, values)
+        if values_file is None:
+            self_test(docs, binaries, known_env, bin_dir, values)
+        counts = {}
+        for d in docs:
+            comp = d["metadata"].get("labels", {}).get("app.kubernetes.io/component", "shared")
+            counts.setdefault(comp, {}).setdefault(d["kind"], 0)
+            counts[comp][d["kind"]] += 1
+        summary[name] = counts
+        print(f"ok   {name}: {len(docs)} manifests valid against Kubernetes {K8S_VERSION}")
+
+    # The schema refuses what it should: each of these must make helm fail.
+    for bad in ["stages.bridge.replicas=many", "kafka.securityProtocol=tls", "stages.fraud.color=blue",
+                "image.pullPolicy=Sometimes", "stages.notifier.drainTimeoutSeconds=0", "unknownTopLevel=1"]:
+        r = helm(helm_bin, "template", "posflow", CHART, "--set", bad, ok=False)
+        if r.returncode == 0 or "schema" not in (r.stderr + r.stdout).lower():
+            fail(f"the schema accepted --set {bad}")
+        else:
+            print(f"ok   schema refuses --set {bad}")
+
+    readme = open(os.path.join(CHART, "README.md")).read()
+    documented = set(re.findall(r"^\| `([^`]+)` \|", readme, re.M))
+    paths = set(value_paths(yaml.safe_load(open(os.path.join(CHART, "values.yaml")))))
+    for path in sorted(paths - documented):
+        fail(f"README.md does not document `{path}`")
+    for path in sorted(documented - paths):
+        fail(f"README.md documents `{path}`, which values.yaml does not have")
+    print("rendered kinds per component:")
+    for name, counts in summary.items():
+        print(f"  {name}: " + "; ".join(f"{c} " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+                                       for c, kinds in sorted(counts.items())))
+    if failures:
+        print(f"{len(failures)} chart checks failed")
+        sys.exit(1)
+    print("chart checks passed")
+
+
+if __name__ == "__main__":
+    main()
