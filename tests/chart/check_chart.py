@@ -152,6 +152,10 @@ def check_stages(name, docs, values):
             fail(f"{name}: {stage}: probes are not /healthz and /readyz")
         if env.get("POSFLOW_HTTP_ADDR") != "0.0.0.0:9464":
             fail(f"{name}: {stage}: the health endpoint is not reachable from the kubelet")
+        spread = {c["topologyKey"] for c in pod.get("topologySpreadConstraints", [])
+                  if c["labelSelector"]["matchLabels"].get("app.kubernetes.io/component") == stage}
+        if values["spreadPods"] and spread != {"kubernetes.io/hostname", "topology.kubernetes.io/zone"}:
+            fail(f"{name}: {stage}: replicas not spread across nodes and zones ({spread})")
         if len(by_kind.get(("Service", stage), [])) != 1:
             fail(f"{name}: {stage}: no Service")
         if s["pdb"]["enabled"] != bool(by_kind.get(("PodDisruptionBudget", stage))):
@@ -196,6 +200,7 @@ DEFECTS = {
     "binary not in the image": lambda d: sts_pod(d)["containers"][0].update(command=["posflow-gateway"]),
     "grace period within the drain": lambda d: sts_pod(d).update(terminationGracePeriodSeconds=20),
     "no readiness probe": lambda d: sts_pod(d)["containers"][0].pop("readinessProbe"),
+    "replicas not spread": lambda d: sts_pod(d).pop("topologySpreadConstraints"),
     "unknown variable": lambda d: sts_pod(d)["containers"][0]["env"].append(
         {"name": "POSFLOW_TYPO", "value": "1"}),
     "a rendered Secret": lambda d: d.append({"kind": "Secret", "metadata": {"name": "leak"}}),

@@ -214,6 +214,19 @@ spec:
       affinity:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+      {{- if $root.Values.spreadPods }}
+      # Soft spread (never blocks scheduling): replicas of a stage on different nodes and zones,
+      # so one node or zone lost takes at most its share of each stage.
+      topologySpreadConstraints:
+        {{- range list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+        - maxSkew: 1
+          topologyKey: {{ . }}
+          whenUnsatisfiable: ScheduleAnyway
+          labelSelector:
+            matchLabels:
+              {{- include "posflow.selector" $ | nindent 14 }}
+        {{- end }}
+      {{- end }}
       {{- with $s.tolerations }}
       tolerations:
         {{- toYaml . | nindent 8 }}
