@@ -11,8 +11,9 @@ PROVISION := ./target/debug/posflow-admin provision --replication-factor 1 --min
 TOOLS := $(HOME)/.cache/posflow/tools
 HELM := $(TOOLS)/bin/helm
 HELM_VERSION := v4.3.1
+PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit test-e2e chart-test bench-bridge bench-validator bench-storage bench-fraud bench-notifier fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e chart-test bench bench-smoke fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,6 +38,7 @@ test: up ## Unit, chart, integration and end-to-end tests against the real local
 	$(MAKE) test-unit
 	$(MAKE) chart-test
 	$(MAKE) test-e2e
+	$(MAKE) bench-smoke
 
 test-unit: ## Tests that need no running component
 	$(CARGO) test --workspace --exclude posflow-e2e
@@ -49,35 +51,18 @@ chart-test: build ## Helm chart: lint, every scenario rendered and validated aga
 test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1
 
-bench-bridge: up ## Bridge throughput and latency next to the broker's ceiling (release build)
+bench: up $(PEER) ## posflow against its ceilings and Benthos, one run, table + bench/results/*.json (release; ONLY=storage,e2e for some)
 	$(CARGO) build --release --bins
-	mkdir -p bench/results
 	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
-	  $(CARGO) run --release -q -p posflow-bench -- bridge --json bench/results/bridge-$$(date +%Y%m%dT%H%M%S).json
+	  ./target/release/posflow-bench --peer $(PEER) $(if $(ONLY),--only $(ONLY))
 
-bench-validator: up ## Validator messages/s next to a consume->produce passthrough (release build)
-	$(CARGO) build --release --bins
-	mkdir -p bench/results
-	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
-	  $(CARGO) run --release -q -p posflow-bench -- validator --json bench/results/validator-$$(date +%Y%m%dT%H%M%S).json
+bench-smoke: up build $(PEER) ## Every benchmark scenario with a few hundred records: keeps the harness working (make test runs it)
+	eval "$$($(STACK) env)" && ./target/debug/posflow-bench --smoke --peer $(PEER) --results-dir target/bench-smoke
 
-bench-storage: up ## Storage rows/s next to a plain PostgreSQL COPY of the same rows (release build)
-	$(CARGO) build --release --bins
-	mkdir -p bench/results
-	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
-	  $(CARGO) run --release -q -p posflow-bench -- storage --json bench/results/storage-$$(date +%Y%m%dT%H%M%S).json
-
-bench-fraud: up ## Fraud messages/s next to a passthrough, alert latency, memory under 1M cards (release build)
-	$(CARGO) build --release --bins
-	mkdir -p bench/results
-	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
-	  $(CARGO) run --release -q -p posflow-bench -- fraud --json bench/results/fraud-$$(date +%Y%m%dT%H%M%S).json
-
-bench-notifier: up ## Webhook deliveries/s next to the HTTPS receiver's own ceiling (release build)
-	$(CARGO) build --release --bins
-	mkdir -p bench/results
-	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
-	  $(CARGO) run --release -q -p posflow-bench -- notifier --json bench/results/notifier-$$(date +%Y%m%dT%H%M%S).json
+# The benchmark's peer, Benthos v4, from the Go module proxy (a wrapper module: see its main.go).
+$(PEER): bench/peer/benthos/go.mod bench/peer/benthos/go.sum bench/peer/benthos/main.go
+	@echo "building the Benthos peer (go build, once)"
+	cd bench/peer/benthos && go build -o $(PEER) .
 
 fmt: ## Format the code
 	$(CARGO) fmt --all

@@ -1,438 +1,339 @@
-//! posflow-bench: posflow against its ceilings, measured in the same run on the same machine.
-//!
-//! `bridge`: the same fleet (terminals publishing QoS 1 as fast as the broker takes them) first
-//! into a subscriber that does nothing but acknowledge (the broker's ceiling), then through the
-//! bridge into Kafka, answered back to each terminal. Throughput is transactions per second from
-//! the first publish to the last receipt (ceiling) or answer (bridge); latency is per
-//! transaction, publish → receipt or publish → answer. The bridge's own receive → PUBACK
-//! latency comes from its histogram. Issue #7 grows this into `make bench`.
+//! posflow-bench: posflow against its ceilings and a peer, measured in the same run on the same
+//! machine, on the real local stack. One table and one JSON file per run (BENCHMARKS.md says how
+//! to read them). `--smoke` runs every scenario with a few hundred records to keep the harness
+//! working (`make test` does); its figures mean nothing.
 
+mod bridge;
+mod e2e;
 mod notify;
+mod report;
 mod stages;
 
-use clap::{Parser, Subcommand};
-use posflow_e2e::{http_get, Deployment};
-use posflow_runtime::Secret;
-use posflow_simulator::{fleet, plan};
-use rumqttc::v5::mqttbytes::v5::Packet;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use clap::Parser;
+use report::{Report, Row, Target};
+use std::path::PathBuf;
+
+const SCENARIOS: [&str; 6] = ["bridge", "validator", "storage", "fraud", "notifier", "e2e"];
 
 #[derive(Debug, Parser)]
 #[command(name = "posflow-bench", version, about, long_about = None)]
 struct Args {
-    #[command(subcommand)]
-    scenario: Scenario,
+    /// Every scenario with a few hundred records: checks the harness, measures nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Run only these scenarios (comma-separated): bridge, validator, storage, fraud, notifier, e2e.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
+    only: Vec<String>,
+    /// Where the JSON results go (bench-<time>.json).
+    #[arg(long, default_value = "bench/results")]
+    results_dir: PathBuf,
+    /// The peer's binary (Benthos v4, built by `make bench`); without it the peer is skipped.
+    #[arg(long, env = "POSFLOW_BENCH_PEER")]
+    peer: Option<PathBuf>,
 }
 
-#[derive(Debug, Subcommand)]
-enum Scenario {
-    /// Bridge throughput and latency next to the broker's ceiling.
-    Bridge {
-        #[arg(long, default_value_t = 50)]
-        terminals: usize,
-        #[arg(long, default_value_t = 400)]
-        per_terminal: usize,
-        /// Write the figures as JSON here too.
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-    },
-    /// Validator messages/s next to a consume->produce passthrough with no rules.
-    Validator {
-        #[arg(long, default_value_t = 200_000)]
-        records: usize,
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-    },
-    /// Fraud messages/s next to a passthrough, alert latency, memory under 1,000,000 cards.
-    Fraud {
-        #[arg(long, default_value_t = 200_000)]
-        records: usize,
-        #[arg(long, default_value_t = 1_000_000)]
-        cards: usize,
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-    },
-    /// Webhook deliveries/s next to the HTTPS receiver's own ceiling (a load generator).
-    Notifier {
-        #[arg(long, default_value_t = 20_000)]
-        records: usize,
-        #[arg(long, default_value_t = 20)]
-        merchants: usize,
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-    },
-    /// Storage rows/s next to a plain PostgreSQL COPY of the same rows.
-    Storage {
-        #[arg(long, default_value_t = 200_000)]
-        records: usize,
-        #[arg(long)]
-        json: Option<std::path::PathBuf>,
-    },
+/// How much each scenario runs: the real figures, or a smoke run's few hundred records.
+struct Sizes {
+    terminals: usize,
+    per_terminal: usize,
+    records: usize,
+    fraud_cards: usize,
+    fraud_latency: (usize, usize),
+    notifier: (usize, usize),
+    e2e: (usize, usize, f64),
 }
 
-fn machine() -> serde_json::Value {
-    serde_json::json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)})
+const FULL: Sizes = Sizes {
+    terminals: 50,
+    per_terminal: 400,
+    records: 200_000,
+    fraud_cards: 1_000_000,
+    fraud_latency: (2000, 10),
+    notifier: (20_000, 20),
+    e2e: (50, 400, 20.0),
+};
+
+const SMOKE: Sizes = Sizes {
+    terminals: 5,
+    per_terminal: 20,
+    records: 500,
+    fraud_cards: 500,
+    fraud_latency: (100, 1),
+    notifier: (200, 4),
+    e2e: (5, 20, 2.0),
+};
+
+async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Result<()> {
+    let b = bridge::run(s.terminals, s.per_terminal, peer).await?;
+    let ceiling = b.broker.rate().min(b.kafka.rate());
+    r.rows.push(
+        Row::vs(
+            "bridge",
+            "tx/s",
+            b.bridge.rate(),
+            "min(broker (a), Kafka (b))",
+            ceiling,
+        )
+        .target(Target::RatioAtLeast(0.8)),
+    );
+    r.rows.push(Row::vs(
+        "bridge",
+        "tx/s",
+        b.bridge.rate(),
+        "(a) broker, do-nothing QoS 1 sub",
+        b.broker.rate(),
+    ));
+    r.rows.push(Row::vs(
+        "bridge",
+        "tx/s",
+        b.bridge.rate(),
+        "(b) Kafka producer, bridge settings",
+        b.kafka.rate(),
+    ));
+    r.rows.push(Row::vs(
+        "bridge",
+        "p99 ms publish->answer",
+        b.bridge.pct(0.99),
+        "(a) p99 ms publish->delivery",
+        b.broker.pct(0.99),
+    ));
+    r.rows.push(Row::alone(
+        "bridge",
+        "p99 ms receive->PUBACK (bucket)",
+        b.bridge_puback_ms[1],
+    ));
+    if let Some(peer) = &b.peer {
+        r.rows.push(
+            Row::vs(
+                "peer",
+                "tx/s",
+                b.bridge.rate(),
+                "Benthos v4 (acks MQTT before Kafka)",
+                peer.per_s(),
+            )
+            .target(Target::RatioAtLeast(2.0)),
+        );
+    }
+    r.details.insert(
+        "bridge".into(),
+        serde_json::json!({
+            "terminals": s.terminals, "per_terminal": s.per_terminal,
+            "broker_ceiling": b.broker.json(), "bridge": b.bridge.json(), "kafka_ceiling": b.kafka.json(),
+            "bridge_receive_to_puback_ms_bucket_bound": {"p50": b.bridge_puback_ms[0], "p99": b.bridge_puback_ms[1], "p99_9": b.bridge_puback_ms[2]},
+            "peer_benthos": b.peer.as_ref().map(|p| serde_json::json!({"tx_per_s": p.per_s(), "elapsed_s": p.elapsed.as_secs_f64()})),
+        }),
+    );
+    println!("bridge latency, ms (p50 / p99 / p99.9):");
+    for (name, f) in [
+        (
+            "(a) broker: publish -> delivered to a do-nothing subscriber",
+            &b.broker,
+        ),
+        (
+            "bridge: publish -> answer (PUBACK after Kafka acks=all)",
+            &b.bridge,
+        ),
+        ("(b) Kafka: send -> delivery report", &b.kafka),
+    ] {
+        println!(
+            "  {name:<62} {:>7.1} {:>7.1} {:>7.1}",
+            f.pct(0.5),
+            f.pct(0.99),
+            f.pct(0.999)
+        );
+    }
+    let [p50, p99, p999] = b.bridge_puback_ms;
+    println!(
+        "  {:<62} {p50:>7} {p99:>7} {p999:>7}",
+        "bridge: receive -> PUBACK (histogram bucket bound)"
+    );
+    Ok(())
 }
 
-fn write_json(path: Option<std::path::PathBuf>, value: serde_json::Value) -> anyhow::Result<()> {
-    if let Some(path) = path {
-        std::fs::write(&path, serde_json::to_string_pretty(&value)?)?;
-        eprintln!("[bench] results in {}", path.display());
+async fn validator(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    for (mode, p, v) in stages::validator(s.records).await? {
+        r.rows.push(
+            Row::vs(
+                "validator",
+                &format!("msg/s {mode}"),
+                v.per_s(),
+                "consume->produce passthrough",
+                p.per_s(),
+            )
+            .target(Target::RatioAtLeast(0.8)),
+        );
     }
     Ok(())
 }
 
-async fn run_validator(records: usize, json: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let results = stages::validator(records).await?;
-    println!(
-        "{:<16} {:>16} {:>16} {:>8}",
-        "delivery", "passthrough/s", "validator/s", "ratio"
+async fn storage(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let (copy, storage) = stages::storage(s.records).await?;
+    r.rows.push(
+        Row::vs(
+            "storage",
+            "rows/s",
+            storage.per_s(),
+            "PostgreSQL COPY, same rows",
+            copy.per_s(),
+        )
+        .target(Target::RatioAtLeast(0.7)),
     );
-    let mut out = Vec::new();
-    for (mode, p, v) in &results {
-        println!(
-            "{:<16} {:>16.0} {:>16.0} {:>8.2}",
-            mode,
-            p.per_s(),
-            v.per_s(),
-            v.per_s() / p.per_s()
-        );
-        out.push(serde_json::json!({"delivery": mode, "records": records, "passthrough_per_s": p.per_s(), "validator_per_s": v.per_s(), "ratio": v.per_s() / p.per_s()}));
-    }
-    write_json(
-        json,
-        serde_json::json!({"machine": machine(), "scenario": "validator", "results": out}),
-    )
+    Ok(())
 }
 
-async fn run_fraud(
-    records: usize,
-    cards: usize,
-    json: Option<std::path::PathBuf>,
-) -> anyhow::Result<()> {
-    let (p, f) = stages::fraud(records).await?;
-    let (alerts, p50, p99) = stages::fraud_latency(2000, 10).await?;
+async fn fraud(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let (p, f) = stages::fraud(s.records).await?;
+    r.rows.push(
+        Row::vs(
+            "fraud",
+            "msg/s exactly-once",
+            f.per_s(),
+            "consume->produce passthrough",
+            p.per_s(),
+        )
+        .target(Target::RatioAtLeast(0.8)),
+    );
+    let (rate, secs) = s.fraud_latency;
+    let (alerts, p50, p99) = stages::fraud_latency(rate, secs).await?;
+    r.rows
+        .push(Row::alone("fraud", "alert p99 ms (bucket)", p99));
     let d = posflow_e2e::Deployment::kafka_only().await;
-    let mem = posflow_e2e::fraud_memory(&d, cards).await;
-    println!("{:<40} {:>14}", "contender (exactly-once)", "messages/s");
-    println!("{:<40} {:>14.0}", "consume->produce passthrough", p.per_s());
-    println!("{:<40} {:>14.0}", "posflow-fraud", f.per_s());
-    println!("fraud / passthrough: {:.2}", f.per_s() / p.per_s());
-    println!("alert latency at 2,000 tx/s ({alerts} alerts): p50 <= {p50} ms, p99 <= {p99} ms (histogram bucket bounds)");
+    let mem = posflow_e2e::fraud_memory(&d, s.fraud_cards).await;
     println!(
-        "memory, {} distinct cards: RSS {} -> {} -> {} MiB, state keys {} -> {} -> {} (start, after the stream, after the windows expired)",
+        "fraud: alert latency at {rate} tx/s ({alerts} alerts) p50 <= {p50} ms, p99 <= {p99} ms; {} distinct cards: RSS {} -> {} -> {} MiB, state keys {} -> {} -> {} (start, after the stream, after the windows expired)",
         mem.cards,
         mem.rss_kib[0] / 1024, mem.rss_kib[1] / 1024, mem.rss_kib[2] / 1024,
         mem.state_keys[0], mem.state_keys[1], mem.state_keys[2]
     );
-    write_json(
-        json,
-        serde_json::json!({"machine": machine(), "scenario": "fraud", "records": records,
-        "passthrough_per_s": p.per_s(), "fraud_per_s": f.per_s(), "ratio": f.per_s() / p.per_s(),
-        "alert_latency_ms": {"rate_per_s": 2000, "alerts": alerts, "p50_le": p50, "p99_le": p99},
-        "memory": {"cards": mem.cards, "rss_kib": mem.rss_kib, "state_keys": mem.state_keys}}),
-    )
-}
-
-async fn run_storage(records: usize, json: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let (copy, storage) = stages::storage(records).await?;
-    println!("{:<28} {:>12}", "contender", "rows/s");
-    println!(
-        "{:<28} {:>12.0}",
-        "PostgreSQL COPY (baseline)",
-        copy.per_s()
+    r.details.insert(
+        "fraud".into(),
+        serde_json::json!({"records": s.records,
+            "alert_latency_ms": {"rate_per_s": rate, "alerts": alerts, "p50_le": p50, "p99_le": p99},
+            "memory": {"cards": mem.cards, "rss_kib": mem.rss_kib, "state_keys": mem.state_keys}}),
     );
-    println!("{:<28} {:>12.0}", "posflow-storage", storage.per_s());
-    println!("storage / COPY: {:.2}", storage.per_s() / copy.per_s());
-    write_json(
-        json,
-        serde_json::json!({"machine": machine(), "scenario": "storage", "records": records,
-        "copy_rows_per_s": copy.per_s(), "storage_rows_per_s": storage.per_s(), "ratio": storage.per_s() / copy.per_s()}),
-    )
+    Ok(())
 }
 
-async fn run_notifier(
-    records: usize,
-    merchants: usize,
-    json: Option<std::path::PathBuf>,
-) -> anyhow::Result<()> {
+async fn notifier(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let (records, merchants) = s.notifier;
     let (ceiling, notifier) = notify::webhooks(records, merchants).await?;
-    println!(
-        "{:<52} {:>14}",
-        "contender (HTTPS, signed, verified)", "deliveries/s"
-    );
-    println!(
-        "{:<52} {:>14.0}",
-        "load generator straight to the receiver (ceiling)",
-        ceiling.per_s()
-    );
-    println!(
-        "{:<52} {:>14.0}",
-        "posflow-notifier (Kafka -> outbox -> webhook)",
-        notifier.per_s()
-    );
-    println!(
-        "notifier / ceiling: {:.2}",
-        notifier.per_s() / ceiling.per_s()
-    );
-    write_json(
-        json,
-        serde_json::json!({"machine": machine(), "scenario": "notifier", "records": records, "merchants": merchants,
-        "receiver_ceiling_per_s": ceiling.per_s(), "notifier_per_s": notifier.per_s(), "ratio": notifier.per_s() / ceiling.per_s()}),
-    )
+    r.rows.push(Row::vs(
+        "notifier",
+        "webhooks/s (HTTPS, signed)",
+        notifier.per_s(),
+        "load generator straight to the receiver",
+        ceiling.per_s(),
+    ));
+    Ok(())
 }
 
-struct Figures {
-    name: &'static str,
-    count: usize,
-    elapsed: Duration,
-    latency_us: Vec<u64>,
-}
-
-impl Figures {
-    fn rate(&self) -> f64 {
-        self.count as f64 / self.elapsed.as_secs_f64()
-    }
-    fn pct(&self, p: f64) -> f64 {
-        let mut v = self.latency_us.clone();
-        v.sort_unstable();
-        if v.is_empty() {
-            return f64::NAN;
+async fn end_to_end(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let (terminals, burst, secs) = s.e2e;
+    let e = e2e::run(terminals, burst, secs, &[0.5, 0.8]).await?;
+    r.rows
+        .push(Row::alone("e2e", "max sustained tx/s", e.max_per_s));
+    println!("end to end, publish -> row committed, ms (p50 / p99 / p99.9); CPU s per 1M tx; peak RSS MiB:");
+    for l in &e.loads {
+        let pct = (l.fraction * 100.0).round();
+        let row = Row::alone(
+            "e2e",
+            &format!("p99 ms at {pct}% load"),
+            l.figures.pct(0.99),
+        );
+        r.rows.push(if pct == 50.0 {
+            row.target(Target::AtMost(50.0))
+        } else {
+            row
+        });
+        println!(
+            "  {pct}% ({:.0} tx/s achieved): {:.1} / {:.1} / {:.1}; CPU {:?}; RSS {:?}",
+            l.figures.rate(),
+            l.figures.pct(0.5),
+            l.figures.pct(0.99),
+            l.figures.pct(0.999),
+            l.cpu_s_per_million
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect::<Vec<_>>(),
+            l.peak_rss_mib
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect::<Vec<_>>(),
+        );
+        for (hop, [p50, p99]) in &l.hops {
+            println!("      {hop:<32} p50 {p50:>7.1}  p99 {p99:>7.1}");
         }
-        v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+        let [n, rows, ms] = l.storage_batches;
+        println!("      storage: {n} batches, {rows:.0} rows and {ms:.1} ms each on average");
     }
-}
-
-fn fleet_for(
-    run: &str,
-    first: usize,
-    terminals: usize,
-    per_terminal: usize,
-) -> Vec<Vec<plan::Planned>> {
-    let cfg = plan::FleetConfig {
-        terminals,
-        per_terminal,
-        merchants: 10,
-        invalid_every: 0,
-        seed: 1,
-        first_terminal: first,
-        run_id: run.into(),
-    };
-    plan::plan(&cfg, posflow_schema::now_millis())
-}
-
-/// The ceiling: a subscriber that only acknowledges, in the bridge's place.
-async fn ceiling(d: &Deployment, terminals: usize, per_terminal: usize) -> anyhow::Result<Figures> {
-    let total = terminals * per_terminal;
-    let progress = Arc::new(fleet::Progress::default());
-    let received = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(std::sync::Mutex::new(Instant::now()));
-    posflow_e2e::clear_mqtt_session(&d.stack, "bridge-3", &d.stack.bridge_password).await;
-    let mut o = rumqttc::v5::MqttOptions::new("bridge-3", &d.stack.mqtt_host, d.stack.mqtt_port);
-    o.set_credentials("bridge-3", &d.stack.bridge_password);
-    o.set_receive_maximum(Some(256));
-    let (client, mut ev) = AsyncClient::new(o, 1024);
-    client
-        .subscribe(
-            format!(
-                "$share/{}-ceiling/{}",
-                d.share_group,
-                posflow_mqtt::tx_filter()
-            ),
-            QoS::AtLeastOnce,
-        )
-        .await?;
-    let sub = {
-        let (progress, received, last) = (progress.clone(), received.clone(), last.clone());
-        tokio::spawn(async move {
-            while received.load(Ordering::Relaxed) < total as u64 {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        // Latency needs the id; the parse is the only work this subscriber does.
-                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                            let sent = v["transaction_id"]
-                                .as_str()
-                                .and_then(|id| progress.sent_at.lock().unwrap().get(id).copied());
-                            if let Some(t) = sent {
-                                progress
-                                    .answer_latency_us
-                                    .lock()
-                                    .unwrap()
-                                    .push(t.elapsed().as_micros() as u64);
-                            }
-                        }
-                        received.fetch_add(1, Ordering::Relaxed);
-                        *last.lock().unwrap() = Instant::now();
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("ceiling subscriber: {e}");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(500)).await; // SUBACK before the first publish
-    let opts = fleet::PublishOptions {
-        rate_per_terminal: 0.0,
-        retry_after: Duration::from_secs(60),
-        deadline: Duration::from_secs(300),
-        await_answers: false,
-    };
-    let started = Instant::now();
-    fleet::run(
-        &d.stack.mqtt_args(),
-        &Secret::new(&d.stack.terminal_password),
-        fleet_for("ceil", 1, terminals, per_terminal),
-        &opts,
-        progress.clone(),
-    )
-    .await?;
-    tokio::time::timeout(Duration::from_secs(120), sub).await??;
-    let elapsed = last.lock().unwrap().duration_since(started);
-    let _ = client.disconnect().await;
-    let latency_us = std::mem::take(&mut *progress.answer_latency_us.lock().unwrap());
-    Ok(Figures {
-        name: "broker ceiling (do-nothing QoS 1 subscriber)",
-        count: total,
-        elapsed,
-        latency_us,
-    })
-}
-
-async fn bridge(
-    d: &Deployment,
-    terminals: usize,
-    per_terminal: usize,
-) -> anyhow::Result<(Figures, String)> {
-    let total = terminals * per_terminal;
-    let bridge = d.start_bridge(4).await;
-    let progress = Arc::new(fleet::Progress::default());
-    let opts = fleet::PublishOptions {
-        rate_per_terminal: 0.0,
-        retry_after: Duration::from_secs(60),
-        deadline: Duration::from_secs(300),
-        await_answers: true,
-    };
-    let started = Instant::now();
-    let report = fleet::run(
-        &d.stack.mqtt_args(),
-        &Secret::new(&d.stack.terminal_password),
-        fleet_for("brdg", 1, terminals, per_terminal),
-        &opts,
-        progress.clone(),
-    )
-    .await?;
-    let elapsed = started.elapsed();
-    anyhow::ensure!(
-        report.unanswered.is_empty(),
-        "{} unanswered",
-        report.unanswered.len()
+    r.details.insert(
+        "e2e".into(),
+        serde_json::json!({"terminals": terminals, "max_tx_per_s": e.max_per_s,
+            "loads": e.loads.iter().map(e2e::Load::json).collect::<Vec<_>>()}),
     );
-    let metrics = http_get(&bridge.http, "/metrics")
-        .await
-        .map(|r| r.1)
-        .unwrap_or_default();
-    let latency_us = std::mem::take(&mut *progress.answer_latency_us.lock().unwrap());
-    Ok((
-        Figures {
-            name: "posflow-bridge (MQTT -> Kafka, acks=all, answer back)",
-            count: total,
-            elapsed,
-            latency_us,
-        },
-        metrics,
-    ))
-}
-
-/// A quantile from a Prometheus histogram (upper bound of the bucket it falls in), in ms.
-fn histogram_quantile(page: &str, name: &str, q: f64) -> f64 {
-    let buckets: Vec<(f64, f64)> = page
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
-        .filter_map(|rest| {
-            let (le, v) = rest.split_once("\"} ")?;
-            Some((
-                if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                },
-                v.trim().parse().ok()?,
-            ))
-        })
-        .collect();
-    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
-    buckets
-        .iter()
-        .find(|(_, c)| *c >= total * q)
-        .map(|(le, _)| le * 1000.0)
-        .unwrap_or(f64::NAN)
+    Ok(())
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let (terminals, per_terminal, json) = match Args::parse().scenario {
-        Scenario::Bridge {
-            terminals,
-            per_terminal,
-            json,
-        } => (terminals, per_terminal, json),
-        Scenario::Validator { records, json } => return run_validator(records, json).await,
-        Scenario::Storage { records, json } => return run_storage(records, json).await,
-        Scenario::Notifier {
-            records,
-            merchants,
-            json,
-        } => return run_notifier(records, merchants, json).await,
-        Scenario::Fraud {
-            records,
-            cards,
-            json,
-        } => return run_fraud(records, cards, json).await,
+    let args = Args::parse();
+    let sizes = if args.smoke { &SMOKE } else { &FULL };
+    let chosen: Vec<&str> = if args.only.is_empty() {
+        SCENARIOS.to_vec()
+    } else {
+        SCENARIOS
+            .iter()
+            .copied()
+            .filter(|s| args.only.iter().any(|o| o == s))
+            .collect()
     };
-    let d = Deployment::kafka_only().await;
-    eprintln!("[bench] ceiling: {terminals} terminals x {per_terminal} ...");
-    let c = ceiling(&d, terminals, per_terminal).await?;
-    eprintln!("[bench] bridge: {terminals} terminals x {per_terminal} ...");
-    let (b, metrics) = bridge(&d, terminals, per_terminal).await?;
-    let ack_p50 = histogram_quantile(&metrics, "posflow_bridge_ack_latency_seconds", 0.5);
-    let ack_p99 = histogram_quantile(&metrics, "posflow_bridge_ack_latency_seconds", 0.99);
-    println!(
-        "{:<56} {:>10} {:>12} {:>12}",
-        "scenario", "tx/s", "p50 ms", "p99 ms"
-    );
-    for f in [&c, &b] {
-        println!(
-            "{:<56} {:>10.0} {:>12.1} {:>12.1}",
-            f.name,
-            f.rate(),
-            f.pct(0.5),
-            f.pct(0.99)
-        );
+    if chosen.contains(&"bridge") && args.peer.is_none() {
+        eprintln!("[bench] no --peer (Benthos): the peer row is left out");
     }
-    println!(
-        "{:<56} {:>10} {:>12} {:>12}",
-        "bridge receive -> PUBACK (histogram bucket bound)",
-        "",
-        format!("<= {ack_p50}"),
-        format!("<= {ack_p99}")
-    );
-    println!("bridge / ceiling throughput: {:.2}", b.rate() / c.rate());
-    if let Some(path) = json {
-        let fig = |f: &Figures| serde_json::json!({"scenario": f.name, "transactions": f.count, "elapsed_s": f.elapsed.as_secs_f64(), "tx_per_s": f.rate(), "latency_p50_ms": f.pct(0.5), "latency_p99_ms": f.pct(0.99)});
-        let out = serde_json::json!({
-            "machine": machine(),
-            "ceiling": fig(&c), "bridge": fig(&b),
-            "bridge_ack_latency_ms": {"p50_le": ack_p50, "p99_le": ack_p99},
-            "ratio": b.rate() / c.rate(),
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&out)?)?;
+    let machine = report::machine();
+    let mut r = Report::default();
+    for (i, name) in chosen.iter().enumerate() {
+        eprintln!("[bench] ({}/{}) {name}", i + 1, chosen.len());
+        match *name {
+            "bridge" => bridge(sizes, args.peer.clone(), &mut r).await?,
+            "validator" => validator(sizes, &mut r).await?,
+            "storage" => storage(sizes, &mut r).await?,
+            "fraud" => fraud(sizes, &mut r).await?,
+            "notifier" => notifier(sizes, &mut r).await?,
+            _ => end_to_end(sizes, &mut r).await?,
+        }
+    }
+    println!("\n{}", r.table());
+    let mode = if args.smoke { "smoke" } else { "full" };
+    let json = r.json(machine, mode);
+    std::fs::create_dir_all(&args.results_dir)?;
+    let stamp =
+        posflow_schema::rfc3339_millis(posflow_schema::now_millis()).replace([':', '.'], "");
+    let path = args.results_dir.join(format!("bench-{mode}-{stamp}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&json)?)?;
+    println!("results: {}", path.display());
+    if args.smoke {
+        // The harness works when every scenario produced figures, and the file says the same.
+        let mut problems = r.problems();
+        let back: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        let rows = back["rows"].as_array().map(Vec::len).unwrap_or(0);
+        if rows != r.rows.len() {
+            problems.push(format!(
+                "the JSON has {rows} rows, the table {}",
+                r.rows.len()
+            ));
+        }
+        for s in &chosen {
+            if !r.rows.iter().any(|row| row.scenario == *s) {
+                problems.push(format!("{s}: no figure"));
+            }
+        }
+        anyhow::ensure!(problems.is_empty(), "bench smoke: {problems:#?}");
+        println!(
+            "bench smoke: {} figures from {} scenarios",
+            r.rows.len(),
+            chosen.len()
+        );
     }
     Ok(())
 }

@@ -597,7 +597,7 @@ pub async fn fraud_latency(rate: usize, secs: usize) -> anyhow::Result<(f64, f64
         .unwrap_or(0.0);
     Ok((
         alerts,
-        crate::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.5),
-        crate::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.99),
+        crate::bridge::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.5),
+        crate::bridge::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.99),
     ))
 }

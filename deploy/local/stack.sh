@@ -322,9 +322,10 @@ up_postgres() {
     rm -f "$pw"
     mkdir -p "$dir/socket"; [ ${#as[@]} -gt 0 ] && chown postgres "$dir/socket"
   fi
+  # track_commit_timestamp: the end-to-end benchmark reads each row's commit time.
   start_bg postgres "${as[@]}" "$bin/postgres" -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
     -c unix_socket_directories="$dir/socket" -c max_connections=100 -c shared_buffers=128MB \
-    -c fsync=on -c synchronous_commit=on
+    -c fsync=on -c synchronous_commit=on -c track_commit_timestamp=on
 }
 
 pg_ready() { "$(pg_bin)/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q; }

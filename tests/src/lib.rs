@@ -593,6 +593,11 @@ impl BackgroundFleet {
         }
     }
 
+    /// Whether the fleet has ended (all answered, or failed: `finish` says which).
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+
     pub async fn finish(self) -> posflow_simulator::fleet::Report {
         self.handle.await.expect("fleet task").expect("fleet")
     }

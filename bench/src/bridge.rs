@@ -1,0 +1,441 @@
+//! The bridge against its two ceilings and a peer, the same fleet in the same run:
+//!
+//! - (a) broker: the fleet (terminals publishing QoS 1 as fast as the broker takes them) into a
+//!   subscriber that does nothing but acknowledge. Latency: publish → delivered to it.
+//! - bridge: the same fleet through `posflow-bridge` into Kafka and answered back to each
+//!   terminal. Latency: publish → the terminal's answer (the bridge's PUBACK waits for Kafka's
+//!   acks=all; its own receive → PUBACK histogram is reported beside it).
+//! - (b) Kafka: the very records the bridge produced (read back from its topic, same keys, same
+//!   bytes) produced again by a producer with the bridge's settings (`clients::producer`:
+//!   idempotent, acks=all, same batching) and the bridge's in-flight window. Latency: send →
+//!   delivery report.
+//! - peer: Benthos v4 on the same broker and topic filter into the same Kafka topic. It
+//!   acknowledges MQTT on receipt, before Kafka has the record (at-most-once across a crash),
+//!   and moves the payload as it is: no tokenisation, no Avro, no answer to the terminal.
+//!
+//! Throughput: transactions from the first publish (or send) to the last receipt / answer /
+//! delivery / record out.
+
+use crate::stages::Rate;
+use futures::stream::{FuturesUnordered, StreamExt};
+use posflow_e2e::{http_get, Deployment};
+use posflow_runtime::Secret;
+use posflow_simulator::{fleet, plan};
+use rdkafka::producer::FutureRecord;
+use rumqttc::v5::mqttbytes::v5::Packet;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The bridge's default `--in-flight`: the Kafka ceiling gets the same window.
+const IN_FLIGHT: usize = 256;
+
+/// A throughput with the latency of each transaction.
+pub struct Figures {
+    pub count: usize,
+    pub elapsed: Duration,
+    pub latency_us: Vec<u64>,
+}
+
+impl Figures {
+    pub fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `p` quantile of the latencies, in ms.
+    pub fn pct(&self, p: f64) -> f64 {
+        let mut v = self.latency_us.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"transactions": self.count, "elapsed_s": self.elapsed.as_secs_f64(),
+            "tx_per_s": self.rate(), "latency_ms": {"p50": self.pct(0.5), "p99": self.pct(0.99), "p99_9": self.pct(0.999)}})
+    }
+}
+
+pub struct Results {
+    pub broker: Figures,
+    pub bridge: Figures,
+    pub kafka: Figures,
+    /// Receive → PUBACK quantiles from the bridge's histogram (bucket upper bounds), ms.
+    pub bridge_puback_ms: [f64; 3],
+    pub peer: Option<Rate>,
+}
+
+pub fn fleet_for(
+    run: &str,
+    first: usize,
+    terminals: usize,
+    per_terminal: usize,
+) -> Vec<Vec<plan::Planned>> {
+    let cfg = plan::FleetConfig {
+        terminals,
+        per_terminal,
+        merchants: 10,
+        invalid_every: 0,
+        seed: 1,
+        first_terminal: first,
+        run_id: run.into(),
+    };
+    plan::plan(&cfg, posflow_schema::now_millis())
+}
+
+/// Everything above, in this order: the broker alone, the peer (before the bridge, whose
+/// persistent session would otherwise queue the peer's share), the bridge, then Kafka with the
+/// bridge's records.
+pub async fn run(
+    terminals: usize,
+    per_terminal: usize,
+    peer: Option<PathBuf>,
+) -> anyhow::Result<Results> {
+    let total = terminals * per_terminal;
+    let d = Deployment::kafka_only().await;
+    eprintln!("[bench] bridge (a) broker ceiling: {terminals} terminals x {per_terminal} ...");
+    let broker = broker_ceiling(&d, terminals, per_terminal).await?;
+    let peer = match peer {
+        Some(bin) => {
+            eprintln!("[bench] bridge peer: Benthos, same fleet ...");
+            // Its own topics (provisioned like the bridge's): its JSON stays out of the records
+            // the Kafka ceiling reads back.
+            let own = Deployment::kafka_only().await;
+            Some(benthos(&own, &bin, terminals, per_terminal).await?)
+        }
+        None => None,
+    };
+    eprintln!("[bench] bridge: posflow-bridge, same fleet ...");
+    let (bridge, metrics) = bridge(&d, terminals, per_terminal).await?;
+    let q = |p| histogram_quantile(&metrics, "posflow_bridge_ack_latency_seconds", p);
+    let bridge_puback_ms = [q(0.5), q(0.99), q(0.999)];
+    eprintln!("[bench] bridge (b) Kafka ceiling: the bridge's {total} records again ...");
+    let kafka = kafka_ceiling(&d, total).await?;
+    Ok(Results {
+        broker,
+        bridge,
+        kafka,
+        bridge_puback_ms,
+        peer,
+    })
+}
+
+/// (a): a subscriber that only acknowledges, in the bridge's place.
+async fn broker_ceiling(
+    d: &Deployment,
+    terminals: usize,
+    per_terminal: usize,
+) -> anyhow::Result<Figures> {
+    let total = terminals * per_terminal;
+    let progress = Arc::new(fleet::Progress::default());
+    let received = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(std::sync::Mutex::new(Instant::now()));
+    posflow_e2e::clear_mqtt_session(&d.stack, "bridge-3", &d.stack.bridge_password).await;
+    let mut o = rumqttc::v5::MqttOptions::new("bridge-3", &d.stack.mqtt_host, d.stack.mqtt_port);
+    o.set_credentials("bridge-3", &d.stack.bridge_password);
+    o.set_receive_maximum(Some(IN_FLIGHT as u16));
+    let (client, mut ev) = AsyncClient::new(o, 1024);
+    client
+        .subscribe(
+            format!(
+                "$share/{}-ceiling/{}",
+                d.share_group,
+                posflow_mqtt::tx_filter()
+            ),
+            QoS::AtLeastOnce,
+        )
+        .await?;
+    let sub = {
+        let (progress, received, last) = (progress.clone(), received.clone(), last.clone());
+        tokio::spawn(async move {
+            while received.load(Ordering::Relaxed) < total as u64 {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        // Latency needs the id; the parse is the only work this subscriber does.
+                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
+                            let sent = v["transaction_id"]
+                                .as_str()
+                                .and_then(|id| progress.sent_at.lock().unwrap().get(id).copied());
+                            if let Some(t) = sent {
+                                progress
+                                    .answer_latency_us
+                                    .lock()
+                                    .unwrap()
+                                    .push(t.elapsed().as_micros() as u64);
+                            }
+                        }
+                        received.fetch_add(1, Ordering::Relaxed);
+                        *last.lock().unwrap() = Instant::now();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("ceiling subscriber: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // SUBACK before the first publish
+    let started = Instant::now();
+    fleet::run(
+        &d.stack.mqtt_args(),
+        &Secret::new(&d.stack.terminal_password),
+        fleet_for("ceil", 1, terminals, per_terminal),
+        &publish_options(false),
+        progress.clone(),
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(120), sub).await??;
+    let elapsed = last.lock().unwrap().duration_since(started);
+    let _ = client.disconnect().await;
+    let latency_us = std::mem::take(&mut *progress.answer_latency_us.lock().unwrap());
+    Ok(Figures {
+        count: total,
+        elapsed,
+        latency_us,
+    })
+}
+
+fn publish_options(await_answers: bool) -> fleet::PublishOptions {
+    fleet::PublishOptions {
+        rate_per_terminal: 0.0,
+        retry_after: Duration::from_secs(60),
+        deadline: Duration::from_secs(300),
+        await_answers,
+    }
+}
+
+async fn bridge(
+    d: &Deployment,
+    terminals: usize,
+    per_terminal: usize,
+) -> anyhow::Result<(Figures, String)> {
+    let total = terminals * per_terminal;
+    let bridge = d.start_bridge(4).await;
+    let progress = Arc::new(fleet::Progress::default());
+    let started = Instant::now();
+    let report = fleet::run(
+        &d.stack.mqtt_args(),
+        &Secret::new(&d.stack.terminal_password),
+        fleet_for("brdg", 1, terminals, per_terminal),
+        &publish_options(true),
+        progress.clone(),
+    )
+    .await?;
+    let elapsed = started.elapsed();
+    anyhow::ensure!(
+        report.unanswered.is_empty(),
+        "{} unanswered",
+        report.unanswered.len()
+    );
+    let metrics = http_get(&bridge.http, "/metrics")
+        .await
+        .map(|r| r.1)
+        .unwrap_or_default();
+    let latency_us = std::mem::take(&mut *progress.answer_latency_us.lock().unwrap());
+    Ok((
+        Figures {
+            count: total,
+            elapsed,
+            latency_us,
+        },
+        metrics,
+    ))
+}
+
+/// (b): the bridge's own records, produced again with its producer settings and window.
+async fn kafka_ceiling(d: &Deployment, total: usize) -> anyhow::Result<Figures> {
+    let raw = d.topic("pos.transactions.raw");
+    let records = posflow_e2e::read_topic(
+        &d.stack.brokers,
+        &raw,
+        total,
+        Duration::from_secs(60),
+        Duration::ZERO,
+    );
+    anyhow::ensure!(
+        records.len() == total,
+        "read {} of {total} bridge records",
+        records.len()
+    );
+    // Into the validated topic of this deployment: provisioned like raw, read by nobody here.
+    let out = d.topic("pos.transactions.validated");
+    let producer = posflow_kafka::clients::producer(&d.kafka, "bench-kafka-ceiling")?;
+    let send = |r: &posflow_e2e::Record| {
+        let key = r.key.clone().unwrap_or_default();
+        producer
+            .send_result(FutureRecord::to(&out).key(&key).payload(&r.value))
+            .map_err(|(e, _)| e)
+    };
+    // The first record alone, untimed: connections and metadata, as the bridge had them
+    // before its first transaction.
+    let mut next = records.iter();
+    if let Some(first) = next.next() {
+        send(first)?.await?.map_err(|(e, _)| e)?;
+    }
+    let mut pending = FuturesUnordered::new();
+    let mut latency_us = Vec::with_capacity(total);
+    let started = Instant::now();
+    loop {
+        while pending.len() < IN_FLIGHT {
+            let Some(r) = next.next() else { break };
+            let fut = send(r)?;
+            let sent = Instant::now();
+            pending.push(async move { (fut.await, sent) });
+        }
+        match pending.next().await {
+            Some((Ok(Ok(_)), sent)) => latency_us.push(sent.elapsed().as_micros() as u64),
+            Some((result, _)) => anyhow::bail!("Kafka ceiling: delivery failed: {result:?}"),
+            None => break,
+        }
+    }
+    Ok(Figures {
+        count: latency_us.len(),
+        elapsed: started.elapsed(),
+        latency_us,
+    })
+}
+
+/// The peer: Benthos with an `mqtt` input and a `kafka_franz` output, finished when its
+/// `output_sent` counter reaches the fleet's size.
+async fn benthos(
+    d: &Deployment,
+    bin: &PathBuf,
+    terminals: usize,
+    per_terminal: usize,
+) -> anyhow::Result<Rate> {
+    let total = (terminals * per_terminal) as u64;
+    let port = posflow_e2e::free_port();
+    let dir = std::env::temp_dir().join(format!("posflow-bench-benthos-{port}"));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("benthos.yaml");
+    posflow_e2e::clear_mqtt_session(&d.stack, "bridge-5", &d.stack.bridge_password).await;
+    std::fs::write(
+        &config,
+        format!(
+            r#"http:
+  address: 127.0.0.1:{port}
+input:
+  mqtt:
+    urls: ["tcp://{host}:{mqtt_port}"]
+    topics: ["$share/{group}-peer/{filter}"]
+    client_id: bridge-5
+    user: bridge-5
+    password: "{password}"
+    qos: 1
+    clean_session: true
+output:
+  kafka_franz:
+    seed_brokers: ["{brokers}"]
+    topic: "{topic}"
+    key: '${{! meta("mqtt_topic") }}'
+    max_in_flight: {IN_FLIGHT}
+logger:
+  level: WARN
+metrics:
+  prometheus: {{}}
+"#,
+            host = d.stack.mqtt_host,
+            mqtt_port = d.stack.mqtt_port,
+            group = d.share_group,
+            filter = posflow_mqtt::tx_filter(),
+            password = d.stack.bridge_password,
+            brokers = d.stack.brokers,
+            topic = d.topic("pos.transactions.raw"),
+        ),
+    )?;
+    let log = std::fs::File::create(dir.join("benthos.log"))?;
+    let _child = KillOnDrop(
+        std::process::Command::new(bin)
+            .args(["-c", &config.to_string_lossy()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting Benthos ({}): {e}", bin.display()))?,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let base_ref = &base;
+    let sent = move || async move {
+        let page = http_get(base_ref, "/metrics")
+            .await
+            .map(|r| r.1)
+            .unwrap_or_default();
+        page.lines()
+            .filter(|l| l.starts_with("output_sent"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    // Ready: its metrics answer and its subscription is in place.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http_get(&base, "/ready").await.map(|r| r.0) != Some(200) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "Benthos not ready; log in {}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fleet = tokio::spawn({
+        let (mqtt, pw) = (d.stack.mqtt_args(), Secret::new(&d.stack.terminal_password));
+        async move {
+            fleet::run(
+                &mqtt,
+                &pw,
+                fleet_for("peer", 1, terminals, per_terminal),
+                &publish_options(false),
+                Arc::new(fleet::Progress::default()),
+            )
+            .await
+        }
+    });
+    let started = Instant::now();
+    crate::stages::measure(total, "Benthos", sent).await;
+    // From the first publish to the last record out, like the bridge.
+    let elapsed = started.elapsed();
+    fleet.await??;
+    Ok(Rate {
+        records: total,
+        elapsed,
+    })
+}
+
+/// The peer's process, stopped however the run ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A quantile from a Prometheus histogram (upper bound of the bucket it falls in), in ms.
+pub fn histogram_quantile(page: &str, name: &str, q: f64) -> f64 {
+    let buckets: Vec<(f64, f64)> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name}_bucket{{le=\"")))
+        .filter_map(|rest| {
+            let (le, v) = rest.split_once("\"} ")?;
+            Some((
+                if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                },
+                v.trim().parse().ok()?,
+            ))
+        })
+        .collect();
+    let total = buckets.last().map(|b| b.1).unwrap_or(0.0);
+    buckets
+        .iter()
+        .find(|(_, c)| *c >= total * q)
+        .map(|(le, _)| le * 1000.0)
+        .unwrap_or(f64::NAN)
+}
