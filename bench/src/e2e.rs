@@ -146,7 +146,7 @@ impl Pipeline {
         }
         let sent: HashMap<String, Instant> = progress.sent_at.lock().unwrap().clone();
         let ids: Vec<String> = sent.keys().cloned().collect();
-        let db = tokio_postgres_client(&self.d).await?;
+        let db = posflow_e2e::db(&self.d.stack).await;
         let rows = db
             .query(
                 "SELECT k.transaction_id, (extract(epoch FROM pg_xact_commit_timestamp(k.xmin)) * 1e6)::bigint, \
@@ -207,13 +207,6 @@ impl Pipeline {
             .map(|s| cpu_seconds(s.child.id()))
             .collect()
     }
-}
-
-async fn tokio_postgres_client(d: &Deployment) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, conn) =
-        tokio_postgres::connect(&d.stack.database_url, tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    Ok(client)
 }
 
 /// utime + stime of a process, in seconds (Linux, USER_HZ = 100).

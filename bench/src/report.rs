@@ -126,12 +126,12 @@ impl Report {
     }
 
     pub fn json(&self, machine: Value, mode: &str) -> Value {
-        json!({
+        rounded(json!({
             "machine": machine,
             "mode": mode,
             "rows": self.rows.iter().map(Row::json).collect::<Vec<_>>(),
             "details": self.details,
-        })
+        }))
     }
 
     /// What a smoke run checks: every row a finite, positive figure (and baseline).
@@ -147,6 +147,20 @@ impl Report {
             }
         }
         out
+    }
+}
+
+/// Every float to 3 decimals: the figures are not that precise, and a file of 17-digit floats
+/// is hard to read (and trips card-number scanners).
+fn rounded(v: Value) -> Value {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            json!((x * 1000.0).round() / 1000.0)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(rounded).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, rounded(v))).collect()),
+        other => other,
     }
 }
 
@@ -216,5 +230,13 @@ mod tests {
         assert!(p[0].starts_with("c / tx/s") && p[1].starts_with("e / ms"));
         let j = report.json(json!({}), "smoke");
         assert_eq!(j["rows"][0]["ratio"], json!(0.5));
+        let r = Report {
+            rows: vec![Row::vs("a", "tx/s", 2.0, "b", 3.0)],
+            details: Default::default(),
+        };
+        assert_eq!(
+            r.json(json!({"n": 7}), "full")["rows"][0]["ratio"],
+            json!(0.667)
+        );
     }
 }
