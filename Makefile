@@ -7,9 +7,11 @@ CARGO ?= cargo
 # Local stack: one broker, so replication 1.
 PROVISION := ./target/debug/posflow-admin provision --replication-factor 1 --min-insync-replicas 1
 # Chart tooling, installed once through the registries: helm from the Go module proxy, the
-# Kubernetes schemas (kubernetes-validate) from PyPI.
+# Kubernetes schemas (kubernetes-validate) from PyPI, promtool out of Debian's prometheus package
+# (unpacked, not installed: no Prometheus service is set up).
 TOOLS := $(HOME)/.cache/posflow/tools
 HELM := $(TOOLS)/bin/helm
+PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
@@ -43,10 +45,14 @@ test: up ## Unit, chart, integration and end-to-end tests against the real local
 test-unit: ## Tests that need no running component
 	$(CARGO) test --workspace --exclude posflow-e2e
 
-chart-test: build ## Helm chart: lint, every scenario rendered and validated against Kubernetes' schema, checks over the output
+chart-test: build ## Helm chart: lint, every scenario rendered and validated against Kubernetes' schema, checks over the output; alert rules unit-tested (promtool)
 	@test -x $(HELM) || { echo "installing helm $(HELM_VERSION) (go install, once)"; GOBIN=$(TOOLS)/bin go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION); }
 	@test -x $(TOOLS)/venv/bin/python || { python3 -m venv $(TOOLS)/venv && $(TOOLS)/venv/bin/pip install -q kubernetes-validate pyyaml; }
-	$(TOOLS)/venv/bin/python tests/chart/check_chart.py $(HELM) target/debug
+	@test -x $(PROMTOOL) || { echo "unpacking promtool from Debian's prometheus package (once)"; \
+	  d=$$(mktemp -d) && (cd $$d && apt-get download prometheus >/dev/null) && dpkg -x $$d/prometheus_*.deb $$d/x && \
+	  mkdir -p $(TOOLS)/bin && cp $$d/x/usr/bin/promtool $(PROMTOOL) && rm -rf $$d; }
+	$(TOOLS)/venv/bin/python tests/chart/check_chart.py $(HELM) $(PROMTOOL) target/debug
+	$(PROMTOOL) test rules tests/alerts/alerts_test.yaml
 
 test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1

@@ -13,6 +13,10 @@
 //!   acknowledges MQTT on receipt, before Kafka has the record (at-most-once across a crash),
 //!   and moves the payload as it is: no tokenisation, no Avro, no answer to the terminal.
 //!
+//! - traced: the bridge again, same fleet, exporting its spans (`--otlp-endpoint`) to an OTLP
+//!   receiver in this process (which only keeps the request bodies), alternated with untraced
+//!   runs: the cost of tracing is the mean traced rate against the mean untraced rate.
+//!
 //! Throughput: transactions from the first publish (or send) to the last receipt / answer /
 //! delivery / record out.
 
@@ -68,6 +72,35 @@ pub struct Results {
     /// Receive → PUBACK quantiles from the bridge's histogram (bucket upper bounds), ms.
     pub bridge_puback_ms: [f64; 3],
     pub peer: Option<Rate>,
+    pub tracing: Tracing,
+}
+
+/// How many traced runs the tracing cost is measured over.
+const TRACING_ROUNDS: usize = 3;
+
+/// The bridge with tracing on against tracing off, same fleet, alternated.
+pub struct Tracing {
+    pub traced_tx_s: Vec<f64>,
+    pub traced_p99_ms: Vec<f64>,
+    /// The main bridge run, then one after each traced run.
+    pub untraced_tx_s: Vec<f64>,
+    /// Spans the receiver got, of at most 2 per transaction (the SDK's queue drops spans rather
+    /// than hold the bridge up).
+    pub spans_exported: usize,
+    pub spans_at_most: usize,
+}
+
+impl Tracing {
+    pub fn traced_mean(&self) -> f64 {
+        mean(&self.traced_tx_s)
+    }
+    pub fn untraced_mean(&self) -> f64 {
+        mean(&self.untraced_tx_s)
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
 }
 
 pub fn fleet_for(
@@ -111,17 +144,55 @@ pub async fn run(
         None => None,
     };
     eprintln!("[bench] bridge: posflow-bridge, same fleet ...");
-    let (bridge, metrics) = bridge(&d, terminals, per_terminal).await?;
+    let (plain, metrics) = run_bridge(&d, "brdg", terminals, per_terminal, &[]).await?;
+    // Tracing on and off, alternated (on, off, on, off, on, off after the run above): the machine
+    // is shared and noisy, so each traced run sits between two untraced ones.
+    let mut traced = Vec::new();
+    let mut untraced = vec![plain.rate()];
+    let mut spans_exported = 0;
+    for round in 0..TRACING_ROUNDS {
+        eprintln!(
+            "[bench] bridge: tracing on, round {} of {TRACING_ROUNDS} ...",
+            round + 1
+        );
+        let otlp = posflow_e2e::otlp::Receiver::start().await;
+        let args = ["--otlp-endpoint", otlp.endpoint.as_str()];
+        let run = format!("brt{round}");
+        traced.push(
+            run_bridge(&d, &run, terminals, per_terminal, &args)
+                .await?
+                .0,
+        );
+        spans_exported += otlp.span_count();
+        eprintln!(
+            "[bench] bridge: tracing off, round {} of {TRACING_ROUNDS} ...",
+            round + 1
+        );
+        let run = format!("bro{round}");
+        untraced.push(
+            run_bridge(&d, &run, terminals, per_terminal, &[])
+                .await?
+                .0
+                .rate(),
+        );
+    }
     let q = |p| histogram_quantile(&metrics, "posflow_bridge_ack_latency_seconds", p);
     let bridge_puback_ms = [q(0.5), q(0.99), q(0.999)];
     eprintln!("[bench] bridge (b) Kafka ceiling: the bridge's {total} records again ...");
     let kafka = kafka_ceiling(&d, total).await?;
     Ok(Results {
         broker,
-        bridge,
+        bridge: plain,
         kafka,
         bridge_puback_ms,
         peer,
+        tracing: Tracing {
+            traced_tx_s: traced.iter().map(Figures::rate).collect(),
+            traced_p99_ms: traced.iter().map(|f| f.pct(0.99)).collect(),
+            untraced_tx_s: untraced,
+            spans_exported,
+            spans_at_most: 2 * traced.iter().map(|f| f.count).sum::<usize>(),
+        },
     })
 }
 
@@ -211,19 +282,21 @@ fn publish_options(await_answers: bool) -> fleet::PublishOptions {
     }
 }
 
-async fn bridge(
+async fn run_bridge(
     d: &Deployment,
+    run: &str,
     terminals: usize,
     per_terminal: usize,
+    extra: &[&str],
 ) -> anyhow::Result<(Figures, String)> {
     let total = terminals * per_terminal;
-    let bridge = d.start_bridge(4).await;
+    let mut bridge = d.start_bridge_with(4, extra).await;
     let progress = Arc::new(fleet::Progress::default());
     let started = Instant::now();
     let report = fleet::run(
         &d.stack.mqtt_args(),
         &Secret::new(&d.stack.terminal_password),
-        fleet_for("brdg", 1, terminals, per_terminal),
+        fleet_for(run, 1, terminals, per_terminal),
         &publish_options(true),
         progress.clone(),
     )
@@ -239,6 +312,10 @@ async fn bridge(
         .map(|r| r.1)
         .unwrap_or_default();
     let latency_us = std::mem::take(&mut *progress.answer_latency_us.lock().unwrap());
+    // SIGTERM: a traced bridge flushes its span queue on the way out.
+    bridge.terminate();
+    // SIGTERM: a traced bridge flushes its span queue on the way out.
+    bridge.terminate();
     Ok((
         Figures {
             count: total,

@@ -282,11 +282,11 @@ pub async fn run(
         let delta = |series: &str| {
             metric(&page1, series).unwrap_or(0.0) - metric(&page0, series).unwrap_or(0.0)
         };
-        let batches = delta("posflow_storage_batch_seconds_count");
+        let batches = delta("posflow_processing_seconds_count{stage=\"storage\"}");
         let storage_batches = [
             batches,
-            delta("posflow_storage_batch_rows_sum") / batches,
-            1000.0 * delta("posflow_storage_batch_seconds_sum") / batches,
+            delta("posflow_batch_size_sum{stage=\"storage\"}") / batches,
+            1000.0 * delta("posflow_processing_seconds_sum{stage=\"storage\"}") / batches,
         ];
         let per_million = 1e6 / figures.count as f64;
         loads.push(Load {

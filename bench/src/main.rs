@@ -76,6 +76,24 @@ async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Res
         )
         .target(Target::RatioAtLeast(0.8)),
     );
+    let t = &b.tracing;
+    r.rows.push(Row::vs(
+        "bridge, tracing on",
+        "tx/s",
+        t.traced_mean(),
+        "tracing off, alternated runs (mean)",
+        t.untraced_mean(),
+    ));
+    r.details.insert(
+        "bridge_tracing".into(),
+        serde_json::json!({
+            "traced_tx_s": t.traced_tx_s,
+            "untraced_tx_s": t.untraced_tx_s,
+            "traced_p99_ms": t.traced_p99_ms,
+            "spans_exported": t.spans_exported,
+            "spans_at_most": t.spans_at_most,
+        }),
+    );
     r.rows.push(Row::vs(
         "bridge",
         "tx/s",

@@ -124,7 +124,7 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
     for (name, labels) in [
         ("posflow_notifier_claim_seconds", ""),
         ("posflow_notifier_attempt_seconds", "{channel=\"webhook\"}"),
-        ("posflow_notifier_enqueue_seconds", ""),
+        ("posflow_processing_seconds", "{stage=\"notifier\"}"),
     ] {
         let sum = posflow_e2e::metric(&page, &format!("{name}_sum{labels}")).unwrap_or(0.0);
         let count = posflow_e2e::metric(&page, &format!("{name}_count{labels}")).unwrap_or(0.0);

@@ -12,11 +12,15 @@
 - the schema refuses bad values (a wrong type, an unknown key, an unknown enum) — proven by
   helm failing on them;
 - README.md documents every values key, and nothing values.yaml lacks;
+- the monitoring files (files/alerts.yaml, files/dashboard.json) pass `promtool check rules` and name only metrics of the
+  catalogue (docs/metrics.md), every alert has a severity, a summary and a runbook section that
+  exists in docs/operations.md; the PrometheusRule, dashboard ConfigMap and tracing variables are
+  rendered exactly when their values ask for them;
 - the checks themselves catch what they claim: each is run on a copy of the default rendering
   with one defect put in (root user, writable root, unknown binary, short grace, a Secret, a
   credential in a ConfigMap, a missing probe) and must report it.
 
-Usage: check_chart.py HELM [BIN_DIR]   (BIN_DIR: built binaries, to check subcommands)
+Usage: check_chart.py HELM PROMTOOL [BIN_DIR]   (BIN_DIR: built binaries, to check subcommands)
 """
 import glob
 import json
@@ -25,6 +29,8 @@ import re
 import subprocess
 import sys
 
+import tempfile
+
 import kubernetes_validate
 import yaml
 
@@ -32,9 +38,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "deploy", "helm", "posflow")
 K8S_VERSION = "1.34.0"
 STAGES = ["bridge", "validator", "storage", "fraud", "notifier"]
-CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
+CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
 
 failures = []
+PROMTOOL = "promtool"
 
 
 def fail(msg):
@@ -183,6 +190,96 @@ def check_stages(name, docs, values):
             fail(f"{name}: ServiceMonitor {d['metadata']['name']} scrapes no metrics port")
 
 
+def catalogue():
+    text = open(os.path.join(ROOT, "docs", "metrics.md")).read()
+    return set(re.findall(r"^\| `(posflow_[a-z_]+)` \|", text, re.M))
+
+
+def monitoring_files():
+    alerts = yaml.safe_load(open(os.path.join(CHART, "files", "alerts.yaml")))
+    dashboard = json.load(open(os.path.join(CHART, "files", "dashboard.json")))
+    return alerts, dashboard
+
+
+def metric_names(expr, known):
+    """The posflow metric families an expression reads (histogram series → their family)."""
+    names = set()
+    for n in re.findall(r"\bposflow_[a-z_]+", expr):
+        base = re.sub(r"_(bucket|sum|count)$", "", n)
+        names.add(base if base in known and n not in known else n)
+    return names
+
+
+def check_monitoring(alerts, dashboard):
+    known = catalogue()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).strip().replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", open(os.path.join(ROOT, "docs", "operations.md")).read(), re.M)}
+    rules = [r for g in alerts["groups"] for r in g["rules"]]
+    if not rules:
+        fail("alerts.yaml has no rules")
+    for r in rules:
+        name = r.get("alert", "?")
+        for unknown in sorted(metric_names(r.get("expr", ""), known) - known):
+            fail(f"alert {name}: {unknown} is not in docs/metrics.md")
+        if r.get("labels", {}).get("severity") not in ("warning", "critical"):
+            fail(f"alert {name}: severity must be warning or critical")
+        if not r.get("for") or not r.get("annotations", {}).get("summary"):
+            fail(f"alert {name}: needs a `for` and a summary")
+        runbook = r.get("annotations", {}).get("runbook", "")
+        if not runbook.startswith("docs/operations.md#") or runbook.split("#", 1)[1] not in anchors:
+            fail(f"alert {name}: runbook {runbook!r} is no section of docs/operations.md")
+    # promtool parses every expression: the alerts as they are, the panels' queries as
+    # recording rules (what a Prometheus would refuse, it refuses).
+    panels = [{"record": f"posflow:panel_{p['id']}_{i}", "expr": t.get("expr", "")}
+              for p in dashboard["panels"] for i, t in enumerate(p.get("targets", []))]
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump({"groups": alerts["groups"] + [{"name": "dashboard", "rules": panels}]}, f)
+        f.flush()
+        r = subprocess.run([PROMTOOL, "check", "rules", f.name], capture_output=True, text=True)
+        if r.returncode != 0:
+            fail(f"promtool check rules on the alerts and the dashboard's queries:\n{r.stdout}{r.stderr}")
+    ids = [p["id"] for p in dashboard["panels"]]
+    if len(ids) != len(set(ids)):
+        fail("dashboard: panel ids repeat")
+    for p in dashboard["panels"]:
+        if not p.get("targets"):
+            fail(f"dashboard panel {p['title']}: no queries")
+        for t in p.get("targets", []):
+            for unknown in sorted(metric_names(t.get("expr", ""), known) - known):
+                fail(f"dashboard panel {p['title']}: {unknown} is not in docs/metrics.md")
+    for f in ("alerts.yaml", "dashboard.json"):
+        link = os.path.join(ROOT, "deploy", "observability", f)
+        if os.path.realpath(link) != os.path.join(CHART, "files", f):
+            fail(f"deploy/observability/{f} is not the chart's files/{f}")
+
+
+def check_optional(name, docs, values):
+    """The monitoring resources and tracing variables follow their values."""
+    alerts, dashboard = monitoring_files()
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    if values["metrics"]["prometheusRule"]["enabled"]:
+        if len(rules) != 1 or rules[0]["spec"] != alerts:
+            fail(f"{name}: one PrometheusRule holding files/alerts.yaml expected")
+    elif rules:
+        fail(f"{name}: PrometheusRule rendered while disabled")
+    boards = [d for d in docs if d["kind"] == "ConfigMap" and "posflow.json" in (d.get("data") or {})]
+    if values["metrics"]["grafanaDashboard"]["enabled"]:
+        want = values["metrics"]["grafanaDashboard"]["labels"]
+        if len(boards) != 1 or json.loads(boards[0]["data"]["posflow.json"]) != dashboard or \
+                any(boards[0]["metadata"]["labels"].get(k) != v for k, v in want.items()):
+            fail(f"{name}: one dashboard ConfigMap with files/dashboard.json and its labels expected")
+    elif boards:
+        fail(f"{name}: dashboard ConfigMap rendered while disabled")
+    endpoint = values["tracing"]["otlpEndpoint"]
+    for d in docs:
+        if d["kind"] != "StatefulSet":
+            continue
+        env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+        if env.get("POSFLOW_OTLP_ENDPOINT") != (endpoint or None):
+            fail(f"{name}: {d['metadata']['name']} POSFLOW_OTLP_ENDPOINT {env.get('POSFLOW_OTLP_ENDPOINT')!r}, "
+                 f"values say {endpoint!r}")
+
+
 def first(docs, kind, component=None):
     return next(d for d in docs if d["kind"] == kind and
                 (component is None or d["metadata"]["labels"].get("app.kubernetes.io/component") == component))
@@ -209,23 +306,49 @@ DEFECTS = {
 }
 
 
-def self_test(docs, binaries, known_env, bin_dir, values):
+# One defect each in a copy of the monitoring files: check_monitoring must report every one.
+MONITORING_DEFECTS = {
+    "an alert on an unknown metric": lambda a, d: a["groups"][0]["rules"][0].update(
+        expr="rate(posflow_bridge_recieved_total[5m]) > 0"),
+    "an alert without a runbook": lambda a, d: a["groups"][0]["rules"][0]["annotations"].pop("runbook"),
+    "an alert without severity": lambda a, d: a["groups"][0]["rules"][0]["labels"].pop("severity"),
+    "a panel on an unknown metric": lambda a, d: d["panels"][0]["targets"][0].update(
+        expr="sum(rate(posflow_storage_writes_total[1m]))"),
+    "an alert that is not PromQL": lambda a, d: a["groups"][0]["rules"][1].update(
+        expr="sum by (stage (rate(posflow_processing_seconds_count[5m]))"),
+}
+
+
+def catches(check):
+    """Whether `check` (run quietly) reports a failure; the real failures are left as they were."""
     global failures
-    real = failures
-    for name, put_in in DEFECTS.items():
-        failures = []
+    real, failures = failures, []
+    with open(os.devnull, "w") as quiet:
+        stdout, sys.stdout = sys.stdout, quiet
+        try:
+            check()
+        finally:
+            sys.stdout = stdout
+    caught, failures = bool(failures), real
+    return caught
+
+
+def self_test(docs, binaries, known_env, bin_dir, values):
+    def monitoring(put_in):
+        alerts, dashboard = monitoring_files()
+        put_in(alerts, dashboard)
+        check_monitoring(alerts, dashboard)
+
+    def rendering(put_in):
         mutated = json.loads(json.dumps(docs))
         put_in(mutated)
-        with open(os.devnull, "w") as quiet:
-            stdout, sys.stdout = sys.stdout, quiet
-            try:
-                check_pods("self-test", mutated, binaries, known_env, bin_dir)
-                check_stages("self-test", mutated, values)
-            finally:
-                sys.stdout = stdout
-        caught = bool(failures)
-        failures = real
-        if caught:
+        check_pods("self-test", mutated, binaries, known_env, bin_dir)
+        check_stages("self-test", mutated, values)
+
+    cases = [(n, lambda p=p: monitoring(p)) for n, p in MONITORING_DEFECTS.items()] + \
+            [(n, lambda p=p: rendering(p)) for n, p in DEFECTS.items()]
+    for name, check in cases:
+        if catches(check):
             print(f"ok   the checks catch {name}")
         else:
             fail(f"the checks miss {name}")
@@ -266,8 +389,10 @@ def value_paths(values, prefix=""):
 
 
 def main():
+    global PROMTOOL
     helm_bin = sys.argv[1]
-    bin_dir = sys.argv[2] if len(sys.argv) > 2 else None
+    PROMTOOL = sys.argv[2]
+    bin_dir = sys.argv[3] if len(sys.argv) > 3 else None
     binaries = image_binaries()
     known_env = env_vars_read()
     scenarios = [("default", None)] + [
@@ -290,6 +415,7 @@ def main():
         check_pods(name, docs, binaries, known_env, bin_dir)
         values = merged_values(helm_bin, values_file)
         check_stages(name, docs, values)
+        check_optional(name, docs, values)
         if values_file is None:
             self_test(docs, binaries, known_env, bin_dir, values)
         counts = {}
@@ -300,9 +426,13 @@ def main():
         summary[name] = counts
         print(f"ok   {name}: {len(docs)} manifests valid against Kubernetes {K8S_VERSION}")
 
+    check_monitoring(*monitoring_files())
+    print("ok   alerts and dashboard name only catalogue metrics; every alert has its runbook")
+
     # The schema refuses what it should: each of these must make helm fail.
     for bad in ["stages.bridge.replicas=many", "kafka.securityProtocol=tls", "stages.fraud.color=blue",
-                "image.pullPolicy=Sometimes", "stages.notifier.drainTimeoutSeconds=0", "unknownTopLevel=1"]:
+                "image.pullPolicy=Sometimes", "stages.notifier.drainTimeoutSeconds=0", "unknownTopLevel=1",
+                "tracing.otlpEndpoint=collector:4318", "tracing.sampleRatio=2"]:
         r = helm(helm_bin, "template", "posflow", CHART, "--set", bad, ok=False)
         if r.returncode == 0 or "schema" not in (r.stderr + r.stdout).lower():
             fail(f"the schema accepted --set {bad}")

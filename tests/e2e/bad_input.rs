@@ -7,63 +7,9 @@ use posflow_e2e::*;
 use posflow_schema::{DeadLetter, Decoder};
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::time::Duration;
 
 const PAN: &str = "4111111111111111";
-
-/// A terminal's own connection, returning every packet it receives on a channel.
-async fn terminal(
-    stack: &Stack,
-    id: &str,
-) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<Packet>) {
-    let mut o = MqttOptions::new(id, &stack.mqtt_host, stack.mqtt_port);
-    o.set_credentials(id, &stack.terminal_password);
-    o.set_clean_start(true);
-    o.set_max_packet_size(Some(2 * 1024 * 1024));
-    let (client, mut ev) = AsyncClient::new(o, 32);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(e) = ev.poll().await {
-            if let Event::Incoming(p) = e {
-                if tx.send(p).is_err() {
-                    return;
-                }
-            }
-        }
-    });
-    (client, rx)
-}
-
-/// The next `n` answers on the terminal's ack topic, as JSON.
-async fn answers(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Packet>,
-    n: usize,
-) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        if let Packet::Publish(p) = next_matching(rx, |p| matches!(p, Packet::Publish(_))).await {
-            out.push(serde_json::from_slice(&p.payload).unwrap());
-        }
-    }
-    out
-}
-
-async fn next_matching<F: Fn(&Packet) -> bool>(
-    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Packet>,
-    f: F,
-) -> Packet {
-    tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let p = rx.recv().await.expect("connection closed");
-            if f(&p) {
-                return p;
-            }
-        }
-    })
-    .await
-    .expect("packet within 30 s")
-}
 
 /// A valid payload with a card number (the bridge must tokenise or mask it).
 fn valid(tx: &str, terminal: &str, merchant: &str) -> String {
@@ -78,13 +24,7 @@ async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_ke
     let d = Deployment::new().await;
     let mut bridge = d.start_bridge(6).await;
     let (t, m) = ("T0490", "M490");
-    let (client, mut rx) = terminal(&d.stack, t).await;
-    next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
-    client
-        .subscribe(posflow_mqtt::ack_topic(m, t), QoS::AtLeastOnce)
-        .await
-        .unwrap();
-    next_matching(&mut rx, |p| matches!(p, Packet::SubAck(_))).await;
+    let (client, mut rx) = answered_terminal(&d.stack, t, m).await;
 
     let oversize = format!(
         r#"{{"version":1,"transaction_id":"big","pad":"{}","card":{{"pan":"{PAN}"}}}}"#,

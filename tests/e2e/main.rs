@@ -10,6 +10,7 @@ mod corpus;
 mod fraud;
 mod kafka_outage;
 mod notifier;
+mod observability;
 mod pipeline;
 mod provisioning;
 mod storage;

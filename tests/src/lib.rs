@@ -6,6 +6,7 @@
 //! Addresses come from the POSFLOW_* variables of `stack.sh env`, defaulting to the stack's own.
 
 pub mod notify;
+pub mod otlp;
 
 use posflow_kafka::provision::{provision, ProvisionPlan};
 use posflow_kafka::KafkaArgs;
@@ -912,4 +913,87 @@ pub async fn fraud_memory(d: &Deployment, cards: usize) -> FraudMemory {
         rss_kib: [rss0, rss1, rss2],
         state_keys: [keys0, keys1, keys2],
     }
+}
+
+/// A terminal's own connection, returning every packet it receives on a channel.
+pub async fn terminal(
+    stack: &Stack,
+    id: &str,
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+) {
+    let mut o = rumqttc::v5::MqttOptions::new(id, &stack.mqtt_host, stack.mqtt_port);
+    o.set_credentials(id, &stack.terminal_password);
+    o.set_clean_start(true);
+    o.set_max_packet_size(Some(2 * 1024 * 1024));
+    let (client, mut ev) = rumqttc::v5::AsyncClient::new(o, 32);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(e) = ev.poll().await {
+            if let rumqttc::v5::Event::Incoming(p) = e {
+                if tx.send(p).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// Terminal `t` of merchant `m`, connected and subscribed to its answers.
+pub async fn answered_terminal(
+    stack: &Stack,
+    t: &str,
+    m: &str,
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let (client, mut rx) = terminal(stack, t).await;
+    next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
+    client
+        .subscribe(
+            posflow_mqtt::ack_topic(m, t),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    next_matching(&mut rx, |p| matches!(p, Packet::SubAck(_))).await;
+    (client, rx)
+}
+
+/// The next `n` answers on the terminal's ack topic, as JSON.
+pub async fn answers(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+    n: usize,
+) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        if let rumqttc::v5::mqttbytes::v5::Packet::Publish(p) = next_matching(rx, |p| {
+            matches!(p, rumqttc::v5::mqttbytes::v5::Packet::Publish(_))
+        })
+        .await
+        {
+            out.push(serde_json::from_slice(&p.payload).unwrap());
+        }
+    }
+    out
+}
+
+pub async fn next_matching<F: Fn(&rumqttc::v5::mqttbytes::v5::Packet) -> bool>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+    f: F,
+) -> rumqttc::v5::mqttbytes::v5::Packet {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let p = rx.recv().await.expect("connection closed");
+            if f(&p) {
+                return p;
+            }
+        }
+    })
+    .await
+    .expect("packet within 30 s")
 }

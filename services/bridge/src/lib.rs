@@ -310,12 +310,16 @@ struct Job {
     /// The answer for the terminal, built once Kafka gave us the partition and offset.
     reply_to: Option<String>,
     verdict: Verdict,
+    /// Tracing on: the Kafka produce span, ended when Kafka has confirmed the record.
+    _span: tracing::Span,
 }
 
 enum Verdict {
     Accepted {
         transaction_id: String,
         fingerprint: u64,
+        /// The terminal's timestamp, for `posflow_end_to_end_seconds`.
+        transaction_time: i64,
     },
     Repeat {
         transaction_id: String,
@@ -354,14 +358,36 @@ impl Ingress {
                 key: headers::RECEIVED_AT,
                 value: Some(received_at.to_string().as_bytes()),
             });
-        if let Some(props) = &publish.properties {
-            for (k, v) in &props.user_properties {
-                // traceparent and any terminal-supplied properties travel as headers.
-                hdrs = hdrs.insert(Header {
-                    key: k.as_str(),
-                    value: Some(v.as_bytes()),
-                });
+        // Tracing on: this message's span is a child of the terminal's traceparent (or starts
+        // the trace), and Kafka gets the produce span's context instead of the terminal's.
+        let props = publish.properties.as_ref();
+        let terminal_trace = props.and_then(|p| {
+            p.user_properties
+                .iter()
+                .find(|(k, _)| k == headers::TRACEPARENT)
+                .map(|(_, v)| v.as_bytes())
+        });
+        let span = posflow_runtime::trace::record_span("bridge.receive", terminal_trace);
+        let produce_span = posflow_runtime::trace::child_span("bridge.produce", &span);
+        let traced = posflow_runtime::trace::traceparent(&produce_span);
+        for (k, v) in props
+            .map(|p| p.user_properties.as_slice())
+            .unwrap_or_default()
+        {
+            if traced.is_some() && k == headers::TRACEPARENT {
+                continue;
             }
+            // traceparent and any terminal-supplied properties travel as headers.
+            hdrs = hdrs.insert(Header {
+                key: k.as_str(),
+                value: Some(v.as_bytes()),
+            });
+        }
+        if let Some(tp) = &traced {
+            hdrs = hdrs.insert(Header {
+                key: headers::TRACEPARENT,
+                value: Some(tp.as_bytes()),
+            });
         }
         let parsed = posflow_mqtt::parse_tx_topic(&topic);
         let reply_to = parsed
@@ -424,13 +450,14 @@ impl Ingress {
                 },
                 transaction,
             };
-            let (id, key) = (
+            let (id, key, time) = (
                 record.transaction.transaction_id.clone(),
                 record.transaction.terminal_id.clone(),
+                record.transaction.transaction_time,
             );
             self.encoder
                 .encode(&record)
-                .map(|v| Ok((id.clone(), key, v)))
+                .map(|v| Ok((id.clone(), key, v, time)))
                 .map_err(|e| payload::Refusal {
                     reason: payload::Reason::FieldInvalid,
                     detail: card::mask_text(&e.to_string()),
@@ -438,7 +465,7 @@ impl Ingress {
                 })
         });
         match encoded {
-            Ok(Ok((transaction_id, key, value))) => Job {
+            Ok(Ok((transaction_id, key, value, transaction_time))) => Job {
                 publish,
                 received,
                 output: Some(Output {
@@ -449,9 +476,11 @@ impl Ingress {
                 }),
                 delay,
                 reply_to,
+                _span: produce_span,
                 verdict: Verdict::Accepted {
                     transaction_id,
                     fingerprint,
+                    transaction_time,
                 },
             },
             Ok(Err((transaction_id, seen))) => {
@@ -462,6 +491,7 @@ impl Ingress {
                     output: None,
                     delay: None,
                     reply_to,
+                    _span: produce_span,
                     verdict: Verdict::Repeat {
                         transaction_id,
                         seen,
@@ -471,7 +501,12 @@ impl Ingress {
             Err(refusal) => {
                 let code = refusal.reason.code();
                 metrics().dead_lettered.with_label_values(&[code]).inc();
-                tracing::info!(reason = code, mqtt_topic = %card::mask_text(&topic), "dead-lettered");
+                tracing::info!(
+                    reason = code,
+                    mqtt_topic = %card::mask_text(&topic),
+                    trace_id = posflow_runtime::trace::trace_id(&span),
+                    "dead-lettered"
+                );
                 let letter = DeadLetter {
                     reason: code.to_string(),
                     detail: refusal.detail,
@@ -495,6 +530,7 @@ impl Ingress {
                     received,
                     delay: None,
                     reply_to,
+                    _span: produce_span,
                     verdict: Verdict::Rejected {
                         reason: code,
                         transaction_id: refusal.transaction_id,
@@ -522,14 +558,17 @@ async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Optio
             if c.failed_attempts > 0 {
                 ctx.health.set_ready(true); // Kafka is back
             }
-            m.produce_latency
+            // The bridge's processing time: MQTT receive → Kafka confirmation.
+            posflow_runtime::metrics::Shared::processing()
                 .observe(job.received.elapsed().as_secs_f64());
             let remember = match verdict {
                 Verdict::Accepted {
                     transaction_id,
                     fingerprint,
+                    transaction_time,
                 } => {
                     m.produced.inc();
+                    posflow_runtime::metrics::observe_end_to_end(*transaction_time);
                     let seen = recent::Seen {
                         fingerprint: *fingerprint,
                         partition: c.partition,

@@ -14,7 +14,6 @@ pub struct Metrics {
     pub repeats: IntCounter,
     pub throttled: IntCounterVec,
     pub recent_ids: IntGauge,
-    pub produce_latency: Histogram,
     pub ack_latency: Histogram,
 }
 
@@ -55,11 +54,6 @@ pub fn metrics() -> &'static Metrics {
             "posflow_bridge_throttled_total",
             "Messages above their terminal's rate limit, by policy (delay or reject)",
             &["policy"],
-        ),
-        produce_latency: histogram(
-            "posflow_bridge_produce_latency_seconds",
-            "MQTT receive to Kafka confirmation",
-            LATENCY_BUCKETS,
         ),
         ack_latency: histogram(
             "posflow_bridge_ack_latency_seconds",

@@ -19,7 +19,7 @@ pub mod rules;
 use anyhow::Context as _;
 use clap::Parser;
 use posflow_kafka::pipeline::{self, Input, Output, Retry};
-use posflow_kafka::{ExactlyOnceArgs, KafkaArgs};
+use posflow_kafka::{headers, ExactlyOnceArgs, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
 use posflow_schema::{
@@ -202,7 +202,13 @@ impl Stage {
         }
     }
 
+    /// One record with its span (a child of the stage that produced the record).
     async fn handle(&self, input: Input) -> Result<Vec<Output>, Retry> {
+        let span = headers::record_span("fraud.evaluate", input.headers.as_ref());
+        self.evaluate(input, &span).await
+    }
+
+    async fn evaluate(&self, input: Input, span: &tracing::Span) -> Result<Vec<Output>, Retry> {
         let m = metrics();
         let kind = self.input_of(&input.topic);
         let Some(t) = self
@@ -255,6 +261,7 @@ impl Stage {
         let state = states.get_mut(&key).expect("inserted above");
         state.last_offset = input.offset;
         let outcome = self.judge(kind, &mut state.engine, &t);
+        posflow_runtime::metrics::observe_end_to_end(t.transaction_time);
         m.received
             .with_label_values(&[match kind {
                 Feed::Card => "card",
@@ -303,7 +310,7 @@ impl Stage {
                     value: enc
                         .encode(&record)
                         .map_err(|e| Retry(format!("encoding: {e}")))?,
-                    headers: Default::default(),
+                    headers: headers::with_trace(Default::default(), span),
                 })
             })
             .collect()

@@ -15,12 +15,12 @@ use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use posflow_kafka::headers;
 use posflow_kafka::pipeline::{produce_until_confirmed, Output};
-use posflow_runtime::metrics::{counter_vec, gauge, histogram_vec};
+use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram_vec};
 use posflow_runtime::{Backoff, Context};
 use posflow_schema::{
     now_millis, Channel as OutcomeChannel, DeadLetter, DeliveryStatus, Encoder, NotificationOutcome,
 };
-use prometheus::{HistogramVec, IntCounterVec, IntGauge};
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
 use std::collections::{HashMap, HashSet};
@@ -39,6 +39,7 @@ struct Metrics {
     breaker_opened: IntCounterVec,
     breakers_open: IntGauge,
     in_flight: IntGauge,
+    rate_limited: IntCounter,
     pending: IntGauge,
     claim_seconds: prometheus::Histogram,
 }
@@ -87,6 +88,10 @@ fn metrics() -> &'static Metrics {
             "posflow_notifier_claim_seconds",
             "Time one claim of due deliveries took (one database transaction)",
             posflow_runtime::metrics::LATENCY_BUCKETS,
+        ),
+        rate_limited: counter(
+            "posflow_notifier_rate_limited_total",
+            "Deliveries held back by their merchant's rate limit (--merchant-rate)",
         ),
         pending: gauge(
             "posflow_notifier_outbox_pending",
@@ -435,9 +440,20 @@ impl Shared {
                 after: Duration::from_secs(self.args.breaker_cooldown_secs),
             }
         } else {
-            self.limiter.until_key_ready(&c.merchant_id).await;
+            if self.limiter.check_key(&c.merchant_id).is_err() {
+                m.rate_limited.inc();
+                self.limiter.until_key_ready(&c.merchant_id).await;
+            }
+            // A span of the event's trace per attempt (digests have no trace of their own).
+            let span = c
+                .traceparent
+                .as_deref()
+                .map_or_else(tracing::Span::none, |tp| {
+                    posflow_runtime::trace::record_span("notifier.deliver", Some(tp.as_bytes()))
+                });
             let started = Instant::now();
             let answer = self.attempt(&c, prefs.as_deref()).await;
+            drop(span);
             drop(permit); // the merchant's next delivery may go while this one is recorded
             m.attempt_seconds
                 .with_label_values(&[channel])

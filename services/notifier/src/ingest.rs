@@ -8,10 +8,10 @@ use crate::{render, Args, Conn, Prefs};
 use anyhow::Context as _;
 use posflow_kafka::headers;
 use posflow_kafka::pipeline::{consumed, decode_with_retry, produce_until_confirmed, Output};
-use posflow_runtime::metrics::{counter_vec, histogram};
+use posflow_runtime::metrics::counter_vec;
 use posflow_runtime::{Backoff, Context};
 use posflow_schema::{now_millis, DeadLetter, Decoder, Encoder, FraudAlert, TransactionValidated};
-use prometheus::{Histogram, IntCounterVec};
+use prometheus::IntCounterVec;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, OwnedHeaders};
 use std::collections::BTreeMap;
@@ -24,7 +24,6 @@ struct Metrics {
     enqueued: IntCounterVec,
     ignored: IntCounterVec,
     dead_lettered: IntCounterVec,
-    batch_seconds: Histogram,
 }
 
 fn metrics() -> &'static Metrics {
@@ -50,11 +49,6 @@ fn metrics() -> &'static Metrics {
             "Records dead-lettered on the way in, by reason",
             &["reason"],
         ),
-        batch_seconds: histogram(
-            "posflow_notifier_enqueue_seconds",
-            "Time to insert one batch into the outbox",
-            posflow_runtime::metrics::LATENCY_BUCKETS,
-        ),
     })
 }
 
@@ -65,6 +59,10 @@ struct Piece {
     headers: OwnedHeaders,
     deliveries: Vec<NewDelivery>,
     item: Option<DigestItem>,
+    /// A transaction's terminal timestamp (alerts have none), for the end-to-end histogram.
+    transaction_time: Option<i64>,
+    /// Tracing on: this record's span, ended when its batch is in the outbox.
+    _span: tracing::Span,
 }
 
 pub async fn run(
@@ -112,14 +110,19 @@ pub async fn run(
                     let source = format!("{topic}/{partition}/{offset}");
                     let rendered = if topic == validated_t {
                         m.events.with_label_values(&["transaction"]).inc();
-                        decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(|v| transaction(&prefs, &v)))
+                        decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(|v| (transaction(&prefs, &v), Some(v.transaction.transaction_time))))
                     } else {
                         m.events.with_label_values(&["fraud_alert"]).inc();
-                        decode_with_retry(&alert_dec, &payload, &ctx).await.map(|r| r.map(|a| alert(&prefs, &a)))
+                        decode_with_retry(&alert_dec, &payload, &ctx).await.map(|r| r.map(|a| (alert(&prefs, &a), None)))
                     };
                     match rendered {
-                        Some(Ok((deliveries, item))) => {
-                            batch.push(Piece { source, payload, headers: hdrs, deliveries, item })
+                        Some(Ok(((mut deliveries, item), transaction_time))) => {
+                            let span = headers::record_span("notifier.enqueue", Some(&hdrs));
+                            // Each attempt will be a span of this trace (dispatch).
+                            if let Some(tp) = posflow_runtime::trace::traceparent(&span) {
+                                deliveries.iter_mut().for_each(|d| d.traceparent = Some(tp.clone()));
+                            }
+                            batch.push(Piece { source, payload, headers: hdrs, deliveries, item, transaction_time, _span: span })
                         }
                         Some(Err(detail)) => {
                             let letter = DeadLetter { reason: "DECODE_FAILED".into(), detail, stage: "notifier".into(), source, received_at: now_millis(), payload };
@@ -141,7 +144,12 @@ pub async fn run(
             if !write(&mut conn, &batch, &producer, &dlq_t, &dlq_enc, &ctx).await? {
                 break;
             }
-            m.batch_seconds.observe(started.elapsed().as_secs_f64());
+            use posflow_runtime::metrics::Shared;
+            Shared::processing().observe(started.elapsed().as_secs_f64());
+            Shared::batch_size().observe(batch.len() as f64);
+            for t in batch.iter().filter_map(|p| p.transaction_time) {
+                posflow_runtime::metrics::observe_end_to_end(t);
+            }
             batch.clear();
             wake.notify_one();
         }

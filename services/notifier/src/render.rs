@@ -79,6 +79,7 @@ pub fn transaction(
             body,
             attachment: None,
             risk_contact: false,
+            traceparent: None,
         });
     }
     if !p.emails.is_empty() {
@@ -104,6 +105,7 @@ pub fn transaction(
             body: receipt(v).into_bytes(),
             attachment: None,
             risk_contact: false,
+            traceparent: None,
         });
     }
     (out, None)
@@ -140,6 +142,7 @@ pub fn alert(p: &Preferences, a: &FraudAlert) -> Vec<NewDelivery> {
             body: serde_json::to_vec(&body).unwrap_or_default(),
             attachment: None,
             risk_contact: false,
+            traceparent: None,
         });
     }
     if !p.risk_contacts().is_empty() {
@@ -170,6 +173,7 @@ pub fn alert(p: &Preferences, a: &FraudAlert) -> Vec<NewDelivery> {
             body: text.into_bytes(),
             attachment: None,
             risk_contact: true,
+            traceparent: None,
         });
     }
     out
@@ -212,6 +216,7 @@ pub fn digest(
             body: data.clone(),
             attachment: None,
             risk_contact: false,
+            traceparent: None,
         });
     }
     if !p.emails.is_empty() {
@@ -241,6 +246,7 @@ pub fn digest(
                 bytes: data,
             }),
             risk_contact: false,
+            traceparent: None,
         });
     }
     out

@@ -12,11 +12,18 @@ use tokio_postgres::Client;
 pub const MIGRATIONS: Migrations = Migrations {
     ledger: "notifier_schema_migrations",
     lock: 0x706f_7366_6e6f_7466, // "posfnotf"
-    steps: &[(
-        1,
-        "notifier",
-        include_str!("../migrations/0001_notifier.sql"),
-    )],
+    steps: &[
+        (
+            1,
+            "notifier",
+            include_str!("../migrations/0001_notifier.sql"),
+        ),
+        (
+            2,
+            "delivery trace",
+            include_str!("../migrations/0002_delivery_trace.sql"),
+        ),
+    ],
 };
 
 pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
@@ -123,6 +130,8 @@ pub struct NewDelivery {
     pub body: Vec<u8>,
     pub attachment: Option<Attachment>,
     pub risk_contact: bool,
+    /// The event's trace context (tracing on), for the attempts' spans.
+    pub traceparent: Option<String>,
 }
 
 /// A transaction waiting for its merchant's next digest.
@@ -174,6 +183,7 @@ async fn insert_deliveries(
         let types = col(&|d| Some(d.content_type.clone()));
         let names = col(&|d| d.attachment.as_ref().map(|a| a.name.clone()));
         let att_types = col(&|d| d.attachment.as_ref().map(|a| a.content_type.clone()));
+        let traces = col(&|d| d.traceparent.clone());
         let priorities: Vec<i16> = deliveries.iter().map(|d| d.priority).collect();
         let risk: Vec<bool> = deliveries.iter().map(|d| d.risk_contact).collect();
         let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.body.as_slice()).collect();
@@ -183,10 +193,10 @@ async fn insert_deliveries(
             .collect();
         Ok(tx
             .execute(
-                "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[])
+                "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact, traceparent)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[], $13::text[])
                  ON CONFLICT (idempotency_key) DO NOTHING",
-                &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk],
+                &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk, &traces],
             )
             .await?)
     }
@@ -244,6 +254,7 @@ pub struct Claimed {
     /// This attempt's number, from 1.
     pub attempt: i32,
     pub created_at_ms: i64,
+    pub traceparent: Option<String>,
 }
 
 /// The merchants with pending deliveries (due or not), found by skipping through the index
@@ -298,7 +309,7 @@ pub async fn claim(
              FROM picked WHERE o.id = picked.id
         RETURNING o.id, o.idempotency_key, o.merchant_id, o.channel, o.event_type, o.priority, o.subject, o.content_type, o.body,
                   o.attachment_name, o.attachment_type, o.attachment, o.risk_contact, o.attempts,
-                  (extract(epoch FROM o.created_at) * 1000)::int8",
+                  (extract(epoch FROM o.created_at) * 1000)::int8, o.traceparent",
             &[&owner, &lease.as_secs_f64(), &merchants, &counts],
         )
         .await?;
@@ -333,6 +344,7 @@ pub async fn claim(
                 risk_contact: r.get(12),
                 attempt: r.get(13),
                 created_at_ms: r.get(14),
+                traceparent: r.get(15),
             }
         })
         .collect();

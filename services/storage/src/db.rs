@@ -63,6 +63,13 @@ impl Row {
             Item::Rejection(r) => &r.transaction.transaction_id,
         }
     }
+    /// The terminal's timestamp of the transaction.
+    pub fn transaction_time(&self) -> i64 {
+        match &self.item {
+            Item::Transaction(v) => v.transaction.transaction_time,
+            Item::Rejection(r) => r.transaction.transaction_time,
+        }
+    }
 }
 
 /// Per (topic, partition): the offset to resume from once a batch is committed.

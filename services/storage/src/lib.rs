@@ -12,12 +12,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_kafka::{headers, KafkaArgs};
-use posflow_runtime::metrics::{counter, counter_vec, histogram};
+use posflow_runtime::metrics::{counter, counter_vec};
 use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context};
 use posflow_schema::{
     now_millis, DeadLetter, Decoder, Encoder, TransactionRejected, TransactionValidated,
 };
-use prometheus::{Histogram, IntCounter, IntCounterVec};
+use prometheus::{IntCounter, IntCounterVec};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -89,8 +89,6 @@ struct Metrics {
     duplicates: IntCounter,
     db_errors: IntCounterVec,
     dead_lettered: IntCounterVec,
-    batch_rows: Histogram,
-    batch_latency: Histogram,
 }
 
 fn metrics() -> &'static Metrics {
@@ -126,16 +124,6 @@ fn metrics() -> &'static Metrics {
             "Records sent to the dead-letter topic, by reason",
             &["reason"],
         ),
-        batch_rows: histogram(
-            "posflow_storage_batch_rows",
-            "Rows per database transaction",
-            &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
-        ),
-        batch_latency: histogram(
-            "posflow_storage_batch_seconds",
-            "Time to write one batch",
-            posflow_runtime::metrics::LATENCY_BUCKETS,
-        ),
     })
 }
 
@@ -154,7 +142,11 @@ pub async fn migrate(args: &Args) -> anyhow::Result<Vec<i32>> {
 #[derive(Default)]
 struct Rebalances(AtomicU64);
 
-impl ClientContext for Rebalances {}
+impl ClientContext for Rebalances {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        posflow_kafka::clients::record_lag(&statistics);
+    }
+}
 
 impl ConsumerContext for Rebalances {
     fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
@@ -212,6 +204,8 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let mut batch: Vec<db::Row> = Vec::with_capacity(args.batch_size);
     // Each row's source record (topic, bytes, headers), for a dead letter if the database refuses it.
     let mut sources: Vec<(String, Vec<u8>, OwnedHeaders)> = Vec::with_capacity(args.batch_size);
+    // Each row's span (tracing on): it ends when the row's batch is committed.
+    let mut spans: Vec<tracing::Span> = Vec::new();
     // Next offset per partition once this batch is written, including skipped and
     // dead-lettered records.
     let mut next = db::NextOffsets::new();
@@ -252,6 +246,9 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                     match decoded {
                         Some(Ok(item)) => {
                             next.insert((topic.clone(), partition), offset + 1);
+                            if posflow_runtime::trace::enabled() {
+                                spans.push(headers::record_span("storage.store", Some(&hdrs)));
+                            }
                             batch.push(db::Row { item, partition, offset });
                             sources.push((topic, payload, hdrs));
                         }
@@ -297,10 +294,15 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
             m.stored.inc_by(written.stored);
             m.rejections.inc_by(written.rejections);
             m.duplicates.inc_by(written.duplicates);
-            m.batch_rows.observe(batch.len() as f64);
-            m.batch_latency.observe(started.elapsed().as_secs_f64());
+            use posflow_runtime::metrics::Shared;
+            Shared::batch_size().observe(batch.len() as f64);
+            Shared::processing().observe(started.elapsed().as_secs_f64());
+            for row in &batch {
+                posflow_runtime::metrics::observe_end_to_end(row.transaction_time());
+            }
             batch.clear();
             sources.clear();
+            spans.clear();
             // The rows are committed: now, and only now, the Kafka offsets may move.
             posflow_kafka::pipeline::store_next_offsets(&consumer, &mut next);
         }

@@ -146,10 +146,16 @@ struct Validator {
 }
 
 impl Validator {
+    /// One record with its span (a child of the bridge's produce span; ends when this returns).
     async fn handle(&self, input: Input) -> Result<Vec<Output>, Retry> {
+        let span = headers::record_span("validator.validate", input.headers.as_ref());
+        self.validate(input, &span).await
+    }
+
+    async fn validate(&self, input: Input, span: &tracing::Span) -> Result<Vec<Output>, Retry> {
         let m = metrics();
         m.received.inc();
-        let hdrs = input.headers.clone().unwrap_or_default();
+        let hdrs = headers::with_trace(input.headers.clone().unwrap_or_default(), span);
         let payload = input.payload.as_deref().unwrap_or_default();
         let received = match self.decoder.decode(payload).await {
             Ok(r) => r,
@@ -174,7 +180,8 @@ impl Validator {
                 }]);
             }
         };
-        self.track_sequence(&received.transaction);
+        self.track_sequence(&received.transaction, span);
+        posflow_runtime::metrics::observe_end_to_end(received.transaction.transaction_time);
         let policy = self
             .policies
             .for_merchant(&received.transaction.merchant_id);
@@ -226,7 +233,7 @@ impl Validator {
         Ok(vec![output])
     }
 
-    fn track_sequence(&self, t: &Transaction) {
+    fn track_sequence(&self, t: &Transaction, span: &tracing::Span) {
         let m = metrics();
         match self.sequences.observe(&t.terminal_id, t.sequence) {
             sequence::Sequence::InOrder => {}
@@ -242,6 +249,7 @@ impl Validator {
                     expected,
                     got = t.sequence,
                     missing,
+                    trace_id = posflow_runtime::trace::trace_id(span),
                     "terminal sequence gap"
                 );
             }

@@ -150,6 +150,12 @@ spec:
               valueFrom:
                 fieldRef:
                   fieldPath: metadata.name
+            {{- with $root.Values.tracing.otlpEndpoint }}
+            - name: POSFLOW_OTLP_ENDPOINT
+              value: {{ . | quote }}
+            - name: POSFLOW_TRACE_SAMPLE_RATIO
+              value: {{ $root.Values.tracing.sampleRatio | quote }}
+            {{- end }}
             {{- include "posflow.kafkaEnv" $root | nindent 12 }}
             {{- include (printf "posflow.env.%s" .stage) $root | nindent 12 }}
             {{- range $k, $v := $s.env }}

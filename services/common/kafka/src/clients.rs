@@ -60,8 +60,57 @@ pub fn consumer(
     args: &KafkaArgs,
     group: &str,
     client_id: &str,
-) -> rdkafka::error::KafkaResult<StreamConsumer> {
-    consumer_config(args, group, client_id).create()
+) -> rdkafka::error::KafkaResult<StreamConsumer<LagContext>> {
+    consumer_config(args, group, client_id).create_with_context(LagContext)
+}
+
+/// A consumer context that only reports lag (see [`record_lag`]); other contexts call it too.
+#[derive(Clone, Copy, Default)]
+pub struct LagContext;
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        record_lag(&statistics);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
+
+/// Sets `posflow_consumer_lag` from librdkafka's statistics (every `statistics.interval.ms`):
+/// one series per partition this replica consumes now — a revoked partition's series goes.
+///
+/// Computed here rather than taken from librdkafka's `consumer_lag`, which counts from the
+/// consumer's own commits: the exactly-once stages commit offsets through the producer's
+/// transaction, which the consumer never hears of. Lag = end of the partition (the last stable
+/// offset: every consumer reads committed) − the next offset this replica will hand the stage.
+pub fn record_lag(statistics: &rdkafka::Statistics) {
+    let gauge = posflow_runtime::metrics::Shared::consumer_lag();
+    gauge.reset();
+    for (topic, t) in &statistics.topics {
+        for (partition, p) in &t.partitions {
+            if let Some(lag) = partition_lag(*partition, p) {
+                gauge
+                    .with_label_values(&[topic.as_str(), &partition.to_string()])
+                    .set(lag);
+            }
+        }
+    }
+}
+
+/// One partition's lag; `None` when it is not this consumer's or it has no position yet (no
+/// record consumed and nothing committed).
+fn partition_lag(partition: i32, p: &rdkafka::statistics::Partition) -> Option<i64> {
+    // -1 is librdkafka's internal unassigned partition.
+    if partition < 0 || !p.desired {
+        return None;
+    }
+    let end = if p.ls_offset >= 0 {
+        p.ls_offset
+    } else {
+        p.hi_offset
+    };
+    let at = p.app_offset.max(p.committed_offset);
+    (end >= 0 && at >= 0).then(|| (end - at).max(0))
 }
 
 pub fn consumer_config(args: &KafkaArgs, group: &str, client_id: &str) -> ClientConfig {
@@ -75,7 +124,9 @@ pub fn consumer_config(args: &KafkaArgs, group: &str, client_id: &str) -> Client
         .set("isolation.level", "read_committed")
         .set("partition.assignment.strategy", "cooperative-sticky")
         .set("session.timeout.ms", "10000")
-        .set("max.poll.interval.ms", "300000");
+        .set("max.poll.interval.ms", "300000")
+        // Statistics feed `posflow_consumer_lag` (see `record_lag`).
+        .set("statistics.interval.ms", "5000");
     c
 }
 
@@ -100,4 +151,46 @@ pub fn watch_connectivity(producer: std::sync::Arc<FutureProducer>, ctx: posflow
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::partition_lag;
+    use rdkafka::statistics::Partition;
+
+    fn partition(ls: i64, hi: i64, app: i64, committed: i64) -> Partition {
+        Partition {
+            desired: true,
+            ls_offset: ls,
+            hi_offset: hi,
+            app_offset: app,
+            committed_offset: committed,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lag_counts_from_the_position_to_the_last_stable_offset() {
+        // Consumed up to 40 of 100: 60 behind, whatever was committed earlier.
+        assert_eq!(partition_lag(0, &partition(100, 120, 40, 30)), Some(60));
+        // Nothing consumed since the assignment: from the committed offset.
+        assert_eq!(partition_lag(0, &partition(100, 120, -1001, 30)), Some(70));
+        // No last stable offset reported: the high watermark.
+        assert_eq!(
+            partition_lag(0, &partition(-1001, 120, 100, -1001)),
+            Some(20)
+        );
+        // Caught up, or a stale end offset behind the position: 0.
+        assert_eq!(partition_lag(0, &partition(100, 100, 100, 90)), Some(0));
+        assert_eq!(partition_lag(0, &partition(90, 90, 100, 90)), Some(0));
+    }
+
+    #[test]
+    fn partitions_without_a_position_or_not_ours_have_no_lag() {
+        assert_eq!(partition_lag(0, &partition(100, 120, -1001, -1001)), None);
+        assert_eq!(partition_lag(-1, &partition(100, 120, 40, 30)), None);
+        let mut other = partition(100, 120, 40, 30);
+        other.desired = false;
+        assert_eq!(partition_lag(0, &other), None);
+    }
 }

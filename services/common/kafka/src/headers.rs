@@ -19,3 +19,42 @@ pub fn with_reason(
         value: Some(reason.as_bytes()),
     })
 }
+
+/// The value of header `key`, if present.
+pub fn get<'a>(h: Option<&'a rdkafka::message::OwnedHeaders>, key: &str) -> Option<&'a [u8]> {
+    use rdkafka::message::Headers;
+    h?.iter().find(|x| x.key == key).and_then(|x| x.value)
+}
+
+/// The span for one consumed record at `name`: a child of the record's `traceparent`
+/// (`Span::none()` when tracing is off — see `posflow_runtime::trace`).
+pub fn record_span(
+    name: &'static str,
+    h: Option<&rdkafka::message::OwnedHeaders>,
+) -> tracing::Span {
+    // Checked first so that, off, not even the headers are searched.
+    if !posflow_runtime::trace::enabled() {
+        return tracing::Span::none();
+    }
+    posflow_runtime::trace::record_span(name, get(h, TRACEPARENT))
+}
+
+/// `h` with its `traceparent` naming `span`, so the next stage's span is its child. Unchanged
+/// when tracing is off: the context received is passed on as it came.
+pub fn with_trace(
+    h: rdkafka::message::OwnedHeaders,
+    span: &tracing::Span,
+) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::{Header, Headers, OwnedHeaders};
+    let Some(tp) = posflow_runtime::trace::traceparent(span) else {
+        return h;
+    };
+    let mut out = OwnedHeaders::new_with_capacity(h.count() + 1);
+    for x in h.iter().filter(|x| x.key != TRACEPARENT) {
+        out = out.insert(x);
+    }
+    out.insert(Header {
+        key: TRACEPARENT,
+        value: Some(tp.as_bytes()),
+    })
+}

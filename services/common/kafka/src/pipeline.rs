@@ -90,7 +90,7 @@ pub enum Delivery {
 /// Runs until shutdown, then drains: in-flight outputs finish (bounded by `drain`), their offsets
 /// are stored and committed synchronously.
 pub async fn run<F, Fut>(
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<crate::clients::LagContext>,
     producer: &FutureProducer,
     window: usize,
     drain: Duration,
@@ -222,6 +222,7 @@ where
             let batch = std::mem::take(&mut gathering);
             deadline = None;
             let group = consumer.group_metadata();
+            posflow_runtime::metrics::Shared::batch_size().observe(batch.inputs as f64);
             let producer = producer.clone();
             let first = batch.first.clone();
             let shared = shared.clone();
@@ -312,7 +313,11 @@ struct TxnShared {
     revoked_partitions: Mutex<Vec<(String, i32)>>,
 }
 
-impl rdkafka::ClientContext for TxnContext {}
+impl rdkafka::ClientContext for TxnContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::clients::record_lag(&statistics);
+    }
+}
 
 impl rdkafka::consumer::ConsumerContext for TxnContext {
     fn pre_rebalance(
@@ -484,8 +489,13 @@ where
 {
     let mut backoff = Backoff::outage();
     loop {
+        let started = std::time::Instant::now();
         match transform(input.clone()).await {
-            Ok(o) => return Some(o),
+            Ok(o) => {
+                posflow_runtime::metrics::Shared::processing()
+                    .observe(started.elapsed().as_secs_f64());
+                return Some(o);
+            }
             Err(Retry(why)) => {
                 tracing::warn!(
                     error = why,

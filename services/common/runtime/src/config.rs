@@ -18,9 +18,32 @@ pub struct CommonArgs {
     /// owner. Keep it below the orchestrator's termination grace period.
     #[arg(long, env = "POSFLOW_DRAIN_TIMEOUT", default_value_t = 20)]
     pub drain_timeout: u64,
+    /// OpenTelemetry collector, OTLP over HTTP (base URL, e.g. `http://otel-collector:4318`;
+    /// spans go to `/v1/traces`). Unset: no tracing, and no tracing cost.
+    #[arg(long, env = "POSFLOW_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the traces this stage starts that are kept (0–1). A trace begun upstream
+    /// (a terminal's `traceparent`) keeps the upstream decision.
+    #[arg(long, env = "POSFLOW_TRACE_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub trace_sample_ratio: f64,
 }
 
 impl CommonArgs {
+    /// Records every problem with the common flags.
+    pub fn check(&self, e: &mut ConfigErrors) {
+        e.check(
+            (0.0..=1.0).contains(&self.trace_sample_ratio),
+            "--trace-sample-ratio must be between 0 and 1",
+        );
+        if let Some(url) = &self.otlp_endpoint {
+            e.check(
+                // Plain HTTP on purpose: the exporter talks to a collector beside the pod (agent
+                // or sidecar), which owns TLS to the backend; no TLS stack is built in for it.
+                url.starts_with("http://") && url.len() > "http://".len(),
+                format!("--otlp-endpoint must be an http:// URL of a collector, got {url:?}"),
+            );
+        }
+    }
     pub fn drain(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.drain_timeout)
     }
@@ -42,6 +65,9 @@ impl ConfigErrors {
     }
     pub fn push(&mut self, message: impl Into<String>) {
         self.0.push(message.into());
+    }
+    pub fn extend(&mut self, other: ConfigErrors) {
+        self.0.extend(other.0);
     }
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()

@@ -9,6 +9,7 @@ pub mod http;
 pub mod logs;
 pub mod metrics;
 pub mod shutdown;
+pub mod trace;
 
 pub use backoff::Backoff;
 pub use config::{CommonArgs, ConfigErrors, Secret};
@@ -25,8 +26,9 @@ pub struct Context {
     pub health: Health,
 }
 
-/// Runs a stage: logs, then the stage's own config check (`setup`, which lists every problem),
-/// then the HTTP endpoint and signal handling, then `run` until it returns or a signal drains it.
+/// Runs a stage: the config check (the common flags and the stage's own `setup`, every problem
+/// listed), logs and tracing, then the HTTP endpoint and signal handling, then `run` until it
+/// returns or a signal drains it.
 /// Exit codes: 0 clean, 1 failed while running, 2 bad configuration.
 pub fn main<C, S, R, Fut>(service: &'static str, common: &CommonArgs, setup: S, run: R) -> ExitCode
 where
@@ -34,12 +36,28 @@ where
     R: FnOnce(C, Context) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    logs::init(service, &common.log_level);
-    let config = match setup() {
-        Ok(c) => c,
-        Err(errors) => {
+    metrics::set_stage(service);
+    let mut errors = ConfigErrors::new();
+    common.check(&mut errors);
+    let config = match (setup(), errors.is_empty()) {
+        (Ok(c), true) => c,
+        (result, _) => {
+            if let Err(stage) = result {
+                errors.extend(stage);
+            }
             eprintln!("{service}: invalid configuration:\n{errors}");
-            tracing::error!(errors = %errors, "invalid configuration");
+            return ExitCode::from(2);
+        }
+    };
+    let _exporter = match logs::init(
+        service,
+        &common.log_level,
+        common.otlp_endpoint.as_deref(),
+        common.trace_sample_ratio,
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{service}: cannot start tracing: {e}");
             return ExitCode::from(2);
         }
     };

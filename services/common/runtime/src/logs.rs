@@ -1,17 +1,44 @@
-//! JSON logs on stdout, one line per event, with the service name on every line.
+//! JSON logs on stdout, one line per event, with the service name on the first line. A log line
+//! about one record carries `trace_id` (see `trace::trace_id`) when tracing is on.
+//!
+//! When tracing is on, the same subscriber feeds the OpenTelemetry layer, which sees only the
+//! per-record spans (target `posflow::trace`) and never a log event; the JSON layer never sees
+//! those spans, so tracing adds no log formatting per record.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{filter_fn, EnvFilter};
+use tracing_subscriber::prelude::*;
 
-pub fn init(service: &'static str, filter: &str) {
+/// Starts logging, and tracing when `otlp_endpoint` is set. Keep the returned exporter until
+/// exit: dropping it flushes the spans still queued.
+pub fn init(
+    service: &'static str,
+    filter: &str,
+    otlp_endpoint: Option<&str>,
+    sample_ratio: f64,
+) -> Result<Option<crate::trace::Exporter>, String> {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let not_records = filter_fn(|m| !(m.is_span() && m.target() == crate::trace::TARGET));
+    let fmt = tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
         .with_current_span(false)
         .with_span_list(false)
         .with_target(true)
-        .with_env_filter(filter)
-        .try_init();
-    // Field on every line without threading it through each call.
-    tracing::info!(service, "logging started");
+        .with_filter(filter)
+        .with_filter(not_records);
+    let registry = tracing_subscriber::registry().with(fmt);
+    let exporter = match otlp_endpoint {
+        None => {
+            let _ = registry.try_init();
+            None
+        }
+        Some(endpoint) => {
+            let (exporter, layer) = crate::trace::exporter(service, endpoint, sample_ratio)?;
+            let only_records = filter_fn(|m| m.target() == crate::trace::TARGET);
+            let _ = registry.with(layer.with_filter(only_records)).try_init();
+            Some(exporter)
+        }
+    };
+    tracing::info!(service, tracing = exporter.is_some(), "logging started");
+    Ok(exporter)
 }
