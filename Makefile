@@ -49,7 +49,8 @@ chart-test: build ## Helm chart: lint, every scenario rendered and validated aga
 	@test -x $(HELM) || { echo "installing helm $(HELM_VERSION) (go install, once)"; GOBIN=$(TOOLS)/bin go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION); }
 	@test -x $(TOOLS)/venv/bin/python || { python3 -m venv $(TOOLS)/venv && $(TOOLS)/venv/bin/pip install -q kubernetes-validate pyyaml; }
 	@test -x $(PROMTOOL) || { echo "unpacking promtool from Debian's prometheus package (once)"; \
-	  d=$$(mktemp -d) && (cd $$d && apt-get download prometheus >/dev/null) && dpkg -x $$d/prometheus_*.deb $$d/x && \
+	  d=$$(mktemp -d) && (cd $$d && { apt-get download prometheus >/dev/null 2>&1 || \
+	    { apt-get update -qq && apt-get download prometheus >/dev/null; }; }) && dpkg -x $$d/prometheus_*.deb $$d/x && \
 	  mkdir -p $(TOOLS)/bin && cp $$d/x/usr/bin/promtool $(PROMTOOL) && rm -rf $$d; }
 	$(TOOLS)/venv/bin/python tests/chart/check_chart.py $(HELM) $(PROMTOOL) target/debug
 	$(PROMTOOL) test rules tests/alerts/alerts_test.yaml
