@@ -2,9 +2,9 @@
 //!
 //! The W3C `traceparent` travels with the record — an MQTT 5 user property from the terminal,
 //! then a Kafka header on every topic. A stage opens one span per record as a child of the
-//! context it received (or a new trace root when there is none), does its work inside it, and
-//! writes that span's context as the `traceparent` of what it produces, so the next stage's span
-//! is a child of this one: MQTT receive → Kafka produce → validate → store / fraud / notify.
+//! context it received (or a new trace root when there is none), keeps it while it works on the
+//! record, and writes that span's context as the `traceparent` of what it produces, so the next
+//! stage's span is a child of this one: MQTT receive → Kafka produce → validate → store / fraud / notify.
 //!
 //! Off unless `--otlp-endpoint` is set. Off costs nothing on the hot path: [`record_span`]
 //! returns `Span::none()` without allocating, and stages pass the incoming `traceparent` through
@@ -151,10 +151,13 @@ mod tests {
             cx.span().span_context().trace_id().to_string(),
             "4bf92f3577b34da6a3ce929d0e0e4736"
         );
+        // All-zero trace and span ids are invalid in W3C trace context.
+        let zero_trace = format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32));
+        let zero_span = format!("00-4bf92f3577b34da6a3ce929d0e0e4736-{}-01", "0".repeat(16));
         for bad in [
             &b"garbage"[..],
-            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            zero_trace.as_bytes(),
+            zero_span.as_bytes(),
             b"\xff\xfe",
         ] {
             assert!(parse(bad).is_none(), "{bad:?}");
