@@ -173,6 +173,34 @@ async fn one_transaction_is_one_trace_through_every_stage() {
         .any(|s| s.trace_id == bad_trace && s.name == "bridge.receive"));
 }
 
+/// Alerts a fraud replica raised, all rules.
+fn alerts_raised(page: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with("posflow_fraud_alerts_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+/// `posflow_consumer_lag` on a /metrics page: (topic, value) per partition series.
+fn lag_series(page: &str) -> Vec<(String, f64)> {
+    page.lines()
+        .filter(|l| l.starts_with("posflow_consumer_lag{"))
+        .map(|l| {
+            let topic = l
+                .split("topic=\"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
+            (
+                topic.to_string(),
+                l.rsplit(' ').next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
 /// The catalogue's rows: metric name → (type, labels, services), from docs/metrics.md.
 fn catalogue() -> BTreeMap<String, (String, BTreeSet<String>, BTreeSet<String>)> {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md"))
@@ -278,8 +306,54 @@ async fn every_service_exposes_the_catalogue_and_the_counts_agree() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Lag comes from librdkafka's statistics every 5 s: wait for a report after the drain.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // Lag comes from librdkafka's statistics every 5 s: wait until every consumer stage reports
+    // a lag for each of its input topics and none behind (a partition that never had a record
+    // and has no commit has no position, so no series).
+    let (raw, validated_t, rejected_t, alerts_t) = (
+        d.topic("pos.transactions.raw"),
+        d.topic("pos.transactions.validated"),
+        d.topic("pos.transactions.rejected"),
+        d.topic("pos.fraud.alerts"),
+    );
+    let topics =
+        |names: &[&String]| -> BTreeSet<String> { names.iter().map(|t| t.to_string()).collect() };
+    // The alerts topic has a position at the notifier only if fraud raised an alert in this run.
+    let inputs = |alerts: f64| -> Vec<(&str, BTreeSet<String>)> {
+        vec![
+            ("validator", topics(&[&raw])),
+            ("storage", topics(&[&validated_t, &rejected_t])),
+            ("fraud", topics(&[&raw, &validated_t])),
+            (
+                "notifier",
+                if alerts > 0.0 {
+                    topics(&[&validated_t, &alerts_t])
+                } else {
+                    topics(&[&validated_t])
+                },
+            ),
+        ]
+    };
+    let services = [&validator, &storage, &fraud, &notifier];
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        // Every alert fraud raised has reached the notifier, and no stage is behind.
+        let raised = alerts_raised(&fraud.metrics().await);
+        let mut settled = raised
+            == metric(
+                &notifier.metrics().await,
+                "posflow_notifier_events_total{input=\"fraud_alert\"}",
+            )
+            .unwrap_or(0.0);
+        for ((_, want), service) in inputs(raised).iter().zip(services) {
+            let lags = lag_series(&service.metrics().await);
+            let got: BTreeSet<String> = lags.iter().map(|(t, _)| t.clone()).collect();
+            settled &= &got == want && lags.iter().all(|(_, v)| *v == 0.0);
+        }
+        if settled || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let pages: Vec<(&str, String)> = vec![
         ("bridge", bridge.metrics().await),
         ("validator", validator.metrics().await),
@@ -417,49 +491,19 @@ async fn every_service_exposes_the_catalogue_and_the_counts_agree() {
         ),
         validated
     );
-    // Caught up: no lag on any partition a consumer has a position on (a partition that never
-    // had a record and has no commit has none, so no series), every input topic covered.
-    let (raw, validated_t, rejected_t, alerts_t) = (
-        d.topic("pos.transactions.raw"),
-        d.topic("pos.transactions.validated"),
-        d.topic("pos.transactions.rejected"),
-        d.topic("pos.fraud.alerts"),
+    // Caught up: no lag on any partition, every input topic covered, at most 4 partitions each.
+    let raised = alerts_raised(&pages.iter().find(|(s, _)| *s == "fraud").unwrap().1);
+    assert_eq!(
+        alerts, raised,
+        "every alert fraud raised reached the notifier"
     );
-    for (stage, inputs) in [
-        ("validator", vec![&raw]),
-        ("storage", vec![&validated_t, &rejected_t]),
-        ("fraud", vec![&raw, &validated_t]),
-        // The alerts topic has a position only if fraud raised an alert in this run.
-        (
-            "notifier",
-            if alerts > 0.0 {
-                vec![&validated_t, &alerts_t]
-            } else {
-                vec![&validated_t]
-            },
-        ),
-    ] {
-        let page = &pages.iter().find(|(s, _)| *s == stage).unwrap().1;
-        let mut topics = BTreeSet::new();
-        let mut series = 0;
-        for l in page
-            .lines()
-            .filter(|l| l.starts_with("posflow_consumer_lag{"))
-        {
-            let topic = l
-                .split("topic=\"")
-                .nth(1)
-                .unwrap()
-                .split('"')
-                .next()
-                .unwrap();
-            topics.insert(topic.to_string());
-            series += 1;
-            assert!(l.ends_with(" 0"), "{stage}: {l}");
-        }
-        let want: BTreeSet<String> = inputs.into_iter().cloned().collect();
-        assert_eq!(topics, want, "{stage}: lag per input topic");
-        assert!(series <= 4 * want.len(), "{stage}: {series} series");
+    for (stage, want) in &inputs(raised) {
+        let page = &pages.iter().find(|(s, _)| s == stage).unwrap().1;
+        let lags = lag_series(page);
+        let topics: BTreeSet<String> = lags.iter().map(|(t, _)| t.clone()).collect();
+        assert_eq!(&topics, want, "{stage}: lag per input topic");
+        assert!(lags.len() <= 4 * want.len(), "{stage}: {lags:?}");
+        assert!(lags.iter().all(|(_, v)| *v == 0.0), "{stage}: lag {lags:?}");
     }
     for s in [
         &mut bridge,
