@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit test-e2e chart-test bench bench-smoke fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog chart-test bench bench-smoke fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,11 @@ chart-test: build ## Helm chart: lint, every scenario rendered and validated aga
 
 test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1
+
+test-backlog: up ## By hand (not in make test): the bridge resuming a 300,000-message backlog, release builds (BACKLOG=N to change)
+	$(CARGO) build --release --bins
+	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release POSFLOW_E2E_BACKLOG=$(or $(BACKLOG),300000) \
+	  $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1 --nocapture bridge_backlog::a_
 
 bench: up $(PEER) ## posflow against its ceilings and Benthos, one run, table + bench/results/*.json (release; ONLY=storage,e2e for some)
 	$(CARGO) build --release --bins

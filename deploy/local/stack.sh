@@ -9,6 +9,8 @@
 #   stack.sh status    what runs where
 #   stack.sh stop NAME / start NAME   one component (kafka, registry, mosquitto, postgres, smtp),
 #                      for fault-injection tests
+#   stack.sh pause NAME / resume NAME   freeze (SIGSTOP) and thaw (SIGCONT) a component: it keeps
+#                      its connections but answers nothing
 #   stack.sh env       the addresses, as POSFLOW_* variables, for `eval`
 #
 # Runtime state (data, logs, pid files) lives in $POSFLOW_STACK (default: <repo>/.stack).
@@ -380,6 +382,14 @@ cmd_stop() {
   esac
 }
 
+# Freeze a component (SIGSTOP to its process group) and thaw it: a process that holds its
+# connections open but answers nothing — the fault a wedged broker or a long GC pause makes.
+cmd_signal() { # STOP|CONT name
+  running "$2" || die "$2 is not running"
+  local pid; pid=$(cat "$(pidfile "$2")")
+  kill "-$1" -- "-$pid" 2>/dev/null || kill "-$1" "$pid"
+}
+
 cmd_down() {
   for n in smtp registry mosquitto kafka; do stop_one "$n"; done
   stop_one postgres INT
@@ -423,5 +433,7 @@ case "${1:-}" in
   env) cmd_env ;;
   start) cmd_start "${2:-}" ;;
   stop) cmd_stop "${2:-}" ;;
-  *) echo "usage: $0 install|up|down|status|env|start NAME|stop NAME" >&2; exit 2 ;;
+  pause) cmd_signal STOP "${2:?pause what?}" ;;
+  resume) cmd_signal CONT "${2:?resume what?}" ;;
+  *) echo "usage: $0 install|up|down|status|env|start NAME|stop NAME|pause NAME|resume NAME" >&2; exit 2 ;;
 esac

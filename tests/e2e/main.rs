@@ -2,6 +2,7 @@
 //! and builds the binaries). The tests run one at a time: they share the broker's terminals.
 
 mod bad_input;
+mod bridge_backlog;
 mod bridge_crash;
 mod bridge_scaling;
 mod bridge_tls;

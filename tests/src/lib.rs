@@ -232,6 +232,14 @@ pub struct Service {
 
 impl Service {
     pub async fn start(binary: &str, env: &[(String, String)], args: &[&str]) -> Service {
+        let mut s = Self::spawn(binary, env, args);
+        s.wait_ready(Duration::from_secs(60)).await;
+        s
+    }
+
+    /// Starts `binary` without waiting for it to be ready (it may not become ready: a component
+    /// it needs is down).
+    pub fn spawn(binary: &str, env: &[(String, String)], args: &[&str]) -> Service {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("posflow-e2e-{binary}-{port}.log"));
         let file = std::fs::File::create(&log).unwrap();
@@ -243,14 +251,12 @@ impl Service {
             .stderr(Stdio::from(file))
             .spawn()
             .unwrap_or_else(|e| panic!("starting {binary}: {e}"));
-        let mut s = Service {
+        Service {
             name: binary.to_string(),
             child,
             http: format!("http://127.0.0.1:{port}"),
             log,
-        };
-        s.wait_ready(Duration::from_secs(60)).await;
-        s
+        }
     }
 
     pub async fn wait_ready(&mut self, within: Duration) {
@@ -567,6 +573,23 @@ impl Drop for Outage {
     }
 }
 
+/// Freezes a stack component now (SIGSTOP: its connections stay open, nothing answers) and
+/// thaws it when dropped — also when the test panics.
+pub struct Pause(&'static str);
+
+impl Pause {
+    pub fn begin(component: &'static str) -> Self {
+        stack_ctl(&["pause", component]);
+        Self(component)
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        stack_ctl(&["resume", self.0]);
+    }
+}
+
 /// Resident memory of a process, in KiB (Linux).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -618,7 +641,21 @@ impl Deployment {
         retry_after: Duration,
     ) -> BackgroundFleet {
         let cfg = fleet_config(name, first_terminal, terminals, per_terminal, 0);
-        self.spawn_fleet(&cfg, rate, retry_after).0
+        self.spawn_fleet(&cfg, rate, retry_after, true).0
+    }
+
+    /// A fleet that publishes `terminals` × `per_terminal` transactions as fast as the broker
+    /// takes them and is done once the broker acknowledged each (no bridge needed): a backlog
+    /// for a bridge that is away. Also returns the plan, the terminals' ledger.
+    pub fn backlog(
+        &self,
+        name: &str,
+        first_terminal: usize,
+        terminals: usize,
+        per_terminal: usize,
+    ) -> (BackgroundFleet, Vec<posflow_simulator::plan::Planned>) {
+        let cfg = fleet_config(name, first_terminal, terminals, per_terminal, 0);
+        self.spawn_fleet(&cfg, 0.0, Duration::from_secs(3600), false)
     }
 
     /// Like [`Deployment::fleet`] at full speed, with every `invalid_every`th transaction
@@ -632,7 +669,7 @@ impl Deployment {
         invalid_every: usize,
     ) -> (BackgroundFleet, Vec<posflow_simulator::plan::Planned>) {
         let cfg = fleet_config(name, first_terminal, terminals, per_terminal, invalid_every);
-        self.spawn_fleet(&cfg, 0.0, Duration::from_secs(20))
+        self.spawn_fleet(&cfg, 0.0, Duration::from_secs(20), true)
     }
 
     fn spawn_fleet(
@@ -640,6 +677,7 @@ impl Deployment {
         cfg: &posflow_simulator::plan::FleetConfig,
         rate: f64,
         retry_after: Duration,
+        await_answers: bool,
     ) -> (BackgroundFleet, Vec<posflow_simulator::plan::Planned>) {
         use posflow_simulator::{fleet, plan};
         let fleet_plan = plan::plan(cfg, posflow_schema::now_millis());
@@ -654,7 +692,7 @@ impl Deployment {
             rate_per_terminal: rate,
             retry_after,
             deadline: Duration::from_secs(300),
-            await_answers: true,
+            await_answers,
         };
         let handle =
             tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, p).await });

@@ -4,6 +4,7 @@
 //! so a crash loses nothing: the broker redelivers.
 
 pub mod card;
+pub mod handoff;
 pub mod limit;
 mod metrics;
 pub mod payload;
@@ -25,7 +26,6 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 pub use metrics::metrics;
 
@@ -180,121 +180,137 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     opts.set_receive_maximum(Some(args.in_flight));
     opts.set_manual_acks(true);
     opts.set_max_packet_size(Some(args.max_payload_bytes as u32 * 2 + 4096));
-    let (client, eventloop) = AsyncClient::new(opts, usize::from(args.in_flight) * 2);
-    // The poller must never wait on the pipeline: rumqttc sends our PUBACKs from the same loop
-    // that reads the socket, so a poller blocked on a full hand-off can deadlock against a
-    // pipeline waiting to queue PUBACKs. A channel the size of the receive maximum did deadlock
-    // under load (tests/e2e/pipeline.rs reproduces it). The broker honours our receive maximum
-    // (checked against Mosquitto 2.0), and MQTT packet ids cap unacknowledged QoS 1 messages at
-    // 65,535 anyway, so this channel never fills; it holds about `in_flight` messages, and tokio
-    // allocates it as it grows.
-    let (tx, mut rx) = mpsc::channel::<FromBroker>(usize::from(u16::MAX));
+    let window = usize::from(args.in_flight);
+    let (client, mut eventloop) = AsyncClient::new(opts, window * 2);
+    // Two tasks, and neither ever waits on the other (issue 24): the poller reads the socket and
+    // hands messages off without waiting; the pipeline takes at most `window` at a time. When
+    // the hand-off fills — only when the broker ignores our receive maximum — its gate stops the
+    // event loop from reading, while PUBACKs and pings still go out (handoff.rs).
+    let (tx, mut rx, gate) = handoff::channel::<FromBroker>(window * 4);
+    eventloop.set_read_gate(gate);
     let filter = format!("$share/{}/{}", args.share_group, posflow_mqtt::tx_filter());
     let mut poller = tokio::spawn(poll_mqtt(
         eventloop,
         client.clone(),
         filter.clone(),
         tx,
+        window,
         ctx.clone(),
     ));
+    // Liveness from a thread of its own: messages wait (in the hand-off or in flight) and none
+    // has been acknowledged for --stall-timeout.
+    let waiting = rx.waiting();
+    posflow_runtime::health::watch_progress(
+        ctx.health.clone(),
+        Duration::from_secs(args.stall_timeout),
+        || m.acknowledged.get(),
+        move || waiting.get() + m.in_flight.get().max(0) as usize,
+    );
 
     let producer = Arc::new(producer);
     posflow_kafka::clients::watch_connectivity(producer.clone(), ctx.clone());
-    let mut inflight = FuturesOrdered::new();
-    // Draining (after SIGTERM): unsubscribed first, so the broker gives our share to the other
-    // replicas; then everything already sent to us is finished and acknowledged.
-    let mut draining_since: Option<Instant> = None;
-    let mut unsubscribed = false;
-    let drain = args.common.drain();
-    let mut last_progress = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            biased;
-            Some(done) = inflight.next(), if !inflight.is_empty() => {
-                let done: Option<Outcome> = done;
-                m.in_flight.dec();
-                // A send abandoned at shutdown (Kafka failing): acknowledging anything after it
-                // would break arrival order, so the rest is left to redelivery too.
-                let Some(o) = done else {
-                    tracing::warn!(left = inflight.len(), "send abandoned at shutdown; the broker redelivers the rest");
-                    break;
-                };
-                // PUBACK in arrival order: FuturesOrdered yields in the order pushed.
-                if let Err(e) = client.ack(&o.publish).await {
-                    tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
-                    continue;
-                }
-                last_progress = Instant::now();
-                m.acknowledged.inc();
-                m.ack_latency.observe(o.received.elapsed().as_secs_f64());
-                if let Some((id, seen)) = o.remember {
-                    ingress.recent.remember(id, seen);
-                    m.recent_ids.set(ingress.recent.len() as i64);
-                }
-                if let Some((topic, body)) = o.reply {
-                    // QoS 0: the answer is advice. A terminal that misses it republishes after its
-                    // timeout and gets its answer then; QoS 1 would make the broker queue answers
-                    // for every offline terminal.
-                    if let Err(e) = client.publish(topic, QoS::AtMostOnce, false, body).await {
-                        tracing::warn!(error = %e, "answer to terminal not queued");
+    let pipeline = async {
+        let mut inflight = FuturesOrdered::new();
+        // Draining (after SIGTERM): unsubscribed first, so the broker gives our share to the
+        // other replicas; then everything already sent to us is finished and acknowledged.
+        let mut draining = false;
+        let mut unsubscribed = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    let done: Option<Outcome> = done;
+                    m.in_flight.dec();
+                    // A send abandoned at shutdown (Kafka failing): acknowledging anything after
+                    // it would break arrival order, so the rest is left to redelivery too.
+                    let Some(o) = done else {
+                        tracing::warn!(left = inflight.len(), "send abandoned at shutdown; the broker redelivers the rest");
+                        break;
+                    };
+                    // PUBACK in arrival order: FuturesOrdered yields in the order pushed. Queuing
+                    // it may wait for room in the request channel; the event loop drains that
+                    // channel whatever the pipeline does, so the wait always ends.
+                    if let Err(e) = client.ack(&o.publish).await {
+                        tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
+                        continue;
+                    }
+                    m.acknowledged.inc();
+                    m.ack_latency.observe(o.received.elapsed().as_secs_f64());
+                    if let Some((id, seen)) = o.remember {
+                        ingress.recent.remember(id, seen);
+                        m.recent_ids.set(ingress.recent.len() as i64);
+                    }
+                    if let Some((topic, body)) = o.reply {
+                        // QoS 0: the answer is advice. A terminal that misses it republishes after
+                        // its timeout and gets its answer then; QoS 1 would make the broker queue
+                        // answers for every offline terminal.
+                        if let Err(e) = client.publish(topic, QoS::AtMostOnce, false, body).await {
+                            tracing::warn!(error = %e, "answer to terminal not queued");
+                        }
                     }
                 }
-            }
-            msg = rx.recv() => match msg {
-                Some(FromBroker::Publish(publish)) => {
-                    if inflight.is_empty() {
-                        last_progress = Instant::now();
+                // At most `window` messages in the pipeline, whatever the broker sent.
+                msg = rx.recv(), if inflight.len() < window => match msg {
+                    Some(FromBroker::Publish(publish)) => {
+                        m.waiting.set(rx.waiting().get() as i64);
+                        m.received.inc();
+                        m.in_flight.inc();
+                        let job = ingress.handle(publish);
+                        inflight.push_back(deliver(producer.clone(), job, ctx.clone()));
                     }
-                    m.received.inc();
-                    m.in_flight.inc();
-                    let job = ingress.handle(publish);
-                    inflight.push_back(deliver(producer.clone(), job, ctx.clone()));
+                    Some(FromBroker::Unsubscribed) => unsubscribed = true,
+                    None => break,
+                },
+                _ = ctx.shutdown.wait(), if !draining => {
+                    tracing::info!(in_flight = inflight.len(), waiting = rx.waiting().get(), "draining: unsubscribing, finishing what was received");
+                    draining = true;
+                    let (client, filter) = (client.clone(), filter.clone());
+                    // Not awaited here: the pipeline goes on finishing while it is queued.
+                    tokio::spawn(async move {
+                        if let Err(e) = client.unsubscribe(filter).await {
+                            tracing::warn!(error = %e, "unsubscribe not queued");
+                        }
+                    });
                 }
-                Some(FromBroker::Unsubscribed) => unsubscribed = true,
-                None => break,
-            },
-            _ = ctx.shutdown.wait(), if draining_since.is_none() => {
-                tracing::info!(in_flight = inflight.len(), "draining: unsubscribing, finishing what was received");
-                draining_since = Some(Instant::now());
-                if let Err(e) = client.unsubscribe(filter.clone()).await {
-                    tracing::warn!(error = %e, "unsubscribe not queued");
-                }
-            }
-            _ = tick.tick() => {
-                ingress.limiter.retain_recent();
-                // Liveness: messages are waiting and none has been finished for too long.
-                if !inflight.is_empty() && last_progress.elapsed() > Duration::from_secs(args.stall_timeout) {
-                    tracing::error!(in_flight = inflight.len(), stalled_s = last_progress.elapsed().as_secs(), "no progress; failing liveness");
-                    ctx.health.set_failed();
+                _ = tick.tick() => {
+                    ingress.limiter.retain_recent();
+                    m.waiting.set(rx.waiting().get() as i64);
                 }
             }
-        }
-        if let Some(t) = draining_since {
-            if unsubscribed && rx.is_empty() && inflight.is_empty() {
+            if draining && unsubscribed && rx.is_empty() && inflight.is_empty() {
                 tracing::info!("drained: nothing left for this replica");
                 break;
             }
-            if t.elapsed() > drain {
-                tracing::warn!(
-                    in_flight = inflight.len() + rx.len(),
-                    "drain timeout; the broker redelivers the rest when this replica id reconnects"
-                );
-                break;
-            }
+        }
+    };
+    // Draining ends at the drain timeout wherever the pipeline is (waiting on Kafka, on the
+    // broker): what is not acknowledged by then stays with the broker for redelivery.
+    let drain = args.common.drain();
+    tokio::select! {
+        () = pipeline => {}
+        () = async { ctx.shutdown.wait().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(
+                waiting = rx.waiting().get(),
+                in_flight = m.in_flight.get(),
+                "drain timeout; the broker redelivers the rest when this replica id reconnects"
+            );
         }
     }
     ctx.health.set_ready(false);
-    // Disconnect cleanly: the session (and anything unacknowledged) stays with the broker.
-    let _ = client.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(5), &mut poller)
+    // Disconnect cleanly when the request channel has room (the session and anything
+    // unacknowledged stay with the broker); a poller that does not finish soon is stopped.
+    let _ = client.try_disconnect();
+    if tokio::time::timeout(Duration::from_secs(2), &mut poller)
         .await
         .is_err()
     {
         poller.abort();
     }
+    // Everything acknowledged was confirmed by Kafka already; a short flush only helps records
+    // whose messages the broker will redeliver anyway.
     let _ =
-        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(5))))
+        tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(1))))
             .await;
     Ok(())
 }
@@ -639,22 +655,25 @@ where
 enum FromBroker {
     Publish(Publish),
     /// The broker confirmed our UNSUBSCRIBE: every message it will ever send us is already in
-    /// the channel before this.
+    /// the hand-off before this.
     Unsubscribed,
 }
 
 /// Drives the MQTT connection: (re)connects with backoff, subscribes (not while draining), and
-/// hands each PUBLISH to the pipeline. Back-pressure is the broker's: it holds back what exceeds
-/// our receive maximum until we acknowledge. Runs until the pipeline disconnects, so the PUBACKs
-/// of a drain are still sent.
+/// hands each PUBLISH to the pipeline without ever waiting on it (the read gate holds the broker
+/// back instead). Runs until the pipeline disconnects, so the PUBACKs of a drain are still sent.
 async fn poll_mqtt(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
-    tx: mpsc::Sender<FromBroker>,
+    tx: handoff::Sender<FromBroker>,
+    receive_maximum: usize,
     ctx: Context,
 ) {
+    let m = metrics();
     let mut backoff = Backoff::outage();
+    // Unacknowledged messages beyond our receive maximum: the broker is not honouring it.
+    let mut over: Option<usize> = None;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
@@ -664,19 +683,37 @@ async fn poll_mqtt(
                 // the queued messages, and repairs a session whose subscription was made under
                 // another configuration (a changed share group). Not while draining.
                 if !ctx.shutdown.is_triggered() {
-                    if let Err(e) = client.subscribe(filter.clone(), QoS::AtLeastOnce).await {
-                        tracing::error!(error = %e, "subscribe not queued");
-                    }
+                    posflow_mqtt::subscribe_detached(&client, filter.clone());
                 }
                 ctx.health.set_ready(true);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                if tx.send(FromBroker::Publish(p)).await.is_err() {
+                let Ok(waiting) = tx.push(FromBroker::Publish(p)) else {
                     return;
+                };
+                let unacknowledged = waiting + m.in_flight.get().max(0) as usize;
+                match over {
+                    None if unacknowledged > receive_maximum => {
+                        tracing::warn!(
+                            receive_maximum,
+                            unacknowledged,
+                            "the broker sends beyond our receive maximum (Mosquitto does on resuming a session with a backlog); reading paces the pipeline"
+                        );
+                        over = Some(unacknowledged);
+                    }
+                    Some(peak) if unacknowledged <= receive_maximum => {
+                        tracing::info!(peak, "the broker is within our receive maximum again");
+                        over = None;
+                    }
+                    _ => {}
+                }
+                if let Some(peak) = over.as_mut() {
+                    m.over_receive_maximum.inc();
+                    *peak = (*peak).max(unacknowledged);
                 }
             }
             Ok(Event::Incoming(Packet::UnsubAck(_))) => {
-                let _ = tx.send(FromBroker::Unsubscribed).await;
+                let _ = tx.push(FromBroker::Unsubscribed);
             }
             Ok(Event::Incoming(Packet::Disconnect(d))) => {
                 tracing::warn!(reason = ?d.reason_code, "broker disconnected us");

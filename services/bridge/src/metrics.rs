@@ -11,6 +11,8 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub produce_errors: IntCounter,
     pub in_flight: IntGauge,
+    pub waiting: IntGauge,
+    pub over_receive_maximum: IntCounter,
     pub repeats: IntCounter,
     pub throttled: IntCounterVec,
     pub recent_ids: IntGauge,
@@ -40,7 +42,15 @@ pub fn metrics() -> &'static Metrics {
         ),
         in_flight: gauge(
             "posflow_bridge_in_flight",
-            "Messages received and not yet acknowledged",
+            "Messages in the pipeline: taken from the hand-off, not yet acknowledged",
+        ),
+        waiting: gauge(
+            "posflow_bridge_waiting",
+            "Messages read from the broker and waiting for a place in the pipeline",
+        ),
+        over_receive_maximum: counter(
+            "posflow_bridge_over_receive_maximum_total",
+            "Messages the broker sent while more than our receive maximum were unacknowledged",
         ),
         repeats: counter(
             "posflow_bridge_repeats_total",

@@ -130,7 +130,7 @@ async fn terminal(
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        let _ = client.subscribe(ack_topic.clone(), QoS::AtLeastOnce).await;
+                        posflow_mqtt::subscribe_detached(&client, ack_topic.clone());
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => subscribed.notify_one(),
                     Ok(Event::Incoming(Packet::PubAck(_))) => {

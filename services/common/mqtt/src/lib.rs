@@ -15,6 +15,21 @@ use std::time::Duration;
 pub const ROOT: &str = "pos";
 pub const MAX_ID_LEN: usize = 64;
 
+/// Queues a QoS 1 SUBSCRIBE from a task of its own, for the task that polls the event loop
+/// (on each CONNACK). That task must never await the client's request channel: it is the only
+/// one that empties it, so with the channel full it would wait on itself forever (issue 24).
+pub fn subscribe_detached(client: &rumqttc::v5::AsyncClient, filter: String) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = client
+            .subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .await
+        {
+            tracing::error!(error = %e, "subscribe not queued");
+        }
+    });
+}
+
 /// The merchant and terminal a topic names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicIds<'a> {

@@ -73,7 +73,7 @@ where
     };
     rt.block_on(async move {
         let ctx = Context { shutdown: Shutdown::new(), health: Health::new() };
-        shutdown::on_signals(ctx.shutdown.clone());
+        shutdown::on_signals(ctx.shutdown.clone(), common.drain());
         match http::serve(common.http_addr, ctx.health.clone(), ctx.shutdown.clone()).await {
             Ok(addr) => tracing::info!(%addr, "health and metrics endpoint listening"),
             Err(e) => {

@@ -41,8 +41,15 @@ impl Shutdown {
     }
 }
 
-/// Triggers `shutdown` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C).
-pub fn on_signals(shutdown: Shutdown) {
+/// How long past the drain timeout a signalled process may take to exit on its own (closing
+/// connections, flushing logs) before [`on_signals`]' backstop ends it.
+pub const EXIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Triggers `shutdown` on SIGTERM (Kubernetes) or SIGINT (Ctrl-C). A stage then drains for at
+/// most `drain`; whatever state it is in, the process exits `drain` + [`EXIT_MARGIN`] after the
+/// signal (exit code 1), from an OS thread that no wedged task can hold up. What was not
+/// finished by then is redelivered to the next owner, as after a crash.
+pub fn on_signals(shutdown: Shutdown, drain: std::time::Duration) {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -64,6 +71,20 @@ pub fn on_signals(shutdown: Shutdown) {
             let _ = tokio::signal::ctrl_c().await;
         }
         shutdown.trigger();
+        let deadline = drain + EXIT_MARGIN;
+        let backstop = std::thread::Builder::new()
+            .name("exit-backstop".into())
+            .spawn(move || {
+                std::thread::sleep(deadline);
+                tracing::error!(
+                    after_s = deadline.as_secs(),
+                    "still running past the drain timeout; exiting"
+                );
+                std::process::exit(1);
+            });
+        if let Err(e) = backstop {
+            tracing::error!(error = %e, "cannot start the exit backstop");
+        }
     });
 }
 
