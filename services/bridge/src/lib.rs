@@ -230,7 +230,8 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                     };
                     // PUBACK in arrival order: FuturesOrdered yields in the order pushed. Queuing
                     // it may wait for room in the request channel; the event loop drains that
-                    // channel whatever the pipeline does, so the wait always ends.
+                    // channel without ever waiting on the pipeline, so the wait ends as soon as
+                    // the broker is connected.
                     if let Err(e) = client.ack(&o.publish).await {
                         tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
                         continue;
