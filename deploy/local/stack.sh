@@ -276,7 +276,11 @@ autosave_interval 5
 max_queued_messages 1000000
 max_queued_bytes 0
 max_inflight_messages 100
-max_packet_size 1048576
+# Matches the bridge: payloads up to its --max-payload-bytes (16,384) are taken, larger ones up
+# to this packet limit are dead-lettered as OVERSIZE and answered, and a packet above it is
+# refused here (MQTT 5 reason 0x95) instead of being acknowledged and then dropped by a bridge
+# whose own packet limit (2 x payload + 4,096) it exceeds. docs/terminal-contract.md.
+max_packet_size 32768
 log_dest stdout
 log_type error
 log_type warning

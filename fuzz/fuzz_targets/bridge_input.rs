@@ -1,10 +1,12 @@
 //! Everything a terminal controls at the bridge: the MQTT topic and the payload bytes.
 //! `make fuzz` runs it seeded with tests/corpus/bridge. Properties: no panic; a refusal's
-//! detail and the masked payload hold no Luhn-valid card number; masking keeps the length.
+//! detail, the masked payload and the stored (dead-letter) payload hold no Luhn-valid card
+//! number; masking keeps the length; a stored payload that parses holds no value under a
+//! sensitive-authentication-data name.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use posflow_bridge::card::{luhn_valid, mask_card_numbers, Tokenizer};
+use posflow_bridge::card::{find_sad_field, is_pan, mask_card_numbers, stored_payload, Tokenizer, REMOVED};
 use posflow_bridge::payload;
 use posflow_runtime::Secret;
 use std::sync::OnceLock;
@@ -15,7 +17,7 @@ fn tokenizer() -> &'static Tokenizer {
 }
 
 fn no_pan(bytes: &[u8]) -> bool {
-    bytes.split(|b| !b.is_ascii_digit()).all(|run| !(13..=19).contains(&run.len()) || !luhn_valid(run))
+    bytes.split(|b| !b.is_ascii_digit()).all(|run| !is_pan(run))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -26,8 +28,27 @@ fuzz_target!(|data: &[u8]| {
     let masked = mask_card_numbers(body);
     assert_eq!(masked.len(), body.len());
     assert!(no_pan(&masked));
+    let stored = stored_payload(body);
+    assert!(no_pan(&stored));
+    if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&stored) {
+        // Every SAD-named field holds the removal marker: blank them and none is left.
+        strip_removed(&mut v);
+        assert!(find_sad_field(&v).is_none(), "SAD value kept: {v}");
+    }
     let ids = posflow_mqtt::parse_tx_topic(&topic).unwrap_or(posflow_mqtt::TopicIds { merchant_id: "M1", terminal_id: "T1" });
     if let Err(refusal) = payload::parse(body, &ids, 16_384, tokenizer()) {
         assert!(no_pan(refusal.detail.as_bytes()), "card number in a refusal detail");
     }
 });
+
+/// Drops every field whose value is the removal marker.
+fn strip_removed(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, v| v.as_str() != Some(REMOVED));
+            m.values_mut().for_each(strip_removed);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_removed),
+        _ => {}
+    }
+}

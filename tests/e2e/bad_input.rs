@@ -173,6 +173,91 @@ async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_ke
     assert!(bridge.terminate().success());
 }
 
+/// Both sides of both size limits (docs/terminal-contract.md): a payload of exactly 16,384
+/// bytes is accepted and one byte more is dead-lettered as OVERSIZE and answered; a packet just
+/// under the broker's 32,768 is too (OVERSIZE), and one above it is refused by the broker —
+/// never acknowledged to the terminal and then lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_size_limit_has_its_documented_outcome_on_both_sides() {
+    const MAX_PAYLOAD: usize = 16_384;
+    const MAX_PACKET: usize = 32_768;
+    let d = Deployment::new().await;
+    let _bridge = d.start_bridge(5).await;
+    let (t, m) = ("T0492", "M492");
+    let (client, mut rx) = answered_terminal(&d.stack, t, m).await;
+    let topic = posflow_mqtt::tx_topic(m, t);
+    // Valid JSON of exactly `len` bytes: white space before the closing brace.
+    let sized = |id: &str, len: usize| {
+        let body = valid(id, t, m);
+        let pad = len - body.len();
+        format!("{} {}", &body[..body.len() - 1], " ".repeat(pad - 1) + "}").into_bytes()
+    };
+    let at_limit = sized("size-at", MAX_PAYLOAD);
+    let over_limit = sized("size-over", MAX_PAYLOAD + 1);
+    // The packet: fixed header (5) + topic (2 + its length) + packet id (2) + properties (1).
+    let under_packet = sized("size-packet", MAX_PACKET - topic.len() - 12);
+    assert_eq!(at_limit.len(), MAX_PAYLOAD);
+    for p in [&at_limit, &over_limit, &under_packet] {
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, p.clone())
+            .await
+            .unwrap();
+    }
+    let got = answers(&mut rx, 3).await;
+    let by_id = |id: &str| got.iter().find(|a| a["transaction_id"] == id).cloned();
+    assert_eq!(by_id("size-at").unwrap()["status"], "accepted", "{got:?}");
+    for id in ["size-over", "size-packet"] {
+        let a = by_id(id).unwrap_or_else(|| panic!("no answer for {id}: {got:?}"));
+        assert_eq!(
+            (&a["status"], &a["reason"]),
+            (&"rejected".into(), &"OVERSIZE".into())
+        );
+    }
+
+    // Above the broker's packet limit: refused at the broker, so no PUBACK and nothing stored.
+    let huge = sized("size-huge", MAX_PACKET + 1_000);
+    let (big, mut big_rx) = terminal(&d.stack, "T0493").await;
+    next_matching(&mut big_rx, |p| matches!(p, Packet::ConnAck(_))).await;
+    let _ = big
+        .publish(
+            posflow_mqtt::tx_topic("M493", "T0493"),
+            QoS::AtLeastOnce,
+            false,
+            huge,
+        )
+        .await;
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(p) = big_rx.recv().await {
+            if matches!(p, Packet::PubAck(_) | Packet::Disconnect(_)) {
+                return Some(p);
+            }
+        }
+        None // the connection ended
+    })
+    .await
+    .expect("neither refused nor acknowledged within 10 s");
+    assert!(
+        !matches!(outcome, Some(Packet::PubAck(_))),
+        "the broker acknowledged a packet above its limit"
+    );
+    println!("above the packet limit: {outcome:?}");
+
+    let dlq = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.deadletter"),
+        2,
+        Duration::from_secs(30),
+        Duration::from_secs(3),
+    );
+    assert_eq!(dlq.len(), 2, "exactly the two OVERSIZE dead letters");
+    assert!(dlq
+        .iter()
+        .all(|r| r.headers["posflow-reason"] == "OVERSIZE"));
+    let raw = d.raw_transactions(1).await;
+    assert_eq!(raw.len(), 1);
+    assert_eq!(raw[0].1.transaction.transaction_id, "size-at");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_keeps_a_terminal_to_its_own_topic() {
     let d = Deployment::new().await;

@@ -2,7 +2,7 @@
 //! the dead-letter topic with the reason its file name gives, card numbers masked, and the bridge
 //! never restarts.
 
-use posflow_bridge::card::mask_card_numbers;
+use posflow_bridge::card::stored_payload;
 use posflow_e2e::*;
 use posflow_schema::{DeadLetter, Decoder};
 use rumqttc::v5::mqttbytes::QoS;
@@ -32,8 +32,8 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
 async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
     let cases = corpus();
     assert!(
-        cases.len() >= 30,
-        "the corpus keeps at least 30 cases, has {}",
+        cases.len() >= 60,
+        "the corpus keeps at least 60 cases, has {}",
         cases.len()
     );
     let d = Deployment::new().await;
@@ -44,7 +44,7 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
     o.set_credentials("T0470", &d.stack.terminal_password);
     o.set_max_packet_size(Some(2 * 1024 * 1024));
     let (client, mut ev) = AsyncClient::new(o, 100);
-    let total = cases.len();
+    let total = cases.len() + 2;
     let acked = tokio::spawn(async move {
         let mut n = 0;
         while n < total {
@@ -68,26 +68,76 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
             .await
             .unwrap();
         assert!(
-            expected
-                .insert(mask_card_numbers(payload), reason)
-                .is_none(),
+            expected.insert(stored_payload(payload), reason).is_none(),
             "{name} duplicates another case"
         );
     }
+    // A sensitive-authentication-data name as an MQTT user property refuses a valid payload,
+    // and the property's value goes nowhere.
+    let with_property = valid_payload("corpus-prop", "T0470", "M470").into_bytes();
+    client
+        .publish_with_properties(
+            posflow_mqtt::tx_topic("M470", "T0470"),
+            QoS::AtLeastOnce,
+            false,
+            with_property.clone(),
+            rumqttc::v5::mqttbytes::v5::PublishProperties {
+                user_properties: vec![("CVV2".into(), "SADPLANT-PROPERTY".into())],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    expected.insert(with_property, "CARD_DATA_FORBIDDEN".into());
+    // Headers a terminal tries to supply: posflow's own and any other. Only trace context
+    // travels; the dead letter's posflow-* headers are the bridge's.
+    let spoofing = b"spoofed headers, not JSON".to_vec();
+    client
+        .publish_with_properties(
+            posflow_mqtt::tx_topic("M470", "T0470"),
+            QoS::AtLeastOnce,
+            false,
+            spoofing.clone(),
+            rumqttc::v5::mqttbytes::v5::PublishProperties {
+                user_properties: vec![
+                    ("posflow-reason".into(), "ACCEPTED".into()),
+                    ("posflow-mqtt-topic".into(), "pos/M1/T1/tx".into()),
+                    ("x-custom".into(), "1".into()),
+                    ("tracestate".into(), "vendor=abc".into()),
+                ],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    expected.insert(spoofing.clone(), "NOT_JSON".into());
     let _ = tokio::time::timeout(Duration::from_secs(30), acked).await;
 
     let dlq = read_topic(
         &d.stack.brokers,
         &d.topic("pos.deadletter"),
-        cases.len(),
+        cases.len() + 2,
         Duration::from_secs(60),
         Duration::from_secs(2),
     );
-    assert_eq!(dlq.len(), cases.len());
+    assert_eq!(dlq.len(), cases.len() + 2);
     let decoder = Decoder::<DeadLetter>::new(d.kafka.registry());
     let mut wrong = Vec::new();
     for r in &dlq {
         let letter = decoder.decode(&r.value).await.unwrap();
+        // No value planted under a sensitive-authentication-data name survives: not in the
+        // payload, the detail or a header.
+        let everything = format!(
+            "{}{}{:?}",
+            String::from_utf8_lossy(&letter.payload),
+            letter.detail,
+            r.headers
+        );
+        assert!(
+            !everything.contains("SADPLANT"),
+            "SAD value stored in the {} dead letter: {everything}",
+            letter.reason
+        );
         assert_eq!(
             luhn_runs(&letter.payload),
             Vec::<String>::new(),
@@ -95,6 +145,19 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
             letter.reason
         );
         assert_eq!(luhn_runs(letter.detail.as_bytes()), Vec::<String>::new());
+        if letter.payload == spoofing {
+            let h = &r.headers;
+            assert_eq!(
+                h.get("posflow-reason").map(String::as_str),
+                Some("NOT_JSON")
+            );
+            assert_eq!(
+                h.get("posflow-mqtt-topic").map(String::as_str),
+                Some("pos/M470/T0470/tx")
+            );
+            assert_eq!(h.get("tracestate").map(String::as_str), Some("vendor=abc"));
+            assert!(!h.contains_key("x-custom"), "{h:?}");
+        }
         match expected.get(&letter.payload) {
             Some(reason) if *reason == letter.reason => {}
             other => wrong.push(format!(
@@ -114,6 +177,10 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
         Duration::from_secs(1),
     );
     assert_eq!(raw.len(), 0, "a hostile payload reached the raw topic");
+    assert!(
+        !bridge.log_text().contains("SADPLANT"),
+        "a SAD value in the bridge's log"
+    );
     assert!(
         bridge.is_running() && bridge.child.id() == pid,
         "the bridge restarted:\n{}",

@@ -503,7 +503,8 @@ pub async fn wait_for_count(
     }
 }
 
-/// Every Luhn-valid run of 13–19 digits in `bytes` (what a leaked card number looks like).
+/// Every card number (`card::is_pan`: 13–19 digits, Luhn-valid, a card issuer's first digit) in any
+/// window of a digit run in `bytes`: what a leaked card number looks like.
 pub fn luhn_runs(bytes: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
     let mut i = 0;
@@ -519,7 +520,7 @@ pub fn luhn_runs(bytes: &[u8]) -> Vec<String> {
         let run = &bytes[start..i];
         for w in 13..=19.min(run.len()) {
             for win in run.windows(w) {
-                if posflow_bridge::card::luhn_valid(win) {
+                if posflow_bridge::card::is_pan(win) {
                     found.push(String::from_utf8_lossy(win).into_owned());
                 }
             }

@@ -67,56 +67,303 @@ impl Tokenizer {
     }
 }
 
-/// Replaces every Luhn-valid run of 13–19 digits (groups may be split by single spaces or
-/// dashes, as printed on cards) with `*`, and every digit run longer than 19 too: we cannot tell
-/// what such a run hides. Other bytes are left as they are, so the payload stays readable.
+/// Whether these digits are a card number: 13–19 of them, Luhn-valid, and an issuer prefix a
+/// payment card can have (2–9; a 13-digit card is a Visa, 4). The prefix is what leaves epoch
+/// timestamps (13 digits from 1…, 16 from 1…) alone.
+pub fn is_pan(digits: &[u8]) -> bool {
+    let prefix_ok = match digits.len() {
+        13 => digits[0] == b'4',
+        14..=19 => (b'2'..=b'9').contains(&digits[0]),
+        _ => false,
+    };
+    prefix_ok && digits.iter().all(u8::is_ascii_digit) && luhn_valid(digits)
+}
+
+/// Replaces every card number with `*` (digit for digit, so the length stays): a run of 13–19
+/// digits that [`is_pan`], written plain or in the groups cards are printed in — 4-4-4-1…4-4-4-4-3
+/// or 4-6-4/4-6-5, split by single spaces or dashes, not glued to a longer hex token — and
+/// every digit run longer than 19 (we cannot tell what it hides, a card number glued to other
+/// digits among them). Digits grouped
+/// any other way (a UUID's 8-4-4-4-12, a date) are judged group by group, and a 13–19 digit run
+/// as a whole, so identifiers and timestamps stay intact; trace and span ids are skipped.
 pub fn mask_card_numbers(input: &[u8]) -> Vec<u8> {
     let mut out = input.to_vec();
+    let ids = hex_ids(input);
+    let in_id = |pos: usize| ids.iter().any(|&(a, b)| (a..b).contains(&pos));
     let mut i = 0;
     while i < input.len() {
+        if let Some(&(_, end)) = ids.iter().find(|&&(a, b)| (a..b).contains(&i)) {
+            i = end;
+            continue;
+        }
         if !input[i].is_ascii_digit() {
             i += 1;
             continue;
         }
-        // A candidate: digits, optionally separated by single ' ' or '-'.
-        let start = i;
-        let mut end = i;
-        let mut digits = Vec::new();
+        // A candidate: digit groups, optionally separated by single ' ' or '-'.
+        let mut groups: Vec<(usize, usize)> = Vec::new();
         let mut j = i;
-        while j < input.len() {
-            if input[j].is_ascii_digit() {
-                digits.push(input[j]);
-                end = j + 1;
+        loop {
+            let start = j;
+            while j < input.len() && input[j].is_ascii_digit() {
                 j += 1;
-            } else if (input[j] == b' ' || input[j] == b'-')
-                && j + 1 < input.len()
+            }
+            groups.push((start, j));
+            if j + 1 < input.len()
+                && matches!(input[j], b' ' | b'-')
                 && input[j + 1].is_ascii_digit()
-                && !digits.is_empty()
+                && !in_id(j + 1)
             {
                 j += 1;
             } else {
                 break;
             }
         }
-        if digits.len() > 19 || (digits.len() >= 13 && luhn_valid(&digits)) || contains_pan(&digits)
+        let lens: Vec<usize> = groups.iter().map(|(a, b)| b - a).collect();
+        let all: Vec<u8> = groups
+            .iter()
+            .flat_map(|&(a, b)| input[a..b].iter().copied())
+            .collect();
+        let (first, last) = (groups[0].0, groups[groups.len() - 1].1);
+        if groups.len() > 1
+            && is_card_layout(&lens)
+            && !glued(input, first, -1)
+            && !glued(input, last, 1)
+            && is_pan(&all)
         {
-            for b in &mut out[start..end] {
-                if b.is_ascii_digit() {
-                    *b = b'*';
+            mask(&mut out, groups[0].0, groups[groups.len() - 1].1);
+        } else {
+            for &(a, b) in &groups {
+                let run = &input[a..b];
+                if run.len() > 19 || is_pan(run) {
+                    mask(&mut out, a, b);
                 }
             }
         }
-        i = end.max(i + 1);
+        i = j.max(i + 1);
     }
     out
 }
 
-/// True if any 13–19 digit window is Luhn-valid (a PAN glued to other digits).
-fn contains_pan(digits: &[u8]) -> bool {
-    if digits.len() < 13 {
+/// Trace context the masking leaves as it is: a whole W3C `traceparent` (its ids may happen to
+/// be all digits), and standalone trace and span ids — 32 or 16 lowercase hex digits with at
+/// least one letter.
+fn hex_ids(input: &[u8]) -> Vec<(usize, usize)> {
+    let hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    let mut ids = Vec::new();
+    let mut i = 0;
+    while i < input.len() {
+        if !hex(&input[i]) || (i > 0 && input[i - 1].is_ascii_alphanumeric()) {
+            i += 1;
+            continue;
+        }
+        // A whole traceparent (version-traceid-spanid-flags): its ids may be all digits.
+        let shape = [2, 32, 16, 2];
+        let mut at = i;
+        let traceparent = shape.iter().enumerate().all(|(n, len)| {
+            let ok = input.len() >= at + len
+                && input[at..at + len].iter().all(hex)
+                && (n == 3 || input.get(at + len) == Some(&b'-'));
+            at += len + 1;
+            ok
+        }) && input.get(at - 1).is_none_or(|b| !b.is_ascii_alphanumeric());
+        if traceparent {
+            ids.push((i, at - 1));
+            i = at - 1;
+            continue;
+        }
+        let end = i + input[i..].iter().take_while(|b| hex(b)).count();
+        let alone = input.get(end).is_none_or(|b| !b.is_ascii_alphanumeric());
+        if alone && matches!(end - i, 16 | 32) && input[i..end].iter().any(u8::is_ascii_alphabetic)
+        {
+            ids.push((i, end));
+        }
+        i = end;
+    }
+    ids
+}
+
+fn mask(out: &mut [u8], from: usize, to: usize) {
+    for b in &mut out[from..to] {
+        if b.is_ascii_digit() {
+            *b = b'*';
+        }
+    }
+}
+
+/// Whether the text next to `edge` (before it for `dir` -1, from it for 1), past one separator,
+/// is a hex digit: grouped digits that are part of a longer hex token (a UUID) are no card.
+fn glued(input: &[u8], edge: usize, dir: isize) -> bool {
+    let at = |k: isize| -> Option<u8> {
+        let k = edge as isize + k;
+        (k >= 0).then(|| input.get(k as usize).copied()).flatten()
+    };
+    let first = if dir < 0 { -1 } else { 0 };
+    match at(first) {
+        Some(b' ' | b'-') => at(first + dir).is_some_and(|b| b.is_ascii_hexdigit()),
+        Some(b) => b.is_ascii_hexdigit(),
+        None => false,
+    }
+}
+
+/// The groups cards are printed in: fours ending in a group of 1–4 (13–19 digits), or the
+/// 4-6-4 and 4-6-5 of Diners and Amex.
+fn is_card_layout(lens: &[usize]) -> bool {
+    let (last, rest) = lens.split_last().expect("at least one group");
+    let fours = rest.len() >= 3 && rest.iter().all(|l| *l == 4) && (1..=4).contains(last);
+    fours || lens == [4, 6, 4] || lens == [4, 6, 5]
+}
+
+/// Field names that carry sensitive authentication data (PCI DSS 3.3.1: never stored after
+/// authorisation, refused or not), compared without case and without `_`, `-`, `.` or spaces,
+/// so `CVV2`, `pin-block` and `Track_2_Data` all match.
+const SAD_FIELDS: &[&str] = &[
+    "cvv",
+    "cvv2",
+    "icvv",
+    "dcvv",
+    "cvc",
+    "cvc2",
+    "cvc3",
+    "cvn",
+    "cvn2",
+    "cav2",
+    "cid",
+    "csc",
+    "cvd",
+    "securitycode",
+    "cardsecuritycode",
+    "pin",
+    "pinblock",
+    "pindata",
+    "encryptedpin",
+    "encryptedpinblock",
+    "track",
+    "track1",
+    "track2",
+    "track3",
+    "trackdata",
+    "track1data",
+    "track2data",
+    "track3data",
+    "magstripe",
+    "magstripedata",
+    "magneticstripe",
+    "magneticstripedata",
+];
+
+/// Whether a field (or MQTT user property) of this name carries sensitive authentication data.
+pub fn is_sad_field(name: &str) -> bool {
+    if name.len() > 64 {
         return false;
     }
-    (13..=19.min(digits.len())).any(|w| digits.windows(w).any(luhn_valid))
+    let folded: String = name
+        .chars()
+        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
+        .flat_map(char::to_lowercase)
+        .collect();
+    SAD_FIELDS.contains(&folded.as_str())
+}
+
+/// The first field, at any depth, whose name is sensitive authentication data.
+pub fn find_sad_field(v: &serde_json::Value) -> Option<&str> {
+    match v {
+        serde_json::Value::Object(m) => m.iter().find_map(|(k, v)| {
+            if is_sad_field(k) {
+                Some(k.as_str())
+            } else {
+                find_sad_field(v)
+            }
+        }),
+        serde_json::Value::Array(a) => a.iter().find_map(find_sad_field),
+        _ => None,
+    }
+}
+
+/// What is stored of a refused payload (the dead letter): the value of every field that is
+/// sensitive authentication data removed — its name stays, its value becomes `REMOVED` —
+/// then every card number masked. A payload that parses is rewritten only if it holds such a
+/// field (its bytes otherwise stay as they came); one that does not parse is scrubbed as text.
+pub fn stored_payload(payload: &[u8]) -> Vec<u8> {
+    let scrubbed = match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(mut v) if find_sad_field(&v).is_some() => {
+            remove_sad_values(&mut v);
+            serde_json::to_vec(&v).expect("a JSON value serialises")
+        }
+        Ok(_) => payload.to_vec(),
+        Err(_) => remove_sad_values_in_text(payload),
+    };
+    mask_card_numbers(&scrubbed)
+}
+
+/// What replaces a removed value.
+pub const REMOVED: &str = "[removed]";
+
+fn remove_sad_values(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m.iter_mut() {
+                if is_sad_field(k) {
+                    *v = serde_json::Value::String(REMOVED.into());
+                } else {
+                    remove_sad_values(v);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(remove_sad_values),
+        _ => {}
+    }
+}
+
+/// For text that is not JSON (truncated, garbled): every `"name" : value` whose name is
+/// sensitive authentication data loses its value — a string up to its closing quote (or the
+/// end), anything else up to the next `,` `}` `]` or white space.
+fn remove_sad_values_in_text(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] != b'"' {
+            out.push(input[i]);
+            i += 1;
+            continue;
+        }
+        // A quoted name: up to the next quote.
+        let Some(len) = input[i + 1..].iter().position(|b| *b == b'"') else {
+            out.extend_from_slice(&input[i..]);
+            break;
+        };
+        let name_end = i + 1 + len;
+        let name = String::from_utf8_lossy(&input[i + 1..name_end]);
+        out.extend_from_slice(&input[i..=name_end]);
+        i = name_end + 1;
+        let mut j = i;
+        while j < input.len() && input[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        if !(is_sad_field(&name) && input.get(j) == Some(&b':')) {
+            continue;
+        }
+        j += 1;
+        while j < input.len() && input[j].is_ascii_whitespace() {
+            j += 1;
+        }
+        out.extend_from_slice(&input[i..j]);
+        let value_end = if input.get(j) == Some(&b'"') {
+            let mut k = j + 1;
+            while k < input.len() && input[k] != b'"' {
+                k += if input[k] == b'\\' { 2 } else { 1 };
+            }
+            (k + 1).min(input.len())
+        } else {
+            input[j..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']') || b.is_ascii_whitespace())
+                .map_or(input.len(), |n| j + n)
+        };
+        out.extend_from_slice(format!("\"{REMOVED}\"").as_bytes());
+        i = value_end;
+    }
+    out
 }
 
 /// The masking for text (error messages that may quote input).
@@ -168,10 +415,132 @@ mod tests {
     }
 
     #[test]
+    fn uuids_timestamps_and_trace_ids_stay_intact_card_numbers_do_not() {
+        use rand::Rng;
+        let mut rng = rand::thread_rng();
+        let (visa, mc) = (pan(0), pan(1));
+        for _ in 0..10_000 {
+            let b: [u8; 16] = rng.gen();
+            let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            let uuid = dashed_uuid(&h);
+            let digits: String = (0..32)
+                .map(|_| char::from(b'0' + rng.gen_range(0..10u8)))
+                .collect();
+            let digit_uuid = dashed_uuid(&digits);
+            let millis: u64 = rng.gen_range(1_000_000_000_000..2_000_000_000_000);
+            let micros: u64 = millis * 1000 + rng.gen_range(0..1000);
+            let trace = format!("00-{h}-{}-01", &h[..16]);
+            let text = format!(
+                r#"{{"transaction_id":"{uuid}","other":"{digit_uuid}","at":{millis},"at_us":{micros},"traceparent":"{trace}","pan":"{visa}","spaced":"{}","dashed":"{}"}}"#,
+                grouped(mc, ' '),
+                grouped(visa, '-'),
+            );
+            let masked = String::from_utf8(stored_payload(text.as_bytes())).unwrap();
+            for kept in [
+                &uuid,
+                &digit_uuid,
+                &millis.to_string(),
+                &micros.to_string(),
+                &trace,
+            ] {
+                assert!(masked.contains(kept.as_str()), "{kept} lost in {masked}");
+            }
+            assert!(masked.contains(r#""pan":"****************""#), "{masked}");
+            assert!(
+                masked.contains(r#""spaced":"**** **** **** ****""#),
+                "{masked}"
+            );
+            assert!(
+                masked.contains(r#""dashed":"****-****-****-****""#),
+                "{masked}"
+            );
+        }
+    }
+
+    fn dashed_uuid(h: &str) -> String {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+
+    fn grouped(pan: &str, sep: char) -> String {
+        pan.as_bytes()
+            .chunks(4)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(&sep.to_string())
+    }
+
+    #[test]
+    fn sad_field_names_match_whatever_their_case_and_separators() {
+        for name in [
+            "cvv",
+            "CVV2",
+            "Cvc",
+            "pin-block",
+            "PIN_BLOCK",
+            "Track_2_Data",
+            "track1",
+            "magStripe",
+            "cid",
+        ] {
+            assert!(is_sad_field(name), "{name}");
+        }
+        for name in [
+            "pan",
+            "card",
+            "pinned",
+            "transaction_id",
+            "tracking",
+            "cvv_status_x",
+        ] {
+            assert!(!is_sad_field(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_stored_payload_keeps_sad_names_and_loses_their_values_at_any_depth() {
+        let input = br#"{"a":1,"card":{"pan":"x","CVV2":"918"},"items":[{"Pin-Block":"0412AC89ABCDEF67"}],"note":"cvv"}"#;
+        let stored = String::from_utf8(stored_payload(input)).unwrap();
+        assert!(
+            !stored.contains("918") && !stored.contains("0412AC89ABCDEF67"),
+            "{stored}"
+        );
+        assert!(stored.contains(r#""CVV2":"[removed]""#), "{stored}");
+        assert!(stored.contains(r#""Pin-Block":"[removed]""#), "{stored}");
+        assert!(stored.contains(r#""note":"cvv""#), "{stored}");
+        // Without SAD, a payload that parses is stored byte for byte (card numbers masked).
+        let plain = br#"{ "b" : 2,  "a":1 }"#;
+        assert_eq!(stored_payload(plain), plain.to_vec());
+    }
+
+    #[test]
+    fn text_that_does_not_parse_is_scrubbed_too() {
+        let cases: [(&[u8], &str); 5] = [
+            (br#"{"cvv": "918", "x":"#, r#"{"cvv": "[removed]", "x":"#),
+            (br#"{"track2":"4111=2812101"#, r#"{"track2":"[removed]""#),
+            (
+                br#"{"pin_block" :  0412 ,"#,
+                r#"{"pin_block" :  "[removed]" ,"#,
+            ),
+            (br#"{"cvv":"9\"18","#, r#"{"cvv":"[removed]","#),
+            (br#"["cvv"] garbage"#, r#"["cvv"] garbage"#),
+        ];
+        for (input, want) in cases {
+            assert_eq!(String::from_utf8(stored_payload(input)).unwrap(), want);
+        }
+    }
+
+    #[test]
     fn masking_hides_every_pan_shape_and_nothing_else() {
         let (visa, mc) = (pan(0), pan(1));
         let input = format!(
-            r#"{{"pan":"{visa}","b":"4111 1111 1111 1111","c":"5555-5555-5555-4444","glued":"99{mc}","order":1234567890123,"seq":42}}"#
+            r#"{{"pan":"{visa}","b":"4111 1111 1111 1111","c":"5555-5555-5555-4444","glued":"0000{mc}","order":1234567890123,"seq":42}}"#
         );
         let masked = String::from_utf8(mask_card_numbers(input.as_bytes())).unwrap();
         assert!(!masked.contains(visa) && !masked.contains(mc), "{masked}");

@@ -387,14 +387,25 @@ impl Ingress {
         let span = posflow_runtime::trace::record_span("bridge.receive", terminal_trace);
         let produce_span = posflow_runtime::trace::child_span("bridge.produce", &span);
         let traced = posflow_runtime::trace::traceparent(&produce_span);
+        // A user property named as sensitive authentication data refuses the message, and its
+        // value goes nowhere: not into a header, not into the dead letter.
+        let mut sad_property = None;
         for (k, v) in props
             .map(|p| p.user_properties.as_slice())
             .unwrap_or_default()
         {
+            if card::is_sad_field(k) {
+                sad_property.get_or_insert_with(|| card::mask_text(k));
+                continue;
+            }
             if traced.is_some() && k == headers::TRACEPARENT {
                 continue;
             }
-            // traceparent and any terminal-supplied properties travel as headers.
+            // Only the W3C trace context travels on as headers: a terminal cannot supply a
+            // `posflow-*` header (a reason, a topic) or anything else a reader might trust.
+            if !headers::from_terminal(k, v) {
+                continue;
+            }
             hdrs = hdrs.insert(Header {
                 key: k.as_str(),
                 value: Some(v.as_bytes()),
@@ -417,6 +428,14 @@ impl Ingress {
             Err(e) => Err(payload::Refusal {
                 reason: payload::Reason::TopicInvalid,
                 detail: e.to_string(),
+                transaction_id: None,
+            }),
+            Ok(_) if sad_property.is_some() => Err(payload::Refusal {
+                reason: payload::Reason::CardDataForbidden,
+                detail: format!(
+                    "MQTT user property {:?} is sensitive authentication data and is never accepted",
+                    sad_property.unwrap_or_default()
+                ),
                 transaction_id: None,
             }),
             Ok(ids) => match self.limiter.check(ids.terminal_id) {
@@ -530,7 +549,7 @@ impl Ingress {
                     stage: "bridge".into(),
                     source: card::mask_text(&topic),
                     received_at,
-                    payload: card::mask_card_numbers(&publish.payload),
+                    payload: card::stored_payload(&publish.payload),
                 };
                 let value = self
                     .dlq_encoder

@@ -1,7 +1,7 @@
 //! The terminal payload contract, version 1 (docs/terminal-contract.md): JSON, UTF-8, at most
 //! `max_bytes`. Parsing never panics and every refusal carries a reason code.
 
-use crate::card::{mask_text, PanError, Tokenizer};
+use crate::card::{find_sad_field, mask_text, PanError, Tokenizer};
 use posflow_mqtt::TopicIds;
 use posflow_schema::{EntryMode, LineItem, Location, PaymentMethod, Transaction, TransactionType};
 use serde::Deserialize;
@@ -23,10 +23,11 @@ pub enum Reason {
     FieldInvalid,
     DuplicateTransactionId,
     RateLimited,
+    DuplicateKey,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Self::TopicInvalid,
         Self::Oversize,
         Self::NotUtf8,
@@ -39,6 +40,7 @@ impl Reason {
         Self::FieldInvalid,
         Self::DuplicateTransactionId,
         Self::RateLimited,
+        Self::DuplicateKey,
     ];
     pub fn code(self) -> &'static str {
         match self {
@@ -54,6 +56,7 @@ impl Reason {
             Self::FieldInvalid => "FIELD_INVALID",
             Self::DuplicateTransactionId => "DUPLICATE_TRANSACTION_ID",
             Self::RateLimited => "RATE_LIMITED",
+            Self::DuplicateKey => "DUPLICATE_KEY",
         }
     }
 }
@@ -75,20 +78,66 @@ fn refuse(reason: Reason, detail: impl Into<String>) -> Refusal {
     }
 }
 
-/// Field names that carry sensitive authentication data. Their presence alone refuses the
-/// payload: posflow never accepts CVV, track data or PIN blocks, not even to drop them.
-const FORBIDDEN_KEYS: &[&str] = &[
-    "cvv",
-    "cvv2",
-    "cvc",
-    "cvc2",
-    "cid",
-    "track1",
-    "track2",
-    "track_data",
-    "pin",
-    "pin_block",
-];
+/// The first key that an object repeats, at any depth. Two parsers may read such a payload
+/// differently (first value or last), so payment messages must not have them.
+fn duplicate_key(text: &str) -> Option<String> {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    struct Unique;
+    impl<'de> DeserializeSeed<'de> for Unique {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Unique {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if let Some(key) = seen.replace(key) {
+                    return Err(A::Error::custom(key));
+                }
+                map.next_value_seed(Unique)?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Unique)?.is_some() {}
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+    // Only called on text that parsed as JSON, so the one error left is a repeated key.
+    Unique
+        .deserialize(&mut serde_json::Deserializer::from_str(text))
+        .err()
+        .map(|e| {
+            let s = e.to_string();
+            // serde_json appends " at line L column C" to a custom error.
+            s.rsplit_once(" at line ")
+                .map_or(s.clone(), |(k, _)| k.to_string())
+        })
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,10 +227,23 @@ pub fn parse(
     tokenizer: &Tokenizer,
 ) -> Result<Transaction, Refusal> {
     if bytes.len() > max_bytes {
-        return Err(refuse(
+        let mut r = refuse(
             Reason::Oversize,
             format!("payload is {} bytes, the limit is {max_bytes}", bytes.len()),
-        ));
+        );
+        // So the terminal can tell which transaction the answer is about: the broker's packet
+        // limit (2 x the payload limit) bounds what is parsed here.
+        #[derive(Deserialize)]
+        struct Id {
+            transaction_id: Option<String>,
+        }
+        if bytes.len() <= 4 * max_bytes {
+            r.transaction_id = serde_json::from_slice::<Id>(bytes)
+                .ok()
+                .and_then(|i| i.transaction_id)
+                .filter(|id| id.len() <= 64);
+        }
+        return Err(r);
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         refuse(
@@ -218,24 +280,19 @@ pub fn parse(
             )))
         }
     }
-    if let Some(card) = obj.get("card").and_then(|c| c.as_object()) {
-        if let Some(k) = card
-            .keys()
-            .chain(obj.keys())
-            .find(|k| FORBIDDEN_KEYS.contains(&k.to_ascii_lowercase().as_str()))
-        {
-            return Err(with_id(refuse(
-                Reason::CardDataForbidden,
-                format!("field {k:?} is sensitive authentication data and is never accepted"),
-            )));
-        }
-    } else if let Some(k) = obj
-        .keys()
-        .find(|k| FORBIDDEN_KEYS.contains(&k.to_ascii_lowercase().as_str()))
-    {
+    // Sensitive authentication data at any depth refuses the payload: posflow never accepts
+    // CVV, track data or PIN blocks, not even to drop them (the dead letter keeps the name only).
+    if let Some(k) = find_sad_field(&value) {
         return Err(with_id(refuse(
             Reason::CardDataForbidden,
             format!("field {k:?} is sensitive authentication data and is never accepted"),
+        )));
+    }
+    if let Some(k) = duplicate_key(text) {
+        let k: String = k.chars().take(64).collect();
+        return Err(with_id(refuse(
+            Reason::DuplicateKey,
+            format!("key {k:?} appears twice in one object"),
         )));
     }
     let w: Wire = serde_json::from_value(value)
@@ -352,7 +409,21 @@ pub fn parse(
 
 #[cfg(test)]
 mod tests {
-    use super::Reason;
+    use super::{duplicate_key, Reason};
+
+    #[test]
+    fn repeated_keys_are_found_at_any_depth() {
+        assert_eq!(duplicate_key(r#"{"a":1,"b":{"c":[{"d":1}]}}"#), None);
+        assert_eq!(duplicate_key(r#"{"a":1,"a":2}"#).as_deref(), Some("a"));
+        assert_eq!(
+            duplicate_key(r#"{"a":1,"b":[{"x":1},{"y":[{"z":1,"z":1}]}]}"#).as_deref(),
+            Some("z")
+        );
+        // The same key in two objects is no repeat.
+        assert_eq!(duplicate_key(r#"[{"a":1},{"a":1}]"#), None);
+        // Escapes are compared decoded: "\u0061" is "a".
+        assert_eq!(duplicate_key(r#"{"a":1,"\u0061":2}"#).as_deref(), Some("a"));
+    }
 
     #[test]
     fn every_reason_code_is_documented() {

@@ -1,9 +1,12 @@
 //! The fuzz target's properties on stable Rust, for every test run: each corpus case, and
 //! thousands of deterministic mutations of them (bit flips, truncations, splices), parse
-//! without panicking, and no refusal detail or masked payload holds a card number.
+//! without panicking, no refusal detail or stored (dead-letter) payload holds a card number, and
+//! no stored payload that parses holds a value under a sensitive-authentication-data name.
 //! Coverage-guided fuzzing: `make fuzz` (fuzz/fuzz_targets/bridge_input.rs).
 
-use posflow_bridge::card::{luhn_valid, mask_card_numbers, Tokenizer};
+use posflow_bridge::card::{
+    is_pan, is_sad_field, mask_card_numbers, stored_payload, Tokenizer, REMOVED,
+};
 use posflow_bridge::payload;
 use posflow_mqtt::TopicIds;
 use posflow_runtime::Secret;
@@ -11,9 +14,25 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn no_pan(bytes: &[u8]) -> bool {
-    bytes
-        .split(|b| !b.is_ascii_digit())
-        .all(|run| !(13..=19).contains(&run.len()) || !luhn_valid(run))
+    bytes.split(|b| !b.is_ascii_digit()).all(|run| !is_pan(run))
+}
+
+/// Values kept under a sensitive-authentication-data name, at any depth.
+fn sad_values(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::Object(m) => m
+            .iter()
+            .flat_map(|(k, v)| {
+                if is_sad_field(k) && v.as_str() != Some(REMOVED) {
+                    vec![v.to_string()]
+                } else {
+                    sad_values(v)
+                }
+            })
+            .collect(),
+        serde_json::Value::Array(a) => a.iter().flat_map(sad_values).collect(),
+        _ => Vec::new(),
+    }
 }
 
 #[test]
@@ -60,6 +79,15 @@ fn mutated_corpus_never_panics_and_never_leaks_a_card_number() {
                 "masking left a card number in {:?}",
                 String::from_utf8_lossy(&b)
             );
+            let stored = stored_payload(&b);
+            assert!(
+                no_pan(&stored),
+                "a stored payload kept a card number: {:?}",
+                String::from_utf8_lossy(&b)
+            );
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&stored) {
+                assert_eq!(sad_values(&v), Vec::<String>::new(), "{v}");
+            }
             if let Err(r) = payload::parse(&b, &ids, 16_384, &tokenizer) {
                 assert!(
                     no_pan(r.detail.as_bytes()),

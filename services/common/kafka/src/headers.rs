@@ -8,6 +8,20 @@ pub const MQTT_TOPIC: &str = "posflow-mqtt-topic";
 pub const RECEIVED_AT: &str = "posflow-received-at";
 /// The W3C trace context, passed through from the terminal.
 pub const TRACEPARENT: &str = "traceparent";
+/// Vendor trace state that goes with `traceparent` (W3C), passed through from the terminal.
+pub const TRACESTATE: &str = "tracestate";
+
+/// Whether a terminal's MQTT user property travels on as a Kafka header: only the W3C trace
+/// context, within its size limits (traceparent 55 bytes, tracestate 512). Everything else a
+/// terminal sends as a property — `posflow-*` names above all — is dropped, so every header a
+/// reader finds that is not trace context was written by posflow.
+pub fn from_terminal(name: &str, value: &str) -> bool {
+    match name {
+        TRACEPARENT => value.len() <= 55,
+        TRACESTATE => value.len() <= 512,
+        _ => false,
+    }
+}
 
 /// `h` with the reason code header added (dead letters, rejections).
 pub fn with_reason(
