@@ -4,7 +4,7 @@
 use posflow_e2e::notify::{
     mails_to, outcomes, validated, verify_signature, wait_for_mail, Behaviour, Receiver,
 };
-use posflow_e2e::{db, read_topic, Deployment};
+use posflow_e2e::{db, read_topic, rss_kib, Deployment};
 use posflow_schema::{
     DeadLetter, Decoder, DeliveryStatus, FraudAlert, NotificationOutcome, Severity,
     TransactionType, TransactionValidated,
@@ -634,4 +634,77 @@ async fn digest_csv_totals_equal_the_database() {
     println!("digest: {} emails, totals {csv_totals:?}", mails.len());
     assert_eq!(csv_totals, db_totals);
     assert_eq!(mails_to(&to).len(), mails.len(), "no further digest");
+}
+
+/// An endpoint that answers with a 100 MiB body: the notifier reads at most 64 KiB of it, drops
+/// the connection and counts the attempt as failed — its memory does not follow the body.
+#[tokio::test]
+async fn a_huge_response_body_fails_the_attempt_without_costing_memory() {
+    const HUGE: usize = 100 * 1024 * 1024;
+    let d = Deployment::new().await.with_own_schema().await;
+    let rx = Receiver::start().await;
+    d.apply_merchants(&webhook_merchant(
+        "HUGE",
+        &rx.merchant("HUGE", &secret("HUGE"), Behaviour::HugeBody(HUGE)),
+        "",
+    ));
+    let notifier = d
+        .start_notifier(
+            "h1",
+            &[
+                "--retry-base-ms",
+                "200",
+                "--retry-max-delay-secs",
+                "1",
+                "--max-attempts",
+                "3",
+            ],
+        )
+        .await;
+    let pid = notifier.child.id();
+    let before = rss_kib(pid);
+    let events = [validated(
+        "huge-0",
+        "HUGE",
+        TransactionType::Sale,
+        100,
+        "EUR",
+    )];
+    d.produce(VALIDATED, &events, |v| v.transaction.transaction_id.clone())
+        .await;
+    let mut peak = before;
+    let out = loop {
+        peak = peak.max(rss_kib(pid));
+        let out = outcomes(
+            &d,
+            0,
+            Duration::from_millis(500),
+            Duration::from_millis(100),
+        )
+        .await;
+        if out.iter().any(|o| o.status == DeliveryStatus::Failed) {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let failed: Vec<_> = out
+        .iter()
+        .filter(|o| o.status == DeliveryStatus::Failed)
+        .collect();
+    assert_eq!(failed.len(), 1, "{out:?}");
+    assert_eq!(failed[0].attempts, 3);
+    let error = failed[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("response body over 65536 bytes"), "{error}");
+    assert_eq!(
+        rx.received_by("HUGE").len(),
+        3,
+        "three attempts, each answered with 100 MiB"
+    );
+    let grown_mib = peak.saturating_sub(before) / 1024;
+    println!(
+        "huge body: notifier RSS {} -> peak {} MiB",
+        before / 1024,
+        peak / 1024
+    );
+    assert!(grown_mib < 8, "the notifier's RSS grew by {grown_mib} MiB");
 }

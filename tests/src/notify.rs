@@ -29,6 +29,8 @@ pub enum Behaviour {
     Status(u16),
     /// 200 after this long.
     Slow(Duration),
+    /// 200 with a response body of this many bytes.
+    HugeBody(usize),
 }
 
 /// One request the receiver got.
@@ -256,6 +258,7 @@ async fn handle(
             tokio::time::sleep(d).await;
             200
         }
+        Behaviour::HugeBody(_) => 200,
     };
     state.lock().unwrap().received.push(Received {
         merchant,
@@ -270,7 +273,11 @@ async fn handle(
     if status == 0 {
         std::future::pending::<()>().await;
     }
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let body = match behaviour {
+        Behaviour::HugeBody(n) if signature_ok => Bytes::from(vec![b'x'; n]),
+        _ => Bytes::new(),
+    };
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     Ok(response)
 }

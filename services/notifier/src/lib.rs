@@ -318,37 +318,32 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let wake = Arc::new(tokio::sync::Notify::new());
     let dispatcher = dispatch::Dispatcher::new(&args, prefs.clone()).await?;
     let tasks = vec![
-        tokio::spawn(refresh_preferences(
-            args.clone(),
-            prefs.clone(),
-            conn,
-            ctx.clone(),
-        )),
-        tokio::spawn(ingest::run(
-            args.clone(),
-            prefs.clone(),
-            wake.clone(),
-            ctx.clone(),
-        )),
-        tokio::spawn(dispatcher.run(wake, ctx.clone())),
-        tokio::spawn(digest::run(args.clone(), prefs, ctx.clone())),
+        (
+            "preferences",
+            tokio::spawn(refresh_preferences(
+                args.clone(),
+                prefs.clone(),
+                conn,
+                ctx.clone(),
+            )),
+        ),
+        (
+            "ingest",
+            tokio::spawn(ingest::run(
+                args.clone(),
+                prefs.clone(),
+                wake.clone(),
+                ctx.clone(),
+            )),
+        ),
+        ("dispatch", tokio::spawn(dispatcher.run(wake, ctx.clone()))),
+        (
+            "digest",
+            tokio::spawn(digest::run(args.clone(), prefs, ctx.clone())),
+        ),
     ];
     ctx.health.set_ready(true);
-    let mut result = Ok(());
-    for t in tasks {
-        match t.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                ctx.shutdown.trigger();
-                result = Err(e);
-            }
-            Err(e) => {
-                ctx.shutdown.trigger();
-                result = Err(anyhow::anyhow!("a notifier task panicked: {e}"));
-            }
-        }
-    }
-    result
+    posflow_runtime::supervise(tasks, &ctx).await
 }
 
 async fn refresh_preferences(

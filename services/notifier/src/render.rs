@@ -324,7 +324,11 @@ fn receipt(v: &TransactionValidated) -> String {
             "{:>3} x {:<30} {:>12}\n",
             l.quantity,
             l.description,
-            format_minor(l.unit_price_minor * i64::from(l.quantity), &t.currency)
+            // i128: an i64 price times an i32 quantity cannot overflow it.
+            format_minor(
+                i128::from(l.unit_price_minor) * i128::from(l.quantity),
+                &t.currency
+            )
         );
     }
     s += &format!(
@@ -354,24 +358,35 @@ pub fn csv(items: &[DigestItem]) -> Vec<u8> {
     out += CSV_HEADER;
     out += "\r\n";
     for i in items {
-        let fields = [
-            i.transaction_id.as_str(),
-            &rfc3339_millis(i.transaction_time_ms),
-            &rfc3339_millis(i.received_at_ms),
-            &i.terminal_id,
-            &i.kind,
-            &i.amount_minor.to_string(),
-            &format_minor(i.amount_minor, &i.currency),
-            &i.currency,
-            &i.entry_mode,
-            i.card_last4.as_deref().unwrap_or(""),
-            i.auth_code.as_deref().unwrap_or(""),
+        // Text a terminal chose (ids, auth code) is neutralised against formula injection;
+        // numbers and posflow's own enums are written as they are.
+        let line = [
+            csv_text(&i.transaction_id),
+            csv_field(&rfc3339_millis(i.transaction_time_ms)),
+            csv_field(&rfc3339_millis(i.received_at_ms)),
+            csv_text(&i.terminal_id),
+            csv_field(&i.kind),
+            csv_field(&i.amount_minor.to_string()),
+            csv_field(&format_minor(i.amount_minor, &i.currency)),
+            csv_field(&i.currency),
+            csv_field(&i.entry_mode),
+            csv_text(i.card_last4.as_deref().unwrap_or("")),
+            csv_text(i.auth_code.as_deref().unwrap_or("")),
         ];
-        let line: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
         out += &line.join(",");
         out += "\r\n";
     }
     out.into_bytes()
+}
+
+/// A text cell a spreadsheet must not take for a formula (OWASP "CSV injection"): one that
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, and is quoted.
+fn csv_text(f: &str) -> String {
+    if f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", f.replace('"', "\"\""))
+    } else {
+        csv_field(f)
+    }
 }
 
 fn csv_field(f: &str) -> String {
@@ -384,12 +399,13 @@ fn csv_field(f: &str) -> String {
 
 /// Count and sum of amounts per (currency, type): what the digest's text states and what a
 /// merchant reconciles against (docs/notifier.md has the matching SQL).
-pub fn totals(items: &[DigestItem]) -> BTreeMap<(String, String), (u64, i64)> {
-    let mut t: BTreeMap<(String, String), (u64, i64)> = BTreeMap::new();
+/// Sums are i128: no number of i64 amounts a digest can hold overflows it.
+pub fn totals(items: &[DigestItem]) -> BTreeMap<(String, String), (u64, i128)> {
+    let mut t: BTreeMap<(String, String), (u64, i128)> = BTreeMap::new();
     for i in items {
         let e = t.entry((i.currency.clone(), i.kind.clone())).or_default();
         e.0 += 1;
-        e.1 += i.amount_minor;
+        e.1 += i128::from(i.amount_minor);
     }
     t
 }
@@ -474,6 +490,40 @@ mod tests {
         assert!(lines[2].starts_with("\"b\"\"2\","), "{}", lines[2]);
         assert!(lines[3].contains(",sale,700,700,JPY,"), "{}", lines[3]);
         assert_eq!(lines.len(), 6); // header, 4 rows, empty after the last CRLF
+                                    // Formula injection: a terminal-chosen id that a spreadsheet would evaluate.
+        let hostile = [
+            item("=HYPERLINK(\"http://x\")", "sale", 1, "EUR"),
+            item("+1", "sale", 1, "EUR"),
+            item("-2", "sale", 1, "EUR"),
+            item("@SUM(A1)", "sale", 1, "EUR"),
+            item("\tx", "sale", 1, "EUR"),
+        ];
+        let text = String::from_utf8(csv(&hostile)).unwrap();
+        let firsts: Vec<&str> = text
+            .split("\r\n")
+            .skip(1)
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split(",20").next().unwrap())
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+                "\"'+1\"",
+                "\"'-2\"",
+                "\"'@SUM(A1)\"",
+                "\"'\tx\""
+            ]
+        );
+        // Sums of amounts beyond i64 are exact.
+        let big = [
+            item("x", "sale", i64::MAX, "EUR"),
+            item("y", "sale", i64::MAX, "EUR"),
+        ];
+        assert_eq!(
+            totals(&big)[&("EUR".into(), "sale".into())],
+            (2, 2 * i128::from(i64::MAX))
+        );
         let t = totals(&items);
         assert_eq!(t[&("EUR".into(), "sale".into())], (2, 1300));
         assert_eq!(t[&("EUR".into(), "refund".into())], (1, 250));

@@ -52,6 +52,10 @@ pub fn classify(status: u16, retry_after: Option<&str>, now: SystemTime) -> Answ
     }
 }
 
+/// The most of a response body read (and thrown away): 64 KiB. A merchant's endpoint has
+/// nothing to tell us in a body; a larger one fails the attempt.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
+
 /// One request to send.
 pub struct Request<'a> {
     pub url: &'a str,
@@ -139,12 +143,28 @@ impl Sender {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
-            // Read (and drop) the body so the connection goes back to the pool.
-            let _ = response.into_body().collect().await;
-            Ok::<_, hyper_util::client::legacy::Error>((status, retry_after))
+            // Read (and drop) the body so the connection goes back to the pool — at most
+            // MAX_RESPONSE_BODY of it: past that the body (and its connection) is dropped and
+            // the attempt failed, so an endpoint cannot make us hold what it sends.
+            let mut body = response.into_body();
+            let mut read = 0;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { break };
+                read += frame.data_ref().map_or(0, Bytes::len);
+                if read > MAX_RESPONSE_BODY {
+                    return Ok(Err(Answer::Retry {
+                        error: format!(
+                            "HTTP {status} with a response body over {MAX_RESPONSE_BODY} bytes"
+                        ),
+                        retry_after: None,
+                    }));
+                }
+            }
+            Ok::<_, hyper_util::client::legacy::Error>(Ok((status, retry_after)))
         };
         match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok((status, retry_after))) => classify(status, retry_after.as_deref(), now),
+            Ok(Ok(Err(too_large))) => too_large,
+            Ok(Ok(Ok((status, retry_after)))) => classify(status, retry_after.as_deref(), now),
             Ok(Err(e)) => Answer::Retry {
                 error: connection_error(&e),
                 retry_after: None,

@@ -167,12 +167,14 @@ pub fn minor_units(code: &str) -> Option<u8> {
 
 /// An amount in minor units as a decimal string in its currency's major units ("12.34" for
 /// 1234 EUR, "1234" for 1234 JPY); two decimals for an unknown code.
-pub fn format_minor(amount_minor: i64, code: &str) -> String {
+pub fn format_minor(amount_minor: impl Into<i128>, code: &str) -> String {
+    // i128: sums and line totals (i64 x i32) are formatted too, and cannot overflow it.
+    let amount_minor: i128 = amount_minor.into();
     let units = minor_units(code).unwrap_or(2) as u32;
     if units == 0 {
         return amount_minor.to_string();
     }
-    let scale = 10u64.pow(units);
+    let scale = 10u128.pow(units);
     let sign = if amount_minor < 0 { "-" } else { "" };
     let abs = amount_minor.unsigned_abs();
     format!(
@@ -193,6 +195,10 @@ mod tests {
         assert_eq!(format_minor(1234, "JPY"), "1234");
         assert_eq!(format_minor(1234, "BHD"), "1.234");
         assert_eq!(format_minor(0, "XXX"), "0.00");
+        assert_eq!(
+            format_minor(i128::from(i64::MAX) * 3, "EUR"),
+            "276701161105643274.21"
+        );
     }
 
     #[test]
