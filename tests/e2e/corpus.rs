@@ -72,45 +72,47 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
             "{name} duplicates another case"
         );
     }
-    // A sensitive-authentication-data name as an MQTT user property refuses a valid payload,
-    // and the property's value goes nowhere.
+    // With MQTT user properties: a sensitive-authentication-data name refuses a valid payload
+    // and its value goes nowhere; headers a terminal tries to supply (posflow's own and any
+    // other) are dropped, only trace context travels.
     let with_property = valid_payload("corpus-prop", "T0470", "M470").into_bytes();
-    client
-        .publish_with_properties(
-            posflow_mqtt::tx_topic("M470", "T0470"),
-            QoS::AtLeastOnce,
-            false,
-            with_property.clone(),
-            rumqttc::v5::mqttbytes::v5::PublishProperties {
-                user_properties: vec![("CVV2".into(), "SADPLANT-PROPERTY".into())],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    expected.insert(with_property, "CARD_DATA_FORBIDDEN".into());
-    // Headers a terminal tries to supply: posflow's own and any other. Only trace context
-    // travels; the dead letter's posflow-* headers are the bridge's.
     let spoofing = b"spoofed headers, not JSON".to_vec();
-    client
-        .publish_with_properties(
-            posflow_mqtt::tx_topic("M470", "T0470"),
-            QoS::AtLeastOnce,
-            false,
-            spoofing.clone(),
-            rumqttc::v5::mqttbytes::v5::PublishProperties {
-                user_properties: vec![
-                    ("posflow-reason".into(), "ACCEPTED".into()),
-                    ("posflow-mqtt-topic".into(), "pos/M1/T1/tx".into()),
-                    ("x-custom".into(), "1".into()),
-                    ("tracestate".into(), "vendor=abc".into()),
-                ],
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    expected.insert(spoofing.clone(), "NOT_JSON".into());
+    let with_properties = [
+        (
+            &with_property,
+            vec![("CVV2", "SADPLANT-PROPERTY")],
+            "CARD_DATA_FORBIDDEN",
+        ),
+        (
+            &spoofing,
+            vec![
+                ("posflow-reason", "ACCEPTED"),
+                ("posflow-mqtt-topic", "pos/M1/T1/tx"),
+                ("x-custom", "1"),
+                ("tracestate", "vendor=abc"),
+            ],
+            "NOT_JSON",
+        ),
+    ];
+    for (payload, properties, reason) in with_properties {
+        client
+            .publish_with_properties(
+                posflow_mqtt::tx_topic("M470", "T0470"),
+                QoS::AtLeastOnce,
+                false,
+                payload.clone(),
+                rumqttc::v5::mqttbytes::v5::PublishProperties {
+                    user_properties: properties
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        expected.insert(payload.clone(), reason.into());
+    }
     let _ = tokio::time::timeout(Duration::from_secs(30), acked).await;
 
     let dlq = read_topic(

@@ -503,22 +503,19 @@ pub async fn wait_for_count(
     }
 }
 
-/// Every card number (`card::is_pan`: 13–19 digits, Luhn-valid, a card issuer's first digit) in any
-/// window of a digit run in `bytes`: what a leaked card number looks like.
+/// Every card number in `bytes`, as `card::mask_card_numbers` defines one (what a leaked card
+/// number looks like): a digit run of 13–19 that `card::is_pan`, or any 13–19 digit window of a
+/// run longer than 19 that does (the masking hides such runs whole).
 pub fn luhn_runs(bytes: &[u8]) -> Vec<String> {
     let mut found = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if !bytes[i].is_ascii_digit() {
-            i += 1;
+    for run in bytes.split(|b| !b.is_ascii_digit()) {
+        if run.len() <= 19 {
+            if posflow_bridge::card::is_pan(run) {
+                found.push(String::from_utf8_lossy(run).into_owned());
+            }
             continue;
         }
-        let start = i;
-        while i < bytes.len() && bytes[i].is_ascii_digit() {
-            i += 1;
-        }
-        let run = &bytes[start..i];
-        for w in 13..=19.min(run.len()) {
+        for w in 13..=19 {
             for win in run.windows(w) {
                 if posflow_bridge::card::is_pan(win) {
                     found.push(String::from_utf8_lossy(win).into_owned());
