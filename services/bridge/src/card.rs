@@ -254,15 +254,21 @@ const SAD_FIELDS: &[&str] = &[
 
 /// Whether a field (or MQTT user property) of this name carries sensitive authentication data.
 pub fn is_sad_field(name: &str) -> bool {
-    if name.len() > 64 {
-        return false;
+    // Called for every key of every payload: folded into a stack buffer, no allocation. The
+    // longest name listed is 18 bytes; anything longer after folding, or not ASCII, is no match.
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    for b in name
+        .bytes()
+        .filter(|b| !matches!(b, b'_' | b'-' | b'.' | b' '))
+    {
+        if n == buf.len() || !b.is_ascii() {
+            return false;
+        }
+        buf[n] = b.to_ascii_lowercase();
+        n += 1;
     }
-    let folded: String = name
-        .chars()
-        .filter(|c| !matches!(c, '_' | '-' | '.' | ' '))
-        .flat_map(char::to_lowercase)
-        .collect();
-    SAD_FIELDS.contains(&folded.as_str())
+    SAD_FIELDS.iter().any(|f| f.as_bytes() == &buf[..n])
 }
 
 /// The first field, at any depth, whose name is sensitive authentication data.
