@@ -112,7 +112,7 @@ pub fn fleet_for(
     let cfg = plan::FleetConfig {
         terminals,
         per_terminal,
-        merchants: 10,
+        merchants: 5,
         invalid_every: 0,
         seed: 1,
         first_terminal: first,

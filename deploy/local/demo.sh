@@ -40,6 +40,10 @@ trap stop_all EXIT
 mosquitto_sub -h 127.0.0.1 -p "$POSFLOW_MQTT_PORT" -i bridge-0 -u bridge-0 -P "$POSFLOW_MQTT_PASSWORD" -t posflow/demo/reset -E
 
 "$BIN/posflow-admin" provision --replication-factor 1 --min-insync-replicas 1 --partitions 4 > "$logs/provision.log"
+# The simulator's terminals go into the terminal registry (docs/terminals.md): the bridge
+# refuses any terminal that is not registered, active and publishing as its own merchant.
+"$BIN/posflow-simulator" --terminals "$TERMINALS" --print-registry |
+  POSFLOW_OPERATOR=demo "$BIN/posflow-admin" terminals apply --file - > "$logs/terminals.log"
 POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-storage" migrate > "$logs/migrate.log"
 POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-notifier" migrate >> "$logs/migrate.log"
 # Merchants' delivery preferences (docs/notifier.md) and the merchants' own webhook endpoint: a

@@ -23,7 +23,7 @@ fn valid(tx: &str, terminal: &str, merchant: &str) -> String {
 async fn malformed_spoofed_and_oversize_input_is_dead_lettered_and_the_bridge_keeps_running() {
     let d = Deployment::new().await;
     let mut bridge = d.start_bridge(6).await;
-    let (t, m) = ("T0490", "M490");
+    let (t, m) = ("T0490", &*merchant_of("T0490"));
     let (client, mut rx) = answered_terminal(&d.stack, t, m).await;
 
     let oversize = format!(
@@ -183,7 +183,7 @@ async fn each_size_limit_has_its_documented_outcome_on_both_sides() {
     const MAX_PACKET: usize = 32_768;
     let d = Deployment::new().await;
     let _bridge = d.start_bridge(5).await;
-    let (t, m) = ("T0492", "M492");
+    let (t, m) = ("T0492", &*merchant_of("T0492"));
     let (client, mut rx) = answered_terminal(&d.stack, t, m).await;
     let topic = posflow_mqtt::tx_topic(m, t);
     // Valid JSON of exactly `len` bytes: white space before the closing brace.
@@ -220,7 +220,7 @@ async fn each_size_limit_has_its_documented_outcome_on_both_sides() {
     next_matching(&mut big_rx, |p| matches!(p, Packet::ConnAck(_))).await;
     let _ = big
         .publish(
-            posflow_mqtt::tx_topic("M493", "T0493"),
+            posflow_mqtt::tx_topic(&merchant_of("T0493"), "T0493"),
             QoS::AtLeastOnce,
             false,
             huge,
@@ -264,27 +264,35 @@ async fn the_broker_keeps_a_terminal_to_its_own_topic() {
     let _bridge = d.start_bridge(7).await;
     let (client, mut rx) = terminal(&d.stack, "T0480").await;
     next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
-    // T0480 publishing as T0481: MQTT 5 answers "not authorized" and nothing is forwarded.
+    let own = merchant_of("T0480");
+    // T0480 publishing as T0481, and as itself for another merchant (topic and payload
+    // consistent): the broker's ACL, generated from the terminal registry, answers MQTT 5 "not
+    // authorized" to both and forwards neither.
+    for (id, merchant, terminal) in [
+        ("acl-1", merchant_of("T0481"), "T0481"),
+        ("acl-other-merchant", "M-OTHER".to_string(), "T0480"),
+    ] {
+        client
+            .publish(
+                posflow_mqtt::tx_topic(&merchant, terminal),
+                QoS::AtLeastOnce,
+                false,
+                valid(id, terminal, &merchant),
+            )
+            .await
+            .unwrap();
+        let Packet::PubAck(ack) = next_matching(&mut rx, |p| matches!(p, Packet::PubAck(_))).await
+        else {
+            unreachable!()
+        };
+        assert_eq!(format!("{:?}", ack.reason), "NotAuthorized", "{id}");
+    }
     client
         .publish(
-            posflow_mqtt::tx_topic("M480", "T0481"),
+            posflow_mqtt::tx_topic(&own, "T0480"),
             QoS::AtLeastOnce,
             false,
-            valid("acl-1", "T0481", "M480"),
-        )
-        .await
-        .unwrap();
-    let Packet::PubAck(ack) = next_matching(&mut rx, |p| matches!(p, Packet::PubAck(_))).await
-    else {
-        unreachable!()
-    };
-    assert_eq!(format!("{:?}", ack.reason), "NotAuthorized");
-    client
-        .publish(
-            posflow_mqtt::tx_topic("M480", "T0480"),
-            QoS::AtLeastOnce,
-            false,
-            valid("acl-2", "T0480", "M480"),
+            valid("acl-2", "T0480", &own),
         )
         .await
         .unwrap();

@@ -65,7 +65,8 @@ async fn two_replicas_share_the_load_survive_a_kill_and_a_scale_down() {
 async fn an_mqtt_3_1_1_terminal_is_served_like_an_mqtt_5_one() {
     let d = Deployment::new().await;
     let _bridge = d.start_bridge(5).await;
-    let payload = valid_payload("v311-1", "T0460", "M460");
+    let merchant = merchant_of("T0460");
+    let payload = valid_payload("v311-1", "T0460", &merchant);
     let out = Command::new("mosquitto_pub")
         .args([
             "-V",
@@ -85,7 +86,7 @@ async fn an_mqtt_3_1_1_terminal_is_served_like_an_mqtt_5_one() {
             "-P",
             &d.stack.terminal_password,
             "-t",
-            "pos/M460/T0460/tx",
+            &posflow_mqtt::tx_topic(&merchant, "T0460"),
             "-m",
             &payload,
         ])
@@ -118,7 +119,7 @@ async fn burst(
     let cfg = plan::FleetConfig {
         terminals: 1,
         per_terminal: 30,
-        merchants: 1,
+        merchants: 5,
         invalid_every: 0,
         seed: 5,
         first_terminal: terminal,

@@ -43,9 +43,15 @@ async fn the_bridge_connects_with_a_client_certificate_and_forwards() {
             Err(_) | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect))
         ) {}
     });
-    let payload = valid_payload("tls-1", "T0440", "M440");
+    let merchant = merchant_of("T0440");
+    let payload = valid_payload("tls-1", "T0440", &merchant);
     client
-        .publish("pos/M440/T0440/tx", QoS::AtLeastOnce, false, payload)
+        .publish(
+            posflow_mqtt::tx_topic(&merchant, "T0440"),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
         .await
         .unwrap();
     let raw = d.raw_transactions(1).await;

@@ -1,6 +1,7 @@
 //! The hostile-input corpus (tests/corpus/bridge, made by its generate.py): every case lands on
 //! the dead-letter topic with the reason its file name gives, card numbers masked, and the bridge
-//! never restarts.
+//! never restarts. TOPIC_INVALID cases are refused by the broker first (its ACL allows a terminal
+//! only its own registered topic), and never reach the bridge.
 
 use posflow_bridge::card::stored_payload;
 use posflow_e2e::*;
@@ -46,27 +47,40 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
     let (client, mut ev) = AsyncClient::new(o, 100);
     let total = cases.len() + 2;
     let acked = tokio::spawn(async move {
-        let mut n = 0;
+        let (mut n, mut not_authorized) = (0, 0);
         while n < total {
             match ev.poll().await {
-                Ok(Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_))) => n += 1,
+                Ok(Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(ack))) => {
+                    n += 1;
+                    if format!("{:?}", ack.reason) == "NotAuthorized" {
+                        not_authorized += 1;
+                    }
+                }
                 Ok(_) => {}
                 Err(e) => panic!("terminal connection: {e}"),
             }
         }
+        not_authorized
     });
+    let merchant = merchant_of("T0470");
+    let own_topic = posflow_mqtt::tx_topic(&merchant, "T0470");
+    let mut refused_by_broker = 0;
     let mut expected: HashMap<Vec<u8>, String> = HashMap::new();
     for (name, payload) in &cases {
         let reason = name.split("__").next().unwrap().to_string();
         let topic = if reason == "TOPIC_INVALID" {
+            refused_by_broker += 1;
             "pos/M$470/T0470/tx".to_string()
         } else {
-            posflow_mqtt::tx_topic("M470", "T0470")
+            own_topic.clone()
         };
         client
             .publish(topic, QoS::AtLeastOnce, false, payload.clone())
             .await
             .unwrap();
+        if reason == "TOPIC_INVALID" {
+            continue;
+        }
         assert!(
             expected.insert(stored_payload(payload), reason).is_none(),
             "{name} duplicates another case"
@@ -75,7 +89,7 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
     // With MQTT user properties: a sensitive-authentication-data name refuses a valid payload
     // and its value goes nowhere; headers a terminal tries to supply (posflow's own and any
     // other) are dropped, only trace context travels.
-    let with_property = valid_payload("corpus-prop", "T0470", "M470").into_bytes();
+    let with_property = valid_payload("corpus-prop", "T0470", &merchant).into_bytes();
     let spoofing = b"spoofed headers, not JSON".to_vec();
     let with_properties = [
         (
@@ -97,7 +111,7 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
     for (payload, properties, reason) in with_properties {
         client
             .publish_with_properties(
-                posflow_mqtt::tx_topic("M470", "T0470"),
+                own_topic.clone(),
                 QoS::AtLeastOnce,
                 false,
                 payload.clone(),
@@ -113,16 +127,21 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
             .unwrap();
         expected.insert(payload.clone(), reason.into());
     }
-    let _ = tokio::time::timeout(Duration::from_secs(30), acked).await;
+    let not_authorized = tokio::time::timeout(Duration::from_secs(30), acked)
+        .await
+        .expect("every publish answered")
+        .unwrap();
+    assert_eq!(not_authorized, refused_by_broker, "broker refusals");
 
+    let dead_lettered = cases.len() + 2 - refused_by_broker;
     let dlq = read_topic(
         &d.stack.brokers,
         &d.topic("pos.deadletter"),
-        cases.len() + 2,
+        dead_lettered,
         Duration::from_secs(60),
         Duration::from_secs(2),
     );
-    assert_eq!(dlq.len(), cases.len() + 2);
+    assert_eq!(dlq.len(), dead_lettered);
     let decoder = Decoder::<DeadLetter>::new(d.kafka.registry());
     let mut wrong = Vec::new();
     for r in &dlq {
@@ -155,7 +174,7 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
             );
             assert_eq!(
                 h.get("posflow-mqtt-topic").map(String::as_str),
-                Some("pos/M470/T0470/tx")
+                Some(own_topic.as_str())
             );
             assert_eq!(h.get("tracestate").map(String::as_str), Some("vendor=abc"));
             assert!(!h.contains_key("x-custom"), "{h:?}");

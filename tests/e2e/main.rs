@@ -15,6 +15,7 @@ mod observability;
 mod pipeline;
 mod provisioning;
 mod storage;
+mod terminal_registry;
 mod validator_exactly_once;
 
 /// Drops any session bridge-4 has on the broker, connecting over TLS with its certificate

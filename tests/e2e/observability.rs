@@ -13,7 +13,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_transaction_is_one_trace_through_every_stage() {
     let d = Deployment::new().await.with_own_schema().await;
-    let (t, m) = ("T0495", "M495");
+    let (t, m) = ("T0495", &*merchant_of("T0495"));
     // The merchant takes per-event webhooks: the notifier's delivery is part of the trace too.
     let hooks = notify::Receiver::start().await;
     let url = hooks.merchant(m, "whsec-trace-0123456789abcdef", notify::Behaviour::Accept);
@@ -266,7 +266,7 @@ async fn every_service_exposes_the_catalogue_and_the_counts_agree() {
 
     // 240 transactions, every 8th breaking a business rule, and 3 the bridge refuses.
     let (fleet, plan) = d.fleet_with_invalid("metrics", 410, 6, 40, 8);
-    let (t, m) = ("T0496", "M496");
+    let (t, m) = ("T0496", &*merchant_of("T0496"));
     let (client, mut rx) = answered_terminal(&d.stack, t, m).await;
     for i in 0..3 {
         client

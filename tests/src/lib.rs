@@ -101,8 +101,29 @@ impl Deployment {
         d
     }
 
-    /// Provisions a fresh prefix (topics with 4 partitions, schemas); no database.
+    /// Provisions a fresh prefix (topics with 4 partitions, schemas) with the local stack's
+    /// terminal registry (T0001..T0500, docs/terminals.md); no database.
     pub async fn kafka_only() -> Self {
+        let d = Self::unregistered().await;
+        let file = local_terminals_file();
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e} (is the stack up? make up)", file.display()));
+        d.register_terminals(&text).await;
+        d
+    }
+
+    /// Writes registrations (the registry file format) to this deployment's terminal registry,
+    /// as `posflow-admin terminals apply` does.
+    pub async fn register_terminals(&self, toml: &str) {
+        let records = posflow_registry::file::parse(toml, "e2e", posflow_schema::now_millis())
+            .expect("registry file");
+        posflow_registry::store::write(&self.kafka, &records)
+            .await
+            .expect("writing the terminal registry");
+    }
+
+    /// Provisions a fresh prefix (topics with 4 partitions, schemas); an empty terminal registry.
+    pub async fn unregistered() -> Self {
         let stack = Stack::from_env();
         let id: u32 = rand::random();
         let prefix = format!("e2e{id:08x}.");
@@ -193,6 +214,32 @@ impl Deployment {
     pub async fn start(&self, binary: &str) -> Service {
         Service::start(binary, &self.env(), &[]).await
     }
+}
+
+/// The local stack's terminal registry file (written by deploy/local/stack.sh).
+pub fn local_terminals_file() -> PathBuf {
+    std::env::var_os("POSFLOW_LOCAL_TERMINALS_FILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.stack/terminals.toml")
+        })
+}
+
+/// The merchant the local stack registers `terminal` to (and its broker lets it publish as).
+pub fn merchant_of(terminal: &str) -> String {
+    static LOCAL: std::sync::OnceLock<HashMap<String, String>> = std::sync::OnceLock::new();
+    LOCAL
+        .get_or_init(|| {
+            let text = std::fs::read_to_string(local_terminals_file()).expect("local registry");
+            posflow_registry::file::parse(&text, "e2e", 0)
+                .expect("local registry")
+                .into_iter()
+                .map(|r| (r.terminal_id, r.merchant_id))
+                .collect()
+        })
+        .get(terminal)
+        .unwrap_or_else(|| panic!("{terminal} is not in the local registry"))
+        .clone()
 }
 
 /// A service binary from `target/debug` (or `$POSFLOW_BIN_DIR`).
@@ -732,7 +779,8 @@ fn fleet_config(
     posflow_simulator::plan::FleetConfig {
         terminals,
         per_terminal,
-        merchants: 10,
+        // The local registry's: five merchants, dealt by terminal number.
+        merchants: 5,
         invalid_every,
         seed: first_terminal as u64,
         first_terminal,

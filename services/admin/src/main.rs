@@ -1,6 +1,8 @@
 //! posflow-admin: provisions what the stages need and do not create themselves — the Kafka
-//! topics of the catalogue and their value schemas in the registry. Idempotent; run it on
-//! every deploy (the Helm chart runs it as a pre-install/pre-upgrade hook).
+//! topics of the catalogue and their value schemas in the registry (idempotent; the Helm chart
+//! runs it as a pre-install/pre-upgrade hook) — and manages the terminal registry.
+
+mod terminals;
 
 use clap::{Parser, Subcommand};
 use posflow_kafka::provision::{provision, ProvisionPlan};
@@ -8,7 +10,7 @@ use posflow_kafka::{KafkaArgs, CATALOGUE};
 use posflow_runtime::ConfigErrors;
 use std::process::ExitCode;
 
-/// posflow-admin: create topics and register schemas.
+/// posflow-admin: create topics, register schemas, manage the terminal registry.
 #[derive(Debug, Parser)]
 #[command(name = "posflow-admin", version, about, long_about = None)]
 struct Args {
@@ -34,6 +36,15 @@ enum Command {
     },
     /// Print the topic catalogue.
     Topics,
+    /// The terminal registry: which merchant owns each terminal, and whether it may transact
+    /// (docs/terminals.md).
+    Terminals {
+        #[command(subcommand)]
+        action: terminals::Action,
+        /// Who makes the change, recorded with it (default: the OS user).
+        #[arg(long, env = "POSFLOW_OPERATOR", global = true)]
+        operator: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +75,13 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match args.command {
+        Command::Terminals { action, operator } => {
+            let operator = operator
+                .or_else(|| std::env::var("USER").ok())
+                .or_else(|| std::env::var("LOGNAME").ok())
+                .unwrap_or_else(|| "unknown".into());
+            runtime().block_on(terminals::run(&args.kafka, action, &operator))
+        }
         Command::Topics => {
             let topics = args.kafka.topics();
             println!(
@@ -72,10 +90,10 @@ fn main() -> ExitCode {
             );
             for t in CATALOGUE {
                 println!(
-                    "{:<36} {:>10} {:>8}d  {:<28} {}",
+                    "{:<36} {:>10} {:>9}  {:<28} {}",
                     topics.name(t.name),
                     t.partitions,
-                    t.retention_days,
+                    t.retention.label(),
                     t.writers,
                     t.key
                 );
@@ -92,11 +110,7 @@ fn main() -> ExitCode {
                 min_insync_replicas,
                 partitions,
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            match rt.block_on(provision(&args.kafka, &plan)) {
+            match runtime().block_on(provision(&args.kafka, &plan)) {
                 Ok(report) => {
                     for t in &report.created {
                         println!("created  {t}");
@@ -116,4 +130,11 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }

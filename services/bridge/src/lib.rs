@@ -16,6 +16,7 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_kafka::{headers, KafkaArgs};
 use posflow_mqtt::MqttArgs;
+use posflow_registry::Decision;
 use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context, Secret};
 use posflow_schema::{now_millis, DeadLetter, Encoder, Envelope, TransactionReceived};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -155,7 +156,16 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)
     })
     .await?;
+    // The terminal registry, read to its end before the first message is taken: a bridge that
+    // has not read it would refuse every terminal as unknown.
+    let terminals = posflow_registry::Cache::default();
+    posflow_registry::store::follow(&args.kafka, terminals.clone(), ctx.clone())
+        .await
+        .context("reading the terminal registry")?;
+    m.registry_terminals.set(terminals.len() as i64);
+    tracing::info!(terminals = terminals.len(), "terminal registry read");
     let mut ingress = Ingress {
+        terminals,
         bridge_id: args.bridge_id.clone(),
         max_payload_bytes: args.max_payload_bytes,
         tokenizer: card::Tokenizer::new(&args.card_token_key),
@@ -276,6 +286,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
                 }
                 _ = tick.tick() => {
                     ingress.limiter.retain_recent();
+                    m.registry_terminals.set(ingress.terminals.len() as i64);
                     m.waiting.set(rx.waiting().get() as i64);
                 }
             }
@@ -350,6 +361,7 @@ enum Verdict {
 
 /// Everything the bridge needs to turn one MQTT message into one Kafka record.
 struct Ingress {
+    terminals: posflow_registry::Cache,
     bridge_id: String,
     max_payload_bytes: usize,
     tokenizer: card::Tokenizer,
@@ -362,6 +374,37 @@ struct Ingress {
 }
 
 impl Ingress {
+    /// A registered terminal's message: its rate limit, then the payload.
+    fn admit(
+        &mut self,
+        publish: &Publish,
+        ids: &posflow_mqtt::TopicIds<'_>,
+        delay: &mut Option<Duration>,
+    ) -> Result<posflow_schema::Transaction, payload::Refusal> {
+        match self.limiter.check(ids.terminal_id) {
+            limit::Verdict::Reject => {
+                metrics().throttled.with_label_values(&["reject"]).inc();
+                Err(payload::Refusal {
+                    reason: payload::Reason::RateLimited,
+                    detail: "terminal above its rate limit; retry later".into(),
+                    transaction_id: None,
+                })
+            }
+            verdict => {
+                if let limit::Verdict::Delay(d) = verdict {
+                    metrics().throttled.with_label_values(&["delay"]).inc();
+                    *delay = Some(d);
+                }
+                payload::parse(
+                    &publish.payload,
+                    ids,
+                    self.max_payload_bytes,
+                    &self.tokenizer,
+                )
+            }
+        }
+    }
+
     fn handle(&mut self, publish: Publish) -> Job {
         let received = Instant::now();
         let received_at = now_millis();
@@ -438,27 +481,9 @@ impl Ingress {
                 ),
                 transaction_id: None,
             }),
-            Ok(ids) => match self.limiter.check(ids.terminal_id) {
-                limit::Verdict::Reject => {
-                    metrics().throttled.with_label_values(&["reject"]).inc();
-                    Err(payload::Refusal {
-                        reason: payload::Reason::RateLimited,
-                        detail: "terminal above its rate limit; retry later".into(),
-                        transaction_id: None,
-                    })
-                }
-                verdict => {
-                    if let limit::Verdict::Delay(d) = verdict {
-                        metrics().throttled.with_label_values(&["delay"]).inc();
-                        delay = Some(d);
-                    }
-                    payload::parse(
-                        &publish.payload,
-                        ids,
-                        self.max_payload_bytes,
-                        &self.tokenizer,
-                    )
-                }
+            Ok(ids) => match self.terminals.decide(ids.terminal_id, ids.merchant_id) {
+                Decision::Allowed => self.admit(&publish, ids, &mut delay),
+                refused => Err(registry_refusal(refused, ids)),
             },
         }
         .and_then(|transaction| {
@@ -574,6 +599,37 @@ impl Ingress {
                 }
             }
         }
+    }
+}
+
+/// Why the registry refuses a terminal. The answer goes to whoever holds the terminal's
+/// credentials, so it never names the merchant the terminal is registered to.
+fn registry_refusal(d: Decision, ids: &posflow_mqtt::TopicIds<'_>) -> payload::Refusal {
+    let (reason, detail) = match d {
+        Decision::Unknown => (
+            payload::Reason::TerminalUnknown,
+            format!("terminal {} is not registered", ids.terminal_id),
+        ),
+        Decision::Blocked => (
+            payload::Reason::TerminalBlocked,
+            format!("terminal {} is blocked", ids.terminal_id),
+        ),
+        Decision::Retired => (
+            payload::Reason::TerminalRetired,
+            format!("terminal {} is retired", ids.terminal_id),
+        ),
+        Decision::OtherMerchant | Decision::Allowed => (
+            payload::Reason::IdentityMismatch,
+            format!(
+                "terminal {} is not registered to merchant {}",
+                ids.terminal_id, ids.merchant_id
+            ),
+        ),
+    };
+    payload::Refusal {
+        reason,
+        detail,
+        transaction_id: None,
     }
 }
 

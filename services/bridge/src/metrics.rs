@@ -16,6 +16,7 @@ pub struct Metrics {
     pub repeats: IntCounter,
     pub throttled: IntCounterVec,
     pub recent_ids: IntGauge,
+    pub registry_terminals: IntGauge,
     pub ack_latency: Histogram,
 }
 
@@ -59,6 +60,10 @@ pub fn metrics() -> &'static Metrics {
         recent_ids: gauge(
             "posflow_bridge_recent_ids",
             "Transaction ids in the recent-id cache",
+        ),
+        registry_terminals: gauge(
+            "posflow_bridge_registry_terminals",
+            "Terminals in this replica's copy of the terminal registry (any status)",
         ),
         throttled: counter_vec(
             "posflow_bridge_throttled_total",

@@ -24,10 +24,13 @@ pub enum Reason {
     DuplicateTransactionId,
     RateLimited,
     DuplicateKey,
+    TerminalUnknown,
+    TerminalBlocked,
+    TerminalRetired,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 16] = [
         Self::TopicInvalid,
         Self::Oversize,
         Self::NotUtf8,
@@ -41,6 +44,9 @@ impl Reason {
         Self::DuplicateTransactionId,
         Self::RateLimited,
         Self::DuplicateKey,
+        Self::TerminalUnknown,
+        Self::TerminalBlocked,
+        Self::TerminalRetired,
     ];
     pub fn code(self) -> &'static str {
         match self {
@@ -57,6 +63,9 @@ impl Reason {
             Self::DuplicateTransactionId => "DUPLICATE_TRANSACTION_ID",
             Self::RateLimited => "RATE_LIMITED",
             Self::DuplicateKey => "DUPLICATE_KEY",
+            Self::TerminalUnknown => "TERMINAL_UNKNOWN",
+            Self::TerminalBlocked => "TERMINAL_BLOCKED",
+            Self::TerminalRetired => "TERMINAL_RETIRED",
         }
     }
 }

@@ -53,6 +53,10 @@ pub struct Args {
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print the fleet's terminal registry (for `posflow-admin terminals apply --file -`) and
+    /// exit: a terminal's merchant is fixed by its number, M00((n-1) mod --merchants + 1).
+    #[arg(long)]
+    pub print_registry: bool,
 }
 
 impl Args {
@@ -74,18 +78,23 @@ impl Args {
     }
 }
 
-/// Runs the fleet with a progress line on stderr every second; prints the summary.
-pub async fn run(args: Args) -> anyhow::Result<fleet::Report> {
-    let run_id = format!("{:x}", rand::random::<u32>());
-    let cfg = plan::FleetConfig {
+/// The fleet `args` describe.
+pub fn fleet_config(args: &Args, run_id: &str) -> plan::FleetConfig {
+    plan::FleetConfig {
         terminals: args.terminals,
         per_terminal: args.per_terminal,
         merchants: args.merchants,
         invalid_every: args.invalid_every,
         seed: args.seed,
         first_terminal: args.first_terminal,
-        run_id: run_id.clone(),
-    };
+        run_id: run_id.to_string(),
+    }
+}
+
+/// Runs the fleet with a progress line on stderr every second; prints the summary.
+pub async fn run(args: Args) -> anyhow::Result<fleet::Report> {
+    let run_id = format!("{:x}", rand::random::<u32>());
+    let cfg = fleet_config(&args, &run_id);
     let fleet = plan::plan(&cfg, posflow_schema::now_millis());
     let total = args.terminals * args.per_terminal;
     let opts = fleet::PublishOptions {

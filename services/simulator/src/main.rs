@@ -5,6 +5,13 @@ use std::process::ExitCode;
 async fn main() -> ExitCode {
     let args = posflow_simulator::Args::parse();
     let json = args.json;
+    if args.print_registry {
+        print!(
+            "{}",
+            posflow_simulator::plan::registry_toml(&posflow_simulator::fleet_config(&args, ""))
+        );
+        return ExitCode::SUCCESS;
+    }
     let args = match args.check() {
         Ok(a) => a,
         Err(e) => {

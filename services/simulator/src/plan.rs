@@ -96,6 +96,30 @@ const CITIES: [(f64, f64); 5] = [
     (40.416, -3.703),
 ];
 
+/// Terminal number `n`'s merchant (0-based): dealt round-robin by terminal number, so a
+/// terminal has the same merchant in every run and fleet (the registry it is registered in
+/// says so; deploy/local/stack.sh registers T0001..T0500 this way with five merchants).
+fn merchant_index(cfg: &FleetConfig, n: usize) -> usize {
+    (n.max(1) - 1) % cfg.merchants.max(1)
+}
+
+fn merchant_id(m: usize) -> String {
+    format!("M{:03}", m + 1)
+}
+
+/// The fleet's terminal registry, in the file format `posflow-admin terminals apply` takes.
+pub fn registry_toml(cfg: &FleetConfig) -> String {
+    let mut out = String::from("# The simulator's fleet (posflow-simulator --print-registry).\n");
+    for n in cfg.first_terminal..cfg.first_terminal + cfg.terminals {
+        out.push_str(&format!(
+            "[terminals.{}]\nmerchant = \"{}\"\n",
+            terminal_id(n),
+            merchant_id(merchant_index(cfg, n))
+        ));
+    }
+    out
+}
+
 /// The fleet's transactions, per terminal, in publish order.
 pub fn plan(cfg: &FleetConfig, now_ms: i64) -> Vec<Vec<Planned>> {
     let mut rng = StdRng::seed_from_u64(cfg.seed);
@@ -103,8 +127,8 @@ pub fn plan(cfg: &FleetConfig, now_ms: i64) -> Vec<Vec<Planned>> {
     (0..cfg.terminals)
         .map(|t| {
             let terminal = terminal_id(cfg.first_terminal + t);
-            let m = t % cfg.merchants.max(1);
-            let merchant = format!("M{:03}", m + 1);
+            let m = merchant_index(cfg, cfg.first_terminal + t);
+            let merchant = merchant_id(m);
             let (currency, scale) = match m % 5 {
                 3 => ("GBP", 1),
                 4 => ("JPY", 0),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the bridge's hostile-input corpus: one file per case, named <REASON>__<what>.bin.
-The e2e test publishes each on pos/M470/T0470/tx (TOPIC_INVALID cases on a bad topic) and
-expects it on the dead-letter topic with REASON. Re-run after changing the contract."""
+The e2e test publishes each on pos/M005/T0470/tx (T0470's topic in the local terminal registry)
+and expects it on the dead-letter topic with REASON; TOPIC_INVALID cases go to a bad topic, which
+the broker's registry-generated ACL refuses before the bridge sees them. Re-run after changing the contract."""
 import json, os
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -9,7 +10,7 @@ PAN = "4111111111111111"
 
 def valid(**over):
     p = {
-        "version": 1, "transaction_id": "corpus-1", "terminal_id": "T0470", "merchant_id": "M470",
+        "version": 1, "transaction_id": "corpus-1", "terminal_id": "T0470", "merchant_id": "M005",
         "sequence": 1, "transaction_time": "2026-11-27T10:15:30.123Z", "type": "sale",
         "amount_minor": 1234, "currency": "EUR", "payment_method": "card", "entry_mode": "chip",
         "card": {"pan": PAN}, "response_code": "00", "mcc": "5814",

@@ -9,4 +9,4 @@ pub mod provision;
 pub mod topics;
 
 pub use args::{ExactlyOnceArgs, InstanceArgs, KafkaArgs};
-pub use topics::{TopicSpec, Topics, CATALOGUE};
+pub use topics::{Retention, TopicSpec, Topics, CATALOGUE};

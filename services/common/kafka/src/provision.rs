@@ -1,6 +1,7 @@
 //! Creates the catalogue's topics through the Kafka admin API and registers every value schema
 //! (BACKWARD compatibility) in the schema registry. Idempotent: run it on every deploy.
 
+use crate::topics::Retention;
 use crate::{KafkaArgs, CATALOGUE};
 use posflow_schema::{value_subject, Registry};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -47,28 +48,42 @@ pub async fn provision(
 ) -> Result<ProvisionReport, ProvisionError> {
     let admin: AdminClient<DefaultClientContext> = args.client_config().create()?;
     let topics = args.topics();
-    let names: Vec<(String, i32, String)> = CATALOGUE
+    let names: Vec<(String, i32, Retention)> = CATALOGUE
         .iter()
         .map(|t| {
-            (
-                topics.name(t.name),
-                plan.partitions.unwrap_or(t.partitions),
-                (t.retention_days * 86_400_000).to_string(),
-            )
+            // The registry's single partition is a design choice, not a scale setting.
+            let partitions = match t.retention {
+                Retention::Compacted => t.partitions,
+                Retention::Days(_) => plan.partitions.unwrap_or(t.partitions),
+            };
+            (topics.name(t.name), partitions, t.retention)
         })
         .collect();
     let min_isr = plan.min_insync_replicas.to_string();
+    let retention_ms: std::collections::HashMap<&String, String> = names
+        .iter()
+        .filter_map(|(name, _, r)| match r {
+            Retention::Days(d) => Some((name, (d * 86_400_000).to_string())),
+            Retention::Compacted => None,
+        })
+        .collect();
     let new: Vec<NewTopic> = names
         .iter()
         .map(|(name, partitions, retention)| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 name,
                 *partitions,
                 TopicReplication::Fixed(plan.replication_factor),
             )
-            .set("retention.ms", retention)
-            .set("min.insync.replicas", &min_isr)
-            .set("cleanup.policy", "delete")
+            .set("min.insync.replicas", &min_isr);
+            match retention {
+                Retention::Days(_) => topic
+                    .set("retention.ms", &retention_ms[name])
+                    .set("cleanup.policy", "delete"),
+                Retention::Compacted => topic
+                    .set("retention.ms", "-1")
+                    .set("cleanup.policy", "compact"),
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

@@ -11,9 +11,28 @@ pub struct TopicSpec {
     pub key: &'static str,
     pub value: ValueSchema,
     pub partitions: i32,
-    pub retention_days: i64,
+    pub retention: Retention,
     pub writers: &'static str,
     pub readers: &'static str,
+}
+
+/// How long a topic keeps records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Deleted after this many days: events.
+    Days(i64),
+    /// The latest record per key kept for ever: state (the terminal registry).
+    Compacted,
+}
+
+impl Retention {
+    /// As docs/topics.md and `posflow-admin topics` write it.
+    pub fn label(self) -> String {
+        match self {
+            Self::Days(d) => format!("{d} d"),
+            Self::Compacted => "compacted".into(),
+        }
+    }
 }
 
 pub const RAW: &str = "pos.transactions.raw";
@@ -22,6 +41,7 @@ pub const REJECTED: &str = "pos.transactions.rejected";
 pub const FRAUD_ALERTS: &str = "pos.fraud.alerts";
 pub const NOTIFICATION_STATUS: &str = "pos.notifications.status";
 pub const DEADLETTER: &str = "pos.deadletter";
+pub const TERMINALS: &str = "pos.terminals";
 
 pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec {
@@ -29,7 +49,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         key: "terminal id (keeps each terminal's transactions in order)",
         value: ValueSchema::TransactionReceived,
         partitions: 12,
-        retention_days: 7,
+        retention: Retention::Days(7),
         writers: "bridge",
         readers: "validator, fraud (terminal rules)",
     },
@@ -38,7 +58,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         key: "card token (`terminal:<id>` without a card): each card's transactions in order on one partition, for fraud",
         value: ValueSchema::TransactionValidated,
         partitions: 12,
-        retention_days: 7,
+        retention: Retention::Days(7),
         writers: "validator",
         readers: "storage, fraud, notifier, analysts",
     },
@@ -47,7 +67,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         key: "terminal id",
         value: ValueSchema::TransactionRejected,
         partitions: 6,
-        retention_days: 30,
+        retention: Retention::Days(30),
         writers: "validator",
         readers: "storage, analysts",
     },
@@ -56,7 +76,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         key: "card token (terminal id for terminal-level rules)",
         value: ValueSchema::FraudAlert,
         partitions: 6,
-        retention_days: 30,
+        retention: Retention::Days(30),
         writers: "fraud",
         readers: "notifier, analysts",
     },
@@ -65,7 +85,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         key: "merchant id",
         value: ValueSchema::NotificationOutcome,
         partitions: 6,
-        retention_days: 7,
+        retention: Retention::Days(7),
         writers: "notifier",
         readers: "analysts, operators",
     },
@@ -74,9 +94,20 @@ pub const CATALOGUE: &[TopicSpec] = &[
         key: "source (MQTT topic, or topic/partition/offset)",
         value: ValueSchema::DeadLetter,
         partitions: 3,
-        retention_days: 30,
+        retention: Retention::Days(30),
         writers: "bridge, validator, storage, notifier",
         readers: "operators (replay tooling)",
+    },
+    TopicSpec {
+        name: TERMINALS,
+        key: "terminal id (the latest record per terminal is its registration)",
+        value: ValueSchema::TerminalRegistration,
+        // One partition: the registry is small, and one ordered log makes "read to the end"
+        // (the bridge's start-up) a single offset.
+        partitions: 1,
+        retention: Retention::Compacted,
+        writers: "posflow-admin terminals",
+        readers: "bridge, analysts",
     },
 ];
 
@@ -113,6 +144,9 @@ impl Topics {
     pub fn deadletter(&self) -> String {
         self.name(DEADLETTER)
     }
+    pub fn terminals(&self) -> String {
+        self.name(TERMINALS)
+    }
 }
 
 #[cfg(test)]
@@ -141,7 +175,7 @@ mod tests {
                 .unwrap_or_else(|| panic!("docs/topics.md has no row for {}", t.name));
             assert!(row.contains(&format!("| {} |", t.partitions)), "{row}");
             assert!(
-                row.contains(&format!("| {} d |", t.retention_days)),
+                row.contains(&format!("| {} |", t.retention.label())),
                 "{row}"
             );
         }

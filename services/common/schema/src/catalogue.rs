@@ -50,16 +50,18 @@ pub enum ValueSchema {
     FraudAlert,
     NotificationOutcome,
     DeadLetter,
+    TerminalRegistration,
 }
 
 impl ValueSchema {
-    pub const ALL: [ValueSchema; 6] = [
+    pub const ALL: [ValueSchema; 7] = [
         Self::TransactionReceived,
         Self::TransactionValidated,
         Self::TransactionRejected,
         Self::FraudAlert,
         Self::NotificationOutcome,
         Self::DeadLetter,
+        Self::TerminalRegistration,
     ];
 
     /// The file under `schemas/`.
@@ -71,6 +73,7 @@ impl ValueSchema {
             Self::FraudAlert => "pos.fraud.alerts.avsc",
             Self::NotificationOutcome => "pos.notifications.status.avsc",
             Self::DeadLetter => "pos.deadletter.avsc",
+            Self::TerminalRegistration => "pos.terminals.avsc",
         }
     }
 
@@ -82,6 +85,7 @@ impl ValueSchema {
             Self::FraudAlert => avsc!("pos.fraud.alerts.avsc"),
             Self::NotificationOutcome => avsc!("pos.notifications.status.avsc"),
             Self::DeadLetter => avsc!("pos.deadletter.avsc"),
+            Self::TerminalRegistration => avsc!("pos.terminals.avsc"),
         }
     }
 

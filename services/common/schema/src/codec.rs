@@ -28,6 +28,7 @@ record!(crate::types::TransactionRejected, TransactionRejected);
 record!(crate::types::FraudAlert, FraudAlert);
 record!(crate::types::NotificationOutcome, NotificationOutcome);
 record!(crate::types::DeadLetter, DeadLetter);
+record!(crate::types::TerminalRegistration, TerminalRegistration);
 
 const MAGIC: u8 = 0;
 

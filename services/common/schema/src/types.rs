@@ -220,6 +220,18 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// One terminal's entry in the registry (`pos.terminals`): the latest per terminal id counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalRegistration {
+    pub terminal_id: String,
+    pub merchant_id: String,
+    /// `active`, `blocked` or `retired` (posflow-registry's `Status`).
+    pub status: String,
+    pub changed_at: i64,
+    pub changed_by: String,
+    pub note: String,
+}
+
 /// Avro `bytes` must be serialised as bytes, not as a sequence of ints.
 mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
