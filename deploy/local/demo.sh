@@ -16,6 +16,8 @@ PER_TERMINAL=${PER_TERMINAL:-50}
 INVALID_EVERY=${INVALID_EVERY:-25}
 # Demo-only key. Production takes it from a Kubernetes Secret (see the chart).
 export POSFLOW_CARD_TOKEN_KEY=${POSFLOW_CARD_TOKEN_KEY:-demo-only-card-token-key-0123456789abcdef}
+# Encrypts the webhook signing secrets in the notifier's table (docs/notifier.md).
+export POSFLOW_SECRETS_KEYS=${POSFLOW_SECRETS_KEYS:-demo=ZGVtby1vbmx5LXdlYmhvb2stc2VjcmV0cy1rZXktMDA=}
 export POSFLOW_LOG=${POSFLOW_LOG:-info,librdkafka=warn}
 logs=$STACK/demo
 mkdir -p "$logs"

@@ -347,17 +347,37 @@ up_postgres() {
     rm -f "$pw"
     mkdir -p "$dir/socket"; [ ${#as[@]} -gt 0 ] && chown postgres "$dir/socket"
   fi
+  # TLS only over TCP, as a managed database requires it: the stack CA's server certificate
+  # (127.0.0.1, localhost), and pg_hba refusing any TCP connection without TLS. Clients connect
+  # with sslmode=verify-full (`stack.sh env`). Written on every start, so an older cluster is
+  # brought up to this too.
+  tls_material
+  mkdir -p "$dir/tls"
+  cp "$STACK/tls/server.crt" "$dir/tls/server.crt"; cp "$STACK/tls/server.key" "$dir/tls/server.key"
+  chmod 600 "$dir/tls/server.key"
+  cat > "$dir/data/pg_hba.conf" <<'EOF'
+# posflow local stack (deploy/local/stack.sh): password over TLS only.
+local     all  all                scram-sha-256
+hostssl   all  all  127.0.0.1/32  scram-sha-256
+hostssl   all  all  ::1/128       scram-sha-256
+hostnossl all  all  0.0.0.0/0     reject
+hostnossl all  all  ::/0          reject
+EOF
+  if [ ${#as[@]} -gt 0 ]; then chown -R postgres "$dir/tls" "$dir/data/pg_hba.conf"; fi
   # track_commit_timestamp: the end-to-end benchmark reads each row's commit time.
   start_bg postgres "${as[@]}" "$bin/postgres" -D "$dir/data" -p "$PG_PORT" -c listen_addresses=127.0.0.1 \
     -c unix_socket_directories="$dir/socket" -c max_connections=100 -c shared_buffers=128MB \
-    -c fsync=on -c synchronous_commit=on -c track_commit_timestamp=on
+    -c fsync=on -c synchronous_commit=on -c track_commit_timestamp=on \
+    -c ssl=on -c ssl_cert_file="$dir/tls/server.crt" -c ssl_key_file="$dir/tls/server.key" \
+    -c ssl_min_protocol_version=TLSv1.2
 }
 
 pg_ready() { "$(pg_bin)/pg_isready" -h 127.0.0.1 -p "$PG_PORT" -q; }
 ensure_database() {
-  PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -tAc \
+  local tls=(env PGPASSWORD="$PG_PASSWORD" PGSSLMODE=verify-full PGSSLROOTCERT="$STACK/tls/ca.crt")
+  "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='posflow'" | grep -q 1 ||
-  PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -qc 'CREATE DATABASE posflow'
+  "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -qc 'CREATE DATABASE posflow'
 }
 
 up_smtp() {
@@ -442,7 +462,7 @@ export POSFLOW_MQTT_PASSWORD=$MQTT_BRIDGE_PASSWORD
 export POSFLOW_LOCAL_MQTT_TLS_PORT=$MQTT_TLS_PORT
 export POSFLOW_LOCAL_TLS_DIR=$STACK/tls
 export POSFLOW_TERMINAL_PASSWORD=$MQTT_TERMINAL_PASSWORD
-export POSFLOW_DATABASE_URL=postgres://posflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/posflow
+export POSFLOW_DATABASE_URL='postgres://posflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
 export POSFLOW_SMTP_ADDR=127.0.0.1:$SMTP_PORT
 export POSFLOW_SMTP_MAILDIR=$STACK/smtp/maildir
 export POSFLOW_LOCAL_TERMINALS_FILE=$STACK/terminals.toml

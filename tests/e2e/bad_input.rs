@@ -300,3 +300,88 @@ async fn the_broker_keeps_a_terminal_to_its_own_topic() {
     assert_eq!(raw.len(), 1, "only the terminal's own message is forwarded");
     assert_eq!(raw[0].1.transaction.transaction_id, "acl-2");
 }
+
+/// Rotating the card-token key: every token says which key made it; the same PAN under the same
+/// key gives the same token; during the transition the previous key's token rides along, so a
+/// card's history links across the rotation (docs/operations.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn card_tokens_carry_their_key_id_across_a_key_rotation() {
+    use posflow_bridge::card::{TokenKey, Tokenizer};
+    let d = Deployment::new().await;
+    let (t, m) = ("T0478", merchant_of("T0478"));
+    const NEW_KEY: &str = "e2e-rotated-card-token-key-fedcba9876543210";
+    let old = Tokenizer::new(&posflow_runtime::Secret::new(CARD_TOKEN_KEY));
+    let new = Tokenizer::with_keys(
+        &TokenKey {
+            id: "k2".into(),
+            secret: posflow_runtime::Secret::new(NEW_KEY),
+        },
+        &[],
+    );
+    let publish = |id: &'static str| {
+        let (t, m) = (t, m.clone());
+        let stack = d.stack.clone();
+        async move {
+            let (client, mut rx) = answered_terminal(&stack, t, &m).await;
+            client
+                .publish(
+                    posflow_mqtt::tx_topic(&m, t),
+                    QoS::AtLeastOnce,
+                    false,
+                    valid(id, t, &m),
+                )
+                .await
+                .unwrap();
+            let a = answers(&mut rx, 1).await.remove(0);
+            assert_eq!(a["status"], "accepted", "{id}: {a}");
+        }
+    };
+    let mut bridge = d.start_bridge(4).await;
+    publish("rot-before-1").await;
+    publish("rot-before-2").await;
+    bridge.terminate();
+    let previous = format!("k1={CARD_TOKEN_KEY}");
+    let _bridge = d
+        .bridge_with(
+            4,
+            &[
+                "--card-token-key",
+                NEW_KEY,
+                "--card-token-key-id",
+                "k2",
+                "--card-token-previous-keys",
+                &previous,
+            ],
+        )
+        .await;
+    publish("rot-after").await;
+
+    let raw = d.raw_transactions(3).await;
+    let card = |id: &str| {
+        raw.iter()
+            .find(|(_, r)| r.transaction.transaction_id == id)
+            .and_then(|(_, r)| r.transaction.card.clone())
+            .unwrap_or_else(|| panic!("{id} has no card"))
+    };
+    let (b1, b2, after) = (
+        card("rot-before-1"),
+        card("rot-before-2"),
+        card("rot-after"),
+    );
+    let old_token = old.tokenize(PAN).unwrap().token;
+    assert_eq!((b1.token_key_id.as_str(), &b1.token), ("k1", &old_token));
+    assert_eq!(b1, b2, "same PAN, same key: same token");
+    assert!(b1.previous_tokens.is_empty());
+    assert_eq!(after.token_key_id, "k2");
+    assert_eq!(after.token, new.tokenize(PAN).unwrap().token);
+    assert_ne!(after.token, old_token, "another key, another token");
+    assert_eq!(
+        after.previous_tokens,
+        [posflow_schema::PreviousToken {
+            key_id: "k1".into(),
+            token: old_token
+        }]
+    );
+    // The keys themselves are nowhere in the bridge's log.
+    assert!(!_bridge.log_text().contains(NEW_KEY) && !_bridge.log_text().contains(CARD_TOKEN_KEY));
+}

@@ -31,6 +31,7 @@ fn bad_configuration_lists_every_error_and_no_secret() {
         .env("POSFLOW_KAFKA_BROKERS", "not-a-broker")
         .env("POSFLOW_MQTT_PASSWORD", "hunter2-mqtt-password")
         .env("POSFLOW_CARD_TOKEN_KEY", "short-secret-key")
+        .env("POSFLOW_CARD_TOKEN_PREVIOUS_KEYS", "k0=short-old-key")
         .args(["--bridge-id", "bad/id", "--in-flight", "0"])
         .output()
         .unwrap();
@@ -45,13 +46,29 @@ fn bad_configuration_lists_every_error_and_no_secret() {
         "--bridge-id",
         "--in-flight",
         "--card-token-key",
+        "--card-token-previous-keys: previous key k0: at least 32 bytes",
     ] {
         assert!(text.contains(expected), "missing {expected} in:\n{text}");
     }
     assert!(
-        !text.contains("short-secret-key") && !text.contains("hunter2"),
+        !text.contains("short-secret-key")
+            && !text.contains("hunter2")
+            && !text.contains("short-old-key"),
         "a secret was printed:\n{text}"
     );
+
+    let out = Command::new(bin("posflow-notifier"))
+        .env_clear()
+        .env("POSFLOW_SECRETS_KEYS", "k1=not-32-bytes-of-base64-kek")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("--secrets-keys (POSFLOW_SECRETS_KEYS): key k1: must be 32 bytes, base64"),
+        "{text}"
+    );
+    assert!(!text.contains("not-32-bytes"), "a key was printed:\n{text}");
 
     let out = Command::new(bin("posflow-storage"))
         .env_clear()

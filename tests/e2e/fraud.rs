@@ -55,6 +55,8 @@ fn script(run: &str, now: i64, noise: usize, recurring: usize) -> Script {
             token: key.into(),
             bin: "400000".into(),
             last4: "0002".into(),
+            token_key_id: "k1".into(),
+            previous_tokens: vec![],
         });
         t.location = Some(BERLIN);
         t

@@ -112,6 +112,25 @@ async fn webhooks_are_signed_retried_dead_lettered_and_alerts_go_first() {
         listed.contains("(secret ****)") && !listed.contains(&secret("OK")),
         "{listed}"
     );
+    // At rest the signing secrets are sealed (AES-256-GCM under the test KEK): no secret in
+    // the table, each row's value its own.
+    let sealed = db(&d.stack)
+        .await
+        .query(
+            "SELECT merchant_id, webhook_secret FROM merchant_preferences WHERE webhook_secret IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(sealed.len(), 5, "every merchant here has a webhook");
+    for r in &sealed {
+        let (m, stored): (String, String) = (r.get(0), r.get(1));
+        assert!(stored.starts_with("v1:e2e:"), "{m}: {stored}");
+        assert!(
+            !stored.contains(&secret(&m)),
+            "{m}'s secret is in the clear"
+        );
+    }
     let timeout_ms = 2000;
     let _notifier = d
         .start_notifier(

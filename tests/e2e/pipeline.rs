@@ -99,7 +99,7 @@ async fn a_thousand_transactions_reach_postgres_exactly_once_and_no_card_number_
         .map(|p| (p.transaction_id.as_str(), p))
         .collect();
     let stored = db
-        .query("SELECT transaction_id, amount_minor, currency, terminal_id, merchant_id, card_token, card_bin, card_last4 FROM transactions WHERE transaction_id LIKE $1", &[&like])
+        .query("SELECT transaction_id, amount_minor, currency, terminal_id, merchant_id, card_token, card_bin, card_last4, card_token_key_id FROM transactions WHERE transaction_id LIKE $1", &[&like])
         .await
         .unwrap();
     for row in &stored {
@@ -126,6 +126,11 @@ async fn a_thousand_transactions_reach_postgres_exactly_once_and_no_card_number_
         assert_eq!(
             row.get::<_, Option<String>>(7),
             Some(p.pan[12..].to_string())
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>(8).as_deref(),
+            Some("k1"),
+            "{id} key id"
         );
     }
 

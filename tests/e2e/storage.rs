@@ -302,3 +302,75 @@ async fn the_documented_queries_run() {
         }
     }
 }
+
+/// An error and its causes, lower case, for matching.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        text += &format!(": {c}");
+        next = c.source();
+    }
+    text.to_lowercase()
+}
+
+/// The local PostgreSQL takes TCP connections over TLS only, and the stages' connections are
+/// TLS with the server's certificate verified (verify-full): the tier is not passing in plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_reached_over_verified_tls_only() {
+    let stack = Stack::from_env();
+    assert!(
+        stack.database_url.contains("sslmode=verify-full"),
+        "the e2e tier connects with verify-full: {}",
+        posflow_runtime::config::redact_url(&stack.database_url)
+    );
+    let db = db(&stack).await;
+    let row = db
+        .query_one(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "this connection is not encrypted");
+    assert!(row.get::<_, String>(1).starts_with("TLSv1."));
+
+    let (base, _) = stack.database_url.split_once('?').unwrap();
+    // Without TLS: the server refuses.
+    let plain = posflow_pg::connect(&format!("{base}?sslmode=disable"))
+        .await
+        .expect_err("a plaintext connection was accepted");
+    assert!(
+        plain.summary().contains("no encryption"),
+        "refused for another reason: {plain}"
+    );
+    // Verified against roots that did not sign the server's certificate (the system's): refused
+    // by the client before a password is sent.
+    let unverified = posflow_pg::connect(&format!("{base}?sslmode=verify-full"))
+        .await
+        .expect_err("an unverifiable server was trusted");
+    assert!(
+        causes(&unverified).contains("invalid peer certificate"),
+        "{}",
+        causes(&unverified)
+    );
+    // verify-full checks the name: the certificate is for 127.0.0.1 and localhost, so the same
+    // server under another name is refused; verify-ca (chain only) accepts it.
+    let ca = stack.database_url.split("sslrootcert=").nth(1).unwrap();
+    let other_name = format!(
+        "{}&hostaddr=127.0.0.1&sslrootcert={ca}",
+        base.replace("@127.0.0.1:", "@db.invalid:") + "?x=1"
+    )
+    .replace("?x=1&", "?");
+    let wrong_name = posflow_pg::connect(&format!("{other_name}&sslmode=verify-full"))
+        .await
+        .expect_err("a certificate for another name was accepted");
+    assert!(
+        causes(&wrong_name).contains("not valid for name"),
+        "{}",
+        causes(&wrong_name)
+    );
+    posflow_pg::connect(&format!("{other_name}&sslmode=verify-ca"))
+        .await
+        .unwrap_or_else(|e| panic!("verify-ca under another name: {e}"));
+}

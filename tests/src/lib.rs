@@ -23,6 +23,9 @@ use std::time::{Duration, Instant};
 /// The key the tests give the bridge; tests compute expected tokens with it.
 pub const CARD_TOKEN_KEY: &str = "e2e-test-card-token-key-0123456789abcdef";
 
+/// The notifier's key-encryption key in the tests (webhook secrets at rest).
+pub const SECRETS_KEYS: &str = "e2e=ZTJlLXRlc3Qtd2ViaG9vay1zZWNyZXRzLWtleS0wMDA=";
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
 }
@@ -53,10 +56,14 @@ impl Stack {
                 .expect("POSFLOW_MQTT_PORT"),
             bridge_password: env_or("POSFLOW_MQTT_PASSWORD", "bridge-local"),
             terminal_password: env_or("POSFLOW_TERMINAL_PASSWORD", "terminal-local"),
-            database_url: env_or(
-                "POSFLOW_DATABASE_URL",
-                "postgres://posflow:posflow-local@127.0.0.1:25432/posflow",
-            ),
+            database_url: std::env::var("POSFLOW_DATABASE_URL").unwrap_or_else(|_| {
+                format!(
+                    "postgres://posflow:posflow-local@127.0.0.1:25432/posflow?sslmode=verify-full&sslrootcert={}",
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("../.stack/tls/ca.crt")
+                        .display()
+                )
+            }),
         }
     }
 
@@ -170,6 +177,7 @@ impl Deployment {
             ("POSFLOW_MQTT_PASSWORD", s.bridge_password.as_str()),
             ("POSFLOW_DATABASE_URL", s.database_url.as_str()),
             ("POSFLOW_CARD_TOKEN_KEY", CARD_TOKEN_KEY),
+            ("POSFLOW_SECRETS_KEYS", SECRETS_KEYS),
             ("POSFLOW_MQTT_SHARE_GROUP", self.share_group.as_str()),
             ("POSFLOW_LOG", "info,librdkafka=warn,rdkafka=warn"),
             // Simulated fleets publish far faster than real terminals; tests of the limit set
@@ -513,12 +521,11 @@ pub fn read_topic(
     }
 }
 
+/// A connection as the stages make it (TLS as the URL's sslmode says: verify-full locally).
 pub async fn db(stack: &Stack) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&stack.database_url, tokio_postgres::NoTls)
+    posflow_pg::connect(&stack.database_url)
         .await
-        .expect("database");
-    tokio::spawn(conn);
-    client
+        .unwrap_or_else(|e| panic!("database: {e}"))
 }
 
 /// The text values of a one-column query with one text parameter (e.g. a `LIKE` pattern).
@@ -850,6 +857,8 @@ pub fn received_sale(
                 token: format!("tok-{terminal}-{}", sequence % 7),
                 bin: "411111".into(),
                 last4: "1111".into(),
+                token_key_id: "k1".into(),
+                previous_tokens: vec![],
             }),
             auth_code: Some("123456".into()),
             response_code: "00".into(),

@@ -5,7 +5,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use posflow_runtime::Secret;
-use posflow_schema::Card;
+use posflow_schema::{Card, PreviousToken};
 use sha2::Sha256;
 
 /// Luhn checksum over ASCII digits.
@@ -24,9 +24,68 @@ pub fn luhn_valid(digits: &[u8]) -> bool {
     sum % 10 == 0
 }
 
-/// Turns full PANs into tokens. The key never leaves this struct.
+/// Turns full PANs into tokens under the current key (and, during a rotation, the previous
+/// ones). The keys never leave this struct.
 pub struct Tokenizer {
-    mac: Hmac<Sha256>,
+    current: (String, Hmac<Sha256>),
+    previous: Vec<(String, Hmac<Sha256>)>,
+}
+
+/// A card-token key and its id (what `Card::token_key_id` records).
+pub struct TokenKey {
+    pub id: String,
+    pub secret: Secret,
+}
+
+/// Parses `id=key,id=key` (the previous keys' setting); keys at least 32 bytes, ids as
+/// [`valid_key_id`]. Every mistake is listed, never a key.
+pub fn parse_keys(text: &str) -> Result<Vec<TokenKey>, Vec<String>> {
+    let mut keys = Vec::new();
+    let mut errors = Vec::new();
+    for (i, item) in text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+    {
+        match item.split_once('=') {
+            Some((id, key)) if valid_key_id(id) && key.len() >= 32 => keys.push(TokenKey {
+                id: id.to_string(),
+                secret: Secret::new(key),
+            }),
+            Some((id, _)) if !valid_key_id(id) => errors.push(format!(
+                "previous key {}: its id must be 1-32 of [A-Za-z0-9_.-]",
+                i + 1
+            )),
+            Some((id, _)) => errors.push(format!("previous key {id}: at least 32 bytes")),
+            None => errors.push(format!("previous key {}: not id=key", i + 1)),
+        }
+    }
+    if errors.is_empty() {
+        Ok(keys)
+    } else {
+        Err(errors)
+    }
+}
+
+/// A key id: 1-32 of [A-Za-z0-9_.-] (it travels in every record; it is not secret).
+pub fn valid_key_id(id: &str) -> bool {
+    (1..=32).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+fn mac(secret: &Secret) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length")
+}
+
+fn token(mac: &Hmac<Sha256>, digits: &[u8]) -> String {
+    let mut mac = mac.clone();
+    mac.update(digits);
+    // base64url, not hex: hex tokens hold long all-digit runs often enough to look like card
+    // numbers to a PAN scanner; 43 base64url characters practically never do.
+    URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,10 +97,24 @@ pub enum PanError {
 }
 
 impl Tokenizer {
+    /// One key, id `k1`.
     pub fn new(key: &Secret) -> Self {
+        Self::with_keys(
+            &TokenKey {
+                id: "k1".into(),
+                secret: key.clone(),
+            },
+            &[],
+        )
+    }
+
+    pub fn with_keys(current: &TokenKey, previous: &[TokenKey]) -> Self {
         Self {
-            mac: Hmac::<Sha256>::new_from_slice(key.expose().as_bytes())
-                .expect("HMAC takes any key length"),
+            current: (current.id.clone(), mac(&current.secret)),
+            previous: previous
+                .iter()
+                .map(|k| (k.id.clone(), mac(&k.secret)))
+                .collect(),
         }
     }
 
@@ -53,16 +126,22 @@ impl Tokenizer {
         if !luhn_valid(&digits) {
             return Err(PanError::Luhn);
         }
-        let mut mac = self.mac.clone();
-        mac.update(&digits);
-        // base64url, not hex: hex tokens hold long all-digit runs often enough to look like card
-        // numbers to a PAN scanner; 43 base64url characters practically never do.
-        let token = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+        let previous_tokens = self
+            .previous
+            .iter()
+            .map(|(id, mac)| PreviousToken {
+                key_id: id.clone(),
+                token: token(mac, &digits),
+            })
+            .collect();
+        let token = token(&self.current.1, &digits);
         let text = String::from_utf8(digits).expect("ascii digits");
         Ok(Card {
             token,
             bin: text[..6].to_string(),
             last4: text[text.len() - 4..].to_string(),
+            token_key_id: self.current.0.clone(),
+            previous_tokens,
         })
     }
 }
@@ -414,6 +493,38 @@ mod tests {
             b.tokenize(pan(0)).unwrap().token,
             c.token,
             "another key, another token"
+        );
+        // Rotation: the current key's token and id, and the previous key's token alongside,
+        // equal to what that key alone made.
+        let rotated = Tokenizer::with_keys(
+            &TokenKey {
+                id: "k2".into(),
+                secret: Secret::new("k2-0123456789abcdef0123456789abcdef"),
+            },
+            &parse_keys("k1=k1-0123456789abcdef0123456789abcdef").unwrap(),
+        );
+        let r = rotated.tokenize(pan(0)).unwrap();
+        assert_eq!(
+            (r.token_key_id.as_str(), r.token.as_str()),
+            ("k2", b.tokenize(pan(0)).unwrap().token.as_str())
+        );
+        assert_eq!(
+            r.previous_tokens,
+            [PreviousToken {
+                key_id: "k1".into(),
+                token: c.token.clone()
+            }]
+        );
+        assert_eq!(c.token_key_id, "k1");
+        assert_eq!(
+            parse_keys("k1=short, =x0123456789abcdef0123456789abcdef, nokey")
+                .err()
+                .unwrap(),
+            [
+                "previous key k1: at least 32 bytes",
+                "previous key 2: its id must be 1-32 of [A-Za-z0-9_.-]",
+                "previous key 3: not id=key"
+            ]
         );
         assert_eq!(a.tokenize("4111111111111112"), Err(PanError::Luhn));
         assert_eq!(a.tokenize("41111111"), Err(PanError::Format));

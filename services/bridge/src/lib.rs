@@ -90,6 +90,20 @@ pub struct Args {
         default_value = ""
     )]
     pub card_token_key: Secret,
+    /// The current key's id, recorded with every token (`card.token_key_id`). A new id with
+    /// every new key: docs/operations.md, rotating the card-token key.
+    #[arg(long, env = "POSFLOW_CARD_TOKEN_KEY_ID", default_value = "k1")]
+    pub card_token_key_id: String,
+    /// During a rotation, the previous keys as `id=key,id=key`: each card also gets its token
+    /// under each (`card.previous_tokens`), so its history links across the rotation. From a
+    /// Secret; never logged.
+    #[arg(
+        long,
+        env = "POSFLOW_CARD_TOKEN_PREVIOUS_KEYS",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub card_token_previous_keys: Secret,
 }
 
 impl Args {
@@ -122,6 +136,30 @@ impl Args {
             self.card_token_key.expose().len() >= 32,
             "--card-token-key (POSFLOW_CARD_TOKEN_KEY) must be set, at least 32 bytes",
         );
+        e.check(
+            card::valid_key_id(&self.card_token_key_id),
+            "--card-token-key-id must be 1-32 of [A-Za-z0-9_.-]",
+        );
+        match card::parse_keys(self.card_token_previous_keys.expose()) {
+            Err(errors) => errors
+                .into_iter()
+                .for_each(|m| e.check(false, format!("--card-token-previous-keys: {m}"))),
+            Ok(keys) => {
+                let mut ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+                ids.push(&self.card_token_key_id);
+                ids.sort();
+                ids.dedup();
+                e.check(
+                    ids.len() == keys.len() + 1,
+                    "--card-token-previous-keys: every key id must differ from the others and from --card-token-key-id",
+                );
+                e.check(
+                    keys.iter()
+                        .all(|k| k.secret.expose() != self.card_token_key.expose()),
+                    "--card-token-previous-keys: a previous key equals the current one (give the new key a new value)",
+                );
+            }
+        }
         e.check(
             !self.mqtt.mqtt_password.is_empty() || self.mqtt.has_client_certificate(),
             "--mqtt-password (POSFLOW_MQTT_PASSWORD) or a client certificate (--mqtt-tls-cert) must be set",
@@ -168,7 +206,14 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         terminals,
         bridge_id: args.bridge_id.clone(),
         max_payload_bytes: args.max_payload_bytes,
-        tokenizer: card::Tokenizer::new(&args.card_token_key),
+        tokenizer: card::Tokenizer::with_keys(
+            &card::TokenKey {
+                id: args.card_token_key_id.clone(),
+                secret: args.card_token_key.clone(),
+            },
+            &card::parse_keys(args.card_token_previous_keys.expose())
+                .map_err(|e| anyhow::anyhow!(e.join("; ")))?,
+        ),
         encoder,
         dlq_encoder,
         raw_topic,

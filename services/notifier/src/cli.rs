@@ -20,12 +20,18 @@ pub enum Merchants {
     List,
     /// Delete a merchant's preferences: it receives nothing more (pending deliveries then fail).
     Remove { merchant_id: String },
+    /// Re-encrypt every webhook secret under the first of --secrets-keys: after adding a new
+    /// key (then drop the old), or once for rows stored before encryption at rest.
+    Reseal,
 }
 
 /// Runs a `merchants` command; exit 0 done, 1 failed, 2 bad input.
-pub fn main(db: &DatabaseArgs, cmd: &Merchants) -> ExitCode {
+pub fn main(db: &DatabaseArgs, seal: &crate::sealed::SealArgs, cmd: &Merchants) -> ExitCode {
     let mut errors = posflow_runtime::ConfigErrors::new();
     db.check(&mut errors);
+    if !matches!(cmd, Merchants::Remove { .. }) {
+        seal.check(&mut errors);
+    }
     let parsed = match cmd {
         Merchants::Apply { file } => match std::fs::read_to_string(file) {
             Ok(text) => match prefs::parse(&text, |v| std::env::var(v).ok()) {
@@ -66,13 +72,23 @@ pub fn main(db: &DatabaseArgs, cmd: &Merchants) -> ExitCode {
         match cmd {
             Merchants::Apply { .. } => {
                 let p = parsed.unwrap_or_default();
-                store::save_preferences(&mut client, &p)
+                store::save_preferences(&mut client, &p, &seal.keys()?)
                     .await
                     .map_err(|e| anyhow::anyhow!(e.summary()))?;
                 Ok(format!("{} merchants applied", p.len()))
             }
+            Merchants::Reseal => {
+                let keys = seal.keys()?;
+                let n = store::reseal(&mut client, &keys)
+                    .await
+                    .map_err(|e| anyhow::anyhow!(e.summary()))?;
+                Ok(format!(
+                    "{n} webhook secrets resealed under key {}",
+                    keys.current()
+                ))
+            }
             Merchants::List => {
-                let map = store::load_preferences(&client)
+                let map = store::load_preferences(&client, &seal.keys()?)
                     .await
                     .map_err(|e| anyhow::anyhow!(e.summary()))?;
                 let mut ids: Vec<&String> = map.keys().collect();

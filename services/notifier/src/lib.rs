@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod policy;
 pub mod prefs;
 pub mod render;
+pub mod sealed;
 pub mod store;
 pub mod webhook;
 
@@ -47,6 +48,8 @@ pub struct Args {
     pub db: DatabaseArgs,
     #[command(flatten)]
     pub instance: InstanceArgs,
+    #[command(flatten)]
+    pub seal: sealed::SealArgs,
     /// Apply pending migrations at start-up (otherwise run `posflow-notifier migrate` first).
     #[arg(long, env = "POSFLOW_MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
@@ -133,6 +136,7 @@ impl Args {
         let mut e = ConfigErrors::new();
         self.db.check(&mut e);
         if matches!(self.command, None | Some(Command::Run)) {
+            self.seal.check(&mut e);
             self.kafka.check(&mut e);
             self.instance.check(&mut e);
             let smtp = self.smtp_url.expose();
@@ -308,7 +312,8 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let Some(client) = conn.get(&ctx).await else {
         return Ok(());
     };
-    prefs.replace(store::load_preferences(client).await.context(
+    let keys = args.seal.keys()?;
+    prefs.replace(store::load_preferences(client, &keys).await.context(
         "reading merchant preferences (run `posflow-notifier migrate`, then `merchants apply`)",
     )?);
     tracing::info!(
@@ -323,6 +328,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
             tokio::spawn(refresh_preferences(
                 args.clone(),
                 prefs.clone(),
+                keys,
                 conn,
                 ctx.clone(),
             )),
@@ -349,6 +355,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
 async fn refresh_preferences(
     args: Arc<Args>,
     prefs: Prefs,
+    keys: sealed::Keys,
     mut conn: Conn,
     ctx: Context,
 ) -> anyhow::Result<()> {
@@ -361,7 +368,7 @@ async fn refresh_preferences(
         let Some(client) = conn.get(&ctx).await else {
             return Ok(());
         };
-        match store::load_preferences(client).await {
+        match store::load_preferences(client, &keys).await {
             Ok(map) => prefs.replace(map),
             Err(e) => {
                 tracing::warn!(error = %e.summary(), "reloading merchant preferences failed; keeping the last ones")

@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Preference commands are a short CLI: no HTTP endpoint, no Kafka.
     if let Some(Command::Merchants(cmd)) = &args.command {
-        return cli::main(&args.db, cmd);
+        return cli::main(&args.db, &args.seal, cmd);
     }
     let common = args.common.clone();
     posflow_runtime::main("notifier", &common, || args.check(), posflow_notifier::run)

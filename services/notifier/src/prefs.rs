@@ -123,7 +123,7 @@ impl Preferences {
         digest_every_secs: Option<i32>,
         format: &str,
         events: Vec<String>,
-        webhook: Option<(String, String)>,
+        webhook: Option<(String, Secret)>,
         emails: Vec<String>,
         risk_emails: Vec<String>,
     ) -> Self {
@@ -140,10 +140,7 @@ impl Preferences {
                 .iter()
                 .filter_map(|e| EventKind::from_subscription(e))
                 .collect(),
-            webhook: webhook.map(|(url, secret)| Webhook {
-                url,
-                secret: Secret::new(secret),
-            }),
+            webhook: webhook.map(|(url, secret)| Webhook { url, secret }),
             emails,
             risk_emails,
         }

@@ -3,6 +3,7 @@
 //! changes nothing it should not.
 
 use crate::prefs::{Mode, Preferences};
+use crate::sealed::Keys;
 use posflow_pg::{DbError, Migrations};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,8 +31,12 @@ pub async fn migrate(client: &mut Client) -> Result<Vec<i32>, DbError> {
     posflow_pg::migrate(client, &MIGRATIONS).await
 }
 
-/// Upserts every merchant of a preferences file in one transaction.
-pub async fn save_preferences(client: &mut Client, prefs: &[Preferences]) -> Result<(), DbError> {
+/// Upserts every merchant of a preferences file in one transaction, webhook secrets sealed.
+pub async fn save_preferences(
+    client: &mut Client,
+    prefs: &[Preferences],
+    keys: &Keys,
+) -> Result<(), DbError> {
     let tx = client.transaction().await?;
     for p in prefs {
         let (mode, every) = match p.mode {
@@ -39,7 +44,10 @@ pub async fn save_preferences(client: &mut Client, prefs: &[Preferences]) -> Res
             Mode::Digest { every } => ("digest", Some(every.as_secs() as i32)),
         };
         let url = p.webhook.as_ref().map(|w| w.url.as_str());
-        let secret = p.webhook.as_ref().map(|w| w.secret.expose());
+        let secret = p
+            .webhook
+            .as_ref()
+            .map(|w| keys.seal(&p.merchant_id, w.secret.expose()));
         tx.execute(
             "INSERT INTO merchant_preferences (merchant_id, mode, digest_every_secs, format, events, webhook_url, webhook_secret, emails, risk_emails)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -56,31 +64,106 @@ pub async fn save_preferences(client: &mut Client, prefs: &[Preferences]) -> Res
 
 pub type PreferenceMap = HashMap<String, Arc<Preferences>>;
 
-pub async fn load_preferences(client: &Client) -> Result<PreferenceMap, DbError> {
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// Webhook secrets that do not open, one line per merchant (no secret in it).
+    #[error("webhook secrets: {}", .0.join("; "))]
+    Sealed(Vec<String>),
+}
+
+impl LoadError {
+    pub fn summary(&self) -> String {
+        match self {
+            LoadError::Db(e) => e.summary(),
+            LoadError::Sealed(_) => self.to_string(),
+        }
+    }
+}
+
+/// Every merchant's preferences, webhook secrets opened. A secret that does not open (a key not
+/// configured, a row in the clear) fails the whole load: delivering without it is not possible,
+/// and silently skipping a merchant is worse.
+pub async fn load_preferences(client: &Client, keys: &Keys) -> Result<PreferenceMap, LoadError> {
     let rows = client
         .query(
             "SELECT merchant_id, mode, digest_every_secs, format, events, webhook_url, webhook_secret, emails, risk_emails FROM merchant_preferences",
             &[],
         )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let url: Option<String> = r.get(5);
-            let secret: Option<String> = r.get(6);
-            let p = Preferences::from_columns(
-                r.get(0),
-                r.get(1),
-                r.get(2),
-                r.get(3),
-                r.get(4),
-                url.zip(secret),
-                r.get(7),
-                r.get(8),
-            );
-            (p.merchant_id.clone(), Arc::new(p))
-        })
-        .collect())
+        .await
+        .map_err(DbError::from)?;
+    let mut map = PreferenceMap::new();
+    let mut sealed = Vec::new();
+    for r in &rows {
+        let merchant_id: String = r.get(0);
+        let url: Option<String> = r.get(5);
+        let stored: Option<String> = r.get(6);
+        let secret = match stored.map(|s| keys.open(&merchant_id, &s)).transpose() {
+            Ok(s) => s,
+            Err(e) => {
+                sealed.push(format!("{merchant_id}: {e}"));
+                continue;
+            }
+        };
+        let p = Preferences::from_columns(
+            merchant_id,
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            url.zip(secret),
+            r.get(7),
+            r.get(8),
+        );
+        map.insert(p.merchant_id.clone(), Arc::new(p));
+    }
+    if sealed.is_empty() {
+        Ok(map)
+    } else {
+        Err(LoadError::Sealed(sealed))
+    }
+}
+
+/// Rewrites every webhook secret under the current key (after adding a key, or for rows from
+/// before encryption at rest), in one transaction; returns how many rows changed.
+pub async fn reseal(client: &mut Client, keys: &Keys) -> Result<usize, LoadError> {
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let rows = tx
+        .query(
+            "SELECT merchant_id, webhook_secret FROM merchant_preferences WHERE webhook_secret IS NOT NULL FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(DbError::from)?;
+    let (mut changed, mut problems) = (0, Vec::new());
+    for r in &rows {
+        let (merchant_id, stored): (String, String) = (r.get(0), r.get(1));
+        if keys.is_current(&stored) {
+            continue;
+        }
+        let secret = match keys.open(&merchant_id, &stored) {
+            Ok(s) => s,
+            // Rows from before encryption at rest hold the secret itself.
+            Err(crate::sealed::OpenError::Clear) => posflow_runtime::Secret::new(stored),
+            Err(e) => {
+                problems.push(format!("{merchant_id}: {e}"));
+                continue;
+            }
+        };
+        tx.execute(
+            "UPDATE merchant_preferences SET webhook_secret = $2, updated_at = now() WHERE merchant_id = $1",
+            &[&merchant_id, &keys.seal(&merchant_id, secret.expose())],
+        )
+        .await
+        .map_err(DbError::from)?;
+        changed += 1;
+    }
+    if !problems.is_empty() {
+        return Err(LoadError::Sealed(problems));
+    }
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(changed)
 }
 
 pub async fn remove_preferences(client: &Client, merchant_id: &str) -> Result<bool, DbError> {

@@ -16,6 +16,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "rejections",
         include_str!("../migrations/0002_rejections.sql"),
     ),
+    (
+        3,
+        "card_token_key_id",
+        include_str!("../migrations/0003_card_token_key_id.sql"),
+    ),
 ];
 
 pub use posflow_pg::{connect, DbError};
@@ -258,6 +263,7 @@ async fn insert_rows(
     let tokens = opt(|t| t.card.as_ref().map(|c| c.token.clone()));
     let bins = opt(|t| t.card.as_ref().map(|c| c.bin.clone()));
     let last4s = opt(|t| t.card.as_ref().map(|c| c.last4.clone()));
+    let key_ids = opt(|t| t.card.as_ref().map(|c| c.token_key_id.clone()));
     let auths = opt(|t| t.auth_code.clone());
     let responses = col(|t| t.response_code.clone());
     let mccs = col(|t| t.mcc.clone());
@@ -278,18 +284,18 @@ async fn insert_rows(
         "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type,
             original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin,
             card_last4, auth_code, response_code, mcc, latitude, longitude, received_at, bridge_id, validated_at,
-            kafka_partition, kafka_offset)
+            kafka_partition, kafka_offset, card_token_key_id)
          SELECT a, b, c, d, to_timestamp(e / 1000.0), f, g, h, i, j, k, l, m, n, o, p, q, r, s,
-                to_timestamp(t / 1000.0), u, to_timestamp(v / 1000.0), w, x
+                to_timestamp(t / 1000.0), u, to_timestamp(v / 1000.0), w, x, y
          FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
                      $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
                      $15::text[], $16::text[], $17::text[], $18::float8[], $19::float8[], $20::bigint[],
-                     $21::text[], $22::bigint[], $23::int[], $24::bigint[])
-              AS src(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, x)",
+                     $21::text[], $22::bigint[], $23::int[], $24::bigint[], $25::text[])
+              AS src(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, x, y)",
         &[
             &ids, &terminals, &merchants, &sequences, &times, &kinds, &originals, &amounts, &currencies, &methods, &modes,
             &tokens, &bins, &last4s, &auths, &responses, &mccs, &lats, &lons, &received, &bridges, &validated, &partitions,
-            &offsets,
+            &offsets, &key_ids,
         ],
     )
     .await?;

@@ -197,6 +197,9 @@ spec:
             {{- if or (eq .stage "validator") (eq .stage "fraud") }}
             - {name: rules, mountPath: /etc/posflow/rules, readOnly: true}
             {{- end }}
+            {{- if and (or (eq .stage "storage") (eq .stage "notifier")) $root.Values.database.tls.existingSecret }}
+            - {name: database-tls, mountPath: /etc/posflow/database-tls, readOnly: true}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir: {sizeLimit: 64Mi}
@@ -211,6 +214,10 @@ spec:
         {{- if or (eq .stage "validator") (eq .stage "fraud") }}
         - name: rules
           configMap: {name: {{ include "posflow.fullname" $root }}-rules}
+        {{- end }}
+        {{- if and (or (eq .stage "storage") (eq .stage "notifier")) $root.Values.database.tls.existingSecret }}
+        - name: database-tls
+          secret: {secretName: {{ $root.Values.database.tls.existingSecret }}}
         {{- end }}
       {{- with $s.nodeSelector }}
       nodeSelector:
@@ -250,6 +257,14 @@ spec:
     secretKeyRef:
       name: {{ required "cardToken.existingSecret is required" .Values.cardToken.existingSecret }}
       key: {{ .Values.cardToken.key }}
+- name: POSFLOW_CARD_TOKEN_KEY_ID
+  value: {{ .Values.cardToken.keyId | quote }}
+- name: POSFLOW_CARD_TOKEN_PREVIOUS_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.cardToken.existingSecret }}
+      key: {{ .Values.cardToken.previousKeysKey }}
+      optional: true
 - name: POSFLOW_MQTT_HOST
   value: {{ required "mqtt.host is required" .Values.mqtt.host | quote }}
 - name: POSFLOW_MQTT_PORT
@@ -297,6 +312,11 @@ spec:
 
 {{- define "posflow.env.notifier" -}}
 {{ include "posflow.databaseEnv" . }}
+- name: POSFLOW_SECRETS_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "webhooks.secretsKeys.existingSecret is required" .Values.webhooks.secretsKeys.existingSecret }}
+      key: {{ .Values.webhooks.secretsKeys.key }}
 - name: POSFLOW_SMTP_URL
   valueFrom:
     secretKeyRef:

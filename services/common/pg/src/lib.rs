@@ -3,6 +3,8 @@
 //! Each stage owns its tables and its own migration ledger, so either can be deployed, migrated
 //! and rolled back without the other.
 
+pub mod tls;
+
 use clap::Args;
 use posflow_runtime::{ConfigErrors, Secret};
 use std::collections::HashSet;
@@ -11,7 +13,9 @@ use tokio_postgres::{Client, NoTls};
 /// The database a stage writes to.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db. From a Secret; the password is never logged.
+    /// PostgreSQL URL, e.g. postgres://user:password@host:5432/db?sslmode=verify-full&sslrootcert=/ca.crt
+    /// (sslmode as libpq's: disable, prefer, require, verify-ca, verify-full). From a Secret; the
+    /// password is never logged.
     #[arg(
         long,
         env = "POSFLOW_DATABASE_URL",
@@ -28,6 +32,20 @@ impl DatabaseArgs {
             url.starts_with("postgres://") || url.starts_with("postgresql://"),
             "--database-url (POSFLOW_DATABASE_URL) must be a postgres:// URL",
         );
+        match tls::split(url) {
+            Err(why) => e.check(false, format!("--database-url: {why}")),
+            Ok(t) => {
+                if let Some(ca) = &t.root_cert {
+                    e.check(
+                        std::fs::File::open(ca).is_ok(),
+                        format!(
+                            "--database-url: sslrootcert {} is not readable",
+                            ca.display()
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     /// Connects; the error names the server without the password.
@@ -45,6 +63,9 @@ impl DatabaseArgs {
 pub enum DbError {
     #[error("database: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    /// The URL's TLS settings cannot be used (bad sslmode, unreadable sslrootcert).
+    #[error("database TLS settings: {0}")]
+    Tls(String),
 }
 
 impl DbError {
@@ -57,29 +78,46 @@ impl DbError {
     }
 
     pub fn sqlstate(&self) -> Option<&str> {
-        let DbError::Postgres(e) = self;
-        e.code().map(|c| c.code())
+        match self {
+            DbError::Postgres(e) => e.code().map(|c| c.code()),
+            DbError::Tls(_) => None,
+        }
     }
 
     /// The server's message without its DETAIL, which may quote the row (card token, amounts):
     /// safe for logs and dead letters.
     pub fn summary(&self) -> String {
-        let DbError::Postgres(e) = self;
-        match e.as_db_error() {
-            Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
+        match self {
+            DbError::Postgres(e) => match e.as_db_error() {
+                Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
+                None => e.to_string(),
+            },
+            DbError::Tls(why) => why.clone(),
         }
     }
 }
 
+/// Connects with the TLS the URL's `sslmode` asks for (tls.rs).
 pub async fn connect(url: &str) -> Result<Client, DbError> {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::warn!(error = %e, "database connection closed");
-        }
-    });
+    let target = tls::split(url).map_err(DbError::Tls)?;
+    let mut config: tokio_postgres::Config = target.url.parse()?;
+    config.ssl_mode(target.mode.wire());
+    if target.mode == tls::SslMode::Disable {
+        let (client, conn) = config.connect(NoTls).await?;
+        tokio::spawn(watch(conn));
+        return Ok(client);
+    }
+    let (client, conn) = config
+        .connect(target.connector().map_err(DbError::Tls)?)
+        .await?;
+    tokio::spawn(watch(conn));
     Ok(client)
+}
+
+async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::warn!(error = %e, "database connection closed");
+    }
 }
 
 /// One stage's migrations: applied in order, each once, recorded in `ledger`.

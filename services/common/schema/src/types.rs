@@ -5,10 +5,23 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Card {
-    /// HMAC-SHA256 of the PAN under the bridge's key, base64url without padding (43 chars).
+    /// HMAC-SHA256 of the PAN under the bridge's current key, base64url without padding (43 chars).
     pub token: String,
     pub bin: String,
     pub last4: String,
+    /// The key that made `token` ("" before key ids existed).
+    #[serde(default)]
+    pub token_key_id: String,
+    /// The same PAN under each previous key still configured (a rotation's transition).
+    #[serde(default)]
+    pub previous_tokens: Vec<PreviousToken>,
+}
+
+/// A card's token under an earlier key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousToken {
+    pub key_id: String,
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

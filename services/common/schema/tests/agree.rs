@@ -23,6 +23,8 @@ fn transaction(i: usize) -> Transaction {
             token: "ab".repeat(32),
             bin: "411111".into(),
             last4: "1111".into(),
+            token_key_id: "k1".into(),
+            previous_tokens: vec![],
         }),
         auth_code: (i % 2 == 0).then(|| "A1B2C3".into()),
         response_code: "00".into(),
