@@ -79,9 +79,11 @@ $(PEER): bench/peer/benthos/go.mod bench/peer/benthos/go.sum bench/peer/benthos/
 fmt: ## Format the code
 	$(CARGO) fmt --all
 
-lint: ## Formatting and clippy, as CI would
+lint: ## Formatting, clippy and the supply-chain policy (deny.toml), as CI would
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --version 0.20.2
+	$(CARGO) deny --log-level error check licenses bans sources
 
 fuzz: ## Coverage-guided fuzzing of the bridge's input (nightly + cargo-fuzz), FUZZ_SECONDS=60
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

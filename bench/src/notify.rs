@@ -39,7 +39,7 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
 
     // The ceiling: `concurrency` workers posting signed bodies like the notifier's.
     eprintln!("[bench] receiver ceiling: {n} signed POSTs, {concurrency} in flight ...");
-    let ca = posflow_e2e::notify::tls_dir().join("ca.crt");
+    let ca = posflow_e2e::local_tls_dir().join("ca.crt");
     let sender = Sender::new(Some(&ca), Duration::from_secs(10), concurrency)?;
     let bodies: Arc<Vec<(usize, String, Vec<u8>)>> = Arc::new(
         events

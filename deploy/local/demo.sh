@@ -51,7 +51,8 @@ POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-notifier" migrate >> "$logs/migrate.
 # Merchants' delivery preferences (docs/notifier.md) and the merchants' own webhook endpoint: a
 # receiver that verifies every signature the way the docs tell merchants to.
 export POSFLOW_DEMO_WEBHOOK_SECRET=${POSFLOW_DEMO_WEBHOOK_SECRET:-demo-only-webhook-secret-0123456789}
-"$BIN/posflow-notifier" merchants apply --file "$repo/deploy/config/merchants.toml" > "$logs/merchants.log"
+POSFLOW_DATABASE_URL=$POSFLOW_NOTIFIER_DATABASE_URL \
+  "$BIN/posflow-notifier" merchants apply --file "$repo/deploy/config/merchants.toml" > "$logs/merchants.log"
 python3 "$here/webhook-receiver.py" --port 19466 --cert "$STACK/tls/server.crt" --key "$STACK/tls/server.key" \
   --stats "$logs/webhooks.json" > "$logs/webhook-receiver.log" 2>&1 &
 pids+=($!)
@@ -59,8 +60,11 @@ export POSFLOW_SMTP_URL=smtp://$POSFLOW_SMTP_ADDR POSFLOW_WEBHOOK_CA_FILE=$STACK
 export POSFLOW_DIGEST_GRACE_SECS=5 POSFLOW_INSTANCE_ID=demo-notifier
 # The example rules (per-merchant limits, entry modes, MCCs): docs/validation.md.
 export POSFLOW_VALIDATOR_RULES="$repo/deploy/config/validator-rules.toml"
+# Storage and the notifier log in as their own least-privilege roles (docs/storage.md); the
+# migrations above ran as the schema owner.
+db_url() { case $1 in storage) echo "$POSFLOW_STORAGE_DATABASE_URL";; notifier) echo "$POSFLOW_NOTIFIER_DATABASE_URL";; *) echo "$POSFLOW_DATABASE_URL";; esac; }
 for s in bridge validator storage fraud notifier; do
-  POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
+  POSFLOW_DATABASE_URL=$(db_url $s) POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
   pids+=($!)
 done
 i=1 # pids[0] is the webhook receiver

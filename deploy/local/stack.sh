@@ -32,6 +32,7 @@ KAFKA_PORT=${POSFLOW_KAFKA_PORT:-29092}
 KAFKA_CONTROLLER_PORT=${POSFLOW_KAFKA_CONTROLLER_PORT:-29093}
 REGISTRY_PORT=${POSFLOW_REGISTRY_PORT:-28081}
 REGISTRY_MGMT_PORT=${POSFLOW_REGISTRY_MGMT_PORT:-28082}
+REGISTRY_TLS_PORT=${POSFLOW_REGISTRY_TLS_PORT:-28083}
 MQTT_PORT=${POSFLOW_MQTT_PORT:-21883}
 MQTT_TLS_PORT=${POSFLOW_MQTT_TLS_PORT:-21884}
 PG_PORT=${POSFLOW_PG_PORT:-25432}
@@ -39,6 +40,8 @@ SMTP_PORT=${POSFLOW_SMTP_PORT:-22525}
 
 # Local-only credentials. Production takes every one of these from a Kubernetes Secret.
 PG_PASSWORD=posflow-local
+PG_STORAGE_PASSWORD=storage-local
+PG_NOTIFIER_PASSWORD=notifier-local
 MQTT_BRIDGE_PASSWORD=bridge-local
 MQTT_TERMINAL_PASSWORD=terminal-local
 # Terminal ids the local broker knows: T0001..T0500 (the simulator's default naming), each
@@ -213,10 +216,16 @@ registry_java() {
 up_registry() {
   running registry && return 0
   local dir=$CACHE/apicurio-$APICURIO_VERSION java; java=$(registry_java)
+  tls_material
   # In-memory storage: provisioning re-registers every schema, so a restart loses nothing we
   # cannot recreate. Production points Apicurio at PostgreSQL or KafkaSQL storage.
+  # Two listeners: plain http for most tests, and https with the stack CA's certificate, which
+  # the e2e tier reaches with its CA file as production does (docs/local-stack.md).
   start_bg registry "$java" -Xms128m -Xmx512m \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$REGISTRY_PORT" \
+    -Dquarkus.http.ssl-port="$REGISTRY_TLS_PORT" \
+    -Dquarkus.http.ssl.certificate.files="$STACK/tls/server.crt" \
+    -Dquarkus.http.ssl.certificate.key-files="$STACK/tls/server.key" \
     -Dquarkus.management.port="$REGISTRY_MGMT_PORT" -Dquarkus.management.host=127.0.0.1 \
     -Dquarkus.log.level=WARN -Dquarkus.banner.enabled=false \
     -jar "$dir/quarkus-run.jar"
@@ -378,6 +387,24 @@ ensure_database() {
   "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='posflow'" | grep -q 1 ||
   "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -qc 'CREATE DATABASE posflow'
+  # Least privilege (docs/storage.md): `posflow` owns the schema and runs migrations; storage
+  # and the notifier log in as members of their stage's group role, which the migrations grant
+  # their own tables to. Created here so the logins exist before the first migration.
+  local stage
+  for stage in storage:$PG_STORAGE_PASSWORD notifier:$PG_NOTIFIER_PASSWORD; do
+    "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d posflow -q -v ON_ERROR_STOP=1 <<EOF
+DO \$\$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'posflow_${stage%%:*}') THEN
+    CREATE ROLE posflow_${stage%%:*} NOLOGIN;
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'posflow_${stage%%:*}_app') THEN
+    CREATE ROLE posflow_${stage%%:*}_app LOGIN PASSWORD '${stage#*:}' IN ROLE posflow_${stage%%:*};
+  END IF;
+END
+\$\$;
+EOF
+  done
 }
 
 up_smtp() {
@@ -463,9 +490,12 @@ export POSFLOW_LOCAL_MQTT_TLS_PORT=$MQTT_TLS_PORT
 export POSFLOW_LOCAL_TLS_DIR=$STACK/tls
 export POSFLOW_TERMINAL_PASSWORD=$MQTT_TERMINAL_PASSWORD
 export POSFLOW_DATABASE_URL='postgres://posflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
+export POSFLOW_STORAGE_DATABASE_URL='postgres://posflow_storage_app:$PG_STORAGE_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
+export POSFLOW_NOTIFIER_DATABASE_URL='postgres://posflow_notifier_app:$PG_NOTIFIER_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
 export POSFLOW_SMTP_ADDR=127.0.0.1:$SMTP_PORT
 export POSFLOW_SMTP_MAILDIR=$STACK/smtp/maildir
 export POSFLOW_LOCAL_TERMINALS_FILE=$STACK/terminals.toml
+export POSFLOW_LOCAL_REGISTRY_HTTPS_URL=https://127.0.0.1:$REGISTRY_TLS_PORT/apis/ccompat/v7
 EOF
 }
 

@@ -1,8 +1,8 @@
 //! Everything a terminal controls at the bridge: the MQTT topic and the payload bytes.
 //! `make fuzz` runs it seeded with tests/corpus/bridge. Properties: no panic; a refusal's
 //! detail, the masked payload and the stored (dead-letter) payload hold no Luhn-valid card
-//! number; masking keeps the length; a stored payload that parses holds no value under a
-//! sensitive-authentication-data name.
+//! number; masking keeps the length and every UUID-shaped identifier (a transaction id) in place;
+//! a stored payload that parses holds no value under a sensitive-authentication-data name.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +28,9 @@ fuzz_target!(|data: &[u8]| {
     let masked = mask_card_numbers(body);
     assert_eq!(masked.len(), body.len());
     assert!(no_pan(&masked));
+    for at in uuids(body) {
+        assert_eq!(&masked[at..at + 36], &body[at..at + 36], "an identifier was masked");
+    }
     let stored = stored_payload(body);
     assert!(no_pan(&stored));
     if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&stored) {
@@ -51,4 +54,28 @@ fn strip_removed(v: &mut serde_json::Value) {
         serde_json::Value::Array(a) => a.iter_mut().for_each(strip_removed),
         _ => {}
     }
+}
+
+/// Where UUID-shaped identifiers (8-4-4-4-12 hex) stand on their own in `b`.
+fn uuids(b: &[u8]) -> Vec<usize> {
+    const GROUPS: [usize; 5] = [8, 4, 4, 4, 12];
+    let joins = |c: u8| c.is_ascii_hexdigit() || c == b'-';
+    (0..b.len().saturating_sub(35))
+        .filter(|&i| {
+            let mut j = i;
+            for (k, n) in GROUPS.iter().enumerate() {
+                if !b[j..j + n].iter().all(u8::is_ascii_hexdigit) {
+                    return false;
+                }
+                j += n;
+                if k < 4 {
+                    if b[j] != b'-' {
+                        return false;
+                    }
+                    j += 1;
+                }
+            }
+            !(i > 0 && joins(b[i - 1])) && !(j < b.len() && joins(b[j]))
+        })
+        .collect()
 }

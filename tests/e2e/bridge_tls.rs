@@ -8,9 +8,7 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bridge_connects_with_a_client_certificate_and_forwards() {
     let d = Deployment::new().await;
-    let tls = std::path::PathBuf::from(
-        std::env::var("POSFLOW_LOCAL_TLS_DIR").expect("run under `stack.sh env`"),
-    );
+    let tls = local_tls_dir();
     let port = std::env::var("POSFLOW_LOCAL_MQTT_TLS_PORT").unwrap();
     crate::clear_session_over_tls(&d, &tls, &port).await;
     let file = |n: &str| tls.join(n).display().to_string();

@@ -725,3 +725,37 @@ async fn a_huge_response_body_fails_the_attempt_without_costing_memory() {
     );
     assert!(grown_mib < 8, "the notifier's RSS grew by {grown_mib} MiB");
 }
+
+/// A notifier whose input topic is deleted under it does not sit there ready and idle: the
+/// ingest task fails, and with it the whole process, non-zero, within seconds (its tasks are
+/// supervised together: docs/notifier.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notifier_whose_input_topic_vanishes_exits_non_zero() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let d = Deployment::kafka_only().await.with_own_schema().await;
+    let mut notifier = d.start_notifier("vanish-0", &[]).await;
+    let admin: AdminClient<DefaultClientContext> =
+        d.kafka.client_config().create().expect("admin client");
+    let deleted = admin
+        .delete_topics(&[&d.topic(VALIDATED)], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted.iter().all(|r| r.is_ok()), "{deleted:?}");
+    let since = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = notifier.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "still running 30 s after its input topic was deleted:\n{}",
+            notifier.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(status.code(), Some(1), "{}", notifier.log_text());
+    let log = notifier.log_text();
+    assert!(log.contains("ingest"), "the failed task is named:\n{log}");
+    eprintln!("exited {:?} after the deletion", since.elapsed());
+}

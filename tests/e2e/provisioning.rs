@@ -72,3 +72,57 @@ async fn provisioning_creates_every_topic_and_registers_every_schema_idempotentl
         );
     }
 }
+
+/// The schema registry over https, verified with a CA file (the local registry's second
+/// listener, with the stack CA's certificate): provisioning and a bridge's schema lookups work
+/// through it, and without the CA the registry is not trusted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_is_reached_over_https_with_its_ca() {
+    use rumqttc::v5::mqttbytes::QoS;
+    let https = std::env::var("POSFLOW_LOCAL_REGISTRY_HTTPS_URL")
+        .unwrap_or_else(|_| "https://127.0.0.1:28083/apis/ccompat/v7".into());
+    let ca = local_tls_dir().join("ca.crt");
+
+    let untrusted = posflow_schema::Registry::with(&https, None, None).unwrap();
+    let err = untrusted
+        .subjects()
+        .await
+        .expect_err("an unknown CA was trusted");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let mut d = Deployment::kafka_only().await;
+    d.kafka.schema_registry_url = https.clone();
+    d.kafka.schema_registry_ca = Some(ca.clone());
+    d.stack.registry = https;
+    let again = provision(
+        &d.kafka,
+        &ProvisionPlan {
+            replication_factor: 1,
+            min_insync_replicas: 1,
+            partitions: Some(4),
+        },
+    )
+    .await
+    .expect("provisioning over https");
+    assert_eq!(again.schemas.len(), CATALOGUE.len());
+
+    // The bridge looks its schemas up over https (Deployment::env passes the CA file).
+    let _bridge = d.start_bridge(2).await;
+    let (t, m) = ("T0477", merchant_of("T0477"));
+    let (client, mut rx) = answered_terminal(&d.stack, t, &m).await;
+    client
+        .publish(
+            posflow_mqtt::tx_topic(&m, t),
+            QoS::AtLeastOnce,
+            false,
+            valid_payload("https-registry-1", t, &m),
+        )
+        .await
+        .unwrap();
+    let a = answers(&mut rx, 1).await.remove(0);
+    assert_eq!(a["status"], "accepted", "{a}");
+    assert_eq!(d.raw_transactions(1).await.len(), 1);
+}

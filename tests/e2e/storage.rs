@@ -374,3 +374,58 @@ async fn the_database_is_reached_over_verified_tls_only() {
         .await
         .unwrap_or_else(|e| panic!("verify-ca under another name: {e}"));
 }
+
+/// Least privilege (docs/storage.md): each stage's login reaches its own tables only — storage
+/// cannot read the notifier's webhook secrets, the notifier cannot read transactions, and
+/// neither can delete history or change the schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stage_login_reaches_only_its_own_tables() {
+    use tokio_postgres::error::SqlState;
+    let d = Deployment::new().await.with_own_schema().await;
+    let owner = &d.stack.database_url;
+    let storage = posflow_pg::connect(&with_login(owner, "posflow_storage_app", "storage-local"))
+        .await
+        .unwrap();
+    let notifier =
+        posflow_pg::connect(&with_login(owner, "posflow_notifier_app", "notifier-local"))
+            .await
+            .unwrap();
+    let outcome = |r: Result<u64, tokio_postgres::Error>| match r {
+        Ok(_) => "allowed",
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => "denied",
+        Err(e) => panic!("neither allowed nor denied: {e:?}"),
+    };
+    let cases = [
+        (&storage, "SELECT count(*) FROM transactions", "allowed"),
+        (&storage, "SELECT count(*) FROM kafka_offsets", "allowed"),
+        (
+            &storage,
+            "SELECT webhook_secret FROM merchant_preferences",
+            "denied",
+        ),
+        (
+            &storage,
+            "SELECT count(*) FROM notification_outbox",
+            "denied",
+        ),
+        (&storage, "DELETE FROM transactions", "denied"),
+        (&storage, "CREATE TABLE intruder (a int)", "denied"),
+        (
+            &notifier,
+            "SELECT count(*) FROM merchant_preferences",
+            "allowed",
+        ),
+        (&notifier, "SELECT count(*) FROM transactions", "denied"),
+        (&notifier, "SELECT count(*) FROM rejections", "denied"),
+        (&notifier, "DROP TABLE digests", "denied"),
+    ];
+    let got: Vec<(&str, &str)> = {
+        let mut got = Vec::new();
+        for (client, sql, _) in &cases {
+            got.push((*sql, outcome(client.execute(*sql, &[]).await)));
+        }
+        got
+    };
+    let want: Vec<(&str, &str)> = cases.iter().map(|(_, sql, o)| (*sql, *o)).collect();
+    assert_eq!(got, want);
+}

@@ -143,6 +143,10 @@ impl Deployment {
             kafka_ssl_ca: None,
             topic_prefix: prefix.clone(),
             schema_registry_url: stack.registry.clone(),
+            schema_registry_ca: None,
+            schema_registry_username: None,
+            schema_registry_password: None,
+            schema_registry_token: None,
         };
         provision(
             &kafka,
@@ -187,6 +191,13 @@ impl Deployment {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .chain([("POSFLOW_MQTT_PORT".to_string(), s.mqtt_port.to_string())])
+        // An https registry is the local one's TLS listener: trust the stack's CA.
+        .chain(s.registry.starts_with("https://").then(|| {
+            (
+                "POSFLOW_SCHEMA_REGISTRY_CA".to_string(),
+                local_tls_dir().join("ca.crt").display().to_string(),
+            )
+        }))
         .collect()
     }
 
@@ -222,6 +233,49 @@ impl Deployment {
     pub async fn start(&self, binary: &str) -> Service {
         Service::start(binary, &self.env(), &[]).await
     }
+}
+
+/// The local stack's least-privilege logins (deploy/local/stack.sh): storage and the notifier
+/// run as these, as in production; their `migrate` runs as the schema owner.
+fn stage_login(binary: &str, args: &[&str]) -> Option<(&'static str, &'static str)> {
+    if args.first() == Some(&"migrate") {
+        return None;
+    }
+    match binary {
+        "posflow-storage" => Some(("posflow_storage_app", "storage-local")),
+        "posflow-notifier" => Some(("posflow_notifier_app", "notifier-local")),
+        _ => None,
+    }
+}
+
+/// `url` with another user and password.
+pub fn with_login(url: &str, user: &str, password: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if s < at => {
+            format!("{}{user}:{password}{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// The environment `binary args` runs with: `env`, its database URL swapped for the stage's
+/// own login where it has one.
+pub fn stage_env(binary: &str, args: &[&str], env: &[(String, String)]) -> Vec<(String, String)> {
+    env.iter()
+        .map(|(k, v)| match stage_login(binary, args) {
+            Some((user, password)) if k == "POSFLOW_DATABASE_URL" => {
+                (k.clone(), with_login(v, user, password))
+            }
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
+}
+
+/// The local stack's TLS material: its CA, server and client certificates (stack.sh).
+pub fn local_tls_dir() -> PathBuf {
+    std::env::var_os("POSFLOW_LOCAL_TLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.stack/tls"))
 }
 
 /// The local stack's terminal registry file (written by deploy/local/stack.sh).
@@ -300,7 +354,7 @@ impl Service {
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin(binary))
             .args(args)
-            .envs(env.iter().cloned())
+            .envs(stage_env(binary, args, env))
             .env("POSFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .stdout(Stdio::from(file.try_clone().unwrap()))
             .stderr(Stdio::from(file))

@@ -61,17 +61,9 @@ pub struct Receiver {
     state: Arc<Mutex<State>>,
 }
 
-/// The local stack's TLS directory (CA and a server certificate for 127.0.0.1).
-pub fn tls_dir() -> PathBuf {
-    PathBuf::from(
-        std::env::var("POSFLOW_LOCAL_TLS_DIR")
-            .unwrap_or_else(|_| format!("{}/../.stack/tls", env!("CARGO_MANIFEST_DIR"))),
-    )
-}
-
 impl Receiver {
     pub async fn start() -> Receiver {
-        let dir = tls_dir();
+        let dir = crate::local_tls_dir();
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(dir.join("server.crt"))
                 .expect("server.crt (make up)")
@@ -466,7 +458,7 @@ impl Deployment {
     pub fn cli(&self, binary: &str, args: &[&str]) -> CliRun {
         let out = Command::new(bin(binary))
             .args(args)
-            .envs(self.env())
+            .envs(crate::stage_env(binary, args, &self.env()))
             .env("POSFLOW_HTTP_ADDR", format!("127.0.0.1:{}", free_port()))
             .output()
             .unwrap_or_else(|e| panic!("{binary}: {e}"));
@@ -493,7 +485,7 @@ impl Deployment {
 
     /// A notifier replica trusting the local CA and mailing the local SMTP server, with `extra` flags.
     pub async fn start_notifier(&self, instance: &str, extra: &[&str]) -> Service {
-        let ca = tls_dir().join("ca.crt");
+        let ca = crate::local_tls_dir().join("ca.crt");
         let smtp = format!(
             "smtp://{}",
             std::env::var("POSFLOW_SMTP_ADDR").unwrap_or_else(|_| "127.0.0.1:22525".into())

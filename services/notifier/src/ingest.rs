@@ -91,6 +91,12 @@ pub async fn run(
         &client_id,
     )?;
     consumer.subscribe(&[&validated_t, &alerts_t])?;
+    // An input deleted under the running notifier must stop it, not leave it ready and idle.
+    let vanished = posflow_kafka::clients::input_vanished(
+        args.kafka.clone(),
+        vec![validated_t.clone(), alerts_t.clone()],
+    );
+    tokio::pin!(vanished);
     let producer = posflow_kafka::clients::producer(&args.kafka, &client_id)?;
     let mut conn = Conn::new(&args.db);
     let linger = Duration::from_millis(args.batch_linger_ms);
@@ -137,6 +143,7 @@ pub async fn run(
                 }
                 _ = tokio::time::sleep_until(deadline) => break,
                 _ = ctx.shutdown.wait() => { stopping = true; break; }
+                e = &mut vanished => return Err(e),
             }
         }
         if !batch.is_empty() {

@@ -24,6 +24,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "delivery trace",
             include_str!("../migrations/0002_delivery_trace.sql"),
         ),
+        (
+            3,
+            "least privilege",
+            include_str!("../migrations/0003_least_privilege.sql"),
+        ),
     ],
 };
 

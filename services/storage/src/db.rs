@@ -21,6 +21,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "card_token_key_id",
         include_str!("../migrations/0003_card_token_key_id.sql"),
     ),
+    (
+        4,
+        "least privilege",
+        include_str!("../migrations/0004_least_privilege.sql"),
+    ),
 ];
 
 pub use posflow_pg::{connect, DbError};

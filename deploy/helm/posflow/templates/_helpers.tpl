@@ -74,14 +74,37 @@ notifier: {binary: posflow-notifier, group: posflow-notifier, topic: pos.transac
 - name: POSFLOW_KAFKA_SSL_CA
   value: /etc/posflow/kafka-tls/{{ .Values.kafka.tls.caKey }}
 {{- end }}
+{{- with .Values.schemaRegistry.tls }}{{ if .existingSecret }}
+- name: POSFLOW_SCHEMA_REGISTRY_CA
+  value: /etc/posflow/registry-tls/{{ .caKey }}
+{{- end }}{{ end }}
+{{- with .Values.schemaRegistry.auth }}{{ if .existingSecret }}
+{{- if .tokenKey }}
+- name: POSFLOW_SCHEMA_REGISTRY_TOKEN
+  valueFrom:
+    secretKeyRef: {name: {{ .existingSecret }}, key: {{ .tokenKey }}}
+{{- else }}
+- name: POSFLOW_SCHEMA_REGISTRY_USERNAME
+  valueFrom:
+    secretKeyRef: {name: {{ .existingSecret }}, key: {{ .usernameKey }}}
+- name: POSFLOW_SCHEMA_REGISTRY_PASSWORD
+  valueFrom:
+    secretKeyRef: {name: {{ .existingSecret }}, key: {{ .passwordKey }}}
+{{- end }}
+{{- end }}{{ end }}
 {{- end -}}
 
+{{/* The schema owner's URL: migrations only. */}}
 {{- define "posflow.databaseEnv" -}}
+{{ include "posflow.databaseUrl" (dict "root" . "key" .Values.database.urlKey) }}
+{{- end -}}
+{{/* A stage's own least-privilege login (docs/storage.md). */}}
+{{- define "posflow.databaseUrl" -}}
 - name: POSFLOW_DATABASE_URL
   valueFrom:
     secretKeyRef:
-      name: {{ required "database.existingSecret is required" .Values.database.existingSecret }}
-      key: {{ .Values.database.urlKey }}
+      name: {{ required "database.existingSecret is required" .root.Values.database.existingSecret }}
+      key: {{ .key }}
 {{- end -}}
 
 {{/* The pod security settings every posflow pod runs with. */}}
@@ -191,6 +214,9 @@ spec:
             {{- if $root.Values.kafka.tls.existingSecret }}
             - {name: kafka-tls, mountPath: /etc/posflow/kafka-tls, readOnly: true}
             {{- end }}
+            {{- if $root.Values.schemaRegistry.tls.existingSecret }}
+            - {name: registry-tls, mountPath: /etc/posflow/registry-tls, readOnly: true}
+            {{- end }}
             {{- if and (eq .stage "bridge") $root.Values.mqtt.tls.enabled }}
             - {name: mqtt-tls, mountPath: /etc/posflow/mqtt-tls, readOnly: true}
             {{- end }}
@@ -206,6 +232,10 @@ spec:
         {{- if $root.Values.kafka.tls.existingSecret }}
         - name: kafka-tls
           secret: {secretName: {{ $root.Values.kafka.tls.existingSecret }}}
+        {{- end }}
+        {{- if $root.Values.schemaRegistry.tls.existingSecret }}
+        - name: registry-tls
+          secret: {secretName: {{ $root.Values.schemaRegistry.tls.existingSecret }}}
         {{- end }}
         {{- if and (eq .stage "bridge") $root.Values.mqtt.tls.enabled }}
         - name: mqtt-tls
@@ -307,11 +337,11 @@ spec:
 {{- end -}}
 
 {{- define "posflow.env.storage" -}}
-{{ include "posflow.databaseEnv" . }}
+{{ include "posflow.databaseUrl" (dict "root" . "key" .Values.database.storageUrlKey) }}
 {{- end -}}
 
 {{- define "posflow.env.notifier" -}}
-{{ include "posflow.databaseEnv" . }}
+{{ include "posflow.databaseUrl" (dict "root" . "key" .Values.database.notifierUrlKey) }}
 - name: POSFLOW_SECRETS_KEYS
   valueFrom:
     secretKeyRef:

@@ -35,6 +35,17 @@ pub struct KafkaArgs {
         default_value = "http://127.0.0.1:28081/apis/ccompat/v7"
     )]
     pub schema_registry_url: String,
+    /// Extra CA bundle (PEM) trusted for an https registry, besides the system's roots.
+    #[arg(long, env = "POSFLOW_SCHEMA_REGISTRY_CA")]
+    pub schema_registry_ca: Option<std::path::PathBuf>,
+    /// HTTP Basic user for the registry (with --schema-registry-password).
+    #[arg(long, env = "POSFLOW_SCHEMA_REGISTRY_USERNAME")]
+    pub schema_registry_username: Option<String>,
+    #[arg(long, env = "POSFLOW_SCHEMA_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub schema_registry_password: Option<Secret>,
+    /// Bearer token for the registry, instead of Basic credentials. From a Secret.
+    #[arg(long, env = "POSFLOW_SCHEMA_REGISTRY_TOKEN", hide_env_values = true)]
+    pub schema_registry_token: Option<Secret>,
 }
 
 impl KafkaArgs {
@@ -91,6 +102,30 @@ impl KafkaArgs {
                 self.schema_registry_url
             ),
         );
+        let basic =
+            self.schema_registry_username.is_some() || self.schema_registry_password.is_some();
+        errors.check(
+            self.schema_registry_username.is_some() == self.schema_registry_password.is_some(),
+            "--schema-registry-username and --schema-registry-password go together",
+        );
+        errors.check(
+            !(basic && self.schema_registry_token.is_some()),
+            "give the schema registry Basic credentials or a token, not both",
+        );
+        errors.check(
+            !(basic || self.schema_registry_token.is_some())
+                || self.schema_registry_url.starts_with("https://"),
+            "schema registry credentials need an https:// --schema-registry-url (never sent in the clear)",
+        );
+        if let Some(ca) = &self.schema_registry_ca {
+            errors.check(
+                ca.is_file(),
+                format!(
+                    "--schema-registry-ca {} is not a readable file",
+                    ca.display()
+                ),
+            );
+        }
     }
 
     /// The base client configuration every producer, consumer and admin client starts from.
@@ -123,8 +158,29 @@ impl KafkaArgs {
         crate::Topics::new(&self.topic_prefix)
     }
 
+    /// The registry client: https verified (system roots plus --schema-registry-ca), with the
+    /// configured credentials. Panics only on a CA file that `check` let through and that
+    /// vanished or broke since.
     pub fn registry(&self) -> posflow_schema::Registry {
-        posflow_schema::Registry::new(&self.schema_registry_url)
+        use posflow_schema::registry::Auth;
+        let auth = match (
+            &self.schema_registry_username,
+            &self.schema_registry_password,
+            &self.schema_registry_token,
+        ) {
+            (Some(username), Some(password), _) => Some(Auth::Basic {
+                username,
+                password: password.expose(),
+            }),
+            (_, _, Some(token)) => Some(Auth::Bearer(token.expose())),
+            _ => None,
+        };
+        posflow_schema::Registry::with(
+            &self.schema_registry_url,
+            self.schema_registry_ca.as_deref(),
+            auth,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A consumer group id, prefixed like the topics.

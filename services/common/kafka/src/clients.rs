@@ -130,6 +130,65 @@ pub fn consumer_config(args: &KafkaArgs, group: &str, client_id: &str) -> Client
     c
 }
 
+/// How long an input topic may be missing from the brokers' metadata before the stage stops:
+/// long enough for a topic created a moment ago to reach every broker, short enough that a
+/// deleted input (or a wrong --topic-prefix) stops the stage within seconds.
+pub const INPUT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Resolves, with the reason, once one of `topics` has been missing from the brokers' metadata
+/// for longer than [`INPUT_GRACE`]. librdkafka reports a vanished subscription only once, if at
+/// all, and then waits for ever; this asks every 2 s. Kafka unreachable is not a vanished topic
+/// (connectivity has its own watch).
+pub async fn input_vanished(args: KafkaArgs, topics: Vec<String>) -> anyhow::Error {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: std::sync::Arc<BaseConsumer> = match args
+        .client_config()
+        .set("allow.auto.create.topics", "false")
+        .create()
+    {
+        Ok(c) => std::sync::Arc::new(c),
+        Err(e) => return anyhow::anyhow!("creating the topic probe: {e}"),
+    };
+    let mut missing_since: Option<std::time::Instant> = None;
+    loop {
+        let (p, t) = (probe.clone(), topics.clone());
+        let missing = tokio::task::spawn_blocking(move || {
+            let mut missing = Vec::new();
+            for topic in &t {
+                match p.fetch_metadata(Some(topic), std::time::Duration::from_secs(5)) {
+                    Ok(md) => {
+                        if md
+                            .topics()
+                            .iter()
+                            .any(|m| m.name() == topic && m.error().is_some())
+                        {
+                            missing.push(topic.clone());
+                        }
+                    }
+                    Err(_) => return None, // unreachable: not this watch's business
+                }
+            }
+            Some(missing)
+        })
+        .await
+        .ok()
+        .flatten();
+        match missing {
+            Some(m) if !m.is_empty() => {
+                let since = *missing_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > INPUT_GRACE {
+                    tracing::error!(topics = ?m, "input topics missing from Kafka (deleted? wrong --topic-prefix?): stopping");
+                    return anyhow::anyhow!(
+                        "input topics {m:?} missing from Kafka for over {INPUT_GRACE:?}"
+                    );
+                }
+            }
+            _ => missing_since = None,
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// Keeps `/readyz` honest about Kafka: every 2 s asks a broker for metadata (through the
 /// producer's own connections) and marks the stage unready while none answers.
 pub fn watch_connectivity(producer: std::sync::Arc<FutureProducer>, ctx: posflow_runtime::Context) {

@@ -3,7 +3,7 @@
 
 use crate::topics::Retention;
 use crate::{KafkaArgs, CATALOGUE};
-use posflow_schema::{value_subject, Registry};
+use posflow_schema::value_subject;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -95,7 +95,7 @@ pub async fn provision(
             Err((topic, code)) => return Err(ProvisionError::Topic { topic, code }),
         }
     }
-    let registry = Registry::new(&args.schema_registry_url);
+    let registry = args.registry();
     for spec in CATALOGUE {
         let topic = topics.name(spec.name);
         let subject = value_subject(&topic);

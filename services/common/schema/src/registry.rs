@@ -4,9 +4,13 @@
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use serde_json::json;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +34,20 @@ impl RegistryError {
 #[derive(Clone)]
 pub struct Registry {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// The `Authorization` header value, when the registry wants credentials.
+    authorization: Option<Arc<str>>,
+}
+
+/// How to authenticate to the registry.
+pub enum Auth<'a> {
+    /// HTTP Basic (Confluent Schema Registry, Karapace, Apicurio behind a gateway).
+    Basic {
+        username: &'a str,
+        password: &'a str,
+    },
+    /// A bearer token (OAuth2 gateways, Confluent Cloud with an API token).
+    Bearer(&'a str),
 }
 
 impl std::fmt::Debug for Registry {
@@ -41,20 +58,78 @@ impl std::fmt::Debug for Registry {
     }
 }
 
+/// An error with its causes ("client error (Connect): invalid peer certificate: UnknownIssuer"):
+/// hyper's own message alone does not say why a connection failed.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        text += &format!(": {c}");
+        next = c.source();
+    }
+    text
+}
+
 /// Confluent's TopicNameStrategy: the value schema of topic `t` is subject `t-value`.
 pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
 }
 
 impl Registry {
-    /// `base` is the Confluent API root, e.g. `http://127.0.0.1:28081/apis/ccompat/v7`.
+    /// `base` is the Confluent API root, e.g. `http://127.0.0.1:28081/apis/ccompat/v7`; https
+    /// is verified against the system's roots.
     pub fn new(base: &str) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        Self {
+        Self::with(base, None, None).expect("no CA file to read")
+    }
+
+    /// With https verified against the system's roots plus `ca_file` (PEM), and credentials.
+    pub fn with(
+        base: &str,
+        ca_file: Option<&Path>,
+        auth: Option<Auth<'_>>,
+    ) -> Result<Self, String> {
+        use base64::Engine as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert); // a malformed system certificate is not ours to fail on
+        }
+        if let Some(path) = ca_file {
+            let bad =
+                |e: &dyn std::fmt::Display| format!("schema registry CA {}: {e}", path.display());
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))? {
+                roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let authorization = auth.map(|a| {
+            Arc::from(match a {
+                Auth::Basic { username, password } => format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"))
+                ),
+                Auth::Bearer(token) => format!("Bearer {token}"),
+            })
+        });
+        Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             client: Client::builder(TokioExecutor::new()).build(connector),
-        }
+            authorization,
+        })
     }
 
     async fn call(
@@ -65,7 +140,11 @@ impl Registry {
     ) -> Result<serde_json::Value, RegistryError> {
         let uri = format!("{}{}", self.base, path);
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let req = Request::builder()
+        let mut req = Request::builder();
+        if let Some(a) = &self.authorization {
+            req = req.header("authorization", a.as_ref());
+        }
+        let req = req
             .method(method)
             .uri(&uri)
             .header("content-type", "application/vnd.schemaregistry.v1+json")
@@ -78,7 +157,7 @@ impl Registry {
         let resp = tokio::time::timeout(Duration::from_secs(15), self.client.request(req))
             .await
             .map_err(|_| RegistryError::Unavailable(format!("{uri}: timed out")))?
-            .map_err(|e| RegistryError::Unavailable(format!("{uri}: {e}")))?;
+            .map_err(|e| RegistryError::Unavailable(format!("{uri}: {}", causes(&e))))?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -156,4 +235,52 @@ fn id_of(v: &serde_json::Value) -> Result<u32, RegistryError> {
         .and_then(|i| i.as_u64())
         .and_then(|i| u32::try_from(i).ok())
         .ok_or_else(|| RegistryError::Protocol(format!("no id in {v}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// What the client sends with each kind of credentials. The local registry (Apicurio) only
+    /// authenticates through an OIDC server, so the header is checked here against a listener
+    /// that records the request and answers like a registry.
+    async fn sent_with(auth: Option<Auth<'_>>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut buf).await.unwrap();
+                request.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n[]",
+            )
+            .await
+            .unwrap();
+            String::from_utf8_lossy(&request).to_lowercase()
+        });
+        let registry = Registry::with(&base, None, auth).unwrap();
+        assert_eq!(registry.subjects().await.unwrap(), Vec::<String>::new());
+        server.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn credentials_travel_as_an_authorization_header() {
+        let basic = sent_with(Some(Auth::Basic {
+            username: "u",
+            password: "p",
+        }))
+        .await;
+        assert!(basic.contains("authorization: basic dtpw\r\n"), "{basic}");
+        let bearer = sent_with(Some(Auth::Bearer("tok-123"))).await;
+        assert!(
+            bearer.contains("authorization: bearer tok-123\r\n"),
+            "{bearer}"
+        );
+        assert!(!sent_with(None).await.contains("authorization"));
+    }
 }
