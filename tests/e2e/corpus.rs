@@ -212,3 +212,68 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
         Some(200)
     );
 }
+
+/// 10,000 dead letters whose transaction ids are random UUIDs, each payload also carrying a card
+/// number — plain, spaced or dashed — in a field the contract does not have: every id comes off
+/// the dead-letter topic intact, and no card number does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_dead_letters_keep_their_uuid_ids_and_lose_their_card_numbers() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    const N: usize = 10_000;
+    const PANS: [&str; 3] = [
+        "4111111111111111",
+        "4111 1111 1111 1111",
+        "4111-1111-1111-1111",
+    ];
+    let d = Deployment::kafka_only().await;
+    let _bridge = d.start_bridge(1).await;
+    let (t, m) = ("T0476", merchant_of("T0476"));
+    let (client, mut rx) = terminal(&d.stack, t).await;
+    next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..N {
+        let h = format!("{:032x}", rand::random::<u128>());
+        let id = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        );
+        let mut v: serde_json::Value = serde_json::from_str(&valid_payload(&id, t, &m)).unwrap();
+        v["note"] = serde_json::json!(format!("card {} at the till", PANS[i % 3]));
+        client
+            .publish(
+                posflow_mqtt::tx_topic(&m, t),
+                QoS::AtLeastOnce,
+                false,
+                v.to_string(),
+            )
+            .await
+            .unwrap();
+        ids.insert(id);
+    }
+    let dlq = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.deadletter"),
+        N,
+        Duration::from_secs(300),
+        Duration::from_secs(2),
+    );
+    assert_eq!(dlq.len(), N);
+    let decoder = Decoder::<DeadLetter>::new(d.kafka.registry());
+    let mut unmasked = 0;
+    for r in &dlq {
+        let letter = decoder.decode(&r.value).await.unwrap();
+        assert_eq!(letter.reason, "SCHEMA_VIOLATION", "{}", letter.detail);
+        let v: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+        let id = v["transaction_id"].as_str().unwrap();
+        assert!(ids.remove(id), "transaction id {id:?} changed or repeated");
+        let text = String::from_utf8_lossy(&letter.payload);
+        unmasked += PANS.iter().filter(|p| text.contains(*p)).count();
+        assert!(luhn_runs(&letter.payload).is_empty(), "{text}");
+    }
+    assert!(ids.is_empty(), "{} ids missing", ids.len());
+    assert_eq!(unmasked, 0, "card numbers survived masking");
+}

@@ -2,7 +2,7 @@
 //! schema; running it again changes nothing.
 
 use posflow_e2e::*;
-use posflow_kafka::provision::{provision, ProvisionPlan};
+use posflow_kafka::provision::provision;
 use posflow_kafka::CATALOGUE;
 use posflow_schema::value_subject;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -49,16 +49,7 @@ async fn provisioning_creates_every_topic_and_registers_every_schema_idempotentl
             .contains("dev.posflow.v1"));
     }
     // Again: nothing created, the same schema ids.
-    let again = provision(
-        &d.kafka,
-        &ProvisionPlan {
-            replication_factor: 1,
-            min_insync_replicas: 1,
-            partitions: Some(4),
-        },
-    )
-    .await
-    .unwrap();
+    let again = provision(&d.kafka, &LOCAL_PLAN).await.unwrap();
     assert!(again.created.is_empty(), "{:?}", again.created);
     assert_eq!(again.existed.len(), CATALOGUE.len());
     for (subject, id) in &again.schemas {
@@ -97,16 +88,9 @@ async fn the_registry_is_reached_over_https_with_its_ca() {
     d.kafka.schema_registry_url = https.clone();
     d.kafka.schema_registry_ca = Some(ca.clone());
     d.stack.registry = https;
-    let again = provision(
-        &d.kafka,
-        &ProvisionPlan {
-            replication_factor: 1,
-            min_insync_replicas: 1,
-            partitions: Some(4),
-        },
-    )
-    .await
-    .expect("provisioning over https");
+    let again = provision(&d.kafka, &LOCAL_PLAN)
+        .await
+        .expect("provisioning over https");
     assert_eq!(again.schemas.len(), CATALOGUE.len());
 
     // The bridge looks its schemas up over https (Deployment::env passes the CA file).

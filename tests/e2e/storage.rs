@@ -305,13 +305,7 @@ async fn the_documented_queries_run() {
 
 /// An error and its causes, lower case, for matching.
 fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(c) = next {
-        text += &format!(": {c}");
-        next = c.source();
-    }
-    text.to_lowercase()
+    posflow_runtime::logs::causes(e).to_lowercase()
 }
 
 /// The local PostgreSQL takes TCP connections over TLS only, and the stages' connections are

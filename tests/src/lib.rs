@@ -80,6 +80,13 @@ impl Stack {
     }
 }
 
+/// How every test deployment is provisioned on the single-broker stack: 4 partitions a topic.
+pub const LOCAL_PLAN: ProvisionPlan = ProvisionPlan {
+    replication_factor: 1,
+    min_insync_replicas: 1,
+    partitions: Some(4),
+};
+
 /// One test's world: its own topics, consumer groups and share group on the shared stack.
 #[derive(Clone)]
 pub struct Deployment {
@@ -148,16 +155,9 @@ impl Deployment {
             schema_registry_password: None,
             schema_registry_token: None,
         };
-        provision(
-            &kafka,
-            &ProvisionPlan {
-                replication_factor: 1,
-                min_insync_replicas: 1,
-                partitions: Some(4),
-            },
-        )
-        .await
-        .expect("provisioning (is the stack up? make up)");
+        provision(&kafka, &LOCAL_PLAN)
+            .await
+            .expect("provisioning (is the stack up? make up)");
         Self {
             share_group: format!("e2e{id:08x}"),
             stack,

@@ -270,8 +270,11 @@ fn mask(out: &mut [u8], from: usize, to: usize) {
     }
 }
 
-/// Whether the text next to `edge` (before it for `dir` -1, from it for 1), past one separator,
-/// is a hex digit: grouped digits that are part of a longer hex token (a UUID) are no card.
+/// Whether the text next to `edge` (before it for `dir` -1, from it for 1) continues a longer
+/// hex token — directly, or past one `-` as a UUID's groups do: grouped digits inside such a
+/// token are no card. A space ends a token: "card 4111 1111 …" is a card number after a word
+/// whose last letter happens to be a hex digit (that case once let spaced and dashed card
+/// numbers through after "card", "paid", "used").
 fn glued(input: &[u8], edge: usize, dir: isize) -> bool {
     let at = |k: isize| -> Option<u8> {
         let k = edge as isize + k;
@@ -279,7 +282,7 @@ fn glued(input: &[u8], edge: usize, dir: isize) -> bool {
     };
     let first = if dir < 0 { -1 } else { 0 };
     match at(first) {
-        Some(b' ' | b'-') => at(first + dir).is_some_and(|b| b.is_ascii_hexdigit()),
+        Some(b'-') => at(first + dir).is_some_and(|b| b.is_ascii_hexdigit()),
         Some(b) => b.is_ascii_hexdigit(),
         None => false,
     }
@@ -666,5 +669,16 @@ mod tests {
         assert!(masked.contains(r#""seq":42"#));
         // 1234567890123 is not Luhn-valid: an order number stays.
         assert!(masked.contains("1234567890123"), "{masked}");
+        // After a word that ends in a hex letter ("card", "paid"), and before one ("at"): still
+        // a card number. A UUID's digit groups past a '-' are still not.
+        for text in [
+            "card 4111 1111 1111 1111 at the till",
+            "paid 4111-1111-1111-1111 fee",
+        ] {
+            let masked = String::from_utf8(mask_card_numbers(text.as_bytes())).unwrap();
+            assert!(!masked.contains("1111"), "{masked}");
+        }
+        let id = "abcd4111-1111-1111-1111-1fedcba98765";
+        assert_eq!(mask_card_numbers(id.as_bytes()), id.as_bytes());
     }
 }

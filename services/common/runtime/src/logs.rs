@@ -8,6 +8,18 @@
 use tracing_subscriber::filter::{filter_fn, EnvFilter};
 use tracing_subscriber::prelude::*;
 
+/// An error with its causes ("client error (Connect): invalid peer certificate: UnknownIssuer"):
+/// many libraries' own message does not say why (hyper, tokio-postgres), their sources do.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(c) = next {
+        text += &format!(": {c}");
+        next = c.source();
+    }
+    text
+}
+
 /// Starts logging, and tracing when `otlp_endpoint` is set. Keep the returned exporter until
 /// exit: dropping it flushes the spans still queued.
 pub fn init(

@@ -58,18 +58,6 @@ impl std::fmt::Debug for Registry {
     }
 }
 
-/// An error with its causes ("client error (Connect): invalid peer certificate: UnknownIssuer"):
-/// hyper's own message alone does not say why a connection failed.
-fn causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut next = e.source();
-    while let Some(c) = next {
-        text += &format!(": {c}");
-        next = c.source();
-    }
-    text
-}
-
 /// Confluent's TopicNameStrategy: the value schema of topic `t` is subject `t-value`.
 pub fn value_subject(topic: &str) -> String {
     format!("{topic}-value")
@@ -157,7 +145,9 @@ impl Registry {
         let resp = tokio::time::timeout(Duration::from_secs(15), self.client.request(req))
             .await
             .map_err(|_| RegistryError::Unavailable(format!("{uri}: timed out")))?
-            .map_err(|e| RegistryError::Unavailable(format!("{uri}: {}", causes(&e))))?;
+            .map_err(|e| {
+                RegistryError::Unavailable(format!("{uri}: {}", posflow_runtime::logs::causes(&e)))
+            })?;
         let status = resp.status();
         let body = resp
             .into_body()
