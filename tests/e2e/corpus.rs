@@ -232,15 +232,7 @@ async fn ten_thousand_dead_letters_keep_their_uuid_ids_and_lose_their_card_numbe
     next_matching(&mut rx, |p| matches!(p, Packet::ConnAck(_))).await;
     let mut ids = std::collections::HashSet::new();
     for i in 0..N {
-        let h = format!("{:032x}", rand::random::<u128>());
-        let id = format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        );
+        let id = uuid::Uuid::new_v4().to_string();
         let mut v: serde_json::Value = serde_json::from_str(&valid_payload(&id, t, &m)).unwrap();
         v["note"] = serde_json::json!(format!("card {} at the till", PANS[i % 3]));
         client
