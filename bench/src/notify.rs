@@ -40,7 +40,9 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
     // The ceiling: `concurrency` workers posting signed bodies like the notifier's.
     eprintln!("[bench] receiver ceiling: {n} signed POSTs, {concurrency} in flight ...");
     let ca = posflow_e2e::local_tls_dir().join("ca.crt");
-    let sender = Sender::new(Some(&ca), Duration::from_secs(10), concurrency)?;
+    // The receiver listens on loopback: allow exactly that, as the local stack does.
+    let loopback = posflow_notifier::egress::Egress::parse("127.0.0.1/32").expect("a network");
+    let sender = Sender::new(Some(&ca), Duration::from_secs(10), concurrency, loopback)?;
     let bodies: Arc<Vec<(usize, String, Vec<u8>)>> = Arc::new(
         events
             .iter()

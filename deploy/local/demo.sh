@@ -25,7 +25,7 @@ mkdir -p "$logs"
 export POSFLOW_TOPIC_PREFIX=demo$(date +%s).
 
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
-port() { case $1 in bridge) echo 19461;; validator) echo 19462;; storage) echo 19463;; fraud) echo 19464;; notifier) echo 19465;; esac; }
+port() { case $1 in bridge) echo 19461;; validator) echo 19462;; storage) echo 19463;; fraud) echo 19464;; notifier) echo 19465;; api) echo 19467;; esac; }
 metric() { # service, series: the value, or 0
   curl -fsS "http://127.0.0.1:$(port "$1")/metrics" 2>/dev/null | awk -v s="$2" '$1 == s {print $2; f=1} END {if (!f) print 0}'
 }
@@ -48,6 +48,7 @@ mosquitto_sub -h 127.0.0.1 -p "$POSFLOW_MQTT_PORT" -i bridge-0 -u bridge-0 -P "$
   POSFLOW_OPERATOR=demo "$BIN/posflow-admin" terminals apply --file - > "$logs/terminals.log"
 POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-storage" migrate > "$logs/migrate.log"
 POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-notifier" migrate >> "$logs/migrate.log"
+POSFLOW_HTTP_ADDR=127.0.0.1:0 "$BIN/posflow-api" migrate >> "$logs/migrate.log"
 # Merchants' delivery preferences (docs/notifier.md) and the merchants' own webhook endpoint: a
 # receiver that verifies every signature the way the docs tell merchants to.
 export POSFLOW_DEMO_WEBHOOK_SECRET=${POSFLOW_DEMO_WEBHOOK_SECRET:-demo-only-webhook-secret-0123456789}
@@ -60,15 +61,18 @@ export POSFLOW_SMTP_URL=smtp://$POSFLOW_SMTP_ADDR POSFLOW_WEBHOOK_CA_FILE=$STACK
 export POSFLOW_DIGEST_GRACE_SECS=5 POSFLOW_INSTANCE_ID=demo-notifier
 # The example rules (per-merchant limits, entry modes, MCCs): docs/validation.md.
 export POSFLOW_VALIDATOR_RULES="$repo/deploy/config/validator-rules.toml"
-# Storage and the notifier log in as their own least-privilege roles (docs/storage.md); the
-# migrations above ran as the schema owner.
-db_url() { case $1 in storage) echo "$POSFLOW_STORAGE_DATABASE_URL";; notifier) echo "$POSFLOW_NOTIFIER_DATABASE_URL";; *) echo "$POSFLOW_DATABASE_URL";; esac; }
-for s in bridge validator storage fraud notifier; do
+# The merchant API (docs/api.md) over HTTPS with the stack's certificate.
+export POSFLOW_API_LISTEN=127.0.0.1:19443 POSFLOW_API_TLS_CERT=$STACK/tls/server.crt POSFLOW_API_TLS_KEY=$STACK/tls/server.key
+export POSFLOW_API_CURSOR_KEY=${POSFLOW_API_CURSOR_KEY:-demo-only-cursor-signing-key-0123456789}
+# Storage, the notifier and the API log in as their own least-privilege roles (docs/storage.md);
+# the migrations above ran as the schema owner.
+db_url() { case $1 in storage) echo "$POSFLOW_STORAGE_DATABASE_URL";; notifier) echo "$POSFLOW_NOTIFIER_DATABASE_URL";; api) echo "$POSFLOW_API_DATABASE_URL";; *) echo "$POSFLOW_DATABASE_URL";; esac; }
+for s in bridge validator storage fraud notifier api; do
   POSFLOW_DATABASE_URL=$(db_url $s) POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
   pids+=($!)
 done
 i=1 # pids[0] is the webhook receiver
-for s in bridge validator storage fraud notifier; do
+for s in bridge validator storage fraud notifier api; do
   pid=${pids[$i]}; i=$((i + 1))
   for _ in $(seq 1 200); do
     curl -fsS "http://127.0.0.1:$(port $s)/readyz" >/dev/null 2>&1 && break
@@ -77,7 +81,7 @@ for s in bridge validator storage fraud notifier; do
   done
   curl -fsS "http://127.0.0.1:$(port $s)/readyz" >/dev/null || { say "$s not ready; log: $logs/$s.log"; tail -5 "$logs/$s.log" >&2; exit 1; }
 done
-say "bridge, validator, storage, fraud and notifier ready (logs in $logs)"
+say "bridge, validator, storage, fraud, notifier and API ready (logs in $logs)"
 say "simulating $TERMINALS terminals x $PER_TERMINAL transactions (every ${INVALID_EVERY}th breaks a rule on purpose)"
 
 start=$(date +%s.%N)
@@ -137,6 +141,21 @@ PY
 echo "      digests (M003, CSV)    $(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(DISTINCT period_end) FROM digest_items WHERE transaction_id LIKE '$run_id-%'") emails; mail in $STACK/smtp/maildir/new"
 echo "  dead-lettered by bridge  $(python3 -c 'import json,sys; print(sum(json.loads(sys.argv[1])["dead_lettered"].values()))' "$summary")"
 echo "  elapsed                  ${elapsed} s ($(python3 -c "print(f'{$published / $elapsed:.0f}')") transactions/s end to end)"
+# The merchant API: an owner key for M001 (shown once), then M001's newest transactions.
+key=$(POSFLOW_OPERATOR=demo "$BIN/posflow-admin" api-keys create --merchant M001 --role owner --name "demo $run_id" 2>/dev/null | tail -1)
+api_curl=(curl -fsS --cacert "$STACK/tls/ca.crt" -H "Authorization: Bearer $key"
+  "https://127.0.0.1:19443/v1/merchants/M001/transactions?limit=3")
+listed=$("${api_curl[@]}") || { say "the API did not answer; log: $logs/api.log"; exit 1; }
+echo "  merchant API             M001's newest transactions, as its systems see them (docs/api.md):"
+python3 - "$listed" <<'PY'
+import json, sys
+for t in json.loads(sys.argv[1])["items"]:
+    print(f"      {t['transaction_time']}  {t['terminal_id']}  {t['type']:<8} {t['amount_minor']:>7} {t['currency']}  card ...{t['card']['last4']}")
+PY
+echo
+echo "The request above, as it ran (M001's owner key, made just now; the API stops when the demo ends):"
+echo "  curl --cacert $STACK/tls/ca.crt -H 'Authorization: Bearer $key' \\"
+echo "    'https://127.0.0.1:19443/v1/merchants/M001/transactions?limit=3'"
 echo
 echo "Query the rows:"
 echo "  eval \"\$(deploy/local/stack.sh env)\""

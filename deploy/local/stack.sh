@@ -42,6 +42,7 @@ SMTP_PORT=${POSFLOW_SMTP_PORT:-22525}
 PG_PASSWORD=posflow-local
 PG_STORAGE_PASSWORD=storage-local
 PG_NOTIFIER_PASSWORD=notifier-local
+PG_API_PASSWORD=api-local
 MQTT_BRIDGE_PASSWORD=bridge-local
 MQTT_TERMINAL_PASSWORD=terminal-local
 # Terminal ids the local broker knows: T0001..T0500 (the simulator's default naming), each
@@ -387,11 +388,11 @@ ensure_database() {
   "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -tAc \
     "SELECT 1 FROM pg_database WHERE datname='posflow'" | grep -q 1 ||
   "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d postgres -qc 'CREATE DATABASE posflow'
-  # Least privilege (docs/storage.md): `posflow` owns the schema and runs migrations; storage
-  # and the notifier log in as members of their stage's group role, which the migrations grant
+  # Least privilege (docs/storage.md): `posflow` owns the schema and runs migrations; storage,
+  # the notifier and the API log in as members of their stage's group role, which the migrations grant
   # their own tables to. Created here so the logins exist before the first migration.
   local stage
-  for stage in storage:$PG_STORAGE_PASSWORD notifier:$PG_NOTIFIER_PASSWORD; do
+  for stage in storage:$PG_STORAGE_PASSWORD notifier:$PG_NOTIFIER_PASSWORD api:$PG_API_PASSWORD; do
     "${tls[@]}" psql -h 127.0.0.1 -p "$PG_PORT" -U posflow -d posflow -q -v ON_ERROR_STOP=1 <<EOF
 DO \$\$
 BEGIN
@@ -492,7 +493,10 @@ export POSFLOW_TERMINAL_PASSWORD=$MQTT_TERMINAL_PASSWORD
 export POSFLOW_DATABASE_URL='postgres://posflow:$PG_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
 export POSFLOW_STORAGE_DATABASE_URL='postgres://posflow_storage_app:$PG_STORAGE_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
 export POSFLOW_NOTIFIER_DATABASE_URL='postgres://posflow_notifier_app:$PG_NOTIFIER_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
+export POSFLOW_API_DATABASE_URL='postgres://posflow_api_app:$PG_API_PASSWORD@127.0.0.1:$PG_PORT/posflow?sslmode=verify-full&sslrootcert=$STACK/tls/ca.crt'
 export POSFLOW_SMTP_ADDR=127.0.0.1:$SMTP_PORT
+# The local webhook receivers listen on loopback; production allows no internal network.
+export POSFLOW_WEBHOOK_ALLOW_NETWORKS=127.0.0.1/32
 export POSFLOW_SMTP_MAILDIR=$STACK/smtp/maildir
 export POSFLOW_LOCAL_TERMINALS_FILE=$STACK/terminals.toml
 export POSFLOW_LOCAL_REGISTRY_HTTPS_URL=https://127.0.0.1:$REGISTRY_TLS_PORT/apis/ccompat/v7

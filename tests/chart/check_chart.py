@@ -37,7 +37,7 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "deploy", "helm", "posflow")
 K8S_VERSION = "1.34.0"
-STAGES = ["bridge", "validator", "storage", "fraud", "notifier"]
+STAGES = ["bridge", "validator", "storage", "fraud", "notifier", "api"]
 CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
 
 failures = []
@@ -167,7 +167,7 @@ def check_stages(name, docs, values):
             fail(f"{name}: {stage}: no Service")
         if s["pdb"]["enabled"] != bool(by_kind.get(("PodDisruptionBudget", stage))):
             fail(f"{name}: {stage}: PodDisruptionBudget does not follow pdb.enabled")
-        keda = s["keda"]["enabled"] and stage != "bridge"
+        keda = s["keda"]["enabled"] and stage not in ("bridge", "api")
         hpa = bool(by_kind.get(("HorizontalPodAutoscaler", stage)))
         so = bool(by_kind.get(("ScaledObject", stage)))
         if so != keda or hpa != (s["autoscaling"]["enabled"] and not keda):

@@ -4,7 +4,7 @@
 use posflow_e2e::bin;
 use std::process::Command;
 
-const BINARIES: [&str; 7] = [
+const BINARIES: [&str; 8] = [
     "posflow-bridge",
     "posflow-validator",
     "posflow-storage",
@@ -12,7 +12,38 @@ const BINARIES: [&str; 7] = [
     "posflow-notifier",
     "posflow-simulator",
     "posflow-admin",
+    "posflow-api",
 ];
+
+/// The merchant API's configuration: every mistake listed, exit 2, no secret echoed.
+#[test]
+fn the_api_lists_every_configuration_error() {
+    let out = Command::new(bin("posflow-api"))
+        .env_clear()
+        .env("POSFLOW_DATABASE_URL", "mysql://api:hunter2-db@db/posflow")
+        .env("POSFLOW_API_CURSOR_KEY", "short-cursor-secret")
+        .env("POSFLOW_SECRETS_KEYS", "k1=bm90LTMyLWJ5dGVz")
+        .env("POSFLOW_WEBHOOK_ALLOW_NETWORKS", "10.0.0.0/33")
+        .args(["--tls-cert", "/nonexistent.crt", "--rate-per-key", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "--database-url (POSFLOW_DATABASE_URL) must be a postgres:// URL",
+        "--cursor-key (POSFLOW_API_CURSOR_KEY) must be at least 32 bytes",
+        "--secrets-keys (POSFLOW_SECRETS_KEYS)",
+        "--webhook-allow-networks: \"10.0.0.0/33\": the prefix must be 0..=32",
+        "--rate-per-key must be 1..=100000",
+        "--tls-cert and --tls-key go together",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
+    assert!(
+        !text.contains("hunter2") && !text.contains("short-cursor-secret"),
+        "a secret was printed:\n{text}"
+    );
+}
 
 #[test]
 fn every_binary_answers_help() {

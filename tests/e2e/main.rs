@@ -1,6 +1,7 @@
 //! End-to-end tests against the real local stack. Run with `make test` (it brings the stack up
 //! and builds the binaries). The tests run one at a time: they share the broker's terminals.
 
+mod api;
 mod bad_input;
 mod bridge_backlog;
 mod bridge_crash;

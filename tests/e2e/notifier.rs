@@ -4,10 +4,10 @@
 use posflow_e2e::notify::{
     mails_to, outcomes, validated, verify_signature, wait_for_mail, Behaviour, Receiver,
 };
-use posflow_e2e::{db, read_topic, rss_kib, Deployment};
+use posflow_e2e::{db, rss_kib, Deployment};
 use posflow_schema::{
-    DeadLetter, Decoder, DeliveryStatus, FraudAlert, NotificationOutcome, Severity,
-    TransactionType, TransactionValidated,
+    DeadLetter, DeliveryStatus, FraudAlert, NotificationOutcome, Severity, TransactionType,
+    TransactionValidated,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -37,25 +37,13 @@ fn by_key(outcomes: &[NotificationOutcome]) -> BTreeMap<String, Vec<&Notificatio
 }
 
 async fn dead_letters(d: &Deployment, expected: usize) -> Vec<DeadLetter> {
-    let topic = d.topic("pos.deadletter");
-    let brokers = d.stack.brokers.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        read_topic(
-            &brokers,
-            &topic,
-            expected,
-            Duration::from_secs(90),
-            Duration::from_secs(2),
-        )
-    })
+    d.read_avro(
+        "pos.deadletter",
+        expected,
+        Duration::from_secs(90),
+        Duration::from_secs(2),
+    )
     .await
-    .unwrap();
-    let dec = Decoder::<DeadLetter>::new(d.kafka.registry());
-    let mut out = Vec::new();
-    for r in records {
-        out.push(dec.decode(&r.value).await.unwrap());
-    }
-    out
 }
 
 /// Signed deliveries to a healthy merchant; 500, 500, 500, 200 → delivered once with attempts

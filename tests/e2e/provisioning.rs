@@ -28,11 +28,9 @@ async fn provisioning_creates_every_topic_and_registers_every_schema_idempotentl
             .iter()
             .find(|t| t.name() == name)
             .unwrap_or_else(|| panic!("{name} missing"));
-        // --partitions sets the event topics; the registry keeps its single partition.
-        let partitions = match spec.retention {
-            posflow_kafka::Retention::Compacted => spec.partitions,
-            posflow_kafka::Retention::Days(_) => 4,
-        };
+        // --partitions sets the event topics; the single-partition ones (the registry, the
+        // audit chain) keep their one.
+        let partitions = if spec.partitions == 1 { 1 } else { 4 };
         assert_eq!(topic.partitions().len() as i32, partitions, "{name}");
         assert!(
             subjects.contains(&value_subject(&name)),

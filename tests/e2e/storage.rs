@@ -285,7 +285,15 @@ async fn refused_rows_are_dead_lettered_and_storage_resumes_from_its_own_offsets
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_documented_queries_run() {
     let d = Deployment::new().await;
+    // The group roles the documented logins join: every stage's migrations.
+    for binary in ["posflow-notifier", "posflow-api"] {
+        d.cli(binary, &["migrate"]).expect_ok();
+    }
     let db = db(&d.stack).await;
+    // The documented logins, from an earlier run, go first: the blocks create them.
+    db.batch_execute("DROP ROLE IF EXISTS storage, notifier, api")
+        .await
+        .unwrap();
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/storage.md"))
         .unwrap();
     let blocks: Vec<&str> = doc

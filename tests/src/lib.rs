@@ -5,6 +5,7 @@
 //! Needs `deploy/local/stack.sh up` and `cargo build --workspace` first (`make test` does both).
 //! Addresses come from the POSFLOW_* variables of `stack.sh env`, defaulting to the stack's own.
 
+pub mod api;
 pub mod notify;
 pub mod otlp;
 
@@ -170,6 +171,34 @@ impl Deployment {
         format!("{}{}", self.prefix, base)
     }
 
+    /// The records of this deployment's `base` topic, decoded, once `expected` have arrived
+    /// and `quiet` passed with no more (or `within` is up).
+    pub async fn read_avro<T: posflow_schema::AvroRecord>(
+        &self,
+        base: &str,
+        expected: usize,
+        within: Duration,
+        quiet: Duration,
+    ) -> Vec<T> {
+        let topic = self.topic(base);
+        let brokers = self.stack.brokers.clone();
+        let records = tokio::task::spawn_blocking(move || {
+            read_topic(&brokers, &topic, expected, within, quiet)
+        })
+        .await
+        .expect("reading the topic");
+        let dec = posflow_schema::Decoder::<T>::new(self.kafka.registry());
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            out.push(
+                dec.decode(&r.value)
+                    .await
+                    .expect("a record of the topic's schema"),
+            );
+        }
+        out
+    }
+
     /// The environment every service of this deployment gets.
     pub fn env(&self) -> Vec<(String, String)> {
         let s = &self.stack;
@@ -187,6 +216,9 @@ impl Deployment {
             // Simulated fleets publish far faster than real terminals; tests of the limit set
             // it with flags.
             ("POSFLOW_BRIDGE_RATE_LIMIT", "0"),
+            // The tests' webhook receivers listen on loopback (the egress guard refuses it
+            // otherwise); the SSRF tests clear it.
+            ("POSFLOW_WEBHOOK_ALLOW_NETWORKS", "127.0.0.1/32"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -235,8 +267,8 @@ impl Deployment {
     }
 }
 
-/// The local stack's least-privilege logins (deploy/local/stack.sh): storage and the notifier
-/// run as these, as in production; their `migrate` runs as the schema owner.
+/// The local stack's least-privilege logins (deploy/local/stack.sh): storage, the notifier and
+/// the API run as these, as in production; their `migrate` runs as the schema owner.
 fn stage_login(binary: &str, args: &[&str]) -> Option<(&'static str, &'static str)> {
     if args.first() == Some(&"migrate") {
         return None;
@@ -244,6 +276,7 @@ fn stage_login(binary: &str, args: &[&str]) -> Option<(&'static str, &'static st
     match binary {
         "posflow-storage" => Some(("posflow_storage_app", "storage-local")),
         "posflow-notifier" => Some(("posflow_notifier_app", "notifier-local")),
+        "posflow-api" => Some(("posflow_api_app", "api-local")),
         _ => None,
     }
 }

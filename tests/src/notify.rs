@@ -550,18 +550,6 @@ pub async fn outcomes(
     within: Duration,
     quiet: Duration,
 ) -> Vec<posflow_schema::NotificationOutcome> {
-    let topic = d.topic("pos.notifications.status");
-    let brokers = d.stack.brokers.clone();
-    let records = tokio::task::spawn_blocking(move || {
-        crate::read_topic(&brokers, &topic, expected, within, quiet)
-    })
-    .await
-    .unwrap();
-    let dec =
-        posflow_schema::Decoder::<posflow_schema::NotificationOutcome>::new(d.kafka.registry());
-    let mut out = Vec::with_capacity(records.len());
-    for r in records {
-        out.push(dec.decode(&r.value).await.expect("an outcome"));
-    }
-    out
+    d.read_avro("pos.notifications.status", expected, within, quiet)
+        .await
 }

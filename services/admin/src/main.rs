@@ -1,7 +1,9 @@
 //! posflow-admin: provisions what the stages need and do not create themselves — the Kafka
 //! topics of the catalogue and their value schemas in the registry (idempotent; the Helm chart
-//! runs it as a pre-install/pre-upgrade hook) — and manages the terminal registry.
+//! runs it as a pre-install/pre-upgrade hook) — manages the terminal registry, the merchant
+//! API's keys, and checks its audit trail.
 
+mod api;
 mod terminals;
 
 use clap::{Parser, Subcommand};
@@ -45,12 +47,47 @@ enum Command {
         #[arg(long, env = "POSFLOW_OPERATOR", global = true)]
         operator: Option<String>,
     },
+    /// The merchant API's keys (docs/api.md). Needs the database owner's URL.
+    ApiKeys {
+        #[command(subcommand)]
+        action: api::KeyAction,
+        #[command(flatten)]
+        db: posflow_pg::DatabaseArgs,
+        /// Who makes the change, recorded in the audit trail (default: the OS user).
+        #[arg(long, env = "POSFLOW_OPERATOR", global = true)]
+        operator: Option<String>,
+    },
+    /// The merchant API's audit trail (docs/api.md). Needs the database owner's URL.
+    Audit {
+        #[command(subcommand)]
+        action: api::AuditAction,
+        #[command(flatten)]
+        db: posflow_pg::DatabaseArgs,
+    },
+}
+
+/// The operator named by --operator, else the OS user.
+fn operator(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    result.unwrap_or_else(|e| {
+        eprintln!("posflow-admin: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut errors = ConfigErrors::new();
-    args.kafka.check(&mut errors);
+    match &args.command {
+        Command::ApiKeys { db, .. } | Command::Audit { db, .. } => db.check(&mut errors),
+        _ => args.kafka.check(&mut errors),
+    }
     if let Command::Provision {
         replication_factor,
         min_insync_replicas,
@@ -75,13 +112,19 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match args.command {
-        Command::Terminals { action, operator } => {
-            let operator = operator
-                .or_else(|| std::env::var("USER").ok())
-                .or_else(|| std::env::var("LOGNAME").ok())
-                .unwrap_or_else(|| "unknown".into());
-            runtime().block_on(terminals::run(&args.kafka, action, &operator))
-        }
+        Command::Terminals {
+            action,
+            operator: who,
+        } => runtime().block_on(terminals::run(&args.kafka, action, &operator(who))),
+        Command::ApiKeys {
+            action,
+            db,
+            operator: who,
+        } => report(runtime().block_on(api::keys(&db, action, &operator(who)))),
+        Command::Audit {
+            action: api::AuditAction::Verify,
+            db,
+        } => report(runtime().block_on(api::verify(&db))),
         Command::Topics => {
             let topics = args.kafka.topics();
             println!(

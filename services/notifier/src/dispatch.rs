@@ -156,7 +156,12 @@ impl Dispatcher {
                 settle,
                 // One host may serve many merchants (a platform's endpoint): keep as many
                 // connections alive as may be in use at once.
-                sender: Sender::new(args.webhook_ca_file.as_deref(), timeout, args.concurrency)?,
+                sender: Sender::new(
+                    args.webhook_ca_file.as_deref(),
+                    timeout,
+                    args.concurrency,
+                    args.egress.egress(),
+                )?,
                 mailer: Mailer::new(args.smtp_url.expose(), &args.smtp_from, timeout)?,
                 limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
                 breakers: DashMap::new(),

@@ -16,6 +16,7 @@
 pub mod cli;
 pub mod digest;
 pub mod dispatch;
+pub mod egress;
 pub mod email;
 pub mod ingest;
 pub mod policy;
@@ -69,6 +70,8 @@ pub struct Args {
         default_value = "posflow <notifications@posflow.invalid>"
     )]
     pub smtp_from: String,
+    #[command(flatten)]
+    pub egress: egress::EgressArgs,
     /// Extra CA bundle (PEM) trusted for webhook endpoints, besides the system's roots.
     #[arg(long, env = "POSFLOW_WEBHOOK_CA_FILE")]
     pub webhook_ca_file: Option<PathBuf>,
@@ -148,6 +151,7 @@ impl Args {
                 self.smtp_from.parse::<lettre::message::Mailbox>().is_ok(),
                 format!("--smtp-from {:?} is not an email address", self.smtp_from),
             );
+            self.egress.check(&mut e);
             if let Some(ca) = &self.webhook_ca_file {
                 e.check(
                     ca.is_file(),

@@ -154,22 +154,24 @@ struct File {
     merchants: BTreeMap<String, Entry>,
 }
 
-#[derive(Deserialize)]
+/// One merchant's settings as written in a preferences file or sent to the merchant API.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Entry {
-    mode: Option<String>,
-    digest_every: Option<String>,
-    format: Option<String>,
-    events: Option<Vec<String>>,
-    webhook_url: Option<String>,
+pub struct Entry {
+    pub mode: Option<String>,
+    pub digest_every: Option<String>,
+    pub format: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub webhook_url: Option<String>,
     /// The secret itself — fine for local files; in production prefer `webhook_secret_env`.
-    webhook_secret: Option<String>,
+    pub webhook_secret: Option<String>,
     /// The name of an environment variable holding the secret (e.g. from a Kubernetes Secret).
-    webhook_secret_env: Option<String>,
+    /// Files only: the API refuses it.
+    pub webhook_secret_env: Option<String>,
     #[serde(default)]
-    emails: Vec<String>,
+    pub emails: Vec<String>,
     #[serde(default)]
-    risk_emails: Vec<String>,
+    pub risk_emails: Vec<String>,
 }
 
 /// Digests at most every 10 s (useful in tests) and at least daily.
@@ -185,133 +187,184 @@ pub fn parse(
     let mut errors = Vec::new();
     let mut out = Vec::new();
     for (id, e) in file.merchants {
-        let mut err = |m: String| errors.push(format!("merchants.{id}: {m}"));
-        if id.is_empty() || id.len() > 64 {
-            err("merchant id must be 1-64 characters".into());
-        }
-        let mode = match (e.mode.as_deref().unwrap_or("per-event"), &e.digest_every) {
-            ("per-event", None) => Some(Mode::PerEvent),
-            ("per-event", Some(_)) => {
-                err("digest_every needs mode = \"digest\"".into());
-                None
-            }
-            ("digest", Some(every)) => match humantime::parse_duration(every) {
-                Ok(d) if DIGEST_RANGE.contains(&d.as_secs()) => Some(Mode::Digest { every: d }),
-                Ok(_) => {
-                    err(format!(
-                        "digest_every {every:?} must be between 10s and 1day"
-                    ));
-                    None
-                }
-                Err(x) => {
-                    err(format!("digest_every {every:?}: {x}"));
-                    None
-                }
-            },
-            ("digest", None) => {
-                err("mode = \"digest\" needs digest_every (e.g. \"1h\", \"1day\")".into());
-                None
-            }
-            (other, _) => {
-                err(format!("mode {other:?} is not one of per-event, digest"));
-                None
-            }
-        };
-        let format = e.format.as_deref().unwrap_or("json");
-        let format = Format::parse(format).or_else(|| {
-            err(format!("format {format:?} is not one of json, csv"));
-            None
-        });
-        let mut events = Vec::new();
-        for name in e.events.unwrap_or_else(|| {
-            vec![
-                "transactions".into(),
-                "refunds".into(),
-                "fraud-alerts".into(),
-            ]
-        }) {
-            match EventKind::from_subscription(&name) {
-                Some(k) if !events.contains(&k) => events.push(k),
-                Some(_) => {}
-                None => err(format!(
-                    "event {name:?} is not one of transactions, refunds, fraud-alerts"
-                )),
-            }
-        }
-        events.sort();
-        let secret = match (&e.webhook_secret, &e.webhook_secret_env) {
-            (Some(s), None) => Some(s.clone()),
-            (None, Some(var)) => {
-                let s = env(var);
-                if s.is_none() {
-                    err(format!("webhook_secret_env: {var} is not set"));
-                }
-                s
-            }
-            (Some(_), Some(_)) => {
-                err("give webhook_secret or webhook_secret_env, not both".into());
-                None
-            }
-            (None, None) => None,
-        };
-        let webhook = match (&e.webhook_url, secret) {
-            (Some(url), Some(secret)) => {
-                if !url.starts_with("https://") {
-                    err(format!("webhook_url {url:?} must be an https:// URL (webhooks are only sent over TLS)"));
-                }
-                if url.parse::<hyper::Uri>().is_err() {
-                    err(format!("webhook_url {url:?} is not a valid URL"));
-                }
-                if secret.len() < MIN_SECRET_BYTES {
-                    err(format!(
-                        "the webhook secret must be at least {MIN_SECRET_BYTES} bytes"
-                    ));
-                }
-                Some(Webhook {
-                    url: url.clone(),
-                    secret: Secret::new(secret),
-                })
-            }
-            (Some(_), None) => {
-                if e.webhook_secret_env.is_none() {
-                    err("webhook_url needs webhook_secret or webhook_secret_env".into());
-                }
-                None
-            }
-            (None, Some(_)) => {
-                err("a webhook secret without webhook_url".into());
-                None
-            }
-            (None, None) => None,
-        };
-        for a in e.emails.iter().chain(&e.risk_emails) {
-            if a.parse::<lettre::Address>().is_err() {
-                err(format!("{a:?} is not an email address"));
-            }
-        }
-        if webhook.is_none()
-            && e.webhook_url.is_none()
-            && e.emails.is_empty()
-            && e.risk_emails.is_empty()
-        {
-            err("no channel: give webhook_url or emails".into());
-        }
-        if let (Some(mode), Some(format)) = (mode, format) {
-            out.push(Preferences {
-                merchant_id: id.clone(),
-                mode,
-                format,
-                events,
-                webhook,
-                emails: e.emails,
-                risk_emails: e.risk_emails,
-            });
+        match check(&id, e, &env) {
+            Ok(p) => out.push(p),
+            Err(problems) => errors.extend(
+                problems
+                    .into_iter()
+                    .map(|(_, m)| format!("merchants.{id}: {m}")),
+            ),
         }
     }
     if errors.is_empty() {
         Ok(out)
     } else {
         Err(errors)
+    }
+}
+
+/// Checks one merchant's settings — from a preferences file or the merchant API, the same
+/// rules — into preferences, or every problem as (field, message).
+pub fn check(
+    id: &str,
+    e: Entry,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Preferences, Vec<(&'static str, String)>> {
+    let mut errors = Vec::new();
+    let mut err = |field: &'static str, m: String| errors.push((field, m));
+    if id.is_empty() || id.len() > 64 {
+        err("merchant_id", "merchant id must be 1-64 characters".into());
+    }
+    let mode = match (e.mode.as_deref().unwrap_or("per-event"), &e.digest_every) {
+        ("per-event", None) => Some(Mode::PerEvent),
+        ("per-event", Some(_)) => {
+            err(
+                "digest_every",
+                "digest_every needs mode = \"digest\"".into(),
+            );
+            None
+        }
+        ("digest", Some(every)) => match humantime::parse_duration(every) {
+            Ok(d) if DIGEST_RANGE.contains(&d.as_secs()) => Some(Mode::Digest { every: d }),
+            Ok(_) => {
+                err(
+                    "digest_every",
+                    format!("digest_every {every:?} must be between 10s and 1day"),
+                );
+                None
+            }
+            Err(x) => {
+                err("digest_every", format!("digest_every {every:?}: {x}"));
+                None
+            }
+        },
+        ("digest", None) => {
+            err(
+                "digest_every",
+                "mode = \"digest\" needs digest_every (e.g. \"1h\", \"1day\")".into(),
+            );
+            None
+        }
+        (other, _) => {
+            err(
+                "mode",
+                format!("mode {other:?} is not one of per-event, digest"),
+            );
+            None
+        }
+    };
+    let format = e.format.as_deref().unwrap_or("json");
+    let format = Format::parse(format).or_else(|| {
+        err(
+            "format",
+            format!("format {format:?} is not one of json, csv"),
+        );
+        None
+    });
+    let mut events = Vec::new();
+    for name in e.events.unwrap_or_else(|| {
+        vec![
+            "transactions".into(),
+            "refunds".into(),
+            "fraud-alerts".into(),
+        ]
+    }) {
+        match EventKind::from_subscription(&name) {
+            Some(k) if !events.contains(&k) => events.push(k),
+            Some(_) => {}
+            None => err(
+                "events",
+                format!("event {name:?} is not one of transactions, refunds, fraud-alerts"),
+            ),
+        }
+    }
+    events.sort();
+    let secret = match (&e.webhook_secret, &e.webhook_secret_env) {
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(var)) => {
+            let s = env(var);
+            if s.is_none() {
+                err(
+                    "webhook_secret_env",
+                    format!("webhook_secret_env: {var} is not set"),
+                );
+            }
+            s
+        }
+        (Some(_), Some(_)) => {
+            err(
+                "webhook_secret",
+                "give webhook_secret or webhook_secret_env, not both".into(),
+            );
+            None
+        }
+        (None, None) => None,
+    };
+    let webhook = match (&e.webhook_url, secret) {
+        (Some(url), Some(secret)) => {
+            if !url.starts_with("https://") {
+                err("webhook_url", format!("webhook_url {url:?} must be an https:// URL (webhooks are only sent over TLS)"));
+            }
+            if url.parse::<hyper::Uri>().is_err() {
+                err(
+                    "webhook_url",
+                    format!("webhook_url {url:?} is not a valid URL"),
+                );
+            }
+            if secret.len() < MIN_SECRET_BYTES {
+                err(
+                    "webhook_secret",
+                    format!("the webhook secret must be at least {MIN_SECRET_BYTES} bytes"),
+                );
+            }
+            Some(Webhook {
+                url: url.clone(),
+                secret: Secret::new(secret),
+            })
+        }
+        (Some(_), None) => {
+            if e.webhook_secret_env.is_none() {
+                err(
+                    "webhook_secret",
+                    "webhook_url needs webhook_secret or webhook_secret_env".into(),
+                );
+            }
+            None
+        }
+        (None, Some(_)) => {
+            err("webhook_url", "a webhook secret without webhook_url".into());
+            None
+        }
+        (None, None) => None,
+    };
+    for (field, list) in [("emails", &e.emails), ("risk_emails", &e.risk_emails)] {
+        for a in list {
+            if a.parse::<lettre::Address>().is_err() {
+                err(field, format!("{a:?} is not an email address"));
+            }
+        }
+    }
+    if webhook.is_none()
+        && e.webhook_url.is_none()
+        && e.emails.is_empty()
+        && e.risk_emails.is_empty()
+    {
+        err(
+            "webhook_url",
+            "no channel: give webhook_url or emails".into(),
+        );
+    }
+    match (mode, format) {
+        (Some(mode), Some(format)) if errors.is_empty() => Ok(Preferences {
+            merchant_id: id.to_string(),
+            mode,
+            format,
+            events,
+            webhook,
+            emails: e.emails,
+            risk_emails: e.risk_emails,
+        }),
+        _ => Err(errors),
     }
 }
 

@@ -6,6 +6,7 @@
 //! merchant rejects a `t` older than a few minutes. It changes on every attempt; the
 //! idempotency key and the body do not.
 
+use crate::egress::{Egress, GuardedResolver, Refused};
 use crate::policy::{parse_retry_after, Answer};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
@@ -69,18 +70,21 @@ pub struct Request<'a> {
 
 #[derive(Clone)]
 pub struct Sender {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>,
     timeout: Duration,
+    egress: Arc<Egress>,
 }
 
 impl Sender {
     /// A pooled HTTPS client trusting the system's roots plus `extra_ca` (a PEM bundle, for
     /// merchants — or tests — behind a private CA), keeping up to `idle_per_host` connections
     /// open per endpoint: a TLS handshake costs far more CPU than the request it carries.
+    /// Connections go only where `egress` allows (egress.rs).
     pub fn new(
         extra_ca: Option<&Path>,
         timeout: Duration,
         idle_per_host: usize,
+        egress: Egress,
     ) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_native_certs::load_native_certs().certs {
@@ -98,19 +102,41 @@ impl Sender {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let egress = Arc::new(egress);
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver(egress.clone()));
+        http.enforce_http(false); // https URLs: TLS wraps this connector
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(idle_per_host)
             .build(https);
-        Ok(Sender { client, timeout })
+        Ok(Sender {
+            client,
+            timeout,
+            egress,
+        })
     }
 
     pub async fn send(&self, r: &Request<'_>) -> Answer {
+        // The connector skips its resolver for an IP literal: judge those here.
+        let literal = r
+            .url
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|u| {
+                u.host()
+                    .map(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>())
+            })
+            .and_then(Result::ok);
+        if let Some(why) = literal.and_then(|ip| self.egress.refusal(ip)) {
+            return Answer::Refused {
+                error: format!("egress refused: {why}"),
+            };
+        }
         let now = SystemTime::now();
         let unix = now
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -165,6 +191,10 @@ impl Sender {
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(Err(too_large))) => too_large,
             Ok(Ok(Ok((status, retry_after)))) => classify(status, retry_after.as_deref(), now),
+            // An address the guard refused will be refused again: not retried.
+            Ok(Err(e)) if refused(&e) => Answer::Refused {
+                error: connection_error(&e),
+            },
             Ok(Err(e)) => Answer::Retry {
                 error: connection_error(&e),
                 retry_after: None,
@@ -175,6 +205,17 @@ impl Sender {
             },
         }
     }
+}
+
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if c.is::<Refused>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// The error with its causes (hyper's top-level message alone says "client error (Connect)").

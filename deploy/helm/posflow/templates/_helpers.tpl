@@ -44,6 +44,7 @@ validator: {binary: posflow-validator, group: posflow-validator, topic: pos.tran
 storage: {binary: posflow-storage, group: posflow-storage, topic: pos.transactions.validated, kafkaConsumer: true}
 fraud: {binary: posflow-fraud, group: posflow-fraud, topic: pos.transactions.validated, kafkaConsumer: true}
 notifier: {binary: posflow-notifier, group: posflow-notifier, topic: pos.transactions.validated, kafkaConsumer: true}
+api: {binary: posflow-api, group: "", topic: "", kafkaConsumer: false}
 {{- end -}}
 
 {{/* Kafka and registry settings, for every stage and the provisioning job. */}}
@@ -185,6 +186,10 @@ spec:
             - name: {{ $k }}
               value: {{ $v | quote }}
             {{- end }}
+          {{- if eq .stage "api" }}
+          # Behind a Service (and the cluster's ingress): HTTPS, or plain when api.tls is unset and
+          # the ingress terminates TLS.
+          {{- end }}
           {{- if and (eq .stage "notifier") $root.Values.webhooks.signingSecrets }}
           envFrom:
             - secretRef:
@@ -193,6 +198,10 @@ spec:
           ports:
             - name: http-metrics
               containerPort: 9464
+            {{- if eq .stage "api" }}
+            - name: api
+              containerPort: 8443
+            {{- end }}
           startupProbe:
             httpGet: {path: /healthz, port: http-metrics}
             periodSeconds: 2
@@ -223,8 +232,11 @@ spec:
             {{- if or (eq .stage "validator") (eq .stage "fraud") }}
             - {name: rules, mountPath: /etc/posflow/rules, readOnly: true}
             {{- end }}
-            {{- if and (or (eq .stage "storage") (eq .stage "notifier")) $root.Values.database.tls.existingSecret }}
+            {{- if and (has .stage (list "storage" "notifier" "api")) $root.Values.database.tls.existingSecret }}
             - {name: database-tls, mountPath: /etc/posflow/database-tls, readOnly: true}
+            {{- end }}
+            {{- if and (eq .stage "api") $root.Values.api.tls.existingSecret }}
+            - {name: api-tls, mountPath: /etc/posflow/api-tls, readOnly: true}
             {{- end }}
       volumes:
         - name: tmp
@@ -245,9 +257,13 @@ spec:
         - name: rules
           configMap: {name: {{ include "posflow.fullname" $root }}-rules}
         {{- end }}
-        {{- if and (or (eq .stage "storage") (eq .stage "notifier")) $root.Values.database.tls.existingSecret }}
+        {{- if and (has .stage (list "storage" "notifier" "api")) $root.Values.database.tls.existingSecret }}
         - name: database-tls
           secret: {secretName: {{ $root.Values.database.tls.existingSecret }}}
+        {{- end }}
+        {{- if and (eq .stage "api") $root.Values.api.tls.existingSecret }}
+        - name: api-tls
+          secret: {secretName: {{ $root.Values.api.tls.existingSecret }}}
         {{- end }}
       {{- with $s.nodeSelector }}
       nodeSelector:
@@ -342,6 +358,7 @@ spec:
 
 {{- define "posflow.env.notifier" -}}
 {{ include "posflow.databaseUrl" (dict "root" . "key" .Values.database.notifierUrlKey) }}
+{{ include "posflow.webhookEgress" . }}
 - name: POSFLOW_SECRETS_KEYS
   valueFrom:
     secretKeyRef:
@@ -354,4 +371,35 @@ spec:
       key: {{ .Values.smtp.urlKey }}
 - name: POSFLOW_SMTP_FROM
   value: {{ .Values.smtp.from | quote }}
+{{- end -}}
+
+{{/* Internal networks webhooks may reach: the same list on the notifier and the API (docs/api.md). */}}
+{{- define "posflow.webhookEgress" -}}
+- name: POSFLOW_WEBHOOK_ALLOW_NETWORKS
+  value: {{ .Values.webhooks.allowNetworks | quote }}
+{{- end -}}
+
+{{- define "posflow.env.api" -}}
+{{ include "posflow.databaseUrl" (dict "root" . "key" .Values.database.apiUrlKey) }}
+{{ include "posflow.webhookEgress" . }}
+- name: POSFLOW_API_LISTEN
+  value: "0.0.0.0:8443"
+- name: POSFLOW_API_RATE_PER_KEY
+  value: {{ .Values.api.ratePerKey | quote }}
+- name: POSFLOW_API_CURSOR_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "api.cursorKey.existingSecret is required" .Values.api.cursorKey.existingSecret }}
+      key: {{ .Values.api.cursorKey.key }}
+- name: POSFLOW_SECRETS_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "webhooks.secretsKeys.existingSecret is required" .Values.webhooks.secretsKeys.existingSecret }}
+      key: {{ .Values.webhooks.secretsKeys.key }}
+{{- if .Values.api.tls.existingSecret }}
+- name: POSFLOW_API_TLS_CERT
+  value: /etc/posflow/api-tls/tls.crt
+- name: POSFLOW_API_TLS_KEY
+  value: /etc/posflow/api-tls/tls.key
+{{- end }}
 {{- end -}}

@@ -51,10 +51,11 @@ pub async fn provision(
     let names: Vec<(String, i32, Retention)> = CATALOGUE
         .iter()
         .map(|t| {
-            // The registry's single partition is a design choice, not a scale setting.
-            let partitions = match t.retention {
-                Retention::Compacted => t.partitions,
-                Retention::Days(_) => plan.partitions.unwrap_or(t.partitions),
+            // A single partition (the registry, the audit chain) is a design choice — one
+            // ordered log — not a scale setting.
+            let partitions = match t.partitions {
+                1 => 1,
+                n => plan.partitions.unwrap_or(n),
             };
             (topics.name(t.name), partitions, t.retention)
         })

@@ -42,6 +42,7 @@ pub const FRAUD_ALERTS: &str = "pos.fraud.alerts";
 pub const NOTIFICATION_STATUS: &str = "pos.notifications.status";
 pub const DEADLETTER: &str = "pos.deadletter";
 pub const TERMINALS: &str = "pos.terminals";
+pub const AUDIT: &str = "pos.audit";
 
 pub const CATALOGUE: &[TopicSpec] = &[
     TopicSpec {
@@ -108,6 +109,16 @@ pub const CATALOGUE: &[TopicSpec] = &[
         retention: Retention::Compacted,
         writers: "posflow-admin terminals",
         readers: "bridge, analysts",
+    },
+    TopicSpec {
+        name: AUDIT,
+        key: "merchant id ('' for requests that named none)",
+        value: ValueSchema::AuditRecord,
+        // One partition: the records form one hash chain, and a SIEM checks it in order.
+        partitions: 1,
+        retention: Retention::Days(90),
+        writers: "api (relayed from api_audit)",
+        readers: "SIEMs (merchants', the platform's)",
     },
 ];
 

@@ -51,10 +51,11 @@ pub enum ValueSchema {
     NotificationOutcome,
     DeadLetter,
     TerminalRegistration,
+    AuditRecord,
 }
 
 impl ValueSchema {
-    pub const ALL: [ValueSchema; 7] = [
+    pub const ALL: [ValueSchema; 8] = [
         Self::TransactionReceived,
         Self::TransactionValidated,
         Self::TransactionRejected,
@@ -62,6 +63,7 @@ impl ValueSchema {
         Self::NotificationOutcome,
         Self::DeadLetter,
         Self::TerminalRegistration,
+        Self::AuditRecord,
     ];
 
     /// The file under `schemas/`.
@@ -74,6 +76,7 @@ impl ValueSchema {
             Self::NotificationOutcome => "pos.notifications.status.avsc",
             Self::DeadLetter => "pos.deadletter.avsc",
             Self::TerminalRegistration => "pos.terminals.avsc",
+            Self::AuditRecord => "pos.audit.avsc",
         }
     }
 
@@ -86,6 +89,7 @@ impl ValueSchema {
             Self::NotificationOutcome => avsc!("pos.notifications.status.avsc"),
             Self::DeadLetter => avsc!("pos.deadletter.avsc"),
             Self::TerminalRegistration => avsc!("pos.terminals.avsc"),
+            Self::AuditRecord => avsc!("pos.audit.avsc"),
         }
     }
 

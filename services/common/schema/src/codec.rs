@@ -29,6 +29,7 @@ record!(crate::types::FraudAlert, FraudAlert);
 record!(crate::types::NotificationOutcome, NotificationOutcome);
 record!(crate::types::DeadLetter, DeadLetter);
 record!(crate::types::TerminalRegistration, TerminalRegistration);
+record!(crate::types::AuditRecord, AuditRecord);
 
 const MAGIC: u8 = 0;
 

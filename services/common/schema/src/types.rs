@@ -245,6 +245,29 @@ pub struct TerminalRegistration {
     pub note: String,
 }
 
+/// One audit record (`pos.audit`; the API's `api_audit` table is the source).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub at: i64,
+    pub actor: String,
+    pub role: String,
+    pub merchant_id: String,
+    pub action: String,
+    pub resource: String,
+    pub filter: String,
+    pub row_count: i32,
+    pub status: i32,
+    pub outcome: String,
+    pub source: String,
+    pub request_id: String,
+    pub reason: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
 /// Avro `bytes` must be serialised as bytes, not as a sequence of ints.
 mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};

@@ -1,0 +1,181 @@
+//! `posflow-admin api-keys …` and `posflow-admin audit verify`: operators' side of the merchant
+//! API (docs/api.md). Run with the database owner's URL (POSFLOW_DATABASE_URL): keys are made
+//! for any merchant here, including operator keys, which the API itself never makes. Every
+//! change is appended to the audit trail as `operator:<name>`.
+
+use clap::Subcommand;
+use posflow_api::audit::{self, Entry, Verdict};
+use posflow_api::auth::Role;
+use posflow_api::keys::{self, NewKey};
+use posflow_pg::DatabaseArgs;
+use posflow_schema::now_millis;
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Create a key and print it — once: only its hash is kept.
+    Create {
+        /// The merchant it acts for; repeat for a chain's key (several merchants).
+        #[arg(long = "merchant")]
+        merchants: Vec<String>,
+        /// owner, finance, developer, auditor — or operator (support staff: any merchant,
+        /// read-only, a reason with every request; give no --merchant).
+        #[arg(long)]
+        role: String,
+        /// What the key is for, e.g. "ERP reconciliation".
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. 90days; no expiry without it.
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+    },
+    /// List keys (of one merchant).
+    List {
+        #[arg(long)]
+        merchant: Option<String>,
+    },
+    /// Revoke a key at once.
+    Revoke { key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Check the audit trail's hash chain; names the first row that does not fit. Exit 1 if
+    /// the chain is broken.
+    Verify,
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Appends one audit record per merchant the key acts for (one with no merchant for an
+/// operator key), so each merchant's own audit log shows the change.
+async fn record(
+    client: &mut tokio_postgres::Client,
+    operator: &str,
+    action: &str,
+    merchants: &[String],
+    before: Option<&Value>,
+    after: &Value,
+) -> anyhow::Result<()> {
+    let none = [String::new()];
+    let merchants = if merchants.is_empty() {
+        &none[..]
+    } else {
+        merchants
+    };
+    let entries: Vec<Entry> = merchants
+        .iter()
+        .map(|m| Entry {
+            at_ms: now_millis(),
+            actor: format!("operator:{operator}"),
+            role: "operator".into(),
+            merchant_id: m.clone(),
+            action: action.into(),
+            resource: "posflow-admin".into(),
+            filter: "{}".into(),
+            row_count: 1,
+            outcome: "ok".into(),
+            source: "cli".into(),
+            before: before.map(Value::to_string),
+            after: Some(after.to_string()),
+            ..Entry::default()
+        })
+        .collect();
+    audit::append(client, &entries).await?;
+    Ok(())
+}
+
+pub async fn keys(
+    db: &DatabaseArgs,
+    action: KeyAction,
+    operator: &str,
+) -> anyhow::Result<ExitCode> {
+    let mut client = db.connect().await?;
+    match action {
+        KeyAction::Create {
+            merchants,
+            role,
+            name,
+            expires_in,
+        } => {
+            let Some(role) = Role::parse(&role) else {
+                anyhow::bail!(
+                    "--role {role:?} is not one of owner, finance, developer, auditor, operator"
+                );
+            };
+            anyhow::ensure!(
+                (role == Role::Operator) == merchants.is_empty(),
+                "an operator key names no --merchant; every other key names at least one"
+            );
+            anyhow::ensure!(!name.trim().is_empty(), "--name must not be empty");
+            let expires_at = expires_in.map(|d| SystemTime::now() + Duration::from(d));
+            let (listing, key) = keys::create(
+                &client,
+                &NewKey {
+                    name: &name,
+                    role,
+                    merchants: &merchants,
+                    expires_at,
+                    created_by: &format!("operator:{operator}"),
+                },
+            )
+            .await?;
+            record(
+                &mut client,
+                operator,
+                "api_keys.create",
+                &merchants,
+                None,
+                &listing,
+            )
+            .await?;
+            print(&listing);
+            eprintln!("The key (shown once; store it now):");
+            println!("{key}");
+        }
+        KeyAction::List { merchant } => {
+            for k in keys::list(&client, merchant.as_deref()).await? {
+                print(&k);
+            }
+        }
+        KeyAction::Revoke { key_id } => {
+            let Some((before, after)) =
+                keys::revoke(&client, &key_id, None, &format!("operator:{operator}")).await?
+            else {
+                eprintln!("posflow-admin: no key {key_id}");
+                return Ok(ExitCode::FAILURE);
+            };
+            let merchants: Vec<String> =
+                serde_json::from_value(after["merchants"].clone()).unwrap_or_default();
+            record(
+                &mut client,
+                operator,
+                "api_keys.revoke",
+                &merchants,
+                Some(&before),
+                &after,
+            )
+            .await?;
+            print(&after);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(db: &DatabaseArgs) -> anyhow::Result<ExitCode> {
+    let mut client = db.connect().await?;
+    Ok(match audit::verify(&mut client).await? {
+        Verdict::Intact { rows } => {
+            println!("audit chain intact: {rows} records");
+            ExitCode::SUCCESS
+        }
+        Verdict::Broken { seq, why } => {
+            println!("audit chain BROKEN at seq {seq}: {why}");
+            ExitCode::FAILURE
+        }
+    })
+}

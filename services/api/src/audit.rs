@@ -1,0 +1,486 @@
+//! The audit trail: every request to the API — served or refused — and every operator CLI
+//! action becomes one row of `api_audit`, written before the response leaves (if it cannot be
+//! written the request fails with 503: nothing is served unaudited).
+//!
+//! Rows form a hash chain. Each has a gapless `seq` and `hash = SHA-256(prev_hash ‖ seq ‖
+//! every field, length-prefixed)`; appends take an advisory lock, so replicas extend one chain.
+//! [`verify`] walks it and names the first row that does not fit: changed, inserted, deleted.
+//! A writer task batches appends (one lock and one round trip for many requests under load).
+//!
+//! A relay copies the table, in order, to the `pos.audit` topic for SIEMs: one replica at a
+//! time (another advisory lock), from the high-water mark in `api_audit_relay`, at least once.
+
+use crate::db::Scoped;
+use crate::query::Position;
+use crate::records::Page;
+use posflow_pg::DbError;
+use posflow_schema::{rfc3339_millis, AuditRecord};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::Client;
+
+/// Serialises appends to the chain across replicas and the CLI.
+pub const APPEND_LOCK: i64 = 0x706f_7366_6175_6469; // "posfaudi"
+/// One relay at a time.
+pub const RELAY_LOCK: i64 = 0x706f_7366_7265_6c79; // "posfrely"
+
+/// One audit record before it is chained.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub at_ms: i64,
+    pub actor: String,
+    pub role: String,
+    pub merchant_id: String,
+    pub action: String,
+    pub resource: String,
+    pub filter: String,
+    pub row_count: i32,
+    pub status: i32,
+    pub outcome: String,
+    pub source: String,
+    pub request_id: String,
+    pub reason: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+impl Entry {
+    /// The chained hash of this entry at `seq` after `prev`.
+    pub fn hash(&self, seq: i64, prev: &[u8]) -> Vec<u8> {
+        let mut h = Sha256::new();
+        h.update(prev);
+        h.update(seq.to_be_bytes());
+        h.update(self.at_ms.to_be_bytes());
+        h.update(self.row_count.to_be_bytes());
+        h.update(self.status.to_be_bytes());
+        for field in [
+            Some(&self.actor),
+            Some(&self.role),
+            Some(&self.merchant_id),
+            Some(&self.action),
+            Some(&self.resource),
+            Some(&self.filter),
+            Some(&self.outcome),
+            Some(&self.source),
+            Some(&self.request_id),
+            Some(&self.reason),
+            self.before.as_ref(),
+            self.after.as_ref(),
+        ] {
+            match field {
+                // Length-prefixed, with NULL distinct from "": no two records hash alike.
+                Some(s) => {
+                    h.update([1]);
+                    h.update((s.len() as u64).to_be_bytes());
+                    h.update(s.as_bytes());
+                }
+                None => h.update([0]),
+            }
+        }
+        h.finalize().to_vec()
+    }
+
+    fn from_row(r: &tokio_postgres::Row) -> Self {
+        Entry {
+            at_ms: r.get("at_ms"),
+            actor: r.get("actor"),
+            role: r.get("role"),
+            merchant_id: r.get("merchant_id"),
+            action: r.get("action"),
+            resource: r.get("resource"),
+            filter: r.get("filter"),
+            row_count: r.get("row_count"),
+            status: r.get("status"),
+            outcome: r.get("outcome"),
+            source: r.get("source"),
+            request_id: r.get("request_id"),
+            reason: r.get("reason"),
+            before: r.get("before"),
+            after: r.get("after"),
+        }
+    }
+
+    fn record(self, seq: i64, prev_hash: &[u8], hash: &[u8]) -> AuditRecord {
+        AuditRecord {
+            seq,
+            at: self.at_ms,
+            actor: self.actor,
+            role: self.role,
+            merchant_id: self.merchant_id,
+            action: self.action,
+            resource: self.resource,
+            filter: self.filter,
+            row_count: self.row_count,
+            status: self.status,
+            outcome: self.outcome,
+            source: self.source,
+            request_id: self.request_id,
+            reason: self.reason,
+            before: self.before,
+            after: self.after,
+            prev_hash: hex(prev_hash),
+            hash: hex(hash),
+        }
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+const COLUMNS: &str =
+    "seq, at_ms, actor, role, merchant_id, action, resource, filter, row_count, status, \
+    outcome, source, request_id, reason, before, after, prev_hash, hash";
+
+/// Appends entries to the chain in one transaction; returns their seqs.
+pub async fn append(client: &mut Client, entries: &[Entry]) -> Result<Vec<i64>, DbError> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
+        .await?;
+    let tail = tx
+        .query_opt("SELECT seq, hash FROM posflow_audit_tail()", &[])
+        .await?;
+    let (mut seq, mut prev): (i64, Vec<u8>) = match tail {
+        Some(r) => (r.get(0), r.get(1)),
+        None => (0, vec![0; 32]),
+    };
+    let insert = tx
+        .prepare(&format!(
+            "INSERT INTO api_audit ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
+        ))
+        .await?;
+    let mut seqs = Vec::with_capacity(entries.len());
+    for e in entries {
+        seq += 1;
+        let hash = e.hash(seq, &prev);
+        tx.execute(
+            &insert,
+            &[
+                &seq,
+                &e.at_ms,
+                &e.actor,
+                &e.role,
+                &e.merchant_id,
+                &e.action,
+                &e.resource,
+                &e.filter,
+                &e.row_count,
+                &e.status,
+                &e.outcome,
+                &e.source,
+                &e.request_id,
+                &e.reason,
+                &e.before,
+                &e.after,
+                &prev,
+                &hash,
+            ],
+        )
+        .await?;
+        seqs.push(seq);
+        prev = hash;
+    }
+    tx.commit().await?;
+    Ok(seqs)
+}
+
+/// What `audit verify` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Intact {
+        rows: i64,
+    },
+    /// The first row that does not fit, and why.
+    Broken {
+        seq: i64,
+        why: String,
+    },
+}
+
+/// Walks the whole chain (as a role that reads every row: the table's owner).
+pub async fn verify(client: &mut Client) -> Result<Verdict, DbError> {
+    // A cursor: the chain may be long; memory stays flat.
+    let tx = client.transaction().await?;
+    tx.batch_execute(&format!(
+        "DECLARE audit_walk NO SCROLL CURSOR FOR SELECT {COLUMNS} FROM api_audit ORDER BY seq"
+    ))
+    .await?;
+    let mut expected_seq = 1i64;
+    let mut prev = vec![0u8; 32];
+    loop {
+        let rows = tx.query("FETCH 5000 FROM audit_walk", &[]).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for r in &rows {
+            let seq: i64 = r.get("seq");
+            let broken = |why: String| Ok(Verdict::Broken { seq, why });
+            if seq != expected_seq {
+                return broken(if seq == expected_seq + 1 {
+                    format!("the row with seq {expected_seq} is missing")
+                } else {
+                    format!(
+                        "the rows with seq {expected_seq} to {} are missing",
+                        seq - 1
+                    )
+                });
+            }
+            let stored_prev: Vec<u8> = r.get("prev_hash");
+            if stored_prev != prev {
+                return broken("its prev_hash is not the previous row's hash".into());
+            }
+            let stored: Vec<u8> = r.get("hash");
+            if Entry::from_row(r).hash(seq, &prev) != stored {
+                return broken("its fields do not match its hash (the row was altered)".into());
+            }
+            prev = stored;
+            expected_seq += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(Verdict::Intact {
+        rows: expected_seq - 1,
+    })
+}
+
+/// The merchant's audit log, newest first (`Position.t` is the seq).
+pub async fn page(s: &Scoped<'_>, limit: i64, after: Option<Position>) -> Result<Page, DbError> {
+    let rows =
+        s.tx.query(
+            &format!(
+                "SELECT {COLUMNS} FROM api_audit WHERE ($1::text IS NULL OR merchant_id = $1) \
+                 AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3"
+            ),
+            &[&s.merchant_filter(), &after.map(|p| p.t), &(limit + 1)],
+        )
+        .await?;
+    let json_or_text = |s: Option<String>| {
+        s.map(|t| serde_json::from_str::<Value>(&t).unwrap_or(Value::String(t)))
+    };
+    let items: Vec<Value> = rows
+        .iter()
+        .take(limit as usize)
+        .map(|r| {
+            let e = Entry::from_row(r);
+            json!({
+                "seq": r.get::<_, i64>("seq"),
+                "at": rfc3339_millis(e.at_ms),
+                "actor": e.actor,
+                "role": e.role,
+                "merchant_id": e.merchant_id,
+                "action": e.action,
+                "resource": e.resource,
+                "filter": json_or_text(Some(e.filter)),
+                "row_count": e.row_count,
+                "status": e.status,
+                "outcome": e.outcome,
+                "source": e.source,
+                "request_id": e.request_id,
+                "reason": e.reason,
+                "before": json_or_text(e.before),
+                "after": json_or_text(e.after),
+                "hash": hex(&r.get::<_, Vec<u8>>("hash")),
+            })
+        })
+        .collect();
+    let next = (rows.len() as i64 > limit)
+        .then(|| {
+            items.last().map(|l| Position {
+                t: l["seq"].as_i64().unwrap_or(0),
+                id: String::new(),
+            })
+        })
+        .flatten();
+    Ok(Page { items, next })
+}
+
+/// A request to append, answered with the seq once it is committed.
+type Pending = (Entry, oneshot::Sender<Result<i64, String>>);
+
+/// The handle requests append through.
+#[derive(Clone)]
+pub struct Auditor {
+    tx: mpsc::Sender<Pending>,
+}
+
+impl Auditor {
+    /// Appends `e`; returns once it is committed.
+    pub async fn record(&self, e: Entry) -> Result<i64, String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send((e, done))
+            .await
+            .map_err(|_| "the audit writer stopped".to_string())?;
+        wait.await
+            .map_err(|_| "the audit writer stopped".to_string())?
+    }
+
+    /// The writer: batches what is waiting (up to `max_batch`) into one append. Ends when every
+    /// handle is gone.
+    pub fn start(
+        mut connect: impl FnMut() -> std::pin::Pin<
+                Box<dyn std::future::Future<Output = Result<Client, DbError>> + Send>,
+            > + Send
+            + 'static,
+        max_batch: usize,
+    ) -> (Self, tokio::task::JoinHandle<anyhow::Result<()>>) {
+        let (tx, mut rx) = mpsc::channel::<Pending>(max_batch * 4);
+        let task = tokio::spawn(async move {
+            let mut client: Option<Client> = None;
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    client = connect().await.ok();
+                }
+                let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
+                let result = match client.as_mut() {
+                    Some(c) => append(c, &entries).await.map_err(|e| e.summary()),
+                    None => Err("cannot connect to the database".into()),
+                };
+                match result {
+                    Ok(seqs) => {
+                        for ((_, done), seq) in batch.into_iter().zip(seqs) {
+                            let _ = done.send(Ok(seq));
+                        }
+                    }
+                    Err(why) => {
+                        tracing::error!(error = %why, rows = batch.len(), "audit append failed; the requests fail");
+                        client = None;
+                        for (_, done) in batch {
+                            let _ = done.send(Err(why.clone()));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        });
+        (Auditor { tx }, task)
+    }
+}
+
+/// Where the relay writes: `pos.audit`, Avro in the Confluent wire format.
+pub struct Relay {
+    pub producer: rdkafka::producer::FutureProducer,
+    pub encoder: posflow_schema::Encoder<AuditRecord>,
+    pub topic: String,
+}
+
+impl Relay {
+    /// Sends every record (idempotent producer, in order) and waits for all confirmations.
+    async fn publish(&self, records: &[AuditRecord]) -> anyhow::Result<()> {
+        let mut sends = Vec::with_capacity(records.len());
+        for r in records {
+            let value = self.encoder.encode(r)?;
+            let record = rdkafka::producer::FutureRecord::to(&self.topic)
+                .key(&r.merchant_id)
+                .payload(&value);
+            let sent = self
+                .producer
+                .send_result(record)
+                .map_err(|(e, _)| anyhow::anyhow!("producing to {}: {e}", self.topic))?;
+            sends.push(sent);
+        }
+        for s in sends {
+            match s.await {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => anyhow::bail!("producing to {}: {e}", self.topic),
+                Err(_) => anyhow::bail!("producing to {}: the producer went away", self.topic),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One relay pass: copies rows after the high-water mark to `pos.audit` (in seq order, each
+/// confirmed by Kafka) and moves the mark. Returns how many were relayed; 0 when another
+/// replica holds the relay lock.
+pub async fn relay_once(client: &mut Client, to: &Relay, batch: i64) -> anyhow::Result<usize> {
+    let locked: bool = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
+        .await?
+        .get(0);
+    if !locked {
+        return Ok(0);
+    }
+    let result = async {
+        let mark: i64 = client
+            .query_one("SELECT relayed_seq FROM api_audit_relay", &[])
+            .await?
+            .get(0);
+        let rows = client
+            .query(
+                &format!("SELECT {COLUMNS} FROM posflow_audit_since($1, $2)"),
+                &[&mark, &batch],
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let last: i64 = rows[rows.len() - 1].get("seq");
+        let records: Vec<AuditRecord> = rows
+            .iter()
+            .map(|r| {
+                let prev: Vec<u8> = r.get("prev_hash");
+                let hash: Vec<u8> = r.get("hash");
+                Entry::from_row(r).record(r.get("seq"), &prev, &hash)
+            })
+            .collect();
+        let n = records.len();
+        to.publish(&records).await?;
+        client
+            .execute("UPDATE api_audit_relay SET relayed_seq = $1", &[&last])
+            .await?;
+        Ok(n)
+    }
+    .await;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&RELAY_LOCK])
+        .await?;
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry {
+        Entry {
+            at_ms: 1,
+            actor: "pk_0123456789ab".into(),
+            role: "owner".into(),
+            merchant_id: "M001".into(),
+            action: "transactions.search".into(),
+            status: 200,
+            outcome: "ok".into(),
+            ..Entry::default()
+        }
+    }
+
+    #[test]
+    fn every_field_and_the_chain_change_the_hash() {
+        let base = entry().hash(1, &[0; 32]);
+        assert_ne!(entry().hash(2, &[0; 32]), base);
+        assert_ne!(entry().hash(1, &[1; 32]), base);
+        let mut e = entry();
+        e.row_count = 1;
+        assert_ne!(e.hash(1, &[0; 32]), base);
+        let mut e = entry();
+        e.before = Some(String::new());
+        assert_ne!(e.hash(1, &[0; 32]), base, "NULL and '' differ");
+        // Moving a byte from one field to the next changes the hash (length prefixes).
+        let mut a = entry();
+        a.actor = "ab".into();
+        a.role = "c".into();
+        let mut b = entry();
+        b.actor = "a".into();
+        b.role = "bc".into();
+        assert_ne!(a.hash(1, &[0; 32]), b.hash(1, &[0; 32]));
+    }
+}

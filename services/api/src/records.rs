@@ -1,0 +1,346 @@
+//! What the terminals sent, as stored: transaction search, one transaction, rejections, and
+//! totals for reconciliation. Card data is what storage keeps past the bridge: BIN and last
+//! four (the token is an internal join key and never leaves).
+
+use crate::db::Scoped;
+use crate::query::{is_bin, is_currency, is_digits, is_ident, Params, Position};
+use posflow_pg::DbError;
+use posflow_schema::rfc3339_millis;
+use serde_json::{json, Value};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+type Param = Box<dyn ToSql + Sync + Send>;
+
+/// A WHERE clause built from bind parameters only.
+struct Where {
+    conds: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Where {
+    /// Starts with the scope's own merchant filter (see db.rs).
+    fn scoped(s: &Scoped<'_>) -> Self {
+        let mut w = Where {
+            conds: Vec::new(),
+            params: Vec::new(),
+        };
+        if let Some(m) = s.merchant_filter() {
+            w.and("merchant_id = ?", m.to_string());
+        }
+        w
+    }
+    /// Adds `cond`, its one `?` bound to `v`.
+    fn and(&mut self, cond: &str, v: impl ToSql + Sync + Send + 'static) {
+        self.params.push(Box::new(v));
+        self.conds
+            .push(cond.replace('?', &format!("${}", self.params.len())));
+    }
+    fn and_opt<T: ToSql + Sync + Send + 'static>(&mut self, cond: &str, v: Option<T>) {
+        if let Some(v) = v {
+            self.and(cond, v);
+        }
+    }
+    fn sql(&self) -> String {
+        if self.conds.is_empty() {
+            "true".into()
+        } else {
+            self.conds.join(" AND ")
+        }
+    }
+    fn refs(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+}
+
+pub fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    rfc3339_millis(millis(t))
+}
+
+fn time(row: &Row, col: &str) -> String {
+    rfc3339_millis(millis(row.get::<_, SystemTime>(col)))
+}
+
+/// A page of results and the cursor of the next one.
+pub struct Page {
+    pub items: Vec<Value>,
+    pub next: Option<Position>,
+}
+
+/// The filters shared by transactions and rejections.
+struct Common {
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+    min_amount: Option<i64>,
+    max_amount: Option<i64>,
+    currency: Option<String>,
+    terminal: Option<String>,
+    kind: Option<String>,
+    limit: i64,
+    after: Option<Position>,
+}
+
+pub const TYPES: [&str; 5] = ["sale", "refund", "void", "pre_authorisation", "completion"];
+
+fn common(p: &mut Params, after: Option<Position>) -> Common {
+    let (from, to) = p.range();
+    Common {
+        from,
+        to,
+        min_amount: p.int("min_amount", 0..=i64::MAX),
+        max_amount: p.int("max_amount", 0..=i64::MAX),
+        currency: p.text("currency", is_currency, "an ISO 4217 code such as EUR"),
+        terminal: p.text("terminal", is_ident, "a terminal id"),
+        kind: p.text(
+            "type",
+            |s| TYPES.contains(&s),
+            "one of sale, refund, void, pre_authorisation, completion",
+        ),
+        limit: p.limit(),
+        after,
+    }
+}
+
+impl Common {
+    fn apply(self, w: &mut Where, time_col: &str) -> i64 {
+        w.and_opt(&format!("{time_col} >= ?"), self.from);
+        w.and_opt(&format!("{time_col} < ?"), self.to);
+        w.and_opt("amount_minor >= ?", self.min_amount);
+        w.and_opt("amount_minor <= ?", self.max_amount);
+        w.and_opt("currency = ?", self.currency);
+        w.and_opt("terminal_id = ?", self.terminal);
+        w.and_opt("type = ?", self.kind);
+        if let Some(p) = self.after {
+            // Keyset pagination, newest first: strictly after the last row shown.
+            w.params.push(Box::new(p.time()));
+            w.params.push(Box::new(p.id));
+            let n = w.params.len();
+            w.conds
+                .push(format!("({time_col}, transaction_id) < (${}, ${n})", n - 1));
+        }
+        self.limit
+    }
+}
+
+/// The parameters every search takes, around a route's own.
+macro_rules! search_params {
+    ($($own:literal),*) => {
+        &["from", "to", "min_amount", "max_amount", "currency", "terminal", "type", $($own,)* "limit", "cursor"]
+    };
+}
+
+pub const TRANSACTION_PARAMS: &[&str] = search_params!("last4", "bin", "response_code");
+
+/// The transaction filters, parsed (the caller finishes `p` to learn whether they are valid).
+pub struct TransactionFilter {
+    common: Common,
+    last4: Option<String>,
+    bin: Option<String>,
+    response_code: Option<String>,
+}
+
+impl TransactionFilter {
+    pub fn parse(p: &mut Params, after: Option<Position>) -> Self {
+        TransactionFilter {
+            common: common(p, after),
+            last4: p.text("last4", is_digits::<4>, "four digits"),
+            bin: p.text("bin", is_bin, "6 to 8 digits"),
+            response_code: p.text("response_code", is_ident, "a response code such as 00"),
+        }
+    }
+}
+
+const TRANSACTION_COLUMNS: &str = "transaction_id, terminal_id, merchant_id, sequence, transaction_time, type, \
+    original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_bin, card_last4, \
+    auth_code, response_code, mcc, received_at, validated_at, stored_at";
+
+fn transaction_json(r: &Row) -> Value {
+    json!({
+        "transaction_id": r.get::<_, String>("transaction_id"),
+        "merchant_id": r.get::<_, String>("merchant_id"),
+        "terminal_id": r.get::<_, String>("terminal_id"),
+        "sequence": r.get::<_, i64>("sequence"),
+        "transaction_time": time(r, "transaction_time"),
+        "type": r.get::<_, String>("type"),
+        "original_transaction_id": r.get::<_, Option<String>>("original_transaction_id"),
+        "amount_minor": r.get::<_, i64>("amount_minor"),
+        "currency": r.get::<_, String>("currency"),
+        "payment_method": r.get::<_, String>("payment_method"),
+        "entry_mode": r.get::<_, String>("entry_mode"),
+        "card": {
+            "bin": r.get::<_, Option<String>>("card_bin"),
+            "last4": r.get::<_, Option<String>>("card_last4"),
+        },
+        "auth_code": r.get::<_, Option<String>>("auth_code"),
+        "response_code": r.get::<_, String>("response_code"),
+        "mcc": r.get::<_, String>("mcc"),
+        "received_at": time(r, "received_at"),
+        "validated_at": time(r, "validated_at"),
+        "stored_at": time(r, "stored_at"),
+    })
+}
+
+fn page(rows: Vec<Row>, limit: i64, time_col: &str, to_json: fn(&Row) -> Value) -> Page {
+    let full = rows.len() as i64 > limit;
+    let shown = &rows[..rows.len().min(limit as usize)];
+    let next = (full && !shown.is_empty()).then(|| {
+        let last = &shown[shown.len() - 1];
+        Position {
+            t: millis(last.get::<_, SystemTime>(time_col)),
+            id: last.get("transaction_id"),
+        }
+    });
+    Page {
+        items: shown.iter().map(to_json).collect(),
+        next,
+    }
+}
+
+/// Newest first. One row more than the page is read to know whether there is a next page.
+pub async fn search_transactions(s: &Scoped<'_>, f: TransactionFilter) -> Result<Page, DbError> {
+    let mut w = Where::scoped(s);
+    w.and_opt("card_last4 = ?", f.last4);
+    w.and_opt("card_bin = ?", f.bin);
+    w.and_opt("response_code = ?", f.response_code);
+    let limit = f.common.apply(&mut w, "transaction_time");
+    let sql = format!(
+        "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE {} \
+         ORDER BY transaction_time DESC, transaction_id DESC LIMIT {}",
+        w.sql(),
+        limit + 1
+    );
+    let rows = s.tx.query(&sql, &w.refs()).await?;
+    Ok(page(rows, limit, "transaction_time", transaction_json))
+}
+
+/// One transaction with its line items, or `None` (also when it is another merchant's).
+pub async fn transaction(s: &Scoped<'_>, id: &str) -> Result<Option<Value>, DbError> {
+    let mut w = Where::scoped(s);
+    w.and("transaction_id = ?", id.to_string());
+    let sql = format!(
+        "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE {}",
+        w.sql()
+    );
+    let Some(row) = s.tx.query_opt(&sql, &w.refs()).await? else {
+        return Ok(None);
+    };
+    let mut t = transaction_json(&row);
+    let items =
+        s.tx.query(
+            "SELECT li.line_no, li.sku, li.description, li.unit_price_minor, li.quantity \
+             FROM transaction_line_items li JOIN transactions t USING (transaction_id) \
+             WHERE li.transaction_id = $1 AND t.merchant_id = $2 ORDER BY li.line_no",
+            &[&id, &row.get::<_, String>("merchant_id")],
+        )
+        .await?;
+    t["line_items"] = items
+        .iter()
+        .map(|r| {
+            json!({
+                "line_no": r.get::<_, i32>(0),
+                "sku": r.get::<_, String>(1),
+                "description": r.get::<_, String>(2),
+                "unit_price_minor": r.get::<_, i64>(3),
+                "quantity": r.get::<_, i32>(4),
+            })
+        })
+        .collect();
+    Ok(Some(t))
+}
+
+pub const REJECTION_PARAMS: &[&str] = search_params!("reason_code");
+
+pub struct RejectionFilter {
+    common: Common,
+    reason_code: Option<String>,
+}
+
+impl RejectionFilter {
+    pub fn parse(p: &mut Params, after: Option<Position>) -> Self {
+        RejectionFilter {
+            common: common(p, after),
+            reason_code: p.text(
+                "reason_code",
+                |s| {
+                    s.bytes()
+                        .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+                },
+                "a reason code such as AMOUNT_OUT_OF_RANGE (docs/reason-codes.md)",
+            ),
+        }
+    }
+}
+
+fn rejection_json(r: &Row) -> Value {
+    json!({
+        "transaction_id": r.get::<_, String>("transaction_id"),
+        "merchant_id": r.get::<_, String>("merchant_id"),
+        "terminal_id": r.get::<_, String>("terminal_id"),
+        "transaction_time": time(r, "transaction_time"),
+        "type": r.get::<_, String>("type"),
+        "amount_minor": r.get::<_, i64>("amount_minor"),
+        "currency": r.get::<_, String>("currency"),
+        "reason_codes": r.get::<_, Vec<String>>("reason_codes"),
+        "reasons": serde_json::from_str::<Value>(r.get::<_, &str>("reasons")).unwrap_or(Value::Null),
+        "received_at": time(r, "received_at"),
+        "rejected_at": time(r, "rejected_at"),
+    })
+}
+
+/// Rejected transactions, newest first (by transaction time), with their reason codes.
+pub async fn search_rejections(s: &Scoped<'_>, f: RejectionFilter) -> Result<Page, DbError> {
+    let mut w = Where::scoped(s);
+    w.and_opt("? = ANY (reason_codes)", f.reason_code);
+    let limit = f.common.apply(&mut w, "transaction_time");
+    let sql = format!(
+        "SELECT transaction_id, merchant_id, terminal_id, transaction_time, type, amount_minor, currency, \
+         reason_codes, reasons::text AS reasons, received_at, rejected_at FROM rejections WHERE {} \
+         ORDER BY transaction_time DESC, transaction_id DESC LIMIT {}",
+        w.sql(),
+        limit + 1
+    );
+    let rows = s.tx.query(&sql, &w.refs()).await?;
+    Ok(page(rows, limit, "transaction_time", rejection_json))
+}
+
+pub const TOTALS_PARAMS: &[&str] = &["from", "to"];
+
+/// Count and sum per currency and type over [from, to): what a merchant reconciles against
+/// the acquirer's settlement. Amounts are as sent (a refund's amount is positive).
+pub async fn totals(
+    s: &Scoped<'_>,
+    from: SystemTime,
+    to: SystemTime,
+) -> Result<Vec<Value>, DbError> {
+    let mut w = Where::scoped(s);
+    w.and("transaction_time >= ?", from);
+    w.and("transaction_time < ?", to);
+    let sql = format!(
+        "SELECT currency, type, count(*), sum(amount_minor)::bigint FROM transactions WHERE {} \
+         GROUP BY currency, type ORDER BY currency, type",
+        w.sql()
+    );
+    Ok(s.tx
+        .query(&sql, &w.refs())
+        .await?
+        .iter()
+        .map(|r| {
+            json!({
+                "currency": r.get::<_, String>(0),
+                "type": r.get::<_, String>(1),
+                "count": r.get::<_, i64>(2),
+                "amount_minor": r.get::<_, i64>(3),
+            })
+        })
+        .collect())
+}

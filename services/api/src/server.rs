@@ -1,0 +1,156 @@
+//! HTTP(S) for the API: HTTP/1.1, TLS when given a certificate (or plain behind an ingress that
+//! terminates it), bodies capped, JSON and problem+json out. On shutdown it stops accepting and
+//! lets requests in flight finish, up to the drain timeout.
+
+use crate::problem::Problem;
+use crate::routes::OPENAPI_PATH;
+use crate::service::{self, Incoming, State};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use posflow_runtime::Shutdown;
+use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+
+pub fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serves until shutdown, then waits (up to `drain`) for requests in flight.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    state: Arc<State>,
+    shutdown: Shutdown,
+    drain: Duration,
+) -> anyhow::Result<()> {
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+            },
+            _ = shutdown.wait() => break,
+        };
+        let (state, tls, in_flight) = (state.clone(), tls.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let (state, in_flight) = (state.clone(), in_flight.clone());
+                async move {
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let r = answer(&state, req, peer).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = match tls {
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(s) => http.serve_connection(TokioIo::new(s), svc).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => http.serve_connection(TokioIo::new(stream), svc).await,
+            };
+        });
+    }
+    let deadline = tokio::time::Instant::now() + drain;
+    while in_flight.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn answer(
+    state: &Arc<State>,
+    req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    if parts.method == hyper::Method::GET && parts.uri.path() == OPENAPI_PATH {
+        return respond(
+            200,
+            "application/json",
+            Bytes::from(state.openapi.clone()),
+            None,
+            None,
+        );
+    }
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => Ok(b.to_bytes()),
+        Err(_) => Err(Problem::TooLarge),
+    };
+    let reply = service::handle(
+        state,
+        Incoming {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            body,
+            source: peer.ip(),
+        },
+    )
+    .await;
+    let ctype = if reply.status >= 400 {
+        "application/problem+json"
+    } else {
+        "application/json"
+    };
+    let mut text = serde_json::to_vec_pretty(&reply.body).unwrap_or_default();
+    text.push(b'\n');
+    respond(
+        reply.status,
+        ctype,
+        Bytes::from(text),
+        reply.retry_after,
+        Some(&reply.request_id),
+    )
+}
+
+fn respond(
+    status: u16,
+    ctype: &str,
+    body: Bytes,
+    retry_after: Option<u64>,
+    request_id: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::builder()
+        .status(status)
+        .header("content-type", ctype)
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff");
+    if let Some(secs) = retry_after {
+        r = r.header("retry-after", secs.to_string());
+    }
+    if let Some(id) = request_id {
+        r = r.header("x-request-id", id);
+    }
+    r.body(Full::new(body)).expect("static response parts")
+}

@@ -1,0 +1,555 @@
+//! One request, start to end: route, rate limits, authentication, tenancy, permission, the
+//! handler in a scoped transaction, then the audit record — written before the response
+//! leaves, whatever the outcome.
+
+use crate::audit::{Auditor, Entry};
+use crate::auth::{Principal, Role};
+use crate::db::{AppFilter, Pool, Scope, Scoped};
+use crate::keys::{self, NewKey};
+use crate::problem::Problem;
+use crate::query::{is_ident, CursorKey, Params};
+use crate::records::{self, RejectionFilter, TransactionFilter};
+use crate::routes::{self, Action, Found, Method, Route};
+use crate::settings;
+use bytes::Bytes;
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use posflow_notifier::egress::Egress;
+use posflow_notifier::sealed::Keys;
+use posflow_runtime::metrics::{counter_vec, histogram_vec};
+use prometheus::{HistogramVec, IntCounterVec};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Header an operator states its reason in.
+pub const REASON_HEADER: &str = "posflow-reason";
+/// Failed authentications per source per minute before it is refused for a minute.
+pub const AUTH_FAILURES_PER_MINUTE: u32 = 20;
+
+pub struct State {
+    pub pool: Pool,
+    pub auditor: Auditor,
+    pub cursor_key: CursorKey,
+    pub egress: Egress,
+    pub seal: Keys,
+    pub openapi: String,
+    per_key: DefaultKeyedRateLimiter<String>,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    blocked: DashMap<IpAddr, Instant>,
+    touched: DashMap<String, Instant>,
+}
+
+impl State {
+    pub fn new(
+        pool: Pool,
+        auditor: Auditor,
+        cursor_key: CursorKey,
+        egress: Egress,
+        seal: Keys,
+        rate_per_key: NonZeroU32,
+    ) -> Self {
+        State {
+            pool,
+            auditor,
+            cursor_key,
+            egress,
+            seal,
+            openapi: crate::openapi::document(),
+            per_key: RateLimiter::keyed(Quota::per_second(rate_per_key).allow_burst(rate_per_key)),
+            failures: RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(AUTH_FAILURES_PER_MINUTE).expect("non-zero"),
+            )),
+            blocked: DashMap::new(),
+            touched: DashMap::new(),
+        }
+    }
+}
+
+/// What the HTTP layer hands in.
+pub struct Incoming<'a> {
+    pub method: &'a hyper::Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a hyper::HeaderMap,
+    /// The body, or the problem reading it (too large).
+    pub body: Result<Bytes, Problem>,
+    pub source: IpAddr,
+}
+
+/// What goes back.
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub retry_after: Option<u64>,
+    pub request_id: String,
+}
+
+/// A handler's success.
+struct Done {
+    status: u16,
+    body: Value,
+    rows: i32,
+    before: Option<Value>,
+    after: Option<Value>,
+}
+
+impl Done {
+    fn ok(body: Value, rows: usize) -> Self {
+        Done {
+            status: 200,
+            body,
+            rows: rows as i32,
+            before: None,
+            after: None,
+        }
+    }
+}
+
+struct Metrics {
+    requests: IntCounterVec,
+    seconds: HistogramVec,
+}
+
+fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics {
+        requests: counter_vec(
+            "posflow_api_requests_total",
+            "Requests, by action and status",
+            &["action", "status"],
+        ),
+        seconds: histogram_vec(
+            "posflow_api_request_seconds",
+            "Time to answer a request (audit record included), by action",
+            &["action"],
+            &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ],
+        ),
+    })
+}
+
+fn request_id(headers: &hyper::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && is_ident(v))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let n: u128 = rand::random();
+            format!("{n:032x}")
+        })
+}
+
+pub async fn handle(state: &Arc<State>, req: Incoming<'_>) -> Reply {
+    let started = Instant::now();
+    let request_id = request_id(req.headers);
+    let mut audit = Entry {
+        at_ms: posflow_schema::now_millis(),
+        resource: format!("{} {}", req.method, req.path),
+        source: req.source.to_string(),
+        request_id: request_id.clone(),
+        action: "unknown".into(),
+        filter: "{}".into(),
+        ..Entry::default()
+    };
+    let outcome = serve(state, &req, &mut audit).await;
+    let (status, body, retry_after) = match outcome {
+        Ok(done) => {
+            audit.row_count = done.rows;
+            audit.before = done.before.map(|v| v.to_string());
+            audit.after = done.after.map(|v| v.to_string());
+            audit.outcome = "ok".into();
+            (done.status, done.body, None)
+        }
+        Err(p) => {
+            audit.outcome = p.slug().into();
+            let retry = match p {
+                Problem::RateLimited { retry_after_secs } => Some(retry_after_secs),
+                _ => None,
+            };
+            (p.status(), p.body(&request_id), retry)
+        }
+    };
+    audit.status = status as i32;
+    let action = audit.action.clone();
+    // Nothing leaves unaudited: if the record cannot be written, the answer is a 503.
+    let reply = match state.auditor.record(audit).await {
+        Ok(_) => Reply {
+            status,
+            body,
+            retry_after,
+            request_id,
+        },
+        Err(why) => {
+            tracing::error!(error = %why, "cannot write the audit record; refusing the request");
+            let p = Problem::Unavailable;
+            Reply {
+                status: p.status(),
+                body: p.body(&request_id),
+                retry_after: Some(1),
+                request_id,
+            }
+        }
+    };
+    let m = metrics();
+    m.requests
+        .with_label_values(&[&action, &reply.status.to_string()])
+        .inc();
+    m.seconds
+        .with_label_values(&[&action])
+        .observe(started.elapsed().as_secs_f64());
+    reply
+}
+
+fn retry_after(not_until: governor::NotUntil<governor::clock::QuantaInstant>) -> Problem {
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    Problem::RateLimited {
+        retry_after_secs: wait.as_secs() + 1,
+    }
+}
+
+async fn serve(state: &Arc<State>, req: &Incoming<'_>, audit: &mut Entry) -> Result<Done, Problem> {
+    let m = match routes::find(Method::parse(req.method), req.path) {
+        Found::Route(m) => m,
+        Found::WrongMethod => return Err(Problem::MethodNotAllowed),
+        Found::None => return Err(Problem::NotFound),
+    };
+    let route: &Route = m.route;
+    audit.action = route.name.into();
+    // The merchant a request names is recorded even when it is refused: a merchant's security
+    // team sees the attempts on its data too.
+    let merchant = m.args[0];
+    audit.merchant_id = merchant.chars().take(64).collect();
+    if let Some(until) = state.blocked.get(&req.source).map(|t| *t) {
+        if until > Instant::now() {
+            audit.action = "auth.refused".into();
+            return Err(Problem::RateLimited {
+                retry_after_secs: (until - Instant::now()).as_secs() + 1,
+            });
+        }
+        state.blocked.remove(&req.source);
+    }
+    let principal = authenticate(state, req, audit).await?;
+    audit.actor = principal.key_id.clone();
+    audit.role = principal.role.as_str().into();
+    state
+        .per_key
+        .check_key(&principal.key_id)
+        .map_err(retry_after)?;
+
+    if merchant.len() > 64 || !is_ident(merchant) {
+        return Err(Problem::invalid("merchant_id", "must be a merchant id"));
+    }
+    let scope = Scope::of(&principal, merchant).ok_or_else(|| {
+        Problem::Forbidden(format!("this key does not act for merchant {merchant}"))
+    })?;
+    if !principal.role.allows(route.permission) {
+        return Err(Problem::Forbidden(format!(
+            "role {} does not have {}",
+            principal.role.as_str(),
+            route.permission.as_str()
+        )));
+    }
+    if principal.role == Role::Operator {
+        let reason = req
+            .headers
+            .get(REASON_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .unwrap_or("");
+        if reason.is_empty() || reason.len() > 500 {
+            return Err(Problem::Forbidden(format!(
+                "operators state a reason for every request: header {REASON_HEADER} (1-500 characters)"
+            )));
+        }
+        audit.reason = reason.into();
+    }
+    let mut params = Params::parse(req.query, route.params);
+    if route.body.is_some() {
+        let json = req
+            .headers
+            .get(hyper::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|t| t.trim() == "application/json")
+            });
+        if !json {
+            return Err(Problem::UnsupportedMediaType);
+        }
+    }
+    let body = req.body.clone()?;
+
+    let mut conn = state.pool.get().await.map_err(|e| {
+        tracing::warn!(error = %e.summary(), "database unavailable");
+        Problem::Unavailable
+    })?;
+    let s = Scoped::begin(&mut conn, &scope, AppFilter::Enforced)
+        .await
+        .map_err(|_| Problem::Unavailable)?;
+    let done = run(
+        state,
+        route,
+        &m.args,
+        &mut params,
+        &body,
+        &s,
+        &principal,
+        audit,
+    )
+    .await?;
+    s.commit().await.map_err(|_| Problem::Unavailable)?;
+    Ok(done)
+}
+
+async fn authenticate(
+    state: &Arc<State>,
+    req: &Incoming<'_>,
+    audit: &mut Entry,
+) -> Result<Principal, Problem> {
+    let presented = req
+        .headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let result = match presented {
+        None => Err((None, "missing")),
+        Some(key) => {
+            let mut conn = state.pool.get().await.map_err(|_| Problem::Unavailable)?;
+            match keys::authenticate(&mut conn, key).await {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err((id, why))) => Err((id, why.as_str())),
+                Err(_) => return Err(Problem::Unavailable),
+            }
+        }
+    };
+    match result {
+        Ok(p) => {
+            let stale = state
+                .touched
+                .get(&p.key_id)
+                .is_none_or(|t| t.elapsed() > Duration::from_secs(60));
+            if stale {
+                state.touched.insert(p.key_id.clone(), Instant::now());
+                let (state, id) = (state.clone(), p.key_id.clone());
+                tokio::spawn(async move {
+                    if let Ok(mut c) = state.pool.get().await {
+                        let _ = keys::touch(&mut c, &id).await;
+                    }
+                });
+            }
+            Ok(p)
+        }
+        Err((id, why)) => {
+            // The key id (never the secret) and why, for the audit log; the client hears 401.
+            audit.actor = id.unwrap_or_default();
+            audit.filter = json!({ "refused": why }).to_string();
+            if state.failures.check_key(&req.source).is_err() {
+                state
+                    .blocked
+                    .insert(req.source, Instant::now() + Duration::from_secs(60));
+            }
+            Err(Problem::Unauthenticated)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyInput {
+    name: String,
+    role: String,
+    expires_at: Option<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    state: &State,
+    route: &Route,
+    args: &[&str],
+    p: &mut Params,
+    body: &[u8],
+    s: &Scoped<'_>,
+    principal: &Principal,
+    audit: &mut Entry,
+) -> Result<Done, Problem> {
+    let db = |e: posflow_pg::DbError| {
+        tracing::warn!(error = %e.summary(), "query failed");
+        Problem::Unavailable
+    };
+    let page_body = |p: &Params, page: records::Page| {
+        let next = page
+            .next
+            .map(|pos| p.next_cursor(&state.cursor_key, route.name, &pos));
+        let n = page.items.len();
+        Done::ok(json!({ "items": page.items, "next_cursor": next }), n)
+    };
+    let id_arg = |field: &str| -> Result<String, Problem> {
+        let v = args[1];
+        if v.len() > 64 || !is_ident(v) {
+            return Err(Problem::invalid(field, "must be an identifier"));
+        }
+        Ok(v.to_string())
+    };
+    let done = match route.action {
+        Action::SearchTransactions => {
+            let after = p.cursor(&state.cursor_key, route.name);
+            let f = TransactionFilter::parse(p, after);
+            audit.filter = p.filter_json();
+            p.finish()?;
+            page_body(p, records::search_transactions(s, f).await.map_err(db)?)
+        }
+        Action::SearchRejections => {
+            let after = p.cursor(&state.cursor_key, route.name);
+            let f = RejectionFilter::parse(p, after);
+            audit.filter = p.filter_json();
+            p.finish()?;
+            page_body(p, records::search_rejections(s, f).await.map_err(db)?)
+        }
+        Action::GetTransaction => {
+            let id = id_arg("transaction_id")?;
+            p.finish()?;
+            let t = records::transaction(s, &id)
+                .await
+                .map_err(db)?
+                .ok_or(Problem::NotFound)?;
+            Done::ok(t, 1)
+        }
+        Action::Totals => {
+            let (from, to) = p.range();
+            let from = p.require("from", from);
+            let to = p.require("to", to);
+            audit.filter = p.filter_json();
+            p.finish()?;
+            let (from, to) = (from.expect("required"), to.expect("required"));
+            let totals = records::totals(s, from, to).await.map_err(db)?;
+            let n = totals.len();
+            Done::ok(
+                json!({ "from": records::rfc3339(from), "to": records::rfc3339(to), "totals": totals }),
+                n,
+            )
+        }
+        Action::GetSettings => {
+            p.finish()?;
+            Done::ok(
+                settings::get(s)
+                    .await
+                    .map_err(db)?
+                    .ok_or(Problem::NotFound)?,
+                1,
+            )
+        }
+        Action::PutSettings => {
+            p.finish()?;
+            let (before, after) = settings::put(s, body, &state.egress, &state.seal).await?;
+            let mut shown = after.clone();
+            if let Some(o) = shown.as_object_mut() {
+                o.remove("webhook_secret_changed");
+            }
+            Done {
+                status: 200,
+                body: shown,
+                rows: 1,
+                before,
+                after: Some(after),
+            }
+        }
+        Action::ListKeys => {
+            p.finish()?;
+            let items = keys::list(&s.tx, Some(&s.merchant)).await.map_err(db)?;
+            let n = items.len();
+            Done::ok(json!({ "items": items }), n)
+        }
+        Action::CreateKey => {
+            p.finish()?;
+            let input: KeyInput = serde_json::from_slice(body)
+                .map_err(|e| Problem::invalid("body", format!("not an API key request: {e}")))?;
+            let mut errors = Vec::new();
+            let role = Role::parse(&input.role).filter(|r| *r != Role::Operator);
+            if role.is_none() {
+                errors.push((
+                    "role",
+                    "must be one of owner, finance, developer, auditor".to_string(),
+                ));
+            }
+            if input.name.trim().is_empty() || input.name.len() > 100 {
+                errors.push(("name", "must be 1-100 characters".into()));
+            }
+            let expires = match input.expires_at.as_deref().map(crate::query::parse_time) {
+                Some(None) => {
+                    errors.push(("expires_at", "must be an RFC 3339 time".into()));
+                    None
+                }
+                Some(Some(t)) if t <= std::time::SystemTime::now() => {
+                    errors.push(("expires_at", "must be in the future".into()));
+                    None
+                }
+                Some(t) => t,
+                None => None,
+            };
+            if !errors.is_empty() {
+                return Err(Problem::Invalid(
+                    errors
+                        .into_iter()
+                        .map(|(f, m)| crate::problem::FieldError {
+                            field: f.into(),
+                            message: m,
+                        })
+                        .collect(),
+                ));
+            }
+            let (listing, key) = keys::create(
+                &s.tx,
+                &NewKey {
+                    name: input.name.trim(),
+                    role: role.expect("checked"),
+                    merchants: std::slice::from_ref(&s.merchant),
+                    expires_at: expires,
+                    created_by: &principal.key_id,
+                },
+            )
+            .await
+            .map_err(db)?;
+            let mut body = listing.clone();
+            body["key"] = json!(key);
+            Done {
+                status: 201,
+                body,
+                rows: 1,
+                before: None,
+                after: Some(listing),
+            }
+        }
+        Action::RevokeKey => {
+            let id = id_arg("key_id")?;
+            p.finish()?;
+            let (before, after) = keys::revoke(&s.tx, &id, Some(&s.merchant), &principal.key_id)
+                .await
+                .map_err(db)?
+                .ok_or(Problem::NotFound)?;
+            Done {
+                status: 200,
+                body: after.clone(),
+                rows: 1,
+                before: Some(before),
+                after: Some(after),
+            }
+        }
+        Action::ReadAudit => {
+            let after = p.cursor(&state.cursor_key, route.name);
+            let limit = p.limit();
+            audit.filter = p.filter_json();
+            p.finish()?;
+            page_body(p, crate::audit::page(s, limit, after).await.map_err(db)?)
+        }
+    };
+    Ok(done)
+}

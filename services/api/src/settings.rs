@@ -1,0 +1,143 @@
+//! A merchant's delivery settings through the API: the same rules as
+//! `posflow-notifier merchants apply` (posflow_notifier::prefs::check), plus the egress guard on
+//! the webhook URL. Every notifier replica picks a change up at its next preferences refresh
+//! (--preferences-refresh-secs, 10 s by default). The signing secret is sealed like the CLI's
+//! and can be written, never read back: the API's role has no SELECT on that column.
+
+use crate::db::Scoped;
+use crate::problem::{FieldError, Problem};
+use crate::records::millis;
+use posflow_notifier::egress::Egress;
+use posflow_notifier::prefs::{self, Entry, Mode};
+use posflow_notifier::sealed::Keys;
+use posflow_pg::DbError;
+use posflow_schema::rfc3339_millis;
+use serde_json::{json, Value};
+use std::time::{Duration, SystemTime};
+
+/// The settings as the API shows them (and the audit log records them): no secret.
+pub async fn get(s: &Scoped<'_>) -> Result<Option<Value>, DbError> {
+    let row = s
+        .tx
+        .query_opt(
+            "SELECT mode, digest_every_secs, format, events, webhook_url, emails, risk_emails, updated_at \
+             FROM merchant_preferences WHERE merchant_id = $1",
+            &[&s.merchant],
+        )
+        .await?;
+    Ok(row.map(|r| {
+        json!({
+            "merchant_id": s.merchant,
+            "mode": r.get::<_, String>(0),
+            "digest_every": r.get::<_, Option<i32>>(1)
+                .map(|secs| humantime::format_duration(Duration::from_secs(secs as u64)).to_string()),
+            "format": r.get::<_, String>(2),
+            "events": r.get::<_, Vec<String>>(3),
+            "webhook_url": r.get::<_, Option<String>>(4),
+            "emails": r.get::<_, Vec<String>>(5),
+            "risk_emails": r.get::<_, Vec<String>>(6),
+            "updated_at": rfc3339_millis(millis(r.get::<_, SystemTime>(7))),
+        })
+    }))
+}
+
+fn unavailable<E: std::fmt::Display>(e: E) -> Problem {
+    tracing::warn!(error = %e, "settings query failed");
+    Problem::Unavailable
+}
+
+/// A secret long enough for the shared check when the request keeps the stored one.
+const KEPT: &str = "kept-secret-placeholder-0123456789";
+
+/// Replaces the merchant's settings. `webhook_secret` may be left out to keep the current one
+/// (when a webhook is configured already). Returns (before, after, whether the secret changed).
+pub async fn put(
+    s: &Scoped<'_>,
+    body: &[u8],
+    egress: &Egress,
+    keys: &Keys,
+) -> Result<(Option<Value>, Value), Problem> {
+    let entry: Entry = serde_json::from_slice(body)
+        .map_err(|e| Problem::invalid("body", format!("not a settings document: {e}")))?;
+    let before = get(s).await.map_err(unavailable)?;
+    let mut errors = Vec::new();
+    if entry.webhook_secret_env.is_some() {
+        errors.push(FieldError {
+            field: "webhook_secret_env".into(),
+            message: "not accepted by the API: send webhook_secret".into(),
+        });
+    }
+    let has_webhook = before.as_ref().is_some_and(|b| !b["webhook_url"].is_null());
+    let keep_secret = entry.webhook_url.is_some() && entry.webhook_secret.is_none() && has_webhook;
+    let mut checked = entry.clone();
+    if keep_secret {
+        checked.webhook_secret = Some(KEPT.into());
+    }
+    checked.webhook_secret_env = None;
+    let prefs = prefs::check(&s.merchant, checked, |_| None).map_err(|problems| {
+        errors.extend(problems.into_iter().map(|(field, message)| FieldError {
+            field: field.into(),
+            message,
+        }));
+    });
+    if let Some(url) = &entry.webhook_url {
+        if let Err(why) = egress.check_url(url).await {
+            errors.push(FieldError {
+                field: "webhook_url".into(),
+                message: format!("refused: {why}"),
+            });
+        }
+    }
+    let prefs = match prefs {
+        Ok(p) if errors.is_empty() => p,
+        _ => return Err(Problem::Invalid(errors)),
+    };
+    let (mode, every) = match prefs.mode {
+        Mode::PerEvent => ("per-event", None),
+        Mode::Digest { every } => ("digest", Some(every.as_secs() as i32)),
+    };
+    let url = prefs.webhook.as_ref().map(|w| w.url.clone());
+    let sealed = match (&prefs.webhook, keep_secret) {
+        (Some(w), false) => Some(keys.seal(&s.merchant, w.secret.expose())),
+        _ => None,
+    };
+    // The stored secret stays (not named in the UPDATE: the API may not read it) when the
+    // request kept it; otherwise it is replaced — by NULL when the webhook went.
+    let format = prefs.format.as_str();
+    let events = prefs.events_as_strings();
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![
+        &s.merchant,
+        &mode,
+        &every,
+        &format,
+        &events,
+        &url,
+        &prefs.emails,
+        &prefs.risk_emails,
+    ];
+    let mut sql = "UPDATE merchant_preferences SET mode = $2, digest_every_secs = $3, format = $4, events = $5, \
+                   webhook_url = $6, emails = $7, risk_emails = $8, updated_at = now()"
+        .to_string();
+    if !keep_secret {
+        sql += ", webhook_secret = $9";
+        params.push(&sealed);
+    }
+    let updated =
+        s.tx.execute(&format!("{sql} WHERE merchant_id = $1"), &params)
+            .await
+            .map_err(unavailable)?;
+    if updated == 0 {
+        s.tx
+            .execute(
+                "INSERT INTO merchant_preferences (merchant_id, mode, digest_every_secs, format, events, webhook_url, \
+                 emails, risk_emails, webhook_secret) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[&s.merchant, &mode, &every, &format, &events, &url, &prefs.emails, &prefs.risk_emails, &sealed],
+            )
+            .await
+            .map_err(unavailable)?;
+    }
+    let mut after = get(s).await.map_err(unavailable)?.unwrap_or(Value::Null);
+    // The audit log says a secret changed, never what it is.
+    after["webhook_secret_changed"] = json!(sealed.is_some());
+    Ok((before, after))
+}
