@@ -3,6 +3,7 @@
 //! to read them). `--smoke` runs every scenario with a few hundred records to keep the harness
 //! working (`make test` does); its figures mean nothing.
 
+mod api;
 mod bridge;
 mod e2e;
 mod notify;
@@ -13,7 +14,15 @@ use clap::Parser;
 use report::{Report, Row, Target};
 use std::path::PathBuf;
 
-const SCENARIOS: [&str; 6] = ["bridge", "validator", "storage", "fraud", "notifier", "e2e"];
+const SCENARIOS: [&str; 7] = [
+    "bridge",
+    "validator",
+    "storage",
+    "fraud",
+    "notifier",
+    "api",
+    "e2e",
+];
 
 #[derive(Debug, Parser)]
 #[command(name = "posflow-bench", version, about, long_about = None)]
@@ -21,7 +30,7 @@ struct Args {
     /// Every scenario with a few hundred records: checks the harness, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Run only these scenarios (comma-separated): bridge, validator, storage, fraud, notifier, e2e.
+    /// Run only these scenarios (comma-separated): bridge, validator, storage, fraud, notifier, api, e2e.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
     /// Where the JSON results go (bench-<time>.json).
@@ -40,6 +49,8 @@ struct Sizes {
     fraud_cards: usize,
     fraud_latency: (usize, usize),
     notifier: (usize, usize),
+    /// Stored rows, merchants, fixed request rate, seconds per measurement, closed-loop clients.
+    api: (usize, usize, f64, f64, usize),
     e2e: (usize, usize, f64),
 }
 
@@ -50,6 +61,7 @@ const FULL: Sizes = Sizes {
     fraud_cards: 1_000_000,
     fraud_latency: (2000, 10),
     notifier: (20_000, 20),
+    api: (1_000_000, 20, 200.0, 10.0, 8),
     e2e: (50, 400, 20.0),
 };
 
@@ -60,6 +72,7 @@ const SMOKE: Sizes = Sizes {
     fraud_cards: 500,
     fraud_latency: (100, 1),
     notifier: (200, 4),
+    api: (2_000, 4, 20.0, 1.0, 2),
     e2e: (5, 20, 2.0),
 };
 
@@ -245,6 +258,56 @@ async fn notifier(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn api(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let (rows, merchants, rate, secs, clients) = s.api;
+    let b = api::run(rows, merchants, rate, secs, clients).await?;
+    r.rows.push(
+        Row::vs(
+            "api",
+            &format!("search p99 ms at {rate:.0}/s"),
+            b.api_open.pct(0.99),
+            "direct SQL, same query and login",
+            b.sql_open.pct(0.99),
+        )
+        .target(Target::AtMost(50.0)),
+    );
+    r.rows.push(
+        Row::vs(
+            "api",
+            &format!("searches/s, {clients} clients"),
+            b.api_closed.rate(),
+            "direct SQL, same queries",
+            b.sql_closed.rate(),
+        )
+        .target(Target::RatioAtLeast(0.7)),
+    );
+    println!(
+        "api: search over {} stored rows, ms (p50 / p99 / p99.9):",
+        b.rows
+    );
+    for (name, f) in [
+        ("API at the fixed rate", &b.api_open),
+        ("direct SQL at the fixed rate", &b.sql_open),
+        ("API, closed loop", &b.api_closed),
+        ("direct SQL, closed loop", &b.sql_closed),
+    ] {
+        println!(
+            "  {name:<32} {:>7.1} {:>7.1} {:>7.1}  ({:.0}/s)",
+            f.pct(0.5),
+            f.pct(0.99),
+            f.pct(0.999),
+            f.rate()
+        );
+    }
+    r.details.insert(
+        "api".into(),
+        serde_json::json!({"rows": b.rows, "merchants": merchants, "rate_per_s": b.rate, "clients": clients,
+            "api_open": b.api_open.json(), "sql_open": b.sql_open.json(),
+            "api_closed": b.api_closed.json(), "sql_closed": b.sql_closed.json()}),
+    );
+    Ok(())
+}
+
 async fn end_to_end(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let (terminals, burst, secs) = s.e2e;
     let e = e2e::run(terminals, burst, secs, &[0.5, 0.8]).await?;
@@ -318,6 +381,7 @@ async fn main() -> anyhow::Result<()> {
             "storage" => storage(sizes, &mut r).await?,
             "fraud" => fraud(sizes, &mut r).await?,
             "notifier" => notifier(sizes, &mut r).await?,
+            "api" => api(sizes, &mut r).await?,
             _ => end_to_end(sizes, &mut r).await?,
         }
     }

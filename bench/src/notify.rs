@@ -69,7 +69,7 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
                     sender
                         .send(&Request {
                             url: &urls[*m],
-                            secret: s.as_bytes(),
+                            secrets: &[s.as_bytes()],
                             idempotency_key: key,
                             event_type: "transaction",
                             attempt: 1,

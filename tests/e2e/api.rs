@@ -1001,12 +1001,10 @@ async fn webhooks_inside_the_platform_are_refused_on_save_and_on_delivery() {
     ];
     for (url, range) in inside {
         let r = api
-            .call(
-                "PUT",
-                &format!("/v1/merchants/{m}/settings"),
-                Some(&own),
-                Some(&json!({"webhook_url": url, "webhook_secret": "0123456789abcdef0123"})),
-                &[],
+            .put_settings(
+                &m,
+                &own,
+                &json!({"webhook_url": url, "webhook_secret": "0123456789abcdef0123"}),
             )
             .await;
         assert_eq!(r.status, 400, "{url}: {}", r.json);
@@ -1015,8 +1013,7 @@ async fn webhooks_inside_the_platform_are_refused_on_save_and_on_delivery() {
         assert!(e["message"].as_str().unwrap().contains(range), "{url}: {e}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let r = api
-        .call("PUT", &format!("/v1/merchants/{m}/settings"), Some(&own), Some(&json!({"webhook_url": "https://93.184.216.34/h", "webhook_secret": "0123456789abcdef0123"})), &[])
+    let r = api.put_settings(&m, &own, &json!({"webhook_url": "https://93.184.216.34/h", "webhook_secret": "0123456789abcdef0123"}))
         .await;
     assert_eq!(r.status, 200, "a public address is accepted: {}", r.json);
     let owner = owner_db(&d).await;
@@ -1129,7 +1126,7 @@ async fn the_examples_in_docs_api_md_work() {
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
         .collect();
-    assert_eq!(examples.len(), 8, "docs/api.md's examples");
+    assert_eq!(examples.len(), 13, "docs/api.md's examples");
     for ex in examples {
         let out = std::process::Command::new("bash")
             .args(["-c", ex])
@@ -1151,4 +1148,565 @@ async fn the_examples_in_docs_api_md_work() {
         assert!(v.is_object(), "{ex}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Webhook secret rotation through the API: during the overlap every delivery carries both
+/// signatures — a receiver that knows only the old secret and one that knows only the new both
+/// verify each; after it, only the new signs and the old fails.
+#[tokio::test]
+async fn a_rotated_secret_signs_alongside_the_old_one_during_the_overlap() {
+    use posflow_e2e::notify::verify_signature;
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let m = format!("R{}", tag(&d));
+    let own = make_key(&d, Role::Owner, &[&m]).await;
+    let api = Api::start(&d, &[]).await;
+    let rx = Receiver::start().await;
+    let (old, new) = (
+        "whsec-rotation-old-0123456789",
+        "whsec-rotation-new-0123456789",
+    );
+    let url = rx.merchant(&m, old, Behaviour::Accept);
+    api.set_webhook(&m, &own, &url, old).await;
+    let _notifier = d.start_notifier("rot", &["--max-attempts", "1"]).await;
+    let produce = |ids: Vec<String>| {
+        let d = d.clone();
+        let m = m.clone();
+        async move {
+            let events: Vec<_> = ids
+                .iter()
+                .map(|i| validated(i, &m, TransactionType::Sale, 100, "EUR"))
+                .collect();
+            d.produce("pos.transactions.validated", &events, |v| {
+                v.transaction.transaction_id.clone()
+            })
+            .await;
+        }
+    };
+    produce(vec!["rot-before".into()]).await;
+    rx.wait_delivered(&m, 1, Duration::from_secs(60)).await;
+
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/merchants/{m}/settings/webhook-secret"),
+            Some(&own),
+            Some(&json!({"webhook_secret": new, "overlap": "12s"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let until =
+        posflow_api::query::parse_time(r.json["previous_signs_until"].as_str().unwrap()).unwrap();
+    // The notifier reloads preferences every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    produce((0..5).map(|i| format!("rot-overlap-{i}")).collect()).await;
+    rx.wait_delivered(&m, 6, Duration::from_secs(30)).await;
+    assert!(
+        std::time::SystemTime::now() < until,
+        "the deliveries came within the overlap"
+    );
+    let during: Vec<_> = rx
+        .received_by(&m)
+        .into_iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("rot-overlap-"))
+        .collect();
+    assert_eq!(during.len(), 5);
+    for r in &during {
+        let now = std::time::SystemTime::now();
+        assert_eq!(r.signature.matches("v1=").count(), 2, "{}", r.signature);
+        assert!(
+            verify_signature(old.as_bytes(), &r.signature, &r.body, now),
+            "a receiver with the old secret verifies"
+        );
+        assert!(
+            verify_signature(new.as_bytes(), &r.signature, &r.body, now),
+            "a receiver with the new secret verifies"
+        );
+    }
+
+    // After the overlap: the new secret alone.
+    while std::time::SystemTime::now() < until + Duration::from_millis(2500) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    produce((0..3).map(|i| format!("rot-after-{i}")).collect()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let after: Vec<_> = rx
+            .received_by(&m)
+            .into_iter()
+            .filter(|r| String::from_utf8_lossy(&r.body).contains("rot-after-"))
+            .collect();
+        if after.len() >= 3 || std::time::Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(after.len(), 3);
+    for r in &after {
+        let now = std::time::SystemTime::now();
+        assert_eq!(r.signature.matches("v1=").count(), 1, "{}", r.signature);
+        assert!(verify_signature(new.as_bytes(), &r.signature, &r.body, now));
+        assert!(
+            !verify_signature(old.as_bytes(), &r.signature, &r.body, now),
+            "the old secret no longer verifies"
+        );
+        assert_eq!(
+            r.status, 401,
+            "the receiver still on the old secret refuses it"
+        );
+    }
+    let owner = owner_db(&d).await;
+    let audited: i64 = owner
+        .query_one("SELECT count(*) FROM api_audit WHERE action = 'settings.rotate_secret' AND status = 200 AND after NOT LIKE '%whsec%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1, "the rotation is audited, without the secret");
+}
+
+/// Redelivery of a failed time range: every failed event created in the range is delivered
+/// once more under its original idempotency key, none outside it; each attempt is in the
+/// event's history; one event can be redelivered alone.
+#[tokio::test]
+async fn a_failed_range_is_redelivered_once_under_the_original_keys() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let m = format!("F{}", tag(&d));
+    let own = make_key(&d, Role::Owner, &[&m]).await;
+    let dev = make_key(&d, Role::Developer, &[&m]).await;
+    let api = Api::start(&d, &[]).await;
+    let rx = Receiver::start().await;
+    let secret = "whsec-redeliver-0123456789";
+    // 500 to the first request of each key, 200 after; one attempt allowed: every event fails once.
+    let url = rx.merchant(&m, secret, Behaviour::FailFirst(1));
+    api.set_webhook(&m, &own, &url, secret).await;
+    // No circuit breaking: seven failures in a row are the point here.
+    let notifier = d
+        .start_notifier(
+            "redeliver",
+            &["--max-attempts", "1", "--breaker-threshold", "1000"],
+        )
+        .await;
+    let events = |prefix: &str, n: usize| -> Vec<_> {
+        (0..n)
+            .map(|i| {
+                validated(
+                    &format!("{prefix}-{i}"),
+                    &m,
+                    TransactionType::Sale,
+                    100,
+                    "EUR",
+                )
+            })
+            .collect()
+    };
+    let failed_count = |status: &'static str| {
+        let api = &api;
+        let (m, own) = (m.clone(), own.clone());
+        async move {
+            api.get(
+                &format!("/v1/merchants/{m}/events?status={status}&limit=500"),
+                &own,
+            )
+            .await
+            .json["items"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    let wait_failed = |n: usize| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while failed_count("failed").await < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} failed deliveries"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    d.produce("pos.transactions.validated", &events("early", 3), |v| {
+        v.transaction.transaction_id.clone()
+    })
+    .await;
+    wait_failed(3).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let from = posflow_schema::rfc3339_millis(posflow_schema::now_millis());
+    d.produce("pos.transactions.validated", &events("late", 4), |v| {
+        v.transaction.transaction_id.clone()
+    })
+    .await;
+    wait_failed(7).await;
+    let to = posflow_schema::rfc3339_millis(posflow_schema::now_millis() + 1000);
+    let original: BTreeMap<String, String> = rx
+        .received_by(&m)
+        .iter()
+        .map(|r| {
+            (
+                r.idempotency_key.clone(),
+                String::from_utf8_lossy(&r.body).to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(original.len(), 7);
+
+    let r = api
+        .with_id(
+            "POST",
+            &format!("/v1/merchants/{m}/events/redeliver"),
+            Some(&dev),
+            Some(&json!({"from": from, "to": to})),
+            "req-range",
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(
+        r.json["redelivered"].as_array().unwrap().len(),
+        4,
+        "the four late ones, not the early three"
+    );
+    // Each late key is delivered once more, under the same key with the same body.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while failed_count("delivered").await < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redelivered: {}\n{}",
+            api.get(&format!("/v1/merchants/{m}/events"), &own)
+                .await
+                .json,
+            notifier.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await; // nothing more may arrive
+    let mut per_key: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    for r in rx.received_by(&m) {
+        assert_eq!(
+            original[&r.idempotency_key],
+            String::from_utf8_lossy(&r.body),
+            "the same body under the same key"
+        );
+        per_key
+            .entry(r.idempotency_key.clone())
+            .or_default()
+            .push(r.status);
+    }
+    let twice = per_key.values().filter(|v| **v == [500, 200]).count();
+    let once = per_key.values().filter(|v| **v == [500]).count();
+    assert_eq!((twice, once), (4, 3), "{per_key:?}");
+    assert_eq!(failed_count("failed").await, 3);
+
+    // One event alone, with its attempt history.
+    let listed = api
+        .get(&format!("/v1/merchants/{m}/events?status=failed"), &own)
+        .await;
+    let id = listed.json["items"][0]["id"].as_i64().unwrap();
+    let r = api
+        .call(
+            "POST",
+            &format!("/v1/merchants/{m}/events/{id}/redeliver"),
+            Some(&dev),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let detail = loop {
+        let e = api
+            .get(&format!("/v1/merchants/{m}/events/{id}"), &own)
+            .await;
+        if e.json["status"] == "delivered" {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", e.json);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let history: Vec<(String, Option<i64>)> = detail.json["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["outcome"].as_str().unwrap().to_string(),
+                a["status_code"].as_i64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("failed".to_string(), Some(500)),
+            ("delivered".to_string(), None)
+        ]
+    );
+    assert!(detail.json["redelivered_at"].is_string());
+    // Finance may not redeliver; a pending event cannot be redelivered twice at once.
+    let fin = make_key(&d, Role::Finance, &[&m]).await;
+    assert_eq!(
+        api.call(
+            "POST",
+            &format!("/v1/merchants/{m}/events/{id}/redeliver"),
+            Some(&fin),
+            None,
+            &[]
+        )
+        .await
+        .status,
+        403
+    );
+
+    let owner = owner_db(&d).await;
+    let row = owner
+        .query_one(
+            "SELECT row_count, actor FROM api_audit WHERE request_id = 'req-range'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i32>(0), row.get::<_, String>(1)),
+        (4, dev[..15].to_string())
+    );
+}
+
+/// A report over 100,000 transactions: queued once per Idempotency-Key, made with the API's
+/// memory flat, its totals equal to SQL's sum over the same rows, downloadable byte for byte
+/// (checksum), announced by a report.ready webhook that verifies, and acknowledged — support
+/// sees it as unacknowledged until then.
+#[tokio::test]
+async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowledged() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let m = format!("P{}", tag(&d));
+    let owner = owner_db(&d).await;
+    seed(&owner, &m, 100_000).await;
+    seed(&owner, &format!("{m}x"), 500).await; // another merchant's rows, never in the report
+    let own = make_key(&d, Role::Owner, &[&m]).await;
+    let fin = make_key(&d, Role::Finance, &[&m]).await;
+    let api = Api::start(&d, &[]).await;
+    let rx = Receiver::start().await;
+    let secret = "whsec-reports-0123456789";
+    let url = rx.merchant(&m, secret, Behaviour::Accept);
+    let r = api
+        .call(
+            "PUT",
+            &format!("/v1/merchants/{m}/settings"),
+            Some(&own),
+            Some(
+                &json!({"webhook_url": url, "webhook_secret": secret, "events": ["fraud-alerts"]}),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.json);
+    let _notifier = d.start_notifier("reports", &[]).await;
+
+    let period =
+        json!({"from": "2026-09-01T00:00:00Z", "to": "2026-12-01T00:00:00Z", "format": "csv"});
+    let path = format!("/v1/merchants/{m}/reports");
+    let no_key = api
+        .call("POST", &path, Some(&fin), Some(&period), &[])
+        .await;
+    assert_eq!(
+        (no_key.status, no_key.json["errors"][0]["field"].as_str()),
+        (400, Some("Idempotency-Key"))
+    );
+    let rss_before = posflow_e2e::rss_kib(api.service.child.id());
+    let first = api
+        .call(
+            "POST",
+            &path,
+            Some(&fin),
+            Some(&period),
+            &[("idempotency-key", "month-end-1")],
+        )
+        .await;
+    assert_eq!(first.status, 202, "{}", first.json);
+    let id = first.json["id"].as_str().unwrap().to_string();
+    let again = api
+        .call(
+            "POST",
+            &path,
+            Some(&fin),
+            Some(&period),
+            &[("idempotency-key", "month-end-1")],
+        )
+        .await;
+    assert_eq!(
+        (again.status, again.json["id"].as_str()),
+        (200, Some(id.as_str())),
+        "the same key, the same report"
+    );
+    let mut other = period.clone();
+    other["format"] = json!("json");
+    let clash = api
+        .call(
+            "POST",
+            &path,
+            Some(&fin),
+            Some(&other),
+            &[("idempotency-key", "month-end-1")],
+        )
+        .await;
+    assert_eq!(clash.status, 409, "{}", clash.json);
+
+    // Wait for it, sampling the API's memory.
+    let mut rss_max = rss_before;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let report = loop {
+        rss_max = rss_max.max(posflow_e2e::rss_kib(api.service.child.id()));
+        let r = api.get(&format!("{path}/{id}"), &fin).await;
+        if r.json["status"] == "ready" {
+            break r.json;
+        }
+        assert_ne!(r.json["status"], "failed", "{}", r.json);
+        assert!(std::time::Instant::now() < deadline, "{}", r.json);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(report["rows"], 100_000);
+    let want = owner
+        .query(
+            "SELECT currency, type, count(*), sum(amount_minor)::bigint FROM transactions WHERE merchant_id = $1
+              AND transaction_time >= '2026-09-01Z' AND transaction_time < '2026-12-01Z' GROUP BY 1, 2 ORDER BY 1, 2",
+            &[&m],
+        )
+        .await
+        .unwrap();
+    let want: Vec<Value> = want.iter().map(|w| json!({"currency": w.get::<_, String>(0), "type": w.get::<_, String>(1), "count": w.get::<_, i64>(2), "amount_minor": w.get::<_, i64>(3)})).collect();
+    assert_eq!(
+        report["totals"],
+        json!(want),
+        "the report's totals are SQL's sum"
+    );
+
+    // Unacknowledged: support sees it.
+    let listed = d
+        .cli("posflow-admin", &["reports", "unacknowledged"])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(listed.contains(&id), "{listed}");
+
+    // The file, streamed: every row once, the checksum the report states.
+    let file = api
+        .call(
+            "GET",
+            &format!("{path}/{id}/download"),
+            Some(&fin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(file.status, 200);
+    assert_eq!(file.headers["content-type"], "text/csv");
+    rss_max = rss_max.max(posflow_e2e::rss_kib(api.service.child.id()));
+    let bytes = api.raw_get(&format!("{path}/{id}/download"), &fin).await;
+    assert_eq!(bytes.len() as i64, report["bytes"].as_i64().unwrap());
+    use sha2::Digest;
+    let digest: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(digest, report["sha256"].as_str().unwrap());
+    let text = String::from_utf8(bytes).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 100_001, "a header and every row");
+    assert!(lines[0].starts_with("transaction_id,terminal_id,transaction_time"));
+    let ids: HashSet<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 100_000);
+    assert!(
+        ids.iter().all(|i| i.starts_with(&format!("{m}-"))),
+        "only the merchant's rows"
+    );
+    let growth_mib = (rss_max.saturating_sub(rss_before)) / 1024;
+    eprintln!(
+        "reports: API RSS {} MiB before, {} MiB at most while making and serving a {} MiB report",
+        rss_before / 1024,
+        rss_max / 1024,
+        text.len() >> 20
+    );
+    assert!(
+        growth_mib < 64,
+        "the API's memory grew {growth_mib} MiB for a {} MiB report",
+        text.len() >> 20
+    );
+
+    // report.ready: a signed webhook (the receiver verifies it) naming the report.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let ready = loop {
+        if let Some(r) = rx
+            .received_by(&m)
+            .into_iter()
+            .find(|r| r.event_type == "report.ready")
+        {
+            break r;
+        }
+        assert!(std::time::Instant::now() < deadline, "no report.ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ready.signature_ok, "report.ready verifies");
+    let body: Value = serde_json::from_slice(&ready.body).unwrap();
+    assert_eq!(
+        (
+            body["report"]["id"].as_str(),
+            body["report"]["sha256"].as_str()
+        ),
+        (Some(id.as_str()), report["sha256"].as_str())
+    );
+
+    // Acknowledged: recorded once, audited, no longer on support's list.
+    let ack = api
+        .call(
+            "POST",
+            &format!("{path}/{id}/acknowledge"),
+            Some(&fin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(ack.status, 200, "{}", ack.json);
+    assert_eq!(ack.json["acknowledged_by"], fin[..15]);
+    let listed = d
+        .cli("posflow-admin", &["reports", "unacknowledged"])
+        .expect_ok()
+        .stdout
+        .clone();
+    assert!(!listed.contains(&id), "{listed}");
+    let audited: i64 = owner
+        .query_one("SELECT count(*) FROM api_audit WHERE action = 'reports.acknowledge' AND status = 200 AND merchant_id = $1", &[&m])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(audited, 1);
+
+    // The same in JSON, over a shorter period: an array of exactly its rows.
+    let week =
+        json!({"from": "2026-11-23T12:00:00Z", "to": "2026-11-30T12:00:00Z", "format": "json"});
+    let r = api
+        .call(
+            "POST",
+            &path,
+            Some(&own),
+            Some(&week),
+            &[("idempotency-key", "week-48")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.json);
+    let wid = r.json["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while api.get(&format!("{path}/{wid}"), &own).await.json["status"] != "ready" {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rows: Vec<Value> =
+        serde_json::from_slice(&api.raw_get(&format!("{path}/{wid}/download"), &own).await)
+            .unwrap();
+    let n: i64 = owner
+        .query_one("SELECT count(*) FROM transactions WHERE merchant_id = $1 AND transaction_time >= '2026-11-23 12:00Z' AND transaction_time < '2026-11-30 12:00Z'", &[&m])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows.len() as i64, n);
 }

@@ -120,6 +120,35 @@ impl Api {
             .await
     }
 
+    /// `PUT …/settings` with `body`.
+    pub async fn put_settings(&self, merchant: &str, key: &str, body: &Value) -> Resp {
+        let path = format!("/v1/merchants/{merchant}/settings");
+        self.call("PUT", &path, Some(key), Some(body), &[]).await
+    }
+
+    /// Gives `merchant` a webhook (through the API, as its owner would).
+    pub async fn set_webhook(&self, merchant: &str, key: &str, url: &str, secret: &str) {
+        let body = serde_json::json!({"webhook_url": url, "webhook_secret": secret});
+        let r = self.put_settings(merchant, key, &body).await;
+        assert_eq!(r.status, 200, "{}", r.json);
+    }
+
+    /// A GET's body as bytes (a report's file).
+    pub async fn raw_get(&self, path: &str, key: &str) -> Vec<u8> {
+        let req = hyper::Request::get(format!("{}{path}", self.base))
+            .header("authorization", format!("Bearer {key}"))
+            .body(Full::new(Bytes::new()))
+            .expect("a request");
+        let resp = self.client.request(req).await.expect("the API answers");
+        assert_eq!(resp.status(), 200);
+        resp.into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes()
+            .to_vec()
+    }
+
     pub async fn get(&self, path: &str, key: &str) -> Resp {
         self.call("GET", path, Some(key), None, &[]).await
     }

@@ -163,19 +163,20 @@ impl Receiver {
     }
 }
 
-/// Verifies `Posflow-Signature: t=<unix>,v1=<hex>` exactly as docs/notifier.md tells merchants:
-/// HMAC-SHA256 over "<t>." + body, constant-time comparison, `t` within five minutes.
+/// Verifies `Posflow-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]` exactly as docs/notifier.md
+/// tells merchants: HMAC-SHA256 over "<t>." + body, constant-time comparison, `t` within five
+/// minutes, and any one `v1` matching (two are sent during a secret rotation's overlap).
 pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], now: SystemTime) -> bool {
     let mut t = None;
-    let mut v1 = None;
+    let mut v1s = Vec::new();
     for part in header.split(',') {
         match part.split_once('=') {
             Some(("t", v)) => t = v.parse::<u64>().ok(),
-            Some(("v1", v)) => v1 = Some(v.to_string()),
+            Some(("v1", v)) => v1s.push(v.to_string()),
             _ => {}
         }
     }
-    let (Some(t), Some(v1)) = (t, v1) else {
+    let Some(t) = t else {
         return false;
     };
     let now = now
@@ -185,16 +186,18 @@ pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], now: SystemTim
     if now.abs_diff(t) > 300 {
         return false;
     }
-    let Ok(expected) = (0..v1.len() / 2)
-        .map(|i| u8::from_str_radix(v1.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
-        .collect::<Result<Vec<u8>, _>>()
-    else {
-        return false;
-    };
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-    mac.update(format!("{t}.").as_bytes());
-    mac.update(body);
-    mac.verify_slice(&expected).is_ok()
+    v1s.iter().any(|v1| {
+        let Ok(expected) = (0..v1.len() / 2)
+            .map(|i| u8::from_str_radix(v1.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+            .collect::<Result<Vec<u8>, _>>()
+        else {
+            return false;
+        };
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
+        mac.update(format!("{t}.").as_bytes());
+        mac.update(body);
+        mac.verify_slice(&expected).is_ok()
+    })
 }
 
 async fn handle(

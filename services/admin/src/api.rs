@@ -41,6 +41,50 @@ pub enum KeyAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ReportAction {
+    /// Reports that are ready and that their merchant has not acknowledged, oldest first:
+    /// support follows these up.
+    Unacknowledged {
+        /// Only those ready for at least this long, e.g. 1h.
+        #[arg(long)]
+        older_than: Option<humantime::Duration>,
+    },
+}
+
+pub async fn reports(db: &DatabaseArgs, action: ReportAction) -> anyhow::Result<ExitCode> {
+    let client = db.connect().await?;
+    let ReportAction::Unacknowledged { older_than } = action;
+    let secs = older_than.map_or(0.0, |d| Duration::from(d).as_secs_f64());
+    let rows = client
+        .query(
+            "SELECT id, merchant_id, format, row_count, to_char(ready_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+                    extract(epoch FROM now() - ready_at)::bigint
+               FROM api_reports WHERE status = 'ready' AND acknowledged_at IS NULL
+                AND ready_at <= now() - make_interval(secs => $1) ORDER BY ready_at",
+            &[&secs],
+        )
+        .await?;
+    println!(
+        "{:<22} {:<12} {:<6} {:>10}  {:<22} WAITING",
+        "REPORT", "MERCHANT", "FORMAT", "ROWS", "READY AT"
+    );
+    for r in &rows {
+        let waited = Duration::from_secs(r.get::<_, i64>(5).max(0) as u64);
+        println!(
+            "{:<22} {:<12} {:<6} {:>10}  {:<22} {}",
+            r.get::<_, String>(0),
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, Option<i64>>(3).unwrap_or(0),
+            r.get::<_, String>(4),
+            humantime::format_duration(waited)
+        );
+    }
+    eprintln!("{} unacknowledged", rows.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditAction {
     /// Check the audit trail's hash chain; names the first row that does not fit. Exit 1 if
     /// the chain is broken.

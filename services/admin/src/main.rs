@@ -57,6 +57,13 @@ enum Command {
         #[arg(long, env = "POSFLOW_OPERATOR", global = true)]
         operator: Option<String>,
     },
+    /// The merchant API's reports (docs/api.md). Needs the database owner's URL.
+    Reports {
+        #[command(subcommand)]
+        action: api::ReportAction,
+        #[command(flatten)]
+        db: posflow_pg::DatabaseArgs,
+    },
     /// The merchant API's audit trail (docs/api.md). Needs the database owner's URL.
     Audit {
         #[command(subcommand)]
@@ -85,7 +92,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let mut errors = ConfigErrors::new();
     match &args.command {
-        Command::ApiKeys { db, .. } | Command::Audit { db, .. } => db.check(&mut errors),
+        Command::ApiKeys { db, .. } | Command::Audit { db, .. } | Command::Reports { db, .. } => {
+            db.check(&mut errors)
+        }
         _ => args.kafka.check(&mut errors),
     }
     if let Command::Provision {
@@ -125,6 +134,7 @@ fn main() -> ExitCode {
             action: api::AuditAction::Verify,
             db,
         } => report(runtime().block_on(api::verify(&db))),
+        Command::Reports { action, db } => report(runtime().block_on(api::reports(&db, action))),
         Command::Topics => {
             let topics = args.kafka.topics();
             println!(

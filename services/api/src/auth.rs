@@ -12,14 +12,18 @@ use sha2::{Digest, Sha256};
 /// What a principal may be allowed to do. Each route needs exactly one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Permission {
-    /// Transactions, rejections, totals.
+    /// Transactions, rejections, totals, reports.
     RecordsRead,
+    /// Request and acknowledge reports.
+    ReportsRun,
     /// Delivery settings, read.
     SettingsRead,
     /// Delivery settings, change.
     SettingsWrite,
     /// Notification events and their delivery attempts.
     EventsRead,
+    /// Ask for deliveries again.
+    EventsRedeliver,
     /// The merchant's API keys, list.
     KeysRead,
     /// The merchant's API keys, create and revoke.
@@ -29,11 +33,13 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 7] = [
+    pub const ALL: [Permission; 9] = [
         Self::RecordsRead,
+        Self::ReportsRun,
         Self::SettingsRead,
         Self::SettingsWrite,
         Self::EventsRead,
+        Self::EventsRedeliver,
         Self::KeysRead,
         Self::KeysManage,
         Self::AuditRead,
@@ -41,9 +47,11 @@ impl Permission {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RecordsRead => "records:read",
+            Self::ReportsRun => "reports:run",
             Self::SettingsRead => "settings:read",
             Self::SettingsWrite => "settings:write",
             Self::EventsRead => "events:read",
+            Self::EventsRedeliver => "events:redeliver",
             Self::KeysRead => "keys:read",
             Self::KeysManage => "keys:manage",
             Self::AuditRead => "audit:read",
@@ -92,8 +100,11 @@ impl Role {
         use Permission::*;
         match self {
             Role::Owner => true,
-            Role::Finance => matches!(p, RecordsRead),
-            Role::Developer => matches!(p, SettingsRead | SettingsWrite | EventsRead),
+            Role::Finance => matches!(p, RecordsRead | ReportsRun),
+            Role::Developer => matches!(
+                p,
+                SettingsRead | SettingsWrite | EventsRead | EventsRedeliver
+            ),
             Role::Auditor => matches!(
                 p,
                 RecordsRead | SettingsRead | EventsRead | KeysRead | AuditRead
@@ -216,10 +227,18 @@ mod tests {
                 .collect()
         };
         assert_eq!(allowed(Role::Owner).len(), Permission::ALL.len());
-        assert_eq!(allowed(Role::Finance), [RecordsRead.as_str()]);
+        assert_eq!(
+            allowed(Role::Finance),
+            [RecordsRead.as_str(), ReportsRun.as_str()]
+        );
         assert_eq!(
             allowed(Role::Developer),
-            ["settings:read", "settings:write", "events:read"]
+            [
+                "settings:read",
+                "settings:write",
+                "events:read",
+                "events:redeliver"
+            ]
         );
         assert_eq!(
             allowed(Role::Auditor),

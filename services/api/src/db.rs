@@ -26,6 +26,14 @@ impl Scope {
             merchant: named.to_string(),
         })
     }
+    /// The scope of background work a principal queued for `merchant` (a report it asked
+    /// for): the runner acts for that merchant and no other.
+    pub fn for_job(merchant: &str) -> Scope {
+        Scope {
+            merchant: merchant.to_string(),
+        }
+    }
+
     pub fn merchant(&self) -> &str {
         &self.merchant
     }

@@ -5,7 +5,7 @@
 //!
 //! - `auth`: keys, roles and the permission matrix;
 //! - `db`: the tenancy boundary (a `Scope` per request, row-level security behind it);
-//! - `records`, `settings`, `keys`: what the endpoints read and change;
+//! - `records`, `events`, `reports`, `settings`, `keys`: what the endpoints read and change;
 //! - `audit`: the hash-chained audit trail and its relay to `pos.audit`;
 //! - `routes` (the one table of endpoints), `openapi` (generated from it), `service` (one
 //!   request, start to end), `server` (HTTP and TLS), `query` and `problem` (input and errors).
@@ -13,11 +13,13 @@
 pub mod audit;
 pub mod auth;
 pub mod db;
+pub mod events;
 pub mod keys;
 pub mod openapi;
 pub mod problem;
 pub mod query;
 pub mod records;
+pub mod reports;
 pub mod routes;
 pub mod server;
 pub mod service;
@@ -39,7 +41,15 @@ use std::time::Duration;
 pub const MIGRATIONS: Migrations = Migrations {
     ledger: "api_schema_migrations",
     lock: 0x706f_7366_6170_6969, // "posfapii"
-    steps: &[(1, "api", include_str!("../migrations/0001_api.sql"))],
+    steps: &[
+        (1, "api", include_str!("../migrations/0001_api.sql")),
+        (
+            2,
+            "events and rotation",
+            include_str!("../migrations/0002_events_and_rotation.sql"),
+        ),
+        (3, "reports", include_str!("../migrations/0003_reports.sql")),
+    ],
 };
 
 /// posflow-api: the merchant API — records, settings, keys and audit, per merchant.
@@ -79,6 +89,10 @@ pub struct Args {
     /// Requests per second per API key (burst the same); more get 429 with Retry-After.
     #[arg(long, env = "POSFLOW_API_RATE_PER_KEY", default_value_t = 50)]
     pub rate_per_key: u32,
+    /// Seconds a verified key is trusted without asking the database again. A key revoked on
+    /// another replica or with the CLI stops working within this; 0: every request asks.
+    #[arg(long, env = "POSFLOW_API_KEY_CACHE_SECS", default_value_t = 5)]
+    pub key_cache_secs: u64,
     /// Database connections per replica.
     #[arg(long, env = "POSFLOW_API_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
@@ -120,6 +134,10 @@ impl Args {
                     (1..=256).contains(&self.pool_size),
                     "--pool-size must be 1..=256",
                 );
+                e.check(
+                    self.key_cache_secs <= 300,
+                    "--key-cache-secs must be 0..=300",
+                );
                 match (&self.tls_cert, &self.tls_key) {
                     (Some(c), Some(k)) => {
                         for (flag, f) in [("--tls-cert", c), ("--tls-key", k)] {
@@ -140,13 +158,13 @@ impl Args {
 pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<i32>> {
     let row = client
         .query_one(
-            "SELECT to_regclass('transactions') IS NOT NULL, to_regclass('merchant_preferences') IS NOT NULL",
+            "SELECT to_regclass('transactions') IS NOT NULL, to_regclass('notification_attempts') IS NOT NULL",
             &[],
         )
         .await?;
     anyhow::ensure!(
         row.get::<_, bool>(0) && row.get::<_, bool>(1),
-        "the API secures storage's and the notifier's tables: run `posflow-storage migrate` and `posflow-notifier migrate` first"
+        "the API secures storage's and the notifier's tables: run `posflow-storage migrate` and `posflow-notifier migrate` (the latest) first"
     );
     Ok(posflow_pg::migrate(client, &MIGRATIONS).await?)
 }
@@ -190,6 +208,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         args.egress.egress(),
         args.seal.keys()?,
         NonZeroU32::new(args.rate_per_key).expect("checked"),
+        Duration::from_secs(args.key_cache_secs),
     ));
     // Ready once the database answers (authentication needs it for every request).
     state.pool.get().await.map_err(|e: DbError| {
@@ -205,7 +224,9 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "API listening");
     ctx.health.set_ready(true);
 
-    let relay = tokio::spawn(relay_loop(args.kafka.clone(), url, ctx.clone()));
+    let relay = tokio::spawn(relay_loop(args.kafka.clone(), url.clone(), ctx.clone()));
+    let owner = format!("{}-{}", args.common.http_addr, std::process::id());
+    let runner = tokio::spawn(reports::run(url, owner, ctx.shutdown.clone()));
     let drain = args.common.drain();
     let http = tokio::spawn(server::serve(
         listener,
@@ -219,6 +240,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
             ("http", http),
             ("audit relay", relay),
             ("audit writer", writer),
+            ("report runner", runner),
         ],
         &ctx,
     )

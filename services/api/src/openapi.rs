@@ -46,6 +46,13 @@ const PARAMS: &[(&str, &str, &str)] = &[
         "string",
         "The `next_cursor` of the previous page, with the same filters.",
     ),
+    ("status", "string", "pending, delivered or failed."),
+    (
+        "event_type",
+        "string",
+        "transaction, refund, fraud_alert or digest.",
+    ),
+    ("channel", "string", "webhook or email."),
 ];
 
 fn param(name: &str) -> Value {
@@ -105,10 +112,18 @@ fn components() -> Value {
             "merchants": {"type": "array", "items": s("string")}, "created_at": time, "created_by": s("string"),
             "expires_at": ns("string"), "revoked_at": ns("string"), "revoked_by": ns("string"), "last_used_at": ns("string")}
     });
+    let event = json!({
+        "type": "object",
+        "properties": {"id": s("integer"), "merchant_id": s("string"), "event_id": ns("string"),
+            "event_type": s("string"), "channel": {"enum": ["webhook", "email"]},
+            "status": {"enum": ["pending", "delivered", "failed"]}, "attempts": s("integer"),
+            "last_error": ns("string"), "idempotency_key": s("string"), "created_at": time,
+            "finished_at": ns("string"), "redelivered_at": ns("string")}
+    });
     let mut created = key.clone();
     created["properties"]["key"] =
         json!({"type": "string", "description": "The key. Shown once: store it now."});
-    json!({
+    let mut doc = json!({
         "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "An API key, pk_<id>_<secret>."}},
         "schemas": {
             "Transaction": transaction,
@@ -116,7 +131,8 @@ fn components() -> Value {
             "TransactionDetail": {"allOf": [{"$ref": "#/components/schemas/Transaction"}, {"type": "object", "properties": {
                 "line_items": {"type": "array", "items": {"type": "object", "properties": {
                     "line_no": s("integer"), "sku": s("string"), "description": s("string"),
-                    "unit_price_minor": s("integer"), "quantity": s("integer")}}}}}]},
+                    "unit_price_minor": s("integer"), "quantity": s("integer")}}},
+                "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}]},
             "Rejection": {"type": "object", "properties": {
                 "transaction_id": s("string"), "merchant_id": s("string"), "terminal_id": s("string"),
                 "transaction_time": time, "type": s("string"), "amount_minor": s("integer"), "currency": s("string"),
@@ -143,7 +159,39 @@ fn components() -> Value {
                     "request_id": s("string"), "errors": {"type": "array", "items": {"type": "object",
                         "properties": {"field": s("string"), "message": s("string")}}}}}
         }
-    })
+    });
+    // Two macros: one would pass serde_json's recursion limit.
+    let events = json!({
+            "Event": event,
+            "EventPage": page("Event"),
+            "EventDetail": {"allOf": [{"$ref": "#/components/schemas/Event"}, {"type": "object", "properties": {
+                "attempt_history": {"type": "array", "items": {"type": "object", "properties": {
+                    "attempt": s("integer"), "at": time, "outcome": {"enum": ["delivered", "retry", "failed"]},
+                    "status_code": ns("integer"), "duration_ms": s("integer"), "error": ns("string")}}}}}]},
+            "Redelivered": {"type": "object", "properties": {"redelivered": {"type": "array", "items": s("integer")}}},
+            "RedeliverRange": {"type": "object", "additionalProperties": false, "required": ["from", "to"], "properties": {
+                "from": {"type": "string", "format": "date-time"}, "to": {"type": "string", "format": "date-time"}}},
+            "SecretRotation": {"type": "object", "additionalProperties": false, "required": ["webhook_secret"], "properties": {
+                "webhook_secret": {"type": "string", "minLength": 16, "writeOnly": true},
+                "overlap": {"type": "string", "description": "How long the previous secret signs too (default 24h, at most 7days)."}}},
+            "Rotated": {"type": "object", "properties": {"webhook_secret": s("string"), "previous_signs_until": time}},
+            "ReportInput": {"type": "object", "additionalProperties": false, "required": ["from", "to", "format"], "properties": {
+                "from": {"type": "string", "format": "date-time"}, "to": {"type": "string", "format": "date-time"},
+                "format": {"enum": ["csv", "json"]}}},
+            "Report": {"type": "object", "properties": {
+                "id": s("string"), "merchant_id": s("string"), "period_from": time, "period_to": time,
+                "format": {"enum": ["csv", "json"]}, "status": {"enum": ["queued", "running", "ready", "failed"]},
+                "rows": ns("integer"), "bytes": ns("integer"), "sha256": ns("string"), "totals": {},
+                "error": ns("string"), "requested_by": s("string"), "created_at": time, "ready_at": ns("string"),
+                "acknowledged_at": ns("string"), "acknowledged_by": ns("string"), "download": s("string")}},
+            "ReportList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Report"}}}},
+            "ReportFile": {"type": "string", "description": "The file: text/csv or application/json (an array of transactions)."}
+    });
+    doc["schemas"]
+        .as_object_mut()
+        .expect("an object")
+        .extend(events.as_object().expect("an object").clone());
+    doc
 }
 
 /// The document, pretty-printed with a final newline (as committed).
@@ -157,6 +205,11 @@ pub fn document() -> String {
             .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "maxLength": 64}}))
             .collect();
         parameters.extend(r.params.iter().map(|p| param(p)));
+        if r.action == crate::routes::Action::RequestReport {
+            parameters.push(json!({"name": "Idempotency-Key", "in": "header", "required": true,
+                "description": "The same key returns the same report (1-128 letters, digits, '-', '_', '.').",
+                "schema": {"type": "string", "maxLength": 128}}));
+        }
         let roles: Vec<&str> = Role::ALL
             .into_iter()
             .filter(|role| role.allows(r.permission))

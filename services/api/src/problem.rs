@@ -24,6 +24,9 @@ pub enum Problem {
     NotFound,
     /// 405: the path exists, the method does not.
     MethodNotAllowed,
+    /// 409: the resource is not in a state for this (a report not ready), or an
+    /// Idempotency-Key reused for another request.
+    Conflict(String),
     /// 413: the body is larger than the API accepts.
     TooLarge,
     /// 415: the body is not JSON.
@@ -36,12 +39,13 @@ pub enum Problem {
 
 impl Problem {
     /// (status, slug, title) of every kind, for the docs and the OpenAPI document.
-    pub const KINDS: [(u16, &'static str, &'static str); 9] = [
+    pub const KINDS: [(u16, &'static str, &'static str); 10] = [
         (400, "invalid-request", "The request has invalid parameters"),
         (401, "unauthenticated", "A valid API key is required"),
         (403, "forbidden", "The key may not do this"),
         (404, "not-found", "No such resource"),
         (405, "method-not-allowed", "Method not allowed on this path"),
+        (409, "conflict", "Conflicts with the resource's state"),
         (413, "too-large", "The request body is too large"),
         (
             415,
@@ -66,10 +70,11 @@ impl Problem {
             Problem::Forbidden(_) => 2,
             Problem::NotFound => 3,
             Problem::MethodNotAllowed => 4,
-            Problem::TooLarge => 5,
-            Problem::UnsupportedMediaType => 6,
-            Problem::RateLimited { .. } => 7,
-            Problem::Unavailable => 8,
+            Problem::Conflict(_) => 5,
+            Problem::TooLarge => 6,
+            Problem::UnsupportedMediaType => 7,
+            Problem::RateLimited { .. } => 8,
+            Problem::Unavailable => 9,
         }
     }
 
@@ -96,7 +101,7 @@ impl Problem {
                 doc["detail"] = json!(format!("{} invalid field(s)", errors.len()));
                 doc["errors"] = json!(errors);
             }
-            Problem::Forbidden(why) => doc["detail"] = json!(why),
+            Problem::Forbidden(why) | Problem::Conflict(why) => doc["detail"] = json!(why),
             Problem::RateLimited { retry_after_secs } => {
                 doc["detail"] = json!(format!("retry after {retry_after_secs} s"))
             }

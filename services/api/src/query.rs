@@ -46,7 +46,8 @@ impl Params {
         Params { values, errors }
     }
 
-    fn fail(&mut self, field: &str, message: impl Into<String>) {
+    /// Records a problem with `field` found by the caller.
+    pub fn fail(&mut self, field: &str, message: impl Into<String>) {
         self.errors.push(FieldError {
             field: field.into(),
             message: message.into(),

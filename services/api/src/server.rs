@@ -3,10 +3,13 @@
 //! lets requests in flight finish, up to the drain timeout.
 
 use crate::problem::Problem;
+use crate::reports::{self, Download};
 use crate::routes::OPENAPI_PATH;
 use crate::service::{self, Incoming, State};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use posflow_runtime::Shutdown;
@@ -87,11 +90,13 @@ pub async fn serve(
     Ok(())
 }
 
+type Body = UnsyncBoxBody<Bytes, std::io::Error>;
+
 async fn answer(
     state: &Arc<State>,
     req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     if parts.method == hyper::Method::GET && parts.uri.path() == OPENAPI_PATH {
         return respond(
@@ -118,12 +123,15 @@ async fn answer(
         },
     )
     .await;
+    if let Some(d) = reply.download {
+        return stream(state.clone(), d, &reply.request_id);
+    }
     let ctype = if reply.status >= 400 {
         "application/problem+json"
     } else {
         "application/json"
     };
-    let mut text = serde_json::to_vec_pretty(&reply.body).unwrap_or_default();
+    let mut text = serde_json::to_vec(&reply.body).unwrap_or_default();
     text.push(b'\n');
     respond(
         reply.status,
@@ -134,13 +142,45 @@ async fn answer(
     )
 }
 
+/// A report's file, chunk by chunk from the database: one chunk (1 MiB) in memory at a time,
+/// whatever the file's size. A failure mid-way cuts the response (the checksum in the report
+/// tells a client its copy is incomplete).
+fn stream(state: Arc<State>, d: Download, request_id: &str) -> Response<Body> {
+    let (ctype, filename) = (d.content_type, d.filename.clone());
+    let chunks = futures::stream::unfold((state, d, 0), |(state, d, n)| async move {
+        if n >= d.chunks {
+            return None;
+        }
+        let data = match state.pool.get().await {
+            Ok(mut c) => reports::chunk(&mut c, &d, n).await.map_err(|e| e.summary()),
+            Err(e) => Err(e.summary()),
+        };
+        let frame = data
+            .map(|b| Frame::data(Bytes::from(b)))
+            .map_err(|why| std::io::Error::other(format!("report chunk {n}: {why}")));
+        Some((frame, (state, d, n + 1)))
+    });
+    Response::builder()
+        .status(200)
+        .header("content-type", ctype)
+        .header(
+            "content-disposition",
+            format!("attachment; filename=\"{filename}\""),
+        )
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
+        .header("x-request-id", request_id)
+        .body(BodyExt::boxed_unsync(StreamBody::new(chunks)))
+        .expect("static response parts")
+}
+
 fn respond(
     status: u16,
     ctype: &str,
     body: Bytes,
     retry_after: Option<u64>,
     request_id: Option<&str>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let mut r = Response::builder()
         .status(status)
         .header("content-type", ctype)
@@ -152,5 +192,10 @@ fn respond(
     if let Some(id) = request_id {
         r = r.header("x-request-id", id);
     }
-    r.body(Full::new(body)).expect("static response parts")
+    r.body(
+        Full::new(body)
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
+    .expect("static response parts")
 }

@@ -5,10 +5,12 @@
 use crate::audit::{Auditor, Entry};
 use crate::auth::{Principal, Role};
 use crate::db::{AppFilter, Pool, Scope, Scoped};
+use crate::events::{self, EventFilter};
 use crate::keys::{self, NewKey};
 use crate::problem::Problem;
 use crate::query::{is_ident, CursorKey, Params};
 use crate::records::{self, RejectionFilter, TransactionFilter};
+use crate::reports;
 use crate::routes::{self, Action, Found, Method, Route};
 use crate::settings;
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use posflow_runtime::metrics::{counter_vec, histogram_vec};
 use prometheus::{HistogramVec, IntCounterVec};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
@@ -42,6 +45,11 @@ pub struct State {
     failures: DefaultKeyedRateLimiter<IpAddr>,
     blocked: DashMap<IpAddr, Instant>,
     touched: DashMap<String, Instant>,
+    /// Keys verified lately: SHA-256 of the whole presented key → the principal and when it was
+    /// looked up. Saves a database round trip per request; a key revoked elsewhere (another
+    /// replica, the CLI) stops working within `key_cache` (on this replica: at once).
+    verified: DashMap<Vec<u8>, (Principal, Instant)>,
+    key_cache: Duration,
 }
 
 impl State {
@@ -52,6 +60,7 @@ impl State {
         egress: Egress,
         seal: Keys,
         rate_per_key: NonZeroU32,
+        key_cache: Duration,
     ) -> Self {
         State {
             pool,
@@ -66,6 +75,8 @@ impl State {
             )),
             blocked: DashMap::new(),
             touched: DashMap::new(),
+            verified: DashMap::new(),
+            key_cache,
         }
     }
 }
@@ -85,6 +96,8 @@ pub struct Incoming<'a> {
 pub struct Reply {
     pub status: u16,
     pub body: Value,
+    /// A report's file, streamed instead of `body`.
+    pub download: Option<reports::Download>,
     pub retry_after: Option<u64>,
     pub request_id: String,
 }
@@ -93,16 +106,30 @@ pub struct Reply {
 struct Done {
     status: u16,
     body: Value,
+    download: Option<reports::Download>,
     rows: i32,
     before: Option<Value>,
     after: Option<Value>,
 }
 
 impl Done {
+    /// One thing changed: the answer is its new state; the audit log gets both.
+    fn changed(before: Option<Value>, after: Value) -> Self {
+        Done {
+            status: 200,
+            body: after.clone(),
+            download: None,
+            rows: 1,
+            before,
+            after: Some(after),
+        }
+    }
+
     fn ok(body: Value, rows: usize) -> Self {
         Done {
             status: 200,
             body,
+            download: None,
             rows: rows as i32,
             before: None,
             after: None,
@@ -159,12 +186,14 @@ pub async fn handle(state: &Arc<State>, req: Incoming<'_>) -> Reply {
         ..Entry::default()
     };
     let outcome = serve(state, &req, &mut audit).await;
+    let mut download = None;
     let (status, body, retry_after) = match outcome {
         Ok(done) => {
             audit.row_count = done.rows;
             audit.before = done.before.map(|v| v.to_string());
             audit.after = done.after.map(|v| v.to_string());
             audit.outcome = "ok".into();
+            download = done.download;
             (done.status, done.body, None)
         }
         Err(p) => {
@@ -183,6 +212,7 @@ pub async fn handle(state: &Arc<State>, req: Incoming<'_>) -> Reply {
         Ok(_) => Reply {
             status,
             body,
+            download,
             retry_after,
             request_id,
         },
@@ -192,6 +222,7 @@ pub async fn handle(state: &Arc<State>, req: Incoming<'_>) -> Reply {
             Reply {
                 status: p.status(),
                 body: p.body(&request_id),
+                download: None,
                 retry_after: Some(1),
                 request_id,
             }
@@ -298,6 +329,7 @@ async fn serve(state: &Arc<State>, req: &Incoming<'_>, audit: &mut Entry) -> Res
         state,
         route,
         &m.args,
+        req.headers,
         &mut params,
         &body,
         &s,
@@ -320,12 +352,26 @@ async fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let result = match presented {
-        None => Err((None, "missing")),
-        Some(key) => {
+    let fingerprint = presented.map(|k| Sha256::digest(k.as_bytes()).to_vec());
+    let cached = fingerprint.as_ref().and_then(|f| {
+        state
+            .verified
+            .get(f)
+            .filter(|e| e.1.elapsed() < state.key_cache)
+            .map(|e| e.0.clone())
+    });
+    let result = match (presented, cached) {
+        (_, Some(p)) => Ok(p),
+        (None, _) => Err((None, "missing")),
+        (Some(key), None) => {
             let mut conn = state.pool.get().await.map_err(|_| Problem::Unavailable)?;
             match keys::authenticate(&mut conn, key).await {
-                Ok(Ok(p)) => Ok(p),
+                Ok(Ok(p)) => {
+                    if let Some(f) = fingerprint {
+                        state.verified.insert(f, (p.clone(), Instant::now()));
+                    }
+                    Ok(p)
+                }
                 Ok(Err((id, why))) => Err((id, why.as_str())),
                 Err(_) => return Err(Problem::Unavailable),
             }
@@ -364,6 +410,24 @@ async fn authenticate(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ReportInput {
+    from: String,
+    to: String,
+    format: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeInput {
+    from: String,
+    to: String,
+}
+
+/// Failed events redelivered by one request, at most.
+const MAX_REDELIVER: i64 = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct KeyInput {
     name: String,
     role: String,
@@ -375,6 +439,7 @@ async fn run(
     state: &State,
     route: &Route,
     args: &[&str],
+    headers: &hyper::HeaderMap,
     p: &mut Params,
     body: &[u8],
     s: &Scoped<'_>,
@@ -401,27 +466,172 @@ async fn run(
     };
     let done = match route.action {
         Action::SearchTransactions => {
-            let after = p.cursor(&state.cursor_key, route.name);
-            let f = TransactionFilter::parse(p, after);
-            audit.filter = p.filter_json();
-            p.finish()?;
+            let f = search_filter(state, route, p, audit, TransactionFilter::parse)?;
             page_body(p, records::search_transactions(s, f).await.map_err(db)?)
         }
         Action::SearchRejections => {
-            let after = p.cursor(&state.cursor_key, route.name);
-            let f = RejectionFilter::parse(p, after);
-            audit.filter = p.filter_json();
-            p.finish()?;
+            let f = search_filter(state, route, p, audit, RejectionFilter::parse)?;
             page_body(p, records::search_rejections(s, f).await.map_err(db)?)
         }
         Action::GetTransaction => {
             let id = id_arg("transaction_id")?;
             p.finish()?;
-            let t = records::transaction(s, &id)
+            let mut t = records::transaction(s, &id)
                 .await
                 .map_err(db)?
                 .ok_or(Problem::NotFound)?;
+            t["deliveries"] = json!(events::of_event(s, &id).await.map_err(db)?);
             Done::ok(t, 1)
+        }
+        Action::SearchEvents => {
+            let f = search_filter(state, route, p, audit, EventFilter::parse)?;
+            page_body(p, events::search(s, f).await.map_err(db)?)
+        }
+        Action::GetEvent => {
+            p.finish()?;
+            let id = event_arg(args[1])?;
+            Done::ok(
+                events::attempts(s, id)
+                    .await
+                    .map_err(db)?
+                    .ok_or(Problem::NotFound)?,
+                1,
+            )
+        }
+        Action::RedeliverEvent => {
+            p.finish()?;
+            let id = event_arg(args[1])?;
+            let before = events::attempts(s, id)
+                .await
+                .map_err(db)?
+                .ok_or(Problem::NotFound)?;
+            let done = events::redeliver(s, &[id]).await.map_err(db)?;
+            if done.is_empty() {
+                return Err(Problem::invalid(
+                    "event",
+                    "is still pending: it is being delivered",
+                ));
+            }
+            let after = json!({ "redelivered": done });
+            Done {
+                download: None,
+                status: 200,
+                body: after.clone(),
+                rows: 1,
+                before: Some(
+                    json!({ "id": id, "status": before["status"], "attempts": before["attempts"] }),
+                ),
+                after: Some(after),
+            }
+        }
+        Action::RedeliverRange => {
+            p.finish()?;
+            let input: RangeInput = serde_json::from_slice(body)
+                .map_err(|e| Problem::invalid("body", format!("not a range: {e}")))?;
+            let (mut range, from, to) = body_range(&input.from, &input.to);
+            range.finish()?;
+            audit.filter = json!({ "from": input.from, "to": input.to }).to_string();
+            let (from, to) = (from.expect("required"), to.expect("required"));
+            let ids = events::failed_between(s, from, to, MAX_REDELIVER)
+                .await
+                .map_err(db)?;
+            let done = events::redeliver(s, &ids).await.map_err(db)?;
+            let after = json!({ "redelivered": done });
+            Done {
+                download: None,
+                status: 200,
+                body: after.clone(),
+                rows: done.len() as i32,
+                before: Some(json!({ "failed": ids })),
+                after: Some(after),
+            }
+        }
+        Action::RequestReport => {
+            p.finish()?;
+            let idem = headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| (1..=128).contains(&v.len()) && is_ident(v))
+                .ok_or_else(|| {
+                    Problem::invalid(
+                        "Idempotency-Key",
+                        "header required: 1-128 letters, digits, '-', '_', '.'",
+                    )
+                })?;
+            let input: ReportInput = serde_json::from_slice(body)
+                .map_err(|e| Problem::invalid("body", format!("not a report request: {e}")))?;
+            let (mut range, from, to) = body_range(&input.from, &input.to);
+            if !matches!(input.format.as_str(), "csv" | "json") {
+                range.fail("format", "must be csv or json");
+            }
+            range.finish()?;
+            audit.filter = json!({ "from": input.from, "to": input.to, "format": input.format, "idempotency_key": idem }).to_string();
+            let request = reports::Request {
+                from: from.expect("required"),
+                to: to.expect("required"),
+                format: input.format,
+            };
+            let (report, new) = reports::request(s, &principal.key_id, idem, &request).await?;
+            Done {
+                download: None,
+                status: if new { 202 } else { 200 },
+                body: report.clone(),
+                rows: 1,
+                before: None,
+                after: new.then_some(report),
+            }
+        }
+        Action::ListReports => {
+            p.finish()?;
+            let items = reports::list(s).await.map_err(db)?;
+            let n = items.len();
+            Done::ok(json!({ "items": items }), n)
+        }
+        Action::GetReport => {
+            let id = id_arg("report")?;
+            p.finish()?;
+            Done::ok(
+                reports::get(s, &id)
+                    .await
+                    .map_err(db)?
+                    .ok_or(Problem::NotFound)?,
+                1,
+            )
+        }
+        Action::DownloadReport => {
+            let id = id_arg("report")?;
+            p.finish()?;
+            let (d, rows) = reports::download(s, &id).await?.ok_or(Problem::NotFound)?;
+            Done {
+                download: Some(d),
+                status: 200,
+                body: Value::Null,
+                rows: rows as i32,
+                before: None,
+                after: None,
+            }
+        }
+        Action::AcknowledgeReport => {
+            let id = id_arg("report")?;
+            p.finish()?;
+            let (before, after) = reports::acknowledge(s, &id, &principal.key_id)
+                .await?
+                .ok_or(Problem::NotFound)?;
+            Done {
+                download: None,
+                status: 200,
+                body: after.clone(),
+                rows: 1,
+                before: Some(json!({ "acknowledged_at": before["acknowledged_at"] })),
+                after: Some(
+                    json!({ "acknowledged_at": after["acknowledged_at"], "acknowledged_by": after["acknowledged_by"] }),
+                ),
+            }
+        }
+        Action::RotateSecret => {
+            p.finish()?;
+            let (before, after) = settings::rotate_secret(s, body, &state.seal).await?;
+            Done::changed(Some(before), after)
         }
         Action::Totals => {
             let (from, to) = p.range();
@@ -455,6 +665,7 @@ async fn run(
                 o.remove("webhook_secret_changed");
             }
             Done {
+                download: None,
                 status: 200,
                 body: shown,
                 rows: 1,
@@ -521,6 +732,7 @@ async fn run(
             let mut body = listing.clone();
             body["key"] = json!(key);
             Done {
+                download: None,
                 status: 201,
                 body,
                 rows: 1,
@@ -531,25 +743,63 @@ async fn run(
         Action::RevokeKey => {
             let id = id_arg("key_id")?;
             p.finish()?;
+            state.verified.retain(|_, (p, _)| p.key_id != id);
             let (before, after) = keys::revoke(&s.tx, &id, Some(&s.merchant), &principal.key_id)
                 .await
                 .map_err(db)?
                 .ok_or(Problem::NotFound)?;
-            Done {
-                status: 200,
-                body: after.clone(),
-                rows: 1,
-                before: Some(before),
-                after: Some(after),
-            }
+            Done::changed(Some(before), after)
         }
         Action::ReadAudit => {
-            let after = p.cursor(&state.cursor_key, route.name);
-            let limit = p.limit();
-            audit.filter = p.filter_json();
-            p.finish()?;
+            let (limit, after) =
+                search_filter(state, route, p, audit, |p, after| (p.limit(), after))?;
             page_body(p, crate::audit::page(s, limit, after).await.map_err(db)?)
         }
     };
     Ok(done)
+}
+
+/// A search's filters: the cursor opened for this route, the route's own parse, the audit's
+/// copy of the filters, and every problem with them reported at once.
+fn search_filter<F>(
+    state: &State,
+    route: &Route,
+    p: &mut Params,
+    audit: &mut Entry,
+    parse: impl FnOnce(&mut Params, Option<crate::query::Position>) -> F,
+) -> Result<F, Problem> {
+    let after = p.cursor(&state.cursor_key, route.name);
+    let f = parse(p, after);
+    audit.filter = p.filter_json();
+    p.finish()?;
+    Ok(f)
+}
+
+/// An event id in a path: a delivery's number.
+fn event_arg(v: &str) -> Result<i64, Problem> {
+    v.parse::<i64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| Problem::invalid("event", "must be an event id (a positive integer)"))
+}
+
+/// A body's `from` and `to`, checked as a query's are (both required, `to` after `from`); the
+/// caller may record more problems before `finish`.
+fn body_range(
+    from: &str,
+    to: &str,
+) -> (
+    Params,
+    Option<std::time::SystemTime>,
+    Option<std::time::SystemTime>,
+) {
+    let enc = |v: &str| -> String { form_urlencoded::byte_serialize(v.as_bytes()).collect() };
+    let mut range = Params::parse(
+        Some(&format!("from={}&to={}", enc(from), enc(to))),
+        &["from", "to"],
+    );
+    let (f, t) = range.range();
+    let f = range.require("from", f);
+    let t = range.require("to", t);
+    (range, f, t)
 }

@@ -119,7 +119,8 @@ pub async fn put(
                    webhook_url = $6, emails = $7, risk_emails = $8, updated_at = now()"
         .to_string();
     if !keep_secret {
-        sql += ", webhook_secret = $9";
+        // A secret set outright ends any rotation's overlap.
+        sql += ", webhook_secret = $9, webhook_secret_previous = NULL, webhook_secret_previous_until = NULL";
         params.push(&sealed);
     }
     let updated =
@@ -140,4 +141,62 @@ pub async fn put(
     // The audit log says a secret changed, never what it is.
     after["webhook_secret_changed"] = json!(sealed.is_some());
     Ok((before, after))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rotation {
+    webhook_secret: String,
+    /// How long the previous secret keeps signing too: "24h" by default, at most "7days".
+    overlap: Option<String>,
+}
+
+const MAX_OVERLAP: Duration = Duration::from_secs(7 * 86_400);
+
+/// Rotates the webhook signing secret: the current one goes on signing, next to the new, until
+/// the overlap ends. Returns (before, after) for the audit log — no secret in either.
+pub async fn rotate_secret(
+    s: &Scoped<'_>,
+    body: &[u8],
+    keys: &Keys,
+) -> Result<(Value, Value), Problem> {
+    let r: Rotation = serde_json::from_slice(body)
+        .map_err(|e| Problem::invalid("body", format!("not a rotation: {e}")))?;
+    let mut errors = Vec::new();
+    if r.webhook_secret.len() < 16 {
+        errors.push(FieldError {
+            field: "webhook_secret".into(),
+            message: "must be at least 16 bytes".into(),
+        });
+    }
+    let overlap = match humantime::parse_duration(r.overlap.as_deref().unwrap_or("24h")) {
+        Ok(d) if d <= MAX_OVERLAP => d,
+        _ => {
+            errors.push(FieldError {
+                field: "overlap".into(),
+                message: "must be a duration up to 7days, e.g. \"24h\"".into(),
+            });
+            Duration::ZERO
+        }
+    };
+    if !errors.is_empty() {
+        return Err(Problem::Invalid(errors));
+    }
+    let sealed = keys.seal(&s.merchant, &r.webhook_secret);
+    let until: Option<SystemTime> =
+        s.tx.query_one(
+            "SELECT posflow_rotate_webhook_secret($1, make_interval(secs => $2))",
+            &[&sealed, &overlap.as_secs_f64()],
+        )
+        .await
+        .map_err(unavailable)?
+        .get(0);
+    let until = until.ok_or_else(|| {
+        Problem::invalid("webhook_secret", "the merchant has no webhook to sign for")
+    })?;
+    let until = rfc3339_millis(millis(until));
+    Ok((
+        json!({ "webhook_secret": "current" }),
+        json!({ "webhook_secret": "rotated", "previous_signs_until": until }),
+    ))
 }

@@ -7,7 +7,7 @@
 use crate::email::{Mail, Mailer};
 use crate::policy::{Answer, Breaker, RetryPolicy};
 use crate::prefs::Preferences;
-use crate::store::{self, Channel, Claimed, Settle};
+use crate::store::{self, Channel, Claimed, Settle, Settled};
 use crate::webhook::{Request, Sender};
 use crate::{connect_with_backoff, Args, Prefs};
 use anyhow::Context as _;
@@ -102,7 +102,7 @@ fn metrics() -> &'static Metrics {
 
 pub struct Dispatcher {
     shared: Arc<Shared>,
-    settlements: tokio::sync::mpsc::UnboundedReceiver<(i64, Settle)>,
+    settlements: tokio::sync::mpsc::UnboundedReceiver<Settled>,
 }
 
 struct Shared {
@@ -112,7 +112,7 @@ struct Shared {
     policy: RetryPolicy,
     claims: SharedConn,
     /// Settlements go to one writer that commits them in batches.
-    settle: tokio::sync::mpsc::UnboundedSender<(i64, Settle)>,
+    settle: tokio::sync::mpsc::UnboundedSender<Settled>,
     sender: Sender,
     mailer: Mailer,
     limiter: DefaultKeyedRateLimiter<String>,
@@ -306,7 +306,7 @@ impl Dispatcher {
 async fn settler(
     args: Arc<Args>,
     owner: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<(i64, Settle)>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Settled>,
     ctx: Context,
 ) {
     let mut conn = crate::Conn::new(&args.db);
@@ -439,6 +439,7 @@ impl Shared {
                 )
             })
             .allow(Instant::now());
+        let mut took_ms = 0;
         let settle = if !allowed {
             // The circuit opened after the claim: put it back untouched.
             Settle::Release {
@@ -458,6 +459,7 @@ impl Shared {
                 });
             let started = Instant::now();
             let answer = self.attempt(&c, prefs.as_deref()).await;
+            took_ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
             drop(span);
             drop(permit); // the merchant's next delivery may go while this one is recorded
             m.attempt_seconds
@@ -465,7 +467,11 @@ impl Shared {
                 .observe(started.elapsed().as_secs_f64());
             self.judge(&c, answer, &breaker_key, ctx).await
         };
-        let _ = self.settle.send((c.id, settle));
+        let _ = self.settle.send(Settled {
+            id: c.id,
+            settle,
+            took_ms,
+        });
         if let Some(mut n) = self.held.get_mut(&c.merchant_id) {
             *n = n.saturating_sub(1);
         }
@@ -487,10 +493,11 @@ impl Shared {
                         error: "the merchant has no webhook any more".into(),
                     };
                 };
+                let secrets = w.signing_secrets(std::time::SystemTime::now());
                 self.sender
                     .send(&Request {
                         url: &w.url,
-                        secret: w.secret.expose().as_bytes(),
+                        secrets: &secrets,
                         idempotency_key: &c.idempotency_key,
                         event_type: &c.event_type,
                         attempt: c.attempt,

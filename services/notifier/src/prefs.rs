@@ -82,6 +82,22 @@ impl EventKind {
 pub struct Webhook {
     pub url: String,
     pub secret: Secret,
+    /// During a rotation's overlap: the previous secret, and until when deliveries are signed
+    /// with it too (docs/notifier.md, "Rotating a signing secret").
+    pub previous: Option<(Secret, std::time::SystemTime)>,
+}
+
+impl Webhook {
+    /// The secrets to sign with at `now`: the current one, and the previous during its overlap.
+    pub fn signing_secrets(&self, now: std::time::SystemTime) -> Vec<&[u8]> {
+        let mut out = vec![self.secret.expose().as_bytes()];
+        if let Some((old, until)) = &self.previous {
+            if now < *until {
+                out.push(old.expose().as_bytes());
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +156,11 @@ impl Preferences {
                 .iter()
                 .filter_map(|e| EventKind::from_subscription(e))
                 .collect(),
-            webhook: webhook.map(|(url, secret)| Webhook { url, secret }),
+            webhook: webhook.map(|(url, secret)| Webhook {
+                url,
+                secret,
+                previous: None,
+            }),
             emails,
             risk_emails,
         }
@@ -320,6 +340,7 @@ pub fn check(
             Some(Webhook {
                 url: url.clone(),
                 secret: Secret::new(secret),
+                previous: None,
             })
         }
         (Some(_), None) => {

@@ -71,6 +71,7 @@ pub fn transaction(
         out.push(NewDelivery {
             idempotency_key: key,
             merchant_id: p.merchant_id.clone(),
+            event_id: t.transaction_id.clone(),
             channel: Channel::Webhook,
             event_type: kind.as_str(),
             priority: 1,
@@ -91,6 +92,7 @@ pub fn transaction(
                 &t.transaction_id,
             ),
             merchant_id: p.merchant_id.clone(),
+            event_id: t.transaction_id.clone(),
             channel: Channel::Email,
             event_type: kind.as_str(),
             priority: 1,
@@ -134,6 +136,7 @@ pub fn alert(p: &Preferences, a: &FraudAlert) -> Vec<NewDelivery> {
         out.push(NewDelivery {
             idempotency_key: key,
             merchant_id: p.merchant_id.clone(),
+            event_id: a.alert_id.clone(),
             channel: Channel::Webhook,
             event_type: kind.as_str(),
             priority: 0,
@@ -160,6 +163,7 @@ pub fn alert(p: &Preferences, a: &FraudAlert) -> Vec<NewDelivery> {
         out.push(NewDelivery {
             idempotency_key: idempotency_key(&p.merchant_id, Channel::Email, kind, &a.alert_id),
             merchant_id: p.merchant_id.clone(),
+            event_id: a.alert_id.clone(),
             channel: Channel::Email,
             event_type: kind.as_str(),
             priority: 0,
@@ -208,6 +212,7 @@ pub fn digest(
         out.push(NewDelivery {
             idempotency_key: idempotency_key(&p.merchant_id, Channel::Webhook, kind, &period),
             merchant_id: p.merchant_id.clone(),
+            event_id: period.clone(),
             channel: Channel::Webhook,
             event_type: kind.as_str(),
             priority: 1,
@@ -228,6 +233,7 @@ pub fn digest(
         out.push(NewDelivery {
             idempotency_key: idempotency_key(&p.merchant_id, Channel::Email, kind, &period),
             merchant_id: p.merchant_id.clone(),
+            event_id: period.clone(),
             channel: Channel::Email,
             event_type: kind.as_str(),
             priority: 1,

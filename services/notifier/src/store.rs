@@ -29,6 +29,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "least privilege",
             include_str!("../migrations/0003_least_privilege.sql"),
         ),
+        (
+            4,
+            "events and rotation",
+            include_str!("../migrations/0004_events_and_rotation.sql"),
+        ),
     ],
 };
 
@@ -93,7 +98,9 @@ impl LoadError {
 pub async fn load_preferences(client: &Client, keys: &Keys) -> Result<PreferenceMap, LoadError> {
     let rows = client
         .query(
-            "SELECT merchant_id, mode, digest_every_secs, format, events, webhook_url, webhook_secret, emails, risk_emails FROM merchant_preferences",
+            "SELECT merchant_id, mode, digest_every_secs, format, events, webhook_url, webhook_secret, emails, risk_emails,
+                    webhook_secret_previous, webhook_secret_previous_until
+               FROM merchant_preferences",
             &[],
         )
         .await
@@ -104,14 +111,25 @@ pub async fn load_preferences(client: &Client, keys: &Keys) -> Result<Preference
         let merchant_id: String = r.get(0);
         let url: Option<String> = r.get(5);
         let stored: Option<String> = r.get(6);
-        let secret = match stored.map(|s| keys.open(&merchant_id, &s)).transpose() {
+        let previous: Option<String> = r.get(9);
+        let until: Option<std::time::SystemTime> = r.get(10);
+        let opened = stored
+            .map(|s| keys.open(&merchant_id, &s))
+            .transpose()
+            .and_then(|s| {
+                Ok((
+                    s,
+                    previous.map(|p| keys.open(&merchant_id, &p)).transpose()?,
+                ))
+            });
+        let (secret, previous) = match opened {
             Ok(s) => s,
             Err(e) => {
                 sealed.push(format!("{merchant_id}: {e}"));
                 continue;
             }
         };
-        let p = Preferences::from_columns(
+        let mut p = Preferences::from_columns(
             merchant_id,
             r.get(1),
             r.get(2),
@@ -121,6 +139,9 @@ pub async fn load_preferences(client: &Client, keys: &Keys) -> Result<Preference
             r.get(7),
             r.get(8),
         );
+        if let (Some(w), Some(old), Some(until)) = (p.webhook.as_mut(), previous, until) {
+            w.previous = Some((old, until));
+        }
         map.insert(p.merchant_id.clone(), Arc::new(p));
     }
     if sealed.is_empty() {
@@ -209,6 +230,8 @@ pub struct Attachment {
 pub struct NewDelivery {
     pub idempotency_key: String,
     pub merchant_id: String,
+    /// What the delivery is about: a transaction id, an alert id, a digest's period.
+    pub event_id: String,
     pub channel: Channel,
     pub event_type: &'static str,
     /// 0 for fraud alerts, claimed ahead of everything else.
@@ -272,6 +295,7 @@ async fn insert_deliveries(
         let names = col(&|d| d.attachment.as_ref().map(|a| a.name.clone()));
         let att_types = col(&|d| d.attachment.as_ref().map(|a| a.content_type.clone()));
         let traces = col(&|d| d.traceparent.clone());
+        let events = col(&|d| Some(d.event_id.clone()));
         let priorities: Vec<i16> = deliveries.iter().map(|d| d.priority).collect();
         let risk: Vec<bool> = deliveries.iter().map(|d| d.risk_contact).collect();
         let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.body.as_slice()).collect();
@@ -281,10 +305,10 @@ async fn insert_deliveries(
             .collect();
         Ok(tx
             .execute(
-                "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact, traceparent)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[], $13::text[])
+                "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact, traceparent, event_id)
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[], $13::text[], $14::text[])
                  ON CONFLICT (idempotency_key) DO NOTHING",
-                &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk, &traces],
+                &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk, &traces, &events],
             )
             .await?)
     }
@@ -458,12 +482,37 @@ pub enum Settle {
     },
 }
 
+/// One attempt's result: the row, what became of it, how long the attempt took.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    pub id: i64,
+    pub settle: Settle,
+    pub took_ms: i32,
+}
+
+/// The status code in an attempt's error ("HTTP 503", "gave up after 3 attempts: HTTP 503"
+/// → 503), for the attempts' history.
+fn status_code(error: &str) -> Option<i32> {
+    let at = error.find("HTTP ")? + 5;
+    error.get(at..at + 3)?.parse().ok()
+}
+
 /// Records attempts' results in one transaction (one commit for many attempts: at thousands
-/// of deliveries a second, a commit each would be the limit), for the rows this replica still holds.
+/// of deliveries a second, a commit each would be the limit), for the rows this replica still
+/// holds, and each attempt in the history merchants read (notification_attempts).
+#[cfg(test)]
+#[test]
+fn status_codes_are_read_from_errors() {
+    assert_eq!(status_code("HTTP 503"), Some(503));
+    assert_eq!(status_code("gave up after 3 attempts: HTTP 429"), Some(429));
+    assert_eq!(status_code("timed out after 2s"), None);
+    assert_eq!(status_code("HTTP 5"), None);
+}
+
 pub async fn settle_batch(
     client: &mut Client,
     owner: &str,
-    batch: &[(i64, Settle)],
+    batch: &[Settled],
 ) -> Result<(), DbError> {
     const FREE: &str = "lease_owner = NULL, lease_until = NULL";
     let (mut delivered, mut failed, mut retry, mut release) = (
@@ -472,7 +521,26 @@ pub async fn settle_batch(
         (Vec::new(), Vec::new(), Vec::new()),
         (Vec::new(), Vec::new()),
     );
-    for (id, s) in batch {
+    let mut history = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for Settled {
+        id,
+        settle: s,
+        took_ms,
+    } in batch
+    {
+        let (outcome, error) = match s {
+            Settle::Delivered => ("delivered", None),
+            Settle::Retry { error, .. } => ("retry", Some(error.as_str())),
+            Settle::Failed { error } => ("failed", Some(error.as_str())),
+            Settle::Release { .. } => ("", None),
+        };
+        if !outcome.is_empty() {
+            history.0.push(*id);
+            history.1.push(outcome);
+            history.2.push(error);
+            history.3.push(error.and_then(status_code));
+            history.4.push(*took_ms);
+        }
         match s {
             Settle::Delivered => delivered.push(*id),
             Settle::Failed { error } => {
@@ -491,6 +559,17 @@ pub async fn settle_batch(
         }
     }
     let tx = client.transaction().await?;
+    if !history.0.is_empty() {
+        // Before the updates below free the leases: only rows this replica still holds.
+        tx.execute(
+            "INSERT INTO notification_attempts (outbox_id, merchant_id, attempt, outcome, error, status_code, duration_ms)
+             SELECT o.id, o.merchant_id, o.attempts, h.outcome, h.error, h.code, h.ms
+               FROM unnest($1::int8[], $2::text[], $3::text[], $4::int4[], $5::int4[]) AS h(id, outcome, error, code, ms)
+               JOIN notification_outbox o ON o.id = h.id AND o.lease_owner = $6",
+            &[&history.0, &history.1, &history.2, &history.3, &history.4, &owner],
+        )
+        .await?;
+    }
     if !delivered.is_empty() {
         let sql = format!("UPDATE notification_outbox SET status = 'delivered', finished_at = now(), last_error = NULL, {FREE}
                             WHERE id = ANY($1) AND lease_owner = $2");

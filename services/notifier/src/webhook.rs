@@ -24,19 +24,21 @@ use std::time::{Duration, SystemTime};
 pub const SIGNATURE_HEADER: &str = "posflow-signature";
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
-/// `t=<unix>,v1=<hex>` for `body` signed at `unix`.
-pub fn signature(secret: &[u8], unix: u64, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(unix.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let hex: String = mac
-        .finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("t={unix},v1={hex}")
+/// `t=<unix>,v1=<hex>[,v1=<hex>…]` for `body` signed at `unix`, one `v1` per secret (two
+/// during a rotation's overlap: a receiver accepts the request if any matches its secret).
+pub fn signature(secrets: &[&[u8]], unix: u64, body: &[u8]) -> String {
+    let mut header = format!("t={unix}");
+    for secret in secrets {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+        mac.update(unix.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        header += ",v1=";
+        for b in mac.finalize().into_bytes() {
+            header += &format!("{b:02x}");
+        }
+    }
+    header
 }
 
 /// Classifies an HTTP status (and Retry-After) into an answer.
@@ -60,7 +62,8 @@ pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// One request to send.
 pub struct Request<'a> {
     pub url: &'a str,
-    pub secret: &'a [u8],
+    /// The current secret, then the previous one during a rotation's overlap.
+    pub secrets: &'a [&'a [u8]],
     pub idempotency_key: &'a str,
     pub event_type: &'a str,
     pub attempt: i32,
@@ -151,7 +154,7 @@ impl Sender {
             .header(IDEMPOTENCY_HEADER, r.idempotency_key)
             .header("posflow-event-type", r.event_type)
             .header("posflow-attempt", r.attempt.to_string())
-            .header(SIGNATURE_HEADER, signature(r.secret, unix, r.body))
+            .header(SIGNATURE_HEADER, signature(r.secrets, unix, r.body))
             .body(Full::new(Bytes::copy_from_slice(r.body)));
         let request = match request {
             Ok(req) => req,
@@ -238,8 +241,16 @@ mod tests {
     fn signature_is_hmac_over_timestamp_dot_body() {
         // Python: hmac.new(b"whsec_test_0123456789", b"1700000000.{}", hashlib.sha256).hexdigest()
         assert_eq!(
-            signature(b"whsec_test_0123456789", 1_700_000_000, b"{}"),
+            signature(&[b"whsec_test_0123456789"], 1_700_000_000, b"{}"),
             "t=1700000000,v1=875e3fae219931c6a6bb1177e37553968753cdb5e5fc0294caa82dbfaec6608c"
+        );
+        // During a rotation: the new secret's signature, then the old one's.
+        assert_eq!(
+            signature(&[b"new", b"whsec_test_0123456789"], 1_700_000_000, b"{}"),
+            format!(
+                "t=1700000000,v1={},v1=875e3fae219931c6a6bb1177e37553968753cdb5e5fc0294caa82dbfaec6608c",
+                &signature(&[b"new"], 1_700_000_000, b"{}")["t=1700000000,v1=".len()..]
+            )
         );
     }
 
