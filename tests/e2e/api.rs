@@ -1126,7 +1126,7 @@ async fn the_examples_in_docs_api_md_work() {
         .skip(1)
         .map(|b| b.split("```").next().unwrap())
         .collect();
-    assert_eq!(examples.len(), 13, "docs/api.md's examples");
+    assert_eq!(examples.len(), 14, "docs/api.md's examples");
     for ex in examples {
         let out = std::process::Command::new("bash")
             .args(["-c", ex])
@@ -1709,4 +1709,99 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
         .unwrap()
         .get(0);
     assert_eq!(rows.len() as i64, n);
+}
+
+/// Fraud alerts are part of the merchant's record: kept once each by the notifier (whether or
+/// not the merchant asked to be told), listed through the API and shown with the transactions
+/// they name — another merchant's never.
+#[tokio::test]
+async fn fraud_alerts_are_kept_with_the_merchants_record() {
+    use posflow_schema::{FraudAlert, Severity};
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let m = format!("A{}", tag(&d));
+    let other = format!("{m}o");
+    let owner = owner_db(&d).await;
+    seed(&owner, &m, 20).await;
+    seed(&owner, &other, 20).await;
+    let own = make_key(&d, Role::Finance, &[&m]).await;
+    let api = Api::start(&d, &[]).await;
+    let _notifier = d.start_notifier("alerts", &[]).await;
+    let alert = |id: &str, merchant: &str, evidence: &[&str]| FraudAlert {
+        alert_id: format!("{id}-{m}"),
+        rule_id: "VELOCITY_CARD".into(),
+        severity: Severity::High,
+        score: 0.9,
+        evidence_transaction_ids: evidence.iter().map(|e| e.to_string()).collect(),
+        card_token: Some("tok-never-shown".into()),
+        merchant_id: merchant.into(),
+        terminal_id: format!("{merchant}-T1"),
+        detected_at: posflow_schema::now_millis(),
+    };
+    let (e5, e6, e7, o5) = (
+        format!("{m}-5"),
+        format!("{m}-6"),
+        format!("{m}-7"),
+        format!("{other}-5"),
+    );
+    let a1 = alert("a1", &m, &[&e5, &e6]);
+    let alerts = [
+        a1.clone(),
+        alert("a2", &m, &[&e7]),
+        alert("a3", &other, &[&o5]),
+        a1,
+    ];
+    d.produce("pos.fraud.alerts", &alerts, |a| a.alert_id.clone())
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let listed = loop {
+        let r = api
+            .get(&format!("/v1/merchants/{m}/fraud-alerts"), &own)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.json);
+        let items = r.json["items"].as_array().unwrap().clone();
+        if items.len() >= 2 || std::time::Instant::now() > deadline {
+            break items;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ids: HashSet<&str> = listed
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        HashSet::from([format!("a1-{m}").as_str(), format!("a2-{m}").as_str()])
+    );
+    assert!(listed
+        .iter()
+        .all(|a| a["merchant_id"] == m.as_str() && a["severity"] == "high"));
+    assert!(
+        !serde_json::to_string(&listed)
+            .unwrap()
+            .contains("tok-never-shown"),
+        "no card token"
+    );
+    let detail = api
+        .get(&format!("/v1/merchants/{m}/transactions/{e5}"), &own)
+        .await;
+    let named: Vec<&str> = detail.json["fraud_alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["alert_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, [format!("a1-{m}")]);
+    let none = api
+        .get(&format!("/v1/merchants/{m}/transactions/{m}-8"), &own)
+        .await;
+    assert_eq!(none.json["fraud_alerts"], json!([]));
+    let stored: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM fraud_alerts WHERE alert_id LIKE '%-' || $1",
+            &[&m],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 3, "each alert once, the repeated one too");
 }

@@ -49,6 +49,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             include_str!("../migrations/0002_events_and_rotation.sql"),
         ),
         (3, "reports", include_str!("../migrations/0003_reports.sql")),
+        (
+            4,
+            "fraud alerts",
+            include_str!("../migrations/0004_fraud_alerts.sql"),
+        ),
     ],
 };
 
@@ -158,7 +163,7 @@ impl Args {
 pub async fn migrate(client: &mut tokio_postgres::Client) -> anyhow::Result<Vec<i32>> {
     let row = client
         .query_one(
-            "SELECT to_regclass('transactions') IS NOT NULL, to_regclass('notification_attempts') IS NOT NULL",
+            "SELECT to_regclass('transactions') IS NOT NULL, to_regclass('fraud_alerts') IS NOT NULL",
             &[],
         )
         .await?;

@@ -132,6 +132,7 @@ fn components() -> Value {
                 "line_items": {"type": "array", "items": {"type": "object", "properties": {
                     "line_no": s("integer"), "sku": s("string"), "description": s("string"),
                     "unit_price_minor": s("integer"), "quantity": s("integer")}}},
+                "fraud_alerts": {"type": "array", "items": {"$ref": "#/components/schemas/FraudAlert"}},
                 "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}]},
             "Rejection": {"type": "object", "properties": {
                 "transaction_id": s("string"), "merchant_id": s("string"), "terminal_id": s("string"),
@@ -185,7 +186,12 @@ fn components() -> Value {
                 "error": ns("string"), "requested_by": s("string"), "created_at": time, "ready_at": ns("string"),
                 "acknowledged_at": ns("string"), "acknowledged_by": ns("string"), "download": s("string")}},
             "ReportList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Report"}}}},
-            "ReportFile": {"type": "string", "description": "The file: text/csv or application/json (an array of transactions)."}
+            "ReportFile": {"type": "string", "description": "The file: text/csv or application/json (an array of transactions)."},
+            "FraudAlert": {"type": "object", "properties": {
+                "alert_id": s("string"), "merchant_id": s("string"), "terminal_id": s("string"), "rule_id": s("string"),
+                "severity": s("string"), "score": s("number"),
+                "evidence_transaction_ids": {"type": "array", "items": s("string")}, "detected_at": time}},
+            "FraudAlertPage": page("FraudAlert")
     });
     doc["schemas"]
         .as_object_mut()

@@ -42,6 +42,16 @@ impl Where {
             self.and(cond, v);
         }
     }
+    /// Keyset pagination, newest first: strictly after the last row shown.
+    fn after(&mut self, time_col: &str, id_col: &str, p: Option<Position>) {
+        if let Some(p) = p {
+            self.params.push(Box::new(p.time()));
+            self.params.push(Box::new(p.id));
+            let n = self.params.len();
+            self.conds
+                .push(format!("({time_col}, {id_col}) < (${}, ${n})", n - 1));
+        }
+    }
     fn sql(&self) -> String {
         if self.conds.is_empty() {
             "true".into()
@@ -120,14 +130,7 @@ impl Common {
         w.and_opt("currency = ?", self.currency);
         w.and_opt("terminal_id = ?", self.terminal);
         w.and_opt("type = ?", self.kind);
-        if let Some(p) = self.after {
-            // Keyset pagination, newest first: strictly after the last row shown.
-            w.params.push(Box::new(p.time()));
-            w.params.push(Box::new(p.id));
-            let n = w.params.len();
-            w.conds
-                .push(format!("({time_col}, transaction_id) < (${}, ${n})", n - 1));
-        }
+        w.after(time_col, "transaction_id", self.after);
         self.limit
     }
 }
@@ -190,14 +193,21 @@ fn transaction_json(r: &Row) -> Value {
     })
 }
 
-fn page(rows: Vec<Row>, limit: i64, time_col: &str, to_json: fn(&Row) -> Value) -> Page {
+/// The first `limit` rows (one more was read to know whether a next page exists) and the
+/// position after the last, by its `(time, id)` columns.
+fn page(
+    rows: Vec<Row>,
+    limit: i64,
+    (time_col, id_col): (&str, &str),
+    to_json: fn(&Row) -> Value,
+) -> Page {
     let full = rows.len() as i64 > limit;
     let shown = &rows[..rows.len().min(limit as usize)];
     let next = (full && !shown.is_empty()).then(|| {
         let last = &shown[shown.len() - 1];
         Position {
             t: millis(last.get::<_, SystemTime>(time_col)),
-            id: last.get("transaction_id"),
+            id: last.get(id_col),
         }
     });
     Page {
@@ -220,7 +230,12 @@ pub async fn search_transactions(s: &Scoped<'_>, f: TransactionFilter) -> Result
         limit + 1
     );
     let rows = s.tx.query(&sql, &w.refs()).await?;
-    Ok(page(rows, limit, "transaction_time", transaction_json))
+    Ok(page(
+        rows,
+        limit,
+        ("transaction_time", "transaction_id"),
+        transaction_json,
+    ))
 }
 
 /// One transaction with its line items, or `None` (also when it is another merchant's).
@@ -310,7 +325,12 @@ pub async fn search_rejections(s: &Scoped<'_>, f: RejectionFilter) -> Result<Pag
         limit + 1
     );
     let rows = s.tx.query(&sql, &w.refs()).await?;
-    Ok(page(rows, limit, "transaction_time", rejection_json))
+    Ok(page(
+        rows,
+        limit,
+        ("transaction_time", "transaction_id"),
+        rejection_json,
+    ))
 }
 
 pub const TOTALS_PARAMS: &[&str] = &["from", "to"];
@@ -342,5 +362,77 @@ pub async fn totals(
                 "amount_minor": r.get::<_, i64>(3),
             })
         })
+        .collect())
+}
+
+pub const ALERT_PARAMS: &[&str] = &["from", "to", "limit", "cursor"];
+
+/// The fraud alert filters (the caller finishes `p`).
+pub struct AlertFilter {
+    from: Option<SystemTime>,
+    to: Option<SystemTime>,
+    limit: i64,
+    after: Option<Position>,
+}
+
+impl AlertFilter {
+    pub fn parse(p: &mut Params, after: Option<Position>) -> Self {
+        let (from, to) = p.range();
+        AlertFilter {
+            from,
+            to,
+            limit: p.limit(),
+            after,
+        }
+    }
+}
+
+const ALERT_COLUMNS: &str =
+    "alert_id, merchant_id, terminal_id, rule_id, severity, score, evidence_transaction_ids, detected_at";
+
+fn alert_json(r: &Row) -> Value {
+    json!({
+        "alert_id": r.get::<_, String>("alert_id"),
+        "merchant_id": r.get::<_, String>("merchant_id"),
+        "terminal_id": r.get::<_, String>("terminal_id"),
+        "rule_id": r.get::<_, String>("rule_id"),
+        "severity": r.get::<_, String>("severity"),
+        "score": r.get::<_, f64>("score"),
+        "evidence_transaction_ids": r.get::<_, Vec<String>>("evidence_transaction_ids"),
+        "detected_at": time(r, "detected_at"),
+    })
+}
+
+/// The merchant's fraud alerts, newest first.
+pub async fn fraud_alerts(s: &Scoped<'_>, f: AlertFilter) -> Result<Page, DbError> {
+    let mut w = Where::scoped(s);
+    w.and_opt("detected_at >= ?", f.from);
+    w.and_opt("detected_at < ?", f.to);
+    w.after("detected_at", "alert_id", f.after);
+    let sql = format!(
+        "SELECT {ALERT_COLUMNS} FROM fraud_alerts WHERE {} ORDER BY detected_at DESC, alert_id DESC LIMIT {}",
+        w.sql(),
+        f.limit + 1
+    );
+    let rows = s.tx.query(&sql, &w.refs()).await?;
+    Ok(page(rows, f.limit, ("detected_at", "alert_id"), alert_json))
+}
+
+/// The alerts that name a transaction as evidence.
+pub async fn alerts_of(s: &Scoped<'_>, transaction_id: &str) -> Result<Vec<Value>, DbError> {
+    let mut w = Where::scoped(s);
+    w.and(
+        "? = ANY (evidence_transaction_ids)",
+        transaction_id.to_string(),
+    );
+    let sql = format!(
+        "SELECT {ALERT_COLUMNS} FROM fraud_alerts WHERE {} ORDER BY detected_at",
+        w.sql()
+    );
+    Ok(s.tx
+        .query(&sql, &w.refs())
+        .await?
+        .iter()
+        .map(alert_json)
         .collect())
 }

@@ -39,6 +39,7 @@ pub enum Action {
     GetTransaction,
     SearchRejections,
     Totals,
+    FraudAlerts,
     GetSettings,
     PutSettings,
     RotateSecret,
@@ -75,7 +76,7 @@ pub struct Route {
 }
 
 use crate::events::EVENT_PARAMS;
-use crate::records::{REJECTION_PARAMS, TOTALS_PARAMS, TRANSACTION_PARAMS};
+use crate::records::{ALERT_PARAMS, REJECTION_PARAMS, TOTALS_PARAMS, TRANSACTION_PARAMS};
 
 pub const AUDIT_PARAMS: &[&str] = &["limit", "cursor"];
 
@@ -97,7 +98,7 @@ pub const ROUTES: &[Route] = &[
         action: Action::GetTransaction,
         name: "transactions.get",
         permission: Permission::RecordsRead,
-        summary: "One transaction with its line items and its notification deliveries",
+        summary: "One transaction with its line items, its fraud alerts and its notification deliveries",
         params: &[],
         body: None,
         response: (200, "TransactionDetail"),
@@ -123,6 +124,17 @@ pub const ROUTES: &[Route] = &[
         params: TOTALS_PARAMS,
         body: None,
         response: (200, "Totals"),
+    },
+    Route {
+        method: Method::Get,
+        path: "/v1/merchants/{merchant_id}/fraud-alerts",
+        action: Action::FraudAlerts,
+        name: "fraud_alerts.search",
+        permission: Permission::RecordsRead,
+        summary: "The merchant's fraud alerts, newest first",
+        params: ALERT_PARAMS,
+        body: None,
+        response: (200, "FraudAlertPage"),
     },
     Route {
         method: Method::Get,

@@ -9,7 +9,7 @@ use crate::events::{self, EventFilter};
 use crate::keys::{self, NewKey};
 use crate::problem::Problem;
 use crate::query::{is_ident, CursorKey, Params};
-use crate::records::{self, RejectionFilter, TransactionFilter};
+use crate::records::{self, AlertFilter, RejectionFilter, TransactionFilter};
 use crate::reports;
 use crate::routes::{self, Action, Found, Method, Route};
 use crate::settings;
@@ -469,6 +469,10 @@ async fn run(
             let f = search_filter(state, route, p, audit, TransactionFilter::parse)?;
             page_body(p, records::search_transactions(s, f).await.map_err(db)?)
         }
+        Action::FraudAlerts => {
+            let f = search_filter(state, route, p, audit, AlertFilter::parse)?;
+            page_body(p, records::fraud_alerts(s, f).await.map_err(db)?)
+        }
         Action::SearchRejections => {
             let f = search_filter(state, route, p, audit, RejectionFilter::parse)?;
             page_body(p, records::search_rejections(s, f).await.map_err(db)?)
@@ -480,6 +484,7 @@ async fn run(
                 .await
                 .map_err(db)?
                 .ok_or(Problem::NotFound)?;
+            t["fraud_alerts"] = json!(records::alerts_of(s, &id).await.map_err(db)?);
             t["deliveries"] = json!(events::of_event(s, &id).await.map_err(db)?);
             Done::ok(t, 1)
         }

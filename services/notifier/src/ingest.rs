@@ -59,6 +59,8 @@ struct Piece {
     headers: OwnedHeaders,
     deliveries: Vec<NewDelivery>,
     item: Option<DigestItem>,
+    /// A fraud alert, kept with the merchant's record whether or not it is delivered.
+    alert: Option<FraudAlert>,
     /// A transaction's terminal timestamp (alerts have none), for the end-to-end histogram.
     transaction_time: Option<i64>,
     /// Tracing on: this record's span, ended when its batch is in the outbox.
@@ -116,19 +118,19 @@ pub async fn run(
                     let source = format!("{topic}/{partition}/{offset}");
                     let rendered = if topic == validated_t {
                         m.events.with_label_values(&["transaction"]).inc();
-                        decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(|v| (transaction(&prefs, &v), Some(v.transaction.transaction_time))))
+                        decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(|v| (transaction(&prefs, &v), Some(v.transaction.transaction_time), None)))
                     } else {
                         m.events.with_label_values(&["fraud_alert"]).inc();
-                        decode_with_retry(&alert_dec, &payload, &ctx).await.map(|r| r.map(|a| (alert(&prefs, &a), None)))
+                        decode_with_retry(&alert_dec, &payload, &ctx).await.map(|r| r.map(|a| (alert(&prefs, &a), None, Some(a))))
                     };
                     match rendered {
-                        Some(Ok(((mut deliveries, item), transaction_time))) => {
+                        Some(Ok(((mut deliveries, item), transaction_time, alert))) => {
                             let span = headers::record_span("notifier.enqueue", Some(&hdrs));
                             // Each attempt will be a span of this trace (dispatch).
                             if let Some(tp) = posflow_runtime::trace::traceparent(&span) {
                                 deliveries.iter_mut().for_each(|d| d.traceparent = Some(tp.clone()));
                             }
-                            batch.push(Piece { source, payload, headers: hdrs, deliveries, item, transaction_time, _span: span })
+                            batch.push(Piece { source, payload, headers: hdrs, deliveries, item, alert, transaction_time, _span: span })
                         }
                         Some(Err(detail)) => {
                             let letter = DeadLetter { reason: "DECODE_FAILED".into(), detail, stage: "notifier".into(), source, received_at: now_millis(), payload };
@@ -212,7 +214,8 @@ async fn write(
         .flat_map(|p| p.deliveries.iter().cloned())
         .collect();
     let items: Vec<DigestItem> = batch.iter().filter_map(|p| p.item.clone()).collect();
-    match insert(conn, &deliveries, &items, ctx).await {
+    let alerts: Vec<&FraudAlert> = batch.iter().filter_map(|p| p.alert.as_ref()).collect();
+    match insert(conn, &deliveries, &items, &alerts, ctx).await {
         None => return Ok(false),
         Some(Ok(())) => return Ok(true),
         Some(Err(e)) => {
@@ -221,7 +224,8 @@ async fn write(
     }
     for p in batch {
         let items: Vec<DigestItem> = p.item.iter().cloned().collect();
-        match insert(conn, &p.deliveries, &items, ctx).await {
+        let alerts: Vec<&FraudAlert> = p.alert.iter().collect();
+        match insert(conn, &p.deliveries, &items, &alerts, ctx).await {
             None => return Ok(false),
             Some(Ok(())) => {}
             Some(Err(e)) => {
@@ -247,13 +251,14 @@ async fn insert(
     conn: &mut Conn,
     deliveries: &[NewDelivery],
     items: &[DigestItem],
+    alerts: &[&FraudAlert],
     ctx: &Context,
 ) -> Option<Result<(), posflow_pg::DbError>> {
     let m = metrics();
     let mut backoff = Backoff::outage();
     loop {
         let client = conn.get(ctx).await?;
-        match store::enqueue(client, deliveries, items).await {
+        match store::enqueue(client, deliveries, items, alerts).await {
             Ok((new_deliveries, new_items)) => {
                 m.enqueued
                     .with_label_values(&["delivery"])

@@ -5,6 +5,7 @@
 use crate::prefs::{Mode, Preferences};
 use crate::sealed::Keys;
 use posflow_pg::{DbError, Migrations};
+use posflow_schema::FraudAlert;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +34,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             4,
             "events and rotation",
             include_str!("../migrations/0004_events_and_rotation.sql"),
+        ),
+        (
+            5,
+            "fraud alerts",
+            include_str!("../migrations/0005_fraud_alerts.sql"),
         ),
     ],
 };
@@ -261,18 +267,36 @@ pub struct DigestItem {
     pub auth_code: Option<String>,
 }
 
-/// Adds deliveries and digest items in one transaction; ones already there are left alone.
-/// Returns how many of each were new.
+/// Adds deliveries, digest items and fraud alerts in one transaction; ones already there are
+/// left alone. Returns how many deliveries and items were new.
 pub async fn enqueue(
     client: &mut Client,
     deliveries: &[NewDelivery],
     items: &[DigestItem],
+    alerts: &[&FraudAlert],
 ) -> Result<(u64, u64), DbError> {
     let tx = client.transaction().await?;
     let new_deliveries = insert_deliveries(&tx, deliveries).await?;
     let new_items = insert_items(&tx, items).await?;
+    insert_alerts(&tx, alerts).await?;
     tx.commit().await?;
     Ok((new_deliveries, new_items))
+}
+
+async fn insert_alerts(
+    tx: &tokio_postgres::Transaction<'_>,
+    alerts: &[&FraudAlert],
+) -> Result<(), DbError> {
+    for a in alerts {
+        tx.execute(
+            "INSERT INTO fraud_alerts (alert_id, merchant_id, terminal_id, rule_id, severity, score, evidence_transaction_ids, detected_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, to_timestamp($8::float8 / 1000)) ON CONFLICT (alert_id) DO NOTHING",
+            &[&a.alert_id, &a.merchant_id, &a.terminal_id, &a.rule_id, &format!("{:?}", a.severity).to_lowercase(),
+              &a.score, &a.evidence_transaction_ids, &(a.detected_at as f64)],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 async fn insert_deliveries(
