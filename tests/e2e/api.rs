@@ -1805,3 +1805,92 @@ async fn fraud_alerts_are_kept_with_the_merchants_record() {
         .get(0);
     assert_eq!(stored, 3, "each alert once, the repeated one too");
 }
+
+/// An API replica killed (SIGKILL) while it makes a report: nothing of its work survives (one
+/// transaction), another replica takes the report over when the lease runs out, and the report
+/// comes out whole — every row, SQL's totals, one report.ready.
+#[tokio::test]
+async fn a_report_whose_runner_is_killed_is_finished_by_another_replica() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let m = format!("K{}", tag(&d));
+    let owner = owner_db(&d).await;
+    seed(&owner, &m, 200_000).await;
+    let fin = make_key(&d, Role::Finance, &[&m]).await;
+    let own = make_key(&d, Role::Owner, &[&m]).await;
+    let lease = ["--report-lease-secs", "5"];
+    let mut first = Api::start(&d, &lease).await;
+    first
+        .set_webhook(
+            &m,
+            &own,
+            "https://93.184.216.34/hooks/never-called",
+            "whsec-kill-0123456789",
+        )
+        .await;
+    let path = format!("/v1/merchants/{m}/reports");
+    let period =
+        json!({"from": "2026-01-01T00:00:00Z", "to": "2026-12-01T00:00:00Z", "format": "json"});
+    let r = first
+        .call(
+            "POST",
+            &path,
+            Some(&fin),
+            Some(&period),
+            &[("idempotency-key", "killed")],
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.json);
+    let id = r.json["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while first.get(&format!("{path}/{id}"), &fin).await.json["status"] != "running" {
+        assert!(std::time::Instant::now() < deadline, "the runner claims it");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.service.kill();
+    let chunks: i64 = owner
+        .query_one(
+            "SELECT count(*) FROM api_report_chunks WHERE report_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(chunks, 0, "the killed runner's work is not visible");
+
+    let second = Api::start(&d, &lease).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let report = loop {
+        let r = second.get(&format!("{path}/{id}"), &fin).await;
+        if r.json["status"] == "ready" {
+            break r.json;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.json);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report["rows"], 200_000);
+    let sum: i64 = owner
+        .query_one(
+            "SELECT sum(amount_minor)::bigint FROM transactions WHERE merchant_id = $1",
+            &[&m],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let reported: i64 = report["totals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["amount_minor"].as_i64().unwrap())
+        .sum();
+    assert_eq!(reported, sum);
+    let rows: Vec<Value> =
+        serde_json::from_slice(&second.raw_get(&format!("{path}/{id}/download"), &fin).await)
+            .unwrap();
+    assert_eq!(rows.len(), 200_000);
+    let announced: i64 = owner
+        .query_one("SELECT count(*) FROM notification_outbox WHERE event_id = $1 AND event_type = 'report.ready'", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(announced, 1, "one report.ready, however many runners tried");
+}

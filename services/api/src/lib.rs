@@ -98,6 +98,10 @@ pub struct Args {
     /// another replica or with the CLI stops working within this; 0: every request asks.
     #[arg(long, env = "POSFLOW_API_KEY_CACHE_SECS", default_value_t = 5)]
     pub key_cache_secs: u64,
+    /// Seconds a report runner holds a report before another replica may take it over (after a
+    /// crash). Longer than the longest report takes to make.
+    #[arg(long, env = "POSFLOW_API_REPORT_LEASE_SECS", default_value_t = 300)]
+    pub report_lease_secs: u64,
     /// Database connections per replica.
     #[arg(long, env = "POSFLOW_API_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
@@ -142,6 +146,10 @@ impl Args {
                 e.check(
                     self.key_cache_secs <= 300,
                     "--key-cache-secs must be 0..=300",
+                );
+                e.check(
+                    (5..=86_400).contains(&self.report_lease_secs),
+                    "--report-lease-secs must be 5..=86400",
                 );
                 match (&self.tls_cert, &self.tls_key) {
                     (Some(c), Some(k)) => {
@@ -231,7 +239,8 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
 
     let relay = tokio::spawn(relay_loop(args.kafka.clone(), url.clone(), ctx.clone()));
     let owner = format!("{}-{}", args.common.http_addr, std::process::id());
-    let runner = tokio::spawn(reports::run(url, owner, ctx.shutdown.clone()));
+    let lease = Duration::from_secs(args.report_lease_secs);
+    let runner = tokio::spawn(reports::run(url, owner, lease, ctx.shutdown.clone()));
     let drain = args.common.drain();
     let http = tokio::spawn(server::serve(
         listener,

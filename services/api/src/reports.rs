@@ -19,8 +19,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 use tokio_postgres::{Client, Row};
 
-/// How long a runner holds a report before another may take it over (a crashed runner's).
-pub const LEASE: Duration = Duration::from_secs(300);
 /// Rows per fetch from the cursor.
 const FETCH: i32 = 2_000;
 /// Bytes per stored chunk (and per piece of a download).
@@ -293,15 +291,28 @@ fn write_row(
 }
 
 /// Makes one claimed report, all in one transaction: the file's chunks, its totals, its
-/// status, and the report.ready webhook.
-async fn generate(client: &mut Client, id: &str, merchant: &str) -> Result<(), DbError> {
+/// status, and the report.ready webhook. The transaction holds the report's row locked, so
+/// however long it takes, no other runner's claim (`FOR UPDATE SKIP LOCKED`) can take it over
+/// while this one lives; the lease only frees a dead runner's report.
+async fn generate(
+    client: &mut Client,
+    id: &str,
+    merchant: &str,
+    owner: &str,
+) -> Result<(), DbError> {
     let s = Scoped::begin(client, &Scope::for_job(merchant), AppFilter::Enforced).await?;
-    let row =
-        s.tx.query_one(
-            "SELECT period_from, period_to, format FROM api_reports WHERE id = $1",
-            &[&id],
+    let Some(row) =
+        s.tx.query_opt(
+            "SELECT period_from, period_to, format FROM api_reports
+              WHERE id = $1 AND status = 'running' AND lease_owner = $2 FOR UPDATE",
+            &[&id, &owner],
         )
-        .await?;
+        .await?
+    else {
+        // Taken over between our claim and now (we were slower than the lease): theirs now.
+        tracing::warn!(report = %id, "lost the report's lease before starting it");
+        return Ok(());
+    };
     let (from, to, format): (SystemTime, SystemTime, String) = (row.get(0), row.get(1), row.get(2));
     let csv = format == "csv";
     s.tx.execute("DELETE FROM api_report_chunks WHERE report_id = $1", &[&id])
@@ -389,7 +400,14 @@ async fn generate(client: &mut Client, id: &str, merchant: &str) -> Result<(), D
 
 /// The runner: claims queued reports (any replica's) and makes them, one at a time, until
 /// shutdown. A failure is recorded on the report; a crash leaves the lease to run out.
-pub async fn run(url: String, owner: String, shutdown: Shutdown) -> anyhow::Result<()> {
+/// `lease`: how long a claim holds before another runner may take the report over (a crashed
+/// runner's).
+pub async fn run(
+    url: String,
+    owner: String,
+    lease: Duration,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let mut client: Option<Client> = None;
     while !shutdown.is_triggered() {
         if client.as_ref().is_none_or(Client::is_closed) {
@@ -400,7 +418,7 @@ pub async fn run(url: String, owner: String, shutdown: Shutdown) -> anyhow::Resu
             match c
                 .query_opt(
                     "SELECT id, merchant_id FROM posflow_claim_report($1, $2)",
-                    &[&owner, &LEASE.as_secs_f64()],
+                    &[&owner, &lease.as_secs_f64()],
                 )
                 .await
             {
@@ -408,7 +426,7 @@ pub async fn run(url: String, owner: String, shutdown: Shutdown) -> anyhow::Resu
                     worked = true;
                     let (id, merchant): (String, String) = (r.get(0), r.get(1));
                     let started = std::time::Instant::now();
-                    match generate(c, &id, &merchant).await {
+                    match generate(c, &id, &merchant, &owner).await {
                         Ok(()) => {
                             tracing::info!(report = %id, merchant = %merchant, secs = started.elapsed().as_secs_f64(), "report ready")
                         }
@@ -421,8 +439,9 @@ pub async fn run(url: String, owner: String, shutdown: Shutdown) -> anyhow::Resu
                                 let _ = s
                                     .tx
                                     .execute(
-                                        "UPDATE api_reports SET status = 'failed', error = $2, lease_owner = NULL WHERE id = $1",
-                                        &[&id, &e.summary()],
+                                        "UPDATE api_reports SET status = 'failed', error = $2, lease_owner = NULL
+                                          WHERE id = $1 AND lease_owner = $3",
+                                        &[&id, &e.summary(), &owner],
                                     )
                                     .await;
                                 let _ = s.commit().await;
