@@ -18,7 +18,8 @@ use posflow_schema::{rfc3339_millis, AuditRecord};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, SimpleQueryMessage, Statement};
 
 /// Serialises appends to the chain across replicas and the CLI.
 pub const APPEND_LOCK: i64 = 0x706f_7366_6175_6469; // "posfaudi"
@@ -133,56 +134,148 @@ const COLUMNS: &str =
     "seq, at_ms, actor, role, merchant_id, action, resource, filter, row_count, status, \
     outcome, source, request_id, reason, before, after, prev_hash, hash";
 
+/// Every row of a batch in one statement: one array per column, zipped by `unnest`.
+const INSERT: &str = "INSERT INTO api_audit (seq, at_ms, actor, role, merchant_id, action, resource, filter, row_count, status, \
+    outcome, source, request_id, reason, before, after, prev_hash, hash) \
+    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+    $8::text[], $9::integer[], $10::integer[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], \
+    $16::text[], $17::bytea[], $18::bytea[])";
+
+/// Prepares the append's statement on `client` (once per connection: see [`append_with`]).
+pub async fn prepare_append(client: &Client) -> Result<Statement, DbError> {
+    Ok(client.prepare(INSERT).await?)
+}
+
 /// Appends entries to the chain in one transaction; returns their seqs.
 pub async fn append(client: &mut Client, entries: &[Entry]) -> Result<Vec<i64>, DbError> {
-    let tx = client.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&APPEND_LOCK])
-        .await?;
-    let tail = tx
-        .query_opt("SELECT seq, hash FROM posflow_audit_tail()", &[])
-        .await?;
-    let (mut seq, mut prev): (i64, Vec<u8>) = match tail {
-        Some(r) => (r.get(0), r.get(1)),
-        None => (0, vec![0; 32]),
-    };
-    let insert = tx
-        .prepare(&format!(
-            "INSERT INTO api_audit ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18)"
-        ))
-        .await?;
-    let mut seqs = Vec::with_capacity(entries.len());
-    for e in entries {
-        seq += 1;
-        let hash = e.hash(seq, &prev);
-        tx.execute(
-            &insert,
-            &[
-                &seq,
-                &e.at_ms,
-                &e.actor,
-                &e.role,
-                &e.merchant_id,
-                &e.action,
-                &e.resource,
-                &e.filter,
-                &e.row_count,
-                &e.status,
-                &e.outcome,
-                &e.source,
-                &e.request_id,
-                &e.reason,
-                &e.before,
-                &e.after,
-                &prev,
-                &hash,
-            ],
-        )
-        .await?;
-        seqs.push(seq);
-        prev = hash;
+    let insert = prepare_append(client).await?;
+    append_with(client, &insert, entries).await
+}
+
+/// [`append`] with the statement already prepared: three round trips whatever the batch's
+/// size — BEGIN, the chain's lock and its tail in one message; every row in one INSERT; COMMIT.
+/// (The tail is its own statement so that its snapshot is taken after the lock is held.)
+pub async fn append_with(
+    client: &mut Client,
+    insert: &Statement,
+    entries: &[Entry],
+) -> Result<Vec<i64>, DbError> {
+    let result = async {
+        let head = client
+            .simple_query(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK}); \
+                 SELECT seq, encode(hash, 'hex') FROM posflow_audit_tail()"
+            ))
+            .await?;
+        let tail = head.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) if r.len() == 2 => Some((r.get(0), r.get(1))),
+            _ => None,
+        });
+        let (mut seq, mut prev): (i64, Vec<u8>) = match tail {
+            Some((Some(seq), Some(hash))) => (
+                seq.parse()
+                    .map_err(|_| DbError::Unexpected(format!("audit tail seq {seq:?}")))?,
+                unhex(hash)
+                    .ok_or_else(|| DbError::Unexpected(format!("audit tail hash {hash:?}")))?,
+            ),
+            _ => (0, vec![0; 32]),
+        };
+        let mut cols = Columns::default();
+        let mut seqs = Vec::with_capacity(entries.len());
+        for e in entries {
+            seq += 1;
+            let hash = e.hash(seq, &prev);
+            cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
+            seqs.push(seq);
+        }
+        client.execute(insert, &cols.params()).await?;
+        client.batch_execute("COMMIT").await?;
+        Ok(seqs)
     }
-    tx.commit().await?;
-    Ok(seqs)
+    .await;
+    if result.is_err() {
+        // Leave the connection usable (or let the caller see it closed).
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    result
+}
+
+/// A batch of entries, column by column, for [`INSERT`].
+#[derive(Default)]
+struct Columns<'a> {
+    seq: Vec<i64>,
+    at_ms: Vec<i64>,
+    text: [Vec<&'a str>; 10],
+    row_count: Vec<i32>,
+    status: Vec<i32>,
+    before: Vec<Option<&'a str>>,
+    after: Vec<Option<&'a str>>,
+    prev_hash: Vec<Vec<u8>>,
+    hash: Vec<Vec<u8>>,
+}
+
+impl<'a> Columns<'a> {
+    fn push(&mut self, seq: i64, e: &'a Entry, prev_hash: Vec<u8>, hash: Vec<u8>) {
+        self.seq.push(seq);
+        self.at_ms.push(e.at_ms);
+        let text = [
+            &e.actor,
+            &e.role,
+            &e.merchant_id,
+            &e.action,
+            &e.resource,
+            &e.filter,
+            &e.outcome,
+            &e.source,
+            &e.request_id,
+            &e.reason,
+        ];
+        for (col, v) in self.text.iter_mut().zip(text) {
+            col.push(v);
+        }
+        self.row_count.push(e.row_count);
+        self.status.push(e.status);
+        self.before.push(e.before.as_deref());
+        self.after.push(e.after.as_deref());
+        self.prev_hash.push(prev_hash);
+        self.hash.push(hash);
+    }
+
+    /// In [`INSERT`]'s order.
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        let t = &self.text;
+        vec![
+            &self.seq,
+            &self.at_ms,
+            &t[0],
+            &t[1],
+            &t[2],
+            &t[3],
+            &t[4],
+            &t[5],
+            &self.row_count,
+            &self.status,
+            &t[6],
+            &t[7],
+            &t[8],
+            &t[9],
+            &self.before,
+            &self.after,
+            &self.prev_hash,
+            &self.hash,
+        ]
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    (s.len() % 2 == 0)
+        .then(|| {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten()
 }
 
 /// What `audit verify` found.
@@ -327,33 +420,41 @@ impl Auditor {
     ) -> (Self, tokio::task::JoinHandle<anyhow::Result<()>>) {
         let (tx, mut rx) = mpsc::channel::<Pending>(max_batch * 4);
         let task = tokio::spawn(async move {
-            let mut client: Option<Client> = None;
+            // The connection and the append's statement, prepared once on it.
+            let mut conn: Option<(Client, Statement)> = None;
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < max_batch {
+                let (mut entries, mut waiting) = (vec![first.0], vec![first.1]);
+                while entries.len() < max_batch {
                     match rx.try_recv() {
-                        Ok(p) => batch.push(p),
+                        Ok((e, done)) => {
+                            entries.push(e);
+                            waiting.push(done);
+                        }
                         Err(_) => break,
                     }
                 }
-                if client.as_ref().is_none_or(Client::is_closed) {
-                    client = connect().await.ok();
+                if conn.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                    conn = match connect().await {
+                        Ok(c) => prepare_append(&c).await.ok().map(|st| (c, st)),
+                        Err(_) => None,
+                    };
                 }
-                let entries: Vec<Entry> = batch.iter().map(|(e, _)| e.clone()).collect();
-                let result = match client.as_mut() {
-                    Some(c) => append(c, &entries).await.map_err(|e| e.summary()),
+                let result = match conn.as_mut() {
+                    Some((c, insert)) => append_with(c, insert, &entries)
+                        .await
+                        .map_err(|e| e.summary()),
                     None => Err("cannot connect to the database".into()),
                 };
                 match result {
                     Ok(seqs) => {
-                        for ((_, done), seq) in batch.into_iter().zip(seqs) {
+                        for (done, seq) in waiting.into_iter().zip(seqs) {
                             let _ = done.send(Ok(seq));
                         }
                     }
                     Err(why) => {
-                        tracing::error!(error = %why, rows = batch.len(), "audit append failed; the requests fail");
-                        client = None;
-                        for (_, done) in batch {
+                        tracing::error!(error = %why, rows = entries.len(), "audit append failed; the requests fail");
+                        conn = None;
+                        for done in waiting {
                             let _ = done.send(Err(why.clone()));
                         }
                     }

@@ -3,11 +3,16 @@
 
 use crate::topics::Retention;
 use crate::{KafkaArgs, CATALOGUE};
+use posflow_runtime::Backoff;
 use posflow_schema::value_subject;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
 use std::time::Duration;
+
+/// Retries of a subject's registration while the registry is unavailable (each call waits up
+/// to 15 s).
+const REGISTRY_ATTEMPTS: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct ProvisionPlan {
@@ -104,14 +109,26 @@ pub async fn provision(
             topic: topic.clone(),
             source,
         };
-        let id = registry
-            .register(&subject, spec.value.json())
-            .await
-            .map_err(schema_err)?;
-        registry
-            .set_compatibility(&subject, "BACKWARD")
-            .await
-            .map_err(schema_err)?;
+        // A registry that stalls (a GC pause, a restart) is waited out a few times; a refusal
+        // is final at once.
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        let mut attempts = 0;
+        let id = loop {
+            let attempt = async {
+                let id = registry.register(&subject, spec.value.json()).await?;
+                registry.set_compatibility(&subject, "BACKWARD").await?;
+                Ok::<_, posflow_schema::RegistryError>(id)
+            };
+            match attempt.await {
+                Ok(id) => break id,
+                Err(e) if e.is_retriable() && attempts < REGISTRY_ATTEMPTS => {
+                    attempts += 1;
+                    tracing::warn!(subject = %subject, error = %e, attempt = attempts, "schema registry unavailable; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(schema_err(e)),
+            }
+        };
         report.schemas.push((subject, id));
     }
     Ok(report)

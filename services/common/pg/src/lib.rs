@@ -66,6 +66,10 @@ pub enum DbError {
     /// The URL's TLS settings cannot be used (bad sslmode, unreadable sslrootcert).
     #[error("database TLS settings: {0}")]
     Tls(String),
+    /// An answer that does not have the shape the query promises (a text value that does not
+    /// parse): a bug or a tampered function, never retried into silence.
+    #[error("database answered unexpectedly: {0}")]
+    Unexpected(String),
 }
 
 impl DbError {
@@ -80,7 +84,7 @@ impl DbError {
     pub fn sqlstate(&self) -> Option<&str> {
         match self {
             DbError::Postgres(e) => e.code().map(|c| c.code()),
-            DbError::Tls(_) => None,
+            DbError::Tls(_) | DbError::Unexpected(_) => None,
         }
     }
 
@@ -92,7 +96,7 @@ impl DbError {
                 Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
                 None => e.to_string(),
             },
-            DbError::Tls(why) => why.clone(),
+            DbError::Tls(why) | DbError::Unexpected(why) => why.clone(),
         }
     }
 }
