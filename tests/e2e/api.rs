@@ -8,7 +8,7 @@ use posflow_api::query::Params;
 use posflow_api::records::{
     self, RejectionFilter, TransactionFilter, REJECTION_PARAMS, TRANSACTION_PARAMS,
 };
-use posflow_e2e::api::{make_key, owner_db, seed, Api};
+use posflow_e2e::api::{make_key, owner_db, seed, Api, Resp};
 use posflow_e2e::notify::{outcomes, validated, Behaviour, Receiver};
 use posflow_e2e::{with_login, Deployment};
 use posflow_schema::{AuditRecord, DeliveryStatus, TransactionType};
@@ -1469,6 +1469,63 @@ async fn a_failed_range_is_redelivered_once_under_the_original_keys() {
     );
 }
 
+/// `POST …/reports` for `period` under `idempotency_key`.
+async fn post_report(api: &Api, m: &str, key: &str, period: &Value, idempotency_key: &str) -> Resp {
+    let path = format!("/v1/merchants/{m}/reports");
+    api.call(
+        "POST",
+        &path,
+        Some(key),
+        Some(period),
+        &[("idempotency-key", idempotency_key)],
+    )
+    .await
+}
+
+/// Polls report `id` until its status is `want` (a failure or `within` ends the test), calling
+/// `each` at every poll; the report.
+async fn wait_report(
+    api: &Api,
+    m: &str,
+    id: &str,
+    key: &str,
+    want: &str,
+    within: Duration,
+    mut each: impl FnMut(),
+) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        each();
+        let r = api
+            .get(&format!("/v1/merchants/{m}/reports/{id}"), key)
+            .await;
+        if r.json["status"] == want {
+            return r.json;
+        }
+        assert_ne!(r.json["status"], "failed", "{}", r.json);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waiting for {want}: {}",
+            r.json
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SQL's totals of `m`'s transactions in [from, to), in the report's shape and order.
+async fn sql_totals(owner: &tokio_postgres::Client, m: &str, from: &str, to: &str) -> Value {
+    let rows = owner
+        .query(
+            "SELECT currency, type, count(*), sum(amount_minor)::bigint FROM transactions WHERE merchant_id = $1
+              AND transaction_time >= $2::text::timestamptz AND transaction_time < $3::text::timestamptz
+              GROUP BY 1, 2 ORDER BY 1, 2",
+            &[&m, &from, &to],
+        )
+        .await
+        .unwrap();
+    Value::Array(rows.iter().map(|w| json!({"currency": w.get::<_, String>(0), "type": w.get::<_, String>(1), "count": w.get::<_, i64>(2), "amount_minor": w.get::<_, i64>(3)})).collect())
+}
+
 /// A report over 100,000 transactions: queued once per Idempotency-Key, made with the API's
 /// memory flat, its totals equal to SQL's sum over the same rows, downloadable byte for byte
 /// (checksum), announced by a report.ready webhook that verifies, and acknowledged — support
@@ -1511,26 +1568,10 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
         (400, Some("Idempotency-Key"))
     );
     let rss_before = posflow_e2e::rss_kib(api.service.child.id());
-    let first = api
-        .call(
-            "POST",
-            &path,
-            Some(&fin),
-            Some(&period),
-            &[("idempotency-key", "month-end-1")],
-        )
-        .await;
+    let first = post_report(&api, &m, &fin, &period, "month-end-1").await;
     assert_eq!(first.status, 202, "{}", first.json);
     let id = first.json["id"].as_str().unwrap().to_string();
-    let again = api
-        .call(
-            "POST",
-            &path,
-            Some(&fin),
-            Some(&period),
-            &[("idempotency-key", "month-end-1")],
-        )
-        .await;
+    let again = post_report(&api, &m, &fin, &period, "month-end-1").await;
     assert_eq!(
         (again.status, again.json["id"].as_str()),
         (200, Some(id.as_str())),
@@ -1538,43 +1579,26 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
     );
     let mut other = period.clone();
     other["format"] = json!("json");
-    let clash = api
-        .call(
-            "POST",
-            &path,
-            Some(&fin),
-            Some(&other),
-            &[("idempotency-key", "month-end-1")],
-        )
-        .await;
+    let clash = post_report(&api, &m, &fin, &other, "month-end-1").await;
     assert_eq!(clash.status, 409, "{}", clash.json);
 
     // Wait for it, sampling the API's memory.
     let mut rss_max = rss_before;
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let report = loop {
-        rss_max = rss_max.max(posflow_e2e::rss_kib(api.service.child.id()));
-        let r = api.get(&format!("{path}/{id}"), &fin).await;
-        if r.json["status"] == "ready" {
-            break r.json;
-        }
-        assert_ne!(r.json["status"], "failed", "{}", r.json);
-        assert!(std::time::Instant::now() < deadline, "{}", r.json);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pid = api.service.child.id();
+    let report = wait_report(
+        &api,
+        &m,
+        &id,
+        &fin,
+        "ready",
+        Duration::from_secs(300),
+        || rss_max = rss_max.max(posflow_e2e::rss_kib(pid)),
+    )
+    .await;
     assert_eq!(report["rows"], 100_000);
-    let want = owner
-        .query(
-            "SELECT currency, type, count(*), sum(amount_minor)::bigint FROM transactions WHERE merchant_id = $1
-              AND transaction_time >= '2026-09-01Z' AND transaction_time < '2026-12-01Z' GROUP BY 1, 2 ORDER BY 1, 2",
-            &[&m],
-        )
-        .await
-        .unwrap();
-    let want: Vec<Value> = want.iter().map(|w| json!({"currency": w.get::<_, String>(0), "type": w.get::<_, String>(1), "count": w.get::<_, i64>(2), "amount_minor": w.get::<_, i64>(3)})).collect();
     assert_eq!(
         report["totals"],
-        json!(want),
+        sql_totals(&owner, &m, "2026-09-01Z", "2026-12-01Z").await,
         "the report's totals are SQL's sum"
     );
 
@@ -1684,22 +1708,19 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
     // The same in JSON, over a shorter period: an array of exactly its rows.
     let week =
         json!({"from": "2026-11-23T12:00:00Z", "to": "2026-11-30T12:00:00Z", "format": "json"});
-    let r = api
-        .call(
-            "POST",
-            &path,
-            Some(&own),
-            Some(&week),
-            &[("idempotency-key", "week-48")],
-        )
-        .await;
+    let r = post_report(&api, &m, &own, &week, "week-48").await;
     assert_eq!(r.status, 202, "{}", r.json);
     let wid = r.json["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while api.get(&format!("{path}/{wid}"), &own).await.json["status"] != "ready" {
-        assert!(std::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_report(
+        &api,
+        &m,
+        &wid,
+        &own,
+        "ready",
+        Duration::from_secs(120),
+        || {},
+    )
+    .await;
     let rows: Vec<Value> =
         serde_json::from_slice(&api.raw_get(&format!("{path}/{wid}/download"), &own).await)
             .unwrap();
@@ -1830,22 +1851,19 @@ async fn a_report_whose_runner_is_killed_is_finished_by_another_replica() {
     let path = format!("/v1/merchants/{m}/reports");
     let period =
         json!({"from": "2026-01-01T00:00:00Z", "to": "2026-12-01T00:00:00Z", "format": "json"});
-    let r = first
-        .call(
-            "POST",
-            &path,
-            Some(&fin),
-            Some(&period),
-            &[("idempotency-key", "killed")],
-        )
-        .await;
+    let r = post_report(&first, &m, &fin, &period, "killed").await;
     assert_eq!(r.status, 202, "{}", r.json);
     let id = r.json["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while first.get(&format!("{path}/{id}"), &fin).await.json["status"] != "running" {
-        assert!(std::time::Instant::now() < deadline, "the runner claims it");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_report(
+        &first,
+        &m,
+        &id,
+        &fin,
+        "running",
+        Duration::from_secs(30),
+        || {},
+    )
+    .await;
     first.service.kill();
     let chunks: i64 = owner
         .query_one(
@@ -1858,31 +1876,22 @@ async fn a_report_whose_runner_is_killed_is_finished_by_another_replica() {
     assert_eq!(chunks, 0, "the killed runner's work is not visible");
 
     let second = Api::start(&d, &lease).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    let report = loop {
-        let r = second.get(&format!("{path}/{id}"), &fin).await;
-        if r.json["status"] == "ready" {
-            break r.json;
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", r.json);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let report = wait_report(
+        &second,
+        &m,
+        &id,
+        &fin,
+        "ready",
+        Duration::from_secs(120),
+        || {},
+    )
+    .await;
     assert_eq!(report["rows"], 200_000);
-    let sum: i64 = owner
-        .query_one(
-            "SELECT sum(amount_minor)::bigint FROM transactions WHERE merchant_id = $1",
-            &[&m],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let reported: i64 = report["totals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["amount_minor"].as_i64().unwrap())
-        .sum();
-    assert_eq!(reported, sum);
+    assert_eq!(
+        report["totals"],
+        sql_totals(&owner, &m, "2026-01-01Z", "2026-12-01Z").await,
+        "the report's totals are SQL's sum"
+    );
     let rows: Vec<Value> =
         serde_json::from_slice(&second.raw_get(&format!("{path}/{id}/download"), &fin).await)
             .unwrap();

@@ -193,14 +193,23 @@ fn transaction_json(r: &Row) -> Value {
     })
 }
 
-/// The first `limit` rows (one more was read to know whether a next page exists) and the
-/// position after the last, by its `(time, id)` columns.
-fn page(
-    rows: Vec<Row>,
+/// One page of `table`, newest first by its `(time, id)` columns: the first `limit` rows
+/// matching `w` (one more is read to know whether a next page exists) and the position after
+/// the last.
+async fn newest_first(
+    s: &Scoped<'_>,
+    (columns, table): (&str, &str),
+    w: &Where,
     limit: i64,
     (time_col, id_col): (&str, &str),
     to_json: fn(&Row) -> Value,
-) -> Page {
+) -> Result<Page, DbError> {
+    let sql = format!(
+        "SELECT {columns} FROM {table} WHERE {} ORDER BY {time_col} DESC, {id_col} DESC LIMIT {}",
+        w.sql(),
+        limit + 1
+    );
+    let rows = s.tx.query(&sql, &w.refs()).await?;
     let full = rows.len() as i64 > limit;
     let shown = &rows[..rows.len().min(limit as usize)];
     let next = (full && !shown.is_empty()).then(|| {
@@ -210,10 +219,10 @@ fn page(
             id: last.get(id_col),
         }
     });
-    Page {
+    Ok(Page {
         items: shown.iter().map(to_json).collect(),
         next,
-    }
+    })
 }
 
 /// Newest first. One row more than the page is read to know whether there is a next page.
@@ -223,19 +232,15 @@ pub async fn search_transactions(s: &Scoped<'_>, f: TransactionFilter) -> Result
     w.and_opt("card_bin = ?", f.bin);
     w.and_opt("response_code = ?", f.response_code);
     let limit = f.common.apply(&mut w, "transaction_time");
-    let sql = format!(
-        "SELECT {TRANSACTION_COLUMNS} FROM transactions WHERE {} \
-         ORDER BY transaction_time DESC, transaction_id DESC LIMIT {}",
-        w.sql(),
-        limit + 1
-    );
-    let rows = s.tx.query(&sql, &w.refs()).await?;
-    Ok(page(
-        rows,
+    newest_first(
+        s,
+        (TRANSACTION_COLUMNS, "transactions"),
+        &w,
         limit,
         ("transaction_time", "transaction_id"),
         transaction_json,
-    ))
+    )
+    .await
 }
 
 /// One transaction with its line items, or `None` (also when it is another merchant's).
@@ -296,6 +301,10 @@ impl RejectionFilter {
     }
 }
 
+const REJECTION_COLUMNS: &str =
+    "transaction_id, merchant_id, terminal_id, transaction_time, type, amount_minor, \
+    currency, reason_codes, reasons::text AS reasons, received_at, rejected_at";
+
 fn rejection_json(r: &Row) -> Value {
     json!({
         "transaction_id": r.get::<_, String>("transaction_id"),
@@ -317,20 +326,15 @@ pub async fn search_rejections(s: &Scoped<'_>, f: RejectionFilter) -> Result<Pag
     let mut w = Where::scoped(s);
     w.and_opt("? = ANY (reason_codes)", f.reason_code);
     let limit = f.common.apply(&mut w, "transaction_time");
-    let sql = format!(
-        "SELECT transaction_id, merchant_id, terminal_id, transaction_time, type, amount_minor, currency, \
-         reason_codes, reasons::text AS reasons, received_at, rejected_at FROM rejections WHERE {} \
-         ORDER BY transaction_time DESC, transaction_id DESC LIMIT {}",
-        w.sql(),
-        limit + 1
-    );
-    let rows = s.tx.query(&sql, &w.refs()).await?;
-    Ok(page(
-        rows,
+    newest_first(
+        s,
+        (REJECTION_COLUMNS, "rejections"),
+        &w,
         limit,
         ("transaction_time", "transaction_id"),
         rejection_json,
-    ))
+    )
+    .await
 }
 
 pub const TOTALS_PARAMS: &[&str] = &["from", "to"];
@@ -409,13 +413,15 @@ pub async fn fraud_alerts(s: &Scoped<'_>, f: AlertFilter) -> Result<Page, DbErro
     w.and_opt("detected_at >= ?", f.from);
     w.and_opt("detected_at < ?", f.to);
     w.after("detected_at", "alert_id", f.after);
-    let sql = format!(
-        "SELECT {ALERT_COLUMNS} FROM fraud_alerts WHERE {} ORDER BY detected_at DESC, alert_id DESC LIMIT {}",
-        w.sql(),
-        f.limit + 1
-    );
-    let rows = s.tx.query(&sql, &w.refs()).await?;
-    Ok(page(rows, f.limit, ("detected_at", "alert_id"), alert_json))
+    newest_first(
+        s,
+        (ALERT_COLUMNS, "fraud_alerts"),
+        &w,
+        f.limit,
+        ("detected_at", "alert_id"),
+        alert_json,
+    )
+    .await
 }
 
 /// The alerts that name a transaction as evidence.

@@ -5,7 +5,8 @@
 
 use crate::prefs::Mode;
 use crate::store;
-use crate::{render, Args, Conn, Prefs};
+use crate::{render, Args, Prefs};
+use posflow_pg::Conn;
 use posflow_runtime::metrics::counter_vec;
 use posflow_runtime::Context;
 use posflow_schema::now_millis;

@@ -9,16 +9,17 @@ use crate::policy::{Answer, Breaker, RetryPolicy};
 use crate::prefs::Preferences;
 use crate::store::{self, Channel, Claimed, Settle, Settled};
 use crate::webhook::{Request, Sender};
-use crate::{connect_with_backoff, Args, Prefs};
+use crate::{Args, Prefs};
 use anyhow::Context as _;
 use dashmap::DashMap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
-use posflow_kafka::headers;
+use posflow_kafka::deadletter::{DeadLetters, Refused};
 use posflow_kafka::pipeline::{produce_until_confirmed, Output};
+use posflow_pg::connect_with_backoff;
 use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram_vec};
 use posflow_runtime::{Backoff, Context};
 use posflow_schema::{
-    now_millis, Channel as OutcomeChannel, DeadLetter, DeliveryStatus, Encoder, NotificationOutcome,
+    now_millis, Channel as OutcomeChannel, DeliveryStatus, Encoder, NotificationOutcome,
 };
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use rdkafka::message::OwnedHeaders;
@@ -127,21 +128,20 @@ struct Shared {
     producer: FutureProducer,
     status_topic: String,
     status_enc: Encoder<NotificationOutcome>,
-    dlq_topic: String,
-    dlq_enc: Encoder<DeadLetter>,
+    dead_letters: DeadLetters,
 }
 
 impl Dispatcher {
     pub async fn new(args: &Arc<Args>, prefs: Prefs) -> anyhow::Result<Self> {
         let topics = args.kafka.topics();
         let registry = args.kafka.registry();
-        let (status_topic, dlq_topic) = (topics.notification_status(), topics.deadletter());
+        let status_topic = topics.notification_status();
         let status_enc = Encoder::for_topic(&registry, &status_topic)
             .await
             .context("notification status schema (run posflow-admin provision)")?;
-        let dlq_enc = Encoder::for_topic(&registry, &dlq_topic)
-            .await
-            .context("dead-letter schema (run posflow-admin provision)")?;
+        let dead_letters =
+            DeadLetters::for_stage(&args.kafka, "notifier", metrics().dead_lettered.clone())
+                .await?;
         let timeout = Duration::from_millis(args.delivery_timeout_ms);
         let rate = NonZeroU32::new(args.merchant_rate).unwrap_or(NonZeroU32::MIN);
         let owner = args.instance.instance();
@@ -175,8 +175,7 @@ impl Dispatcher {
                 )?,
                 status_topic,
                 status_enc,
-                dlq_topic,
-                dlq_enc,
+                dead_letters,
                 owner,
             }),
         })
@@ -309,7 +308,7 @@ async fn settler(
     mut rx: tokio::sync::mpsc::UnboundedReceiver<Settled>,
     ctx: Context,
 ) {
-    let mut conn = crate::Conn::new(&args.db);
+    let mut conn = posflow_pg::Conn::new(&args.db);
     let mut batch = Vec::with_capacity(1000);
     while rx.recv_many(&mut batch, 1000).await > 0 {
         let mut backoff = Backoff::outage();
@@ -647,15 +646,7 @@ impl Shared {
     }
 
     async fn dead_letter(&self, c: &Claimed, reason: &str, error: &str, ctx: &Context) {
-        metrics().dead_lettered.with_label_values(&[reason]).inc();
-        tracing::warn!(
-            merchant = c.merchant_id,
-            key = c.idempotency_key,
-            reason,
-            error,
-            "delivery dead-lettered"
-        );
-        let letter = DeadLetter {
+        let refused = Refused {
             reason: reason.into(),
             detail: format!(
                 "{} {} to merchant {}: {error}",
@@ -663,19 +654,15 @@ impl Shared {
                 c.event_type,
                 c.merchant_id
             ),
-            stage: "notifier".into(),
             source: format!("outbox/{}/{}", c.id, c.idempotency_key),
-            received_at: now_millis(),
+            key: c.merchant_id.clone(),
             payload: c.body.clone(),
+            headers: OwnedHeaders::new(),
         };
-        match self.dlq_enc.encode(&letter) {
-            Ok(value) => {
-                let o = Output {
-                    topic: self.dlq_topic.clone(),
-                    key: c.merchant_id.clone(),
-                    value,
-                    headers: headers::with_reason(OwnedHeaders::new(), reason),
-                };
+        // The outbox row is marked dead in PostgreSQL already: this copy is for operators, and
+        // an encode failure (a bug) is logged, not fatal (posflow_kafka::deadletter).
+        match self.dead_letters.output(refused) {
+            Ok(o) => {
                 produce_until_confirmed(&self.producer, &o, ctx).await;
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a dead letter"),

@@ -4,17 +4,16 @@
 //! twice — after a crash or a rebalance — adds nothing.
 
 use crate::store::{self, DigestItem, NewDelivery};
-use crate::{render, Args, Conn, Prefs};
-use anyhow::Context as _;
-use posflow_kafka::headers;
-use posflow_kafka::pipeline::{consumed, decode_with_retry, produce_until_confirmed, Output};
+use crate::{render, Args, Prefs};
+use posflow_kafka::deadletter::{DeadLetterProducer, DeadLetters};
+use posflow_kafka::pipeline::{decode_with_retry, Batching, Input};
+use posflow_kafka::sink::{self, BatchSink, NextOffsets, WriteError};
+use posflow_pg::Conn;
 use posflow_runtime::metrics::counter_vec;
-use posflow_runtime::{Backoff, Context};
-use posflow_schema::{now_millis, DeadLetter, Decoder, Encoder, FraudAlert, TransactionValidated};
+use posflow_runtime::Context;
+use posflow_schema::{Decoder, FraudAlert, TransactionValidated};
 use prometheus::IntCounterVec;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::message::{Message, OwnedHeaders};
-use std::collections::BTreeMap;
+use rdkafka::consumer::Consumer;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -52,19 +51,14 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// One consumed record, ready to insert.
-struct Piece {
-    source: String,
-    payload: Vec<u8>,
-    headers: OwnedHeaders,
+/// One consumed record, rendered.
+pub struct Piece {
     deliveries: Vec<NewDelivery>,
     item: Option<DigestItem>,
     /// A fraud alert, kept with the merchant's record whether or not it is delivered.
     alert: Option<FraudAlert>,
     /// A transaction's terminal timestamp (alerts have none), for the end-to-end histogram.
     transaction_time: Option<i64>,
-    /// Tracing on: this record's span, ended when its batch is in the outbox.
-    _span: tracing::Span,
 }
 
 pub async fn run(
@@ -73,21 +67,16 @@ pub async fn run(
     wake: Arc<Notify>,
     ctx: Context,
 ) -> anyhow::Result<()> {
-    let m = metrics();
     let topics = args.kafka.topics();
-    let (validated_t, alerts_t, dlq_t) = (
-        topics.validated(),
-        topics.fraud_alerts(),
-        topics.deadletter(),
-    );
+    let (validated_t, alerts_t) = (topics.validated(), topics.fraud_alerts());
     let registry = args.kafka.registry();
-    let dlq_enc = Encoder::<DeadLetter>::for_topic(&registry, &dlq_t)
-        .await
-        .context("dead-letter schema (run posflow-admin provision)")?;
-    let validated_dec = Decoder::<TransactionValidated>::new(registry.clone());
-    let alert_dec = Decoder::<FraudAlert>::new(registry);
     let client_id = format!("notifier-{}", std::process::id());
-    let consumer = posflow_kafka::clients::consumer(
+    let dead = DeadLetterProducer {
+        letters: DeadLetters::for_stage(&args.kafka, "notifier", metrics().dead_lettered.clone())
+            .await?,
+        producer: posflow_kafka::clients::producer(&args.kafka, &client_id)?,
+    };
+    let consumer = sink::consumer(
         &args.kafka,
         &args.kafka.group("posflow-notifier"),
         &client_id,
@@ -96,80 +85,121 @@ pub async fn run(
     // An input deleted under the running notifier must stop it, not leave it ready and idle.
     let vanished = posflow_kafka::clients::input_vanished(
         args.kafka.clone(),
-        vec![validated_t.clone(), alerts_t.clone()],
+        vec![validated_t.clone(), alerts_t],
     );
-    tokio::pin!(vanished);
-    let producer = posflow_kafka::clients::producer(&args.kafka, &client_id)?;
-    let mut conn = Conn::new(&args.db);
-    let linger = Duration::from_millis(args.batch_linger_ms);
-    let mut batch: Vec<Piece> = Vec::with_capacity(args.batch_size);
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    loop {
-        let deadline = tokio::time::Instant::now() + linger;
-        let mut stopping = false;
-        while batch.len() < args.batch_size {
-            tokio::select! {
-                msg = consumer.recv() => {
-                    let Some(msg) = consumed(msg, &ctx).await? else { continue };
-                    let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
-                    let payload = msg.payload().unwrap_or_default().to_vec();
-                    let hdrs = msg.headers().map(|h| h.detach()).unwrap_or_default();
-                    drop(msg);
-                    let source = format!("{topic}/{partition}/{offset}");
-                    let rendered = if topic == validated_t {
-                        m.events.with_label_values(&["transaction"]).inc();
-                        decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(|v| (transaction(&prefs, &v), Some(v.transaction.transaction_time), None)))
-                    } else {
-                        m.events.with_label_values(&["fraud_alert"]).inc();
-                        decode_with_retry(&alert_dec, &payload, &ctx).await.map(|r| r.map(|a| (alert(&prefs, &a), None, Some(a))))
-                    };
-                    match rendered {
-                        Some(Ok(((mut deliveries, item), transaction_time, alert))) => {
-                            let span = headers::record_span("notifier.enqueue", Some(&hdrs));
-                            // Each attempt will be a span of this trace (dispatch).
-                            if let Some(tp) = posflow_runtime::trace::traceparent(&span) {
-                                deliveries.iter_mut().for_each(|d| d.traceparent = Some(tp.clone()));
-                            }
-                            batch.push(Piece { source, payload, headers: hdrs, deliveries, item, alert, transaction_time, _span: span })
-                        }
-                        Some(Err(detail)) => {
-                            let letter = DeadLetter { reason: "DECODE_FAILED".into(), detail, stage: "notifier".into(), source, received_at: now_millis(), payload };
-                            if !dead_letter(&producer, &dlq_t, &dlq_enc, letter, hdrs, &ctx).await? {
-                                stopping = true;
-                                break;
-                            }
-                        }
-                        None => { stopping = true; break; }
+    let mut outbox = Outbox {
+        conn: Conn::new(&args.db),
+        prefs,
+        wake,
+        validated_t,
+        validated_dec: Decoder::new(registry.clone()),
+        alert_dec: Decoder::new(registry),
+    };
+    let batching = Batching {
+        max_records: args.batch_size,
+        linger: Duration::from_millis(args.batch_linger_ms),
+    };
+    sink::run(&consumer, &mut outbox, &dead, batching, &ctx, vanished).await
+}
+
+/// The outbox as a batch sink. Kafka's committed offsets are the truth on where to resume:
+/// inserts are idempotent on the idempotency key, so a record consumed twice adds nothing.
+struct Outbox {
+    conn: Conn,
+    prefs: Prefs,
+    /// Told after every batch: the dispatcher looks for new rows at once.
+    wake: Arc<Notify>,
+    validated_t: String,
+    validated_dec: Decoder<TransactionValidated>,
+    alert_dec: Decoder<FraudAlert>,
+}
+
+impl BatchSink for Outbox {
+    type Item = Piece;
+    const SPAN: &'static str = "notifier.enqueue";
+
+    async fn prepare(
+        &mut self,
+        input: &Input,
+        span: &tracing::Span,
+        ctx: &Context,
+    ) -> Option<Result<Piece, String>> {
+        let m = metrics();
+        let payload = input.payload.as_deref().unwrap_or_default();
+        let piece = if input.topic == self.validated_t {
+            m.events.with_label_values(&["transaction"]).inc();
+            decode_with_retry(&self.validated_dec, payload, ctx)
+                .await?
+                .map(|v| {
+                    let (deliveries, item) = transaction(&self.prefs, &v);
+                    Piece {
+                        deliveries,
+                        item,
+                        alert: None,
+                        transaction_time: Some(v.transaction.transaction_time),
                     }
-                    next.insert((topic, partition), offset + 1);
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = ctx.shutdown.wait() => { stopping = true; break; }
-                e = &mut vanished => return Err(e),
+                })
+        } else {
+            m.events.with_label_values(&["fraud_alert"]).inc();
+            decode_with_retry(&self.alert_dec, payload, ctx)
+                .await?
+                .map(|a| Piece {
+                    deliveries: alert(&self.prefs, &a),
+                    item: None,
+                    alert: Some(a),
+                    transaction_time: None,
+                })
+        };
+        Some(piece.map(|mut p| {
+            // Each attempt will be a span of this trace (dispatch).
+            if let Some(tp) = posflow_runtime::trace::traceparent(span) {
+                p.deliveries
+                    .iter_mut()
+                    .for_each(|d| d.traceparent = Some(tp.clone()));
             }
+            p
+        }))
+    }
+
+    async fn write(
+        &mut self,
+        batch: &[Piece],
+        _next: &NextOffsets,
+        ctx: &Context,
+    ) -> Option<Result<(), WriteError>> {
+        if batch.is_empty() {
+            return Some(Ok(())); // the offsets live in Kafka
+        }
+        let deliveries: Vec<NewDelivery> = batch
+            .iter()
+            .flat_map(|p| p.deliveries.iter().cloned())
+            .collect();
+        let items: Vec<DigestItem> = batch.iter().filter_map(|p| p.item.clone()).collect();
+        let alerts: Vec<&FraudAlert> = batch.iter().filter_map(|p| p.alert.as_ref()).collect();
+        let client = self.conn.get(ctx).await?;
+        let (new_deliveries, new_items) =
+            match store::enqueue(client, &deliveries, &items, &alerts).await {
+                Ok(n) => n,
+                Err(e) => return Some(Err(e.into())),
+            };
+        let m = metrics();
+        m.enqueued
+            .with_label_values(&["delivery"])
+            .inc_by(new_deliveries);
+        m.enqueued
+            .with_label_values(&["digest_item"])
+            .inc_by(new_items);
+        Some(Ok(()))
+    }
+
+    fn committed(&mut self, batch: &[Piece]) {
+        for t in batch.iter().filter_map(|p| p.transaction_time) {
+            posflow_runtime::metrics::observe_end_to_end(t);
         }
         if !batch.is_empty() {
-            let started = std::time::Instant::now();
-            if !write(&mut conn, &batch, &producer, &dlq_t, &dlq_enc, &ctx).await? {
-                break;
-            }
-            use posflow_runtime::metrics::Shared;
-            Shared::processing().observe(started.elapsed().as_secs_f64());
-            Shared::batch_size().observe(batch.len() as f64);
-            for t in batch.iter().filter_map(|p| p.transaction_time) {
-                posflow_runtime::metrics::observe_end_to_end(t);
-            }
-            batch.clear();
-            wake.notify_one();
-        }
-        // Everything up to `next` is in the outbox or the dead-letter topic.
-        posflow_kafka::pipeline::store_next_offsets(&consumer, &mut next);
-        if stopping {
-            break;
+            self.wake.notify_one();
         }
     }
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
-    Ok(())
 }
 
 fn transaction(prefs: &Prefs, v: &TransactionValidated) -> (Vec<NewDelivery>, Option<DigestItem>) {
@@ -185,120 +215,15 @@ fn transaction(prefs: &Prefs, v: &TransactionValidated) -> (Vec<NewDelivery>, Op
     out
 }
 
-fn alert(prefs: &Prefs, a: &FraudAlert) -> (Vec<NewDelivery>, Option<DigestItem>) {
+fn alert(prefs: &Prefs, a: &FraudAlert) -> Vec<NewDelivery> {
     let m = metrics();
     let Some(p) = prefs.get(&a.merchant_id) else {
         m.ignored.with_label_values(&["no_preferences"]).inc();
-        return (vec![], None);
+        return vec![];
     };
     let out = render::alert(&p, a);
     if out.is_empty() {
         m.ignored.with_label_values(&["not_subscribed"]).inc();
     }
-    (out, None)
-}
-
-/// Inserts the batch, retrying transient failures; if the database refuses it for good (a
-/// value it cannot store), each record is inserted alone and the refused ones dead-lettered.
-/// `false` on shutdown before the batch was written.
-async fn write(
-    conn: &mut Conn,
-    batch: &[Piece],
-    producer: &rdkafka::producer::FutureProducer,
-    dlq_t: &str,
-    dlq_enc: &Encoder<DeadLetter>,
-    ctx: &Context,
-) -> anyhow::Result<bool> {
-    let deliveries: Vec<NewDelivery> = batch
-        .iter()
-        .flat_map(|p| p.deliveries.iter().cloned())
-        .collect();
-    let items: Vec<DigestItem> = batch.iter().filter_map(|p| p.item.clone()).collect();
-    let alerts: Vec<&FraudAlert> = batch.iter().filter_map(|p| p.alert.as_ref()).collect();
-    match insert(conn, &deliveries, &items, &alerts, ctx).await {
-        None => return Ok(false),
-        Some(Ok(())) => return Ok(true),
-        Some(Err(e)) => {
-            tracing::warn!(error = %e.summary(), "the database refused a batch; inserting its records one by one")
-        }
-    }
-    for p in batch {
-        let items: Vec<DigestItem> = p.item.iter().cloned().collect();
-        let alerts: Vec<&FraudAlert> = p.alert.iter().collect();
-        match insert(conn, &p.deliveries, &items, &alerts, ctx).await {
-            None => return Ok(false),
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                let letter = DeadLetter {
-                    reason: "DB_REJECTED".into(),
-                    detail: e.summary(),
-                    stage: "notifier".into(),
-                    source: p.source.clone(),
-                    received_at: now_millis(),
-                    payload: p.payload.clone(),
-                };
-                if !dead_letter(producer, dlq_t, dlq_enc, letter, p.headers.clone(), ctx).await? {
-                    return Ok(false);
-                }
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// `Some(Err)` only for a permanent refusal; transient failures are retried until shutdown.
-async fn insert(
-    conn: &mut Conn,
-    deliveries: &[NewDelivery],
-    items: &[DigestItem],
-    alerts: &[&FraudAlert],
-    ctx: &Context,
-) -> Option<Result<(), posflow_pg::DbError>> {
-    let m = metrics();
-    let mut backoff = Backoff::outage();
-    loop {
-        let client = conn.get(ctx).await?;
-        match store::enqueue(client, deliveries, items, alerts).await {
-            Ok((new_deliveries, new_items)) => {
-                m.enqueued
-                    .with_label_values(&["delivery"])
-                    .inc_by(new_deliveries);
-                m.enqueued
-                    .with_label_values(&["digest_item"])
-                    .inc_by(new_items);
-                ctx.health.set_ready(true);
-                return Some(Ok(()));
-            }
-            Err(e) if e.is_permanent() => return Some(Err(e)),
-            Err(e) => {
-                tracing::warn!(error = %e.summary(), "outbox insert failed; retrying");
-                ctx.health.set_ready(false);
-                if !backoff.wait(&ctx.shutdown).await {
-                    return None;
-                }
-            }
-        }
-    }
-}
-
-/// `Ok(false)` on shutdown before Kafka took it.
-async fn dead_letter(
-    producer: &rdkafka::producer::FutureProducer,
-    topic: &str,
-    enc: &Encoder<DeadLetter>,
-    letter: DeadLetter,
-    hdrs: OwnedHeaders,
-    ctx: &Context,
-) -> anyhow::Result<bool> {
-    metrics()
-        .dead_lettered
-        .with_label_values(&[&letter.reason])
-        .inc();
-    let o = Output {
-        topic: topic.to_string(),
-        key: letter.source.clone(),
-        value: enc.encode(&letter)?,
-        headers: headers::with_reason(hdrs, &letter.reason),
-    };
-    Ok(produce_until_confirmed(producer, &o, ctx).await.is_some())
+    out
 }

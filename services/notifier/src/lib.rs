@@ -29,8 +29,9 @@ pub mod webhook;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use posflow_kafka::{InstanceArgs, KafkaArgs};
+use posflow_pg::Conn;
 use posflow_pg::DatabaseArgs;
-use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context, Secret};
+use posflow_runtime::{CommonArgs, ConfigErrors, Context, Secret};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -244,49 +245,6 @@ impl Prefs {
     fn replace(&self, map: store::PreferenceMap) {
         if let Ok(mut m) = self.0.write() {
             *m = Arc::new(map);
-        }
-    }
-}
-
-/// A database connection a loop owns, reopened when it drops.
-pub struct Conn {
-    db: DatabaseArgs,
-    client: Option<tokio_postgres::Client>,
-}
-
-impl Conn {
-    pub fn new(db: &DatabaseArgs) -> Self {
-        Conn {
-            db: db.clone(),
-            client: None,
-        }
-    }
-
-    /// The open connection, reconnecting as often as needed; `None` on shutdown.
-    pub async fn get(&mut self, ctx: &Context) -> Option<&mut tokio_postgres::Client> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = Some(connect_with_backoff(&self.db, ctx).await?);
-        }
-        self.client.as_mut()
-    }
-}
-
-/// Connects, retrying with backoff (the stage unready meanwhile); `None` on shutdown.
-pub async fn connect_with_backoff(
-    db: &DatabaseArgs,
-    ctx: &Context,
-) -> Option<tokio_postgres::Client> {
-    let mut backoff = Backoff::outage();
-    loop {
-        match db.connect().await {
-            Ok(c) => return Some(c),
-            Err(e) => {
-                tracing::warn!(error = %e.summary(), database = %db.redacted(), "database unreachable; retrying");
-                ctx.health.set_ready(false);
-                if !backoff.wait(&ctx.shutdown).await {
-                    return None;
-                }
-            }
         }
     }
 }

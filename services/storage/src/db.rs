@@ -1,7 +1,8 @@
 //! PostgreSQL: migrations and the idempotent batch write.
 
+use posflow_kafka::sink::NextOffsets;
 use posflow_schema::{TransactionRejected, TransactionValidated};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use tokio_postgres::Client;
 
 /// Versioned migrations, applied in order, each once (table schema_migrations).
@@ -81,9 +82,6 @@ impl Row {
         }
     }
 }
-
-/// Per (topic, partition): the offset to resume from once a batch is committed.
-pub type NextOffsets = BTreeMap<(String, i32), i64>;
 
 /// What one batch wrote.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

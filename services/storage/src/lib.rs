@@ -10,23 +10,18 @@ pub mod db;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use posflow_kafka::pipeline::{produce_until_confirmed, Output};
-use posflow_kafka::{headers, KafkaArgs};
+use posflow_kafka::deadletter::{DeadLetterProducer, DeadLetters};
+use posflow_kafka::pipeline::{decode_with_retry, Batching, Input};
+use posflow_kafka::sink::{self, BatchSink, NextOffsets, WriteError};
+use posflow_kafka::KafkaArgs;
+use posflow_pg::Conn;
 use posflow_runtime::metrics::{counter, counter_vec};
-use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context};
-use posflow_schema::{
-    now_millis, DeadLetter, Decoder, Encoder, TransactionRejected, TransactionValidated,
-};
+use posflow_runtime::{CommonArgs, ConfigErrors, Context};
+use posflow_schema::{Decoder, TransactionRejected, TransactionValidated};
 use prometheus::{IntCounter, IntCounterVec};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
-use rdkafka::message::{Message, OwnedHeaders};
-use rdkafka::{ClientContext, Offset};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use rdkafka::consumer::Consumer;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// posflow-storage: writes validated transactions to PostgreSQL, once each.
 #[derive(Debug, Parser)]
@@ -138,29 +133,6 @@ pub async fn migrate(args: &Args) -> anyhow::Result<Vec<i32>> {
     Ok(applied)
 }
 
-/// Counts rebalances, so the consume loop knows when to look up the database's offsets again.
-#[derive(Default)]
-struct Rebalances(AtomicU64);
-
-impl ClientContext for Rebalances {
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        posflow_kafka::clients::record_lag(&statistics);
-    }
-}
-
-impl ConsumerContext for Rebalances {
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-/// Where each assigned partition resumes, from the database: records below it are stored already.
-#[derive(Default)]
-struct Resume {
-    generation: u64,
-    from: HashMap<(String, i32), i64>,
-}
-
 pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     if matches!(args.command, Some(Command::Migrate)) {
         let applied = migrate(&args).await?;
@@ -171,328 +143,145 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         let applied = migrate(&args).await?;
         tracing::info!(?applied, "migrations applied");
     }
-    let m = metrics();
     let topics = args.kafka.topics();
     let registry = args.kafka.registry();
     let (validated_t, rejected_t) = (topics.validated(), topics.rejected());
-    let dlq_topic = topics.deadletter();
     let group = args.kafka.group("posflow-storage");
     let client_id = format!("storage-{}", std::process::id());
-    let dlq_enc = Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)
-        .await
-        .context("dead-letter schema (run posflow-admin provision)")?;
-    let validated_dec = Decoder::<TransactionValidated>::new(registry.clone());
-    let rejected_dec = Decoder::<TransactionRejected>::new(registry);
-    let consumer: StreamConsumer<Rebalances> =
-        posflow_kafka::clients::consumer_config(&args.kafka, &group, &client_id)
-            .create_with_context(Rebalances::default())?;
-    consumer.subscribe(&[&validated_t, &rejected_t])?;
-    let producer = posflow_kafka::clients::producer(&args.kafka, &client_id)?;
-    let mut client = connect_with_retry(&args, &ctx).await?;
-    db::ensure_partitions(&client).await?;
-    ctx.health.set_ready(true);
-    let dead_letter = |letter: DeadLetter, hdrs: OwnedHeaders| -> anyhow::Result<Output> {
-        Ok(Output {
-            topic: dlq_topic.clone(),
-            key: letter.source.clone(),
-            value: dlq_enc.encode(&letter)?,
-            headers: headers::with_reason(hdrs, &letter.reason),
-        })
+    let dead = DeadLetterProducer {
+        letters: DeadLetters::for_stage(&args.kafka, "storage", metrics().dead_lettered.clone())
+            .await?,
+        producer: posflow_kafka::clients::producer(&args.kafka, &client_id)?,
     };
+    let consumer = sink::consumer(&args.kafka, &group, &client_id)?;
+    consumer.subscribe(&[&validated_t, &rejected_t])?;
+    let mut conn = Conn::new(&args.db);
+    let Some(client) = conn.get(&ctx).await else {
+        anyhow::bail!("stopped while waiting for the database");
+    };
+    db::ensure_partitions(client).await?;
+    ctx.health.set_ready(true);
+    let mut store = Store {
+        conn,
+        group,
+        validated_t,
+        validated_dec: Decoder::new(registry.clone()),
+        rejected_dec: Decoder::new(registry),
+        partitions_ensured: Instant::now(),
+    };
+    let batching = Batching {
+        max_records: args.batch_size,
+        linger: Duration::from_millis(args.batch_linger_ms),
+    };
+    sink::run(
+        &consumer,
+        &mut store,
+        &dead,
+        batching,
+        &ctx,
+        std::future::pending(),
+    )
+    .await
+}
 
-    let linger = Duration::from_millis(args.batch_linger_ms);
-    let mut batch: Vec<db::Row> = Vec::with_capacity(args.batch_size);
-    // Each row's source record (topic, bytes, headers), for a dead letter if the database refuses it.
-    let mut sources: Vec<(String, Vec<u8>, OwnedHeaders)> = Vec::with_capacity(args.batch_size);
-    // Each row's span (tracing on): it ends when the row's batch is committed.
-    let mut spans: Vec<tracing::Span> = Vec::new();
-    // Next offset per partition once this batch is written, including skipped and
-    // dead-lettered records.
-    let mut next = db::NextOffsets::new();
-    let mut resume = Resume::default();
-    let mut partitions_ensured = std::time::Instant::now();
-    loop {
+/// Storage as a batch sink: each batch's rows and its offsets in one database transaction, so
+/// the database is the truth on where each partition resumes.
+struct Store {
+    conn: Conn,
+    /// The consumer group, the key of the offsets in the database.
+    group: String,
+    validated_t: String,
+    validated_dec: Decoder<TransactionValidated>,
+    rejected_dec: Decoder<TransactionRejected>,
+    partitions_ensured: Instant,
+}
+
+impl BatchSink for Store {
+    type Item = db::Row;
+    const SPAN: &'static str = "storage.store";
+
+    async fn prepare(
+        &mut self,
+        input: &Input,
+        _span: &tracing::Span,
+        ctx: &Context,
+    ) -> Option<Result<db::Row, String>> {
+        metrics().received.inc();
+        let payload = input.payload.as_deref().unwrap_or_default();
+        let item = if input.topic == self.validated_t {
+            decode_with_retry(&self.validated_dec, payload, ctx)
+                .await?
+                .map(db::Item::Transaction)
+        } else {
+            decode_with_retry(&self.rejected_dec, payload, ctx)
+                .await?
+                .map(db::Item::Rejection)
+        };
+        Some(item.map(|item| db::Row {
+            item,
+            partition: input.partition,
+            offset: input.offset,
+        }))
+    }
+
+    async fn write(
+        &mut self,
+        rows: &[db::Row],
+        next: &NextOffsets,
+        ctx: &Context,
+    ) -> Option<Result<(), WriteError>> {
+        let m = metrics();
+        let client = self.conn.get(ctx).await?;
         // A replica can run for months: keep the monthly partitions ahead of time.
-        if partitions_ensured.elapsed() > Duration::from_secs(3600) {
-            if let Err(e) = db::ensure_partitions(&client).await {
+        if self.partitions_ensured.elapsed() > Duration::from_secs(3600) {
+            if let Err(e) = db::ensure_partitions(client).await {
                 tracing::warn!(error = %e.summary(), "could not create next months' partitions; retrying in an hour");
             }
-            partitions_ensured = std::time::Instant::now();
+            self.partitions_ensured = Instant::now();
         }
-        let deadline = tokio::time::Instant::now() + linger;
-        let mut stopping = false;
-        while batch.len() < args.batch_size {
-            tokio::select! {
-                msg = consumer.recv() => {
-                    let Some(msg) = posflow_kafka::pipeline::consumed(msg, &ctx).await? else { continue };
-                    m.received.inc();
-                    let (topic, partition, offset) = (msg.topic().to_string(), msg.partition(), msg.offset());
-                    let payload = msg.payload().unwrap_or_default().to_vec();
-                    let hdrs = msg.headers().map(|h| h.detach()).unwrap_or_default();
-                    drop(msg);
-                    let Some(from) = resume_point(&consumer, &mut resume, &mut client, &args, &group, &topic, partition, &ctx).await else {
-                        stopping = true;
-                        break;
-                    };
-                    if offset < from {
-                        m.skipped.inc();
-                        continue;
-                    }
-                    let decoded = if topic == validated_t {
-                        posflow_kafka::pipeline::decode_with_retry(&validated_dec, &payload, &ctx).await.map(|r| r.map(db::Item::Transaction))
+        Some(
+            match db::write_batch(client, &self.group, rows, next).await {
+                Ok(w) => {
+                    m.stored.inc_by(w.stored);
+                    m.rejections.inc_by(w.rejections);
+                    m.duplicates.inc_by(w.duplicates);
+                    Ok(())
+                }
+                Err(e) => {
+                    let class = if e.is_permanent() {
+                        "permanent"
                     } else {
-                        posflow_kafka::pipeline::decode_with_retry(&rejected_dec, &payload, &ctx).await.map(|r| r.map(db::Item::Rejection))
+                        "transient"
                     };
-                    match decoded {
-                        Some(Ok(item)) => {
-                            next.insert((topic.clone(), partition), offset + 1);
-                            if posflow_runtime::trace::enabled() {
-                                spans.push(headers::record_span("storage.store", Some(&hdrs)));
-                            }
-                            batch.push(db::Row { item, partition, offset });
-                            sources.push((topic, payload, hdrs));
-                        }
-                        Some(Err(e)) => {
-                            m.dead_lettered.with_label_values(&["DECODE_FAILED"]).inc();
-                            let letter = DeadLetter { reason: "DECODE_FAILED".into(), detail: e, stage: "storage".into(), source: format!("{topic}/{partition}/{offset}"), received_at: now_millis(), payload };
-                            if produce_until_confirmed(&producer, &dead_letter(letter, hdrs)?, &ctx).await.is_none() {
-                                stopping = true; // not dead-lettered: neither this offset nor later ones move
-                                break;
-                            }
-                            next.insert((topic, partition), offset + 1);
-                        }
-                        None => { stopping = true; break; }
-                    }
+                    m.db_errors.with_label_values(&[class]).inc();
+                    Err(e.into())
                 }
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = ctx.shutdown.wait() => { stopping = true; break; }
-            }
-        }
-        if !next.is_empty() {
-            let started = std::time::Instant::now();
-            let written = match write_with_retry(&mut client, &args, &group, &batch, &next, &ctx)
-                .await
-            {
-                Some(Ok(w)) => w,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e.summary(), rows = batch.len(), "the database refused the batch; writing its rows one by one");
-                    let one_by_one = OneByOne {
-                        group: &group,
-                        producer: &producer,
-                        dead_letter: &dead_letter,
-                    };
-                    let Some(w) = one_by_one
-                        .write(&mut client, &args, &batch, &sources, &next, &ctx)
-                        .await?
-                    else {
-                        break;
-                    };
-                    w
-                }
-                None => break,
-            };
-            m.stored.inc_by(written.stored);
-            m.rejections.inc_by(written.rejections);
-            m.duplicates.inc_by(written.duplicates);
-            use posflow_runtime::metrics::Shared;
-            Shared::batch_size().observe(batch.len() as f64);
-            Shared::processing().observe(started.elapsed().as_secs_f64());
-            for row in &batch {
-                posflow_runtime::metrics::observe_end_to_end(row.transaction_time());
-            }
-            batch.clear();
-            sources.clear();
-            spans.clear();
-            // The rows are committed: now, and only now, the Kafka offsets may move.
-            posflow_kafka::pipeline::store_next_offsets(&consumer, &mut next);
-        }
-        if stopping {
-            break;
-        }
+            },
+        )
     }
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
-    Ok(())
-}
 
-/// The offset `topic`/`partition` resumes from according to the database, looked up once per
-/// partition after every rebalance. If the consumer is behind it (Kafka's commit lags the
-/// database's by up to a commit interval, or was lost), it is moved there. `None` on shutdown.
-#[allow(clippy::too_many_arguments)]
-async fn resume_point(
-    consumer: &StreamConsumer<Rebalances>,
-    resume: &mut Resume,
-    client: &mut tokio_postgres::Client,
-    args: &Args,
-    group: &str,
-    topic: &str,
-    partition: i32,
-    ctx: &Context,
-) -> Option<i64> {
-    let generation = consumer.context().0.load(Ordering::SeqCst);
-    if generation != resume.generation {
-        resume.generation = generation;
-        resume.from.clear();
-    }
-    let key = (topic.to_string(), partition);
-    if let Some(&from) = resume.from.get(&key) {
-        return Some(from);
-    }
-    let mut backoff = Backoff::outage();
-    let from = loop {
-        match db::next_offset(client, group, topic, partition).await {
-            Ok(n) => break n.unwrap_or(0),
-            Err(e) => {
-                tracing::warn!(error = %e.summary(), "database unavailable for the resume offset; retrying");
-                ctx.health.set_ready(false);
-                if !backoff.wait(&ctx.shutdown).await {
-                    return None;
-                }
-                reconnect_if_closed(client, args).await;
-            }
-        }
-    };
-    if from > 0 {
-        tracing::info!(
-            topic,
-            partition,
-            from,
-            "resuming from the database's offset"
-        );
-        // Skipping the records below `from` is what matters; the seek only saves reading them.
-        if let Err(e) = consumer.seek(
-            topic,
-            partition,
-            Offset::Offset(from),
-            Duration::from_secs(5),
-        ) {
-            tracing::debug!(error = %e, "seek to the database offset failed; skipping instead");
-        }
-    }
-    resume.from.insert(key, from);
-    Some(from)
-}
-
-async fn connect_with_retry(args: &Args, ctx: &Context) -> anyhow::Result<tokio_postgres::Client> {
-    let mut backoff = Backoff::outage();
-    loop {
-        match args.db.connect().await {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                tracing::warn!(error = %e, database = %args.db.redacted(), "database unreachable; retrying");
-                if !backoff.wait(&ctx.shutdown).await {
-                    anyhow::bail!("stopped while waiting for the database");
-                }
-            }
-        }
-    }
-}
-
-/// Writes until it succeeds or the database refuses the data for good (`Some(Err)`); the
-/// consumer is not read meanwhile, so an outage stops consumption instead of piling up rows.
-/// `None` if shutdown comes first (nothing committed, the offsets stay where they are).
-async fn write_with_retry(
-    client: &mut tokio_postgres::Client,
-    args: &Args,
-    group: &str,
-    batch: &[db::Row],
-    next: &db::NextOffsets,
-    ctx: &Context,
-) -> Option<Result<db::Written, db::DbError>> {
-    let mut backoff = Backoff::outage();
-    loop {
-        match db::write_batch(client, group, batch, next).await {
-            Ok(w) => {
-                ctx.health.set_ready(true);
-                return Some(Ok(w));
-            }
-            Err(e) if e.is_permanent() => {
-                metrics().db_errors.with_label_values(&["permanent"]).inc();
-                return Some(Err(e));
-            }
-            Err(e) => {
-                metrics().db_errors.with_label_values(&["transient"]).inc();
-                tracing::warn!(error = %e.summary(), rows = batch.len(), "batch write failed; retrying");
-                ctx.health.set_ready(false);
-                if !backoff.wait(&ctx.shutdown).await {
-                    return None;
-                }
-                reconnect_if_closed(client, args).await;
-            }
-        }
-    }
-}
-
-/// After a server restart the connection is gone for good: a new one, if the server is back.
-async fn reconnect_if_closed(client: &mut tokio_postgres::Client, args: &Args) {
-    if client.is_closed() {
-        if let Ok(c) = args.db.connect().await {
-            *client = c;
-        }
-    }
-}
-
-/// The slow path after a permanent refusal: each row in its own database transaction; the rows
-/// refused again go to the dead-letter topic with reason `DB_REJECTED` and the SQLSTATE. The
-/// batch's offsets are written last, once every row is stored or dead-lettered. A crash in
-/// between repeats the batch: the stored rows are skipped by the ledger, and a refused row may
-/// be dead-lettered twice (dead letters are at least once).
-struct OneByOne<'a, D> {
-    group: &'a str,
-    producer: &'a rdkafka::producer::FutureProducer,
-    dead_letter: &'a D,
-}
-
-impl<D> OneByOne<'_, D>
-where
-    D: Fn(DeadLetter, OwnedHeaders) -> anyhow::Result<Output>,
-{
-    async fn write(
-        &self,
-        client: &mut tokio_postgres::Client,
-        args: &Args,
-        batch: &[db::Row],
-        sources: &[(String, Vec<u8>, OwnedHeaders)],
-        next: &db::NextOffsets,
+    async fn resume_from(
+        &mut self,
+        topic: &str,
+        partition: i32,
         ctx: &Context,
-    ) -> anyhow::Result<Option<db::Written>> {
-        let m = metrics();
-        let mut total = db::Written::default();
-        let none = db::NextOffsets::new();
-        for (row, (topic, payload, hdrs)) in batch.iter().zip(sources) {
-            let one = std::slice::from_ref(row);
-            match write_with_retry(client, args, self.group, one, &none, ctx).await {
-                None => return Ok(None),
-                Some(Ok(w)) => {
-                    total.stored += w.stored;
-                    total.rejections += w.rejections;
-                    total.duplicates += w.duplicates;
-                }
-                Some(Err(e)) => {
-                    m.dead_lettered.with_label_values(&["DB_REJECTED"]).inc();
-                    let source = format!("{topic}/{}/{}", row.partition, row.offset);
-                    tracing::warn!(error = %e.summary(), source, "row refused by the database; dead-lettered");
-                    let letter = DeadLetter {
-                        reason: "DB_REJECTED".into(),
-                        detail: e.summary(),
-                        stage: "storage".into(),
-                        source,
-                        received_at: now_millis(),
-                        payload: payload.clone(),
-                    };
-                    let out = (self.dead_letter)(letter, hdrs.clone())?;
-                    if produce_until_confirmed(self.producer, &out, ctx)
-                        .await
-                        .is_none()
-                    {
-                        return Ok(None);
-                    }
-                }
-            }
-        }
-        match write_with_retry(client, args, self.group, &[], next, ctx).await {
-            None => Ok(None),
-            Some(Ok(_)) => Ok(Some(total)),
-            Some(Err(e)) => anyhow::bail!("writing offsets: {}", e.summary()),
+    ) -> Option<Result<Option<i64>, WriteError>> {
+        let client = self.conn.get(ctx).await?;
+        Some(
+            db::next_offset(client, &self.group, topic, partition)
+                .await
+                .map_err(Into::into),
+        )
+    }
+
+    fn skipped(&mut self) {
+        metrics().received.inc();
+        metrics().skipped.inc();
+    }
+
+    fn committed(&mut self, rows: &[db::Row]) {
+        for row in rows {
+            posflow_runtime::metrics::observe_end_to_end(row.transaction_time());
         }
     }
 }

@@ -9,13 +9,14 @@ pub mod sequence;
 
 use anyhow::Context as _;
 use clap::Parser;
+use posflow_kafka::deadletter::{DeadLetters, Refused};
 use posflow_kafka::pipeline::{self, Delivery, Input, Output, Retry};
 use posflow_kafka::{headers, ExactlyOnceArgs, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, gauge};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
 use posflow_schema::{
-    now_millis, DeadLetter, Decoder, Encoder, Transaction, TransactionReceived,
-    TransactionRejected, TransactionValidated,
+    now_millis, Decoder, Encoder, Transaction, TransactionReceived, TransactionRejected,
+    TransactionValidated,
 };
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use std::path::PathBuf;
@@ -140,7 +141,7 @@ struct Validator {
     decoder: Decoder<TransactionReceived>,
     validated: (String, Encoder<TransactionValidated>),
     rejected: (String, Encoder<TransactionRejected>),
-    dead_letter: (String, Encoder<DeadLetter>),
+    dead_letters: DeadLetters,
     policies: policy::Policies,
     sequences: sequence::Tracker,
 }
@@ -161,23 +162,21 @@ impl Validator {
             Ok(r) => r,
             Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
             Err(e) => {
-                m.dead_lettered.with_label_values(&["DECODE_FAILED"]).inc();
-                let letter = DeadLetter {
+                let refused = Refused {
                     reason: "DECODE_FAILED".into(),
                     detail: e.to_string(),
-                    stage: "validator".into(),
                     source: input.position(),
-                    received_at: now_millis(),
+                    key: input.position(),
                     payload: payload.to_vec(),
+                    headers: hdrs,
                 };
-                let (topic, enc) = &self.dead_letter;
-                let value = enc.encode(&letter).map_err(|e| Retry(e.to_string()))?;
-                return Ok(vec![Output {
-                    topic: topic.clone(),
-                    key: letter.source,
-                    value,
-                    headers: headers::with_reason(hdrs, "DECODE_FAILED"),
-                }]);
+                // In the pipeline's Kafka transaction, like every output. An encode failure
+                // (a bug) is waited out: see posflow_kafka::deadletter.
+                let letter = self
+                    .dead_letters
+                    .output(refused)
+                    .map_err(|e| Retry(e.to_string()))?;
+                return Ok(vec![letter]);
             }
         };
         self.track_sequence(&received.transaction, span);
@@ -262,8 +261,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let Config { args, policies } = config;
     let topics = args.kafka.topics();
     let registry = args.kafka.registry();
-    let (validated_t, rejected_t, dlq_t) =
-        (topics.validated(), topics.rejected(), topics.deadletter());
+    let (validated_t, rejected_t) = (topics.validated(), topics.rejected());
     let validator = Validator {
         validated: (
             validated_t.clone(),
@@ -277,12 +275,12 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
                 .await
                 .context("rejected schema (run posflow-admin provision)")?,
         ),
-        dead_letter: (
-            dlq_t.clone(),
-            Encoder::for_topic(&registry, &dlq_t)
-                .await
-                .context("dead-letter schema (run posflow-admin provision)")?,
-        ),
+        dead_letters: DeadLetters::for_stage(
+            &args.kafka,
+            "validator",
+            metrics().dead_lettered.clone(),
+        )
+        .await?,
         decoder: Decoder::new(registry),
         policies,
         sequences: sequence::Tracker::default(),

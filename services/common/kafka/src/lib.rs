@@ -3,9 +3,11 @@
 
 pub mod args;
 pub mod clients;
+pub mod deadletter;
 pub mod headers;
 pub mod pipeline;
 pub mod provision;
+pub mod sink;
 pub mod topics;
 
 pub use args::{ExactlyOnceArgs, InstanceArgs, KafkaArgs};

@@ -149,7 +149,7 @@ where
     Ok(())
 }
 
-/// Batch bounds for [`run_transactional`]: a transaction closes at `max_records` inputs or
+/// Batch bounds for [`run_transactional`] and the batch sink (`sink::run`): a batch closes at `max_records` inputs or
 /// `linger` after its first input, whichever comes first. Longer batches amortise the commit
 /// (a few broker round trips); shorter ones deliver sooner downstream.
 #[derive(Debug, Clone, Copy)]

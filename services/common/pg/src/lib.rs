@@ -1,5 +1,5 @@
 //! PostgreSQL plumbing shared by the stages that own tables (storage, notifier): the URL flag,
-//! connecting, telling a permanent refusal from a transient failure, and versioned migrations.
+//! connecting and reconnecting ([`Conn`]), telling a permanent refusal from a transient failure, and versioned migrations.
 //! Each stage owns its tables and its own migration ledger, so either can be deployed, migrated
 //! and rolled back without the other.
 
@@ -97,6 +97,50 @@ impl DbError {
                 None => e.to_string(),
             },
             DbError::Tls(why) | DbError::Unexpected(why) => why.clone(),
+        }
+    }
+}
+
+/// A database connection a loop owns, reopened when it drops: how every stage connects and
+/// reconnects (a server restart closes the connection for good; the next `get` opens another).
+pub struct Conn {
+    db: DatabaseArgs,
+    client: Option<Client>,
+}
+
+impl Conn {
+    pub fn new(db: &DatabaseArgs) -> Self {
+        Conn {
+            db: db.clone(),
+            client: None,
+        }
+    }
+
+    /// The open connection, reconnecting as often as needed; `None` on shutdown.
+    pub async fn get(&mut self, ctx: &posflow_runtime::Context) -> Option<&mut Client> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(connect_with_backoff(&self.db, ctx).await?);
+        }
+        self.client.as_mut()
+    }
+}
+
+/// Connects, retrying with backoff (the stage unready meanwhile); `None` on shutdown.
+pub async fn connect_with_backoff(
+    db: &DatabaseArgs,
+    ctx: &posflow_runtime::Context,
+) -> Option<Client> {
+    let mut backoff = posflow_runtime::Backoff::outage();
+    loop {
+        match db.connect().await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e.summary(), database = %db.redacted(), "database unreachable; retrying");
+                ctx.health.set_ready(false);
+                if !backoff.wait(&ctx.shutdown).await {
+                    return None;
+                }
+            }
         }
     }
 }
