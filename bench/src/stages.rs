@@ -165,7 +165,7 @@ async fn passthrough(
     let raw = d.topic(input);
     if exactly_once {
         let consumer =
-            posflow_kafka::clients::transactional_consumer(&d.kafka, &group, "passthrough")?;
+            posflow_kafka::pipeline::transactional_consumer(&d.kafka, &group, "passthrough")?;
         consumer.subscribe(&[&raw])?;
         let producer = posflow_kafka::clients::transactional_producer(
             &d.kafka,

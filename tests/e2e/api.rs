@@ -1537,6 +1537,17 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
     let owner = owner_db(&d).await;
     seed(&owner, &m, 100_000).await;
     seed(&owner, &format!("{m}x"), 500).await; // another merchant's rows, never in the report
+                                               // A terminal's auth code that a spreadsheet would run as a formula.
+    let planted = owner
+        .execute(
+            "UPDATE transactions SET auth_code = '=HYPERLINK(\"http://x\")' WHERE transaction_id = (
+               SELECT transaction_id FROM transactions WHERE merchant_id = $1
+                  AND transaction_time >= '2026-09-01Z' ORDER BY transaction_id LIMIT 1)",
+            &[&m],
+        )
+        .await
+        .unwrap();
+    assert_eq!(planted, 1);
     let own = make_key(&d, Role::Owner, &[&m]).await;
     let fin = make_key(&d, Role::Finance, &[&m]).await;
     let api = Api::start(&d, &[]).await;
@@ -1634,6 +1645,13 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
     let text = String::from_utf8(bytes).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 100_001, "a header and every row");
+    let formulas: Vec<&&str> = lines.iter().filter(|l| l.contains("HYPERLINK")).collect();
+    assert_eq!(formulas.len(), 1);
+    assert!(
+        formulas[0].contains(",\"'=HYPERLINK(\"\"http://x\"\")\","),
+        "neutralised and quoted: {}",
+        formulas[0]
+    );
     assert!(lines[0].starts_with("transaction_id,terminal_id,transaction_time"));
     let ids: HashSet<&str> = lines[1..]
         .iter()

@@ -164,7 +164,7 @@ impl Receiver {
 }
 
 /// Verifies `Posflow-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]` exactly as docs/notifier.md
-/// tells merchants: HMAC-SHA256 over "<t>." + body, constant-time comparison, `t` within five
+/// tells merchants: HMAC-SHA256 over `"<t>." + body`, constant-time comparison, `t` within five
 /// minutes, and any one `v1` matching (two are sent during a secret rotation's overlap).
 pub fn verify_signature(secret: &[u8], header: &str, body: &[u8], now: SystemTime) -> bool {
     let mut t = None;

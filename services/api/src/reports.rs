@@ -225,16 +225,6 @@ pub async fn chunk(client: &mut Client, d: &Download, n: i32) -> Result<Vec<u8>,
 /// The CSV header and columns of a report.
 const CSV_HEADER: &str = "transaction_id,terminal_id,transaction_time,type,amount_minor,currency,payment_method,entry_mode,card_bin,card_last4,auth_code,response_code,mcc\n";
 
-fn csv_field(out: &mut String, v: &str) {
-    if v.contains([',', '"', '\n', '\r']) {
-        out.push('"');
-        out.push_str(&v.replace('"', "\"\""));
-        out.push('"');
-    } else {
-        out.push_str(v);
-    }
-}
-
 /// Writes one row into `out` in the report's format; adds it to `totals`.
 fn write_row(
     out: &mut String,
@@ -251,29 +241,25 @@ fn write_row(
     let text = |c: &str| r.get::<_, Option<String>>(c).unwrap_or_default();
     let time = rfc3339_millis(millis(r.get::<_, SystemTime>("transaction_time")));
     if csv {
-        for (i, v) in [
-            text("transaction_id"),
-            text("terminal_id"),
-            time,
-            text("type"),
-            amount.to_string(),
-            text("currency"),
-            text("payment_method"),
-            text("entry_mode"),
-            text("card_bin"),
-            text("card_last4"),
-            text("auth_code"),
-            text("response_code"),
-            text("mcc"),
-        ]
-        .iter()
-        .enumerate()
-        {
-            if i > 0 {
-                out.push(',');
-            }
-            csv_field(out, v);
-        }
+        // The digests' cell rules: text a terminal chose is neutralised against formula
+        // injection (a finance team opens this in a spreadsheet); the amount is a number.
+        use posflow_notifier::render::{csv_field, csv_text};
+        let cells = [
+            csv_text(&text("transaction_id")),
+            csv_text(&text("terminal_id")),
+            csv_field(&time),
+            csv_text(&text("type")),
+            csv_field(&amount.to_string()),
+            csv_text(&text("currency")),
+            csv_text(&text("payment_method")),
+            csv_text(&text("entry_mode")),
+            csv_text(&text("card_bin")),
+            csv_text(&text("card_last4")),
+            csv_text(&text("auth_code")),
+            csv_text(&text("response_code")),
+            csv_text(&text("mcc")),
+        ];
+        out.push_str(&cells.join(","));
         out.push('\n');
     } else {
         if !first {

@@ -325,18 +325,16 @@ async fn serve(state: &Arc<State>, req: &Incoming<'_>, audit: &mut Entry) -> Res
     let s = Scoped::begin(&mut conn, &scope, AppFilter::Enforced)
         .await
         .map_err(|_| Problem::Unavailable)?;
-    let done = run(
+    let call = Call {
         state,
         route,
-        &m.args,
-        req.headers,
-        &mut params,
-        &body,
-        &s,
-        &principal,
-        audit,
-    )
-    .await?;
+        args: &m.args,
+        headers: req.headers,
+        body: &body,
+        s: &s,
+        principal: &principal,
+    };
+    let done = run(&call, &mut params, audit).await?;
     s.commit().await.map_err(|_| Problem::Unavailable)?;
     Ok(done)
 }
@@ -434,158 +432,79 @@ struct KeyInput {
     expires_at: Option<String>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    state: &State,
-    route: &Route,
-    args: &[&str],
-    headers: &hyper::HeaderMap,
-    p: &mut Params,
-    body: &[u8],
-    s: &Scoped<'_>,
-    principal: &Principal,
-    audit: &mut Entry,
-) -> Result<Done, Problem> {
-    let db = |e: posflow_pg::DbError| {
-        tracing::warn!(error = %e.summary(), "query failed");
-        Problem::Unavailable
-    };
-    let page_body = |p: &Params, page: records::Page| {
+/// One request past authentication, in its scoped transaction: what every handler reads.
+struct Call<'r, 's> {
+    state: &'r State,
+    route: &'r Route,
+    /// The path's arguments: the merchant, then the resource's id if the route has one.
+    args: &'r [&'r str],
+    headers: &'r hyper::HeaderMap,
+    body: &'r [u8],
+    s: &'r Scoped<'s>,
+    principal: &'r Principal,
+}
+
+impl Call<'_, '_> {
+    /// A page of a list, its next cursor signed for this route.
+    fn page(&self, p: &Params, page: records::Page) -> Done {
         let next = page
             .next
-            .map(|pos| p.next_cursor(&state.cursor_key, route.name, &pos));
+            .map(|pos| p.next_cursor(&self.state.cursor_key, self.route.name, &pos));
         let n = page.items.len();
         Done::ok(json!({ "items": page.items, "next_cursor": next }), n)
-    };
-    let id_arg = |field: &str| -> Result<String, Problem> {
-        let v = args[1];
+    }
+
+    /// The resource id in the path, named `field` in an error.
+    fn id_arg(&self, field: &str) -> Result<String, Problem> {
+        let v = self.args[1];
         if v.len() > 64 || !is_ident(v) {
             return Err(Problem::invalid(field, "must be an identifier"));
         }
         Ok(v.to_string())
-    };
-    let done = match route.action {
+    }
+}
+
+/// A query failed: logged (the summary, never the row), a 503 for the client.
+fn db(e: posflow_pg::DbError) -> Problem {
+    tracing::warn!(error = %e.summary(), "query failed");
+    Problem::Unavailable
+}
+
+/// Runs the route's handler. One line per route; a handler longer than that is a function
+/// below, named after its action.
+async fn run(c: &Call<'_, '_>, p: &mut Params, audit: &mut Entry) -> Result<Done, Problem> {
+    let (state, route, s) = (c.state, c.route, c.s);
+    Ok(match route.action {
         Action::SearchTransactions => {
             let f = search_filter(state, route, p, audit, TransactionFilter::parse)?;
-            page_body(p, records::search_transactions(s, f).await.map_err(db)?)
+            c.page(p, records::search_transactions(s, f).await.map_err(db)?)
         }
         Action::FraudAlerts => {
             let f = search_filter(state, route, p, audit, AlertFilter::parse)?;
-            page_body(p, records::fraud_alerts(s, f).await.map_err(db)?)
+            c.page(p, records::fraud_alerts(s, f).await.map_err(db)?)
         }
         Action::SearchRejections => {
             let f = search_filter(state, route, p, audit, RejectionFilter::parse)?;
-            page_body(p, records::search_rejections(s, f).await.map_err(db)?)
-        }
-        Action::GetTransaction => {
-            let id = id_arg("transaction_id")?;
-            p.finish()?;
-            let mut t = records::transaction(s, &id)
-                .await
-                .map_err(db)?
-                .ok_or(Problem::NotFound)?;
-            t["fraud_alerts"] = json!(records::alerts_of(s, &id).await.map_err(db)?);
-            t["deliveries"] = json!(events::of_event(s, &id).await.map_err(db)?);
-            Done::ok(t, 1)
+            c.page(p, records::search_rejections(s, f).await.map_err(db)?)
         }
         Action::SearchEvents => {
             let f = search_filter(state, route, p, audit, EventFilter::parse)?;
-            page_body(p, events::search(s, f).await.map_err(db)?)
+            c.page(p, events::search(s, f).await.map_err(db)?)
         }
+        Action::ReadAudit => {
+            let (limit, after) =
+                search_filter(state, route, p, audit, |p, after| (p.limit(), after))?;
+            c.page(p, crate::audit::page(s, limit, after).await.map_err(db)?)
+        }
+        Action::GetTransaction => get_transaction(c, p).await?,
         Action::GetEvent => {
             p.finish()?;
-            let id = event_arg(args[1])?;
-            Done::ok(
-                events::attempts(s, id)
-                    .await
-                    .map_err(db)?
-                    .ok_or(Problem::NotFound)?,
-                1,
-            )
+            let id = event_arg(c.args[1])?;
+            Done::ok(found(events::attempts(s, id).await.map_err(db)?)?, 1)
         }
-        Action::RedeliverEvent => {
-            p.finish()?;
-            let id = event_arg(args[1])?;
-            let before = events::attempts(s, id)
-                .await
-                .map_err(db)?
-                .ok_or(Problem::NotFound)?;
-            let done = events::redeliver(s, &[id]).await.map_err(db)?;
-            if done.is_empty() {
-                return Err(Problem::invalid(
-                    "event",
-                    "is still pending: it is being delivered",
-                ));
-            }
-            let after = json!({ "redelivered": done });
-            Done {
-                download: None,
-                status: 200,
-                body: after.clone(),
-                rows: 1,
-                before: Some(
-                    json!({ "id": id, "status": before["status"], "attempts": before["attempts"] }),
-                ),
-                after: Some(after),
-            }
-        }
-        Action::RedeliverRange => {
-            p.finish()?;
-            let input: RangeInput = serde_json::from_slice(body)
-                .map_err(|e| Problem::invalid("body", format!("not a range: {e}")))?;
-            let (mut range, from, to) = body_range(&input.from, &input.to);
-            range.finish()?;
-            audit.filter = json!({ "from": input.from, "to": input.to }).to_string();
-            let (from, to) = (from.expect("required"), to.expect("required"));
-            let ids = events::failed_between(s, from, to, MAX_REDELIVER)
-                .await
-                .map_err(db)?;
-            let done = events::redeliver(s, &ids).await.map_err(db)?;
-            let after = json!({ "redelivered": done });
-            Done {
-                download: None,
-                status: 200,
-                body: after.clone(),
-                rows: done.len() as i32,
-                before: Some(json!({ "failed": ids })),
-                after: Some(after),
-            }
-        }
-        Action::RequestReport => {
-            p.finish()?;
-            let idem = headers
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok())
-                .filter(|v| (1..=128).contains(&v.len()) && is_ident(v))
-                .ok_or_else(|| {
-                    Problem::invalid(
-                        "Idempotency-Key",
-                        "header required: 1-128 letters, digits, '-', '_', '.'",
-                    )
-                })?;
-            let input: ReportInput = serde_json::from_slice(body)
-                .map_err(|e| Problem::invalid("body", format!("not a report request: {e}")))?;
-            let (mut range, from, to) = body_range(&input.from, &input.to);
-            if !matches!(input.format.as_str(), "csv" | "json") {
-                range.fail("format", "must be csv or json");
-            }
-            range.finish()?;
-            audit.filter = json!({ "from": input.from, "to": input.to, "format": input.format, "idempotency_key": idem }).to_string();
-            let request = reports::Request {
-                from: from.expect("required"),
-                to: to.expect("required"),
-                format: input.format,
-            };
-            let (report, new) = reports::request(s, &principal.key_id, idem, &request).await?;
-            Done {
-                download: None,
-                status: if new { 202 } else { 200 },
-                body: report.clone(),
-                rows: 1,
-                before: None,
-                after: new.then_some(report),
-            }
-        }
+        Action::RedeliverEvent => redeliver_event(c, p).await?,
+        Action::RedeliverRange => redeliver_range(c, p, audit).await?,
+        Action::RequestReport => request_report(c, p, audit).await?,
         Action::ListReports => {
             p.finish()?;
             let items = reports::list(s).await.map_err(db)?;
@@ -593,175 +512,275 @@ async fn run(
             Done::ok(json!({ "items": items }), n)
         }
         Action::GetReport => {
-            let id = id_arg("report")?;
+            let id = c.id_arg("report")?;
             p.finish()?;
-            Done::ok(
-                reports::get(s, &id)
-                    .await
-                    .map_err(db)?
-                    .ok_or(Problem::NotFound)?,
-                1,
-            )
+            Done::ok(found(reports::get(s, &id).await.map_err(db)?)?, 1)
         }
-        Action::DownloadReport => {
-            let id = id_arg("report")?;
-            p.finish()?;
-            let (d, rows) = reports::download(s, &id).await?.ok_or(Problem::NotFound)?;
-            Done {
-                download: Some(d),
-                status: 200,
-                body: Value::Null,
-                rows: rows as i32,
-                before: None,
-                after: None,
-            }
-        }
-        Action::AcknowledgeReport => {
-            let id = id_arg("report")?;
-            p.finish()?;
-            let (before, after) = reports::acknowledge(s, &id, &principal.key_id)
-                .await?
-                .ok_or(Problem::NotFound)?;
-            Done {
-                download: None,
-                status: 200,
-                body: after.clone(),
-                rows: 1,
-                before: Some(json!({ "acknowledged_at": before["acknowledged_at"] })),
-                after: Some(
-                    json!({ "acknowledged_at": after["acknowledged_at"], "acknowledged_by": after["acknowledged_by"] }),
-                ),
-            }
-        }
+        Action::DownloadReport => download_report(c, p).await?,
+        Action::AcknowledgeReport => acknowledge_report(c, p).await?,
         Action::RotateSecret => {
             p.finish()?;
-            let (before, after) = settings::rotate_secret(s, body, &state.seal).await?;
+            let (before, after) = settings::rotate_secret(s, c.body, &state.seal).await?;
             Done::changed(Some(before), after)
         }
-        Action::Totals => {
-            let (from, to) = p.range();
-            let from = p.require("from", from);
-            let to = p.require("to", to);
-            audit.filter = p.filter_json();
-            p.finish()?;
-            let (from, to) = (from.expect("required"), to.expect("required"));
-            let totals = records::totals(s, from, to).await.map_err(db)?;
-            let n = totals.len();
-            Done::ok(
-                json!({ "from": records::rfc3339(from), "to": records::rfc3339(to), "totals": totals }),
-                n,
-            )
-        }
+        Action::Totals => totals(c, p, audit).await?,
         Action::GetSettings => {
             p.finish()?;
-            Done::ok(
-                settings::get(s)
-                    .await
-                    .map_err(db)?
-                    .ok_or(Problem::NotFound)?,
-                1,
-            )
+            Done::ok(found(settings::get(s).await.map_err(db)?)?, 1)
         }
-        Action::PutSettings => {
-            p.finish()?;
-            let (before, after) = settings::put(s, body, &state.egress, &state.seal).await?;
-            let mut shown = after.clone();
-            if let Some(o) = shown.as_object_mut() {
-                o.remove("webhook_secret_changed");
-            }
-            Done {
-                download: None,
-                status: 200,
-                body: shown,
-                rows: 1,
-                before,
-                after: Some(after),
-            }
-        }
+        Action::PutSettings => put_settings(c, p).await?,
         Action::ListKeys => {
             p.finish()?;
             let items = keys::list(&s.tx, Some(&s.merchant)).await.map_err(db)?;
             let n = items.len();
             Done::ok(json!({ "items": items }), n)
         }
-        Action::CreateKey => {
-            p.finish()?;
-            let input: KeyInput = serde_json::from_slice(body)
-                .map_err(|e| Problem::invalid("body", format!("not an API key request: {e}")))?;
-            let mut errors = Vec::new();
-            let role = Role::parse(&input.role).filter(|r| *r != Role::Operator);
-            if role.is_none() {
-                errors.push((
-                    "role",
-                    "must be one of owner, finance, developer, auditor".to_string(),
-                ));
-            }
-            if input.name.trim().is_empty() || input.name.len() > 100 {
-                errors.push(("name", "must be 1-100 characters".into()));
-            }
-            let expires = match input.expires_at.as_deref().map(crate::query::parse_time) {
-                Some(None) => {
-                    errors.push(("expires_at", "must be an RFC 3339 time".into()));
-                    None
-                }
-                Some(Some(t)) if t <= std::time::SystemTime::now() => {
-                    errors.push(("expires_at", "must be in the future".into()));
-                    None
-                }
-                Some(t) => t,
-                None => None,
-            };
-            if !errors.is_empty() {
-                return Err(Problem::Invalid(
-                    errors
-                        .into_iter()
-                        .map(|(f, m)| crate::problem::FieldError {
-                            field: f.into(),
-                            message: m,
-                        })
-                        .collect(),
-                ));
-            }
-            let (listing, key) = keys::create(
-                &s.tx,
-                &NewKey {
-                    name: input.name.trim(),
-                    role: role.expect("checked"),
-                    merchants: std::slice::from_ref(&s.merchant),
-                    expires_at: expires,
-                    created_by: &principal.key_id,
-                },
+        Action::CreateKey => create_key(c, p).await?,
+        Action::RevokeKey => revoke_key(c, p).await?,
+    })
+}
+
+/// `Some` or a 404.
+fn found<T>(v: Option<T>) -> Result<T, Problem> {
+    v.ok_or(Problem::NotFound)
+}
+
+/// One transaction with its fraud alerts and its deliveries.
+async fn get_transaction(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
+    let id = c.id_arg("transaction_id")?;
+    p.finish()?;
+    let mut t = found(records::transaction(c.s, &id).await.map_err(db)?)?;
+    t["fraud_alerts"] = json!(records::alerts_of(c.s, &id).await.map_err(db)?);
+    t["deliveries"] = json!(events::of_event(c.s, &id).await.map_err(db)?);
+    Ok(Done::ok(t, 1))
+}
+
+async fn redeliver_event(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
+    p.finish()?;
+    let id = event_arg(c.args[1])?;
+    let before = found(events::attempts(c.s, id).await.map_err(db)?)?;
+    let done = events::redeliver(c.s, &[id]).await.map_err(db)?;
+    if done.is_empty() {
+        return Err(Problem::invalid(
+            "event",
+            "is still pending: it is being delivered",
+        ));
+    }
+    let after = json!({ "redelivered": done });
+    Ok(Done {
+        download: None,
+        status: 200,
+        body: after.clone(),
+        rows: 1,
+        before: Some(
+            json!({ "id": id, "status": before["status"], "attempts": before["attempts"] }),
+        ),
+        after: Some(after),
+    })
+}
+
+async fn redeliver_range(
+    c: &Call<'_, '_>,
+    p: &mut Params,
+    audit: &mut Entry,
+) -> Result<Done, Problem> {
+    p.finish()?;
+    let input: RangeInput = serde_json::from_slice(c.body)
+        .map_err(|e| Problem::invalid("body", format!("not a range: {e}")))?;
+    let (mut range, from, to) = body_range(&input.from, &input.to);
+    range.finish()?;
+    audit.filter = json!({ "from": input.from, "to": input.to }).to_string();
+    let (from, to) = (from.expect("required"), to.expect("required"));
+    let ids = events::failed_between(c.s, from, to, MAX_REDELIVER)
+        .await
+        .map_err(db)?;
+    let done = events::redeliver(c.s, &ids).await.map_err(db)?;
+    let after = json!({ "redelivered": done });
+    Ok(Done {
+        download: None,
+        status: 200,
+        body: after.clone(),
+        rows: done.len() as i32,
+        before: Some(json!({ "failed": ids })),
+        after: Some(after),
+    })
+}
+
+async fn request_report(
+    c: &Call<'_, '_>,
+    p: &mut Params,
+    audit: &mut Entry,
+) -> Result<Done, Problem> {
+    p.finish()?;
+    let idem = c
+        .headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && is_ident(v))
+        .ok_or_else(|| {
+            Problem::invalid(
+                "Idempotency-Key",
+                "header required: 1-128 letters, digits, '-', '_', '.'",
             )
-            .await
-            .map_err(db)?;
-            let mut body = listing.clone();
-            body["key"] = json!(key);
-            Done {
-                download: None,
-                status: 201,
-                body,
-                rows: 1,
-                before: None,
-                after: Some(listing),
-            }
-        }
-        Action::RevokeKey => {
-            let id = id_arg("key_id")?;
-            p.finish()?;
-            state.verified.retain(|_, (p, _)| p.key_id != id);
-            let (before, after) = keys::revoke(&s.tx, &id, Some(&s.merchant), &principal.key_id)
-                .await
-                .map_err(db)?
-                .ok_or(Problem::NotFound)?;
-            Done::changed(Some(before), after)
-        }
-        Action::ReadAudit => {
-            let (limit, after) =
-                search_filter(state, route, p, audit, |p, after| (p.limit(), after))?;
-            page_body(p, crate::audit::page(s, limit, after).await.map_err(db)?)
-        }
+        })?;
+    let input: ReportInput = serde_json::from_slice(c.body)
+        .map_err(|e| Problem::invalid("body", format!("not a report request: {e}")))?;
+    let (mut range, from, to) = body_range(&input.from, &input.to);
+    if !matches!(input.format.as_str(), "csv" | "json") {
+        range.fail("format", "must be csv or json");
+    }
+    range.finish()?;
+    audit.filter = json!({ "from": input.from, "to": input.to, "format": input.format, "idempotency_key": idem }).to_string();
+    let request = reports::Request {
+        from: from.expect("required"),
+        to: to.expect("required"),
+        format: input.format,
     };
-    Ok(done)
+    let (report, new) = reports::request(c.s, &c.principal.key_id, idem, &request).await?;
+    Ok(Done {
+        download: None,
+        status: if new { 202 } else { 200 },
+        body: report.clone(),
+        rows: 1,
+        before: None,
+        after: new.then_some(report),
+    })
+}
+
+async fn download_report(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
+    let id = c.id_arg("report")?;
+    p.finish()?;
+    let (d, rows) = found(reports::download(c.s, &id).await?)?;
+    Ok(Done {
+        download: Some(d),
+        status: 200,
+        body: Value::Null,
+        rows: rows as i32,
+        before: None,
+        after: None,
+    })
+}
+
+async fn acknowledge_report(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
+    let id = c.id_arg("report")?;
+    p.finish()?;
+    let (before, after) = found(reports::acknowledge(c.s, &id, &c.principal.key_id).await?)?;
+    Ok(Done {
+        download: None,
+        status: 200,
+        body: after.clone(),
+        rows: 1,
+        before: Some(json!({ "acknowledged_at": before["acknowledged_at"] })),
+        after: Some(
+            json!({ "acknowledged_at": after["acknowledged_at"], "acknowledged_by": after["acknowledged_by"] }),
+        ),
+    })
+}
+
+async fn totals(c: &Call<'_, '_>, p: &mut Params, audit: &mut Entry) -> Result<Done, Problem> {
+    let (from, to) = p.range();
+    let from = p.require("from", from);
+    let to = p.require("to", to);
+    audit.filter = p.filter_json();
+    p.finish()?;
+    let (from, to) = (from.expect("required"), to.expect("required"));
+    let totals = records::totals(c.s, from, to).await.map_err(db)?;
+    let n = totals.len();
+    Ok(Done::ok(
+        json!({ "from": records::rfc3339(from), "to": records::rfc3339(to), "totals": totals }),
+        n,
+    ))
+}
+
+async fn put_settings(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
+    p.finish()?;
+    let (before, after) = settings::put(c.s, c.body, &c.state.egress, &c.state.seal).await?;
+    let mut shown = after.clone();
+    if let Some(o) = shown.as_object_mut() {
+        o.remove("webhook_secret_changed");
+    }
+    Ok(Done {
+        download: None,
+        status: 200,
+        body: shown,
+        rows: 1,
+        before,
+        after: Some(after),
+    })
+}
+
+async fn create_key(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
+    p.finish()?;
+    let input: KeyInput = serde_json::from_slice(c.body)
+        .map_err(|e| Problem::invalid("body", format!("not an API key request: {e}")))?;
+    let mut errors = Vec::new();
+    let role = Role::parse(&input.role).filter(|r| *r != Role::Operator);
+    if role.is_none() {
+        errors.push((
+            "role",
+            "must be one of owner, finance, developer, auditor".to_string(),
+        ));
+    }
+    if input.name.trim().is_empty() || input.name.len() > 100 {
+        errors.push(("name", "must be 1-100 characters".into()));
+    }
+    let expires = match input.expires_at.as_deref().map(crate::query::parse_time) {
+        Some(None) => {
+            errors.push(("expires_at", "must be an RFC 3339 time".into()));
+            None
+        }
+        Some(Some(t)) if t <= std::time::SystemTime::now() => {
+            errors.push(("expires_at", "must be in the future".into()));
+            None
+        }
+        Some(t) => t,
+        None => None,
+    };
+    if !errors.is_empty() {
+        return Err(Problem::Invalid(
+            errors
+                .into_iter()
+                .map(|(f, m)| crate::problem::FieldError {
+                    field: f.into(),
+                    message: m,
+                })
+                .collect(),
+        ));
+    }
+    let (listing, key) = keys::create(
+        &c.s.tx,
+        &NewKey {
+            name: input.name.trim(),
+            role: role.expect("checked"),
+            merchants: std::slice::from_ref(&c.s.merchant),
+            expires_at: expires,
+            created_by: &c.principal.key_id,
+        },
+    )
+    .await
+    .map_err(db)?;
+    let mut body = listing.clone();
+    body["key"] = json!(key);
+    Ok(Done {
+        download: None,
+        status: 201,
+        body,
+        rows: 1,
+        before: None,
+        after: Some(listing),
+    })
+}
+
+async fn revoke_key(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
+    let id = c.id_arg("key_id")?;
+    p.finish()?;
+    c.state.verified.retain(|_, (p, _)| p.key_id != id);
+    let (before, after) = found(
+        keys::revoke(&c.s.tx, &id, Some(&c.s.merchant), &c.principal.key_id)
+            .await
+            .map_err(db)?,
+    )?;
+    Ok(Done::changed(Some(before), after))
 }
 
 /// A search's filters: the cursor opened for this route, the route's own parse, the audit's

@@ -75,7 +75,7 @@ pub struct Args {
         value_enum,
         default_value = "reject"
     )]
-    pub rate_limit_policy: limit::Policy,
+    pub rate_limit_policy: limit::OverLimit,
     /// Seconds without finishing any message, while some wait, before liveness fails.
     #[arg(long, env = "POSFLOW_BRIDGE_STALL_TIMEOUT", default_value_t = 300)]
     pub stall_timeout: u64,
@@ -427,7 +427,7 @@ impl Ingress {
         delay: &mut Option<Duration>,
     ) -> Result<posflow_schema::Transaction, payload::Refusal> {
         match self.limiter.check(ids.terminal_id) {
-            limit::Verdict::Reject => {
+            limit::Pace::Reject => {
                 metrics().throttled.with_label_values(&["reject"]).inc();
                 Err(payload::Refusal {
                     reason: payload::Reason::RateLimited,
@@ -435,8 +435,8 @@ impl Ingress {
                     transaction_id: None,
                 })
             }
-            verdict => {
-                if let limit::Verdict::Delay(d) = verdict {
+            pace => {
+                if let limit::Pace::Delay(d) = pace {
                     metrics().throttled.with_label_values(&["delay"]).inc();
                     *delay = Some(d);
                 }

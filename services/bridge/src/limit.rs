@@ -10,14 +10,16 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+/// What happens to a terminal's message over its quota (`--rate-limit-policy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Policy {
+pub enum OverLimit {
     Delay,
     Reject,
 }
 
+/// What the limiter says of one message: go now, wait this long, or refuse.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Pace {
     Pass,
     Delay(Duration),
     Reject,
@@ -25,7 +27,7 @@ pub enum Verdict {
 
 pub struct TerminalLimiter {
     limiter: Option<DefaultKeyedRateLimiter<String>>,
-    policy: Policy,
+    policy: OverLimit,
     /// Delay policy: the emission interval, the burst tolerance, and each terminal's
     /// theoretical arrival time (GCRA's TAT).
     interval: Duration,
@@ -35,7 +37,7 @@ pub struct TerminalLimiter {
 
 impl TerminalLimiter {
     /// `per_second` 0 turns limiting off.
-    pub fn new(per_second: u32, burst: u32, policy: Policy) -> Self {
+    pub fn new(per_second: u32, burst: u32, policy: OverLimit) -> Self {
         let limiter = NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(burst.max(1)).expect("max(1)");
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
@@ -51,24 +53,24 @@ impl TerminalLimiter {
         }
     }
 
-    pub fn check(&mut self, terminal: &str) -> Verdict {
+    pub fn check(&mut self, terminal: &str) -> Pace {
         let Some(l) = &self.limiter else {
-            return Verdict::Pass;
+            return Pace::Pass;
         };
         match self.policy {
-            Policy::Reject => match l.check_key(&terminal.to_string()) {
-                Ok(()) => Verdict::Pass,
-                Err(_) => Verdict::Reject,
+            OverLimit::Reject => match l.check_key(&terminal.to_string()) {
+                Ok(()) => Pace::Pass,
+                Err(_) => Pace::Reject,
             },
-            Policy::Delay => {
+            OverLimit::Delay => {
                 let now = Instant::now();
                 let tat = self.schedule.get(terminal).copied().unwrap_or(now).max(now);
                 let start = tat.checked_sub(self.tolerance).unwrap_or(now).max(now);
                 self.schedule
                     .insert(terminal.to_string(), tat + self.interval);
                 match start.duration_since(now) {
-                    d if d.is_zero() => Verdict::Pass,
-                    d => Verdict::Delay(d),
+                    d if d.is_zero() => Pace::Pass,
+                    d => Pace::Delay(d),
                 }
             }
         }
@@ -90,37 +92,34 @@ mod tests {
 
     #[test]
     fn reject_lets_the_burst_through_per_terminal() {
-        let mut r = TerminalLimiter::new(1, 3, Policy::Reject);
+        let mut r = TerminalLimiter::new(1, 3, OverLimit::Reject);
         assert_eq!(
             (0..3)
                 .map(|_| r.check("T1"))
-                .filter(|v| *v == Verdict::Pass)
+                .filter(|v| *v == Pace::Pass)
                 .count(),
             3
         );
-        assert_eq!(r.check("T1"), Verdict::Reject);
+        assert_eq!(r.check("T1"), Pace::Reject);
         assert_eq!(
             r.check("T2"),
-            Verdict::Pass,
+            Pace::Pass,
             "another terminal has its own quota"
         );
         assert_eq!(
-            TerminalLimiter::new(0, 0, Policy::Reject).check("T1"),
-            Verdict::Pass
+            TerminalLimiter::new(0, 0, OverLimit::Reject).check("T1"),
+            Pace::Pass
         );
     }
 
     #[test]
     fn delay_gives_each_message_a_later_slot() {
         // 2 at once, then one slot per 100 ms, each later than the one before.
-        let mut d = TerminalLimiter::new(10, 2, Policy::Delay);
-        assert_eq!(
-            (d.check("T1"), d.check("T1")),
-            (Verdict::Pass, Verdict::Pass)
-        );
+        let mut d = TerminalLimiter::new(10, 2, OverLimit::Delay);
+        assert_eq!((d.check("T1"), d.check("T1")), (Pace::Pass, Pace::Pass));
         let waits: Vec<Duration> = (0..3)
             .map(|_| match d.check("T1") {
-                Verdict::Delay(w) => w,
+                Pace::Delay(w) => w,
                 v => panic!("{v:?}"),
             })
             .collect();
@@ -130,6 +129,6 @@ mod tests {
         );
         assert!(waits[1] > waits[0] + Duration::from_millis(90), "{waits:?}");
         assert!(waits[2] > waits[1] + Duration::from_millis(90), "{waits:?}");
-        assert_eq!(d.check("T2"), Verdict::Pass);
+        assert_eq!(d.check("T2"), Pace::Pass);
     }
 }

@@ -325,7 +325,8 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let group = args.kafka.group("posflow-fraud");
     let instance = args.exactly_once.instance();
     let client_id = format!("fraud-{instance}");
-    let consumer = posflow_kafka::clients::transactional_consumer(&args.kafka, &group, &client_id)?;
+    let consumer =
+        posflow_kafka::pipeline::transactional_consumer(&args.kafka, &group, &client_id)?;
     let (validated_topic, raw_topic) = (topics.validated(), topics.raw());
     rdkafka::consumer::Consumer::subscribe(&consumer, &[&validated_topic, &raw_topic])?;
     let producer = posflow_kafka::clients::transactional_producer(

@@ -7,7 +7,7 @@
 use crate::email::{Mail, Mailer};
 use crate::policy::{Answer, Breaker, RetryPolicy};
 use crate::prefs::Preferences;
-use crate::store::{self, Channel, Claimed, Settle, Settled};
+use crate::store::{self, Claimed, Settle, Settled};
 use crate::webhook::{Request, Sender};
 use crate::{Args, Prefs};
 use anyhow::Context as _;
@@ -18,9 +18,7 @@ use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_pg::connect_with_backoff;
 use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram_vec};
 use posflow_runtime::{Backoff, Context};
-use posflow_schema::{
-    now_millis, Channel as OutcomeChannel, DeliveryStatus, Encoder, NotificationOutcome,
-};
+use posflow_schema::{now_millis, Channel, DeliveryStatus, Encoder, NotificationOutcome};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
@@ -620,10 +618,7 @@ impl Shared {
         let outcome = NotificationOutcome {
             idempotency_key: c.idempotency_key.clone(),
             merchant_id: c.merchant_id.clone(),
-            channel: match c.channel {
-                Channel::Webhook => OutcomeChannel::Webhook,
-                Channel::Email => OutcomeChannel::Email,
-            },
+            channel: c.channel,
             event_type: c.event_type.clone(),
             status,
             attempts: c.attempt,

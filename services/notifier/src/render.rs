@@ -5,8 +5,9 @@
 //! the BIN.
 
 use crate::prefs::{EventKind, Format, Mode, Preferences};
-use crate::store::{Attachment, Channel, DigestItem, NewDelivery};
+use crate::store::{Attachment, DigestItem, NewDelivery};
 use posflow_schema::currency::format_minor;
+use posflow_schema::Channel;
 use posflow_schema::{rfc3339_millis, FraudAlert, TransactionType, TransactionValidated};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -387,7 +388,9 @@ pub fn csv(items: &[DigestItem]) -> Vec<u8> {
 
 /// A text cell a spreadsheet must not take for a formula (OWASP "CSV injection"): one that
 /// starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, and is quoted.
-fn csv_text(f: &str) -> String {
+/// For every text a terminal or a merchant chose, in every CSV posflow writes (digests here,
+/// the API's reports); numbers go through [`csv_field`].
+pub fn csv_text(f: &str) -> String {
     if f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("\"'{}\"", f.replace('"', "\"\""))
     } else {
@@ -395,7 +398,8 @@ fn csv_text(f: &str) -> String {
     }
 }
 
-fn csv_field(f: &str) -> String {
+/// A cell quoted as RFC 4180 asks (commas, quotes, line ends).
+pub fn csv_field(f: &str) -> String {
     if f.contains([',', '"', '\r', '\n']) {
         format!("\"{}\"", f.replace('"', "\"\""))
     } else {

@@ -5,7 +5,7 @@
 use crate::prefs::{Mode, Preferences};
 use crate::sealed::Keys;
 use posflow_pg::{DbError, Migrations};
-use posflow_schema::FraudAlert;
+use posflow_schema::{Channel, FraudAlert};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -206,21 +206,6 @@ pub async fn remove_preferences(client: &Client, merchant_id: &str) -> Result<bo
         )
         .await?
         == 1)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    Webhook,
-    Email,
-}
-
-impl Channel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::Webhook => "webhook",
-            Channel::Email => "email",
-        }
-    }
 }
 
 /// An email attachment.

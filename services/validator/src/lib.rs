@@ -297,7 +297,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     match args.delivery {
         Delivery::ExactlyOnce => {
             let consumer =
-                posflow_kafka::clients::transactional_consumer(&args.kafka, &group, &client_id)?;
+                posflow_kafka::pipeline::transactional_consumer(&args.kafka, &group, &client_id)?;
             rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
             let producer = posflow_kafka::clients::transactional_producer(
                 &args.kafka,

@@ -2,7 +2,7 @@
 //! so they are tested without Kafka. Every violation yields its own reason code
 //! (docs/reason-codes.md); a transaction can break several at once and gets them all.
 
-use crate::policy::Policy;
+use crate::policy::{is_mcc, Policy};
 use posflow_schema::currency::minor_units;
 use posflow_schema::{RejectionReason, TransactionReceived, TransactionType};
 
@@ -40,11 +40,6 @@ fn reason(code: &str, message: String) -> RejectionReason {
         code: code.to_string(),
         message,
     }
-}
-
-/// A merchant category code is four digits (ISO 18245).
-pub fn is_mcc(s: &str) -> bool {
-    s.len() == 4 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Every rule the transaction breaks under `policy`; empty means valid.

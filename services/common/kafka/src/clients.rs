@@ -41,18 +41,6 @@ pub fn transactional_producer(
         .create()
 }
 
-/// A consumer for the exactly-once pipeline: offsets are committed only inside transactions,
-/// and revocations wait for the transaction in flight (`pipeline::TxnContext`).
-pub fn transactional_consumer(
-    args: &KafkaArgs,
-    group: &str,
-    client_id: &str,
-) -> rdkafka::error::KafkaResult<StreamConsumer<crate::pipeline::TxnContext>> {
-    consumer_config(args, group, client_id)
-        .set("enable.auto.commit", "false")
-        .create_with_context(crate::pipeline::TxnContext::default())
-}
-
 /// A consumer that never moves an offset by itself: the stage stores an offset only once the
 /// record and every earlier one on its partition is fully handled; librdkafka then commits the
 /// stored offsets in the background.

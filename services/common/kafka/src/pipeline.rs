@@ -296,6 +296,18 @@ where
     }
 }
 
+/// A consumer for [`run_transactional`]: offsets are committed only inside transactions, and
+/// revocations wait for the transaction in flight ([`TxnContext`]).
+pub fn transactional_consumer(
+    args: &crate::KafkaArgs,
+    group: &str,
+    client_id: &str,
+) -> rdkafka::error::KafkaResult<StreamConsumer<TxnContext>> {
+    crate::clients::consumer_config(args, group, client_id)
+        .set("enable.auto.commit", "false")
+        .create_with_context(TxnContext::default())
+}
+
 /// The consumer context the exactly-once pipeline runs with. A revocation (a rebalance taking
 /// partitions away) must not let this instance commit work for those partitions afterwards: the
 /// new owner may already have read the committed offsets and started on the same records, and the

@@ -201,6 +201,16 @@ pub enum Channel {
     Email,
 }
 
+impl Channel {
+    /// The name in the notifier's tables (`notification_outbox.channel`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Webhook => "webhook",
+            Channel::Email => "email",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DeliveryStatus {
