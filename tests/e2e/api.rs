@@ -10,7 +10,7 @@ use posflow_api::records::{
 };
 use posflow_e2e::api::{make_key, owner_db, seed, Api, Resp};
 use posflow_e2e::notify::{outcomes, validated, Behaviour, Receiver};
-use posflow_e2e::{with_login, Deployment};
+use posflow_e2e::{count, with_login, Deployment};
 use posflow_schema::{AuditRecord, DeliveryStatus, TransactionType};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -342,11 +342,7 @@ async fn isolation_holds_for_generated_merchants_keys_roles_and_filters() {
     // Row-level security alone: the API's own login, the application's filter switched off.
     let api_url = with_login(&d.stack.database_url, "posflow_api_app", "api-local");
     let mut c = posflow_pg::connect(&api_url).await.unwrap();
-    let unscoped: i64 = c
-        .query_one("SELECT count(*) FROM transactions", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let unscoped = count(&c, "SELECT count(*) FROM transactions", &[]).await;
     assert_eq!(
         unscoped, 0,
         "without a scope the API's login sees no transaction"
@@ -580,14 +576,12 @@ async fn bad_keys_roles_and_input_are_refused_clearly_and_audited() {
         .await;
     assert_eq!(r.status, 404, "{}", r.json);
     expected.push((req_id(n), 404, "not-found"));
-    let still: i64 = owner
-        .query_one(
-            "SELECT count(*) FROM transactions WHERE merchant_id = $1",
-            &[&m],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let still = count(
+        &owner,
+        "SELECT count(*) FROM transactions WHERE merchant_id = $1",
+        &[&m],
+    )
+    .await;
     assert_eq!(still, 120, "the table is intact");
 
     // Every one of those is in the audit trail, as it happened.
@@ -1017,11 +1011,7 @@ async fn webhooks_inside_the_platform_are_refused_on_save_and_on_delivery() {
         .await;
     assert_eq!(r.status, 200, "a public address is accepted: {}", r.json);
     let owner = owner_db(&d).await;
-    let refused: i64 = owner
-        .query_one("SELECT count(*) FROM api_audit WHERE action = 'settings.update' AND status = 400 AND merchant_id = $1", &[&m])
-        .await
-        .unwrap()
-        .get(0);
+    let refused = count(&owner, "SELECT count(*) FROM api_audit WHERE action = 'settings.update' AND status = 400 AND merchant_id = $1", &[&m]).await;
     assert_eq!(refused, inside.len() as i64, "each refusal audited");
 
     // At delivery: preferences written behind the API's back (as if DNS changed after the
@@ -1256,11 +1246,7 @@ async fn a_rotated_secret_signs_alongside_the_old_one_during_the_overlap() {
         );
     }
     let owner = owner_db(&d).await;
-    let audited: i64 = owner
-        .query_one("SELECT count(*) FROM api_audit WHERE action = 'settings.rotate_secret' AND status = 200 AND after NOT LIKE '%whsec%'", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let audited = count(&owner, "SELECT count(*) FROM api_audit WHERE action = 'settings.rotate_secret' AND status = 200 AND after NOT LIKE '%whsec%'", &[]).await;
     assert_eq!(audited, 1, "the rotation is audited, without the secret");
 }
 
@@ -1482,6 +1468,19 @@ async fn post_report(api: &Api, m: &str, key: &str, period: &Value, idempotency_
     .await
 }
 
+/// A new report (`202`): its id.
+async fn new_report(
+    api: &Api,
+    m: &str,
+    key: &str,
+    period: &Value,
+    idempotency_key: &str,
+) -> String {
+    let r = post_report(api, m, key, period, idempotency_key).await;
+    assert_eq!(r.status, 202, "{}", r.json);
+    r.json["id"].as_str().unwrap().to_string()
+}
+
 /// Polls report `id` until its status is `want` (a failure or `within` ends the test), calling
 /// `each` at every poll; the report.
 async fn wait_report(
@@ -1579,9 +1578,7 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
         (400, Some("Idempotency-Key"))
     );
     let rss_before = posflow_e2e::rss_kib(api.service.child.id());
-    let first = post_report(&api, &m, &fin, &period, "month-end-1").await;
-    assert_eq!(first.status, 202, "{}", first.json);
-    let id = first.json["id"].as_str().unwrap().to_string();
+    let id = new_report(&api, &m, &fin, &period, "month-end-1").await;
     let again = post_report(&api, &m, &fin, &period, "month-end-1").await;
     assert_eq!(
         (again.status, again.json["id"].as_str()),
@@ -1716,19 +1713,13 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
         .stdout
         .clone();
     assert!(!listed.contains(&id), "{listed}");
-    let audited: i64 = owner
-        .query_one("SELECT count(*) FROM api_audit WHERE action = 'reports.acknowledge' AND status = 200 AND merchant_id = $1", &[&m])
-        .await
-        .unwrap()
-        .get(0);
+    let audited = count(&owner, "SELECT count(*) FROM api_audit WHERE action = 'reports.acknowledge' AND status = 200 AND merchant_id = $1", &[&m]).await;
     assert_eq!(audited, 1);
 
     // The same in JSON, over a shorter period: an array of exactly its rows.
     let week =
         json!({"from": "2026-11-23T12:00:00Z", "to": "2026-11-30T12:00:00Z", "format": "json"});
-    let r = post_report(&api, &m, &own, &week, "week-48").await;
-    assert_eq!(r.status, 202, "{}", r.json);
-    let wid = r.json["id"].as_str().unwrap().to_string();
+    let wid = new_report(&api, &m, &own, &week, "week-48").await;
     wait_report(
         &api,
         &m,
@@ -1742,11 +1733,7 @@ async fn a_report_over_100k_transactions_is_exact_bounded_announced_and_acknowle
     let rows: Vec<Value> =
         serde_json::from_slice(&api.raw_get(&format!("{path}/{wid}/download"), &own).await)
             .unwrap();
-    let n: i64 = owner
-        .query_one("SELECT count(*) FROM transactions WHERE merchant_id = $1 AND transaction_time >= '2026-11-23 12:00Z' AND transaction_time < '2026-11-30 12:00Z'", &[&m])
-        .await
-        .unwrap()
-        .get(0);
+    let n = count(&owner, "SELECT count(*) FROM transactions WHERE merchant_id = $1 AND transaction_time >= '2026-11-23 12:00Z' AND transaction_time < '2026-11-30 12:00Z'", &[&m]).await;
     assert_eq!(rows.len() as i64, n);
 }
 
@@ -1834,14 +1821,12 @@ async fn fraud_alerts_are_kept_with_the_merchants_record() {
         .get(&format!("/v1/merchants/{m}/transactions/{m}-8"), &own)
         .await;
     assert_eq!(none.json["fraud_alerts"], json!([]));
-    let stored: i64 = owner
-        .query_one(
-            "SELECT count(*) FROM fraud_alerts WHERE alert_id LIKE '%-' || $1",
-            &[&m],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored = count(
+        &owner,
+        "SELECT count(*) FROM fraud_alerts WHERE alert_id LIKE '%-' || $1",
+        &[&m],
+    )
+    .await;
     assert_eq!(stored, 3, "each alert once, the repeated one too");
 }
 
@@ -1869,9 +1854,7 @@ async fn a_report_whose_runner_is_killed_is_finished_by_another_replica() {
     let path = format!("/v1/merchants/{m}/reports");
     let period =
         json!({"from": "2026-01-01T00:00:00Z", "to": "2026-12-01T00:00:00Z", "format": "json"});
-    let r = post_report(&first, &m, &fin, &period, "killed").await;
-    assert_eq!(r.status, 202, "{}", r.json);
-    let id = r.json["id"].as_str().unwrap().to_string();
+    let id = new_report(&first, &m, &fin, &period, "killed").await;
     wait_report(
         &first,
         &m,
@@ -1883,14 +1866,12 @@ async fn a_report_whose_runner_is_killed_is_finished_by_another_replica() {
     )
     .await;
     first.service.kill();
-    let chunks: i64 = owner
-        .query_one(
-            "SELECT count(*) FROM api_report_chunks WHERE report_id = $1",
-            &[&id],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let chunks = count(
+        &owner,
+        "SELECT count(*) FROM api_report_chunks WHERE report_id = $1",
+        &[&id],
+    )
+    .await;
     assert_eq!(chunks, 0, "the killed runner's work is not visible");
 
     let second = Api::start(&d, &lease).await;
@@ -1914,10 +1895,6 @@ async fn a_report_whose_runner_is_killed_is_finished_by_another_replica() {
         serde_json::from_slice(&second.raw_get(&format!("{path}/{id}/download"), &fin).await)
             .unwrap();
     assert_eq!(rows.len(), 200_000);
-    let announced: i64 = owner
-        .query_one("SELECT count(*) FROM notification_outbox WHERE event_id = $1 AND event_type = 'report.ready'", &[&id])
-        .await
-        .unwrap()
-        .get(0);
+    let announced = count(&owner, "SELECT count(*) FROM notification_outbox WHERE event_id = $1 AND event_type = 'report.ready'", &[&id]).await;
     assert_eq!(announced, 1, "one report.ready, however many runners tried");
 }

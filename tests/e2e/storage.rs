@@ -6,7 +6,9 @@ use posflow_schema::{DeadLetter, Decoder, LineItem, TransactionValidated};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-async fn count(db: &tokio_postgres::Client, sql: &str, like: &str) -> i64 {
+/// `sql`'s bigint for this run's `LIKE` pattern; -1 while the database cannot answer (during a
+/// restart), so a poll counts it as not yet.
+async fn count_like(db: &tokio_postgres::Client, sql: &str, like: &str) -> i64 {
     db.query_one(sql, &[&like])
         .await
         .map(|r| r.get(0))
@@ -16,7 +18,7 @@ async fn count(db: &tokio_postgres::Client, sql: &str, like: &str) -> i64 {
 /// Polls the number of stored rows of this run until it reaches `n` (errors count as not yet).
 async fn stored_reaches(db: &tokio_postgres::Client, like: &str, n: i64) {
     let deadline = Instant::now() + Duration::from_secs(180);
-    while count(
+    while count_like(
         db,
         "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1",
         like,
@@ -107,7 +109,7 @@ async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a
     )
     .await;
     let distinct: HashSet<&str> = stored_ids.iter().map(String::as_str).collect();
-    let line_item_dups = count(
+    let line_item_dups = count_like(
         &db,
         "SELECT count(*) - count(DISTINCT (transaction_id, line_no)) FROM transaction_line_items WHERE transaction_id LIKE $1",
         &like,

@@ -21,6 +21,19 @@ pub async fn texts(client: &tokio_postgres::Client, query: &str, param: &str) ->
         .collect()
 }
 
+/// The one bigint `query` returns (a `count(*)`).
+pub async fn count(
+    client: &tokio_postgres::Client,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    client
+        .query_one(query, params)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+        .get(0)
+}
+
 /// Waits until `query` (returning one bigint) returns `expected`; returns the last value.
 pub async fn wait_for_count(
     client: &tokio_postgres::Client,
