@@ -92,7 +92,7 @@ fn random_filter(
     if route == "rejections" && rng.gen_bool(0.3) {
         q.push((
             "reason_code".into(),
-            pick(rng, &["AMOUNT_OUT_OF_RANGE", "CURRENCY_UNKNOWN"]),
+            pick(rng, &["AMOUNT_OVER_LIMIT", "CURRENCY_UNKNOWN"]),
         ));
     }
     if rng.gen_bool(0.05) {

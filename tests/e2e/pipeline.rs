@@ -153,13 +153,13 @@ async fn a_thousand_transactions_reach_postgres_exactly_once_and_no_card_number_
         let codes: Vec<&str> = rec.reasons.iter().map(|r| r.code.as_str()).collect();
         assert_eq!(
             codes,
-            vec![p.expected_rejection.unwrap()],
+            vec![p.expected_rejection.unwrap().code()],
             "{}",
             p.transaction_id
         );
         assert_eq!(
             r.headers.get("posflow-reason").map(String::as_str),
-            p.expected_rejection
+            p.expected_rejection.map(|c| c.code())
         );
         assert_eq!(
             r.key.as_deref(),

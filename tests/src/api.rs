@@ -220,7 +220,7 @@ pub async fn seed(db: &tokio_postgres::Client, merchant: &str, n: i32) {
          INSERT INTO rejections (transaction_id, terminal_id, merchant_id, transaction_time, type, amount_minor,
              currency, reason_codes, reasons, received_at, rejected_at, kafka_partition, kafka_offset)
            SELECT '{m}-r' || i, '{m}-T' || (i % 7), '{m}', timestamptz '2026-11-30 12:00Z' - i * interval '5 minute',
-             'sale', 10 * i, 'EUR', ARRAY[(ARRAY['AMOUNT_OUT_OF_RANGE','CURRENCY_UNKNOWN'])[1 + i % 2]],
+             'sale', 10 * i, 'EUR', ARRAY[(ARRAY['AMOUNT_OVER_LIMIT','CURRENCY_UNKNOWN'])[1 + i % 2]],
              '[]'::jsonb, now(), now(), 0, i
            FROM generate_series(1, {n} / 5) i;",
         m = merchant

@@ -4,11 +4,12 @@
 //! change is appended to the audit trail as `operator:<name>`.
 
 use clap::Subcommand;
-use posflow_api::audit::{self, Entry, Verdict};
+use posflow_api::audit::{self, Verdict};
 use posflow_api::auth::Role;
 use posflow_api::keys::{self, NewKey};
 use posflow_pg::DatabaseArgs;
 use posflow_schema::now_millis;
+use posflow_schema::AuditRecord;
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -111,10 +112,10 @@ async fn record(
     } else {
         merchants
     };
-    let entries: Vec<Entry> = merchants
+    let entries: Vec<AuditRecord> = merchants
         .iter()
-        .map(|m| Entry {
-            at_ms: now_millis(),
+        .map(|m| AuditRecord {
+            at: now_millis(),
             actor: format!("operator:{operator}"),
             role: "operator".into(),
             merchant_id: m.clone(),
@@ -126,7 +127,7 @@ async fn record(
             source: "cli".into(),
             before: before.map(Value::to_string),
             after: Some(after.to_string()),
-            ..Entry::default()
+            ..AuditRecord::default()
         })
         .collect();
     audit::append(client, &entries).await?;

@@ -90,6 +90,56 @@ fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let errors = check(&args);
+    if !errors.is_empty() {
+        eprintln!("posflow-admin: invalid configuration:\n{errors}");
+        return ExitCode::from(2);
+    }
+    match args.command {
+        Command::Terminals {
+            action,
+            operator: who,
+        } => runtime().block_on(terminals::run(&args.kafka, action, &operator(who))),
+        Command::ApiKeys {
+            action,
+            db,
+            operator: who,
+        } => report(runtime().block_on(api::keys(&db, action, &operator(who)))),
+        Command::Audit {
+            action: api::AuditAction::Verify,
+            db,
+        } => report(runtime().block_on(api::verify(&db))),
+        Command::Reports { action, db } => report(runtime().block_on(api::reports(&db, action))),
+        Command::Topics => {
+            print_topics(&args.kafka);
+            ExitCode::SUCCESS
+        }
+        Command::Provision {
+            replication_factor,
+            min_insync_replicas,
+            partitions,
+        } => {
+            let plan = ProvisionPlan {
+                replication_factor,
+                min_insync_replicas,
+                partitions,
+            };
+            match runtime().block_on(provision(&args.kafka, &plan)) {
+                Ok(report) => {
+                    print_provisioned(&report);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("posflow-admin: provisioning failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// Every configuration error of the command, at once.
+fn check(args: &Args) -> ConfigErrors {
     let mut errors = ConfigErrors::new();
     match &args.command {
         Command::ApiKeys { db, .. } | Command::Audit { db, .. } | Command::Reports { db, .. } => {
@@ -116,72 +166,36 @@ fn main() -> ExitCode {
             "--partitions must be >= 1",
         );
     }
-    if !errors.is_empty() {
-        eprintln!("posflow-admin: invalid configuration:\n{errors}");
-        return ExitCode::from(2);
+    errors
+}
+
+fn print_topics(kafka: &posflow_kafka::KafkaArgs) {
+    let topics = kafka.topics();
+    println!(
+        "{:<36} {:>10} {:>9}  {:<28} KEY",
+        "TOPIC", "PARTITIONS", "RETENTION", "WRITERS"
+    );
+    for t in CATALOGUE {
+        println!(
+            "{:<36} {:>10} {:>9}  {:<28} {}",
+            topics.name(t.name),
+            t.partitions,
+            t.retention.label(),
+            t.writers,
+            t.key
+        );
     }
-    match args.command {
-        Command::Terminals {
-            action,
-            operator: who,
-        } => runtime().block_on(terminals::run(&args.kafka, action, &operator(who))),
-        Command::ApiKeys {
-            action,
-            db,
-            operator: who,
-        } => report(runtime().block_on(api::keys(&db, action, &operator(who)))),
-        Command::Audit {
-            action: api::AuditAction::Verify,
-            db,
-        } => report(runtime().block_on(api::verify(&db))),
-        Command::Reports { action, db } => report(runtime().block_on(api::reports(&db, action))),
-        Command::Topics => {
-            let topics = args.kafka.topics();
-            println!(
-                "{:<36} {:>10} {:>9}  {:<28} KEY",
-                "TOPIC", "PARTITIONS", "RETENTION", "WRITERS"
-            );
-            for t in CATALOGUE {
-                println!(
-                    "{:<36} {:>10} {:>9}  {:<28} {}",
-                    topics.name(t.name),
-                    t.partitions,
-                    t.retention.label(),
-                    t.writers,
-                    t.key
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Command::Provision {
-            replication_factor,
-            min_insync_replicas,
-            partitions,
-        } => {
-            let plan = ProvisionPlan {
-                replication_factor,
-                min_insync_replicas,
-                partitions,
-            };
-            match runtime().block_on(provision(&args.kafka, &plan)) {
-                Ok(report) => {
-                    for t in &report.created {
-                        println!("created  {t}");
-                    }
-                    for t in &report.existed {
-                        println!("exists   {t}");
-                    }
-                    for (subject, id) in &report.schemas {
-                        println!("schema   {subject} id={id}");
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("posflow-admin: provisioning failed: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+}
+
+fn print_provisioned(report: &posflow_kafka::provision::ProvisionReport) {
+    for t in &report.created {
+        println!("created  {t}");
+    }
+    for t in &report.existed {
+        println!("exists   {t}");
+    }
+    for (subject, id) in &report.schemas {
+        println!("schema   {subject} id={id}");
     }
 }
 
@@ -190,4 +204,54 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(argv: &[&str]) -> String {
+        check(&Args::parse_from([&["posflow-admin"], argv].concat())).to_string()
+    }
+
+    #[test]
+    fn every_bad_provisioning_setting_is_listed_at_once() {
+        let e = errors(&[
+            "provision",
+            "--replication-factor",
+            "0",
+            "--partitions",
+            "0",
+        ]);
+        assert!(e.contains("--replication-factor must be >= 1"), "{e}");
+        assert!(
+            e.contains("--min-insync-replicas must be 1..=replication factor"),
+            "{e}"
+        );
+        assert!(e.contains("--partitions must be >= 1"), "{e}");
+        let ok = errors(&[
+            "provision",
+            "--replication-factor",
+            "3",
+            "--min-insync-replicas",
+            "2",
+        ]);
+        assert!(!ok.contains("replication"), "{ok}");
+    }
+
+    #[test]
+    fn each_command_checks_what_it_uses() {
+        let bad = ["--kafka-brokers", "nonsense"];
+        let e = errors(
+            &[
+                &bad[..],
+                &["audit", "--database-url", "mysql://x", "verify"],
+            ]
+            .concat(),
+        );
+        assert!(e.contains("--database-url"), "{e}");
+        assert!(!e.contains("--kafka-brokers"), "{e}");
+        let e = errors(&[&bad[..], &["topics"]].concat());
+        assert!(e.contains("--kafka-brokers must be host:port"), "{e}");
+    }
 }

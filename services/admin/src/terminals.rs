@@ -4,7 +4,7 @@ use clap::Subcommand;
 use posflow_kafka::KafkaArgs;
 use posflow_registry::{file, plan, store, Change, Snapshot, Status};
 use posflow_schema::{now_millis, rfc3339_millis, TerminalRegistration};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -68,62 +68,9 @@ pub async fn run(kafka: &KafkaArgs, action: Action, operator: &str) -> ExitCode 
 
 async fn go(kafka: &KafkaArgs, action: Action, operator: &str) -> anyhow::Result<ExitCode> {
     match action {
-        Action::Apply { file, dry_run } => {
-            let desired = match file::parse(&read(&file)?, operator, now_millis()) {
-                Ok(d) => d,
-                Err(errors) => return Ok(refused(&file, &errors)),
-            };
-            let current = store::load(kafka, READ_TIMEOUT).await?;
-            let changes = match plan(&current, &desired) {
-                Ok(c) => c,
-                Err(errors) => return Ok(refused(&file, &errors)),
-            };
-            let mut write = Vec::new();
-            let (mut added, mut changed) = (0, 0);
-            for (r, change) in changes {
-                match change {
-                    Change::Added => {
-                        added += 1;
-                        println!("add      {} {} {}", r.terminal_id, r.merchant_id, r.status);
-                    }
-                    Change::Changed(what) => {
-                        changed += 1;
-                        println!("change   {} {what}", r.terminal_id);
-                    }
-                    Change::Unchanged => continue,
-                }
-                write.push(r);
-            }
-            let unchanged = desired.len() - write.len();
-            if !dry_run && !write.is_empty() {
-                store::write(kafka, &write).await?;
-            }
-            println!(
-                "{}{added} added, {changed} changed, {unchanged} unchanged",
-                if dry_run { "dry run: " } else { "" }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Action::Apply { file, dry_run } => apply(kafka, &file, dry_run, operator).await,
         Action::List { merchant } => {
-            let snapshot = store::load(kafka, READ_TIMEOUT).await?;
-            println!(
-                "{:<16} {:<16} {:<8} {:<24} {:<16} NOTE",
-                "TERMINAL", "MERCHANT", "STATUS", "CHANGED", "BY"
-            );
-            for r in snapshot
-                .values()
-                .filter(|r| merchant.as_ref().is_none_or(|m| *m == r.merchant_id))
-            {
-                println!(
-                    "{:<16} {:<16} {:<8} {:<24} {:<16} {}",
-                    r.terminal_id,
-                    r.merchant_id,
-                    r.status,
-                    rfc3339_millis(r.changed_at),
-                    r.changed_by,
-                    r.note
-                );
-            }
+            list(kafka, merchant.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Action::Block { terminal_id, note } => {
@@ -147,6 +94,73 @@ async fn go(kafka: &KafkaArgs, action: Action, operator: &str) -> anyhow::Result
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Applies the file: every mistake listed and nothing written, or the changes printed and
+/// written (not with `dry_run`).
+async fn apply(
+    kafka: &KafkaArgs,
+    file: &Path,
+    dry_run: bool,
+    operator: &str,
+) -> anyhow::Result<ExitCode> {
+    let desired = match file::parse(&read(file)?, operator, now_millis()) {
+        Ok(d) => d,
+        Err(errors) => return Ok(refused(file, &errors)),
+    };
+    let current = store::load(kafka, READ_TIMEOUT).await?;
+    let changes = match plan(&current, &desired) {
+        Ok(c) => c,
+        Err(errors) => return Ok(refused(file, &errors)),
+    };
+    let mut write = Vec::new();
+    let (mut added, mut changed) = (0, 0);
+    for (r, change) in changes {
+        match change {
+            Change::Added => {
+                added += 1;
+                println!("add      {} {} {}", r.terminal_id, r.merchant_id, r.status);
+            }
+            Change::Changed(what) => {
+                changed += 1;
+                println!("change   {} {what}", r.terminal_id);
+            }
+            Change::Unchanged => continue,
+        }
+        write.push(r);
+    }
+    let unchanged = desired.len() - write.len();
+    if !dry_run && !write.is_empty() {
+        store::write(kafka, &write).await?;
+    }
+    println!(
+        "{}{added} added, {changed} changed, {unchanged} unchanged",
+        if dry_run { "dry run: " } else { "" }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(kafka: &KafkaArgs, merchant: Option<&str>) -> anyhow::Result<()> {
+    let snapshot = store::load(kafka, READ_TIMEOUT).await?;
+    println!(
+        "{:<16} {:<16} {:<8} {:<24} {:<16} NOTE",
+        "TERMINAL", "MERCHANT", "STATUS", "CHANGED", "BY"
+    );
+    for r in snapshot
+        .values()
+        .filter(|r| merchant.is_none_or(|m| m == r.merchant_id))
+    {
+        println!(
+            "{:<16} {:<16} {:<8} {:<24} {:<16} {}",
+            r.terminal_id,
+            r.merchant_id,
+            r.status,
+            rfc3339_millis(r.changed_at),
+            r.changed_by,
+            r.note
+        );
+    }
+    Ok(())
 }
 
 async fn set_status(
@@ -189,7 +203,7 @@ async fn set_status(
     }
 }
 
-fn read(path: &PathBuf) -> anyhow::Result<String> {
+fn read(path: &Path) -> anyhow::Result<String> {
     use anyhow::Context as _;
     if path.as_os_str() == "-" {
         return std::io::read_to_string(std::io::stdin()).context("reading stdin");

@@ -26,103 +26,65 @@ pub const APPEND_LOCK: i64 = 0x706f_7366_6175_6469; // "posfaudi"
 /// One relay at a time.
 pub const RELAY_LOCK: i64 = 0x706f_7366_7265_6c79; // "posfrely"
 
-/// One audit record before it is chained.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Entry {
-    pub at_ms: i64,
-    pub actor: String,
-    pub role: String,
-    pub merchant_id: String,
-    pub action: String,
-    pub resource: String,
-    pub filter: String,
-    pub row_count: i32,
-    pub status: i32,
-    pub outcome: String,
-    pub source: String,
-    pub request_id: String,
-    pub reason: String,
-    pub before: Option<String>,
-    pub after: Option<String>,
+/// The chained hash of `e` at `seq` after `prev`: every field but the chain's own (`seq`,
+/// `prev_hash`, `hash`), length-prefixed. An entry not yet appended has `seq` 0 and empty
+/// hashes; [`append`] chains it. `posflow_schema::AuditRecord` is the one type for the
+/// table, the API's audit pages and `pos.audit`.
+pub fn chain_hash(e: &AuditRecord, seq: i64, prev: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(seq.to_be_bytes());
+    h.update(e.at.to_be_bytes());
+    h.update(e.row_count.to_be_bytes());
+    h.update(e.status.to_be_bytes());
+    for field in [
+        Some(&e.actor),
+        Some(&e.role),
+        Some(&e.merchant_id),
+        Some(&e.action),
+        Some(&e.resource),
+        Some(&e.filter),
+        Some(&e.outcome),
+        Some(&e.source),
+        Some(&e.request_id),
+        Some(&e.reason),
+        e.before.as_ref(),
+        e.after.as_ref(),
+    ] {
+        match field {
+            // Length-prefixed, with NULL distinct from "": no two records hash alike.
+            Some(s) => {
+                h.update([1]);
+                h.update((s.len() as u64).to_be_bytes());
+                h.update(s.as_bytes());
+            }
+            None => h.update([0]),
+        }
+    }
+    h.finalize().to_vec()
 }
 
-impl Entry {
-    /// The chained hash of this entry at `seq` after `prev`.
-    pub fn hash(&self, seq: i64, prev: &[u8]) -> Vec<u8> {
-        let mut h = Sha256::new();
-        h.update(prev);
-        h.update(seq.to_be_bytes());
-        h.update(self.at_ms.to_be_bytes());
-        h.update(self.row_count.to_be_bytes());
-        h.update(self.status.to_be_bytes());
-        for field in [
-            Some(&self.actor),
-            Some(&self.role),
-            Some(&self.merchant_id),
-            Some(&self.action),
-            Some(&self.resource),
-            Some(&self.filter),
-            Some(&self.outcome),
-            Some(&self.source),
-            Some(&self.request_id),
-            Some(&self.reason),
-            self.before.as_ref(),
-            self.after.as_ref(),
-        ] {
-            match field {
-                // Length-prefixed, with NULL distinct from "": no two records hash alike.
-                Some(s) => {
-                    h.update([1]);
-                    h.update((s.len() as u64).to_be_bytes());
-                    h.update(s.as_bytes());
-                }
-                None => h.update([0]),
-            }
-        }
-        h.finalize().to_vec()
-    }
-
-    fn from_row(r: &tokio_postgres::Row) -> Self {
-        Entry {
-            at_ms: r.get("at_ms"),
-            actor: r.get("actor"),
-            role: r.get("role"),
-            merchant_id: r.get("merchant_id"),
-            action: r.get("action"),
-            resource: r.get("resource"),
-            filter: r.get("filter"),
-            row_count: r.get("row_count"),
-            status: r.get("status"),
-            outcome: r.get("outcome"),
-            source: r.get("source"),
-            request_id: r.get("request_id"),
-            reason: r.get("reason"),
-            before: r.get("before"),
-            after: r.get("after"),
-        }
-    }
-
-    fn record(self, seq: i64, prev_hash: &[u8], hash: &[u8]) -> AuditRecord {
-        AuditRecord {
-            seq,
-            at: self.at_ms,
-            actor: self.actor,
-            role: self.role,
-            merchant_id: self.merchant_id,
-            action: self.action,
-            resource: self.resource,
-            filter: self.filter,
-            row_count: self.row_count,
-            status: self.status,
-            outcome: self.outcome,
-            source: self.source,
-            request_id: self.request_id,
-            reason: self.reason,
-            before: self.before,
-            after: self.after,
-            prev_hash: hex(prev_hash),
-            hash: hex(hash),
-        }
+/// A row of [`COLUMNS`].
+fn from_row(r: &tokio_postgres::Row) -> AuditRecord {
+    AuditRecord {
+        seq: r.get("seq"),
+        at: r.get("at_ms"),
+        actor: r.get("actor"),
+        role: r.get("role"),
+        merchant_id: r.get("merchant_id"),
+        action: r.get("action"),
+        resource: r.get("resource"),
+        filter: r.get("filter"),
+        row_count: r.get("row_count"),
+        status: r.get("status"),
+        outcome: r.get("outcome"),
+        source: r.get("source"),
+        request_id: r.get("request_id"),
+        reason: r.get("reason"),
+        before: r.get("before"),
+        after: r.get("after"),
+        prev_hash: hex(r.get::<_, &[u8]>("prev_hash")),
+        hash: hex(r.get::<_, &[u8]>("hash")),
     }
 }
 
@@ -147,7 +109,7 @@ pub async fn prepare_append(client: &Client) -> Result<Statement, DbError> {
 }
 
 /// Appends entries to the chain in one transaction; returns their seqs.
-pub async fn append(client: &mut Client, entries: &[Entry]) -> Result<Vec<i64>, DbError> {
+pub async fn append(client: &mut Client, entries: &[AuditRecord]) -> Result<Vec<i64>, DbError> {
     let insert = prepare_append(client).await?;
     append_with(client, &insert, entries).await
 }
@@ -158,7 +120,7 @@ pub async fn append(client: &mut Client, entries: &[Entry]) -> Result<Vec<i64>, 
 pub async fn append_with(
     client: &mut Client,
     insert: &Statement,
-    entries: &[Entry],
+    entries: &[AuditRecord],
 ) -> Result<Vec<i64>, DbError> {
     let result = async {
         let head = client
@@ -184,7 +146,7 @@ pub async fn append_with(
         let mut seqs = Vec::with_capacity(entries.len());
         for e in entries {
             seq += 1;
-            let hash = e.hash(seq, &prev);
+            let hash = chain_hash(e, seq, &prev);
             cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
             seqs.push(seq);
         }
@@ -215,9 +177,9 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
-    fn push(&mut self, seq: i64, e: &'a Entry, prev_hash: Vec<u8>, hash: Vec<u8>) {
+    fn push(&mut self, seq: i64, e: &'a AuditRecord, prev_hash: Vec<u8>, hash: Vec<u8>) {
         self.seq.push(seq);
-        self.at_ms.push(e.at_ms);
+        self.at_ms.push(e.at);
         let text = [
             &e.actor,
             &e.role,
@@ -324,7 +286,7 @@ pub async fn verify(client: &mut Client) -> Result<Verdict, DbError> {
                 return broken("its prev_hash is not the previous row's hash".into());
             }
             let stored: Vec<u8> = r.get("hash");
-            if Entry::from_row(r).hash(seq, &prev) != stored {
+            if chain_hash(&from_row(r), seq, &prev) != stored {
                 return broken("its fields do not match its hash (the row was altered)".into());
             }
             prev = stored;
@@ -355,10 +317,10 @@ pub async fn page(s: &Scoped<'_>, limit: i64, after: Option<Position>) -> Result
         .iter()
         .take(limit as usize)
         .map(|r| {
-            let e = Entry::from_row(r);
+            let e = from_row(r);
             json!({
-                "seq": r.get::<_, i64>("seq"),
-                "at": rfc3339_millis(e.at_ms),
+                "seq": e.seq,
+                "at": rfc3339_millis(e.at),
                 "actor": e.actor,
                 "role": e.role,
                 "merchant_id": e.merchant_id,
@@ -389,7 +351,7 @@ pub async fn page(s: &Scoped<'_>, limit: i64, after: Option<Position>) -> Result
 }
 
 /// A request to append, answered with the seq once it is committed.
-type Pending = (Entry, oneshot::Sender<Result<i64, String>>);
+type Pending = (AuditRecord, oneshot::Sender<Result<i64, String>>);
 
 /// The handle requests append through.
 #[derive(Clone)]
@@ -399,7 +361,7 @@ pub struct Auditor {
 
 impl Auditor {
     /// Appends `e`; returns once it is committed.
-    pub async fn record(&self, e: Entry) -> Result<i64, String> {
+    pub async fn record(&self, e: AuditRecord) -> Result<i64, String> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((e, done))
@@ -525,14 +487,7 @@ pub async fn relay_once(client: &mut Client, to: &Relay, batch: i64) -> anyhow::
             return Ok(0);
         }
         let last: i64 = rows[rows.len() - 1].get("seq");
-        let records: Vec<AuditRecord> = rows
-            .iter()
-            .map(|r| {
-                let prev: Vec<u8> = r.get("prev_hash");
-                let hash: Vec<u8> = r.get("hash");
-                Entry::from_row(r).record(r.get("seq"), &prev, &hash)
-            })
-            .collect();
+        let records: Vec<AuditRecord> = rows.iter().map(from_row).collect();
         let n = records.len();
         to.publish(&records).await?;
         client
@@ -551,30 +506,30 @@ pub async fn relay_once(client: &mut Client, to: &Relay, batch: i64) -> anyhow::
 mod tests {
     use super::*;
 
-    fn entry() -> Entry {
-        Entry {
-            at_ms: 1,
+    fn entry() -> AuditRecord {
+        AuditRecord {
+            at: 1,
             actor: "pk_0123456789ab".into(),
             role: "owner".into(),
             merchant_id: "M001".into(),
             action: "transactions.search".into(),
             status: 200,
             outcome: "ok".into(),
-            ..Entry::default()
+            ..AuditRecord::default()
         }
     }
 
     #[test]
     fn every_field_and_the_chain_change_the_hash() {
-        let base = entry().hash(1, &[0; 32]);
-        assert_ne!(entry().hash(2, &[0; 32]), base);
-        assert_ne!(entry().hash(1, &[1; 32]), base);
+        let base = chain_hash(&entry(), 1, &[0; 32]);
+        assert_ne!(chain_hash(&entry(), 2, &[0; 32]), base);
+        assert_ne!(chain_hash(&entry(), 1, &[1; 32]), base);
         let mut e = entry();
         e.row_count = 1;
-        assert_ne!(e.hash(1, &[0; 32]), base);
+        assert_ne!(chain_hash(&e, 1, &[0; 32]), base);
         let mut e = entry();
         e.before = Some(String::new());
-        assert_ne!(e.hash(1, &[0; 32]), base, "NULL and '' differ");
+        assert_ne!(chain_hash(&e, 1, &[0; 32]), base, "NULL and '' differ");
         // Moving a byte from one field to the next changes the hash (length prefixes).
         let mut a = entry();
         a.actor = "ab".into();
@@ -582,6 +537,6 @@ mod tests {
         let mut b = entry();
         b.actor = "a".into();
         b.role = "bc".into();
-        assert_ne!(a.hash(1, &[0; 32]), b.hash(1, &[0; 32]));
+        assert_ne!(chain_hash(&a, 1, &[0; 32]), chain_hash(&b, 1, &[0; 32]));
     }
 }

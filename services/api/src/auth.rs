@@ -10,56 +10,57 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// What a principal may be allowed to do. Each route needs exactly one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumIter, strum::EnumCount, strum::IntoStaticStr,
+)]
 pub enum Permission {
     /// Transactions, rejections, totals, reports.
+    #[strum(serialize = "records:read")]
     RecordsRead,
     /// Request and acknowledge reports.
+    #[strum(serialize = "reports:run")]
     ReportsRun,
     /// Delivery settings, read.
+    #[strum(serialize = "settings:read")]
     SettingsRead,
     /// Delivery settings, change.
+    #[strum(serialize = "settings:write")]
     SettingsWrite,
     /// Notification events and their delivery attempts.
+    #[strum(serialize = "events:read")]
     EventsRead,
     /// Ask for deliveries again.
+    #[strum(serialize = "events:redeliver")]
     EventsRedeliver,
     /// The merchant's API keys, list.
+    #[strum(serialize = "keys:read")]
     KeysRead,
     /// The merchant's API keys, create and revoke.
+    #[strum(serialize = "keys:manage")]
     KeysManage,
     /// The merchant's audit log.
+    #[strum(serialize = "audit:read")]
     AuditRead,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
-        Self::RecordsRead,
-        Self::ReportsRun,
-        Self::SettingsRead,
-        Self::SettingsWrite,
-        Self::EventsRead,
-        Self::EventsRedeliver,
-        Self::KeysRead,
-        Self::KeysManage,
-        Self::AuditRead,
-    ];
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RecordsRead => "records:read",
-            Self::ReportsRun => "reports:run",
-            Self::SettingsRead => "settings:read",
-            Self::SettingsWrite => "settings:write",
-            Self::EventsRead => "events:read",
-            Self::EventsRedeliver => "events:redeliver",
-            Self::KeysRead => "keys:read",
-            Self::KeysManage => "keys:manage",
-            Self::AuditRead => "audit:read",
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Role {
     /// Everything, for its merchants.
     Owner,
@@ -75,24 +76,11 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
-        Self::Owner,
-        Self::Finance,
-        Self::Developer,
-        Self::Auditor,
-        Self::Operator,
-    ];
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Owner => "owner",
-            Self::Finance => "finance",
-            Self::Developer => "developer",
-            Self::Auditor => "auditor",
-            Self::Operator => "operator",
-        }
+        self.into()
     }
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
+        s.parse().ok()
     }
 
     /// The permission matrix.
@@ -190,6 +178,7 @@ impl Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use strum::{EnumCount, IntoEnumIterator};
 
     #[test]
     fn generated_keys_parse_and_their_hash_matches() {
@@ -220,13 +209,12 @@ mod tests {
     fn the_matrix_as_documented() {
         use Permission::*;
         let allowed = |r: Role| -> Vec<&str> {
-            Permission::ALL
-                .into_iter()
+            Permission::iter()
                 .filter(|p| r.allows(*p))
                 .map(Permission::as_str)
                 .collect()
         };
-        assert_eq!(allowed(Role::Owner).len(), Permission::ALL.len());
+        assert_eq!(allowed(Role::Owner).len(), Permission::COUNT);
         assert_eq!(
             allowed(Role::Finance),
             [RecordsRead.as_str(), ReportsRun.as_str()]
@@ -256,14 +244,14 @@ mod tests {
     #[test]
     fn docs_api_md_prints_the_matrix() {
         let doc = include_str!("../../../docs/api.md");
-        for p in Permission::ALL {
+        for p in Permission::iter() {
             let row = doc
                 .lines()
                 .find(|l| l.starts_with(&format!("| `{}`", p.as_str())))
                 .unwrap_or_else(|| panic!("docs/api.md has no row for {}", p.as_str()));
             let cells: Vec<&str> = row.split('|').map(str::trim).collect();
             // | permission | owner | finance | developer | auditor | operator |
-            for (i, role) in Role::ALL.into_iter().enumerate() {
+            for (i, role) in Role::iter().enumerate() {
                 let ticked = cells[2 + i] == "✓";
                 assert_eq!(
                     ticked,

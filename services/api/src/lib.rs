@@ -294,3 +294,11 @@ async fn relay_loop(kafka: KafkaArgs, url: String, ctx: Context) -> anyhow::Resu
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_run_in_order_without_gaps() {
+        assert_eq!(super::MIGRATIONS.check_order(), Ok(()));
+    }
+}

@@ -6,6 +6,7 @@ use crate::auth::{Permission, Role};
 use crate::problem::Problem;
 use crate::routes::{OPENAPI_PATH, ROUTES};
 use serde_json::{json, Map, Value};
+use strum::IntoEnumIterator;
 
 /// Every query parameter any route takes: (name, schema, description).
 const PARAMS: &[(&str, &str, &str)] = &[
@@ -68,10 +69,45 @@ fn param(name: &str) -> Value {
     json!({"name": name, "in": "query", "required": false, "description": doc, "schema": schema})
 }
 
+fn s(t: &str) -> Value {
+    json!({"type": t})
+}
+
+/// A nullable `t`.
+fn ns(t: &str) -> Value {
+    json!({"type": [t, "null"]})
+}
+
+fn time() -> Value {
+    json!({"type": "string", "format": "date-time"})
+}
+
+/// A page of `item`s with the next page's cursor.
+fn page(item: &str) -> Value {
+    json!({
+        "type": "object", "required": ["items", "next_cursor"],
+        "properties": {"items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}},
+                       "next_cursor": ns("string")}
+    })
+}
+
 fn components() -> Value {
-    let s = |t: &str| json!({"type": t});
-    let ns = |t: &str| json!({"type": [t, "null"]});
-    let time = json!({"type": "string", "format": "date-time"});
+    let mut schemas = record_schemas();
+    for more in [settings_schemas(), delivery_schemas()] {
+        schemas
+            .as_object_mut()
+            .expect("an object")
+            .extend(more.as_object().expect("an object").clone());
+    }
+    json!({
+        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "An API key, pk_<id>_<secret>."}},
+        "schemas": schemas,
+    })
+}
+
+/// Transactions, rejections, totals, the audit log and problems.
+fn record_schemas() -> Value {
+    let time = time();
     let transaction = json!({
         "type": "object",
         "properties": {
@@ -84,13 +120,38 @@ fn components() -> Value {
             "received_at": time, "validated_at": time, "stored_at": time
         }
     });
-    let page = |item: &str| {
-        json!({
-            "type": "object", "required": ["items", "next_cursor"],
-            "properties": {"items": {"type": "array", "items": {"$ref": format!("#/components/schemas/{item}")}},
-                           "next_cursor": ns("string")}
-        })
-    };
+    json!({
+            "Transaction": transaction,
+            "TransactionPage": page("Transaction"),
+            "TransactionDetail": {"allOf": [{"$ref": "#/components/schemas/Transaction"}, {"type": "object", "properties": {
+                "line_items": {"type": "array", "items": {"type": "object", "properties": {
+                    "line_no": s("integer"), "sku": s("string"), "description": s("string"),
+                    "unit_price_minor": s("integer"), "quantity": s("integer")}}},
+                "fraud_alerts": {"type": "array", "items": {"$ref": "#/components/schemas/FraudAlert"}},
+                "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}]},
+            "Rejection": {"type": "object", "properties": {
+                "transaction_id": s("string"), "merchant_id": s("string"), "terminal_id": s("string"),
+                "transaction_time": time, "type": s("string"), "amount_minor": s("integer"), "currency": s("string"),
+                "reason_codes": {"type": "array", "items": s("string")}, "reasons": {}, "received_at": time, "rejected_at": time}},
+            "RejectionPage": page("Rejection"),
+            "Totals": {"type": "object", "properties": {"from": time, "to": time, "totals": {"type": "array", "items": {
+                "type": "object", "properties": {"currency": s("string"), "type": s("string"), "count": s("integer"), "amount_minor": s("integer")}}}}},
+            "AuditRecord": {"type": "object", "properties": {
+                "seq": s("integer"), "at": time, "actor": s("string"), "role": s("string"), "merchant_id": s("string"),
+                "action": s("string"), "resource": s("string"), "filter": {}, "row_count": s("integer"),
+                "status": s("integer"), "outcome": s("string"), "source": s("string"), "request_id": s("string"),
+                "reason": s("string"), "before": {}, "after": {}, "hash": s("string")}},
+            "AuditPage": page("AuditRecord"),
+            "Problem": {"type": "object", "description": "RFC 9457 problem details.", "required": ["type", "title", "status", "request_id"],
+                "properties": {"type": s("string"), "title": s("string"), "status": s("integer"), "detail": s("string"),
+                    "request_id": s("string"), "errors": {"type": "array", "items": {"type": "object",
+                        "properties": {"field": s("string"), "message": s("string")}}}}}
+    })
+}
+
+/// Delivery settings and API keys.
+fn settings_schemas() -> Value {
+    let time = time();
     let settings_fields = json!({
         "mode": {"enum": ["per-event", "digest"]},
         "digest_every": {"type": ["string", "null"], "description": "With mode digest: 10s to 1day, e.g. \"1h\"."},
@@ -112,6 +173,24 @@ fn components() -> Value {
             "merchants": {"type": "array", "items": s("string")}, "created_at": time, "created_by": s("string"),
             "expires_at": ns("string"), "revoked_at": ns("string"), "revoked_by": ns("string"), "last_used_at": ns("string")}
     });
+    let mut created = key.clone();
+    created["properties"]["key"] =
+        json!({"type": "string", "description": "The key. Shown once: store it now."});
+    json!({
+            "Settings": {"type": "object", "properties": settings},
+            "SettingsInput": {"type": "object", "additionalProperties": false, "properties": settings_input},
+            "ApiKey": key,
+            "ApiKeyList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}}},
+            "ApiKeyInput": {"type": "object", "additionalProperties": false, "required": ["name", "role"], "properties": {
+                "name": s("string"), "role": {"enum": ["owner", "finance", "developer", "auditor"]},
+                "expires_at": {"type": "string", "format": "date-time"}}},
+            "ApiKeyCreated": created
+    })
+}
+
+/// Events, deliveries, redelivery, secret rotation, reports and fraud alerts.
+fn delivery_schemas() -> Value {
+    let time = time();
     let event = json!({
         "type": "object",
         "properties": {"id": s("integer"), "merchant_id": s("string"), "event_id": ns("string"),
@@ -120,49 +199,7 @@ fn components() -> Value {
             "last_error": ns("string"), "idempotency_key": s("string"), "created_at": time,
             "finished_at": ns("string"), "redelivered_at": ns("string")}
     });
-    let mut created = key.clone();
-    created["properties"]["key"] =
-        json!({"type": "string", "description": "The key. Shown once: store it now."});
-    let mut doc = json!({
-        "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer", "description": "An API key, pk_<id>_<secret>."}},
-        "schemas": {
-            "Transaction": transaction,
-            "TransactionPage": page("Transaction"),
-            "TransactionDetail": {"allOf": [{"$ref": "#/components/schemas/Transaction"}, {"type": "object", "properties": {
-                "line_items": {"type": "array", "items": {"type": "object", "properties": {
-                    "line_no": s("integer"), "sku": s("string"), "description": s("string"),
-                    "unit_price_minor": s("integer"), "quantity": s("integer")}}},
-                "fraud_alerts": {"type": "array", "items": {"$ref": "#/components/schemas/FraudAlert"}},
-                "deliveries": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}}}]},
-            "Rejection": {"type": "object", "properties": {
-                "transaction_id": s("string"), "merchant_id": s("string"), "terminal_id": s("string"),
-                "transaction_time": time, "type": s("string"), "amount_minor": s("integer"), "currency": s("string"),
-                "reason_codes": {"type": "array", "items": s("string")}, "reasons": {}, "received_at": time, "rejected_at": time}},
-            "RejectionPage": page("Rejection"),
-            "Totals": {"type": "object", "properties": {"from": time, "to": time, "totals": {"type": "array", "items": {
-                "type": "object", "properties": {"currency": s("string"), "type": s("string"), "count": s("integer"), "amount_minor": s("integer")}}}}},
-            "Settings": {"type": "object", "properties": settings},
-            "SettingsInput": {"type": "object", "additionalProperties": false, "properties": settings_input},
-            "ApiKey": key,
-            "ApiKeyList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/ApiKey"}}}},
-            "ApiKeyInput": {"type": "object", "additionalProperties": false, "required": ["name", "role"], "properties": {
-                "name": s("string"), "role": {"enum": ["owner", "finance", "developer", "auditor"]},
-                "expires_at": {"type": "string", "format": "date-time"}}},
-            "ApiKeyCreated": created,
-            "AuditRecord": {"type": "object", "properties": {
-                "seq": s("integer"), "at": time, "actor": s("string"), "role": s("string"), "merchant_id": s("string"),
-                "action": s("string"), "resource": s("string"), "filter": {}, "row_count": s("integer"),
-                "status": s("integer"), "outcome": s("string"), "source": s("string"), "request_id": s("string"),
-                "reason": s("string"), "before": {}, "after": {}, "hash": s("string")}},
-            "AuditPage": page("AuditRecord"),
-            "Problem": {"type": "object", "description": "RFC 9457 problem details.", "required": ["type", "title", "status", "request_id"],
-                "properties": {"type": s("string"), "title": s("string"), "status": s("integer"), "detail": s("string"),
-                    "request_id": s("string"), "errors": {"type": "array", "items": {"type": "object",
-                        "properties": {"field": s("string"), "message": s("string")}}}}}
-        }
-    });
-    // Two macros: one would pass serde_json's recursion limit.
-    let events = json!({
+    json!({
             "Event": event,
             "EventPage": page("Event"),
             "EventDetail": {"allOf": [{"$ref": "#/components/schemas/Event"}, {"type": "object", "properties": {
@@ -192,12 +229,7 @@ fn components() -> Value {
                 "severity": s("string"), "score": s("number"),
                 "evidence_transaction_ids": {"type": "array", "items": s("string")}, "detected_at": time}},
             "FraudAlertPage": page("FraudAlert")
-    });
-    doc["schemas"]
-        .as_object_mut()
-        .expect("an object")
-        .extend(events.as_object().expect("an object").clone());
-    doc
+    })
 }
 
 /// The document, pretty-printed with a final newline (as committed).
@@ -216,8 +248,7 @@ pub fn document() -> String {
                 "description": "The same key returns the same report (1-128 letters, digits, '-', '_', '.').",
                 "schema": {"type": "string", "maxLength": 128}}));
         }
-        let roles: Vec<&str> = Role::ALL
-            .into_iter()
+        let roles: Vec<&str> = Role::iter()
             .filter(|role| role.allows(r.permission))
             .map(Role::as_str)
             .collect();
@@ -259,9 +290,8 @@ pub fn document() -> String {
         json!({"get": {"operationId": "openapi", "summary": "This document (no key needed)", "security": [],
                        "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}}}),
     );
-    let permissions: Vec<Value> = Permission::ALL
-        .iter()
-        .map(|p| json!({"permission": p.as_str(), "roles": Role::ALL.iter().filter(|r| r.allows(*p)).map(|r| r.as_str()).collect::<Vec<_>>()}))
+    let permissions: Vec<Value> = Permission::iter()
+        .map(|p| json!({"permission": p.as_str(), "roles": Role::iter().filter(|r| r.allows(p)).map(|r| r.as_str()).collect::<Vec<_>>()}))
         .collect();
     let doc = json!({
         "openapi": "3.1.0",

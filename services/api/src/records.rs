@@ -5,7 +5,7 @@
 use crate::db::Scoped;
 use crate::query::{is_bin, is_currency, is_digits, is_ident, Params, Position};
 use posflow_pg::DbError;
-use posflow_schema::rfc3339_millis;
+use posflow_schema::{rfc3339_millis, GivenBy, ReasonCode};
 use serde_json::{json, Value};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio_postgres::types::ToSql;
@@ -292,10 +292,10 @@ impl RejectionFilter {
             reason_code: p.text(
                 "reason_code",
                 |s| {
-                    s.bytes()
-                        .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+                    s.parse::<ReasonCode>()
+                        .is_ok_and(|c| c.given_by() == GivenBy::Validator)
                 },
-                "a reason code such as AMOUNT_OUT_OF_RANGE (docs/reason-codes.md)",
+                "a validator reason code such as AMOUNT_OVER_LIMIT (docs/reason-codes.md)",
             ),
         }
     }

@@ -243,24 +243,41 @@ fn write_row(
     if csv {
         // The digests' cell rules: text a terminal chose is neutralised against formula
         // injection (a finance team opens this in a spreadsheet); the amount is a number.
-        use posflow_notifier::render::{csv_field, csv_text};
-        let cells = [
-            csv_text(&text("transaction_id")),
-            csv_text(&text("terminal_id")),
-            csv_field(&time),
-            csv_text(&text("type")),
-            csv_field(&amount.to_string()),
-            csv_text(&text("currency")),
-            csv_text(&text("payment_method")),
-            csv_text(&text("entry_mode")),
-            csv_text(&text("card_bin")),
-            csv_text(&text("card_last4")),
-            csv_text(&text("auth_code")),
-            csv_text(&text("response_code")),
-            csv_text(&text("mcc")),
+        use posflow_notifier::render::{csv_record, Cell};
+        let amount = amount.to_string();
+        let names = [
+            "transaction_id",
+            "terminal_id",
+            "type",
+            "currency",
+            "payment_method",
+            "entry_mode",
+            "card_bin",
+            "card_last4",
+            "auth_code",
+            "response_code",
+            "mcc",
         ];
-        out.push_str(&cells.join(","));
-        out.push('\n');
+        let [id, terminal, kind, currency, method, mode, bin, last4, auth, response, mcc] =
+            names.map(text);
+        out.push_str(&csv_record(
+            &[
+                Cell::Text(&id),
+                Cell::Text(&terminal),
+                Cell::Plain(&time),
+                Cell::Text(&kind),
+                Cell::Plain(&amount),
+                Cell::Text(&currency),
+                Cell::Text(&method),
+                Cell::Text(&mode),
+                Cell::Text(&bin),
+                Cell::Text(&last4),
+                Cell::Text(&auth),
+                Cell::Text(&response),
+                Cell::Text(&mcc),
+            ],
+            "\n",
+        ));
     } else {
         if !first {
             out.push_str(",\n");
@@ -274,6 +291,73 @@ fn write_row(
         });
         out.push_str(&o.to_string());
     }
+}
+
+/// A report file being made: the chunk filling up, what was written, its hash and totals.
+struct File {
+    csv: bool,
+    buf: String,
+    /// Chunks written.
+    n: i32,
+    rows: i64,
+    bytes: i64,
+    sha: Sha256,
+    totals: BTreeMap<(String, String), (i64, i64)>,
+}
+
+impl File {
+    fn new(csv: bool) -> Self {
+        let mut buf = String::with_capacity(CHUNK + 64 * 1024);
+        buf.push_str(if csv { CSV_HEADER } else { "[\n" });
+        File {
+            csv,
+            buf,
+            n: 0,
+            rows: 0,
+            bytes: 0,
+            sha: Sha256::new(),
+            totals: BTreeMap::new(),
+        }
+    }
+
+    fn push(&mut self, r: &Row) {
+        write_row(&mut self.buf, r, self.csv, self.rows == 0, &mut self.totals);
+        self.rows += 1;
+    }
+
+    /// The filled chunk (its number and bytes), hashed and counted.
+    fn chunk(&mut self) -> (i32, Vec<u8>) {
+        let data = std::mem::take(&mut self.buf).into_bytes();
+        self.sha.update(&data);
+        self.bytes += data.len() as i64;
+        self.n += 1;
+        (self.n - 1, data)
+    }
+}
+
+/// The signed `report.ready` webhook, through the notifier's outbox in the report's own
+/// transaction (idempotency key from the report id: at most one event per report).
+async fn announce(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    ready: &Row,
+) -> Result<(), DbError> {
+    let report = report_json(ready);
+    let key = crate::audit::hex(&Sha256::digest(format!("report.ready\0{id}").as_bytes())[..16]);
+    let mut body = Map::new();
+    body.insert("event_type".into(), json!("report.ready"));
+    body.insert("idempotency_key".into(), json!(key));
+    body.insert("report".into(), report);
+    tx.execute(
+        "SELECT posflow_enqueue_report_ready($1, $2, $3)",
+        &[
+            &id,
+            &key,
+            &serde_json::to_vec(&Value::Object(body)).unwrap_or_default(),
+        ],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Makes one claimed report, all in one transaction: the file's chunks, its totals, its
@@ -315,18 +399,7 @@ async fn generate(
     let insert =
         s.tx.prepare("INSERT INTO api_report_chunks (report_id, n, data) VALUES ($1, $2, $3)")
             .await?;
-    let mut buf = String::with_capacity(CHUNK + 64 * 1024);
-    buf.push_str(if csv { CSV_HEADER } else { "[\n" });
-    let (mut n, mut rows, mut bytes) = (0i32, 0i64, 0i64);
-    let mut sha = Sha256::new();
-    let mut totals = BTreeMap::new();
-    let flush = |buf: &mut String, n: &mut i32, bytes: &mut i64, sha: &mut Sha256| {
-        let data = std::mem::take(buf).into_bytes();
-        sha.update(&data);
-        *bytes += data.len() as i64;
-        *n += 1;
-        (*n - 1, data)
-    };
+    let mut file = File::new(csv);
     loop {
         let batch =
             s.tx.query(&format!("FETCH {FETCH} FROM report_rows"), &[])
@@ -335,26 +408,26 @@ async fn generate(
             break;
         }
         for r in &batch {
-            write_row(&mut buf, r, csv, rows == 0, &mut totals);
-            rows += 1;
-            if buf.len() >= CHUNK {
-                let (k, data) = flush(&mut buf, &mut n, &mut bytes, &mut sha);
+            file.push(r);
+            if file.buf.len() >= CHUNK {
+                let (k, data) = file.chunk();
                 s.tx.execute(&insert, &[&id, &k, &data]).await?;
             }
         }
     }
     if !csv {
-        buf.push_str("\n]\n");
+        file.buf.push_str("\n]\n");
     }
-    if !buf.is_empty() {
-        let (k, data) = flush(&mut buf, &mut n, &mut bytes, &mut sha);
+    if !file.buf.is_empty() {
+        let (k, data) = file.chunk();
         s.tx.execute(&insert, &[&id, &k, &data]).await?;
     }
-    let totals: Vec<Value> = totals
+    let totals: Vec<Value> = file
+        .totals
         .into_iter()
         .map(|((currency, kind), (count, amount))| json!({"currency": currency, "type": kind, "count": count, "amount_minor": amount}))
         .collect();
-    let digest = crate::audit::hex(&sha.finalize());
+    let digest = crate::audit::hex(&file.sha.finalize());
     let ready = s
         .tx
         .query_one(
@@ -363,24 +436,10 @@ async fn generate(
                         ready_at = now(), lease_owner = NULL, lease_until = NULL, error = NULL
                   WHERE id = $1 RETURNING {COLUMNS}"
             ),
-            &[&id, &rows, &bytes, &digest, &Value::Array(totals).to_string()],
+            &[&id, &file.rows, &file.bytes, &digest, &Value::Array(totals).to_string()],
         )
         .await?;
-    let report = report_json(&ready);
-    let key = crate::audit::hex(&Sha256::digest(format!("report.ready\0{id}").as_bytes())[..16]);
-    let mut body = Map::new();
-    body.insert("event_type".into(), json!("report.ready"));
-    body.insert("idempotency_key".into(), json!(key));
-    body.insert("report".into(), report);
-    s.tx.execute(
-        "SELECT posflow_enqueue_report_ready($1, $2, $3)",
-        &[
-            &id,
-            &key,
-            &serde_json::to_vec(&Value::Object(body)).unwrap_or_default(),
-        ],
-    )
-    .await?;
+    announce(&s.tx, id, &ready).await?;
     s.commit().await
 }
 

@@ -2,7 +2,7 @@
 //! handler in a scoped transaction, then the audit record — written before the response
 //! leaves, whatever the outcome.
 
-use crate::audit::{Auditor, Entry};
+use crate::audit::Auditor;
 use crate::auth::{Principal, Role};
 use crate::db::{AppFilter, Pool, Scope, Scoped};
 use crate::events::{self, EventFilter};
@@ -20,6 +20,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use posflow_notifier::egress::Egress;
 use posflow_notifier::sealed::Keys;
 use posflow_runtime::metrics::{counter_vec, histogram_vec};
+use posflow_schema::AuditRecord;
 use prometheus::{HistogramVec, IntCounterVec};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -176,14 +177,14 @@ fn request_id(headers: &hyper::HeaderMap) -> String {
 pub async fn handle(state: &Arc<State>, req: Incoming<'_>) -> Reply {
     let started = Instant::now();
     let request_id = request_id(req.headers);
-    let mut audit = Entry {
-        at_ms: posflow_schema::now_millis(),
+    let mut audit = AuditRecord {
+        at: posflow_schema::now_millis(),
         resource: format!("{} {}", req.method, req.path),
         source: req.source.to_string(),
         request_id: request_id.clone(),
         action: "unknown".into(),
         filter: "{}".into(),
-        ..Entry::default()
+        ..AuditRecord::default()
     };
     let outcome = serve(state, &req, &mut audit).await;
     let mut download = None;
@@ -245,7 +246,11 @@ fn retry_after(not_until: governor::NotUntil<governor::clock::QuantaInstant>) ->
     }
 }
 
-async fn serve(state: &Arc<State>, req: &Incoming<'_>, audit: &mut Entry) -> Result<Done, Problem> {
+async fn serve(
+    state: &Arc<State>,
+    req: &Incoming<'_>,
+    audit: &mut AuditRecord,
+) -> Result<Done, Problem> {
     let m = match routes::find(Method::parse(req.method), req.path) {
         Found::Route(m) => m,
         Found::WrongMethod => return Err(Problem::MethodNotAllowed),
@@ -257,15 +262,7 @@ async fn serve(state: &Arc<State>, req: &Incoming<'_>, audit: &mut Entry) -> Res
     // team sees the attempts on its data too.
     let merchant = m.args[0];
     audit.merchant_id = merchant.chars().take(64).collect();
-    if let Some(until) = state.blocked.get(&req.source).map(|t| *t) {
-        if until > Instant::now() {
-            audit.action = "auth.refused".into();
-            return Err(Problem::RateLimited {
-                retry_after_secs: (until - Instant::now()).as_secs() + 1,
-            });
-        }
-        state.blocked.remove(&req.source);
-    }
+    refuse_locked_out(state, req, audit)?;
     let principal = authenticate(state, req, audit).await?;
     audit.actor = principal.key_id.clone();
     audit.role = principal.role.as_str().into();
@@ -288,33 +285,11 @@ async fn serve(state: &Arc<State>, req: &Incoming<'_>, audit: &mut Entry) -> Res
         )));
     }
     if principal.role == Role::Operator {
-        let reason = req
-            .headers
-            .get(REASON_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .unwrap_or("");
-        if reason.is_empty() || reason.len() > 500 {
-            return Err(Problem::Forbidden(format!(
-                "operators state a reason for every request: header {REASON_HEADER} (1-500 characters)"
-            )));
-        }
-        audit.reason = reason.into();
+        audit.reason = operator_reason(req)?.into();
     }
     let mut params = Params::parse(req.query, route.params);
-    if route.body.is_some() {
-        let json = req
-            .headers
-            .get(hyper::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|t| t.trim() == "application/json")
-            });
-        if !json {
-            return Err(Problem::UnsupportedMediaType);
-        }
+    if route.body.is_some() && !is_json(req) {
+        return Err(Problem::UnsupportedMediaType);
     }
     let body = req.body.clone()?;
 
@@ -339,10 +314,55 @@ async fn serve(state: &Arc<State>, req: &Incoming<'_>, audit: &mut Entry) -> Res
     Ok(done)
 }
 
+/// A source locked out after failed authentications is refused until its lockout ends.
+fn refuse_locked_out(
+    state: &State,
+    req: &Incoming<'_>,
+    audit: &mut AuditRecord,
+) -> Result<(), Problem> {
+    if let Some(until) = state.blocked.get(&req.source).map(|t| *t) {
+        if until > Instant::now() {
+            audit.action = "auth.refused".into();
+            return Err(Problem::RateLimited {
+                retry_after_secs: (until - Instant::now()).as_secs() + 1,
+            });
+        }
+        state.blocked.remove(&req.source);
+    }
+    Ok(())
+}
+
+/// Operators state a reason for every request (it goes into the audit record).
+fn operator_reason<'r>(req: &'r Incoming<'_>) -> Result<&'r str, Problem> {
+    let reason = req
+        .headers
+        .get(REASON_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .unwrap_or("");
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(Problem::Forbidden(format!(
+            "operators state a reason for every request: header {REASON_HEADER} (1-500 characters)"
+        )));
+    }
+    Ok(reason)
+}
+
+fn is_json(req: &Incoming<'_>) -> bool {
+    req.headers
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim() == "application/json")
+        })
+}
+
 async fn authenticate(
     state: &Arc<State>,
     req: &Incoming<'_>,
-    audit: &mut Entry,
+    audit: &mut AuditRecord,
 ) -> Result<Principal, Problem> {
     let presented = req
         .headers
@@ -472,7 +492,7 @@ fn db(e: posflow_pg::DbError) -> Problem {
 
 /// Runs the route's handler. One line per route; a handler longer than that is a function
 /// below, named after its action.
-async fn run(c: &Call<'_, '_>, p: &mut Params, audit: &mut Entry) -> Result<Done, Problem> {
+async fn run(c: &Call<'_, '_>, p: &mut Params, audit: &mut AuditRecord) -> Result<Done, Problem> {
     let (state, route, s) = (c.state, c.route, c.s);
     Ok(match route.action {
         Action::SearchTransactions => {
@@ -582,7 +602,7 @@ async fn redeliver_event(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Probl
 async fn redeliver_range(
     c: &Call<'_, '_>,
     p: &mut Params,
-    audit: &mut Entry,
+    audit: &mut AuditRecord,
 ) -> Result<Done, Problem> {
     p.finish()?;
     let input: RangeInput = serde_json::from_slice(c.body)
@@ -609,7 +629,7 @@ async fn redeliver_range(
 async fn request_report(
     c: &Call<'_, '_>,
     p: &mut Params,
-    audit: &mut Entry,
+    audit: &mut AuditRecord,
 ) -> Result<Done, Problem> {
     p.finish()?;
     let idem = c
@@ -677,7 +697,11 @@ async fn acknowledge_report(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Pr
     })
 }
 
-async fn totals(c: &Call<'_, '_>, p: &mut Params, audit: &mut Entry) -> Result<Done, Problem> {
+async fn totals(
+    c: &Call<'_, '_>,
+    p: &mut Params,
+    audit: &mut AuditRecord,
+) -> Result<Done, Problem> {
     let (from, to) = p.range();
     let from = p.require("from", from);
     let to = p.require("to", to);
@@ -789,7 +813,7 @@ fn search_filter<F>(
     state: &State,
     route: &Route,
     p: &mut Params,
-    audit: &mut Entry,
+    audit: &mut AuditRecord,
     parse: impl FnOnce(&mut Params, Option<crate::query::Position>) -> F,
 ) -> Result<F, Problem> {
     let after = p.cursor(&state.cursor_key, route.name);

@@ -60,38 +60,9 @@ pub async fn put(
     let entry: Entry = serde_json::from_slice(body)
         .map_err(|e| Problem::invalid("body", format!("not a settings document: {e}")))?;
     let before = get(s).await.map_err(unavailable)?;
-    let mut errors = Vec::new();
-    if entry.webhook_secret_env.is_some() {
-        errors.push(FieldError {
-            field: "webhook_secret_env".into(),
-            message: "not accepted by the API: send webhook_secret".into(),
-        });
-    }
     let has_webhook = before.as_ref().is_some_and(|b| !b["webhook_url"].is_null());
     let keep_secret = entry.webhook_url.is_some() && entry.webhook_secret.is_none() && has_webhook;
-    let mut checked = entry.clone();
-    if keep_secret {
-        checked.webhook_secret = Some(KEPT.into());
-    }
-    checked.webhook_secret_env = None;
-    let prefs = prefs::check(&s.merchant, checked, |_| None).map_err(|problems| {
-        errors.extend(problems.into_iter().map(|(field, message)| FieldError {
-            field: field.into(),
-            message,
-        }));
-    });
-    if let Some(url) = &entry.webhook_url {
-        if let Err(why) = egress.check_url(url).await {
-            errors.push(FieldError {
-                field: "webhook_url".into(),
-                message: format!("refused: {why}"),
-            });
-        }
-    }
-    let prefs = match prefs {
-        Ok(p) if errors.is_empty() => p,
-        _ => return Err(Problem::Invalid(errors)),
-    };
+    let prefs = checked(s, entry, keep_secret, egress).await?;
     let (mode, every) = match prefs.mode {
         Mode::PerEvent => ("per-event", None),
         Mode::Digest { every } => ("digest", Some(every.as_secs() as i32)),
@@ -141,6 +112,46 @@ pub async fn put(
     // The audit log says a secret changed, never what it is.
     after["webhook_secret_changed"] = json!(sealed.is_some());
     Ok((before, after))
+}
+
+/// The notifier's own checks (the same rules as a preferences file), then the egress guard on
+/// the webhook URL; every problem at once.
+async fn checked(
+    s: &Scoped<'_>,
+    entry: Entry,
+    keep_secret: bool,
+    egress: &Egress,
+) -> Result<prefs::Preferences, Problem> {
+    let mut errors = Vec::new();
+    if entry.webhook_secret_env.is_some() {
+        errors.push(FieldError {
+            field: "webhook_secret_env".into(),
+            message: "not accepted by the API: send webhook_secret".into(),
+        });
+    }
+    let mut checked = entry.clone();
+    if keep_secret {
+        checked.webhook_secret = Some(KEPT.into());
+    }
+    checked.webhook_secret_env = None;
+    let prefs = prefs::check(&s.merchant, checked, |_| None).map_err(|problems| {
+        errors.extend(problems.into_iter().map(|(field, message)| FieldError {
+            field: field.into(),
+            message,
+        }));
+    });
+    if let Some(url) = &entry.webhook_url {
+        if let Err(why) = egress.check_url(url).await {
+            errors.push(FieldError {
+                field: "webhook_url".into(),
+                message: format!("refused: {why}"),
+            });
+        }
+    }
+    match prefs {
+        Ok(p) if errors.is_empty() => Ok(p),
+        _ => Err(Problem::Invalid(errors)),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -5,6 +5,7 @@
 
 pub mod card;
 pub mod handoff;
+mod ingress;
 pub mod limit;
 mod metrics;
 pub mod payload;
@@ -13,20 +14,19 @@ pub mod recent;
 use anyhow::Context as _;
 use clap::Parser;
 use futures::stream::{FuturesOrdered, StreamExt};
-use posflow_kafka::pipeline::{produce_until_confirmed, Output};
-use posflow_kafka::{headers, KafkaArgs};
+use ingress::{Ingress, Outcome};
+use posflow_kafka::deadletter::DeadLetters;
+use posflow_kafka::KafkaArgs;
 use posflow_mqtt::MqttArgs;
-use posflow_registry::Decision;
 use posflow_runtime::{Backoff, CommonArgs, ConfigErrors, Context, Secret};
-use posflow_schema::{now_millis, DeadLetter, Encoder, Envelope, TransactionReceived};
-use rdkafka::message::{Header, OwnedHeaders};
+use posflow_schema::{Encoder, TransactionReceived};
 use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::util::Timeout;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use metrics::metrics;
 
@@ -168,80 +168,19 @@ impl Args {
     }
 }
 
-/// One received message on its way: what to produce, and where to answer the terminal.
-struct Outcome {
-    publish: Publish,
-    received: Instant,
-    /// (reply topic, JSON) for the terminal, when the topic named one.
-    reply: Option<(String, Vec<u8>)>,
-    /// A newly produced transaction, for the recent-id cache.
-    remember: Option<(String, recent::Seen)>,
-}
-
 /// Runs until shutdown. Connection losses are retried, never fatal.
 pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let m = metrics(); // registers every series now, so /metrics lists them from the start
     let producer: FutureProducer = posflow_kafka::clients::producer(&args.kafka, &args.bridge_id)
         .context("creating the Kafka producer")?;
-    let registry = args.kafka.registry();
-    let topics = args.kafka.topics();
-    let (raw_topic, dlq_topic) = (topics.raw(), topics.deadletter());
-    let encoder = retry_forever(&ctx, "schema lookup", || {
-        Encoder::<TransactionReceived>::for_topic(&registry, &raw_topic)
-    })
-    .await?;
-    let dlq_encoder = retry_forever(&ctx, "schema lookup", || {
-        Encoder::<DeadLetter>::for_topic(&registry, &dlq_topic)
-    })
-    .await?;
-    // The terminal registry, read to its end before the first message is taken: a bridge that
-    // has not read it would refuse every terminal as unknown.
-    let terminals = posflow_registry::Cache::default();
-    posflow_registry::store::follow(&args.kafka, terminals.clone(), ctx.clone())
-        .await
-        .context("reading the terminal registry")?;
-    m.registry_terminals.set(terminals.len() as i64);
-    tracing::info!(terminals = terminals.len(), "terminal registry read");
-    let mut ingress = Ingress {
-        terminals,
-        bridge_id: args.bridge_id.clone(),
-        max_payload_bytes: args.max_payload_bytes,
-        tokenizer: card::Tokenizer::with_keys(
-            &card::TokenKey {
-                id: args.card_token_key_id.clone(),
-                secret: args.card_token_key.clone(),
-            },
-            &card::parse_keys(args.card_token_previous_keys.expose())
-                .map_err(|e| anyhow::anyhow!(e.join("; ")))?,
-        ),
-        encoder,
-        dlq_encoder,
-        raw_topic,
-        dlq_topic,
-        recent: recent::RecentIds::new(args.recent_ids),
-        limiter: limit::TerminalLimiter::new(
-            args.rate_limit,
-            args.rate_limit_burst,
-            args.rate_limit_policy,
-        ),
-    };
-
-    let mut opts = args
-        .mqtt
-        .options(&args.bridge_id, &args.mqtt.mqtt_password)
-        .context("MQTT TLS files")?;
-    opts.set_clean_start(false);
-    opts.set_session_expiry_interval(Some(args.session_expiry));
-    opts.set_receive_maximum(Some(args.in_flight));
-    opts.set_manual_acks(true);
-    opts.set_max_packet_size(Some(args.max_payload_bytes as u32 * 2 + 4096));
+    let ingress = ingress_for(&args, &ctx).await?;
     let window = usize::from(args.in_flight);
-    let (client, mut eventloop) = AsyncClient::new(opts, window * 2);
+    let (client, mut eventloop) = AsyncClient::new(mqtt_options(&args)?, window * 2);
     // Two tasks, and neither ever waits on the other (issue 24): the poller reads the socket and
     // hands messages off without waiting; the pipeline takes at most `window` at a time. When
     // the hand-off fills — only when the broker ignores our receive maximum — its gate stops the
     // event loop from reading, while PUBACKs and pings still go out (handoff.rs).
-    let (tx, mut rx, gate) = handoff::channel::<FromBroker>(window * 4);
+    let (tx, rx, gate) = handoff::channel::<FromBroker>(window * 4);
     eventloop.set_read_gate(gate);
     let filter = format!("$share/{}/{}", args.share_group, posflow_mqtt::tx_filter());
     let mut poller = tokio::spawn(poll_mqtt(
@@ -261,99 +200,31 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         || m.acknowledged.get(),
         move || waiting.get() + m.in_flight.get().max(0) as usize,
     );
-
     let producer = Arc::new(producer);
     posflow_kafka::clients::watch_connectivity(producer.clone(), ctx.clone());
-    let pipeline = async {
-        let mut inflight = FuturesOrdered::new();
-        // Draining (after SIGTERM): unsubscribed first, so the broker gives our share to the
-        // other replicas; then everything already sent to us is finished and acknowledged.
-        let mut draining = false;
-        let mut unsubscribed = false;
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                biased;
-                Some(done) = inflight.next(), if !inflight.is_empty() => {
-                    let done: Option<Outcome> = done;
-                    m.in_flight.dec();
-                    // A send abandoned at shutdown (Kafka failing): acknowledging anything after
-                    // it would break arrival order, so the rest is left to redelivery too.
-                    let Some(o) = done else {
-                        tracing::warn!(left = inflight.len(), "send abandoned at shutdown; the broker redelivers the rest");
-                        break;
-                    };
-                    // PUBACK in arrival order: FuturesOrdered yields in the order pushed. Queuing
-                    // it may wait for room in the request channel; the event loop drains that
-                    // channel without ever waiting on the pipeline, so the wait ends as soon as
-                    // the broker is connected.
-                    if let Err(e) = client.ack(&o.publish).await {
-                        tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
-                        continue;
-                    }
-                    m.acknowledged.inc();
-                    m.ack_latency.observe(o.received.elapsed().as_secs_f64());
-                    if let Some((id, seen)) = o.remember {
-                        ingress.recent.remember(id, seen);
-                        m.recent_ids.set(ingress.recent.len() as i64);
-                    }
-                    if let Some((topic, body)) = o.reply {
-                        // QoS 0: the answer is advice. A terminal that misses it republishes after
-                        // its timeout and gets its answer then; QoS 1 would make the broker queue
-                        // answers for every offline terminal.
-                        if let Err(e) = client.publish(topic, QoS::AtMostOnce, false, body).await {
-                            tracing::warn!(error = %e, "answer to terminal not queued");
-                        }
-                    }
-                }
-                // At most `window` messages in the pipeline, whatever the broker sent.
-                msg = rx.recv(), if inflight.len() < window => match msg {
-                    Some(FromBroker::Publish(publish)) => {
-                        m.waiting.set(rx.waiting().get() as i64);
-                        m.received.inc();
-                        m.in_flight.inc();
-                        let job = ingress.handle(publish);
-                        inflight.push_back(deliver(producer.clone(), job, ctx.clone()));
-                    }
-                    Some(FromBroker::Unsubscribed) => unsubscribed = true,
-                    None => break,
-                },
-                _ = ctx.shutdown.wait(), if !draining => {
-                    tracing::info!(in_flight = inflight.len(), waiting = rx.waiting().get(), "draining: unsubscribing, finishing what was received");
-                    draining = true;
-                    let (client, filter) = (client.clone(), filter.clone());
-                    // Not awaited here: the pipeline goes on finishing while it is queued.
-                    tokio::spawn(async move {
-                        if let Err(e) = client.unsubscribe(filter).await {
-                            tracing::warn!(error = %e, "unsubscribe not queued");
-                        }
-                    });
-                }
-                _ = tick.tick() => {
-                    ingress.limiter.retain_recent();
-                    m.registry_terminals.set(ingress.terminals.len() as i64);
-                    m.waiting.set(rx.waiting().get() as i64);
-                }
-            }
-            if draining && unsubscribed && rx.is_empty() && inflight.is_empty() {
-                tracing::info!("drained: nothing left for this replica");
-                break;
-            }
-        }
+    let mut pipeline = Pipeline {
+        ingress,
+        client: client.clone(),
+        filter,
+        rx,
+        producer: producer.clone(),
+        window,
+        ctx: ctx.clone(),
     };
     // Draining ends at the drain timeout wherever the pipeline is (waiting on Kafka, on the
     // broker): what is not acknowledged by then stays with the broker for redelivery.
     let drain = args.common.drain();
-    tokio::select! {
-        () = pipeline => {}
+    let result = tokio::select! {
+        r = pipeline.run() => r,
         () = async { ctx.shutdown.wait().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(
-                waiting = rx.waiting().get(),
+                waiting = pipeline.rx.waiting().get(),
                 in_flight = m.in_flight.get(),
                 "drain timeout; the broker redelivers the rest when this replica id reconnects"
             );
+            Ok(())
         }
-    }
+    };
     ctx.health.set_ready(false);
     // Disconnect cleanly when the request channel has room (the session and anything
     // unacknowledged stay with the broker); a poller that does not finish soon is stopped.
@@ -369,382 +240,165 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let _ =
         tokio::task::spawn_blocking(move || producer.flush(Timeout::After(Duration::from_secs(1))))
             .await;
-    Ok(())
+    result
 }
 
-/// What to send to Kafka for one message.
-struct Job {
-    publish: Publish,
-    received: Instant,
-    /// `None` for a transaction Kafka already has (answered from the recent-id cache).
-    output: Option<Output>,
-    /// Rate limiting with the delay policy: wait this long before producing.
-    delay: Option<Duration>,
-    /// The answer for the terminal, built once Kafka gave us the partition and offset.
-    reply_to: Option<String>,
-    verdict: Verdict,
-    /// Tracing on: the Kafka produce span, ended when Kafka has confirmed the record.
-    _span: tracing::Span,
-}
-
-enum Verdict {
-    Accepted {
-        transaction_id: String,
-        fingerprint: u64,
-        /// The terminal's timestamp, for `posflow_end_to_end_seconds`.
-        transaction_time: i64,
-    },
-    Repeat {
-        transaction_id: String,
-        seen: recent::Seen,
-    },
-    Rejected {
-        reason: &'static str,
-        transaction_id: Option<String>,
-    },
-}
-
-/// Everything the bridge needs to turn one MQTT message into one Kafka record.
-struct Ingress {
-    terminals: posflow_registry::Cache,
-    bridge_id: String,
-    max_payload_bytes: usize,
-    tokenizer: card::Tokenizer,
-    encoder: Encoder<TransactionReceived>,
-    dlq_encoder: Encoder<DeadLetter>,
-    raw_topic: String,
-    dlq_topic: String,
-    recent: recent::RecentIds,
-    limiter: limit::TerminalLimiter,
-}
-
-impl Ingress {
-    /// A registered terminal's message: its rate limit, then the payload.
-    fn admit(
-        &mut self,
-        publish: &Publish,
-        ids: &posflow_mqtt::TopicIds<'_>,
-        delay: &mut Option<Duration>,
-    ) -> Result<posflow_schema::Transaction, payload::Refusal> {
-        match self.limiter.check(ids.terminal_id) {
-            limit::Pace::Reject => {
-                metrics().throttled.with_label_values(&["reject"]).inc();
-                Err(payload::Refusal {
-                    reason: payload::Reason::RateLimited,
-                    detail: "terminal above its rate limit; retry later".into(),
-                    transaction_id: None,
-                })
-            }
-            pace => {
-                if let limit::Pace::Delay(d) = pace {
-                    metrics().throttled.with_label_values(&["delay"]).inc();
-                    *delay = Some(d);
-                }
-                payload::parse(
-                    &publish.payload,
-                    ids,
-                    self.max_payload_bytes,
-                    &self.tokenizer,
-                )
-            }
-        }
-    }
-
-    fn handle(&mut self, publish: Publish) -> Job {
-        let received = Instant::now();
-        let received_at = now_millis();
-        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-        let mut hdrs = OwnedHeaders::new()
-            .insert(Header {
-                key: headers::MQTT_TOPIC,
-                value: Some(topic.as_bytes()),
-            })
-            .insert(Header {
-                key: headers::RECEIVED_AT,
-                value: Some(received_at.to_string().as_bytes()),
-            });
-        // Tracing on: this message's span is a child of the terminal's traceparent (or starts
-        // the trace), and Kafka gets the produce span's context instead of the terminal's.
-        let props = publish.properties.as_ref();
-        let terminal_trace = props.and_then(|p| {
-            p.user_properties
-                .iter()
-                .find(|(k, _)| k == headers::TRACEPARENT)
-                .map(|(_, v)| v.as_bytes())
-        });
-        let span = posflow_runtime::trace::record_span("bridge.receive", terminal_trace);
-        let produce_span = posflow_runtime::trace::child_span("bridge.produce", &span);
-        let traced = posflow_runtime::trace::traceparent(&produce_span);
-        // A user property named as sensitive authentication data refuses the message, and its
-        // value goes nowhere: not into a header, not into the dead letter.
-        let mut sad_property = None;
-        for (k, v) in props
-            .map(|p| p.user_properties.as_slice())
-            .unwrap_or_default()
-        {
-            if card::is_sad_field(k) {
-                sad_property.get_or_insert_with(|| card::mask_text(k));
-                continue;
-            }
-            if traced.is_some() && k == headers::TRACEPARENT {
-                continue;
-            }
-            // Only the W3C trace context travels on as headers: a terminal cannot supply a
-            // `posflow-*` header (a reason, a topic) or anything else a reader might trust.
-            if !headers::from_terminal(k, v) {
-                continue;
-            }
-            hdrs = hdrs.insert(Header {
-                key: k.as_str(),
-                value: Some(v.as_bytes()),
-            });
-        }
-        if let Some(tp) = &traced {
-            hdrs = hdrs.insert(Header {
-                key: headers::TRACEPARENT,
-                value: Some(tp.as_bytes()),
-            });
-        }
-        let parsed = posflow_mqtt::parse_tx_topic(&topic);
-        let reply_to = parsed
-            .as_ref()
-            .ok()
-            .map(|ids| posflow_mqtt::ack_topic(ids.merchant_id, ids.terminal_id));
-        let fingerprint = recent::fingerprint(&publish.payload);
-        let mut delay = None;
-        let result = match &parsed {
-            Err(e) => Err(payload::Refusal {
-                reason: payload::Reason::TopicInvalid,
-                detail: e.to_string(),
-                transaction_id: None,
-            }),
-            Ok(_) if sad_property.is_some() => Err(payload::Refusal {
-                reason: payload::Reason::CardDataForbidden,
-                detail: format!(
-                    "MQTT user property {:?} is sensitive authentication data and is never accepted",
-                    sad_property.unwrap_or_default()
-                ),
-                transaction_id: None,
-            }),
-            Ok(ids) => match self.terminals.decide(ids.terminal_id, ids.merchant_id) {
-                Decision::Allowed => self.admit(&publish, ids, &mut delay),
-                refused => Err(registry_refusal(refused, ids)),
-            },
-        }
-        .and_then(|transaction| {
-            match self.recent.lookup(&transaction.transaction_id, fingerprint) {
-                recent::Lookup::New => Ok(Ok(transaction)),
-                recent::Lookup::Repeat(seen) => Ok(Err((transaction.transaction_id, seen))),
-                recent::Lookup::Conflict => Err(payload::Refusal {
-                    reason: payload::Reason::DuplicateTransactionId,
-                    detail: "this transaction_id was accepted with different content".into(),
-                    transaction_id: Some(transaction.transaction_id),
-                }),
-            }
-        });
-        let encoded = result.and_then(|fresh| {
-            let transaction = match fresh {
-                Ok(t) => t,
-                Err((transaction_id, seen)) => return Ok(Err((transaction_id, seen))),
-            };
-            let record = TransactionReceived {
-                envelope: Envelope {
-                    received_at,
-                    mqtt_topic: topic.clone(),
-                    bridge_id: self.bridge_id.clone(),
-                    payload_version: payload::PAYLOAD_VERSION,
-                },
-                transaction,
-            };
-            let (id, key, time) = (
-                record.transaction.transaction_id.clone(),
-                record.transaction.terminal_id.clone(),
-                record.transaction.transaction_time,
-            );
-            self.encoder
-                .encode(&record)
-                .map(|v| Ok((id.clone(), key, v, time)))
-                .map_err(|e| payload::Refusal {
-                    reason: payload::Reason::FieldInvalid,
-                    detail: card::mask_text(&e.to_string()),
-                    transaction_id: Some(id),
-                })
-        });
-        match encoded {
-            Ok(Ok((transaction_id, key, value, transaction_time))) => Job {
-                publish,
-                received,
-                output: Some(Output {
-                    topic: self.raw_topic.clone(),
-                    key,
-                    value,
-                    headers: hdrs,
-                }),
-                delay,
-                reply_to,
-                _span: produce_span,
-                verdict: Verdict::Accepted {
-                    transaction_id,
-                    fingerprint,
-                    transaction_time,
-                },
-            },
-            Ok(Err((transaction_id, seen))) => {
-                metrics().repeats.inc();
-                Job {
-                    publish,
-                    received,
-                    output: None,
-                    delay: None,
-                    reply_to,
-                    _span: produce_span,
-                    verdict: Verdict::Repeat {
-                        transaction_id,
-                        seen,
-                    },
-                }
-            }
-            Err(refusal) => {
-                let code = refusal.reason.code();
-                metrics().dead_lettered.with_label_values(&[code]).inc();
-                tracing::info!(
-                    reason = code,
-                    mqtt_topic = %card::mask_text(&topic),
-                    trace_id = posflow_runtime::trace::trace_id(&span),
-                    "dead-lettered"
-                );
-                let letter = DeadLetter {
-                    reason: code.to_string(),
-                    detail: refusal.detail,
-                    stage: "bridge".into(),
-                    source: card::mask_text(&topic),
-                    received_at,
-                    payload: card::stored_payload(&publish.payload),
-                };
-                let value = self
-                    .dlq_encoder
-                    .encode(&letter)
-                    .expect("the dead-letter schema takes any bytes");
-                Job {
-                    output: Some(Output {
-                        topic: self.dlq_topic.clone(),
-                        key: letter.source.clone(),
-                        value,
-                        headers: headers::with_reason(hdrs, code),
-                    }),
-                    publish,
-                    received,
-                    delay: None,
-                    reply_to,
-                    _span: produce_span,
-                    verdict: Verdict::Rejected {
-                        reason: code,
-                        transaction_id: refusal.transaction_id,
-                    },
-                }
-            }
-        }
-    }
-}
-
-/// Why the registry refuses a terminal. The answer goes to whoever holds the terminal's
-/// credentials, so it never names the merchant the terminal is registered to.
-fn registry_refusal(d: Decision, ids: &posflow_mqtt::TopicIds<'_>) -> payload::Refusal {
-    let (reason, detail) = match d {
-        Decision::Unknown => (
-            payload::Reason::TerminalUnknown,
-            format!("terminal {} is not registered", ids.terminal_id),
-        ),
-        Decision::Blocked => (
-            payload::Reason::TerminalBlocked,
-            format!("terminal {} is blocked", ids.terminal_id),
-        ),
-        Decision::Retired => (
-            payload::Reason::TerminalRetired,
-            format!("terminal {} is retired", ids.terminal_id),
-        ),
-        Decision::OtherMerchant | Decision::Allowed => (
-            payload::Reason::IdentityMismatch,
-            format!(
-                "terminal {} is not registered to merchant {}",
-                ids.terminal_id, ids.merchant_id
-            ),
-        ),
-    };
-    payload::Refusal {
-        reason,
-        detail,
-        transaction_id: None,
-    }
-}
-
-/// Sends `job` until Kafka confirms it. Failures are retried with backoff (back-pressure: the
-/// broker stops sending once `in_flight` messages wait); `None` only when shutdown interrupts,
-/// and then the message is left unacknowledged for redelivery.
-async fn deliver(producer: Arc<FutureProducer>, job: Job, ctx: Context) -> Option<Outcome> {
+/// The ingress with its schemas, keys and the terminal registry — read to its end before the
+/// first message is taken: a bridge that has not read it would refuse every terminal as unknown.
+async fn ingress_for(args: &Args, ctx: &Context) -> anyhow::Result<Ingress> {
     let m = metrics();
-    let (partition, offset, remember) = match (&job.output, &job.verdict) {
-        (None, Verdict::Repeat { seen, .. }) => (seen.partition, seen.offset, None),
-        (None, _) => unreachable!("only repeats skip Kafka"),
-        (Some(output), verdict) => {
-            if let Some(d) = job.delay {
-                tokio::time::sleep(d).await;
-            }
-            let c = produce_until_confirmed(&producer, output, &ctx).await?;
-            m.produce_errors.inc_by(u64::from(c.failed_attempts));
-            if c.failed_attempts > 0 {
-                ctx.health.set_ready(true); // Kafka is back
-            }
-            // The bridge's processing time: MQTT receive → Kafka confirmation.
-            posflow_runtime::metrics::Shared::processing()
-                .observe(job.received.elapsed().as_secs_f64());
-            let remember = match verdict {
-                Verdict::Accepted {
-                    transaction_id,
-                    fingerprint,
-                    transaction_time,
-                } => {
-                    m.produced.inc();
-                    posflow_runtime::metrics::observe_end_to_end(*transaction_time);
-                    let seen = recent::Seen {
-                        fingerprint: *fingerprint,
-                        partition: c.partition,
-                        offset: c.offset,
-                    };
-                    Some((transaction_id.clone(), seen))
-                }
-                _ => None,
-            };
-            (c.partition, c.offset, remember)
-        }
+    let registry = args.kafka.registry();
+    let raw_topic = args.kafka.topics().raw();
+    let encoder = retry_forever(ctx, "schema lookup", || {
+        Encoder::<TransactionReceived>::for_topic(&registry, &raw_topic)
+    })
+    .await?;
+    let dead_letters = retry_forever(ctx, "schema lookup", || {
+        DeadLetters::for_stage(&args.kafka, "bridge", m.dead_lettered.clone())
+    })
+    .await?;
+    let terminals = posflow_registry::Cache::default();
+    posflow_registry::store::follow(&args.kafka, terminals.clone(), ctx.clone())
+        .await
+        .context("reading the terminal registry")?;
+    m.registry_terminals.set(terminals.len() as i64);
+    tracing::info!(terminals = terminals.len(), "terminal registry read");
+    let current = card::TokenKey {
+        id: args.card_token_key_id.clone(),
+        secret: args.card_token_key.clone(),
     };
-    let reply = job
-        .reply_to
-        .map(|t| (t, answer(&job.verdict, partition, offset)));
-    Some(Outcome {
-        publish: job.publish,
-        received: job.received,
-        reply,
-        remember,
+    let previous = card::parse_keys(args.card_token_previous_keys.expose())
+        .map_err(|e| anyhow::anyhow!(e.join("; ")))?;
+    Ok(Ingress {
+        terminals,
+        bridge_id: args.bridge_id.clone(),
+        max_payload_bytes: args.max_payload_bytes,
+        tokenizer: card::Tokenizer::with_keys(&current, &previous),
+        encoder,
+        raw_topic,
+        dead_letters,
+        recent: recent::RecentIds::new(args.recent_ids),
+        limiter: limit::TerminalLimiter::new(
+            args.rate_limit,
+            args.rate_limit_burst,
+            args.rate_limit_policy,
+        ),
     })
 }
 
-/// The terminal's answer (docs/terminal-contract.md).
-fn answer(v: &Verdict, partition: i32, offset: i64) -> Vec<u8> {
-    let j = match v {
-        Verdict::Accepted { transaction_id, .. } | Verdict::Repeat { transaction_id, .. } => {
-            serde_json::json!({
-                "transaction_id": transaction_id, "status": "accepted", "partition": partition, "offset": offset,
-            })
+/// This replica's MQTT session: persistent, manual acknowledgements, our receive maximum.
+fn mqtt_options(args: &Args) -> anyhow::Result<rumqttc::v5::MqttOptions> {
+    let mut opts = args
+        .mqtt
+        .options(&args.bridge_id, &args.mqtt.mqtt_password)
+        .context("MQTT TLS files")?;
+    opts.set_clean_start(false);
+    opts.set_session_expiry_interval(Some(args.session_expiry));
+    opts.set_receive_maximum(Some(args.in_flight));
+    opts.set_manual_acks(true);
+    opts.set_max_packet_size(Some(args.max_payload_bytes as u32 * 2 + 4096));
+    Ok(opts)
+}
+
+/// The pipeline task: takes messages from the hand-off, at most `window` in flight, and
+/// acknowledges them in arrival order once Kafka has them.
+struct Pipeline {
+    ingress: Ingress,
+    client: AsyncClient,
+    filter: String,
+    rx: handoff::Receiver<FromBroker>,
+    producer: Arc<FutureProducer>,
+    window: usize,
+    ctx: Context,
+}
+
+impl Pipeline {
+    async fn run(&mut self) -> anyhow::Result<()> {
+        let m = metrics();
+        let mut inflight = FuturesOrdered::new();
+        // Draining (after SIGTERM): unsubscribed first, so the broker gives our share to the
+        // other replicas; then everything already sent to us is finished and acknowledged.
+        let mut draining = false;
+        let mut unsubscribed = false;
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    m.in_flight.dec();
+                    // A send abandoned at shutdown (Kafka failing): acknowledging anything after
+                    // it would break arrival order, so the rest is left to redelivery too.
+                    let Some(o) = done else {
+                        tracing::warn!(left = inflight.len(), "send abandoned at shutdown; the broker redelivers the rest");
+                        return Ok(());
+                    };
+                    self.finish(o).await;
+                }
+                // At most `window` messages in the pipeline, whatever the broker sent.
+                msg = self.rx.recv(), if inflight.len() < self.window => match msg {
+                    Some(FromBroker::Publish(publish)) => {
+                        m.waiting.set(self.rx.waiting().get() as i64);
+                        m.received.inc();
+                        m.in_flight.inc();
+                        let job = self.ingress.handle(publish)?;
+                        inflight.push_back(ingress::deliver(self.producer.clone(), job, self.ctx.clone()));
+                    }
+                    Some(FromBroker::Unsubscribed) => unsubscribed = true,
+                    None => return Ok(()),
+                },
+                _ = self.ctx.shutdown.wait(), if !draining => {
+                    tracing::info!(in_flight = inflight.len(), waiting = self.rx.waiting().get(), "draining: unsubscribing, finishing what was received");
+                    draining = true;
+                    let (client, filter) = (self.client.clone(), self.filter.clone());
+                    // Not awaited here: the pipeline goes on finishing while it is queued.
+                    tokio::spawn(async move {
+                        if let Err(e) = client.unsubscribe(filter).await {
+                            tracing::warn!(error = %e, "unsubscribe not queued");
+                        }
+                    });
+                }
+                _ = tick.tick() => {
+                    self.ingress.limiter.retain_recent();
+                    m.registry_terminals.set(self.ingress.terminals.len() as i64);
+                    m.waiting.set(self.rx.waiting().get() as i64);
+                }
+            }
+            if draining && unsubscribed && self.rx.is_empty() && inflight.is_empty() {
+                tracing::info!("drained: nothing left for this replica");
+                return Ok(());
+            }
         }
-        Verdict::Rejected {
-            reason,
-            transaction_id,
-        } => serde_json::json!({
-            "transaction_id": transaction_id, "status": "rejected", "reason": reason,
-        }),
-    };
-    j.to_string().into_bytes()
+    }
+
+    /// A message Kafka has: PUBACK, remember, answer.
+    async fn finish(&mut self, o: Outcome) {
+        let m = metrics();
+        // PUBACK in arrival order: FuturesOrdered yields in the order pushed. Queuing it may
+        // wait for room in the request channel; the event loop drains that channel without ever
+        // waiting on the pipeline, so the wait ends as soon as the broker is connected.
+        if let Err(e) = self.client.ack(&o.publish).await {
+            tracing::warn!(error = %e, "PUBACK not sent; the broker will redeliver");
+            return;
+        }
+        m.acknowledged.inc();
+        m.ack_latency.observe(o.received.elapsed().as_secs_f64());
+        if let Some((id, seen)) = o.remember {
+            self.ingress.recent.remember(id, seen);
+            m.recent_ids.set(self.ingress.recent.len() as i64);
+        }
+        if let Some((topic, body)) = o.reply {
+            // QoS 0: the answer is advice. A terminal that misses it republishes after its
+            // timeout and gets its answer then; QoS 1 would make the broker queue answers for
+            // every offline terminal.
+            if let Err(e) = self
+                .client
+                .publish(topic, QoS::AtMostOnce, false, body)
+                .await
+            {
+                tracing::warn!(error = %e, "answer to terminal not queued");
+            }
+        }
+    }
 }
 
 async fn retry_forever<T, E: std::fmt::Display, F, Fut>(

@@ -3,83 +3,22 @@
 
 use crate::card::{find_sad_field, mask_text, PanError, Tokenizer};
 use posflow_mqtt::TopicIds;
-use posflow_schema::{EntryMode, LineItem, Location, PaymentMethod, Transaction, TransactionType};
+use posflow_schema::{LineItem, Location, ReasonCode, Transaction};
 use serde::Deserialize;
+use strum::IntoEnumIterator;
 
 pub const PAYLOAD_VERSION: i32 = 1;
-
-/// Why an input was dead-lettered. The code is the contract (docs/reason-codes.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
-    TopicInvalid,
-    Oversize,
-    NotUtf8,
-    NotJson,
-    SchemaViolation,
-    UnsupportedVersion,
-    IdentityMismatch,
-    CardDataForbidden,
-    PanInvalid,
-    FieldInvalid,
-    DuplicateTransactionId,
-    RateLimited,
-    DuplicateKey,
-    TerminalUnknown,
-    TerminalBlocked,
-    TerminalRetired,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 16] = [
-        Self::TopicInvalid,
-        Self::Oversize,
-        Self::NotUtf8,
-        Self::NotJson,
-        Self::SchemaViolation,
-        Self::UnsupportedVersion,
-        Self::IdentityMismatch,
-        Self::CardDataForbidden,
-        Self::PanInvalid,
-        Self::FieldInvalid,
-        Self::DuplicateTransactionId,
-        Self::RateLimited,
-        Self::DuplicateKey,
-        Self::TerminalUnknown,
-        Self::TerminalBlocked,
-        Self::TerminalRetired,
-    ];
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::TopicInvalid => "TOPIC_INVALID",
-            Self::Oversize => "OVERSIZE",
-            Self::NotUtf8 => "NOT_UTF8",
-            Self::NotJson => "NOT_JSON",
-            Self::SchemaViolation => "SCHEMA_VIOLATION",
-            Self::UnsupportedVersion => "UNSUPPORTED_VERSION",
-            Self::IdentityMismatch => "IDENTITY_MISMATCH",
-            Self::CardDataForbidden => "CARD_DATA_FORBIDDEN",
-            Self::PanInvalid => "PAN_INVALID",
-            Self::FieldInvalid => "FIELD_INVALID",
-            Self::DuplicateTransactionId => "DUPLICATE_TRANSACTION_ID",
-            Self::RateLimited => "RATE_LIMITED",
-            Self::DuplicateKey => "DUPLICATE_KEY",
-            Self::TerminalUnknown => "TERMINAL_UNKNOWN",
-            Self::TerminalBlocked => "TERMINAL_BLOCKED",
-            Self::TerminalRetired => "TERMINAL_RETIRED",
-        }
-    }
-}
 
 /// A refusal: the reason code and a message for people, with card numbers masked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub reason: Reason,
+    pub reason: ReasonCode,
     pub detail: String,
     /// The transaction id, when the payload got far enough to have one (for the terminal's answer).
     pub transaction_id: Option<String>,
 }
 
-fn refuse(reason: Reason, detail: impl Into<String>) -> Refusal {
+fn refuse(reason: ReasonCode, detail: impl Into<String>) -> Refusal {
     Refusal {
         reason,
         detail: mask_text(&detail.into()),
@@ -202,16 +141,15 @@ struct WireLineItem {
     quantity: i32,
 }
 
-fn enum_field<T: Copy>(
-    all: &[T],
-    name: fn(T) -> &'static str,
-    field: &str,
-    v: &str,
-) -> Result<T, Refusal> {
-    all.iter().copied().find(|t| name(*t) == v).ok_or_else(|| {
-        let allowed: Vec<_> = all.iter().map(|t| name(*t)).collect();
+/// One of the enum's lower-case names (`as_str`), or FIELD_INVALID listing them.
+fn enum_field<T>(field: &str, v: &str) -> Result<T, Refusal>
+where
+    T: IntoEnumIterator + std::str::FromStr + Into<&'static str>,
+{
+    v.parse().map_err(|_| {
+        let allowed: Vec<&'static str> = T::iter().map(Into::into).collect();
         refuse(
-            Reason::FieldInvalid,
+            ReasonCode::FieldInvalid,
             format!("{field} must be one of {allowed:?}"),
         )
     })
@@ -220,7 +158,7 @@ fn enum_field<T: Copy>(
 fn short_text(field: &str, v: &str, max: usize) -> Result<(), Refusal> {
     if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
         return Err(refuse(
-            Reason::FieldInvalid,
+            ReasonCode::FieldInvalid,
             format!("{field} must be 1-{max} printable characters"),
         ));
     }
@@ -236,35 +174,19 @@ pub fn parse(
     tokenizer: &Tokenizer,
 ) -> Result<Transaction, Refusal> {
     if bytes.len() > max_bytes {
-        let mut r = refuse(
-            Reason::Oversize,
-            format!("payload is {} bytes, the limit is {max_bytes}", bytes.len()),
-        );
-        // So the terminal can tell which transaction the answer is about: the broker's packet
-        // limit (2 x the payload limit) bounds what is parsed here.
-        #[derive(Deserialize)]
-        struct Id {
-            transaction_id: Option<String>,
-        }
-        if bytes.len() <= 4 * max_bytes {
-            r.transaction_id = serde_json::from_slice::<Id>(bytes)
-                .ok()
-                .and_then(|i| i.transaction_id)
-                .filter(|id| id.len() <= 64);
-        }
-        return Err(r);
+        return Err(oversize(bytes, max_bytes));
     }
     let text = std::str::from_utf8(bytes).map_err(|e| {
         refuse(
-            Reason::NotUtf8,
+            ReasonCode::NotUtf8,
             format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         )
     })?;
     let value: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| refuse(Reason::NotJson, e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| refuse(ReasonCode::NotJson, e.to_string()))?;
     let obj = value
         .as_object()
-        .ok_or_else(|| refuse(Reason::NotJson, "payload is JSON but not an object"))?;
+        .ok_or_else(|| refuse(ReasonCode::NotJson, "payload is JSON but not an object"))?;
     let tx_id = obj
         .get("transaction_id")
         .and_then(|v| v.as_str())
@@ -274,85 +196,149 @@ pub fn parse(
         r.transaction_id = tx_id.clone();
         r
     };
-    match obj.get("version") {
-        Some(v) if v.as_i64() == Some(PAYLOAD_VERSION as i64) => {}
-        Some(v) if v.is_i64() => {
-            return Err(with_id(refuse(
-                Reason::UnsupportedVersion,
-                format!("version {v} is not supported; this bridge reads {PAYLOAD_VERSION}"),
-            )))
-        }
-        _ => {
-            return Err(with_id(refuse(
-                Reason::SchemaViolation,
-                "version must be an integer",
-            )))
-        }
-    }
-    // Sensitive authentication data at any depth refuses the payload: posflow never accepts
-    // CVV, track data or PIN blocks, not even to drop them (the dead letter keeps the name only).
-    if let Some(k) = find_sad_field(&value) {
-        return Err(with_id(refuse(
-            Reason::CardDataForbidden,
-            format!("field {k:?} is sensitive authentication data and is never accepted"),
-        )));
-    }
-    if let Some(k) = duplicate_key(text) {
-        let k: String = k.chars().take(64).collect();
-        return Err(with_id(refuse(
-            Reason::DuplicateKey,
-            format!("key {k:?} appears twice in one object"),
-        )));
-    }
+    check_shape(obj, &value, text).map_err(with_id)?;
     let w: Wire = serde_json::from_value(value)
-        .map_err(|e| with_id(refuse(Reason::SchemaViolation, e.to_string())))?;
-
+        .map_err(|e| with_id(refuse(ReasonCode::SchemaViolation, e.to_string())))?;
     if w.terminal_id != topic.terminal_id || w.merchant_id != topic.merchant_id {
         return Err(with_id(refuse(
-            Reason::IdentityMismatch,
+            ReasonCode::IdentityMismatch,
             "terminal_id/merchant_id in the payload differ from the topic's",
         )));
     }
-    let check = || -> Result<Transaction, Refusal> {
-        short_text("transaction_id", &w.transaction_id, 64)?;
-        if let Some(o) = &w.original_transaction_id {
-            short_text("original_transaction_id", o, 64)?;
+    w.into_transaction(tokenizer).map_err(with_id)
+}
+
+/// OVERSIZE, with the transaction id when one can be read, so the terminal can tell which
+/// transaction the answer is about. The broker's packet limit (2 x the payload limit) bounds
+/// what is parsed here.
+fn oversize(bytes: &[u8], max_bytes: usize) -> Refusal {
+    let mut r = refuse(
+        ReasonCode::Oversize,
+        format!("payload is {} bytes, the limit is {max_bytes}", bytes.len()),
+    );
+    #[derive(Deserialize)]
+    struct Id {
+        transaction_id: Option<String>,
+    }
+    if bytes.len() <= 4 * max_bytes {
+        r.transaction_id = serde_json::from_slice::<Id>(bytes)
+            .ok()
+            .and_then(|i| i.transaction_id)
+            .filter(|id| id.len() <= 64);
+    }
+    r
+}
+
+/// The checks before typed parsing: the version (its own reason), sensitive authentication
+/// data at any depth (never accepted, not even to drop it: the dead letter keeps the name
+/// only), and repeated keys.
+fn check_shape(
+    obj: &serde_json::Map<String, serde_json::Value>,
+    value: &serde_json::Value,
+    text: &str,
+) -> Result<(), Refusal> {
+    match obj.get("version") {
+        Some(v) if v.as_i64() == Some(PAYLOAD_VERSION as i64) => {}
+        Some(v) if v.is_i64() => {
+            return Err(refuse(
+                ReasonCode::UnsupportedVersion,
+                format!("version {v} is not supported; this bridge reads {PAYLOAD_VERSION}"),
+            ))
         }
-        let time = humantime::parse_rfc3339_weak(&w.transaction_time)
+        _ => {
+            return Err(refuse(
+                ReasonCode::SchemaViolation,
+                "version must be an integer",
+            ))
+        }
+    }
+    if let Some(k) = find_sad_field(value) {
+        return Err(refuse(
+            ReasonCode::CardDataForbidden,
+            format!("field {k:?} is sensitive authentication data and is never accepted"),
+        ));
+    }
+    if let Some(k) = duplicate_key(text) {
+        let k: String = k.chars().take(64).collect();
+        return Err(refuse(
+            ReasonCode::DuplicateKey,
+            format!("key {k:?} appears twice in one object"),
+        ));
+    }
+    Ok(())
+}
+
+impl Wire {
+    /// The contract's value checks, in the order their refusals are given, then the record
+    /// (the card tokenized; its number goes no further).
+    fn into_transaction(self, tokenizer: &Tokenizer) -> Result<Transaction, Refusal> {
+        self.check_texts()?;
+        let time = humantime::parse_rfc3339_weak(&self.transaction_time)
             .ok()
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .ok_or_else(|| {
                 refuse(
-                    Reason::FieldInvalid,
+                    ReasonCode::FieldInvalid,
                     "transaction_time must be RFC 3339, e.g. 2026-11-27T10:15:30.123Z",
                 )
             })?;
-        if w.sequence < 0 {
-            return Err(refuse(Reason::FieldInvalid, "sequence must be >= 0"));
+        if self.sequence < 0 {
+            return Err(refuse(ReasonCode::FieldInvalid, "sequence must be >= 0"));
         }
-        let card = match &w.card {
+        let card = match &self.card {
             None => None,
             Some(c) => Some(tokenizer.tokenize(&c.pan).map_err(|e| match e {
-                PanError::Format => refuse(Reason::PanInvalid, "card.pan must be 13-19 digits"),
-                PanError::Luhn => refuse(Reason::PanInvalid, "card.pan fails the Luhn check"),
+                PanError::Format => refuse(ReasonCode::PanInvalid, "card.pan must be 13-19 digits"),
+                PanError::Luhn => refuse(ReasonCode::PanInvalid, "card.pan fails the Luhn check"),
             })?),
         };
-        let location = match &w.location {
-            None => None,
-            Some(l) if (-90.0..=90.0).contains(&l.lat) && (-180.0..=180.0).contains(&l.lon) => {
-                Some(Location {
-                    latitude: l.lat,
-                    longitude: l.lon,
+        let location = self
+            .location
+            .as_ref()
+            .map(WireLocation::check)
+            .transpose()?;
+        self.check_line_items()?;
+        Ok(Transaction {
+            kind: enum_field("type", &self.kind)?,
+            payment_method: enum_field("payment_method", &self.payment_method)?,
+            entry_mode: enum_field("entry_mode", &self.entry_mode)?,
+            transaction_time: time.as_millis() as i64,
+            card,
+            location,
+            line_items: self
+                .line_items
+                .into_iter()
+                .map(|l| LineItem {
+                    sku: l.sku,
+                    description: l.description,
+                    unit_price_minor: l.unit_price_minor,
+                    quantity: l.quantity,
                 })
-            }
-            Some(_) => {
-                return Err(refuse(
-                    Reason::FieldInvalid,
-                    "location lat must be -90..90 and lon -180..180",
-                ))
-            }
-        };
-        for (i, li) in w.line_items.iter().enumerate() {
+                .collect(),
+            transaction_id: self.transaction_id,
+            terminal_id: self.terminal_id,
+            merchant_id: self.merchant_id,
+            sequence: self.sequence,
+            original_transaction_id: self.original_transaction_id,
+            amount_minor: self.amount_minor,
+            currency: self.currency,
+            auth_code: self.auth_code,
+            response_code: self.response_code,
+            mcc: self.mcc,
+        })
+    }
+
+    fn check_texts(&self) -> Result<(), Refusal> {
+        short_text("transaction_id", &self.transaction_id, 64)?;
+        if let Some(o) = &self.original_transaction_id {
+            short_text("original_transaction_id", o, 64)?;
+        }
+        Ok(())
+    }
+
+    /// Line items, then the short codes (their refusals come in this order).
+    fn check_line_items(&self) -> Result<(), Refusal> {
+        for (i, li) in self.line_items.iter().enumerate() {
             short_text(&format!("line_items[{i}].sku"), &li.sku, 64)?;
             short_text(
                 &format!("line_items[{i}].description"),
@@ -360,65 +346,38 @@ pub fn parse(
                 200,
             )?;
         }
-        if w.line_items.len() > 200 {
-            return Err(refuse(Reason::FieldInvalid, "at most 200 line_items"));
+        if self.line_items.len() > 200 {
+            return Err(refuse(ReasonCode::FieldInvalid, "at most 200 line_items"));
         }
-        short_text("currency", &w.currency, 3)?;
-        short_text("response_code", &w.response_code, 4)?;
-        short_text("mcc", &w.mcc, 4)?;
-        if let Some(a) = &w.auth_code {
+        short_text("currency", &self.currency, 3)?;
+        short_text("response_code", &self.response_code, 4)?;
+        short_text("mcc", &self.mcc, 4)?;
+        if let Some(a) = &self.auth_code {
             short_text("auth_code", a, 12)?;
         }
-        Ok(Transaction {
-            kind: enum_field(
-                &TransactionType::ALL,
-                TransactionType::as_str,
-                "type",
-                &w.kind,
-            )?,
-            payment_method: enum_field(
-                &PaymentMethod::ALL,
-                PaymentMethod::as_str,
-                "payment_method",
-                &w.payment_method,
-            )?,
-            entry_mode: enum_field(
-                &EntryMode::ALL,
-                EntryMode::as_str,
-                "entry_mode",
-                &w.entry_mode,
-            )?,
-            transaction_time: time.as_millis() as i64,
-            card,
-            location,
-            line_items: w
-                .line_items
-                .iter()
-                .map(|l| LineItem {
-                    sku: l.sku.clone(),
-                    description: l.description.clone(),
-                    unit_price_minor: l.unit_price_minor,
-                    quantity: l.quantity,
-                })
-                .collect(),
-            transaction_id: w.transaction_id.clone(),
-            terminal_id: w.terminal_id.clone(),
-            merchant_id: w.merchant_id.clone(),
-            sequence: w.sequence,
-            original_transaction_id: w.original_transaction_id.clone(),
-            amount_minor: w.amount_minor,
-            currency: w.currency.clone(),
-            auth_code: w.auth_code.clone(),
-            response_code: w.response_code.clone(),
-            mcc: w.mcc.clone(),
-        })
-    };
-    check().map_err(with_id)
+        Ok(())
+    }
+}
+
+impl WireLocation {
+    fn check(&self) -> Result<Location, Refusal> {
+        if (-90.0..=90.0).contains(&self.lat) && (-180.0..=180.0).contains(&self.lon) {
+            Ok(Location {
+                latitude: self.lat,
+                longitude: self.lon,
+            })
+        } else {
+            Err(refuse(
+                ReasonCode::FieldInvalid,
+                "location lat must be -90..90 and lon -180..180",
+            ))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{duplicate_key, Reason};
+    use super::duplicate_key;
 
     #[test]
     fn repeated_keys_are_found_at_any_depth() {
@@ -432,20 +391,5 @@ mod tests {
         assert_eq!(duplicate_key(r#"[{"a":1},{"a":1}]"#), None);
         // Escapes are compared decoded: "\u0061" is "a".
         assert_eq!(duplicate_key(r#"{"a":1,"\u0061":2}"#).as_deref(), Some("a"));
-    }
-
-    #[test]
-    fn every_reason_code_is_documented() {
-        let doc = include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../docs/reason-codes.md"
-        ));
-        for r in Reason::ALL {
-            assert!(
-                doc.contains(&format!("| `{}` |", r.code())),
-                "docs/reason-codes.md lacks {}",
-                r.code()
-            );
-        }
     }
 }

@@ -7,7 +7,9 @@
 //! replaying the last `horizon` of event time and then decide exactly as the previous owner
 //! would have: no alert missed, none raised twice (docs/fraud.md).
 
-use crate::rules::{id, Settings};
+use crate::rules::{
+    id, AmountAnomaly, CardTesting, ImpossibleTravel, NightMcc, RepeatedDeclines, Settings,
+};
 use posflow_schema::{Severity, Transaction};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -130,6 +132,103 @@ fn crossed(with: bool, without: bool) -> bool {
 }
 
 /// More than `v.max` in the window, crossed by the event at `now`.
+/// Many small amounts on one card in a window: someone testing stolen numbers.
+fn card_testing(h: &History, e: &Event, c: &CardTesting, key: &str) -> Option<Alert> {
+    if !c.enabled || e.amount_minor > c.small_amount_minor {
+        return None;
+    }
+    let ids: Vec<String> = h
+        .window(e.time, c.window_secs)
+        .filter(|x| x.amount_minor <= c.small_amount_minor)
+        .map(|x| x.id.to_string())
+        .collect();
+    // Without the current one: `len - 1 >= min`, i.e. `len > min`.
+    crossed(ids.len() >= c.min_small, ids.len() > c.min_small)
+        .then(|| alert(id::CARD_TESTING, key, Severity::High, 0.8, ids))
+}
+
+fn repeated_declines(h: &History, e: &Event, d: &RepeatedDeclines, key: &str) -> Option<Alert> {
+    if !d.enabled || e.approved {
+        return None;
+    }
+    let ids: Vec<String> = h
+        .window(e.time, d.window_secs)
+        .filter(|x| !x.approved)
+        .map(|x| x.id.to_string())
+        .collect();
+    crossed(ids.len() >= d.min_declines, ids.len() > d.min_declines)
+        .then(|| alert(id::REPEATED_DECLINES, key, Severity::Medium, 0.6, ids))
+}
+
+/// An approved amount far above the card's recent mean in the same currency.
+fn amount_anomaly(h: &History, e: &Event, a: &AmountAnomaly, key: &str) -> Option<Alert> {
+    if !a.enabled || !e.approved {
+        return None;
+    }
+    let recent: Vec<i64> = h
+        .window(e.time, a.window_secs)
+        .filter(|x| x.approved && x.currency == e.currency && *x.id != *e.id)
+        .map(|x| x.amount_minor)
+        .collect();
+    let recent = &recent[recent.len().saturating_sub(a.history)..];
+    if recent.len() < a.min_history {
+        return None;
+    }
+    let mean = recent.iter().sum::<i64>() as f64 / recent.len() as f64;
+    let ratio = e.amount_minor as f64 / mean.max(1.0);
+    (ratio >= a.factor).then(|| {
+        let score = ratio / (2.0 * a.factor);
+        alert(
+            id::AMOUNT_ANOMALY,
+            key,
+            Severity::Medium,
+            score,
+            vec![e.id.to_string()],
+        )
+    })
+}
+
+/// The card's previous transaction `p` too far away for the time between them.
+fn impossible_travel(p: &Event, e: &Event, tr: &ImpossibleTravel, key: &str) -> Option<Alert> {
+    let (there, here) = (p.location?, e.location?);
+    if !tr.enabled {
+        return None;
+    }
+    let now = e.time;
+    let km = distance_km(there, here);
+    let hours = ((now - p.time) as f64 / 3_600_000.0).max(1.0 / 3600.0);
+    let fast = now - p.time <= tr.window_secs * 1000
+        && km >= tr.min_distance_km
+        && km / hours > tr.max_speed_kmh;
+    fast.then(|| {
+        let score = (km / hours) / (2.0 * tr.max_speed_kmh);
+        let ids = vec![p.id.to_string(), e.id.to_string()];
+        alert(id::IMPOSSIBLE_TRAVEL, key, Severity::High, score, ids)
+    })
+}
+
+/// A large amount at a high-risk MCC at night, local time from the terminal's longitude.
+fn night_high_risk_mcc(t: &Transaction, e: &Event, n: &NightMcc, key: &str) -> Option<Alert> {
+    if !n.enabled || t.amount_minor < n.min_amount_minor || !n.mccs.contains(&t.mcc) {
+        return None;
+    }
+    let hour = local_hour(e.time, t.location?.longitude);
+    let night = if n.night_start_hour <= n.night_end_hour {
+        hour >= n.night_start_hour && hour < n.night_end_hour
+    } else {
+        hour >= n.night_start_hour || hour < n.night_end_hour
+    };
+    night.then(|| {
+        alert(
+            id::NIGHT_HIGH_RISK_MCC,
+            key,
+            Severity::Low,
+            0.5,
+            vec![e.id.to_string()],
+        )
+    })
+}
+
 fn velocity(
     h: &History,
     now: i64,
@@ -214,103 +313,16 @@ impl Engine {
         let now = e.time;
         // The card's transaction before this one (by event time), for travel.
         let previous = h.0.iter().rev().find(|x| x.time <= now && x.id != e.id);
-        let mut out: Vec<Alert> = velocity(h, now, &s.velocity_card, id::VELOCITY_CARD, key)
-            .into_iter()
-            .collect();
-        let c = &s.card_testing;
-        if c.enabled && e.amount_minor <= c.small_amount_minor {
-            let ids: Vec<String> = h
-                .window(now, c.window_secs)
-                .filter(|x| x.amount_minor <= c.small_amount_minor)
-                .map(|x| x.id.to_string())
-                .collect();
-            // Without the current one: `len - 1 >= min`, i.e. `len > min`.
-            if crossed(ids.len() >= c.min_small, ids.len() > c.min_small) {
-                out.push(alert(id::CARD_TESTING, key, Severity::High, 0.8, ids));
-            }
-        }
-        let d = &s.repeated_declines;
-        if d.enabled && !e.approved {
-            let ids: Vec<String> = h
-                .window(now, d.window_secs)
-                .filter(|x| !x.approved)
-                .map(|x| x.id.to_string())
-                .collect();
-            if crossed(ids.len() >= d.min_declines, ids.len() > d.min_declines) {
-                out.push(alert(
-                    id::REPEATED_DECLINES,
-                    key,
-                    Severity::Medium,
-                    0.6,
-                    ids,
-                ));
-            }
-        }
-        let a = &s.amount_anomaly;
-        if a.enabled && e.approved {
-            let recent: Vec<i64> = h
-                .window(now, a.window_secs)
-                .filter(|x| x.approved && x.currency == e.currency && *x.id != *e.id)
-                .map(|x| x.amount_minor)
-                .collect();
-            let recent = &recent[recent.len().saturating_sub(a.history)..];
-            if recent.len() >= a.min_history {
-                let mean = recent.iter().sum::<i64>() as f64 / recent.len() as f64;
-                let ratio = e.amount_minor as f64 / mean.max(1.0);
-                if ratio >= a.factor {
-                    let score = ratio / (2.0 * a.factor);
-                    out.push(alert(
-                        id::AMOUNT_ANOMALY,
-                        key,
-                        Severity::Medium,
-                        score,
-                        vec![e.id.to_string()],
-                    ));
-                }
-            }
-        }
-        let tr = &s.impossible_travel;
-        if let (true, Some(p), Some(here)) = (tr.enabled, previous, e.location) {
-            if let Some(there) = p.location {
-                let km = distance_km(there, here);
-                let hours = ((now - p.time) as f64 / 3_600_000.0).max(1.0 / 3600.0);
-                if now - p.time <= tr.window_secs * 1000
-                    && km >= tr.min_distance_km
-                    && km / hours > tr.max_speed_kmh
-                {
-                    let score = (km / hours) / (2.0 * tr.max_speed_kmh);
-                    out.push(alert(
-                        id::IMPOSSIBLE_TRAVEL,
-                        key,
-                        Severity::High,
-                        score,
-                        vec![p.id.to_string(), e.id.to_string()],
-                    ));
-                }
-            }
-        }
-        let n = &s.night_high_risk_mcc;
-        if n.enabled && t.amount_minor >= n.min_amount_minor && n.mccs.contains(&t.mcc) {
-            if let Some(l) = t.location {
-                let hour = local_hour(now, l.longitude);
-                let night = if n.night_start_hour <= n.night_end_hour {
-                    hour >= n.night_start_hour && hour < n.night_end_hour
-                } else {
-                    hour >= n.night_start_hour || hour < n.night_end_hour
-                };
-                if night {
-                    out.push(alert(
-                        id::NIGHT_HIGH_RISK_MCC,
-                        key,
-                        Severity::Low,
-                        0.5,
-                        vec![e.id.to_string()],
-                    ));
-                }
-            }
-        }
+        let alerts = [
+            velocity(h, now, &s.velocity_card, id::VELOCITY_CARD, key),
+            card_testing(h, &e, &s.card_testing, key),
+            repeated_declines(h, &e, &s.repeated_declines, key),
+            amount_anomaly(h, &e, &s.amount_anomaly, key),
+            previous.and_then(|p| impossible_travel(p, &e, &s.impossible_travel, key)),
+            night_high_risk_mcc(t, &e, &s.night_high_risk_mcc, key),
+        ];
         Outcome {
-            alerts: out,
+            alerts: alerts.into_iter().flatten().collect(),
             too_late: false,
         }
     }

@@ -226,37 +226,8 @@ impl Stage {
             .get(&key)
             .is_none_or(|s| input.offset <= s.last_offset);
         if stale {
-            // Rebuild from the horizon before this record, up to (not including) it.
-            let from_time = t.transaction_time - self.horizon_ms(kind);
-            let mut engine = engine::Engine::default();
-            let mut replayed = 0u64;
-            let records = self
-                .replayer
-                .read(&input.topic, input.partition, from_time, input.offset)
-                .await
-                .map_err(|e| Retry(format!("replay: {e}")))?;
-            for payload in records {
-                if let Some(past) = self.decode(kind, &payload).await? {
-                    self.judge(kind, &mut engine, &past);
-                    replayed += 1;
-                }
-            }
-            m.rebuilds.inc();
-            m.replayed.inc_by(replayed);
-            tracing::info!(
-                topic = input.topic,
-                partition = input.partition,
-                replayed,
-                "partition state rebuilt"
-            );
-            states.insert(
-                key.clone(),
-                PartitionState {
-                    engine,
-                    last_offset: -1,
-                    since_eviction: 0,
-                },
-            );
+            let state = self.rebuild(kind, &input, &t).await?;
+            states.insert(key.clone(), state);
         }
         let state = states.get_mut(&key).expect("inserted above");
         state.last_offset = input.offset;
@@ -279,41 +250,90 @@ impl Stage {
             m.state_keys
                 .set(states.values().map(|s| s.engine.keys()).sum::<usize>() as i64);
         }
-        let (topic, enc) = &self.alerts;
-        let now = now_millis();
         outcome
             .alerts
             .into_iter()
-            .map(|a| {
-                m.alerts.with_label_values(&[a.rule_id]).inc();
-                m.alert_latency
-                    .observe((now - t.transaction_time).max(0) as f64 / 1000.0);
-                let card_token = t.card.as_ref().map(|c| c.token.clone());
-                let record = FraudAlert {
-                    alert_id: a.alert_id,
-                    rule_id: a.rule_id.to_string(),
-                    severity: a.severity,
-                    score: a.score,
-                    evidence_transaction_ids: a.evidence,
-                    card_token: card_token.clone().filter(|_| kind == Feed::Card),
-                    merchant_id: t.merchant_id.clone(),
-                    terminal_id: t.terminal_id.clone(),
-                    detected_at: now,
-                };
-                let key = match (kind, card_token) {
-                    (Feed::Card, Some(token)) => token,
-                    _ => t.terminal_id.clone(),
-                };
-                Ok(Output {
-                    topic: topic.clone(),
-                    key,
-                    value: enc
-                        .encode(&record)
-                        .map_err(|e| Retry(format!("encoding: {e}")))?,
-                    headers: headers::with_trace(Default::default(), span),
-                })
-            })
+            .map(|a| self.alert(kind, &t, a, span))
             .collect()
+    }
+
+    /// A partition's state rebuilt from the horizon before `input`, up to (not including) it:
+    /// after a rebalance or a rewind.
+    async fn rebuild(
+        &self,
+        kind: Feed,
+        input: &Input,
+        t: &Transaction,
+    ) -> Result<PartitionState, Retry> {
+        let m = metrics();
+        let from_time = t.transaction_time - self.horizon_ms(kind);
+        let mut engine = engine::Engine::default();
+        let mut replayed = 0u64;
+        let records = self
+            .replayer
+            .read(&input.topic, input.partition, from_time, input.offset)
+            .await
+            .map_err(|e| Retry(format!("replay: {e}")))?;
+        for payload in records {
+            if let Some(past) = self.decode(kind, &payload).await? {
+                self.judge(kind, &mut engine, &past);
+                replayed += 1;
+            }
+        }
+        m.rebuilds.inc();
+        m.replayed.inc_by(replayed);
+        tracing::info!(
+            topic = input.topic,
+            partition = input.partition,
+            replayed,
+            "partition state rebuilt"
+        );
+        Ok(PartitionState {
+            engine,
+            last_offset: -1,
+            since_eviction: 0,
+        })
+    }
+
+    /// One alert as a record for the alerts topic, keyed by the card token (card rules) or
+    /// the terminal.
+    fn alert(
+        &self,
+        kind: Feed,
+        t: &Transaction,
+        a: engine::Alert,
+        span: &tracing::Span,
+    ) -> Result<Output, Retry> {
+        let m = metrics();
+        let (topic, enc) = &self.alerts;
+        let now = now_millis();
+        m.alerts.with_label_values(&[a.rule_id]).inc();
+        m.alert_latency
+            .observe((now - t.transaction_time).max(0) as f64 / 1000.0);
+        let card_token = t.card.as_ref().map(|c| c.token.clone());
+        let record = FraudAlert {
+            alert_id: a.alert_id,
+            rule_id: a.rule_id.to_string(),
+            severity: a.severity,
+            score: a.score,
+            evidence_transaction_ids: a.evidence,
+            card_token: card_token.clone().filter(|_| kind == Feed::Card),
+            merchant_id: t.merchant_id.clone(),
+            terminal_id: t.terminal_id.clone(),
+            detected_at: now,
+        };
+        let key = match (kind, card_token) {
+            (Feed::Card, Some(token)) => token,
+            _ => t.terminal_id.clone(),
+        };
+        Ok(Output {
+            topic: topic.clone(),
+            key,
+            value: enc
+                .encode(&record)
+                .map_err(|e| Retry(format!("encoding: {e}")))?,
+            headers: headers::with_trace(Default::default(), span),
+        })
     }
 }
 

@@ -33,21 +33,7 @@ pub fn main(db: &DatabaseArgs, seal: &crate::sealed::SealArgs, cmd: &Merchants) 
         seal.check(&mut errors);
     }
     let parsed = match cmd {
-        Merchants::Apply { file } => match std::fs::read_to_string(file) {
-            Ok(text) => match prefs::parse(&text, |v| std::env::var(v).ok()) {
-                Ok(p) => Some(p),
-                Err(problems) => {
-                    for p in problems {
-                        errors.push(format!("{}: {p}", file.display()));
-                    }
-                    None
-                }
-            },
-            Err(e) => {
-                errors.push(format!("--file {}: {e}", file.display()));
-                None
-            }
-        },
+        Merchants::Apply { file } => read_file(file, &mut errors),
         _ => None,
     };
     if !errors.is_empty() {
@@ -64,71 +50,7 @@ pub fn main(db: &DatabaseArgs, seal: &crate::sealed::SealArgs, cmd: &Merchants) 
             return ExitCode::FAILURE;
         }
     };
-    let result: anyhow::Result<String> = rt.block_on(async {
-        let mut client = db
-            .connect()
-            .await
-            .map_err(|e| anyhow::anyhow!("connecting to {}: {}", db.redacted(), e.summary()))?;
-        match cmd {
-            Merchants::Apply { .. } => {
-                let p = parsed.unwrap_or_default();
-                store::save_preferences(&mut client, &p, &seal.keys()?)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.summary()))?;
-                Ok(format!("{} merchants applied", p.len()))
-            }
-            Merchants::Reseal => {
-                let keys = seal.keys()?;
-                let n = store::reseal(&mut client, &keys)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.summary()))?;
-                Ok(format!(
-                    "{n} webhook secrets resealed under key {}",
-                    keys.current()
-                ))
-            }
-            Merchants::List => {
-                let map = store::load_preferences(&client, &seal.keys()?)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.summary()))?;
-                let mut ids: Vec<&String> = map.keys().collect();
-                ids.sort();
-                let mut out = String::new();
-                for id in ids {
-                    let p = &map[id];
-                    let mode = match p.mode {
-                        Mode::PerEvent => "per-event".to_string(),
-                        Mode::Digest { every } => {
-                            format!("digest every {}", humantime::format_duration(every))
-                        }
-                    };
-                    out += &format!(
-                        "{id}\t{mode}\t{}\tevents={}\twebhook={}\temails={}\trisk_emails={}\n",
-                        p.format.as_str(),
-                        p.events_as_strings().join(","),
-                        p.webhook
-                            .as_ref()
-                            .map(|w| format!("{} (secret {})", w.url, w.secret))
-                            .unwrap_or_else(|| "-".into()),
-                        p.emails.join(","),
-                        p.risk_emails.join(","),
-                    );
-                }
-                Ok(out.trim_end().to_string())
-            }
-            Merchants::Remove { merchant_id } => {
-                if store::remove_preferences(&client, merchant_id)
-                    .await
-                    .map_err(|e| anyhow::anyhow!(e.summary()))?
-                {
-                    Ok(format!("{merchant_id} removed"))
-                } else {
-                    anyhow::bail!("no merchant {merchant_id}")
-                }
-            }
-        }
-    });
-    match result {
+    match rt.block_on(execute(db, seal, cmd, parsed)) {
         Ok(text) => {
             if !text.is_empty() {
                 println!("{text}");
@@ -140,4 +62,93 @@ pub fn main(db: &DatabaseArgs, seal: &crate::sealed::SealArgs, cmd: &Merchants) 
             ExitCode::FAILURE
         }
     }
+}
+
+/// The preferences file, checked whole; its problems go to `errors`.
+fn read_file(
+    file: &PathBuf,
+    errors: &mut posflow_runtime::ConfigErrors,
+) -> Option<Vec<prefs::Preferences>> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| errors.push(format!("--file {}: {e}", file.display())))
+        .ok()?;
+    prefs::parse(&text, |v| std::env::var(v).ok())
+        .map_err(|problems| {
+            for p in problems {
+                errors.push(format!("{}: {p}", file.display()));
+            }
+        })
+        .ok()
+}
+
+/// The command against the database; what to print.
+async fn execute(
+    db: &DatabaseArgs,
+    seal: &crate::sealed::SealArgs,
+    cmd: &Merchants,
+    parsed: Option<Vec<prefs::Preferences>>,
+) -> anyhow::Result<String> {
+    let summary = |e: posflow_pg::DbError| anyhow::anyhow!(e.summary());
+    let mut client = db
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {}", db.redacted(), e.summary()))?;
+    match cmd {
+        Merchants::Apply { .. } => {
+            let p = parsed.unwrap_or_default();
+            store::save_preferences(&mut client, &p, &seal.keys()?)
+                .await
+                .map_err(summary)?;
+            Ok(format!("{} merchants applied", p.len()))
+        }
+        Merchants::Reseal => {
+            let keys = seal.keys()?;
+            let n = store::reseal(&mut client, &keys)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.summary()))?;
+            Ok(format!(
+                "{n} webhook secrets resealed under key {}",
+                keys.current()
+            ))
+        }
+        Merchants::List => {
+            let map = store::load_preferences(&client, &seal.keys()?)
+                .await
+                .map_err(|e| anyhow::anyhow!(e.summary()))?;
+            let mut ids: Vec<&String> = map.keys().collect();
+            ids.sort();
+            let lines: Vec<String> = ids.into_iter().map(|id| list_line(&map[id])).collect();
+            Ok(lines.join("\n"))
+        }
+        Merchants::Remove { merchant_id } => {
+            if store::remove_preferences(&client, merchant_id)
+                .await
+                .map_err(summary)?
+            {
+                Ok(format!("{merchant_id} removed"))
+            } else {
+                anyhow::bail!("no merchant {merchant_id}")
+            }
+        }
+    }
+}
+
+/// One merchant in `list`: tab-separated, the webhook secret masked.
+fn list_line(p: &prefs::Preferences) -> String {
+    let mode = match p.mode {
+        Mode::PerEvent => "per-event".to_string(),
+        Mode::Digest { every } => format!("digest every {}", humantime::format_duration(every)),
+    };
+    format!(
+        "{}\t{mode}\t{}\tevents={}\twebhook={}\temails={}\trisk_emails={}",
+        p.merchant_id,
+        p.format.as_str(),
+        p.events_as_strings().join(","),
+        p.webhook
+            .as_ref()
+            .map(|w| format!("{} (secret {})", w.url, w.secret))
+            .unwrap_or_else(|| "-".into()),
+        p.emails.join(","),
+        p.risk_emails.join(","),
+    )
 }

@@ -18,7 +18,9 @@ use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_pg::connect_with_backoff;
 use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram_vec};
 use posflow_runtime::{Backoff, Context};
-use posflow_schema::{now_millis, Channel, DeliveryStatus, Encoder, NotificationOutcome};
+use posflow_schema::{
+    now_millis, Channel, DeliveryStatus, Encoder, NotificationOutcome, ReasonCode,
+};
 use prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::FutureProducer;
@@ -187,7 +189,6 @@ impl Dispatcher {
             self.settlements,
             ctx.clone(),
         ));
-        let m = metrics();
         let Some(db) = s.claims.get(&ctx).await else {
             return Ok(());
         };
@@ -202,85 +203,7 @@ impl Dispatcher {
                 tracing::warn!(error = %e.summary(), "could not release this instance's old leases; they expire by themselves")
             }
         }
-        let lease = Duration::from_secs(s.args.lease_secs);
-        let poll = Duration::from_millis(200);
-        let mut sampled = Instant::now() - Duration::from_secs(60);
-        let mut backoff = Backoff::outage();
-        // Merchants believed to have due deliveries, served in rotation. Rediscovered every
-        // second (retries falling due, other replicas' inserts) and whenever ingest adds rows.
-        let mut active: Vec<String> = Vec::new();
-        let mut discovered: Option<Instant> = None;
-        let mut turn = 0;
-        while !ctx.shutdown.is_triggered() {
-            if sampled.elapsed() >= Duration::from_secs(5) {
-                sampled = Instant::now();
-                s.sample(&ctx).await;
-            }
-            let Some(db) = s.claims.get(&ctx).await else {
-                break;
-            };
-            if discovered.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                match store::pending_merchants(&db).await {
-                    Ok(m) => {
-                        active = m;
-                        discovered = Some(Instant::now());
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e.summary(), "listing merchants with pending deliveries failed; retrying")
-                    }
-                }
-            }
-            let free = s
-                .args
-                .concurrency
-                .saturating_sub(s.total.load(Ordering::SeqCst));
-            let wants = s.wants(&active, free, &mut turn);
-            if wants.is_empty() {
-                tokio::select! {
-                    _ = wake.notified() => discovered = None,
-                    _ = s.settled.notified() => {}
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = ctx.shutdown.wait() => break,
-                }
-                continue;
-            }
-            let started = Instant::now();
-            let claimed = store::claim(&db, &s.owner, lease, &wants).await;
-            m.claim_seconds.observe(started.elapsed().as_secs_f64());
-            let claimed = match claimed {
-                Ok(c) => {
-                    backoff.reset();
-                    c
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e.summary(), "claiming deliveries failed; retrying");
-                    ctx.health.set_ready(false);
-                    if !backoff.wait(&ctx.shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            // A merchant that gave fewer than asked has nothing more due now: leave it until
-            // the next discovery.
-            let mut got: HashMap<&str, i32> = HashMap::new();
-            for c in &claimed {
-                *got.entry(c.merchant_id.as_str()).or_default() += 1;
-            }
-            let short: HashSet<&str> = wants
-                .iter()
-                .filter(|(m, n)| got.get(m.as_str()).copied().unwrap_or(0) < *n)
-                .map(|(m, _)| m.as_str())
-                .collect();
-            active.retain(|m| !short.contains(m.as_str()));
-            for c in claimed {
-                *s.held.entry(c.merchant_id.clone()).or_default() += 1;
-                s.total.fetch_add(1, Ordering::SeqCst);
-                m.in_flight.inc();
-                let (s, ctx) = (s.clone(), ctx.clone());
-                tokio::spawn(async move { s.deliver(c, &ctx).await });
-            }
-        }
+        s.claim_until_shutdown(&wake, &ctx).await;
         // Let attempts under way finish; what is left is released at the next start (same
         // instance id) or when its lease runs out.
         let deadline = Instant::now() + s.args.common.drain();
@@ -294,6 +217,100 @@ impl Dispatcher {
         drop(s);
         let _ = tokio::time::timeout(Duration::from_secs(5), settler).await;
         Ok(())
+    }
+}
+
+/// Merchants believed to have due deliveries, served in rotation. Rediscovered every second
+/// (retries falling due, other replicas' inserts) and whenever ingest adds rows.
+#[derive(Default)]
+struct Rotation {
+    active: Vec<String>,
+    discovered: Option<Instant>,
+    turn: usize,
+}
+
+impl Rotation {
+    /// A merchant that gave fewer than asked has nothing more due now: leave it until the next
+    /// discovery.
+    fn drop_exhausted(&mut self, wants: &[(String, i32)], claimed: &[Claimed]) {
+        let mut got: HashMap<&str, i32> = HashMap::new();
+        for c in claimed {
+            *got.entry(c.merchant_id.as_str()).or_default() += 1;
+        }
+        let short: HashSet<&str> = wants
+            .iter()
+            .filter(|(m, n)| got.get(m.as_str()).copied().unwrap_or(0) < *n)
+            .map(|(m, _)| m.as_str())
+            .collect();
+        self.active.retain(|m| !short.contains(m.as_str()));
+    }
+}
+
+impl Shared {
+    /// Claims due deliveries for the merchants in rotation, as many as there is room for, and
+    /// starts each in a task of its own, until shutdown.
+    async fn claim_until_shutdown(self: &Arc<Self>, wake: &Notify, ctx: &Context) {
+        let m = metrics();
+        let lease = Duration::from_secs(self.args.lease_secs);
+        let mut sampled = Instant::now() - Duration::from_secs(60);
+        let mut backoff = Backoff::outage();
+        let mut r = Rotation::default();
+        while !ctx.shutdown.is_triggered() {
+            if sampled.elapsed() >= Duration::from_secs(5) {
+                sampled = Instant::now();
+                self.sample(ctx).await;
+            }
+            let Some(db) = self.claims.get(ctx).await else {
+                return;
+            };
+            if r.discovered
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+            {
+                match store::pending_merchants(&db).await {
+                    Ok(m) => (r.active, r.discovered) = (m, Some(Instant::now())),
+                    Err(e) => {
+                        tracing::warn!(error = %e.summary(), "listing merchants with pending deliveries failed; retrying")
+                    }
+                }
+            }
+            let free = self
+                .args
+                .concurrency
+                .saturating_sub(self.total.load(Ordering::SeqCst));
+            let wants = self.wants(&r.active, free, &mut r.turn);
+            if wants.is_empty() {
+                tokio::select! {
+                    _ = wake.notified() => r.discovered = None,
+                    _ = self.settled.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = ctx.shutdown.wait() => return,
+                }
+                continue;
+            }
+            let started = Instant::now();
+            let claimed = store::claim(&db, &self.owner, lease, &wants).await;
+            m.claim_seconds.observe(started.elapsed().as_secs_f64());
+            let claimed = match claimed {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e.summary(), "claiming deliveries failed; retrying");
+                    ctx.health.set_ready(false);
+                    if !backoff.wait(&ctx.shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            r.drop_exhausted(&wants, &claimed);
+            for c in claimed {
+                *self.held.entry(c.merchant_id.clone()).or_default() += 1;
+                self.total.fetch_add(1, Ordering::SeqCst);
+                m.in_flight.inc();
+                let (s, ctx) = (self.clone(), ctx.clone());
+                tokio::spawn(async move { s.deliver(c, &ctx).await });
+            }
+        }
     }
 }
 
@@ -561,8 +578,8 @@ impl Shared {
                 }
                 if self.policy.exhausted(c.attempt as u32) {
                     let error = format!("gave up after {} attempts: {error}", c.attempt);
-                    let reason = format!("{}_EXHAUSTED", channel.to_uppercase());
-                    self.dead_letter(c, &reason, &error, ctx).await;
+                    self.dead_letter(c, ReasonCode::exhausted(c.channel), &error, ctx)
+                        .await;
                     (
                         Settle::Failed {
                             error: error.clone(),
@@ -586,8 +603,8 @@ impl Shared {
             }
             Answer::Refused { error } => {
                 // The endpoint answered: it is up, so the breaker is not touched.
-                let reason = format!("{}_REFUSED", channel.to_uppercase());
-                self.dead_letter(c, &reason, &error, ctx).await;
+                self.dead_letter(c, ReasonCode::refused(c.channel), &error, ctx)
+                    .await;
                 (
                     Settle::Failed {
                         error: error.clone(),
@@ -640,9 +657,9 @@ impl Shared {
         }
     }
 
-    async fn dead_letter(&self, c: &Claimed, reason: &str, error: &str, ctx: &Context) {
+    async fn dead_letter(&self, c: &Claimed, reason: ReasonCode, error: &str, ctx: &Context) {
         let refused = Refused {
-            reason: reason.into(),
+            reason,
             detail: format!(
                 "{} {} to merchant {}: {error}",
                 c.channel.as_str(),

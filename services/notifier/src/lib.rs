@@ -159,67 +159,50 @@ impl Args {
                     format!("--webhook-ca-file {} is not a file", ca.display()),
                 );
             }
-            let ranges: [(&str, u64, std::ops::RangeInclusive<u64>); 15] = [
-                (
-                    "--delivery-timeout-ms",
-                    self.delivery_timeout_ms,
-                    100..=120_000,
-                ),
-                ("--retry-base-ms", self.retry_base_ms, 10..=600_000),
-                (
-                    "--retry-max-delay-secs",
-                    self.retry_max_delay_secs,
-                    1..=86_400,
-                ),
-                ("--max-attempts", self.max_attempts.into(), 1..=100),
-                ("--merchant-rate", self.merchant_rate.into(), 1..=100_000),
-                (
-                    "--merchant-concurrency",
-                    self.merchant_concurrency as u64,
-                    1..=1_000,
-                ),
-                ("--concurrency", self.concurrency as u64, 1..=10_000),
-                (
-                    "--breaker-threshold",
-                    self.breaker_threshold.into(),
-                    1..=1_000,
-                ),
-                (
-                    "--breaker-cooldown-secs",
-                    self.breaker_cooldown_secs,
-                    1..=3_600,
-                ),
-                ("--lease-secs", self.lease_secs, 5..=3_600),
-                (
-                    "--preferences-refresh-secs",
-                    self.preferences_refresh_secs,
-                    1..=3_600,
-                ),
-                ("--digest-grace-secs", self.digest_grace_secs, 0..=3_600),
-                (
-                    "--outbox-retention-hours",
-                    self.outbox_retention_hours,
-                    1..=24 * 365,
-                ),
-                ("--batch-size", self.batch_size as u64, 1..=10_000),
-                ("--batch-linger-ms", self.batch_linger_ms, 1..=60_000),
-            ];
-            for (flag, value, range) in ranges {
-                e.check(
-                    range.contains(&value),
-                    format!(
-                        "{flag} must be {}..={} (got {value})",
-                        range.start(),
-                        range.end()
-                    ),
-                );
-            }
+            self.check_ranges(&mut e);
             e.check(
                 self.lease_secs * 1000 > self.delivery_timeout_ms * 2,
                 "--lease-secs must exceed twice --delivery-timeout-ms, or a slow attempt could be claimed twice",
             );
         }
         e.into_result(self)
+    }
+
+    fn check_ranges(&self, e: &mut ConfigErrors) {
+        e.in_range(
+            "--delivery-timeout-ms",
+            self.delivery_timeout_ms,
+            100..=120_000,
+        );
+        e.in_range("--retry-base-ms", self.retry_base_ms, 10..=600_000);
+        e.in_range(
+            "--retry-max-delay-secs",
+            self.retry_max_delay_secs,
+            1..=86_400,
+        );
+        e.in_range("--max-attempts", self.max_attempts.into(), 1..=100);
+        e.in_range("--merchant-rate", self.merchant_rate.into(), 1..=100_000);
+        let merchant_concurrency = self.merchant_concurrency as u64;
+        e.in_range("--merchant-concurrency", merchant_concurrency, 1..=1_000);
+        e.in_range("--concurrency", self.concurrency as u64, 1..=10_000);
+        e.in_range(
+            "--breaker-threshold",
+            self.breaker_threshold.into(),
+            1..=1_000,
+        );
+        e.in_range(
+            "--breaker-cooldown-secs",
+            self.breaker_cooldown_secs,
+            1..=3_600,
+        );
+        e.in_range("--lease-secs", self.lease_secs, 5..=3_600);
+        let refresh = self.preferences_refresh_secs;
+        e.in_range("--preferences-refresh-secs", refresh, 1..=3_600);
+        e.in_range("--digest-grace-secs", self.digest_grace_secs, 0..=3_600);
+        let retention = self.outbox_retention_hours;
+        e.in_range("--outbox-retention-hours", retention, 1..=24 * 365);
+        e.in_range("--batch-size", self.batch_size as u64, 1..=10_000);
+        e.in_range("--batch-linger-ms", self.batch_linger_ms, 1..=60_000);
     }
 
     pub fn retry_policy(&self) -> policy::RetryPolicy {

@@ -223,145 +223,34 @@ pub fn parse(
     }
 }
 
+/// Every problem with one merchant's settings, as (field, message).
+type Problems = Vec<(&'static str, String)>;
+
 /// Checks one merchant's settings — from a preferences file or the merchant API, the same
-/// rules — into preferences, or every problem as (field, message).
+/// rules — into preferences, or every problem as (field, message), in field order.
 pub fn check(
     id: &str,
     e: Entry,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Preferences, Vec<(&'static str, String)>> {
-    let mut errors = Vec::new();
-    let mut err = |field: &'static str, m: String| errors.push((field, m));
+) -> Result<Preferences, Problems> {
+    let mut errors = Problems::new();
     if id.is_empty() || id.len() > 64 {
-        err("merchant_id", "merchant id must be 1-64 characters".into());
+        errors.push(("merchant_id", "merchant id must be 1-64 characters".into()));
     }
-    let mode = match (e.mode.as_deref().unwrap_or("per-event"), &e.digest_every) {
-        ("per-event", None) => Some(Mode::PerEvent),
-        ("per-event", Some(_)) => {
-            err(
-                "digest_every",
-                "digest_every needs mode = \"digest\"".into(),
-            );
-            None
-        }
-        ("digest", Some(every)) => match humantime::parse_duration(every) {
-            Ok(d) if DIGEST_RANGE.contains(&d.as_secs()) => Some(Mode::Digest { every: d }),
-            Ok(_) => {
-                err(
-                    "digest_every",
-                    format!("digest_every {every:?} must be between 10s and 1day"),
-                );
-                None
-            }
-            Err(x) => {
-                err("digest_every", format!("digest_every {every:?}: {x}"));
-                None
-            }
-        },
-        ("digest", None) => {
-            err(
-                "digest_every",
-                "mode = \"digest\" needs digest_every (e.g. \"1h\", \"1day\")".into(),
-            );
-            None
-        }
-        (other, _) => {
-            err(
-                "mode",
-                format!("mode {other:?} is not one of per-event, digest"),
-            );
-            None
-        }
-    };
+    let mode = check_mode(&e, &mut errors);
     let format = e.format.as_deref().unwrap_or("json");
     let format = Format::parse(format).or_else(|| {
-        err(
-            "format",
-            format!("format {format:?} is not one of json, csv"),
-        );
+        let m = format!("format {format:?} is not one of json, csv");
+        errors.push(("format", m));
         None
     });
-    let mut events = Vec::new();
-    for name in e.events.unwrap_or_else(|| {
-        vec![
-            "transactions".into(),
-            "refunds".into(),
-            "fraud-alerts".into(),
-        ]
-    }) {
-        match EventKind::from_subscription(&name) {
-            Some(k) if !events.contains(&k) => events.push(k),
-            Some(_) => {}
-            None => err(
-                "events",
-                format!("event {name:?} is not one of transactions, refunds, fraud-alerts"),
-            ),
-        }
-    }
-    events.sort();
-    let secret = match (&e.webhook_secret, &e.webhook_secret_env) {
-        (Some(s), None) => Some(s.clone()),
-        (None, Some(var)) => {
-            let s = env(var);
-            if s.is_none() {
-                err(
-                    "webhook_secret_env",
-                    format!("webhook_secret_env: {var} is not set"),
-                );
-            }
-            s
-        }
-        (Some(_), Some(_)) => {
-            err(
-                "webhook_secret",
-                "give webhook_secret or webhook_secret_env, not both".into(),
-            );
-            None
-        }
-        (None, None) => None,
-    };
-    let webhook = match (&e.webhook_url, secret) {
-        (Some(url), Some(secret)) => {
-            if !url.starts_with("https://") {
-                err("webhook_url", format!("webhook_url {url:?} must be an https:// URL (webhooks are only sent over TLS)"));
-            }
-            if url.parse::<hyper::Uri>().is_err() {
-                err(
-                    "webhook_url",
-                    format!("webhook_url {url:?} is not a valid URL"),
-                );
-            }
-            if secret.len() < MIN_SECRET_BYTES {
-                err(
-                    "webhook_secret",
-                    format!("the webhook secret must be at least {MIN_SECRET_BYTES} bytes"),
-                );
-            }
-            Some(Webhook {
-                url: url.clone(),
-                secret: Secret::new(secret),
-                previous: None,
-            })
-        }
-        (Some(_), None) => {
-            if e.webhook_secret_env.is_none() {
-                err(
-                    "webhook_secret",
-                    "webhook_url needs webhook_secret or webhook_secret_env".into(),
-                );
-            }
-            None
-        }
-        (None, Some(_)) => {
-            err("webhook_url", "a webhook secret without webhook_url".into());
-            None
-        }
-        (None, None) => None,
-    };
+    let events = check_events(e.events.clone(), &mut errors);
+    let secret = check_secret(&e, env, &mut errors);
+    let webhook = check_webhook(&e, secret, &mut errors);
     for (field, list) in [("emails", &e.emails), ("risk_emails", &e.risk_emails)] {
         for a in list {
             if a.parse::<lettre::Address>().is_err() {
-                err(field, format!("{a:?} is not an email address"));
+                errors.push((field, format!("{a:?} is not an email address")));
             }
         }
     }
@@ -370,10 +259,10 @@ pub fn check(
         && e.emails.is_empty()
         && e.risk_emails.is_empty()
     {
-        err(
+        errors.push((
             "webhook_url",
             "no channel: give webhook_url or emails".into(),
-        );
+        ));
     }
     match (mode, format) {
         (Some(mode), Some(format)) if errors.is_empty() => Ok(Preferences {
@@ -386,6 +275,128 @@ pub fn check(
             risk_emails: e.risk_emails,
         }),
         _ => Err(errors),
+    }
+}
+
+fn check_mode(e: &Entry, errors: &mut Problems) -> Option<Mode> {
+    let (field, problem) = match (e.mode.as_deref().unwrap_or("per-event"), &e.digest_every) {
+        ("per-event", None) => return Some(Mode::PerEvent),
+        ("per-event", Some(_)) => (
+            "digest_every",
+            "digest_every needs mode = \"digest\"".to_string(),
+        ),
+        ("digest", Some(every)) => match humantime::parse_duration(every) {
+            Ok(d) if DIGEST_RANGE.contains(&d.as_secs()) => return Some(Mode::Digest { every: d }),
+            Ok(_) => (
+                "digest_every",
+                format!("digest_every {every:?} must be between 10s and 1day"),
+            ),
+            Err(x) => ("digest_every", format!("digest_every {every:?}: {x}")),
+        },
+        ("digest", None) => (
+            "digest_every",
+            "mode = \"digest\" needs digest_every (e.g. \"1h\", \"1day\")".to_string(),
+        ),
+        (other, _) => (
+            "mode",
+            format!("mode {other:?} is not one of per-event, digest"),
+        ),
+    };
+    errors.push((field, problem));
+    None
+}
+
+/// The subscribed events, sorted, without repeats (default: all three).
+fn check_events(names: Option<Vec<String>>, errors: &mut Problems) -> Vec<EventKind> {
+    let names = names.unwrap_or_else(|| {
+        vec![
+            "transactions".into(),
+            "refunds".into(),
+            "fraud-alerts".into(),
+        ]
+    });
+    let mut events = Vec::new();
+    for name in names {
+        match EventKind::from_subscription(&name) {
+            Some(k) if !events.contains(&k) => events.push(k),
+            Some(_) => {}
+            None => errors.push((
+                "events",
+                format!("event {name:?} is not one of transactions, refunds, fraud-alerts"),
+            )),
+        }
+    }
+    events.sort();
+    events
+}
+
+/// The webhook secret, given in the entry or by the name of an environment variable.
+fn check_secret(
+    e: &Entry,
+    env: impl Fn(&str) -> Option<String>,
+    errors: &mut Problems,
+) -> Option<String> {
+    match (&e.webhook_secret, &e.webhook_secret_env) {
+        (Some(s), None) => Some(s.clone()),
+        (None, Some(var)) => {
+            let s = env(var);
+            if s.is_none() {
+                errors.push((
+                    "webhook_secret_env",
+                    format!("webhook_secret_env: {var} is not set"),
+                ));
+            }
+            s
+        }
+        (Some(_), Some(_)) => {
+            errors.push((
+                "webhook_secret",
+                "give webhook_secret or webhook_secret_env, not both".into(),
+            ));
+            None
+        }
+        (None, None) => None,
+    }
+}
+
+fn check_webhook(e: &Entry, secret: Option<String>, errors: &mut Problems) -> Option<Webhook> {
+    match (&e.webhook_url, secret) {
+        (Some(url), Some(secret)) => {
+            if !url.starts_with("https://") {
+                errors.push(("webhook_url", format!("webhook_url {url:?} must be an https:// URL (webhooks are only sent over TLS)")));
+            }
+            if url.parse::<hyper::Uri>().is_err() {
+                errors.push((
+                    "webhook_url",
+                    format!("webhook_url {url:?} is not a valid URL"),
+                ));
+            }
+            if secret.len() < MIN_SECRET_BYTES {
+                errors.push((
+                    "webhook_secret",
+                    format!("the webhook secret must be at least {MIN_SECRET_BYTES} bytes"),
+                ));
+            }
+            Some(Webhook {
+                url: url.clone(),
+                secret: Secret::new(secret),
+                previous: None,
+            })
+        }
+        (Some(_), None) => {
+            if e.webhook_secret_env.is_none() {
+                errors.push((
+                    "webhook_secret",
+                    "webhook_url needs webhook_secret or webhook_secret_env".into(),
+                ));
+            }
+            None
+        }
+        (None, Some(_)) => {
+            errors.push(("webhook_url", "a webhook secret without webhook_url".into()));
+            None
+        }
+        (None, None) => None,
     }
 }
 

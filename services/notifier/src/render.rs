@@ -367,44 +367,64 @@ pub fn csv(items: &[DigestItem]) -> Vec<u8> {
     for i in items {
         // Text a terminal chose (ids, auth code) is neutralised against formula injection;
         // numbers and posflow's own enums are written as they are.
-        let line = [
-            csv_text(&i.transaction_id),
-            csv_field(&rfc3339_millis(i.transaction_time_ms)),
-            csv_field(&rfc3339_millis(i.received_at_ms)),
-            csv_text(&i.terminal_id),
-            csv_field(&i.kind),
-            csv_field(&i.amount_minor.to_string()),
-            csv_field(&format_minor(i.amount_minor, &i.currency)),
-            csv_field(&i.currency),
-            csv_field(&i.entry_mode),
-            csv_text(i.card_last4.as_deref().unwrap_or("")),
-            csv_text(i.auth_code.as_deref().unwrap_or("")),
-        ];
-        out += &line.join(",");
-        out += "\r\n";
+        let (time, received) = (
+            rfc3339_millis(i.transaction_time_ms),
+            rfc3339_millis(i.received_at_ms),
+        );
+        let (minor, major) = (
+            i.amount_minor.to_string(),
+            format_minor(i.amount_minor, &i.currency),
+        );
+        out += &csv_record(
+            &[
+                Cell::Text(&i.transaction_id),
+                Cell::Plain(&time),
+                Cell::Plain(&received),
+                Cell::Text(&i.terminal_id),
+                Cell::Plain(&i.kind),
+                Cell::Plain(&minor),
+                Cell::Plain(&major),
+                Cell::Plain(&i.currency),
+                Cell::Plain(&i.entry_mode),
+                Cell::Text(i.card_last4.as_deref().unwrap_or("")),
+                Cell::Text(i.auth_code.as_deref().unwrap_or("")),
+            ],
+            "\r\n",
+        );
     }
     out.into_bytes()
 }
 
-/// A text cell a spreadsheet must not take for a formula (OWASP "CSV injection"): one that
-/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return gets a leading `'`, and is quoted.
-/// For every text a terminal or a merchant chose, in every CSV posflow writes (digests here,
-/// the API's reports); numbers go through [`csv_field`].
-pub fn csv_text(f: &str) -> String {
-    if f.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("\"'{}\"", f.replace('"', "\"\""))
-    } else {
-        csv_field(f)
-    }
+/// A CSV cell.
+pub enum Cell<'a> {
+    /// Text a terminal or a merchant chose: a spreadsheet must not take it for a formula
+    /// (OWASP "CSV injection"). One that starts with `=`, `+`, `-`, `@`, a tab or a carriage
+    /// return gets a leading `'`.
+    Text(&'a str),
+    /// Numbers, times and posflow's own names, written as they are.
+    Plain(&'a str),
 }
 
-/// A cell quoted as RFC 4180 asks (commas, quotes, line ends).
-pub fn csv_field(f: &str) -> String {
-    if f.contains([',', '"', '\r', '\n']) {
-        format!("\"{}\"", f.replace('"', "\"\""))
-    } else {
-        f.to_string()
-    }
+/// One CSV record, in every CSV posflow writes (digests here, the API's reports): RFC 4180
+/// through the csv crate (a cell is quoted only where it must be), ended by `end`.
+pub fn csv_record(cells: &[Cell<'_>], end: &str) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .buffer_capacity(512)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::with_capacity(256));
+    let cells = cells.iter().map(|c| match c {
+        Cell::Text(f) if f.starts_with(['=', '+', '-', '@', '\t', '\r']) => format!("'{f}").into(),
+        Cell::Text(f) | Cell::Plain(f) => std::borrow::Cow::Borrowed(*f),
+    });
+    // Writing to a Vec fails only on allocation; the cells are UTF-8, so the record is.
+    let record = w
+        .write_record(cells.collect::<Vec<_>>().iter().map(|c| c.as_bytes()))
+        .and_then(|()| w.into_inner().map_err(|e| e.into_error().into()))
+        .expect("a CSV record into memory");
+    let mut s = String::from_utf8(record).expect("UTF-8 cells make a UTF-8 record");
+    s.pop(); // the writer's "\n"
+    s.push_str(end);
+    s
 }
 
 /// Count and sum of amounts per (currency, type): what the digest's text states and what a
@@ -519,10 +539,10 @@ mod tests {
             firsts,
             [
                 "\"'=HYPERLINK(\"\"http://x\"\")\"",
-                "\"'+1\"",
-                "\"'-2\"",
-                "\"'@SUM(A1)\"",
-                "\"'\tx\""
+                "'+1",
+                "'-2",
+                "'@SUM(A1)",
+                "'\tx"
             ]
         );
         // Sums of amounts beyond i64 are exact.

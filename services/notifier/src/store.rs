@@ -4,7 +4,7 @@
 
 use crate::prefs::{Mode, Preferences};
 use crate::sealed::Keys;
-use posflow_pg::{DbError, Migrations};
+use posflow_pg::{column, DbError, Migrations};
 use posflow_schema::{Channel, FraudAlert};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -291,36 +291,34 @@ async fn insert_deliveries(
     if deliveries.is_empty() {
         return Ok(0);
     }
-    {
-        let col = |f: &dyn Fn(&NewDelivery) -> Option<String>| -> Vec<Option<String>> {
-            deliveries.iter().map(f).collect()
-        };
-        let keys = col(&|d| Some(d.idempotency_key.clone()));
-        let merchants = col(&|d| Some(d.merchant_id.clone()));
-        let channels = col(&|d| Some(d.channel.as_str().into()));
-        let kinds = col(&|d| Some(d.event_type.into()));
-        let subjects = col(&|d| d.subject.clone());
-        let types = col(&|d| Some(d.content_type.clone()));
-        let names = col(&|d| d.attachment.as_ref().map(|a| a.name.clone()));
-        let att_types = col(&|d| d.attachment.as_ref().map(|a| a.content_type.clone()));
-        let traces = col(&|d| d.traceparent.clone());
-        let events = col(&|d| Some(d.event_id.clone()));
-        let priorities: Vec<i16> = deliveries.iter().map(|d| d.priority).collect();
-        let risk: Vec<bool> = deliveries.iter().map(|d| d.risk_contact).collect();
-        let bodies: Vec<&[u8]> = deliveries.iter().map(|d| d.body.as_slice()).collect();
-        let attachments: Vec<Option<&[u8]>> = deliveries
-            .iter()
-            .map(|d| d.attachment.as_ref().map(|a| a.bytes.as_slice()))
-            .collect();
-        Ok(tx
-            .execute(
-                "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact, traceparent, event_id)
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[], $13::text[], $14::text[])
-                 ON CONFLICT (idempotency_key) DO NOTHING",
-                &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk, &traces, &events],
-            )
-            .await?)
-    }
+    let keys = column(deliveries, |d| d.idempotency_key.as_str());
+    let merchants = column(deliveries, |d| d.merchant_id.as_str());
+    let channels = column(deliveries, |d| d.channel.as_str());
+    let kinds = column(deliveries, |d| d.event_type);
+    let subjects = column(deliveries, |d| d.subject.as_deref());
+    let types = column(deliveries, |d| d.content_type.as_str());
+    let names = column(deliveries, |d| {
+        d.attachment.as_ref().map(|a| a.name.as_str())
+    });
+    let att_types = column(deliveries, |d| {
+        d.attachment.as_ref().map(|a| a.content_type.as_str())
+    });
+    let traces = column(deliveries, |d| d.traceparent.as_deref());
+    let events = column(deliveries, |d| d.event_id.as_str());
+    let priorities = column(deliveries, |d| d.priority);
+    let risk = column(deliveries, |d| d.risk_contact);
+    let bodies = column(deliveries, |d| d.body.as_slice());
+    let attachments = column(deliveries, |d| {
+        d.attachment.as_ref().map(|a| a.bytes.as_slice())
+    });
+    Ok(tx
+        .execute(
+            "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact, traceparent, event_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[], $13::text[], $14::text[])
+             ON CONFLICT (idempotency_key) DO NOTHING",
+            &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk, &traces, &events],
+        )
+        .await?)
 }
 
 async fn insert_items(
@@ -330,32 +328,27 @@ async fn insert_items(
     if items.is_empty() {
         return Ok(0);
     }
-    {
-        let col = |f: &dyn Fn(&DigestItem) -> Option<String>| -> Vec<Option<String>> {
-            items.iter().map(f).collect()
-        };
-        let merchants = col(&|i| Some(i.merchant_id.clone()));
-        let ids = col(&|i| Some(i.transaction_id.clone()));
-        let terminals = col(&|i| Some(i.terminal_id.clone()));
-        let kinds = col(&|i| Some(i.kind.clone()));
-        let currencies = col(&|i| Some(i.currency.clone()));
-        let modes = col(&|i| Some(i.entry_mode.clone()));
-        let last4 = col(&|i| i.card_last4.clone());
-        let auth = col(&|i| i.auth_code.clone());
-        let received: Vec<i64> = items.iter().map(|i| i.received_at_ms).collect();
-        let times: Vec<i64> = items.iter().map(|i| i.transaction_time_ms).collect();
-        let amounts: Vec<i64> = items.iter().map(|i| i.amount_minor).collect();
-        Ok(tx
-            .execute(
-                "INSERT INTO digest_items (merchant_id, transaction_id, received_at, transaction_time, terminal_id, type, amount_minor, currency, entry_mode, card_last4, auth_code)
-                 SELECT m, id, to_timestamp(r / 1000.0), to_timestamp(t / 1000.0), term, k, a, c, b, l, ac
-                 FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[])
-                   AS x(m, id, r, t, term, k, a, c, b, l, ac)
-                 ON CONFLICT DO NOTHING",
-                &[&merchants, &ids, &received, &times, &terminals, &kinds, &amounts, &currencies, &modes, &last4, &auth],
-            )
-            .await?)
-    }
+    let merchants = column(items, |i| i.merchant_id.as_str());
+    let ids = column(items, |i| i.transaction_id.as_str());
+    let terminals = column(items, |i| i.terminal_id.as_str());
+    let kinds = column(items, |i| i.kind.as_str());
+    let currencies = column(items, |i| i.currency.as_str());
+    let modes = column(items, |i| i.entry_mode.as_str());
+    let last4 = column(items, |i| i.card_last4.as_deref());
+    let auth = column(items, |i| i.auth_code.as_deref());
+    let received = column(items, |i| i.received_at_ms);
+    let times = column(items, |i| i.transaction_time_ms);
+    let amounts = column(items, |i| i.amount_minor);
+    Ok(tx
+        .execute(
+            "INSERT INTO digest_items (merchant_id, transaction_id, received_at, transaction_time, terminal_id, type, amount_minor, currency, entry_mode, card_last4, auth_code)
+             SELECT m, id, to_timestamp(r / 1000.0), to_timestamp(t / 1000.0), term, k, a, c, b, l, ac
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[])
+               AS x(m, id, r, t, term, k, a, c, b, l, ac)
+             ON CONFLICT DO NOTHING",
+            &[&merchants, &ids, &received, &times, &terminals, &kinds, &amounts, &currencies, &modes, &last4, &auth],
+        )
+        .await?)
 }
 
 /// A delivery claimed by this replica, to attempt now.
@@ -721,4 +714,12 @@ pub async fn close_digest(
     insert_deliveries(&tx, &render(&items)).await?;
     tx.commit().await?;
     Ok(Some(items.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_run_in_order_without_gaps() {
+        assert_eq!(super::MIGRATIONS.check_order(), Ok(()));
+    }
 }

@@ -125,20 +125,8 @@ impl Sender {
     }
 
     pub async fn send(&self, r: &Request<'_>) -> Answer {
-        // The connector skips its resolver for an IP literal: judge those here.
-        let literal = r
-            .url
-            .parse::<hyper::Uri>()
-            .ok()
-            .and_then(|u| {
-                u.host()
-                    .map(|h| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>())
-            })
-            .and_then(Result::ok);
-        if let Some(why) = literal.and_then(|ip| self.egress.refusal(ip)) {
-            return Answer::Refused {
-                error: format!("egress refused: {why}"),
-            };
+        if let Some(refused) = self.literal_refusal(r.url) {
+            return refused;
         }
         let now = SystemTime::now();
         let unix = now
@@ -166,30 +154,7 @@ impl Sender {
         };
         let exchange = async {
             let response = self.client.request(request).await?;
-            let status = response.status().as_u16();
-            let retry_after = response
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            // Read (and drop) the body so the connection goes back to the pool — at most
-            // MAX_RESPONSE_BODY of it: past that the body (and its connection) is dropped and
-            // the attempt failed, so an endpoint cannot make us hold what it sends.
-            let mut body = response.into_body();
-            let mut read = 0;
-            while let Some(frame) = body.frame().await {
-                let Ok(frame) = frame else { break };
-                read += frame.data_ref().map_or(0, Bytes::len);
-                if read > MAX_RESPONSE_BODY {
-                    return Ok(Err(Answer::Retry {
-                        error: format!(
-                            "HTTP {status} with a response body over {MAX_RESPONSE_BODY} bytes"
-                        ),
-                        retry_after: None,
-                    }));
-                }
-            }
-            Ok::<_, hyper_util::client::legacy::Error>(Ok((status, retry_after)))
+            Ok::<_, hyper_util::client::legacy::Error>(drain(response).await)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(Err(too_large))) => too_large,
@@ -208,6 +173,49 @@ impl Sender {
             },
         }
     }
+}
+
+impl Sender {
+    /// The connector skips its resolver for an IP literal: judge those here.
+    fn literal_refusal(&self, url: &str) -> Option<Answer> {
+        let host = url.parse::<hyper::Uri>().ok()?.host()?.to_string();
+        let ip = host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .ok()?;
+        let why = self.egress.refusal(ip)?;
+        Some(Answer::Refused {
+            error: format!("egress refused: {why}"),
+        })
+    }
+}
+
+/// The status and Retry-After of a response whose body is read and dropped, so the connection
+/// goes back to the pool — at most MAX_RESPONSE_BODY of it: past that the body (and its
+/// connection) is dropped and the attempt failed, so an endpoint cannot make us hold what it
+/// sends.
+async fn drain(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> Result<(u16, Option<String>), Answer> {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let mut body = response.into_body();
+    let mut read = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        read += frame.data_ref().map_or(0, Bytes::len);
+        if read > MAX_RESPONSE_BODY {
+            return Err(Answer::Retry {
+                error: format!("HTTP {status} with a response body over {MAX_RESPONSE_BODY} bytes"),
+                retry_after: None,
+            });
+        }
+    }
+    Ok((status, retry_after))
 }
 
 fn refused(e: &(dyn std::error::Error + 'static)) -> bool {

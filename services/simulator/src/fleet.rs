@@ -7,7 +7,7 @@ use posflow_mqtt::MqttArgs;
 use posflow_runtime::Secret;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event};
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -102,6 +102,16 @@ pub async fn run(
 
 type Answers = HashMap<String, String>;
 
+/// One terminal's connection state, shared by its publisher and its poller.
+#[derive(Clone)]
+struct Shared {
+    answers: Arc<Mutex<Answers>>,
+    subscribed: Arc<tokio::sync::Notify>,
+    /// PUBACKs for this terminal's messages.
+    my_acks: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
 async fn terminal(
     mqtt: &MqttArgs,
     password: &Secret,
@@ -113,76 +123,16 @@ async fn terminal(
     let (terminal_id, merchant_id) = (plan[0].terminal_id.clone(), plan[0].merchant_id.clone());
     let mut o = mqtt.options(&terminal_id, password)?;
     o.set_clean_start(true);
-    let (client, mut eventloop) = AsyncClient::new(o, 64);
-    let answers: Arc<Mutex<Answers>> = Arc::default();
-    let subscribed = Arc::new(tokio::sync::Notify::new());
-    let my_acks = Arc::new(AtomicU64::new(0));
-    let poller = {
-        let (answers, subscribed, progress, my_acks) = (
-            answers.clone(),
-            subscribed.clone(),
-            progress.clone(),
-            my_acks.clone(),
-        );
-        let client = client.clone();
-        let ack_topic = posflow_mqtt::ack_topic(&merchant_id, &terminal_id);
-        tokio::spawn(async move {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        posflow_mqtt::subscribe_detached(&client, ack_topic.clone());
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => subscribed.notify_one(),
-                    Ok(Event::Incoming(Packet::PubAck(_))) => {
-                        progress.broker_acks.fetch_add(1, Ordering::Relaxed);
-                        my_acks.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                            if let Some(id) = v["transaction_id"].as_str() {
-                                let status = match v["status"].as_str() {
-                                    Some("accepted") => "accepted".to_string(),
-                                    _ => v["reason"].as_str().unwrap_or("rejected").to_string(),
-                                };
-                                let counter = if status == "accepted" {
-                                    &progress.accepted
-                                } else {
-                                    &progress.rejected
-                                };
-                                if answers
-                                    .lock()
-                                    .expect("poisoned")
-                                    .insert(id.to_string(), status)
-                                    .is_none()
-                                {
-                                    counter.fetch_add(1, Ordering::Relaxed);
-                                    let sent =
-                                        progress.sent_at.lock().expect("poisoned").get(id).copied();
-                                    if let Some(t) = sent {
-                                        let us = t.elapsed().as_micros() as u64;
-                                        progress
-                                            .answer_latency_us
-                                            .lock()
-                                            .expect("poisoned")
-                                            .push(us);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Disconnect(_)))
-                    | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-                    Ok(_) => {}
-                    Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "terminal connection lost; reconnecting");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-            }
-        })
+    let (client, eventloop) = AsyncClient::new(o, 64);
+    let shared = Shared {
+        answers: Arc::default(),
+        subscribed: Arc::new(tokio::sync::Notify::new()),
+        my_acks: Arc::new(AtomicU64::new(0)),
+        progress: progress.clone(),
     };
-    tokio::time::timeout(Duration::from_secs(30), subscribed.notified())
+    let ack_topic = posflow_mqtt::ack_topic(&merchant_id, &terminal_id);
+    let poller = tokio::spawn(poll(eventloop, client.clone(), ack_topic, shared.clone()));
+    tokio::time::timeout(Duration::from_secs(30), shared.subscribed.notified())
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -206,38 +156,17 @@ async fn terminal(
             tokio::time::sleep(g).await;
         }
     }
-    // Without answers to wait for: done when the broker has every message.
-    while !opts.await_answers
-        && my_acks.load(Ordering::Relaxed) < plan.len() as u64
-        && started.elapsed() < opts.deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    if opts.await_answers {
+        republish_until_answered(&client, &topic, &plan, sent_at, opts, &shared, started).await?;
+    } else {
+        // Without answers to wait for: done when the broker has every message.
+        while shared.my_acks.load(Ordering::Relaxed) < plan.len() as u64
+            && started.elapsed() < opts.deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
-    // Wait for every answer; republish what stays unanswered (same transaction id: the
-    // pipeline recognises it).
-    loop {
-        if !opts.await_answers {
-            break;
-        }
-        let missing: Vec<&Planned> = {
-            let a = answers.lock().expect("poisoned");
-            plan.iter()
-                .filter(|p| !a.contains_key(&p.transaction_id))
-                .collect()
-        };
-        if missing.is_empty() || started.elapsed() > opts.deadline {
-            break;
-        }
-        for p in &missing {
-            if sent_at[p.transaction_id.as_str()].elapsed() > opts.retry_after {
-                publish(&client, &topic, p).await?;
-                progress.republished.fetch_add(1, Ordering::Relaxed);
-                sent_at.insert(&p.transaction_id, Instant::now());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let answers = std::mem::take(&mut *answers.lock().expect("poisoned"));
+    let answers = std::mem::take(&mut *shared.answers.lock().expect("poisoned"));
     let planned: HashSet<&str> = plan.iter().map(|p| p.transaction_id.as_str()).collect();
     let unanswered = planned
         .iter()
@@ -247,6 +176,104 @@ async fn terminal(
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
     Ok((answers, unanswered))
+}
+
+/// Waits for every answer, republishing what stays unanswered after `retry_after` (same
+/// transaction id and bytes: the pipeline recognises it), until the deadline.
+async fn republish_until_answered(
+    client: &AsyncClient,
+    topic: &str,
+    plan: &[Planned],
+    mut sent_at: HashMap<&str, Instant>,
+    opts: &PublishOptions,
+    shared: &Shared,
+    started: Instant,
+) -> anyhow::Result<()> {
+    loop {
+        let missing: Vec<&Planned> = {
+            let a = shared.answers.lock().expect("poisoned");
+            plan.iter()
+                .filter(|p| !a.contains_key(&p.transaction_id))
+                .collect()
+        };
+        if missing.is_empty() || started.elapsed() > opts.deadline {
+            return Ok(());
+        }
+        for p in &missing {
+            if sent_at[p.transaction_id.as_str()].elapsed() > opts.retry_after {
+                publish(client, topic, p).await?;
+                shared.progress.republished.fetch_add(1, Ordering::Relaxed);
+                sent_at.insert(&p.transaction_id, Instant::now());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Drives the terminal's connection: subscribes to its answers, counts PUBACKs, records answers.
+async fn poll(mut eventloop: EventLoop, client: AsyncClient, ack_topic: String, shared: Shared) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                posflow_mqtt::subscribe_detached(&client, ack_topic.clone());
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => shared.subscribed.notify_one(),
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                shared.progress.broker_acks.fetch_add(1, Ordering::Relaxed);
+                shared.my_acks.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => shared.record_answer(&p.payload),
+            Ok(Event::Incoming(Packet::Disconnect(_)))
+            | Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+            Ok(_) => {}
+            Err(rumqttc::v5::ConnectionError::RequestsDone) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "terminal connection lost; reconnecting");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// The bridge's answer (docs/terminal-contract.md): `accepted`, or the reason code. The
+    /// first answer per transaction counts, with its latency from the first send.
+    fn record_answer(&self, payload: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            return;
+        };
+        let Some(id) = v["transaction_id"].as_str() else {
+            return;
+        };
+        let status = match v["status"].as_str() {
+            Some("accepted") => "accepted".to_string(),
+            _ => v["reason"].as_str().unwrap_or("rejected").to_string(),
+        };
+        let progress = &self.progress;
+        let counter = if status == "accepted" {
+            &progress.accepted
+        } else {
+            &progress.rejected
+        };
+        let first = self
+            .answers
+            .lock()
+            .expect("poisoned")
+            .insert(id.to_string(), status)
+            .is_none();
+        if first {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let sent = progress.sent_at.lock().expect("poisoned").get(id).copied();
+            if let Some(t) = sent {
+                let us = t.elapsed().as_micros() as u64;
+                progress
+                    .answer_latency_us
+                    .lock()
+                    .expect("poisoned")
+                    .push(us);
+            }
+        }
+    }
 }
 
 async fn publish(client: &AsyncClient, topic: &str, p: &Planned) -> anyhow::Result<()> {

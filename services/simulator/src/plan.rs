@@ -1,16 +1,17 @@
 //! What a fleet will send: deterministic from a seed, so a test knows every transaction (and
 //! every card number it used) without reading anything back.
 
+use posflow_schema::ReasonCode;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 /// The rule an invalid-on-purpose transaction breaks (the validator's reason code).
-pub const INVALID_KINDS: [&str; 4] = [
-    "AMOUNT_NOT_POSITIVE",
-    "CURRENCY_UNKNOWN",
-    "TIME_IN_FUTURE",
-    "ORIGINAL_MISSING",
+pub const INVALID_KINDS: [ReasonCode; 4] = [
+    ReasonCode::AmountNotPositive,
+    ReasonCode::CurrencyUnknown,
+    ReasonCode::TimeInFuture,
+    ReasonCode::OriginalMissing,
 ];
 
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ pub struct Planned {
     pub currency: String,
     /// The clear card number the terminal sends (test data; the bridge tokenises it).
     pub pan: String,
-    pub expected_rejection: Option<&'static str>,
+    pub expected_rejection: Option<ReasonCode>,
     pub payload: Vec<u8>,
 }
 
@@ -126,93 +127,140 @@ pub fn plan(cfg: &FleetConfig, now_ms: i64) -> Vec<Vec<Planned>> {
     let mut n = 0usize;
     (0..cfg.terminals)
         .map(|t| {
-            let terminal = terminal_id(cfg.first_terminal + t);
-            let m = merchant_index(cfg, cfg.first_terminal + t);
-            let merchant = merchant_id(m);
-            let (currency, scale) = match m % 5 {
-                3 => ("GBP", 1),
-                4 => ("JPY", 0),
-                _ => ("EUR", 1),
-            };
-            let city = CITIES[m % CITIES.len()];
-            // Five decimals (about a metre), as terminals report; long decimal tails would also
-            // look like digit runs to card-number scanners.
-            let round = |v: f64| (v * 1e5).round() / 1e5;
-            let (lat, lon) = (round(city.0 + rng.gen_range(-0.05..0.05)), round(city.1 + rng.gen_range(-0.05..0.05)));
-            let cards: Vec<String> = (0..8).map(|_| card_number(&mut rng)).collect();
+            let terminal = Terminal::new(cfg, t, &mut rng);
             let mut previous: Option<String> = None;
             (0..cfg.per_terminal)
                 .map(|seq| {
                     n += 1;
-                    let id = format!("{}-{terminal}-{seq:06}", cfg.run_id);
-                    let items: Vec<(usize, i64, i32)> = (0..rng.gen_range(1..=3))
-                        .map(|_| {
-                            let price = if scale == 0 { rng.gen_range(100..2000) } else { rng.gen_range(50..2500) };
-                            (rng.gen_range(0..GOODS.len()), price, rng.gen_range(1..=3))
-                        })
-                        .collect();
-                    let mut amount: i64 = items.iter().map(|(_, p, q)| p * i64::from(*q)).sum();
-                    let mut line_items: Vec<_> = items
-                        .iter()
-                        .map(|(g, p, q)| json!({"sku": GOODS[*g].0, "description": GOODS[*g].1, "unit_price_minor": p, "quantity": q}))
-                        .collect();
-                    let mut cur = currency.to_string();
-                    let mut time = now_ms - rng.gen_range(0..30_000);
-                    let mut kind = "sale";
-                    let mut original = None;
-                    let invalid = cfg.invalid_every > 0 && n % cfg.invalid_every == 0;
-                    let expected_rejection = invalid.then(|| INVALID_KINDS[(n / cfg.invalid_every) % INVALID_KINDS.len()]);
-                    match expected_rejection {
-                        Some("AMOUNT_NOT_POSITIVE") => {
-                            amount = 0;
-                            line_items.clear();
-                        }
-                        Some("CURRENCY_UNKNOWN") => cur = "XYZ".into(),
-                        Some("TIME_IN_FUTURE") => time = now_ms + 3_600_000,
-                        Some(_) => kind = "refund",
-                        None if seq % 20 == 19 && previous.is_some() => {
-                            kind = "refund";
-                            original = previous.clone();
-                        }
-                        None => {}
-                    }
-                    let pan = cards[rng.gen_range(0..cards.len())].clone();
-                    let entry_mode = ["chip", "contactless", "contactless", "swipe"][rng.gen_range(0..4)];
-                    let payload = json!({
-                        "version": 1,
-                        "transaction_id": id,
-                        "terminal_id": terminal,
-                        "merchant_id": merchant,
-                        "sequence": seq,
-                        "transaction_time": posflow_schema::rfc3339_millis(time),
-                        "type": kind,
-                        "original_transaction_id": original,
-                        "amount_minor": amount,
-                        "currency": cur,
-                        "payment_method": "card",
-                        "entry_mode": entry_mode,
-                        "card": {"pan": pan},
-                        "auth_code": format!("{:06}", rng.gen_range(0..1_000_000)),
-                        "response_code": "00",
-                        "mcc": "5814",
-                        "location": {"lat": lat, "lon": lon},
-                        "line_items": line_items,
-                    });
-                    previous = Some(id.clone());
-                    Planned {
-                        transaction_id: id,
-                        terminal_id: terminal.clone(),
-                        merchant_id: merchant.clone(),
-                        amount_minor: amount,
-                        currency: cur,
-                        pan,
-                        expected_rejection,
-                        payload: payload.to_string().into_bytes(),
-                    }
+                    let p = terminal.transaction(cfg, seq, n, &previous, now_ms, &mut rng);
+                    previous = Some(p.transaction_id.clone());
+                    p
                 })
                 .collect()
         })
         .collect()
+}
+
+/// One terminal of the fleet: where it is, its merchant's currency, the cards its customers use.
+struct Terminal {
+    id: String,
+    merchant: String,
+    currency: &'static str,
+    /// Decimal places of the currency's prices (0: whole yen).
+    scale: u32,
+    lat: f64,
+    lon: f64,
+    cards: Vec<String>,
+}
+
+impl Terminal {
+    fn new(cfg: &FleetConfig, t: usize, rng: &mut StdRng) -> Self {
+        let m = merchant_index(cfg, cfg.first_terminal + t);
+        let (currency, scale) = match m % 5 {
+            3 => ("GBP", 1),
+            4 => ("JPY", 0),
+            _ => ("EUR", 1),
+        };
+        let city = CITIES[m % CITIES.len()];
+        // Five decimals (about a metre), as terminals report; long decimal tails would also
+        // look like digit runs to card-number scanners.
+        let round = |v: f64| (v * 1e5).round() / 1e5;
+        let (lat, lon) = (
+            round(city.0 + rng.gen_range(-0.05..0.05)),
+            round(city.1 + rng.gen_range(-0.05..0.05)),
+        );
+        Terminal {
+            id: terminal_id(cfg.first_terminal + t),
+            merchant: merchant_id(m),
+            currency,
+            scale,
+            lat,
+            lon,
+            cards: (0..8).map(|_| card_number(rng)).collect(),
+        }
+    }
+
+    /// The terminal's `seq`th transaction, the fleet's `n`th (every `invalid_every`th breaks a
+    /// rule on purpose; every 20th refunds the previous one).
+    fn transaction(
+        &self,
+        cfg: &FleetConfig,
+        seq: usize,
+        n: usize,
+        previous: &Option<String>,
+        now_ms: i64,
+        rng: &mut StdRng,
+    ) -> Planned {
+        let id = format!("{}-{}-{seq:06}", cfg.run_id, self.id);
+        let items: Vec<(usize, i64, i32)> = (0..rng.gen_range(1..=3))
+            .map(|_| {
+                let price = if self.scale == 0 {
+                    rng.gen_range(100..2000)
+                } else {
+                    rng.gen_range(50..2500)
+                };
+                (rng.gen_range(0..GOODS.len()), price, rng.gen_range(1..=3))
+            })
+            .collect();
+        let mut amount: i64 = items.iter().map(|(_, p, q)| p * i64::from(*q)).sum();
+        let mut line_items: Vec<_> = items
+            .iter()
+            .map(|(g, p, q)| json!({"sku": GOODS[*g].0, "description": GOODS[*g].1, "unit_price_minor": p, "quantity": q}))
+            .collect();
+        let mut cur = self.currency.to_string();
+        let mut time = now_ms - rng.gen_range(0..30_000);
+        let mut kind = "sale";
+        let mut original = None;
+        let invalid = cfg.invalid_every > 0 && n % cfg.invalid_every == 0;
+        let expected_rejection =
+            invalid.then(|| INVALID_KINDS[(n / cfg.invalid_every) % INVALID_KINDS.len()]);
+        match expected_rejection {
+            Some(ReasonCode::AmountNotPositive) => {
+                amount = 0;
+                line_items.clear();
+            }
+            Some(ReasonCode::CurrencyUnknown) => cur = "XYZ".into(),
+            Some(ReasonCode::TimeInFuture) => time = now_ms + 3_600_000,
+            Some(_) => kind = "refund",
+            None if seq % 20 == 19 && previous.is_some() => {
+                kind = "refund";
+                original = previous.clone();
+            }
+            None => {}
+        }
+        let pan = self.cards[rng.gen_range(0..self.cards.len())].clone();
+        let entry_mode = ["chip", "contactless", "contactless", "swipe"][rng.gen_range(0..4)];
+        let payload = json!({
+            "version": 1,
+            "transaction_id": id,
+            "terminal_id": self.id,
+            "merchant_id": self.merchant,
+            "sequence": seq,
+            "transaction_time": posflow_schema::rfc3339_millis(time),
+            "type": kind,
+            "original_transaction_id": original,
+            "amount_minor": amount,
+            "currency": cur,
+            "payment_method": "card",
+            "entry_mode": entry_mode,
+            "card": {"pan": pan},
+            "auth_code": format!("{:06}", rng.gen_range(0..1_000_000)),
+            "response_code": "00",
+            "mcc": "5814",
+            "location": {"lat": self.lat, "lon": self.lon},
+            "line_items": line_items,
+        });
+        Planned {
+            transaction_id: id,
+            terminal_id: self.id.clone(),
+            merchant_id: self.merchant.clone(),
+            amount_minor: amount,
+            currency: cur,
+            pan,
+            expected_rejection,
+            payload: payload.to_string().into_bytes(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! PostgreSQL: migrations and the idempotent batch write.
 
 use posflow_kafka::sink::NextOffsets;
+use posflow_pg::column;
 use posflow_schema::{TransactionRejected, TransactionValidated};
 use std::collections::HashSet;
 use tokio_postgres::Client;
@@ -184,23 +185,20 @@ async fn insert_rejections(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[(&Row, &TransactionRejected)],
 ) -> Result<u64, DbError> {
-    let col = |f: &dyn Fn(&TransactionRejected) -> String| -> Vec<String> {
-        rows.iter().map(|(_, v)| f(v)).collect()
-    };
-    let ids = col(&|v| v.transaction.transaction_id.clone());
-    let terminals = col(&|v| v.transaction.terminal_id.clone());
-    let merchants = col(&|v| v.transaction.merchant_id.clone());
-    let kinds = col(&|v| v.transaction.kind.as_str().to_string());
-    let currencies = col(&|v| v.transaction.currency.clone());
+    let ids = column(rows, |(_, v)| v.transaction.transaction_id.as_str());
+    let terminals = column(rows, |(_, v)| v.transaction.terminal_id.as_str());
+    let merchants = column(rows, |(_, v)| v.transaction.merchant_id.as_str());
+    let kinds = column(rows, |(_, v)| v.transaction.kind.as_str());
+    let currencies = column(rows, |(_, v)| v.transaction.currency.as_str());
     // Codes joined by commas (codes are [A-Z_]); the array is rebuilt in SQL.
-    let codes = col(&|v| {
+    let codes = column(rows, |(_, v)| {
         v.reasons
             .iter()
             .map(|r| r.code.as_str())
             .collect::<Vec<_>>()
             .join(",")
     });
-    let reasons = col(&|v| {
+    let reasons = column(rows, |(_, v)| {
         serde_json::Value::Array(
             v.reasons
                 .iter()
@@ -209,19 +207,15 @@ async fn insert_rejections(
         )
         .to_string()
     });
-    let tokens: Vec<Option<String>> = rows
-        .iter()
-        .map(|(_, v)| v.transaction.card.as_ref().map(|c| c.token.clone()))
-        .collect();
-    let long = |f: &dyn Fn(&Row, &TransactionRejected) -> i64| -> Vec<i64> {
-        rows.iter().map(|(r, v)| f(r, v)).collect()
-    };
-    let times = long(&|_, v| v.transaction.transaction_time);
-    let amounts = long(&|_, v| v.transaction.amount_minor);
-    let received = long(&|_, v| v.envelope.received_at);
-    let rejected = long(&|_, v| v.rejected_at);
-    let offsets = long(&|r, _| r.offset);
-    let partitions: Vec<i32> = rows.iter().map(|(r, _)| r.partition).collect();
+    let tokens = column(rows, |(_, v)| {
+        v.transaction.card.as_ref().map(|c| c.token.as_str())
+    });
+    let times = column(rows, |(_, v)| v.transaction.transaction_time);
+    let amounts = column(rows, |(_, v)| v.transaction.amount_minor);
+    let received = column(rows, |(_, v)| v.envelope.received_at);
+    let rejected = column(rows, |(_, v)| v.rejected_at);
+    let offsets = column(rows, |(r, _)| r.offset);
+    let partitions = column(rows, |(r, _)| r.partition);
     let n = tx
         .execute(
             "INSERT INTO rejections (transaction_id, terminal_id, merchant_id, transaction_time, type, amount_minor,
@@ -246,43 +240,31 @@ async fn insert_rows(
     rows: &[(&Row, &TransactionValidated)],
 ) -> Result<(), DbError> {
     let txs: Vec<&posflow_schema::Transaction> = rows.iter().map(|(_, v)| &v.transaction).collect();
-    let col = |f: fn(&posflow_schema::Transaction) -> String| -> Vec<String> {
-        txs.iter().map(|t| f(t)).collect()
-    };
-    let opt = |f: fn(&posflow_schema::Transaction) -> Option<String>| -> Vec<Option<String>> {
-        txs.iter().map(|t| f(t)).collect()
-    };
-    let ids = col(|t| t.transaction_id.clone());
-    let terminals = col(|t| t.terminal_id.clone());
-    let merchants = col(|t| t.merchant_id.clone());
-    let sequences: Vec<i64> = txs.iter().map(|t| t.sequence).collect();
-    let times: Vec<i64> = txs.iter().map(|t| t.transaction_time).collect();
-    let kinds = col(|t| t.kind.as_str().to_string());
-    let originals = opt(|t| t.original_transaction_id.clone());
-    let amounts: Vec<i64> = txs.iter().map(|t| t.amount_minor).collect();
-    let currencies = col(|t| t.currency.clone());
-    let methods = col(|t| t.payment_method.as_str().to_string());
-    let modes = col(|t| t.entry_mode.as_str().to_string());
-    let tokens = opt(|t| t.card.as_ref().map(|c| c.token.clone()));
-    let bins = opt(|t| t.card.as_ref().map(|c| c.bin.clone()));
-    let last4s = opt(|t| t.card.as_ref().map(|c| c.last4.clone()));
-    let key_ids = opt(|t| t.card.as_ref().map(|c| c.token_key_id.clone()));
-    let auths = opt(|t| t.auth_code.clone());
-    let responses = col(|t| t.response_code.clone());
-    let mccs = col(|t| t.mcc.clone());
-    let lats: Vec<Option<f64>> = txs.iter().map(|t| t.location.map(|l| l.latitude)).collect();
-    let lons: Vec<Option<f64>> = txs
-        .iter()
-        .map(|t| t.location.map(|l| l.longitude))
-        .collect();
-    let received: Vec<i64> = rows.iter().map(|(_, v)| v.envelope.received_at).collect();
-    let bridges: Vec<String> = rows
-        .iter()
-        .map(|(_, v)| v.envelope.bridge_id.clone())
-        .collect();
-    let validated: Vec<i64> = rows.iter().map(|(_, v)| v.validated_at).collect();
-    let partitions: Vec<i32> = rows.iter().map(|(r, _)| r.partition).collect();
-    let offsets: Vec<i64> = rows.iter().map(|(r, _)| r.offset).collect();
+    let ids = column(&txs, |t| t.transaction_id.as_str());
+    let terminals = column(&txs, |t| t.terminal_id.as_str());
+    let merchants = column(&txs, |t| t.merchant_id.as_str());
+    let sequences = column(&txs, |t| t.sequence);
+    let times = column(&txs, |t| t.transaction_time);
+    let kinds = column(&txs, |t| t.kind.as_str());
+    let originals = column(&txs, |t| t.original_transaction_id.as_deref());
+    let amounts = column(&txs, |t| t.amount_minor);
+    let currencies = column(&txs, |t| t.currency.as_str());
+    let methods = column(&txs, |t| t.payment_method.as_str());
+    let modes = column(&txs, |t| t.entry_mode.as_str());
+    let tokens = column(&txs, |t| t.card.as_ref().map(|c| c.token.as_str()));
+    let bins = column(&txs, |t| t.card.as_ref().map(|c| c.bin.as_str()));
+    let last4s = column(&txs, |t| t.card.as_ref().map(|c| c.last4.as_str()));
+    let key_ids = column(&txs, |t| t.card.as_ref().map(|c| c.token_key_id.as_str()));
+    let auths = column(&txs, |t| t.auth_code.as_deref());
+    let responses = column(&txs, |t| t.response_code.as_str());
+    let mccs = column(&txs, |t| t.mcc.as_str());
+    let lats = column(&txs, |t| t.location.map(|l| l.latitude));
+    let lons = column(&txs, |t| t.location.map(|l| l.longitude));
+    let received = column(rows, |(_, v)| v.envelope.received_at);
+    let bridges = column(rows, |(_, v)| v.envelope.bridge_id.as_str());
+    let validated = column(rows, |(_, v)| v.validated_at);
+    let partitions = column(rows, |(r, _)| r.partition);
+    let offsets = column(rows, |(r, _)| r.offset);
     tx.execute(
         "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type,
             original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin,
@@ -302,13 +284,21 @@ async fn insert_rows(
         ],
     )
     .await?;
+    insert_line_items(tx, &txs).await
+}
+
+/// Every line item of the batch in one INSERT, numbered from 1 per transaction.
+async fn insert_line_items(
+    tx: &tokio_postgres::Transaction<'_>,
+    txs: &[&posflow_schema::Transaction],
+) -> Result<(), DbError> {
     let mut li_ids = Vec::new();
     let mut li_no = Vec::new();
     let mut li_sku = Vec::new();
     let mut li_desc = Vec::new();
     let mut li_price = Vec::new();
     let mut li_qty = Vec::new();
-    for t in &txs {
+    for t in txs {
         for (n, li) in t.line_items.iter().enumerate() {
             li_ids.push(t.transaction_id.clone());
             li_no.push(n as i32 + 1);
@@ -327,4 +317,12 @@ async fn insert_rows(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_run_in_order_without_gaps() {
+        assert_eq!(super::STORAGE_MIGRATIONS.check_order(), Ok(()));
+    }
 }

@@ -163,7 +163,7 @@ impl Validator {
             Err(e) if e.is_retriable() => return Err(Retry(e.to_string())),
             Err(e) => {
                 let refused = Refused {
-                    reason: "DECODE_FAILED".into(),
+                    reason: posflow_schema::ReasonCode::DecodeFailed,
                     detail: e.to_string(),
                     source: input.position(),
                     key: input.position(),

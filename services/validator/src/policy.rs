@@ -7,18 +7,19 @@
 use posflow_schema::{EntryMode, TransactionType};
 use serde::Deserialize;
 use std::collections::HashMap;
+use strum::{EnumCount, IntoEnumIterator};
 
 /// The effective rules for one merchant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// Largest amount per type, in major units of the currency (scaled by its minor units).
-    max_amount_major: [i64; TransactionType::ALL.len()],
+    max_amount_major: [i64; TransactionType::COUNT],
     /// How far the terminal clock may run ahead of the bridge's receive time.
     pub max_clock_skew_ms: i64,
     /// How old a transaction may be when it arrives (store-and-forward terminals queue offline).
     pub max_age_ms: i64,
-    types: [bool; TransactionType::ALL.len()],
-    entry_modes: [bool; EntryMode::ALL.len()],
+    types: [bool; TransactionType::COUNT],
+    entry_modes: [bool; EntryMode::COUNT],
     /// `None`: any well-formed MCC.
     mccs: Option<Vec<String>>,
 }
@@ -26,25 +27,23 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            max_amount_major: [100_000; TransactionType::ALL.len()],
+            max_amount_major: [100_000; TransactionType::COUNT],
             max_clock_skew_ms: 5 * 60_000,
             max_age_ms: 7 * 86_400_000,
-            types: [true; TransactionType::ALL.len()],
-            entry_modes: [true; EntryMode::ALL.len()],
+            types: [true; TransactionType::COUNT],
+            entry_modes: [true; EntryMode::COUNT],
             mccs: None,
         }
     }
 }
 
+// The per-type and per-mode arrays are indexed by declaration order (fieldless enums).
 fn type_index(t: TransactionType) -> usize {
-    TransactionType::ALL
-        .iter()
-        .position(|x| *x == t)
-        .unwrap_or(0)
+    t as usize
 }
 
 fn mode_index(m: EntryMode) -> usize {
-    EntryMode::ALL.iter().position(|x| *x == m).unwrap_or(0)
+    m as usize
 }
 
 impl Policy {
@@ -138,10 +137,10 @@ impl Settings {
             if a <= 0 {
                 errors.push(format!("{section} max_amount must be > 0, not {a}"));
             }
-            p.max_amount_major = [a; TransactionType::ALL.len()];
+            p.max_amount_major = [a; TransactionType::COUNT];
         }
         for (name, &a) in &self.max_amount_by_type {
-            match TransactionType::ALL.iter().find(|t| t.as_str() == name) {
+            match name.parse::<TransactionType>().ok() {
                 None => errors.push(format!(
                     "{section} max_amount_by_type: unknown type {name:?} (one of {})",
                     type_names()
@@ -149,7 +148,7 @@ impl Settings {
                 Some(_) if a <= 0 => errors.push(format!(
                     "{section} max_amount_by_type.{name} must be > 0, not {a}"
                 )),
-                Some(&t) => p.max_amount_major[type_index(t)] = a,
+                Some(t) => p.max_amount_major[type_index(t)] = a,
             }
         }
         if let Some(s) = self.max_clock_skew_secs {
@@ -165,10 +164,10 @@ impl Settings {
             p.max_age_ms = h.saturating_mul(3_600_000);
         }
         if let Some(types) = &self.types {
-            p.types = [false; TransactionType::ALL.len()];
+            p.types = [false; TransactionType::COUNT];
             for name in types {
-                match TransactionType::ALL.iter().find(|t| t.as_str() == name) {
-                    Some(&t) => p.types[type_index(t)] = true,
+                match name.parse::<TransactionType>().ok() {
+                    Some(t) => p.types[type_index(t)] = true,
                     None => errors.push(format!(
                         "{section} types: unknown type {name:?} (one of {})",
                         type_names()
@@ -177,13 +176,13 @@ impl Settings {
             }
         }
         if let Some(modes) = &self.entry_modes {
-            p.entry_modes = [false; EntryMode::ALL.len()];
+            p.entry_modes = [false; EntryMode::COUNT];
             for name in modes {
-                match EntryMode::ALL.iter().find(|m| m.as_str() == name) {
-                    Some(&m) => p.entry_modes[mode_index(m)] = true,
+                match name.parse::<EntryMode>().ok() {
+                    Some(m) => p.entry_modes[mode_index(m)] = true,
                     None => errors.push(format!(
                         "{section} entry_modes: unknown entry mode {name:?} (one of {})",
-                        EntryMode::ALL.map(EntryMode::as_str).join(", ")
+                        names(EntryMode::iter().map(EntryMode::as_str))
                     )),
                 }
             }
@@ -199,7 +198,11 @@ impl Settings {
 }
 
 fn type_names() -> String {
-    TransactionType::ALL.map(TransactionType::as_str).join(", ")
+    names(TransactionType::iter().map(TransactionType::as_str))
+}
+
+fn names(all: impl Iterator<Item = &'static str>) -> String {
+    all.collect::<Vec<_>>().join(", ")
 }
 
 /// A merchant category code is four digits (ISO 18245). Here, not in `rules`: the rules read

@@ -13,7 +13,7 @@
 use crate::headers;
 use crate::pipeline::{produce_until_confirmed, Output};
 use posflow_runtime::Context;
-use posflow_schema::{now_millis, DeadLetter, Encoder};
+use posflow_schema::{now_millis, DeadLetter, Encoder, ReasonCode};
 use prometheus::IntCounterVec;
 use rdkafka::message::OwnedHeaders;
 use std::future::Future;
@@ -21,8 +21,7 @@ use std::future::Future;
 /// A record refused on the way, and why.
 #[derive(Debug, Clone)]
 pub struct Refused {
-    /// A reason code (docs/reason-codes.md).
-    pub reason: String,
+    pub reason: ReasonCode,
     pub detail: String,
     /// Where it came from: `topic/partition/offset`, or `outbox/<id>/<key>`.
     pub source: String,
@@ -65,11 +64,14 @@ impl DeadLetters {
     /// The letter as a record to produce (the validator's go into its Kafka transaction); the
     /// log line and the count happen here.
     pub fn output(&self, r: Refused) -> anyhow::Result<Output> {
-        tracing::warn!(stage = self.stage, reason = %r.reason, detail = %r.detail, source = %r.source, "dead-lettered");
-        self.counter.with_label_values(&[&r.reason]).inc();
-        let headers = headers::with_reason(r.headers, &r.reason);
+        // In the record's span (tracing on), the line names its trace: an operator goes from
+        // the log to the whole trace.
+        let trace_id = posflow_runtime::trace::trace_id(&tracing::Span::current());
+        tracing::warn!(stage = self.stage, reason = %r.reason, detail = %r.detail, source = %r.source, trace_id, "dead-lettered");
+        self.counter.with_label_values(&[r.reason.code()]).inc();
+        let headers = headers::with_reason(r.headers, r.reason.code());
         let letter = DeadLetter {
-            reason: r.reason,
+            reason: r.reason.code().to_string(),
             detail: r.detail,
             stage: self.stage.into(),
             source: r.source,

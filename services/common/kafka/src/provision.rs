@@ -53,44 +53,11 @@ pub async fn provision(
 ) -> Result<ProvisionReport, ProvisionError> {
     let admin: AdminClient<DefaultClientContext> = args.client_config().create()?;
     let topics = args.topics();
-    let names: Vec<(String, i32, Retention)> = CATALOGUE
-        .iter()
-        .map(|t| {
-            // A single partition (the registry, the audit chain) is a design choice — one
-            // ordered log — not a scale setting.
-            let partitions = match t.partitions {
-                1 => 1,
-                n => plan.partitions.unwrap_or(n),
-            };
-            (topics.name(t.name), partitions, t.retention)
-        })
-        .collect();
+    let planned = planned_topics(&topics, plan);
     let min_isr = plan.min_insync_replicas.to_string();
-    let retention_ms: std::collections::HashMap<&String, String> = names
+    let new: Vec<NewTopic> = planned
         .iter()
-        .filter_map(|(name, _, r)| match r {
-            Retention::Days(d) => Some((name, (d * 86_400_000).to_string())),
-            Retention::Compacted => None,
-        })
-        .collect();
-    let new: Vec<NewTopic> = names
-        .iter()
-        .map(|(name, partitions, retention)| {
-            let topic = NewTopic::new(
-                name,
-                *partitions,
-                TopicReplication::Fixed(plan.replication_factor),
-            )
-            .set("min.insync.replicas", &min_isr);
-            match retention {
-                Retention::Days(_) => topic
-                    .set("retention.ms", &retention_ms[name])
-                    .set("cleanup.policy", "delete"),
-                Retention::Compacted => topic
-                    .set("retention.ms", "-1")
-                    .set("cleanup.policy", "compact"),
-            }
-        })
+        .map(|t| new_topic(t, plan.replication_factor, &min_isr))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let mut report = ProvisionReport::default();
@@ -105,31 +72,78 @@ pub async fn provision(
     for spec in CATALOGUE {
         let topic = topics.name(spec.name);
         let subject = value_subject(&topic);
-        let schema_err = |source| ProvisionError::Schema {
-            topic: topic.clone(),
-            source,
-        };
-        // A registry that stalls (a GC pause, a restart) is waited out a few times; a refusal
-        // is final at once.
-        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
-        let mut attempts = 0;
-        let id = loop {
-            let attempt = async {
-                let id = registry.register(&subject, spec.value.json()).await?;
-                registry.set_compatibility(&subject, "BACKWARD").await?;
-                Ok::<_, posflow_schema::RegistryError>(id)
-            };
-            match attempt.await {
-                Ok(id) => break id,
-                Err(e) if e.is_retriable() && attempts < REGISTRY_ATTEMPTS => {
-                    attempts += 1;
-                    tracing::warn!(subject = %subject, error = %e, attempt = attempts, "schema registry unavailable; retrying");
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-                Err(e) => return Err(schema_err(e)),
-            }
-        };
+        let id = register(&registry, &subject, spec.value)
+            .await
+            .map_err(|source| ProvisionError::Schema { topic, source })?;
         report.schemas.push((subject, id));
     }
     Ok(report)
+}
+
+/// One topic of the catalogue as the plan sets it up (owned: `NewTopic` borrows from it).
+struct PlannedTopic {
+    name: String,
+    partitions: i32,
+    /// `None`: compacted, kept for ever.
+    retention_ms: Option<String>,
+}
+
+fn planned_topics(topics: &crate::topics::Topics, plan: &ProvisionPlan) -> Vec<PlannedTopic> {
+    CATALOGUE
+        .iter()
+        .map(|t| PlannedTopic {
+            name: topics.name(t.name),
+            // A single partition (the registry, the audit chain) is a design choice — one
+            // ordered log — not a scale setting.
+            partitions: match t.partitions {
+                1 => 1,
+                n => plan.partitions.unwrap_or(n),
+            },
+            retention_ms: match t.retention {
+                Retention::Days(d) => Some((d * 86_400_000).to_string()),
+                Retention::Compacted => None,
+            },
+        })
+        .collect()
+}
+
+/// The topic with its replication, minimum in-sync replicas, and retention or compaction.
+fn new_topic<'a>(t: &'a PlannedTopic, replication: i32, min_isr: &'a str) -> NewTopic<'a> {
+    let topic = NewTopic::new(&t.name, t.partitions, TopicReplication::Fixed(replication))
+        .set("min.insync.replicas", min_isr);
+    match &t.retention_ms {
+        Some(ms) => topic
+            .set("retention.ms", ms)
+            .set("cleanup.policy", "delete"),
+        None => topic
+            .set("retention.ms", "-1")
+            .set("cleanup.policy", "compact"),
+    }
+}
+
+/// Registers a topic's value schema and sets its compatibility. A registry that stalls (a GC
+/// pause, a restart) is waited out a few times; a refusal is final at once.
+async fn register(
+    registry: &posflow_schema::Registry,
+    subject: &str,
+    value: posflow_schema::ValueSchema,
+) -> Result<u32, posflow_schema::RegistryError> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+    let mut attempts = 0;
+    loop {
+        let attempt = async {
+            let id = registry.register(subject, value.json()).await?;
+            registry.set_compatibility(subject, "BACKWARD").await?;
+            Ok::<_, posflow_schema::RegistryError>(id)
+        };
+        match attempt.await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.is_retriable() && attempts < REGISTRY_ATTEMPTS => {
+                attempts += 1;
+                tracing::warn!(subject = %subject, error = %e, attempt = attempts, "schema registry unavailable; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -17,6 +17,7 @@ use crate::headers;
 use crate::pipeline::{consumed, store_next_offsets, Batching, Input};
 use posflow_pg::DbError;
 use posflow_runtime::{Backoff, Context};
+use posflow_schema::ReasonCode;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -244,7 +245,7 @@ async fn take<S: BatchSink>(
         Some(Ok(item)) => batch.push(input, item, span),
         Some(Err(detail)) => {
             let refused = Refused {
-                reason: "DECODE_FAILED".into(),
+                reason: ReasonCode::DecodeFailed,
                 detail,
                 source: input.position(),
                 key: input.position(),
@@ -332,7 +333,7 @@ pub async fn flush<S: BatchSink>(
                     Some(Ok(())) => {}
                     Some(Err(e)) => {
                         let refused = Refused {
-                            reason: "DB_REJECTED".into(),
+                            reason: ReasonCode::DbRejected,
                             detail: e.summary.clone(),
                             source: source.position.clone(),
                             key: source.position.clone(),
@@ -480,7 +481,7 @@ mod tests {
                 ctx.shutdown.trigger();
                 return Ok(false);
             }
-            sent.push((r.source, r.reason));
+            sent.push((r.source, r.reason.code().to_string()));
             Ok(true)
         }
     }

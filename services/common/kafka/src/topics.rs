@@ -163,10 +163,11 @@ impl Topics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use posflow_schema::strum::IntoEnumIterator;
 
     #[test]
     fn every_schema_has_exactly_one_topic_named_after_its_file() {
-        for s in ValueSchema::ALL {
+        for s in ValueSchema::iter() {
             let topics: Vec<_> = CATALOGUE.iter().filter(|t| t.value == s).collect();
             assert_eq!(topics.len(), 1, "{s:?}");
             assert_eq!(format!("{}.avsc", topics[0].name), s.file());

@@ -177,6 +177,29 @@ pub struct Migrations {
     pub steps: &'static [(i32, &'static str, &'static str)],
 }
 
+impl Migrations {
+    /// A ledger is applied in order and never rewritten: versions run 1, 2, 3… without a gap
+    /// or repeat, and every step has a name. Each owner's unit tests call this.
+    pub fn check_order(&self) -> Result<(), String> {
+        for (i, (version, name, sql)) in self.steps.iter().enumerate() {
+            let want = i as i32 + 1;
+            if *version != want {
+                return Err(format!(
+                    "{}: step {i} is version {version}, not {want}",
+                    self.ledger
+                ));
+            }
+            if name.is_empty() || sql.trim().is_empty() {
+                return Err(format!(
+                    "{}: version {version} has no name or no SQL",
+                    self.ledger
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Applies pending migrations in one transaction; returns the versions applied now.
 pub async fn migrate(client: &mut Client, m: &Migrations) -> Result<Vec<i32>, DbError> {
     let tx = client.transaction().await?;
@@ -208,4 +231,76 @@ pub async fn migrate(client: &mut Client, m: &Migrations) -> Result<Vec<i32>, Db
     }
     tx.commit().await?;
     Ok(applied)
+}
+
+/// One column of a batch insert (`INSERT … SELECT * FROM unnest($1::text[], …)`): `f` of every
+/// row, borrowed where it can be. The one way posflow writes many rows in one statement.
+pub fn column<'a, T, U>(rows: &'a [T], f: impl FnMut(&'a T) -> U) -> Vec<U> {
+    rows.iter().map(f).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(url: &str) -> DatabaseArgs {
+        DatabaseArgs {
+            database_url: Secret::new(url),
+        }
+    }
+
+    fn errors(url: &str) -> String {
+        let mut e = ConfigErrors::new();
+        args(url).check(&mut e);
+        e.to_string()
+    }
+
+    #[test]
+    fn a_bad_url_lists_every_problem() {
+        assert_eq!(errors("postgres://u:p@h/db?sslmode=verify-full"), "");
+        let e = errors("mysql://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem");
+        assert!(e.contains("must be a postgres:// URL"), "{e}");
+        assert!(
+            e.contains("sslrootcert /nonexistent/ca.pem is not readable"),
+            "{e}"
+        );
+        let e = errors("postgres://h/db?sslmode=sometimes");
+        assert!(e.contains("--database-url: "), "{e}");
+    }
+
+    #[test]
+    fn the_password_is_never_in_what_is_logged() {
+        let a = args("postgres://storage:s3cret-pass@db:5432/posflow?sslmode=require");
+        let shown = a.redacted();
+        assert!(!shown.contains("s3cret-pass"), "{shown}");
+        assert!(
+            shown.contains("storage") && shown.contains("db:5432"),
+            "{shown}"
+        );
+        assert!(!format!("{a:?}").contains("s3cret-pass"));
+    }
+
+    #[test]
+    fn a_ledger_out_of_order_is_refused() {
+        let m = |steps| Migrations {
+            ledger: "l",
+            lock: 0,
+            steps,
+        };
+        assert_eq!(
+            m(&[(1, "a", "SELECT 1"), (2, "b", "SELECT 2")]).check_order(),
+            Ok(())
+        );
+        let gap = m(&[(1, "a", "SELECT 1"), (3, "b", "SELECT 2")]).check_order();
+        assert_eq!(gap, Err("l: step 1 is version 3, not 2".into()));
+        assert!(m(&[(1, "a", " ")]).check_order().is_err());
+    }
+
+    #[test]
+    fn columns_borrow_each_row_in_order() {
+        let rows = [("a".to_string(), 1), ("b".to_string(), 2)];
+        assert_eq!(column(&rows, |r| r.0.as_str()), ["a", "b"]);
+        assert_eq!(column(&rows, |r| r.1 * 10), [10, 20]);
+        assert!(column(&[] as &[(String, i32)], |r| r.1).is_empty());
+    }
 }

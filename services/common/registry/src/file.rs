@@ -37,65 +37,11 @@ pub fn parse(
         Some(_) => return Err(vec!["terminals must be a table of [terminals.<id>]".into()]),
     };
     for (id, v) in terminals {
-        let at = format!("terminals.{id}");
-        if !posflow_mqtt::is_valid_id(id) {
-            errors.push(format!("{at}: a terminal id is 1-64 of [A-Za-z0-9_-]"));
-        }
-        let Some(t) = v.as_table() else {
-            errors.push(format!("{at}: must be a table with merchant = \"...\""));
-            continue;
-        };
-        for k in t
-            .keys()
-            .filter(|k| !["merchant", "status", "note"].contains(&k.as_str()))
-        {
-            errors.push(format!("{at}: unknown key {k:?} (merchant, status, note)"));
-        }
-        let text_of = |key: &str| match t.get(key) {
-            None => Ok(None),
-            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("{at}: {key} must be a string")),
-        };
-        let merchant = match text_of("merchant") {
-            Ok(Some(m)) if posflow_mqtt::is_valid_id(&m) => Some(m),
-            Ok(Some(m)) => {
-                errors.push(format!("{at}: merchant {m:?} is not 1-64 of [A-Za-z0-9_-]"));
-                None
-            }
-            Ok(None) => {
-                errors.push(format!("{at}: merchant is required"));
-                None
-            }
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
-        let status = match text_of("status") {
-            Ok(None) => Some(Status::Active),
-            Ok(Some(s)) => Status::parse(&s).or_else(|| {
-                errors.push(format!(
-                    "{at}: status {s:?} is not one of active, blocked, retired"
-                ));
-                None
-            }),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        };
-        let note = text_of("note").unwrap_or_else(|e| {
-            errors.push(e);
-            None
-        });
-        if let (Some(merchant_id), Some(status)) = (merchant, status) {
+        if let Some(r) = entry(id, v, &mut errors) {
             out.push(TerminalRegistration {
-                terminal_id: id.clone(),
-                merchant_id,
-                status: status.as_str().into(),
                 changed_at,
                 changed_by: changed_by.into(),
-                note: note.unwrap_or_default(),
+                ..r
             });
         }
     }
@@ -104,6 +50,69 @@ pub fn parse(
     } else {
         Err(errors)
     }
+}
+
+/// One `[terminals.<id>]` table, its problems added to `errors` (not yet stamped).
+fn entry(id: &str, v: &toml::Value, errors: &mut Vec<String>) -> Option<TerminalRegistration> {
+    let at = format!("terminals.{id}");
+    if !posflow_mqtt::is_valid_id(id) {
+        errors.push(format!("{at}: a terminal id is 1-64 of [A-Za-z0-9_-]"));
+    }
+    let Some(t) = v.as_table() else {
+        errors.push(format!("{at}: must be a table with merchant = \"...\""));
+        return None;
+    };
+    for k in t
+        .keys()
+        .filter(|k| !["merchant", "status", "note"].contains(&k.as_str()))
+    {
+        errors.push(format!("{at}: unknown key {k:?} (merchant, status, note)"));
+    }
+    let text_of = |key: &str| match t.get(key) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(format!("{at}: {key} must be a string")),
+    };
+    let merchant = match text_of("merchant") {
+        Ok(Some(m)) if posflow_mqtt::is_valid_id(&m) => Some(m),
+        Ok(Some(m)) => {
+            errors.push(format!("{at}: merchant {m:?} is not 1-64 of [A-Za-z0-9_-]"));
+            None
+        }
+        Ok(None) => {
+            errors.push(format!("{at}: merchant is required"));
+            None
+        }
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let status = match text_of("status") {
+        Ok(None) => Some(Status::Active),
+        Ok(Some(s)) => Status::parse(&s).or_else(|| {
+            errors.push(format!(
+                "{at}: status {s:?} is not one of active, blocked, retired"
+            ));
+            None
+        }),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    let note = text_of("note").unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    Some(TerminalRegistration {
+        terminal_id: id.to_string(),
+        merchant_id: merchant?,
+        status: status?.as_str().into(),
+        changed_at: 0,
+        changed_by: String::new(),
+        note: note.unwrap_or_default(),
+    })
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A terminal's standing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[strum(serialize_all = "lowercase")]
 pub enum Status {
     Active,
     /// Refused until reactivated (stolen, tampered with, under investigation).
@@ -26,18 +27,12 @@ pub enum Status {
 }
 
 impl Status {
-    pub const ALL: [Status; 3] = [Self::Active, Self::Blocked, Self::Retired];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "active",
-            Self::Blocked => "blocked",
-            Self::Retired => "retired",
-        }
+        self.into()
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|v| v.as_str() == s)
+        s.parse().ok()
     }
 }
 

@@ -63,6 +63,14 @@ impl ConfigErrors {
             self.0.push(message.into());
         }
     }
+    /// Records "`flag` must be a..=b (got v)" unless `value` is in `range`.
+    pub fn in_range(&mut self, flag: &str, value: u64, range: std::ops::RangeInclusive<u64>) {
+        let (a, b) = (range.start(), range.end());
+        self.check(
+            range.contains(&value),
+            format!("{flag} must be {a}..={b} (got {value})"),
+        );
+    }
     pub fn push(&mut self, message: impl Into<String>) {
         self.0.push(message.into());
     }

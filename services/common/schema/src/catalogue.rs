@@ -6,6 +6,7 @@ use apache_avro::Schema;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
+use strum::IntoEnumIterator;
 
 macro_rules! avsc {
     ($file:literal) => {
@@ -42,7 +43,7 @@ const TYPES: &[(&str, &str)] = &[
 ];
 
 /// The value schema of each topic. The file is named after the topic it describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumIter)]
 pub enum ValueSchema {
     TransactionReceived,
     TransactionValidated,
@@ -55,17 +56,6 @@ pub enum ValueSchema {
 }
 
 impl ValueSchema {
-    pub const ALL: [ValueSchema; 8] = [
-        Self::TransactionReceived,
-        Self::TransactionValidated,
-        Self::TransactionRejected,
-        Self::FraudAlert,
-        Self::NotificationOutcome,
-        Self::DeadLetter,
-        Self::TerminalRegistration,
-        Self::AuditRecord,
-    ];
-
     /// The file under `schemas/`.
     pub fn file(self) -> &'static str {
         match self {
@@ -97,11 +87,10 @@ impl ValueSchema {
     pub fn json(self) -> &'static str {
         static CACHE: OnceLock<HashMap<ValueSchema, String>> = OnceLock::new();
         CACHE.get_or_init(|| {
-            Self::ALL
-                .iter()
+            Self::iter()
                 .map(|s| {
                     (
-                        *s,
+                        s,
                         inline(s.source()).expect("schemas/ files are valid JSON"),
                     )
                 })
@@ -115,11 +104,10 @@ impl ValueSchema {
     pub fn schema(self) -> &'static Schema {
         static CACHE: OnceLock<HashMap<ValueSchema, Schema>> = OnceLock::new();
         &CACHE.get_or_init(|| {
-            Self::ALL
-                .iter()
+            Self::iter()
                 .map(|s| {
                     (
-                        *s,
+                        s,
                         Schema::parse_str(s.json()).expect("schemas/ files are valid Avro"),
                     )
                 })

@@ -4,12 +4,16 @@
 pub mod catalogue;
 pub mod codec;
 pub mod currency;
+pub mod reason;
 pub mod registry;
 pub mod types;
 
 pub use catalogue::ValueSchema;
 pub use codec::{AvroRecord, CodecError, Decoder, Encoder};
+pub use reason::{GivenBy, ReasonCode};
 pub use registry::{value_subject, Registry, RegistryError};
+/// For `IntoEnumIterator` and `EnumCount` on this crate's enums, without a dependency of its own.
+pub use strum;
 pub use types::*;
 
 /// Milliseconds since the Unix epoch, now.

@@ -38,8 +38,23 @@ pub struct LineItem {
     pub quantity: i32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+/// Its `as_str` is the lower-case name used in the terminal payload, the database and docs.
+#[strum(serialize_all = "snake_case")]
 pub enum TransactionType {
     Sale,
     Refund,
@@ -49,44 +64,56 @@ pub enum TransactionType {
 }
 
 impl TransactionType {
-    pub const ALL: [TransactionType; 5] = [
-        Self::Sale,
-        Self::Refund,
-        Self::Void,
-        Self::PreAuthorisation,
-        Self::Completion,
-    ];
-    /// The lower-case name used in the terminal payload, the database and docs.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Sale => "sale",
-            Self::Refund => "refund",
-            Self::Void => "void",
-            Self::PreAuthorisation => "pre_authorisation",
-            Self::Completion => "completion",
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+/// Its `as_str` is the lower-case name used in the terminal payload, the database and docs.
+#[strum(serialize_all = "snake_case")]
 pub enum PaymentMethod {
     Card,
     Wallet,
 }
 
 impl PaymentMethod {
-    pub const ALL: [PaymentMethod; 2] = [Self::Card, Self::Wallet];
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Card => "card",
-            Self::Wallet => "wallet",
-        }
+        self.into()
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumIter,
+    strum::EnumCount,
+    strum::IntoStaticStr,
+    strum::EnumString,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+/// Its `as_str` is the lower-case name used in the terminal payload, the database and docs.
+#[strum(serialize_all = "snake_case")]
 pub enum EntryMode {
     Chip,
     Contactless,
@@ -96,21 +123,8 @@ pub enum EntryMode {
 }
 
 impl EntryMode {
-    pub const ALL: [EntryMode; 5] = [
-        Self::Chip,
-        Self::Contactless,
-        Self::Swipe,
-        Self::Manual,
-        Self::Qr,
-    ];
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Chip => "chip",
-            Self::Contactless => "contactless",
-            Self::Swipe => "swipe",
-            Self::Manual => "manual",
-            Self::Qr => "qr",
-        }
+        self.into()
     }
 }
 
@@ -256,7 +270,7 @@ pub struct TerminalRegistration {
 }
 
 /// One audit record (`pos.audit`; the API's `api_audit` table is the source).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     pub seq: i64,
     pub at: i64,

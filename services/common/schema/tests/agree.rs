@@ -4,6 +4,7 @@
 
 use apache_avro::{schema::Schema, types::Value};
 use posflow_schema::codec::{from_datum, to_datum};
+use posflow_schema::strum::{EnumCount, IntoEnumIterator};
 use posflow_schema::*;
 
 fn transaction(i: usize) -> Transaction {
@@ -13,12 +14,14 @@ fn transaction(i: usize) -> Transaction {
         merchant_id: "M001".into(),
         sequence: i as i64,
         transaction_time: 1_790_000_000_000 + i as i64,
-        kind: TransactionType::ALL[i % 5],
+        kind: TransactionType::iter()
+            .nth(i % TransactionType::COUNT)
+            .unwrap(),
         original_transaction_id: (i % 2 == 1).then(|| "tx-0".to_string()),
         amount_minor: 1234,
         currency: "EUR".into(),
-        payment_method: PaymentMethod::ALL[i % 2],
-        entry_mode: EntryMode::ALL[i % 5],
+        payment_method: PaymentMethod::iter().nth(i % PaymentMethod::COUNT).unwrap(),
+        entry_mode: EntryMode::iter().nth(i % EntryMode::COUNT).unwrap(),
         card: (i % 2 == 0).then(|| Card {
             token: "ab".repeat(32),
             bin: "411111".into(),
@@ -78,7 +81,7 @@ fn round_trip<T: AvroRecord + PartialEq + std::fmt::Debug>(value: T) {
 
 #[test]
 fn every_schema_parses_and_is_self_contained() {
-    for s in ValueSchema::ALL {
+    for s in ValueSchema::iter() {
         let parsed = Schema::parse_str(s.json()).unwrap_or_else(|e| panic!("{s:?}: {e}"));
         assert!(matches!(parsed, Schema::Record(_)), "{s:?}");
     }
@@ -184,7 +187,7 @@ fn money_is_minor_units_and_cards_are_tokens_only() {
         "pin_block",
         "expiry",
     ] {
-        for s in ValueSchema::ALL {
+        for s in ValueSchema::iter() {
             let field = format!(r#""name":"{forbidden}""#);
             assert!(
                 !s.json().to_lowercase().contains(&field),

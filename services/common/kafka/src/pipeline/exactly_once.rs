@@ -1,0 +1,362 @@
+//! Exactly once (KIP-447): each batch is one Kafka transaction holding its outputs and its
+//! inputs' next offsets.
+
+use posflow_runtime::Context;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+use super::{consumed, transform_with_retry, Batching, Input, Output, PipelineError, Retry};
+
+fn transaction_metrics() -> &'static prometheus::IntCounterVec {
+    static M: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        posflow_runtime::metrics::counter_vec(
+            "posflow_kafka_transactions_total",
+            "Kafka transactions of the exactly-once pipeline, by outcome (committed, aborted)",
+            &["outcome"],
+        )
+    })
+}
+
+/// Exactly-once consume → transform → produce (KIP-447). Each batch is one Kafka transaction
+/// holding every output and the inputs' next offsets, sent with the consumer's group metadata,
+/// so the group coordinator fences an instance that lost its partitions in a rebalance (a
+/// zombie) and `init_transactions` fences an earlier incarnation with the same transactional id.
+///
+/// A batch closes after `max_records` inputs or `linger` after its first. Its transaction (begin,
+/// produce every output, send offsets, commit: a few broker round trips) runs on a blocking
+/// thread while the next batch is consumed and transformed, so the transform's CPU work and the
+/// commit's waiting overlap. One transaction is in flight at a time (one producer).
+///
+/// On an abortable error the transaction is aborted and the consumer rewound to the first
+/// offsets of both the failed batch and the one gathered meanwhile, which is dropped: both are
+/// processed again. A fatal error (fenced) ends the run with [`PipelineError::Fatal`]: the
+/// process must exit and be replaced. On shutdown the gathered batch is committed, then the run
+/// ends.
+///
+/// The consumer must not commit by itself (`enable.auto.commit=false`) and the producer must
+/// have a `transactional.id` (see `clients`).
+pub async fn run_transactional<F, Fut>(
+    consumer: &StreamConsumer<TxnContext>,
+    producer: &FutureProducer,
+    batching: Batching,
+    ctx: &Context,
+    mut transform: F,
+) -> Result<(), PipelineError>
+where
+    F: FnMut(Input) -> Fut,
+    Fut: Future<Output = Result<Vec<Output>, Retry>>,
+{
+    tokio::task::block_in_place(|| producer.init_transactions(TXN_CALL))
+        .map_err(PipelineError::Fatal)?;
+    let mut t = Transactions {
+        consumer,
+        producer,
+        gathering: Batch::default(),
+        deadline: None,
+        committing: None,
+    };
+    let mut stopping = false;
+    loop {
+        t.drop_if_revoked();
+        let full = t.gathering.inputs >= batching.max_records;
+        let due = full || stopping || t.deadline.is_some_and(|d| Instant::now() >= d);
+        if t.committing.is_none() && t.gathering.inputs > 0 && due {
+            t.begin_commit();
+        }
+        if stopping && t.committing.is_none() && t.gathering.inputs == 0 {
+            return Ok(());
+        }
+        let deadline = t.deadline;
+        let linger = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            done = async { (&mut t.committing.as_mut().expect("guarded").1).await }, if t.committing.is_some() => {
+                t.committed(done, ctx).await?;
+            }
+            msg = consumer.recv(), if !full && !stopping => {
+                let Some(msg) = consumed(msg, ctx).await? else { continue };
+                let input = Input::detach(&msg);
+                drop(msg);
+                t.deadline.get_or_insert_with(|| Instant::now() + batching.linger);
+                t.gathering.track(&input);
+                match transform_with_retry(&mut transform, input, ctx).await {
+                    Some(outputs) => t.gathering.outputs.extend(outputs),
+                    // Shut down while waiting out an outage: the gathered batch is dropped
+                    // (never begun); a commit in flight is let finish.
+                    None => {
+                        if let Some((_, c)) = t.committing.take() {
+                            let _ = c.await;
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+            _ = linger, if t.committing.is_none() => {}
+            _ = ctx.shutdown.wait(), if !stopping => stopping = true,
+        }
+    }
+}
+
+/// The loop's state: the batch gathering and the one being committed.
+struct Transactions<'a> {
+    consumer: &'a StreamConsumer<TxnContext>,
+    producer: &'a FutureProducer,
+    gathering: Batch,
+    /// When the gathering batch is due (`linger` after its first input).
+    deadline: Option<Instant>,
+    /// The batch being committed (its first offsets, for a rewind) and its commit.
+    committing: Option<(Positions, tokio::task::JoinHandle<Result<(), TxnError>>)>,
+}
+
+impl Transactions<'_> {
+    /// Partitions were taken away while this batch gathered: it must not commit (their new
+    /// owner may be on the same records already). Dropped; the partitions still ours go back
+    /// to its first offsets (seeking a revoked one fails harmlessly).
+    fn drop_if_revoked(&mut self) {
+        let shared = self.consumer.context();
+        if shared.0.revoked.swap(false, Ordering::SeqCst) && self.gathering.inputs > 0 {
+            let dropped = std::mem::take(&mut self.gathering);
+            self.deadline = None;
+            rewind(self.consumer, &dropped.first);
+        }
+    }
+
+    /// Commits the gathered batch on a blocking thread while the next one gathers.
+    fn begin_commit(&mut self) {
+        let batch = std::mem::take(&mut self.gathering);
+        self.deadline = None;
+        let group = self.consumer.group_metadata();
+        posflow_runtime::metrics::Shared::batch_size().observe(batch.inputs as f64);
+        let producer = self.producer.clone();
+        let first = batch.first.clone();
+        let shared = self.consumer.context().clone();
+        shared.set_committing(true);
+        let commit = tokio::task::spawn_blocking(move || {
+            let result = commit(&producer, batch, group);
+            shared.set_committing(false);
+            result
+        });
+        self.committing = Some((first, commit));
+    }
+
+    /// The commit in flight ended. On an abort, the transaction is aborted and the consumer
+    /// rewound to the first offsets of both the failed batch and the one gathered meanwhile,
+    /// which is dropped: both are processed again.
+    async fn committed(
+        &mut self,
+        done: Result<Result<(), TxnError>, tokio::task::JoinError>,
+        ctx: &Context,
+    ) -> Result<(), PipelineError> {
+        let txns = transaction_metrics();
+        let (first, _) = self.committing.take().expect("guarded");
+        let result = done.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "transaction commit task failed");
+            Err(TxnError::Abort(KafkaError::Canceled))
+        });
+        match result {
+            Ok(()) => txns.with_label_values(&["committed"]).inc(),
+            Err(TxnError::Fatal(e)) => return Err(PipelineError::Fatal(e)),
+            Err(TxnError::Abort(e)) => {
+                txns.with_label_values(&["aborted"]).inc();
+                tracing::warn!(error = %e, "transaction aborted; its batch and the next will be processed again");
+                ctx.health.set_ready(false);
+                tokio::task::block_in_place(|| self.producer.abort_transaction(TXN_CALL))
+                    .map_err(PipelineError::Fatal)?;
+                let mut from = first;
+                for (k, o) in std::mem::take(&mut self.gathering).first {
+                    from.entry(k).or_insert(o);
+                }
+                self.deadline = None;
+                rewind(self.consumer, &from);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A consumer for [`run_transactional`]: offsets are committed only inside transactions, and
+/// revocations wait for the transaction in flight ([`TxnContext`]).
+pub fn transactional_consumer(
+    args: &crate::KafkaArgs,
+    group: &str,
+    client_id: &str,
+) -> rdkafka::error::KafkaResult<StreamConsumer<TxnContext>> {
+    crate::clients::consumer_config(args, group, client_id)
+        .set("enable.auto.commit", "false")
+        .create_with_context(TxnContext::default())
+}
+
+/// The consumer context the exactly-once pipeline runs with. A revocation (a rebalance taking
+/// partitions away) must not let this instance commit work for those partitions afterwards: the
+/// new owner may already have read the committed offsets and started on the same records, and the
+/// group generation alone does not stop it (a cooperative rebalance keeps this member in the
+/// group). So a revocation waits, in the rebalance callback, for the transaction in flight to
+/// finish, and the pipeline drops the batch it gathered but had not begun to commit.
+#[derive(Clone, Default)]
+pub struct TxnContext(Arc<TxnShared>);
+
+#[derive(Default)]
+struct TxnShared {
+    committing: Mutex<bool>,
+    committed: Condvar,
+    revoked: AtomicBool,
+    revoked_partitions: Mutex<Vec<(String, i32)>>,
+}
+
+impl rdkafka::ClientContext for TxnContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        crate::clients::record_lag(&statistics);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for TxnContext {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
+            let mut busy = self.0.committing.lock().expect("poisoned");
+            while *busy {
+                busy = self.0.committed.wait(busy).expect("poisoned");
+            }
+            self.0.revoked.store(true, Ordering::SeqCst);
+            self.0.revoked_partitions.lock().expect("poisoned").extend(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition())),
+            );
+        }
+    }
+}
+
+impl TxnContext {
+    /// Partitions revoked since the last call: a stateful stage drops their state.
+    pub fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.0.revoked_partitions.lock().expect("poisoned"))
+    }
+
+    fn set_committing(&self, busy: bool) {
+        *self.0.committing.lock().expect("poisoned") = busy;
+        if !busy {
+            self.0.committed.notify_all();
+        }
+    }
+}
+
+/// Bound on each blocking transaction call (init, send offsets, commit, abort).
+const TXN_CALL: Duration = Duration::from_secs(30);
+
+/// An offset per (topic, partition).
+type Positions = BTreeMap<(String, i32), i64>;
+
+/// A batch's inputs (first and next offset per partition) and outputs.
+#[derive(Default)]
+struct Batch {
+    inputs: usize,
+    first: Positions,
+    next: Positions,
+    outputs: Vec<Output>,
+}
+
+impl Batch {
+    fn track(&mut self, i: &Input) {
+        self.inputs += 1;
+        let key = (i.topic.clone(), i.partition);
+        self.first.entry(key.clone()).or_insert(i.offset);
+        let next = self.next.entry(key).or_default();
+        *next = (*next).max(i.offset + 1);
+    }
+}
+
+enum TxnError {
+    Abort(KafkaError),
+    Fatal(KafkaError),
+}
+
+impl From<KafkaError> for TxnError {
+    fn from(e: KafkaError) -> Self {
+        match &e {
+            KafkaError::Transaction(t) if t.is_fatal() => TxnError::Fatal(e),
+            _ => TxnError::Abort(e),
+        }
+    }
+}
+
+/// One batch as one transaction, on a blocking thread: begin, produce, send offsets, commit.
+fn commit(
+    producer: &FutureProducer,
+    batch: Batch,
+    group: Option<rdkafka::consumer::ConsumerGroupMetadata>,
+) -> Result<(), TxnError> {
+    // Present once the consumer has joined its group, which it has if it delivered inputs.
+    let group = group.ok_or(KafkaError::Rebalance(RDKafkaErrorCode::InvalidGroupId))?;
+    producer
+        .begin_transaction()
+        .map_err(|e| match TxnError::from(e) {
+            // Beginning fails only in a broken state: nothing to abort, the instance must go.
+            TxnError::Abort(e) | TxnError::Fatal(e) => TxnError::Fatal(e),
+        })?;
+    for o in &batch.outputs {
+        let mut record = FutureRecord::to(&o.topic)
+            .key(&o.key)
+            .payload(&o.value)
+            .headers(o.headers.clone());
+        loop {
+            // Delivery is confirmed by the commit (it flushes and fails if any send failed),
+            // so the per-record futures are not awaited.
+            match producer.send_result(record) {
+                Ok(_) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in &batch.next {
+        offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    producer.send_offsets_to_transaction(&offsets, &group, TXN_CALL)?;
+    let mut attempts = 0;
+    loop {
+        match producer.commit_transaction(TXN_CALL) {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(t)) if t.is_retriable() && attempts < 5 => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// After an abort, back to each partition's first offset of the batch (where the last
+/// committed transaction left it). A partition revoked meanwhile is skipped: its new owner
+/// starts from the committed offset anyway.
+fn rewind(consumer: &StreamConsumer<TxnContext>, first: &Positions) {
+    for ((topic, partition), offset) in first {
+        if let Err(e) = consumer.seek(
+            topic,
+            *partition,
+            Offset::Offset(*offset),
+            Duration::from_secs(10),
+        ) {
+            tracing::debug!(error = %e, topic, partition, "rewind skipped (partition revoked?)");
+        }
+    }
+}
