@@ -222,8 +222,23 @@ pub async fn chunk(client: &mut Client, d: &Download, n: i32) -> Result<Vec<u8>,
     Ok(data)
 }
 
-/// The CSV header and columns of a report.
-const CSV_HEADER: &str = "transaction_id,terminal_id,transaction_time,type,amount_minor,currency,payment_method,entry_mode,card_bin,card_last4,auth_code,response_code,mcc\n";
+/// A CSV report's columns, in order: its header line and every row. Each is the
+/// `transactions` column of that name, the time formatted as RFC 3339.
+const CSV_COLUMNS: [&str; 13] = [
+    "transaction_id",
+    "terminal_id",
+    "transaction_time",
+    "type",
+    "amount_minor",
+    "currency",
+    "payment_method",
+    "entry_mode",
+    "card_bin",
+    "card_last4",
+    "auth_code",
+    "response_code",
+    "mcc",
+];
 
 /// Writes one row into `out` in the report's format; adds it to `totals`.
 fn write_row(
@@ -244,40 +259,20 @@ fn write_row(
         // The digests' cell rules: text a terminal chose is neutralised against formula
         // injection (a finance team opens this in a spreadsheet); the amount is a number.
         use posflow_notifier::render::{csv_record, Cell};
-        let amount = amount.to_string();
-        let names = [
-            "transaction_id",
-            "terminal_id",
-            "type",
-            "currency",
-            "payment_method",
-            "entry_mode",
-            "card_bin",
-            "card_last4",
-            "auth_code",
-            "response_code",
-            "mcc",
-        ];
-        let [id, terminal, kind, currency, method, mode, bin, last4, auth, response, mcc] =
-            names.map(text);
-        out.push_str(&csv_record(
-            &[
-                Cell::Text(&id),
-                Cell::Text(&terminal),
-                Cell::Plain(&time),
-                Cell::Text(&kind),
-                Cell::Plain(&amount),
-                Cell::Text(&currency),
-                Cell::Text(&method),
-                Cell::Text(&mode),
-                Cell::Text(&bin),
-                Cell::Text(&last4),
-                Cell::Text(&auth),
-                Cell::Text(&response),
-                Cell::Text(&mcc),
-            ],
-            "\n",
-        ));
+        let values = CSV_COLUMNS.map(|c| match c {
+            "transaction_time" => time.clone(),
+            "amount_minor" => amount.to_string(),
+            c => text(c),
+        });
+        let cells: Vec<Cell> = CSV_COLUMNS
+            .iter()
+            .zip(&values)
+            .map(|(c, v)| match *c {
+                "transaction_time" | "amount_minor" => Cell::Plain(v),
+                _ => Cell::Text(v),
+            })
+            .collect();
+        out.push_str(&csv_record(&cells, "\n"));
     } else {
         if !first {
             out.push_str(",\n");
@@ -308,7 +303,12 @@ struct File {
 impl File {
     fn new(csv: bool) -> Self {
         let mut buf = String::with_capacity(CHUNK + 64 * 1024);
-        buf.push_str(if csv { CSV_HEADER } else { "[\n" });
+        if csv {
+            buf.push_str(&CSV_COLUMNS.join(","));
+            buf.push('\n');
+        } else {
+            buf.push_str("[\n");
+        }
         File {
             csv,
             buf,
