@@ -281,6 +281,14 @@ async fn api(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         )
         .target(Target::RatioAtLeast(0.7)),
     );
+    // What limits the row above: an audited HTTPS request that queries nothing.
+    r.rows.push(Row::vs(
+        "api",
+        &format!("refused (403)/s, {clients} clients"),
+        b.refused_closed.rate(),
+        "direct SQL, same queries",
+        b.sql_closed.rate(),
+    ));
     println!(
         "api: search over {} stored rows, ms (p50 / p99 / p99.9):",
         b.rows
@@ -290,6 +298,7 @@ async fn api(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         ("direct SQL at the fixed rate", &b.sql_open),
         ("API, closed loop", &b.api_closed),
         ("direct SQL, closed loop", &b.sql_closed),
+        ("API refusing (403), closed loop", &b.refused_closed),
     ] {
         println!(
             "  {name:<32} {:>7.1} {:>7.1} {:>7.1}  ({:.0}/s)",
@@ -299,11 +308,26 @@ async fn api(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
             f.rate()
         );
     }
+    println!("api: CPU ms per request in each closed loop (API process / this process / PostgreSQL = total):");
+    for (name, c) in ["API search", "direct SQL", "API refusing (403)"]
+        .iter()
+        .zip(&b.cpu)
+    {
+        println!(
+            "  {name:<32} {:>6.3} {:>6.3} {:>6.3} = {:.3}",
+            c.api,
+            c.bench,
+            c.postgres,
+            c.total()
+        );
+    }
     r.details.insert(
         "api".into(),
         serde_json::json!({"rows": b.rows, "merchants": merchants, "rate_per_s": b.rate, "clients": clients,
             "api_open": b.api_open.json(), "sql_open": b.sql_open.json(),
-            "api_closed": b.api_closed.json(), "sql_closed": b.sql_closed.json()}),
+            "api_closed": b.api_closed.json(), "sql_closed": b.sql_closed.json(),
+            "refused_closed": b.refused_closed.json(),
+            "cpu_ms_per_request": {"api_search": b.cpu[0].json(), "direct_sql": b.cpu[1].json(), "refused": b.cpu[2].json()}}),
     );
     Ok(())
 }

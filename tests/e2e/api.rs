@@ -362,7 +362,8 @@ async fn isolation_holds_for_generated_merchants_keys_roles_and_filters() {
             .await
             .unwrap();
         assert_eq!(page.items.len(), 500.min(n as usize), "{m}");
-        assert_only(m, &page.items, "RLS alone: transactions");
+        let items: Vec<Value> = page.items.iter().map(|t| json!(t)).collect();
+        assert_only(m, &items, "RLS alone: transactions");
         let mut q = Params::parse(Some("limit=500"), REJECTION_PARAMS);
         let page = records::search_rejections(&s, RejectionFilter::parse(&mut q, None))
             .await
@@ -693,6 +694,24 @@ async fn the_audit_trail_is_exact_chained_and_relayed() {
         )
         .await;
     assert_eq!(r1.status, 200);
+    // The newest as stored, every field (the times storage stamped aside, checked for form).
+    let mut newest = r1.json["items"][0].clone();
+    for stamped in ["received_at", "validated_at", "stored_at"] {
+        let t = newest[stamped].as_str().unwrap_or_default();
+        assert!(t.len() == 24 && t.ends_with('Z'), "{stamped}: {t:?}");
+        newest.as_object_mut().unwrap().remove(stamped);
+    }
+    assert_eq!(
+        newest,
+        json!({
+            "transaction_id": format!("{m}-1"), "merchant_id": m, "terminal_id": format!("{m}-T1"),
+            "sequence": 1, "transaction_time": "2026-11-30T11:59:00.000Z", "type": "refund",
+            "original_transaction_id": null, "amount_minor": 137, "currency": "USD",
+            "payment_method": "card", "entry_mode": "contactless",
+            "card": {"bin": "550000", "last4": "0001"}, "auth_code": "A1", "response_code": "05",
+            "mcc": "5814",
+        })
+    );
     let r2 = api
         .with_id(
             "GET",

@@ -227,8 +227,14 @@ async fn a_wedged_pipeline_fails_liveness_and_sigterm_still_ends_the_process() {
         // nothing answers, so no send completes and the read gate stays closed.
         let mut bridge = d.bridge_with(2, &flags).await;
         let resumed = Instant::now();
-        while metric(&bridge.metrics().await, "posflow_bridge_waiting").unwrap_or(0.0)
-            < HANDOFF_HIGH
+        // The gate's closing is counted where it happens: the waiting gauge is sampled and
+        // can miss a full hand-off that the pipeline empties between two scrapes.
+        while metric(
+            &bridge.metrics().await,
+            "posflow_bridge_read_gate_closed_total",
+        )
+        .unwrap_or(0.0)
+            < 1.0
         {
             assert!(
                 resumed.elapsed() < Duration::from_secs(30),

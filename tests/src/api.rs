@@ -135,18 +135,21 @@ impl Api {
 
     /// A GET's body as bytes (a report's file).
     pub async fn raw_get(&self, path: &str, key: &str) -> Vec<u8> {
+        let (status, body) = self.raw_status_get(path, key).await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// A GET's status and body, unparsed (what a load generator needs, and no more).
+    pub async fn raw_status_get(&self, path: &str, key: &str) -> (u16, Vec<u8>) {
         let req = hyper::Request::get(format!("{}{path}", self.base))
             .header("authorization", format!("Bearer {key}"))
             .body(Full::new(Bytes::new()))
             .expect("a request");
         let resp = self.client.request(req).await.expect("the API answers");
-        assert_eq!(resp.status(), 200);
-        resp.into_body()
-            .collect()
-            .await
-            .expect("a body")
-            .to_bytes()
-            .to_vec()
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("a body");
+        (status, body.to_bytes().to_vec())
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Resp {

@@ -114,8 +114,9 @@ pub async fn append(client: &mut Client, entries: &[AuditRecord]) -> Result<Vec<
     append_with(client, &insert, entries).await
 }
 
-/// [`append`] with the statement already prepared: three round trips whatever the batch's
-/// size — BEGIN, the chain's lock and its tail in one message; every row in one INSERT; COMMIT.
+/// [`append`] with the statement already prepared: two round trips whatever the batch's
+/// size — BEGIN, the chain's lock and its tail in one message; every row in one INSERT and
+/// COMMIT, pipelined.
 /// (The tail is its own statement so that its snapshot is taken after the lock is held.)
 pub async fn append_with(
     client: &mut Client,
@@ -150,8 +151,15 @@ pub async fn append_with(
             cols.push(seq, e, std::mem::replace(&mut prev, hash.clone()), hash);
             seqs.push(seq);
         }
-        client.execute(insert, &cols.params()).await?;
-        client.batch_execute("COMMIT").await?;
+        // Sent together, answered together: one round trip. A failed INSERT leaves the
+        // transaction aborted, and COMMIT then rolls it back (the caller's ROLLBACK is a no-op).
+        let params = cols.params();
+        let (inserted, committed) = tokio::join!(
+            client.execute(insert, &params),
+            client.batch_execute("COMMIT")
+        );
+        inserted?;
+        committed?;
         Ok(seqs)
     }
     .await;

@@ -131,7 +131,7 @@ async fn answer(
     } else {
         "application/json"
     };
-    let mut text = serde_json::to_vec(&reply.body).unwrap_or_default();
+    let mut text = reply.body;
     text.push(b'\n');
     respond(
         reply.status,

@@ -22,7 +22,7 @@ use posflow_notifier::sealed::Keys;
 use posflow_runtime::metrics::{counter_vec, histogram_vec};
 use posflow_schema::AuditRecord;
 use prometheus::{HistogramVec, IntCounterVec};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -96,7 +96,8 @@ pub struct Incoming<'a> {
 /// What goes back.
 pub struct Reply {
     pub status: u16,
-    pub body: Value,
+    /// The JSON answer, serialised (empty for a download).
+    pub body: Vec<u8>,
     /// A report's file, streamed instead of `body`.
     pub download: Option<reports::Download>,
     pub retry_after: Option<u64>,
@@ -106,7 +107,8 @@ pub struct Reply {
 /// A handler's success.
 struct Done {
     status: u16,
-    body: Value,
+    /// Serialised ([`json`]): pages are written straight from their rows.
+    body: Vec<u8>,
     download: Option<reports::Download>,
     rows: i32,
     before: Option<Value>,
@@ -118,7 +120,7 @@ impl Done {
     fn changed(before: Option<Value>, after: Value) -> Self {
         Done {
             status: 200,
-            body: after.clone(),
+            body: json(&after),
             download: None,
             rows: 1,
             before,
@@ -126,10 +128,10 @@ impl Done {
         }
     }
 
-    fn ok(body: Value, rows: usize) -> Self {
+    fn ok(body: &impl Serialize, rows: usize) -> Self {
         Done {
             status: 200,
-            body,
+            body: json(body),
             download: None,
             rows: rows as i32,
             before: None,
@@ -160,6 +162,12 @@ fn metrics() -> &'static Metrics {
             ],
         ),
     })
+}
+
+/// A reply's JSON text. Serialising a value made here cannot fail (string keys, no
+/// non-finite floats reach an answer).
+fn json(v: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(v).expect("an answer serialises")
 }
 
 fn request_id(headers: &hyper::HeaderMap) -> String {
@@ -203,7 +211,7 @@ pub async fn handle(state: &Arc<State>, req: Incoming<'_>) -> Reply {
                 Problem::RateLimited { retry_after_secs } => Some(retry_after_secs),
                 _ => None,
             };
-            (p.status(), p.body(&request_id), retry)
+            (p.status(), json(&p.body(&request_id)), retry)
         }
     };
     audit.status = status as i32;
@@ -222,7 +230,7 @@ pub async fn handle(state: &Arc<State>, req: Incoming<'_>) -> Reply {
             let p = Problem::Unavailable;
             Reply {
                 status: p.status(),
-                body: p.body(&request_id),
+                body: json(&p.body(&request_id)),
                 download: None,
                 retry_after: Some(1),
                 request_id,
@@ -466,12 +474,21 @@ struct Call<'r, 's> {
 
 impl Call<'_, '_> {
     /// A page of a list, its next cursor signed for this route.
-    fn page(&self, p: &Params, page: records::Page) -> Done {
-        let next = page
+    fn page<T: Serialize>(&self, p: &Params, page: records::Page<T>) -> Done {
+        #[derive(Serialize)]
+        struct Body<T> {
+            items: Vec<T>,
+            next_cursor: Option<String>,
+        }
+        let next_cursor = page
             .next
             .map(|pos| p.next_cursor(&self.state.cursor_key, self.route.name, &pos));
         let n = page.items.len();
-        Done::ok(json!({ "items": page.items, "next_cursor": next }), n)
+        let body = Body {
+            items: page.items,
+            next_cursor,
+        };
+        Done::ok(&body, n)
     }
 
     /// The resource id in the path, named `field` in an error.
@@ -520,7 +537,7 @@ async fn run(c: &Call<'_, '_>, p: &mut Params, audit: &mut AuditRecord) -> Resul
         Action::GetEvent => {
             p.finish()?;
             let id = event_arg(c.args[1])?;
-            Done::ok(found(events::attempts(s, id).await.map_err(db)?)?, 1)
+            Done::ok(&found(events::attempts(s, id).await.map_err(db)?)?, 1)
         }
         Action::RedeliverEvent => redeliver_event(c, p).await?,
         Action::RedeliverRange => redeliver_range(c, p, audit).await?,
@@ -529,12 +546,12 @@ async fn run(c: &Call<'_, '_>, p: &mut Params, audit: &mut AuditRecord) -> Resul
             p.finish()?;
             let items = reports::list(s).await.map_err(db)?;
             let n = items.len();
-            Done::ok(json!({ "items": items }), n)
+            Done::ok(&json!({ "items": items }), n)
         }
         Action::GetReport => {
             let id = c.id_arg("report")?;
             p.finish()?;
-            Done::ok(found(reports::get(s, &id).await.map_err(db)?)?, 1)
+            Done::ok(&found(reports::get(s, &id).await.map_err(db)?)?, 1)
         }
         Action::DownloadReport => download_report(c, p).await?,
         Action::AcknowledgeReport => acknowledge_report(c, p).await?,
@@ -546,14 +563,14 @@ async fn run(c: &Call<'_, '_>, p: &mut Params, audit: &mut AuditRecord) -> Resul
         Action::Totals => totals(c, p, audit).await?,
         Action::GetSettings => {
             p.finish()?;
-            Done::ok(found(settings::get(s).await.map_err(db)?)?, 1)
+            Done::ok(&found(settings::get(s).await.map_err(db)?)?, 1)
         }
         Action::PutSettings => put_settings(c, p).await?,
         Action::ListKeys => {
             p.finish()?;
             let items = keys::list(&s.tx, Some(&s.merchant)).await.map_err(db)?;
             let n = items.len();
-            Done::ok(json!({ "items": items }), n)
+            Done::ok(&json!({ "items": items }), n)
         }
         Action::CreateKey => create_key(c, p).await?,
         Action::RevokeKey => revoke_key(c, p).await?,
@@ -572,7 +589,7 @@ async fn get_transaction(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Probl
     let mut t = found(records::transaction(c.s, &id).await.map_err(db)?)?;
     t["fraud_alerts"] = json!(records::alerts_of(c.s, &id).await.map_err(db)?);
     t["deliveries"] = json!(events::of_event(c.s, &id).await.map_err(db)?);
-    Ok(Done::ok(t, 1))
+    Ok(Done::ok(&t, 1))
 }
 
 async fn redeliver_event(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
@@ -590,7 +607,7 @@ async fn redeliver_event(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Probl
     Ok(Done {
         download: None,
         status: 200,
-        body: after.clone(),
+        body: json(&after),
         rows: 1,
         before: Some(
             json!({ "id": id, "status": before["status"], "attempts": before["attempts"] }),
@@ -619,7 +636,7 @@ async fn redeliver_range(
     Ok(Done {
         download: None,
         status: 200,
-        body: after.clone(),
+        body: json(&after),
         rows: done.len() as i32,
         before: Some(json!({ "failed": ids })),
         after: Some(after),
@@ -660,7 +677,7 @@ async fn request_report(
     Ok(Done {
         download: None,
         status: if new { 202 } else { 200 },
-        body: report.clone(),
+        body: json(&report),
         rows: 1,
         before: None,
         after: new.then_some(report),
@@ -674,7 +691,7 @@ async fn download_report(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Probl
     Ok(Done {
         download: Some(d),
         status: 200,
-        body: Value::Null,
+        body: Vec::new(),
         rows: rows as i32,
         before: None,
         after: None,
@@ -688,7 +705,7 @@ async fn acknowledge_report(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Pr
     Ok(Done {
         download: None,
         status: 200,
-        body: after.clone(),
+        body: json(&after),
         rows: 1,
         before: Some(json!({ "acknowledged_at": before["acknowledged_at"] })),
         after: Some(
@@ -711,7 +728,7 @@ async fn totals(
     let totals = records::totals(c.s, from, to).await.map_err(db)?;
     let n = totals.len();
     Ok(Done::ok(
-        json!({ "from": records::rfc3339(from), "to": records::rfc3339(to), "totals": totals }),
+        &json!({ "from": records::rfc3339(from), "to": records::rfc3339(to), "totals": totals }),
         n,
     ))
 }
@@ -726,7 +743,7 @@ async fn put_settings(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem>
     Ok(Done {
         download: None,
         status: 200,
-        body: shown,
+        body: json(&shown),
         rows: 1,
         before,
         after: Some(after),
@@ -788,7 +805,7 @@ async fn create_key(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
     Ok(Done {
         download: None,
         status: 201,
-        body,
+        body: json(&body),
         rows: 1,
         before: None,
         after: Some(listing),

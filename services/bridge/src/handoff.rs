@@ -73,23 +73,34 @@ pub fn channel<T>(high: usize) -> (Sender<T>, Receiver<T>, watch::Receiver<bool>
     )
 }
 
+/// What a push left behind.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pushed {
+    /// How many wait now, this one included.
+    pub waiting: usize,
+    /// This push closed the read gate (it was open).
+    pub closed_gate: bool,
+}
+
 /// The pipeline has gone: nothing more can be handed off.
 #[derive(Debug)]
 pub struct Closed;
 
 impl<T> Sender<T> {
     /// Hands `item` off without waiting; closes the read gate when `high` are waiting.
-    /// Returns how many wait now, this one included.
-    pub fn push(&self, item: T) -> Result<usize, Closed> {
+    pub fn push(&self, item: T) -> Result<Pushed, Closed> {
         let mut waiting = self.shared.waiting();
         self.tx.send(item).map_err(|_| Closed)?;
         *waiting += 1;
-        if *waiting >= self.shared.high {
-            self.shared
+        let closed_gate = *waiting >= self.shared.high
+            && self
+                .shared
                 .gate
                 .send_if_modified(|open| std::mem::replace(open, false));
-        }
-        Ok(*waiting)
+        Ok(Pushed {
+            waiting: *waiting,
+            closed_gate,
+        })
     }
 }
 
@@ -127,13 +138,15 @@ mod tests {
         let waiting = rx.waiting();
         // Pushing never waits, even far past the mark: the gate is what holds the reader back.
         for i in 0..7 {
-            assert_eq!(tx.push(i).unwrap(), i as usize + 1);
+            let pushed = tx.push(i).unwrap();
+            assert_eq!(pushed.waiting, i as usize + 1);
+            assert!(!pushed.closed_gate);
             assert!(*gate.borrow(), "open below the mark ({} waiting)", i + 1);
         }
-        tx.push(7).unwrap();
+        assert!(tx.push(7).unwrap().closed_gate, "this push closed it");
         assert!(!*gate.borrow(), "closed at 8 waiting");
         for i in 8..20 {
-            tx.push(i).unwrap();
+            assert!(!tx.push(i).unwrap().closed_gate, "closed already");
         }
         assert_eq!(waiting.get(), 20);
         // Taken in order; still closed until at most 4 wait.
@@ -144,10 +157,17 @@ mod tests {
         assert_eq!(rx.recv().await, Some(15));
         assert_eq!(waiting.get(), 4);
         assert!(*gate.borrow(), "open again at 4 waiting");
-        drop(tx);
-        for i in 16..20 {
+        for i in 20..23 {
+            assert!(!tx.push(i).unwrap().closed_gate);
+        }
+        assert!(
+            tx.push(23).unwrap().closed_gate,
+            "closed again at 8 waiting"
+        );
+        for i in 16..24 {
             assert_eq!(rx.recv().await, Some(i));
         }
+        drop(tx);
         assert_eq!(rx.recv().await, None);
         assert!(rx.is_empty());
     }

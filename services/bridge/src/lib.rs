@@ -463,10 +463,13 @@ async fn poll_mqtt(
                 ctx.health.set_ready(true);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let Ok(waiting) = tx.push(FromBroker::Publish(p)) else {
+                let Ok(pushed) = tx.push(FromBroker::Publish(p)) else {
                     return;
                 };
-                let unacknowledged = waiting + m.in_flight.get().max(0) as usize;
+                if pushed.closed_gate {
+                    m.read_gate_closed.inc();
+                }
+                let unacknowledged = pushed.waiting + m.in_flight.get().max(0) as usize;
                 match over {
                     None if unacknowledged > receive_maximum => {
                         tracing::warn!(

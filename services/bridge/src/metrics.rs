@@ -13,6 +13,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub waiting: IntGauge,
     pub over_receive_maximum: IntCounter,
+    pub read_gate_closed: IntCounter,
     pub repeats: IntCounter,
     pub throttled: IntCounterVec,
     pub recent_ids: IntGauge,
@@ -48,6 +49,10 @@ pub fn metrics() -> &'static Metrics {
         waiting: gauge(
             "posflow_bridge_waiting",
             "Messages read from the broker and waiting for a place in the pipeline",
+        ),
+        read_gate_closed: counter(
+            "posflow_bridge_read_gate_closed_total",
+            "Times the hand-off filled and the bridge stopped reading the MQTT socket",
         ),
         over_receive_maximum: counter(
             "posflow_bridge_over_receive_maximum_total",
