@@ -62,6 +62,9 @@ need_apt() {
   command -v openssl >/dev/null || missing+=(openssl)
   [ -x "$(pg_bin)/initdb" ] || missing+=(postgresql)
   /usr/bin/python3 -c 'import aiosmtpd' 2>/dev/null || missing+=(python3-aiosmtpd)
+  # Not the stack's: the portal's tests drive Debian's Chromium over WebDriver (tests/src/browser.rs).
+  [ -x /usr/bin/chromium ] || missing+=(chromium)
+  [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
   # Not the stack's: `make chart-test` keeps its Kubernetes schemas in a venv.
   /usr/bin/python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then

@@ -7,6 +7,7 @@ mod bridge_backlog;
 mod bridge_crash;
 mod bridge_scaling;
 mod bridge_tls;
+mod browser;
 mod cli;
 mod corpus;
 mod fraud;

@@ -12,6 +12,7 @@
 //! and the notifier's records; [`otlp`] a trace collector.
 
 pub mod api;
+pub mod browser;
 pub mod db;
 pub mod fraud;
 pub mod kafka;

@@ -7,6 +7,7 @@
 //! - `db`: the tenancy boundary (a `Scope` per request, row-level security behind it);
 //! - `records`, `events`, `reports`, `settings`, `keys`: what the endpoints read and change;
 //! - `audit`: the hash-chained audit trail and its relay to `pos.audit`;
+//! - `portal`: the merchant portal for people (passwords, TOTP; pages to come);
 //! - `routes` (the one table of endpoints), `openapi` (generated from it), `service` (one
 //!   request, start to end), `server` (HTTP and TLS), `query` and `problem` (input and errors).
 
@@ -16,6 +17,7 @@ pub mod db;
 pub mod events;
 pub mod keys;
 pub mod openapi;
+pub mod portal;
 pub mod problem;
 pub mod query;
 pub mod records;
