@@ -15,6 +15,7 @@ mod kafka_outage;
 mod notifier;
 mod observability;
 mod pipeline;
+mod portal;
 mod provisioning;
 mod storage;
 mod terminal_registry;

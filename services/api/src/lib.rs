@@ -56,6 +56,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "fraud alerts",
             include_str!("../migrations/0004_fraud_alerts.sql"),
         ),
+        (
+            5,
+            "portal people",
+            include_str!("../migrations/0005_portal_people.sql"),
+        ),
     ],
 };
 
