@@ -319,3 +319,170 @@ async fn ana(
     )
     .await
 }
+
+/// The first must-show of issue 19, in a real Chromium: invited, the person enrols from the
+/// link (password, then the authenticator's code computed from the key shown on the page),
+/// signs in with password and code, and sees totals equal to SQL sums over their merchant's
+/// rows; the session cookie is HttpOnly, Secure and Strict, a form posted without its CSRF
+/// token is refused, and after "sign out everywhere" a stolen copy of the cookie opens nothing.
+#[tokio::test]
+async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let owner = posflow_e2e::api::owner_db(&d).await;
+    let m = format!("P{}", rand::random::<u32>());
+    // 3,000 transactions a minute apart back from 2026-11-30 12:00Z: 2026-11-28 to 11-30.
+    posflow_e2e::api::seed(&owner, &m, 3_000).await;
+    let other = format!("Q{}", rand::random::<u32>());
+    posflow_e2e::api::seed(&owner, &other, 500).await;
+    let mut db = api_login(&d).await;
+    let (_, token) = ok(people::invite(
+        &mut db,
+        "clerk@example.com",
+        Role::Finance,
+        std::slice::from_ref(&m),
+        "operator:e2e",
+    )
+    .await);
+    let api = posflow_e2e::api::Api::start(&d, &[]).await;
+    let b = posflow_e2e::browser::Browser::start().await;
+
+    // Enrolment from the invitation's link.
+    b.goto(&format!("{}/portal/enrol/{}", api.base, token.expose()))
+        .await;
+    b.type_into("#password", "Password2024!").await;
+    b.click("main form button").await;
+    assert!(b.text(".notice.error").await.contains("common password"));
+    b.type_into("#password", GOOD).await;
+    b.click("main form button").await;
+    let key = b.text("#totp-secret").await;
+    let secret = totp::from_base32(&key).expect("the key shown is base32");
+    b.screenshot("portal-enrol-authenticator").await;
+    let now = SystemTime::now();
+    b.type_into("#code", &totp::code_at(&secret, secs(now)))
+        .await;
+    b.click("main form button").await;
+    let codes = b.text("ol.codes").await;
+    assert_eq!(codes.lines().count(), 10, "{codes}");
+
+    // Sign in: password and the next code (the one that confirmed enrolment is spent).
+    b.goto(&format!("{}/portal/sign-in", api.base)).await;
+    b.screenshot("portal-sign-in").await;
+    b.type_into("#email", "Clerk@Example.com").await;
+    b.type_into("#password", GOOD).await;
+    let next = now + Duration::from_secs(totp::STEP_S);
+    b.type_into("#code", &totp::code_at(&secret, secs(next)))
+        .await;
+    b.click("main form button").await;
+    b.wait_title("Sales overview · posflow").await;
+    let cookie = b
+        .cookies()
+        .await
+        .into_iter()
+        .find(|c| c["name"] == session::COOKIE)
+        .expect("the session cookie");
+    assert_eq!(
+        (&cookie["httpOnly"], &cookie["secure"], &cookie["sameSite"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(true),
+            &serde_json::json!("Strict")
+        )
+    );
+
+    // The period's totals per currency equal the database's sums over this merchant's rows.
+    b.goto(&format!(
+        "{}/portal/?from=2026-11-28&to=2026-11-30",
+        api.base
+    ))
+    .await;
+    b.resize(1100, 1700).await;
+    b.screenshot("portal-overview").await;
+    for cur in ["EUR", "USD", "GBP"] {
+        for kind in ["sale", "refund"] {
+            let r = owner
+                .query_one(
+                    "SELECT count(*), coalesce(sum(amount_minor), 0)::bigint FROM transactions \
+                     WHERE merchant_id = $1 AND currency = $2 AND type = $3 \
+                       AND transaction_time >= '2026-11-28' AND transaction_time < '2026-12-01'",
+                    &[&m, &cur, &kind],
+                )
+                .await
+                .unwrap();
+            let (n, sum): (i64, i64) = (r.get(0), r.get(1));
+            assert!(n > 0, "the seed has {kind}s in {cur}");
+            let card = format!(".card[data-currency='{cur}'] .{kind}s-");
+            assert_eq!(
+                b.text(&format!("{card}count")).await,
+                n.to_string(),
+                "{cur} {kind}s"
+            );
+            assert_eq!(
+                b.text(&format!("{card}amount")).await,
+                posflow_schema::currency::format_minor(sum, cur),
+                "{cur} {kind}s"
+            );
+        }
+    }
+    // Three charts, one per currency, three days of bars each.
+    assert_eq!(b.count("svg.chart").await, 3);
+    assert_eq!(b.count("svg.chart rect.sales").await, 9);
+    // Another merchant's overview is not found, whatever the URL says.
+    b.goto(&format!("{}/portal/?merchant={other}", api.base))
+        .await;
+    b.wait_title("Not found · posflow").await;
+
+    // A form without its CSRF token changes nothing.
+    let stolen = format!("{}={}", session::COOKIE, cookie["value"].as_str().unwrap());
+    let forged = api
+        .call(
+            "POST",
+            "/portal/sign-out",
+            None,
+            None,
+            &[("cookie", &stolen)],
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    assert_eq!(
+        api.call("GET", "/portal/", None, None, &[("cookie", &stolen)])
+            .await
+            .status,
+        200
+    );
+    // Sign out everywhere: the stolen copy opens nothing any more.
+    b.goto(&format!("{}/portal/", api.base)).await;
+    b.click("main form[action='/portal/sign-out-everywhere'] button")
+        .await;
+    b.wait_title("Sign in · posflow").await;
+    let after = api
+        .call("GET", "/portal/", None, None, &[("cookie", &stolen)])
+        .await;
+    assert_eq!(after.status, 303);
+    assert_eq!(after.headers["location"], "/portal/sign-in");
+
+    // Each step left its audit record.
+    let actions: Vec<String> = owner
+        .query(
+            "SELECT action || ':' || outcome FROM api_audit WHERE action LIKE 'portal.%' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for expected in [
+        "portal.enrol.password:ok",
+        "portal.enrol.confirm:ok",
+        "portal.sign_in:ok",
+        "portal.overview:ok",
+        "portal.overview:not_found",
+        "portal.sign_out:csrf",
+        "portal.sign_out_everywhere:ok",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected} in {actions:?}"
+        );
+    }
+}

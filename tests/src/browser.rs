@@ -149,6 +149,24 @@ impl Browser {
             .to_string()
     }
 
+    /// Waits (up to 10 s) for the page's title to be `expected`: after a click that navigates,
+    /// the next page may still be loading.
+    pub async fn wait_title(&self, expected: &str) {
+        let started = Instant::now();
+        loop {
+            let t = self.title().await;
+            if t == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the page is {t:?} on {}, not {expected:?}",
+                self.url().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The first element matching a CSS selector, waiting up to 10 s for it to appear.
     pub async fn find(&self, css: &str) -> Element {
         let started = Instant::now();
@@ -188,9 +206,33 @@ impl Browser {
             .to_string()
     }
 
-    /// Types `text` into the first element matching `css`.
+    /// Resizes the window (a taller one shows a whole page in a screenshot).
+    pub async fn resize(&self, width: u32, height: u32) {
+        self.session_call(
+            "POST",
+            "/window/rect",
+            Some(json!({ "width": width, "height": height })),
+        )
+        .await;
+    }
+
+    /// How many elements match `css` now.
+    pub async fn count(&self, css: &str) -> usize {
+        self.session_call(
+            "POST",
+            "/elements",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .await
+        .as_array()
+        .map_or(0, Vec::len)
+    }
+
+    /// Types `text` into the first element matching `css` (after clearing it).
     pub async fn type_into(&self, css: &str, text: &str) {
         let e = self.find(css).await;
+        self.session_call("POST", &format!("/element/{}/clear", e.0), Some(json!({})))
+            .await;
         self.session_call(
             "POST",
             &format!("/element/{}/value", e.0),

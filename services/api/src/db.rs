@@ -8,6 +8,7 @@
 //! mistake still leaves the filter.
 
 use crate::auth::Principal;
+use crate::portal::people::Person;
 use posflow_pg::DbError;
 use std::sync::Mutex;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -23,6 +24,12 @@ impl Scope {
     /// `None` if the principal does not reach `named`.
     pub fn of(principal: &Principal, named: &str) -> Option<Scope> {
         principal.reaches(named).then(|| Scope {
+            merchant: named.to_string(),
+        })
+    }
+    /// The scope of a person signed in to the portal: `named`, if it is one of theirs.
+    pub fn of_person(person: &Person, named: &str) -> Option<Scope> {
+        person.merchants.iter().any(|m| m == named).then(|| Scope {
             merchant: named.to_string(),
         })
     }

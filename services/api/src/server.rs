@@ -2,6 +2,7 @@
 //! terminates it), bodies capped, JSON and problem+json out. On shutdown it stops accepting and
 //! lets requests in flight finish, up to the drain timeout.
 
+use crate::portal;
 use crate::problem::Problem;
 use crate::reports::{self, Download};
 use crate::routes::OPENAPI_PATH;
@@ -60,12 +61,13 @@ pub async fn serve(
             _ = shutdown.wait() => break,
         };
         let (state, tls, in_flight) = (state.clone(), tls.clone(), in_flight.clone());
+        let on_tls = tls.is_some();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let (state, in_flight) = (state.clone(), in_flight.clone());
                 async move {
                     in_flight.fetch_add(1, Ordering::SeqCst);
-                    let r = answer(&state, req, peer).await;
+                    let r = answer(&state, req, peer, on_tls).await;
                     in_flight.fetch_sub(1, Ordering::SeqCst);
                     Ok::<_, Infallible>(r)
                 }
@@ -96,6 +98,7 @@ async fn answer(
     state: &Arc<State>,
     req: Request<hyper::body::Incoming>,
     peer: SocketAddr,
+    tls: bool,
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     if parts.method == hyper::Method::GET && parts.uri.path() == OPENAPI_PATH {
@@ -111,6 +114,9 @@ async fn answer(
         Ok(b) => Ok(b.to_bytes()),
         Err(_) => Err(Problem::TooLarge),
     };
+    if parts.uri.path() == "/portal" || parts.uri.path().starts_with("/portal/") {
+        return portal_page(state, &parts, body.unwrap_or_default(), peer, tls).await;
+    }
     let reply = service::handle(
         state,
         Incoming {
@@ -140,6 +146,52 @@ async fn answer(
         reply.retry_after,
         Some(&reply.request_id),
     )
+}
+
+/// A portal page (portal::pages), with the headers every page carries.
+async fn portal_page(
+    state: &State,
+    parts: &hyper::http::request::Parts,
+    body: Bytes,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
+    let request_id = service::request_id(&parts.headers);
+    let cookies = parts
+        .headers
+        .get_all("cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let reply = portal::pages::handle(
+        state,
+        &portal::pages::PageRequest {
+            method: &parts.method,
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            cookies: &cookies,
+            body: &body,
+            source: peer.ip(),
+            request_id: &request_id,
+        },
+    )
+    .await;
+    let mut r = Response::builder()
+        .status(reply.status)
+        .header("x-request-id", &request_id);
+    for (k, v) in portal::session::page_headers(tls) {
+        r = r.header(k, v);
+    }
+    for (k, v) in reply.headers {
+        r = r.header(k, v);
+    }
+    r.body(
+        Full::new(Bytes::from(reply.body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
+    .expect("static response parts")
 }
 
 /// A report's file, chunk by chunk from the database: one chunk (1 MiB) in memory at a time,

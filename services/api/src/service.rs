@@ -170,7 +170,7 @@ fn json(v: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(v).expect("an answer serialises")
 }
 
-fn request_id(headers: &hyper::HeaderMap) -> String {
+pub fn request_id(headers: &hyper::HeaderMap) -> String {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

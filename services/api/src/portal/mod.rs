@@ -5,9 +5,14 @@
 //! Built so far: the rules — [`password`] (what a new one must pass; argon2id), [`totp`]
 //! (RFC 6238 codes, enrolment secrets), [`session`] (cookies, CSRF tokens, timeouts, lockout,
 //! page headers) — and [`people`], where they meet the tables (invite, enrol, sign in,
-//! sessions). The pages, with an audit record for each event, come next.
+//! sessions) — and the first pages over them ([`pages`]: sign-in, enrolment, the sales overview
+//! with its [`chart`], sign-out; [`html`] for escaping and the frame). Each step is audited.
 
+pub mod chart;
+pub mod html;
+pub mod pages;
 pub mod password;
 pub mod people;
+pub mod sales;
 pub mod session;
 pub mod totp;

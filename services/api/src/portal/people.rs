@@ -315,20 +315,9 @@ pub async fn sign_in(
         false
     };
     if !(pass_ok && (step.is_some() || recovery)) {
-        let failures = r.get::<_, i32>(6) as u32 + 1;
-        let lock = session::lockout(failures).map(|d| d.as_secs() as f64);
-        tx.execute(
-            "UPDATE portal_people SET failed_attempts = $2, \
-             locked_until = CASE WHEN $3::float8 IS NULL THEN NULL ELSE now() + $3 * interval '1 second' END \
-             WHERE id = $1",
-            &[&id, &(failures as i32), &lock],
-        )
-        .await?;
+        let refused = failed(&tx, &id, r.get::<_, i32>(6) as u32 + 1).await?;
         tx.commit().await?;
-        return Ok(Err(match lock {
-            Some(s) => Refused::Locked(Duration::from_secs_f64(s)),
-            None => Refused::SignIn,
-        }));
+        return Ok(Err(refused));
     }
     let (session_id, id_hash) = session::new_id();
     tx.execute(
@@ -353,6 +342,27 @@ pub async fn sign_in(
         person,
         session_id: Secret::new(session_id),
     }))
+}
+
+/// Counts a failed sign-in (the `failures`th in a row) and locks the account if that is
+/// enough; what the person is told.
+async fn failed(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    failures: u32,
+) -> Result<Refused, DbError> {
+    let lock = session::lockout(failures).map(|d| d.as_secs() as f64);
+    tx.execute(
+        "UPDATE portal_people SET failed_attempts = $2, \
+         locked_until = CASE WHEN $3::float8 IS NULL THEN NULL ELSE now() + $3 * interval '1 second' END \
+         WHERE id = $1",
+        &[&id, &(failures as i32), &lock],
+    )
+    .await?;
+    Ok(match lock {
+        Some(s) => Refused::Locked(Duration::from_secs_f64(s)),
+        None => Refused::SignIn,
+    })
 }
 
 /// An argon2id hash of nothing anyone knows: checked against when the email is unknown, so an
