@@ -5,6 +5,7 @@
 use posflow_api::auth::Role;
 use posflow_api::portal::people::{self, Refused};
 use posflow_api::portal::{session, totp};
+use posflow_e2e::browser::Browser;
 use posflow_e2e::{with_login, Deployment, SECRETS_KEYS};
 use posflow_notifier::sealed::Keys;
 use posflow_runtime::Secret;
@@ -320,35 +321,110 @@ async fn ana(
     .await
 }
 
-/// The first must-show of issue 19, in a real Chromium: invited, the person enrols from the
-/// link (password, then the authenticator's code computed from the key shown on the page),
-/// signs in with password and code, and sees totals equal to SQL sums over their merchant's
-/// rows; the session cookie is HttpOnly, Secure and Strict, a form posted without its CSRF
-/// token is refused, and after "sign out everywhere" a stolen copy of the cookie opens nothing.
-#[tokio::test]
-async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
-    let d = Deployment::kafka_only().await.with_api_schema().await;
-    let owner = posflow_e2e::api::owner_db(&d).await;
-    let m = format!("P{}", rand::random::<u32>());
-    // 3,000 transactions a minute apart back from 2026-11-30 12:00Z: 2026-11-28 to 11-30.
-    posflow_e2e::api::seed(&owner, &m, 3_000).await;
-    let other = format!("Q{}", rand::random::<u32>());
-    posflow_e2e::api::seed(&owner, &other, 500).await;
-    let mut db = api_login(&d).await;
+/// An owner enrolled without the browser (the library's steps, as the pages run them): their
+/// authenticator secret, at the step `now` was spent on enrolment.
+async fn enrolled_owner(
+    db: &mut tokio_postgres::Client,
+    keys: &Keys,
+    email: &str,
+    merchant: &str,
+    now: SystemTime,
+) -> Vec<u8> {
     let (_, token) = ok(people::invite(
-        &mut db,
-        "clerk@example.com",
-        Role::Finance,
-        std::slice::from_ref(&m),
+        db,
+        email,
+        Role::Owner,
+        &[merchant.to_string()],
         "operator:e2e",
     )
     .await);
-    let api = posflow_e2e::api::Api::start(&d, &[]).await;
-    let b = posflow_e2e::browser::Browser::start().await;
+    let e = ok(people::set_password(db, keys, token.expose(), &Secret::new(GOOD)).await);
+    let secret = totp::from_base32(e.secret_base32.expose()).unwrap();
+    ok(people::confirm(
+        db,
+        keys,
+        token.expose(),
+        &totp::code_at(&secret, secs(now)),
+        now,
+    )
+    .await);
+    secret
+}
 
-    // Enrolment from the invitation's link.
-    b.goto(&format!("{}/portal/enrol/{}", api.base, token.expose()))
-        .await;
+/// Signs in through the sign-in page with `code`; waits for the overview.
+async fn sign_in_page(b: &Browser, base: &str, email: &str, code: &str) {
+    b.goto(&format!("{base}/portal/sign-in")).await;
+    b.type_into("#email", email).await;
+    b.type_into("#password", GOOD).await;
+    b.type_into("#code", code).await;
+    b.click("main form button").await;
+    b.wait_title("Sales overview · posflow").await;
+}
+
+/// The first must-show of issue 19, in a real Chromium: an owner invites a clerk on the Team
+/// page; the email arrives on the local SMTP server; the clerk enrols from its link (password,
+/// then the authenticator's code computed from the key shown on the page), signs in with
+/// password and code, and sees totals equal to SQL sums over their merchant's rows. The clerk
+/// (finance) cannot open Team (403) nor another merchant (404); the session cookie is
+/// HttpOnly, Secure and Strict; a form posted without its CSRF token is refused; after "sign
+/// out everywhere" a stolen copy of the cookie opens nothing. Every step is audited.
+#[tokio::test]
+async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let owner_db = posflow_e2e::api::owner_db(&d).await;
+    let keys = Keys::parse(&Secret::new(SECRETS_KEYS)).expect("keys");
+    let run = rand::random::<u32>();
+    let m = format!("P{run}");
+    // 3,000 transactions a minute apart back from 2026-11-30 12:00Z: 2026-11-28 to 11-30.
+    posflow_e2e::api::seed(&owner_db, &m, 3_000).await;
+    let other = format!("Q{run}");
+    posflow_e2e::api::seed(&owner_db, &other, 500).await;
+    let mut db = api_login(&d).await;
+    let now = SystemTime::now();
+    let owner_email = format!("owner-{run}@example.com");
+    let owner_secret = enrolled_owner(&mut db, &keys, &owner_email, &m, now).await;
+    let api = posflow_e2e::api::Api::start(&d, &[]).await;
+    let b = Browser::start().await;
+    let next = now + Duration::from_secs(totp::STEP_S);
+
+    // The owner invites the clerk from the Team page; the email carries the link.
+    sign_in_page(
+        &b,
+        &api.base,
+        &owner_email,
+        &totp::code_at(&owner_secret, secs(next)),
+    )
+    .await;
+    b.click("header nav a[href='/portal/team']").await;
+    b.wait_title("Team · posflow").await;
+    let clerk = format!("clerk-{run}@example.com");
+    b.type_into("#email", &clerk).await;
+    b.click("#role option[value='finance']").await;
+    b.click("main form button").await;
+    assert_eq!(
+        b.text(".notice.ok").await,
+        format!("Invitation sent to {clerk}.")
+    );
+    assert!(b
+        .text("table.team")
+        .await
+        .contains(&format!("{clerk} finance invited")));
+    b.screenshot("portal-team").await;
+    let mails =
+        posflow_e2e::notify::wait_for_mail(&clerk, Duration::from_secs(30), |m| !m.is_empty())
+            .await;
+    assert_eq!(mails.len(), 1);
+    let link = mails[0]
+        .text
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{}/portal/enrol/", api.base)))
+        .unwrap_or_else(|| panic!("a link to this portal in {:?}", mails[0].text))
+        .to_string();
+    b.click("header form button").await; // sign out
+    b.wait_title("Sign in · posflow").await;
+
+    // The clerk enrols from the link.
+    b.goto(&link).await;
     b.type_into("#password", "Password2024!").await;
     b.click("main form button").await;
     assert!(b.text(".notice.error").await.contains("common password"));
@@ -357,7 +433,6 @@ async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
     let key = b.text("#totp-secret").await;
     let secret = totp::from_base32(&key).expect("the key shown is base32");
     b.screenshot("portal-enrol-authenticator").await;
-    let now = SystemTime::now();
     b.type_into("#code", &totp::code_at(&secret, secs(now)))
         .await;
     b.click("main form button").await;
@@ -367,13 +442,13 @@ async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
     // Sign in: password and the next code (the one that confirmed enrolment is spent).
     b.goto(&format!("{}/portal/sign-in", api.base)).await;
     b.screenshot("portal-sign-in").await;
-    b.type_into("#email", "Clerk@Example.com").await;
-    b.type_into("#password", GOOD).await;
-    let next = now + Duration::from_secs(totp::STEP_S);
-    b.type_into("#code", &totp::code_at(&secret, secs(next)))
-        .await;
-    b.click("main form button").await;
-    b.wait_title("Sales overview · posflow").await;
+    sign_in_page(
+        &b,
+        &api.base,
+        &clerk.to_uppercase(),
+        &totp::code_at(&secret, secs(next)),
+    )
+    .await;
     let cookie = b
         .cookies()
         .await
@@ -399,7 +474,7 @@ async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
     b.screenshot("portal-overview").await;
     for cur in ["EUR", "USD", "GBP"] {
         for kind in ["sale", "refund"] {
-            let r = owner
+            let r = owner_db
                 .query_one(
                     "SELECT count(*), coalesce(sum(amount_minor), 0)::bigint FROM transactions \
                      WHERE merchant_id = $1 AND currency = $2 AND type = $3 \
@@ -426,13 +501,85 @@ async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
     // Three charts, one per currency, three days of bars each.
     assert_eq!(b.count("svg.chart").await, 3);
     assert_eq!(b.count("svg.chart rect.sales").await, 9);
+    // Search by time and amount: exactly the database's rows, newest first; the CSV of the
+    // search holds the same rows and amounts.
+    let search = "from=2026-11-30T10:00&to=2026-11-30T11:00&min=10&max=30&currency=EUR";
+    b.goto(&format!("{}/portal/transactions?{search}", api.base))
+        .await;
+    b.wait_title("Transactions · posflow").await;
+    b.screenshot("portal-transactions").await;
+    let expected: Vec<(String, i64)> = owner_db
+        .query(
+            "SELECT transaction_id, amount_minor FROM transactions WHERE merchant_id = $1 \
+               AND transaction_time >= '2026-11-30T10:00Z' AND transaction_time < '2026-11-30T11:00Z' \
+               AND amount_minor BETWEEN 1000 AND 3000 AND currency = 'EUR' \
+             ORDER BY transaction_time DESC, transaction_id DESC",
+            &[&m],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(
+        !expected.is_empty() && expected.len() < 50,
+        "{} rows: one page",
+        expected.len()
+    );
+    assert_eq!(b.count("table.transactions tbody tr").await, expected.len());
+    let first_row = b.text("table.transactions tbody tr").await;
+    assert!(
+        first_row.contains(&posflow_schema::currency::format_minor(
+            expected[0].1,
+            "EUR"
+        )),
+        "{first_row}"
+    );
+    let session_cookie = format!("{}={}", session::COOKIE, cookie["value"].as_str().unwrap());
+    let (status, headers, csv) = api
+        .raw(
+            "GET",
+            &format!("/portal/transactions.csv?{search}&merchant={m}"),
+            &[("cookie", &session_cookie)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/csv; charset=utf-8");
+    let csv = String::from_utf8(csv).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert!(lines[0].starts_with("transaction_id,terminal_id,transaction_time,type,amount_minor,"));
+    let in_csv: Vec<(String, i64)> = lines[1..]
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[0].to_string(), f[4].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(in_csv, expected, "the CSV is the table is the database");
+    // One transaction's page: its line items; another merchant's id is not found.
+    b.click("table.transactions tbody tr a").await;
+    b.wait_title("Transaction · posflow").await;
+    assert_eq!(b.text("#transaction-id").await, expected[0].0);
+    assert_eq!(
+        b.count("table.line-items tr").await,
+        3,
+        "a header and two items"
+    );
+    b.goto(&format!("{}/portal/transactions/{other}-1", api.base))
+        .await;
+    b.wait_title("Not found · posflow").await;
+
+    // A finance clerk has no Team link, and the page itself refuses them.
+    assert_eq!(b.count("header nav a[href='/portal/team']").await, 0);
+    b.goto(&format!("{}/portal/team", api.base)).await;
+    b.wait_title("Not allowed · posflow").await;
     // Another merchant's overview is not found, whatever the URL says.
     b.goto(&format!("{}/portal/?merchant={other}", api.base))
         .await;
     b.wait_title("Not found · posflow").await;
 
     // A form without its CSRF token changes nothing.
-    let stolen = format!("{}={}", session::COOKIE, cookie["value"].as_str().unwrap());
+    let stolen = session_cookie;
     let forged = api
         .call(
             "POST",
@@ -461,7 +608,7 @@ async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
     assert_eq!(after.headers["location"], "/portal/sign-in");
 
     // Each step left its audit record.
-    let actions: Vec<String> = owner
+    let actions: Vec<String> = owner_db
         .query(
             "SELECT action || ':' || outcome FROM api_audit WHERE action LIKE 'portal.%' ORDER BY seq",
             &[],
@@ -472,12 +619,19 @@ async fn a_person_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
         .map(|r| r.get(0))
         .collect();
     for expected in [
+        "portal.team.invite:ok",
         "portal.enrol.password:ok",
         "portal.enrol.confirm:ok",
         "portal.sign_in:ok",
         "portal.overview:ok",
+        "portal.team:forbidden",
+        "portal.transactions:ok",
+        "portal.transactions.csv:ok",
+        "portal.transaction:ok",
+        "portal.transaction:not_found",
         "portal.overview:not_found",
         "portal.sign_out:csrf",
+        "portal.sign_out:ok",
         "portal.sign_out_everywhere:ok",
     ] {
         assert!(

@@ -50,6 +50,9 @@ impl Api {
         let tls = crate::local_tls_dir();
         let listen = format!("127.0.0.1:{port}");
         let (cert, key) = (tls.join("server.crt"), tls.join("server.key"));
+        let base = format!("https://127.0.0.1:{port}");
+        // The portal's invitations link to this replica and go through the local SMTP server.
+        let smtp = crate::local_smtp_url();
         let mut args = vec![
             "--listen",
             &listen,
@@ -59,13 +62,17 @@ impl Api {
             key.to_str().unwrap(),
             "--cursor-key",
             CURSOR_KEY,
+            "--portal-url",
+            &base,
+            "--smtp-url",
+            &smtp,
         ];
         args.extend_from_slice(extra);
         let service = Service::start("posflow-api", &d.env(), &args).await;
         Api {
             d: d.clone(),
             service,
-            base: format!("https://127.0.0.1:{port}"),
+            base,
             client: client(),
         }
     }
@@ -142,14 +149,29 @@ impl Api {
 
     /// A GET's status and body, unparsed (what a load generator needs, and no more).
     pub async fn raw_status_get(&self, path: &str, key: &str) -> (u16, Vec<u8>) {
-        let req = hyper::Request::get(format!("{}{path}", self.base))
-            .header("authorization", format!("Bearer {key}"))
-            .body(Full::new(Bytes::new()))
-            .expect("a request");
+        let auth = format!("Bearer {key}");
+        let (status, _, body) = self.raw("GET", path, &[("authorization", &auth)]).await;
+        (status, body)
+    }
+
+    /// Any request without a body: status, headers and the body's bytes (a portal page, a CSV).
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, hyper::HeaderMap, Vec<u8>) {
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        for (h, v) in headers {
+            req = req.header(*h, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).expect("a request");
         let resp = self.client.request(req).await.expect("the API answers");
-        let status = resp.status().as_u16();
+        let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
         let body = resp.into_body().collect().await.expect("a body");
-        (status, body.to_bytes().to_vec())
+        (status, headers, body.to_bytes().to_vec())
     }
 
     pub async fn get(&self, path: &str, key: &str) -> Resp {

@@ -489,10 +489,7 @@ impl Deployment {
     /// A notifier replica trusting the local CA and mailing the local SMTP server, with `extra` flags.
     pub async fn start_notifier(&self, instance: &str, extra: &[&str]) -> Service {
         let ca = crate::local_tls_dir().join("ca.crt");
-        let smtp = format!(
-            "smtp://{}",
-            std::env::var("POSFLOW_SMTP_ADDR").unwrap_or_else(|_| "127.0.0.1:22525".into())
-        );
+        let smtp = crate::local_smtp_url();
         let mut args = vec![
             "--instance-id",
             instance,

@@ -293,6 +293,14 @@ pub fn stage_env(binary: &str, args: &[&str], env: &[(String, String)]) -> Vec<(
         .collect()
 }
 
+/// The local stack's SMTP server, as an `--smtp-url`.
+pub fn local_smtp_url() -> String {
+    format!(
+        "smtp://{}",
+        std::env::var("POSFLOW_SMTP_ADDR").unwrap_or_else(|_| "127.0.0.1:22525".into())
+    )
+}
+
 /// The local stack's TLS material: its CA, server and client certificates (stack.sh).
 pub fn local_tls_dir() -> PathBuf {
     std::env::var_os("POSFLOW_LOCAL_TLS_DIR")

@@ -41,6 +41,9 @@ pub enum Permission {
     /// The merchant's audit log.
     #[strum(serialize = "audit:read")]
     AuditRead,
+    /// The merchant's people in the portal: invite, change role, remove, reset MFA.
+    #[strum(serialize = "team:manage")]
+    TeamManage,
 }
 
 impl Permission {

@@ -5,7 +5,8 @@
 //!
 //! - `auth`: keys, roles and the permission matrix;
 //! - `db`: the tenancy boundary (a `Scope` per request, row-level security behind it);
-//! - `records`, `events`, `reports`, `settings`, `keys`: what the endpoints read and change;
+//! - `records`, `events`, `reports`, `settings`, `keys`: what the endpoints read and change
+//!   (`detail`: one transaction with its alerts and deliveries);
 //! - `audit`: the hash-chained audit trail and its relay to `pos.audit`;
 //! - `portal`: the merchant portal for people (passwords, TOTP; pages to come);
 //! - `routes` (the one table of endpoints), `openapi` (generated from it), `service` (one
@@ -14,6 +15,7 @@
 pub mod audit;
 pub mod auth;
 pub mod db;
+pub mod detail;
 pub mod events;
 pub mod keys;
 pub mod openapi;
@@ -31,6 +33,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use posflow_kafka::KafkaArgs;
 use posflow_notifier::egress::EgressArgs;
+use posflow_notifier::email::SmtpArgs;
 use posflow_notifier::sealed::SealArgs;
 use posflow_pg::{DbError, Migrations};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context, Secret};
@@ -109,6 +112,13 @@ pub struct Args {
     /// crash). Longer than the longest report takes to make.
     #[arg(long, env = "POSFLOW_API_REPORT_LEASE_SECS", default_value_t = 300)]
     pub report_lease_secs: u64,
+    #[command(flatten)]
+    pub smtp: SmtpArgs,
+    /// The portal's public address (https://…), what invitation emails link to. Unset: the
+    /// portal cannot invite (its Team page says so). Never taken from a request's Host header,
+    /// which a client chooses: a forged one would send an invitee's link elsewhere.
+    #[arg(long, env = "POSFLOW_PORTAL_URL", default_value = "")]
+    pub portal_url: String,
     /// Database connections per replica.
     #[arg(long, env = "POSFLOW_API_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
@@ -158,6 +168,14 @@ impl Args {
                     (5..=86_400).contains(&self.report_lease_secs),
                     "--report-lease-secs must be 5..=86400",
                 );
+                if !self.portal_url.is_empty() {
+                    e.check(
+                        self.portal_url.starts_with("https://")
+                            && !self.portal_url.ends_with('/'),
+                        "--portal-url (POSFLOW_PORTAL_URL) must be an https:// origin without a trailing /",
+                    );
+                    self.smtp.check(&mut e);
+                }
                 match (&self.tls_cert, &self.tls_key) {
                     (Some(c), Some(k)) => {
                         for (flag, f) in [("--tls-cert", c), ("--tls-key", k)] {
@@ -221,7 +239,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         },
         256,
     );
-    let state = Arc::new(service::State::new(
+    let mut state = service::State::new(
         db::Pool::new(&url, args.pool_size),
         auditor,
         query::CursorKey::new(args.cursor_key.expose().as_bytes()),
@@ -229,7 +247,9 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         args.seal.keys()?,
         NonZeroU32::new(args.rate_per_key).expect("checked"),
         Duration::from_secs(args.key_cache_secs),
-    ));
+    );
+    state.invitations = invitations(&args)?;
+    let state = Arc::new(state);
     // Ready once the database answers (authentication needs it for every request).
     state.pool.get().await.map_err(|e: DbError| {
         anyhow::anyhow!("database {}: {}", args.db.redacted(), e.summary())
@@ -266,6 +286,17 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         &ctx,
     )
     .await
+}
+
+/// How the portal emails invitations, if `--portal-url` is set.
+fn invitations(args: &Args) -> anyhow::Result<Option<portal::invite::Invitations>> {
+    if args.portal_url.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(portal::invite::Invitations {
+        mailer: args.smtp.mailer(Duration::from_secs(10))?,
+        portal_url: args.portal_url.clone(),
+    }))
 }
 
 /// Copies the audit table to `pos.audit`, every half second, while this replica holds the

@@ -237,6 +237,10 @@ impl Transaction {
     pub fn view(&self) -> TransactionView<'_> {
         TransactionView::of(&self.0)
     }
+    /// The row, for writers of other formats (the portal's CSV: reports::csv_line).
+    pub fn row(&self) -> &Row {
+        &self.0
+    }
 }
 
 impl Serialize for Transaction {

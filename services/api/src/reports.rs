@@ -240,6 +240,32 @@ const CSV_COLUMNS: [&str; 13] = [
     "mcc",
 ];
 
+/// The CSV header line of a report (and of the portal's download).
+pub fn csv_header() -> String {
+    CSV_COLUMNS.join(",") + "\n"
+}
+
+/// One transaction as a CSV line of [`CSV_COLUMNS`] (`r` has at least those columns): the
+/// digests' cell rules — text a terminal chose is neutralised against formula injection (a
+/// finance team opens this in a spreadsheet); the amount is a number.
+pub fn csv_line(r: &Row) -> String {
+    use posflow_notifier::render::{csv_record, Cell};
+    let values = CSV_COLUMNS.map(|c| match c {
+        "transaction_time" => rfc3339_millis(millis(r.get::<_, SystemTime>(c))),
+        "amount_minor" => r.get::<_, i64>(c).to_string(),
+        c => r.get::<_, Option<String>>(c).unwrap_or_default(),
+    });
+    let cells: Vec<Cell> = CSV_COLUMNS
+        .iter()
+        .zip(&values)
+        .map(|(c, v)| match *c {
+            "transaction_time" | "amount_minor" => Cell::Plain(v),
+            _ => Cell::Text(v),
+        })
+        .collect();
+    csv_record(&cells, "\n")
+}
+
 /// Writes one row into `out` in the report's format; adds it to `totals`.
 fn write_row(
     out: &mut String,
@@ -256,23 +282,7 @@ fn write_row(
     let text = |c: &str| r.get::<_, Option<String>>(c).unwrap_or_default();
     let time = rfc3339_millis(millis(r.get::<_, SystemTime>("transaction_time")));
     if csv {
-        // The digests' cell rules: text a terminal chose is neutralised against formula
-        // injection (a finance team opens this in a spreadsheet); the amount is a number.
-        use posflow_notifier::render::{csv_record, Cell};
-        let values = CSV_COLUMNS.map(|c| match c {
-            "transaction_time" => time.clone(),
-            "amount_minor" => amount.to_string(),
-            c => text(c),
-        });
-        let cells: Vec<Cell> = CSV_COLUMNS
-            .iter()
-            .zip(&values)
-            .map(|(c, v)| match *c {
-                "transaction_time" | "amount_minor" => Cell::Plain(v),
-                _ => Cell::Text(v),
-            })
-            .collect();
-        out.push_str(&csv_record(&cells, "\n"));
+        out.push_str(&csv_line(r));
     } else {
         if !first {
             out.push_str(",\n");
@@ -304,8 +314,7 @@ impl File {
     fn new(csv: bool) -> Self {
         let mut buf = String::with_capacity(CHUNK + 64 * 1024);
         if csv {
-            buf.push_str(&CSV_COLUMNS.join(","));
-            buf.push('\n');
+            buf.push_str(&csv_header());
         } else {
             buf.push_str("[\n");
         }

@@ -42,6 +42,8 @@ pub struct State {
     pub egress: Egress,
     pub seal: Keys,
     pub openapi: String,
+    /// How the portal emails invitations (`--portal-url` and SMTP); `None`: it cannot invite.
+    pub invitations: Option<crate::portal::invite::Invitations>,
     per_key: DefaultKeyedRateLimiter<String>,
     failures: DefaultKeyedRateLimiter<IpAddr>,
     blocked: DashMap<IpAddr, Instant>,
@@ -70,6 +72,7 @@ impl State {
             egress,
             seal,
             openapi: crate::openapi::document(),
+            invitations: None,
             per_key: RateLimiter::keyed(Quota::per_second(rate_per_key).allow_burst(rate_per_key)),
             failures: RateLimiter::keyed(Quota::per_minute(
                 NonZeroU32::new(AUTH_FAILURES_PER_MINUTE).expect("non-zero"),
@@ -586,9 +589,7 @@ fn found<T>(v: Option<T>) -> Result<T, Problem> {
 async fn get_transaction(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
     let id = c.id_arg("transaction_id")?;
     p.finish()?;
-    let mut t = found(records::transaction(c.s, &id).await.map_err(db)?)?;
-    t["fraud_alerts"] = json!(records::alerts_of(c.s, &id).await.map_err(db)?);
-    t["deliveries"] = json!(events::of_event(c.s, &id).await.map_err(db)?);
+    let t = found(crate::detail::transaction(c.s, &id).await.map_err(db)?)?;
     Ok(Done::ok(&t, 1))
 }
 

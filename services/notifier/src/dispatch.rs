@@ -162,7 +162,7 @@ impl Dispatcher {
                     args.concurrency,
                     args.egress.egress(),
                 )?,
-                mailer: Mailer::new(args.smtp_url.expose(), &args.smtp_from, timeout)?,
+                mailer: args.smtp.mailer(timeout)?,
                 limiter: RateLimiter::keyed(Quota::per_second(rate).allow_burst(rate)),
                 breakers: DashMap::new(),
                 held: DashMap::new(),

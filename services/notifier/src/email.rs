@@ -10,7 +10,47 @@ use lettre::message::header::ContentType;
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncTransport, Message, Tokio1Executor};
+use posflow_runtime::{ConfigErrors, Secret};
 use std::time::Duration;
+
+/// Where email goes: shared by the notifier and the API (the portal's invitations).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SmtpArgs {
+    /// SMTP server: smtps://user:password@host:465 (TLS), smtp://user:password@host:587?tls=required
+    /// (STARTTLS) or smtp://host:25 (plain, local relays only). From a Secret.
+    #[arg(
+        long,
+        env = "POSFLOW_SMTP_URL",
+        hide_env_values = true,
+        default_value = ""
+    )]
+    pub smtp_url: Secret,
+    /// The From of every email.
+    #[arg(
+        long,
+        env = "POSFLOW_SMTP_FROM",
+        default_value = "posflow <notifications@posflow.invalid>"
+    )]
+    pub smtp_from: String,
+}
+
+impl SmtpArgs {
+    pub fn check(&self, e: &mut ConfigErrors) {
+        let smtp = self.smtp_url.expose();
+        e.check(
+            smtp.starts_with("smtp://") || smtp.starts_with("smtps://"),
+            "--smtp-url (POSFLOW_SMTP_URL) must be an smtp:// or smtps:// URL",
+        );
+        e.check(
+            self.smtp_from.parse::<Mailbox>().is_ok(),
+            format!("--smtp-from {:?} is not an email address", self.smtp_from),
+        );
+    }
+
+    pub fn mailer(&self, timeout: Duration) -> anyhow::Result<Mailer> {
+        Mailer::new(self.smtp_url.expose(), &self.smtp_from, timeout)
+    }
+}
 
 pub struct Mail<'a> {
     pub to: &'a [String],

@@ -31,7 +31,7 @@ use clap::{Parser, Subcommand};
 use posflow_kafka::{InstanceArgs, KafkaArgs};
 use posflow_pg::Conn;
 use posflow_pg::DatabaseArgs;
-use posflow_runtime::{CommonArgs, ConfigErrors, Context, Secret};
+use posflow_runtime::{CommonArgs, ConfigErrors, Context};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -55,22 +55,8 @@ pub struct Args {
     /// Apply pending migrations at start-up (otherwise run `posflow-notifier migrate` first).
     #[arg(long, env = "POSFLOW_MIGRATE_ON_START", default_value_t = false)]
     pub migrate_on_start: bool,
-    /// SMTP server: smtps://user:password@host:465 (TLS), smtp://user:password@host:587?tls=required
-    /// (STARTTLS) or smtp://host:25 (plain, local relays only). From a Secret.
-    #[arg(
-        long,
-        env = "POSFLOW_SMTP_URL",
-        hide_env_values = true,
-        default_value = ""
-    )]
-    pub smtp_url: Secret,
-    /// The From of every email.
-    #[arg(
-        long,
-        env = "POSFLOW_SMTP_FROM",
-        default_value = "posflow <notifications@posflow.invalid>"
-    )]
-    pub smtp_from: String,
+    #[command(flatten)]
+    pub smtp: email::SmtpArgs,
     #[command(flatten)]
     pub egress: egress::EgressArgs,
     /// Extra CA bundle (PEM) trusted for webhook endpoints, besides the system's roots.
@@ -143,15 +129,7 @@ impl Args {
             self.seal.check(&mut e);
             self.kafka.check(&mut e);
             self.instance.check(&mut e);
-            let smtp = self.smtp_url.expose();
-            e.check(
-                smtp.starts_with("smtp://") || smtp.starts_with("smtps://"),
-                "--smtp-url (POSFLOW_SMTP_URL) must be an smtp:// or smtps:// URL",
-            );
-            e.check(
-                self.smtp_from.parse::<lettre::message::Mailbox>().is_ok(),
-                format!("--smtp-from {:?} is not an email address", self.smtp_from),
-            );
+            self.smtp.check(&mut e);
             self.egress.check(&mut e);
             if let Some(ca) = &self.webhook_ca_file {
                 e.check(

@@ -364,6 +364,11 @@ spec:
     secretKeyRef:
       name: {{ required "webhooks.secretsKeys.existingSecret is required" .Values.webhooks.secretsKeys.existingSecret }}
       key: {{ .Values.webhooks.secretsKeys.key }}
+{{ include "posflow.smtp" . }}
+{{- end -}}
+
+{{/* The mail server: the notifier's email, and the portal's invitations (docs/portal.md). */}}
+{{- define "posflow.smtp" -}}
 - name: POSFLOW_SMTP_URL
   valueFrom:
     secretKeyRef:
@@ -396,6 +401,11 @@ spec:
     secretKeyRef:
       name: {{ required "webhooks.secretsKeys.existingSecret is required" .Values.webhooks.secretsKeys.existingSecret }}
       key: {{ .Values.webhooks.secretsKeys.key }}
+{{- if .Values.api.portalUrl }}
+- name: POSFLOW_PORTAL_URL
+  value: {{ .Values.api.portalUrl | quote }}
+{{ include "posflow.smtp" . }}
+{{- end }}
 {{- if .Values.api.tls.existingSecret }}
 - name: POSFLOW_API_TLS_CERT
   value: /etc/posflow/api-tls/tls.crt

@@ -3,6 +3,7 @@
 //! CSP forbids both: see session::page_headers).
 
 use super::people::Person;
+use crate::auth::Permission;
 
 /// Text made safe for HTML content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -27,7 +28,17 @@ pub const CSS: &str = include_str!("portal.css");
 pub fn page(title: &str, who: Option<(&Person, &str)>, main: &str) -> String {
     let nav = match who {
         Some((p, csrf)) => format!(
-            r#"<nav><a href="/portal/">Overview</a><span class="who">{} · {}</span>{}</nav>"#,
+            r#"<nav><a href="/portal/">Overview</a>{}{}<span class="who">{} · {}</span>{}</nav>"#,
+            if p.role.allows(Permission::RecordsRead) {
+                r#"<a href="/portal/transactions">Transactions</a>"#
+            } else {
+                ""
+            },
+            if p.role.allows(Permission::TeamManage) {
+                r#"<a href="/portal/team">Team</a>"#
+            } else {
+                ""
+            },
             escape(&p.email),
             p.role.as_str(),
             form(

@@ -10,9 +10,11 @@
 
 pub mod chart;
 pub mod html;
+pub mod invite;
 pub mod pages;
 pub mod password;
 pub mod people;
 pub mod sales;
 pub mod session;
 pub mod totp;
+pub mod transactions;

@@ -9,7 +9,8 @@
 
 use super::html::{self, escape, field, form, notice, page};
 use super::people::{self, Person, Refused};
-use super::{chart, sales, session};
+use super::{chart, invite, sales, session, transactions};
+use crate::auth::{Permission, Role};
 use crate::db::{AppFilter, Scope, Scoped};
 use crate::service::State;
 use posflow_runtime::Secret;
@@ -34,7 +35,7 @@ pub struct PageReply {
 }
 
 impl PageReply {
-    fn html(status: u16, body: String) -> Self {
+    pub(super) fn html(status: u16, body: String) -> Self {
         PageReply {
             status,
             headers: vec![("content-type", "text/html; charset=utf-8".into())],
@@ -74,10 +75,10 @@ impl PageRequest<'_> {
             .map(|(_, v)| v)
             .filter(|v| !v.is_empty())
     }
-    fn form(&self) -> HashMap<String, String> {
+    pub(super) fn form(&self) -> HashMap<String, String> {
         form_urlencoded::parse(self.body).into_owned().collect()
     }
-    fn query(&self) -> HashMap<String, String> {
+    pub(super) fn query(&self) -> HashMap<String, String> {
         form_urlencoded::parse(self.query.unwrap_or("").as_bytes())
             .into_owned()
             .collect()
@@ -107,13 +108,20 @@ pub async fn handle(state: &State, r: &PageRequest<'_>) -> PageReply {
         (true, "/sign-out") => sign_out(state, r, false).await,
         (true, "/sign-out-everywhere") => sign_out(state, r, true).await,
         (false, "/" | "") => overview(state, r).await,
+        (false, "/team") => team(state, r, None).await,
+        (false, "/transactions") => transactions::search(state, r).await,
+        (false, "/transactions.csv") => transactions::csv(state, r).await,
+        (false, p) if p.starts_with("/transactions/") => {
+            transactions::one(state, r, &p["/transactions/".len()..]).await
+        }
+        (true, "/team/invite") => invite(state, r).await,
         (false, p) if p.starts_with("/enrol/") => enrol_form(&p["/enrol/".len()..], None),
         (true, p) if p.starts_with("/enrol/") => enrol(state, r, &p["/enrol/".len()..]).await,
         _ => not_found(),
     }
 }
 
-fn not_found() -> PageReply {
+pub(super) fn not_found() -> PageReply {
     PageReply::html(
         404,
         page(
@@ -124,7 +132,7 @@ fn not_found() -> PageReply {
     )
 }
 
-fn unavailable() -> PageReply {
+pub(super) fn unavailable() -> PageReply {
     PageReply::html(
         503,
         page(
@@ -173,21 +181,46 @@ fn sign_in_form(error: Option<&str>) -> PageReply {
 }
 
 /// One audit record for a portal step.
-async fn audit(
+pub(super) async fn audit(
     state: &State,
     r: &PageRequest<'_>,
-    who: Option<&Person>,
+    who: Option<(&Person, &str)>,
     action: &str,
     status: u16,
     outcome: &str,
 ) -> Result<(), String> {
-    let rec = AuditRecord {
+    let rec = record(r, who, action, status, outcome);
+    state.auditor.record(rec).await.map(|_| ())
+}
+
+/// Records a page served to `who` for a merchant; a page that cannot be audited is not served
+/// (503), as with the API.
+pub(super) async fn served(
+    state: &State,
+    r: &PageRequest<'_>,
+    who: (&Person, &str),
+    action: &str,
+) -> Result<(), PageReply> {
+    audit(state, r, Some(who), action, 200, "ok")
+        .await
+        .map_err(|_| unavailable())
+}
+
+/// A portal step's audit record (the caller may add before and after).
+pub(super) fn record(
+    r: &PageRequest<'_>,
+    who: Option<(&Person, &str)>,
+    action: &str,
+    status: u16,
+    outcome: &str,
+) -> AuditRecord {
+    AuditRecord {
         at: now_millis(),
-        actor: who.map(|p| p.id.clone()).unwrap_or_default(),
-        role: who.map(|p| p.role.as_str().to_string()).unwrap_or_default(),
-        merchant_id: who
-            .and_then(|p| p.merchants.first().cloned())
+        actor: who.map(|(p, _)| p.id.clone()).unwrap_or_default(),
+        role: who
+            .map(|(p, _)| p.role.as_str().to_string())
             .unwrap_or_default(),
+        merchant_id: who.map(|(_, m)| m.to_string()).unwrap_or_default(),
         action: action.into(),
         resource: format!("{} {}", r.method, r.path),
         filter: "{}".into(),
@@ -196,8 +229,7 @@ async fn audit(
         source: r.source.to_string(),
         request_id: r.request_id.into(),
         ..AuditRecord::default()
-    };
-    state.auditor.record(rec).await.map(|_| ())
+    }
 }
 
 async fn sign_in(state: &State, r: &PageRequest<'_>) -> PageReply {
@@ -222,9 +254,16 @@ async fn sign_in(state: &State, r: &PageRequest<'_>) -> PageReply {
     .await;
     match outcome {
         Ok(Ok(signed)) => {
-            if audit(state, r, Some(&signed.person), "portal.sign_in", 303, "ok")
-                .await
-                .is_err()
+            if audit(
+                state,
+                r,
+                Some((&signed.person, &signed.person.merchants[0])),
+                "portal.sign_in",
+                303,
+                "ok",
+            )
+            .await
+            .is_err()
             {
                 return unavailable();
             }
@@ -267,7 +306,15 @@ async fn sign_out(state: &State, r: &PageRequest<'_>, everywhere: bool) -> PageR
         "portal.sign_out"
     };
     if !f.get("csrf").is_some_and(|t| session::csrf_ok(id, t)) {
-        let _ = audit(state, r, Some(&person), action, 403, "csrf").await;
+        let _ = audit(
+            state,
+            r,
+            Some((&person, &person.merchants[0])),
+            action,
+            403,
+            "csrf",
+        )
+        .await;
         return PageReply::html(
             403,
             page(
@@ -286,9 +333,16 @@ async fn sign_out(state: &State, r: &PageRequest<'_>, everywhere: bool) -> PageR
         people::sign_out(&c, id).await.is_ok()
     };
     if !ended
-        || audit(state, r, Some(&person), action, 303, "ok")
-            .await
-            .is_err()
+        || audit(
+            state,
+            r,
+            Some((&person, &person.merchants[0])),
+            action,
+            303,
+            "ok",
+        )
+        .await
+        .is_err()
     {
         return unavailable();
     }
@@ -443,6 +497,189 @@ fn authenticator_page(
     PageReply::html(200, page("Set up your authenticator", None, &body))
 }
 
+/// A signed-in person's request for a page that needs `permission` over the merchant it names
+/// (`?merchant=`, the person's first by default): the person, the scope and the session's id
+/// — or the answer already made (sign-in, 404 for a merchant not theirs, 403 for a role
+/// without the permission; both audited as `action`).
+pub(super) async fn authorised(
+    state: &State,
+    r: &PageRequest<'_>,
+    permission: Permission,
+    action: &str,
+) -> Result<(Person, Scope, String), PageReply> {
+    let Some((person, id)) = signed_in(state, r).await else {
+        return Err(PageReply::redirect("/portal/sign-in"));
+    };
+    let q = r.query();
+    let f = r.form();
+    let named = q
+        .get("merchant")
+        .or(f.get("merchant"))
+        .unwrap_or(&person.merchants[0])
+        .clone();
+    let Some(scope) = Scope::of_person(&person, &named) else {
+        // The merchant named is recorded (its security team sees the attempt), cut to 64.
+        let named: String = named.chars().take(64).collect();
+        let _ = audit(state, r, Some((&person, &named)), action, 404, "not_found").await;
+        return Err(not_found());
+    };
+    if !person.role.allows(permission) {
+        let _ = audit(
+            state,
+            r,
+            Some((&person, scope.merchant())),
+            action,
+            403,
+            "forbidden",
+        )
+        .await;
+        let body = page(
+            "Not allowed",
+            Some((&person, &session::csrf_token(id))),
+            &format!(
+                "<p>Your role ({}) does not include {}. Ask your merchant's owner if you need it.</p>",
+                person.role.as_str(),
+                permission.as_str()
+            ),
+        );
+        return Err(PageReply::html(403, body));
+    }
+    Ok((person, scope, id.to_string()))
+}
+
+/// The Team page (owners): the merchant's people and the invitation form.
+async fn team(state: &State, r: &PageRequest<'_>, done: Option<String>) -> PageReply {
+    let (person, scope, sid) =
+        match authorised(state, r, Permission::TeamManage, "portal.team").await {
+            Ok(it) => it,
+            Err(reply) => return reply,
+        };
+    let csrf = session::csrf_token(&sid);
+    let Ok(c) = state.pool.get().await else {
+        return unavailable();
+    };
+    let Ok(people) = people::of_merchant(&c, scope.merchant()).await else {
+        return unavailable();
+    };
+    if let Err(reply) = served(state, r, (&person, scope.merchant()), "portal.team").await {
+        return reply;
+    }
+    let rows: String = people
+        .iter()
+        .map(|(email, role, status)| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(email),
+                escape(role),
+                escape(status)
+            )
+        })
+        .collect();
+    let invite = if state.invitations.is_some() {
+        let roles: String = [Role::Owner, Role::Finance, Role::Developer, Role::Auditor]
+            .iter()
+            .map(|r| format!(r#"<option value="{0}">{0}</option>"#, r.as_str()))
+            .collect();
+        form(
+            "/portal/team/invite",
+            &csrf,
+            &format!(
+                r#"<input type="hidden" name="merchant" value="{}">{}<label for="role">Role</label><select id="role" name="role">{roles}</select><button type="submit">Send invitation</button>"#,
+                escape(scope.merchant()),
+                field("email", "Email", "email", "off"),
+            ),
+        )
+    } else {
+        notice(
+            "error",
+            "Invitations are off: the portal has no --portal-url and mail server.",
+        )
+    };
+    let main = format!(
+        r#"{}<h2>People of {}</h2><table class="team"><tr><th>email</th><th>role</th><th>status</th></tr>{rows}</table><h2>Invite someone</h2>{invite}"#,
+        done.map(|d| notice("ok", &d)).unwrap_or_default(),
+        escape(scope.merchant()),
+    );
+    PageReply::html(200, page("Team", Some((&person, &csrf)), &main))
+}
+
+async fn invite(state: &State, r: &PageRequest<'_>) -> PageReply {
+    let (person, scope, sid) =
+        match authorised(state, r, Permission::TeamManage, "portal.team.invite").await {
+            Ok(it) => it,
+            Err(reply) => return reply,
+        };
+    let f = r.form();
+    if !f.get("csrf").is_some_and(|t| session::csrf_ok(&sid, t)) {
+        let _ = audit(
+            state,
+            r,
+            Some((&person, scope.merchant())),
+            "portal.team.invite",
+            403,
+            "csrf",
+        )
+        .await;
+        return PageReply::html(
+            403,
+            page(
+                "Refused",
+                None,
+                &notice("error", "This form has expired: nothing was changed."),
+            ),
+        );
+    }
+    let (Some(inv), Ok(mut c)) = (&state.invitations, state.pool.get().await) else {
+        return unavailable();
+    };
+    let email = f.get("email").map(String::as_str).unwrap_or("");
+    let role = f
+        .get("role")
+        .and_then(|r| Role::parse(r))
+        .filter(|r| *r != Role::Operator);
+    let (done, outcome) = match role {
+        None => ("Choose one of the roles.".to_string(), "invalid"),
+        Some(_) if !email.contains('@') || email.len() > 254 => {
+            ("That is not an email address.".to_string(), "invalid")
+        }
+        Some(role) => match inv
+            .invite(
+                &mut c,
+                email,
+                role,
+                &[scope.merchant().to_string()],
+                &person.id,
+            )
+            .await
+        {
+            Ok(invite::Sent::Invited(_)) => (format!("Invitation sent to {email}."), "ok"),
+            Ok(invite::Sent::Refused(why)) => (why.to_string(), "refused"),
+            Ok(invite::Sent::MailFailed(why)) => (
+                format!("The mail server did not take the invitation ({why}); try again."),
+                "mail_failed",
+            ),
+            Err(_) => return unavailable(),
+        },
+    };
+    let rec = AuditRecord {
+        after: Some(
+            serde_json::json!({"email": email.trim().to_lowercase(), "role": f.get("role")})
+                .to_string(),
+        ),
+        ..record(
+            r,
+            Some((&person, scope.merchant())),
+            "portal.team.invite",
+            200,
+            outcome,
+        )
+    };
+    if state.auditor.record(rec).await.is_err() {
+        return unavailable();
+    }
+    team(state, r, Some(done)).await
+}
+
 /// The day (`YYYY-MM-DD`) of a UTC time, and back.
 fn day_of(t: SystemTime) -> String {
     humantime::format_rfc3339(t).to_string()[..10].to_string()
@@ -474,16 +711,13 @@ fn period(q: &HashMap<String, String>, now: SystemTime) -> (SystemTime, SystemTi
 }
 
 async fn overview(state: &State, r: &PageRequest<'_>) -> PageReply {
-    let Some((person, id)) = signed_in(state, r).await else {
-        return PageReply::redirect("/portal/sign-in");
-    };
-    let q = r.query();
-    let (from, to) = period(&q, SystemTime::now());
-    let named = q.get("merchant").unwrap_or(&person.merchants[0]);
-    let Some(scope) = Scope::of_person(&person, named) else {
-        let _ = audit(state, r, Some(&person), "portal.overview", 404, "not_found").await;
-        return not_found();
-    };
+    // Sales are records: a role without `records:read` (developer) is refused here too.
+    let (person, scope, id) =
+        match authorised(state, r, Permission::RecordsRead, "portal.overview").await {
+            Ok(it) => it,
+            Err(reply) => return reply,
+        };
+    let (from, to) = period(&r.query(), SystemTime::now());
     let Ok(mut c) = state.pool.get().await else {
         return unavailable();
     };
@@ -497,13 +731,10 @@ async fn overview(state: &State, r: &PageRequest<'_>) -> PageReply {
     let Ok(daily) = data else {
         return unavailable();
     };
-    if audit(state, r, Some(&person), "portal.overview", 200, "ok")
-        .await
-        .is_err()
-    {
-        return unavailable();
+    if let Err(reply) = served(state, r, (&person, scope.merchant()), "portal.overview").await {
+        return reply;
     }
-    let csrf = session::csrf_token(id);
+    let csrf = session::csrf_token(&id);
     let main = overview_html(scope.merchant(), (from, to), &daily, &csrf);
     PageReply::html(200, page("Sales overview", Some((&person, &csrf)), &main))
 }

@@ -404,6 +404,23 @@ pub async fn session_person(db: &Client, session_id: &str) -> Outcome<Person> {
     }))
 }
 
+/// A merchant's people (not removed), for the Team page: email, role, status.
+pub async fn of_merchant(
+    db: &Client,
+    merchant: &str,
+) -> Result<Vec<(String, String, String)>, DbError> {
+    Ok(db
+        .query(
+            "SELECT email, role, status FROM portal_people \
+             WHERE $1 = ANY (merchants) AND status <> 'removed' ORDER BY email",
+            &[&merchant],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
 /// Ends one session (sign out).
 pub async fn sign_out(db: &Client, session_id: &str) -> Result<bool, DbError> {
     Ok(db

@@ -1,0 +1,69 @@
+//! Invitation emails: an owner invites a person; the email carries the one link that enrols
+//! them (`<--portal-url>/portal/enrol/<token>`), over the same SMTP as the notifier's email
+//! (posflow_notifier::email). The link's host is the configured portal URL, never a request's
+//! Host header.
+
+use super::people::{self, Refused};
+use crate::auth::Role;
+use posflow_notifier::email::{Mail, Mailer};
+use posflow_notifier::policy::Answer;
+use posflow_pg::DbError;
+use tokio_postgres::Client;
+
+pub struct Invitations {
+    pub mailer: Mailer,
+    /// `https://portal.example.com`, no trailing slash (checked at start).
+    pub portal_url: String,
+}
+
+/// What an invitation came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// The person's id; the email is on its way.
+    Invited(String),
+    Refused(Refused),
+    /// The mail server would not take it (the person exists, invited; inviting again makes a
+    /// new link).
+    MailFailed(String),
+}
+
+impl Invitations {
+    /// Invites `email` to `merchants` with `role` and emails the link.
+    pub async fn invite(
+        &self,
+        db: &mut Client,
+        email: &str,
+        role: Role,
+        merchants: &[String],
+        invited_by: &str,
+    ) -> Result<Sent, DbError> {
+        let (id, token) = match people::invite(db, email, role, merchants, invited_by).await? {
+            Ok(it) => it,
+            Err(r) => return Ok(Sent::Refused(r)),
+        };
+        let link = format!("{}/portal/enrol/{}", self.portal_url, token.expose());
+        let text = format!(
+            "You have been invited to posflow, the portal where {} sees its card sales, as {}.\n\n\
+             Set up your account (a password and an authenticator app) within {} hours:\n\n{link}\n\n\
+             If you did not expect this, ignore this email: nothing happens without the link.\n",
+            merchants.join(", "),
+            role.as_str(),
+            people::INVITATION_TTL.as_secs() / 3600,
+        );
+        let to = [email.trim().to_lowercase()];
+        let answer = self
+            .mailer
+            .send(&Mail {
+                to: &to,
+                subject: "Your invitation to posflow",
+                text: text.as_bytes(),
+                attachment: None,
+                idempotency_key: &format!("invite-{id}-{}", &token.expose()[..8]),
+            })
+            .await;
+        Ok(match answer {
+            Answer::Delivered => Sent::Invited(id),
+            Answer::Refused { error } | Answer::Retry { error, .. } => Sent::MailFailed(error),
+        })
+    }
+}
