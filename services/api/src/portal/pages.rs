@@ -206,6 +206,24 @@ pub(super) async fn served(
         .map_err(|_| unavailable())
 }
 
+/// A signed-in person's form without its session's CSRF token: nothing changes; audited.
+async fn csrf_refused(
+    state: &State,
+    r: &PageRequest<'_>,
+    who: (&Person, &str),
+    action: &str,
+) -> PageReply {
+    let _ = audit(state, r, Some(who), action, 403, "csrf").await;
+    PageReply::html(
+        403,
+        page(
+            "Refused",
+            None,
+            &notice("error", "This form has expired: nothing was changed."),
+        ),
+    )
+}
+
 /// A portal step's audit record (the caller may add before and after).
 pub(super) fn record(
     r: &PageRequest<'_>,
@@ -306,23 +324,7 @@ async fn sign_out(state: &State, r: &PageRequest<'_>, everywhere: bool) -> PageR
         "portal.sign_out"
     };
     if !f.get("csrf").is_some_and(|t| session::csrf_ok(id, t)) {
-        let _ = audit(
-            state,
-            r,
-            Some((&person, &person.merchants[0])),
-            action,
-            403,
-            "csrf",
-        )
-        .await;
-        return PageReply::html(
-            403,
-            page(
-                "Refused",
-                None,
-                &notice("error", "This form has expired: nothing was changed."),
-            ),
-        );
+        return csrf_refused(state, r, (&person, &person.merchants[0]), action).await;
     }
     let Ok(c) = state.pool.get().await else {
         return unavailable();
@@ -611,23 +613,7 @@ async fn invite(state: &State, r: &PageRequest<'_>) -> PageReply {
         };
     let f = r.form();
     if !f.get("csrf").is_some_and(|t| session::csrf_ok(&sid, t)) {
-        let _ = audit(
-            state,
-            r,
-            Some((&person, scope.merchant())),
-            "portal.team.invite",
-            403,
-            "csrf",
-        )
-        .await;
-        return PageReply::html(
-            403,
-            page(
-                "Refused",
-                None,
-                &notice("error", "This form has expired: nothing was changed."),
-            ),
-        );
+        return csrf_refused(state, r, (&person, scope.merchant()), "portal.team.invite").await;
     }
     let (Some(inv), Ok(mut c)) = (&state.invitations, state.pool.get().await) else {
         return unavailable();

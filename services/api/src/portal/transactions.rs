@@ -371,22 +371,14 @@ pub(super) async fn one(state: &State, r: &PageRequest<'_>, id: &str) -> PageRep
             Ok(it) => it,
             Err(reply) => return reply,
         };
-    if id.len() > 64 || !crate::query::is_ident(id) {
-        let _ = audit(
-            state,
-            r,
-            Some((&person, scope.merchant())),
-            "portal.transaction",
-            404,
-            "not_found",
-        )
-        .await;
-        return not_found();
-    }
     let Ok(mut c) = state.pool.get().await else {
         return unavailable();
     };
     let found = async {
+        // An id that cannot be one is not looked up: not found, like another merchant's.
+        if id.len() > 64 || !crate::query::is_ident(id) {
+            return Ok(None);
+        }
         let s = Scoped::begin(&mut c, &scope, AppFilter::Enforced).await?;
         let t = crate::detail::transaction(&s, id).await?;
         s.commit().await?;
