@@ -620,6 +620,7 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
         .collect();
     for expected in [
         "portal.team.invite:ok",
+        "portal.enrol.password:refused",
         "portal.enrol.password:ok",
         "portal.enrol.confirm:ok",
         "portal.sign_in:ok",

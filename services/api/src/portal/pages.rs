@@ -401,15 +401,13 @@ async fn enrol(state: &State, r: &PageRequest<'_>, rest: &str) -> PageReply {
                 let _ = audit(state, r, None, "portal.enrol.password", 200, "ok").await;
                 authenticator_page(token, &e, &f["csrf"], None)
             }
-            Ok(Err(why @ Refused::Password(_))) => enrol_form(token, Some(&why.to_string())),
-            Ok(Err(why)) => PageReply::html(
-                400,
-                page(
-                    "Set up your account",
-                    None,
-                    &notice("error", &why.to_string()),
-                ),
-            ),
+            Ok(Err(why)) => {
+                let _ = audit(state, r, None, "portal.enrol.password", 400, "refused").await;
+                match why {
+                    Refused::Password(_) => enrol_form(token, Some(&why.to_string())),
+                    _ => enrol_refused("Set up your account", &why.to_string()),
+                }
+            }
             Err(_) => unavailable(),
         };
     }
@@ -432,27 +430,23 @@ async fn enrol(state: &State, r: &PageRequest<'_>, rest: &str) -> PageReply {
                 ),
             )
         }
-        Ok(Err(Refused::Code)) => PageReply::html(
-            400,
-            page(
-                "Set up your authenticator",
-                None,
-                &notice(
-                    "error",
+        Ok(Err(why)) => {
+            let _ = audit(state, r, None, "portal.enrol.confirm", 400, "refused").await;
+            match why {
+                Refused::Code => enrol_refused(
+                    "Set up your authenticator",
                     "That code is not the current one. Start again from your invitation's link.",
                 ),
-            ),
-        ),
-        Ok(Err(why)) => PageReply::html(
-            400,
-            page(
-                "Set up your account",
-                None,
-                &notice("error", &why.to_string()),
-            ),
-        ),
+                _ => enrol_refused("Set up your account", &why.to_string()),
+            }
+        }
         Err(_) => unavailable(),
     }
+}
+
+/// An enrolment step refused (a bad link, a wrong code): the reason, nothing else on the page.
+fn enrol_refused(title: &str, why: &str) -> PageReply {
+    PageReply::html(400, page(title, None, &notice("error", why)))
 }
 
 /// Step 2's page: the secret as a QR code and as text, and the form for a code from it.
