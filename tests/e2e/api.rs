@@ -378,7 +378,9 @@ async fn isolation_holds_for_generated_merchants_keys_roles_and_filters() {
             count, n as i64,
             "{m}: RLS alone: totals count only its rows"
         );
-        let audit = posflow_api::audit::page(&s, 500, None).await.unwrap();
+        let audit = posflow_api::audit::page(&s, 500, None, &Default::default())
+            .await
+            .unwrap();
         assert_only(m, &audit.items, "RLS alone: audit");
         let listed = posflow_api::keys::list(&s.tx, None).await.unwrap();
         assert!(!listed.is_empty());

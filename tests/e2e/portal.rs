@@ -5,10 +5,14 @@
 use posflow_api::auth::Role;
 use posflow_api::portal::people::{self, Refused};
 use posflow_api::portal::{session, totp};
+use posflow_e2e::api::{make_key, owner_db, Api};
 use posflow_e2e::browser::Browser;
+use posflow_e2e::notify::{validated, wait_for_mail};
 use posflow_e2e::{with_login, Deployment, SECRETS_KEYS};
 use posflow_notifier::sealed::Keys;
 use posflow_runtime::Secret;
+use posflow_schema::TransactionType;
+use serde_json::json;
 use std::time::{Duration, SystemTime};
 
 const GOOD: &str = "lantern quietly over the harbour";
@@ -321,23 +325,17 @@ async fn ana(
     .await
 }
 
-/// An owner enrolled without the browser (the library's steps, as the pages run them): their
+/// A person enrolled without the browser (the library's steps, as the pages run them): their
 /// authenticator secret, at the step `now` was spent on enrolment.
-async fn enrolled_owner(
+async fn enrolled(
     db: &mut tokio_postgres::Client,
     keys: &Keys,
-    email: &str,
+    (email, role): (&str, Role),
     merchant: &str,
     now: SystemTime,
 ) -> Vec<u8> {
-    let (_, token) = ok(people::invite(
-        db,
-        email,
-        Role::Owner,
-        &[merchant.to_string()],
-        "operator:e2e",
-    )
-    .await);
+    let (_, token) =
+        ok(people::invite(db, email, role, &[merchant.to_string()], "operator:e2e").await);
     let e = ok(people::set_password(db, keys, token.expose(), &Secret::new(GOOD)).await);
     let secret = totp::from_base32(e.secret_base32.expose()).unwrap();
     ok(people::confirm(
@@ -382,7 +380,7 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
     let mut db = api_login(&d).await;
     let now = SystemTime::now();
     let owner_email = format!("owner-{run}@example.com");
-    let owner_secret = enrolled_owner(&mut db, &keys, &owner_email, &m, now).await;
+    let owner_secret = enrolled(&mut db, &keys, (&owner_email, Role::Owner), &m, now).await;
     let api = posflow_e2e::api::Api::start(&d, &[]).await;
     let b = Browser::start().await;
     let next = now + Duration::from_secs(totp::STEP_S);
@@ -640,4 +638,331 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
             "{expected} in {actions:?}"
         );
     }
+}
+
+/// The text of every record (its row and its change) of the audit page's table.
+async fn audit_rows(b: &Browser, base: &str, query: &str) -> Vec<String> {
+    b.goto(&format!("{base}/portal/audit?{query}")).await;
+    b.wait_title("Audit log · posflow").await;
+    let n = b.count("table.audit tbody").await;
+    let mut rows = Vec::new();
+    for i in 1..=n {
+        rows.push(b.text(&format!("table.audit tbody:nth-of-type({i})")).await);
+    }
+    rows
+}
+
+/// The rest of issue 19's must-shows, in a real Chromium. The owner changes the notifications
+/// from each event as JSON to an hourly CSV digest, and the real notifier's next digest for
+/// the merchant is exactly that: one email whose CSV covers one clock hour. The audit page
+/// shows the change with before and after. The owner creates an API key (shown once; it
+/// works), then revokes it (it stops working). A finance clerk cannot open API keys, Team or
+/// the audit log (403 pages, audited), and five wrong codes lock them out for 15 minutes —
+/// the right code too, then. A developer's key cannot make or revoke an owner's key.
+#[tokio::test]
+async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let owner = owner_db(&d).await;
+    let keys = Keys::parse(&Secret::new(SECRETS_KEYS)).expect("keys");
+    let run = rand::random::<u32>();
+    let m = format!("N{run}");
+    posflow_e2e::api::seed(&owner, &m, 200).await;
+    let mut db = api_login(&d).await;
+    let now = SystemTime::now();
+    let owner_email = format!("owner-{run}@example.com");
+    let clerk = format!("clerk-{run}@example.com");
+    let owner_secret = enrolled(&mut db, &keys, (&owner_email, Role::Owner), &m, now).await;
+    let clerk_secret = enrolled(&mut db, &keys, (&clerk, Role::Finance), &m, now).await;
+    // Told by email about each event, as JSON, to begin with.
+    let to = format!("ops-{run}@example.com");
+    d.apply_merchants(&format!(
+        "[merchants.{m}]\nemails = [\"{to}\"]\nformat = \"json\"\n"
+    ));
+    // The hour before this one, and a grace that closes it about 75 s from now (the time the
+    // steps below take), so the test sees the next digest without waiting for the clock hour.
+    let hour = 3_600;
+    let mut t = secs(SystemTime::now());
+    if t % hour > hour - 90 {
+        tokio::time::sleep(Duration::from_secs(hour - t % hour + 1)).await;
+        t = secs(SystemTime::now());
+    }
+    let this_hour = t - t % hour;
+    let grace = (t - this_hour + 75).to_string();
+    let notifier = d
+        .start_notifier("portal", &["--digest-grace-secs", &grace])
+        .await;
+    let api = Api::start(&d, &[]).await;
+    let b = Browser::start().await;
+    let next = now + Duration::from_secs(totp::STEP_S);
+    sign_in_page(
+        &b,
+        &api.base,
+        &owner_email,
+        &totp::code_at(&owner_secret, secs(next)),
+    )
+    .await;
+
+    // Notifications: each event as JSON → an hourly CSV digest.
+    b.click("header nav a[href='/portal/notifications']").await;
+    b.wait_title("Notifications · posflow").await;
+    assert_eq!(
+        b.count("#frequency option[value='per-event'][selected]")
+            .await,
+        1
+    );
+    assert!(b.text("#last-change").await.contains("Not changed"));
+    b.click("#frequency option[value='1h']").await;
+    b.click("#format option[value='csv']").await;
+    b.click("main form button").await;
+    b.wait_title("Notifications · posflow").await;
+    assert!(b.text(".notice.ok").await.starts_with("Saved."));
+    assert_eq!(b.count("#frequency option[value='1h'][selected]").await, 1);
+    assert_eq!(b.count("#format option[value='csv'][selected]").await, 1);
+    assert!(b
+        .text("#last-change")
+        .await
+        .ends_with(&format!("by {owner_email}.")));
+    b.resize(1100, 1500).await;
+    b.screenshot("portal-notifications").await;
+    let saved = secs(SystemTime::now());
+    // The notifier has read the preferences since the save: the change is in effect there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = notifier.metrics().await;
+        let loaded = posflow_e2e::metric(
+            &page,
+            "posflow_notifier_preferences_loaded_timestamp_seconds",
+        );
+        if loaded.is_some_and(|l| l as u64 > saved) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notifier never reloaded: {loaded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Three transactions the bridge received in the last clock hour reach the notifier now.
+    let received_ms = (this_hour as i64 - 1_800) * 1000;
+    let batch: Vec<_> = (0..3)
+        .map(|i| {
+            let mut v = validated(
+                &format!("{m}-dig-{i}"),
+                &m,
+                TransactionType::Sale,
+                1_000 + i,
+                "EUR",
+            );
+            v.envelope.received_at = received_ms + i * 1000;
+            v.transaction.transaction_time = received_ms + i * 1000 - 500;
+            v
+        })
+        .collect();
+    d.produce("pos.transactions.validated", &batch, |v| {
+        v.transaction.transaction_id.clone()
+    })
+    .await;
+
+    // The audit page shows the change, who made it, before and after.
+    let rows = audit_rows(&b, &api.base, "action=portal.notifications.update").await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let change = &rows[0];
+    assert!(
+        !change.contains("emails:"),
+        "unchanged fields are not shown: {change}"
+    );
+    for shown in [
+        owner_email.as_str(),
+        "portal.notifications.update",
+        "digest_every: — → 1h",
+        "format: json → csv",
+        "mode: per-event → digest",
+    ] {
+        assert!(change.contains(shown), "{shown:?} in {change}");
+    }
+    b.screenshot("portal-audit").await;
+
+    // API keys: one made (shown once; it works), then revoked (it opens nothing).
+    b.click("header nav a[href='/portal/api-keys']").await;
+    b.wait_title("API keys · posflow").await;
+    b.type_into("#name", "ERP export").await;
+    b.click("#role option[value='finance']").await;
+    b.click("main form button").await;
+    let key = b.text("#new-key").await;
+    assert!(key.starts_with("pk_"), "{key}");
+    let key_id = &key[..15];
+    let totals =
+        format!("/v1/merchants/{m}/totals?from=2026-11-01T00:00:00Z&to=2026-12-01T00:00:00Z");
+    assert_eq!(api.get(&totals, &key).await.status, 200);
+    b.screenshot("portal-api-keys").await;
+    b.goto(&format!("{}/portal/api-keys", api.base)).await;
+    assert_eq!(b.count("#new-key").await, 0, "shown once");
+    b.click(&format!("tr[data-key='{key_id}'] button")).await;
+    b.wait_title("API keys · posflow").await;
+    assert!(b.text(".notice.ok").await.contains("revoked"));
+    assert!(b
+        .text(&format!("tr[data-key='{key_id}'] .status"))
+        .await
+        .starts_with("revoked"));
+    assert_eq!(api.get(&totals, &key).await.status, 401);
+    // No escalation: a developer's key makes developer keys, not owner keys, and cannot
+    // revoke an owner's.
+    let dev = make_key(&d, Role::Developer, &[&m]).await;
+    let own = make_key(&d, Role::Owner, &[&m]).await;
+    let path = format!("/v1/merchants/{m}/api-keys");
+    let r = api
+        .call(
+            "POST",
+            &path,
+            Some(&dev),
+            Some(&json!({"name": "x", "role": "owner"})),
+            &[],
+        )
+        .await;
+    assert_eq!(
+        (r.status, &r.json["errors"][0]["field"]),
+        (400, &json!("role")),
+        "{}",
+        r.json
+    );
+    let r = api
+        .call(
+            "POST",
+            &path,
+            Some(&dev),
+            Some(&json!({"name": "ci", "role": "developer"})),
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    let r = api
+        .call(
+            "DELETE",
+            &format!("{path}/{}", &own[..15]),
+            Some(&dev),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.json);
+    assert_eq!(
+        api.get(&totals, &own).await.status,
+        200,
+        "the owner's key still works"
+    );
+    b.click("header form button").await; // sign out
+    b.wait_title("Sign in · posflow").await;
+
+    // A finance clerk: no API keys, Team or audit log.
+    sign_in_page(
+        &b,
+        &api.base,
+        &clerk,
+        &totp::code_at(&clerk_secret, secs(next)),
+    )
+    .await;
+    for (page, link) in [
+        ("api-keys", "API keys"),
+        ("team", "Team"),
+        ("audit", "Audit log"),
+    ] {
+        assert!(!b.text("header nav").await.contains(link), "{link}");
+        b.goto(&format!("{}/portal/{page}", api.base)).await;
+        b.wait_title("Not allowed · posflow").await;
+    }
+    b.click("header form button").await;
+    b.wait_title("Sign in · posflow").await;
+    // Five wrong codes lock the account for 15 minutes; then the right code is refused too.
+    let good = totp::code_at(
+        &clerk_secret,
+        secs(next + Duration::from_secs(totp::STEP_S)),
+    );
+    let wrong = if good == "000000" { "111111" } else { "000000" };
+    for attempt in 1..=6 {
+        b.goto(&format!("{}/portal/sign-in", api.base)).await;
+        b.type_into("#email", &clerk).await;
+        b.type_into("#password", GOOD).await;
+        b.type_into("#code", if attempt == 6 { &good } else { wrong })
+            .await;
+        b.click("main form button").await;
+        let said = b.text(".notice.error").await;
+        if attempt < 5 {
+            assert!(!said.contains("locked"), "attempt {attempt}: {said}");
+        } else {
+            assert!(
+                said.contains("locked for 15 more minute(s)"),
+                "attempt {attempt}: {said}"
+            );
+        }
+    }
+    b.screenshot("portal-locked").await;
+
+    // The notifier's next digest for the merchant: one clock hour, as CSV, the three
+    // transactions — and no email per event.
+    let mails = wait_for_mail(&to, Duration::from_secs(150), |m| !m.is_empty()).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    let (name, csv) = &mails[0].attachments[0];
+    assert!(
+        name.starts_with(&format!("posflow-digest-{m}-")) && name.ends_with(".csv"),
+        "{name}"
+    );
+    let csv = String::from_utf8(csv.clone()).unwrap();
+    let ids: Vec<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3, "{csv}");
+    for i in 0..3 {
+        assert!(ids.contains(&format!("{m}-dig-{i}").as_str()), "{csv}");
+    }
+    let client = posflow_e2e::db(&d.stack).await;
+    let period: f64 = client
+        .query_one(
+            "SELECT extract(epoch FROM period_end - period_start)::float8 FROM digests \
+             WHERE merchant_id = $1 AND period_end = to_timestamp($2::float8)",
+            &[&m, &(this_hour as f64)],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(period, 3_600.0, "an hour's digest");
+    assert_eq!(
+        posflow_e2e::notify::mails_to(&to).len(),
+        1,
+        "no email per event"
+    );
+
+    let actions: Vec<String> = owner
+        .query(
+            "SELECT action || ':' || outcome FROM api_audit WHERE action LIKE 'portal.%' AND merchant_id = $1 ORDER BY seq",
+            &[&m],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for expected in [
+        "portal.notifications.read:ok",
+        "portal.notifications.update:ok",
+        "portal.audit:ok",
+        "portal.api_keys.create:ok",
+        "portal.api_keys.revoke:ok",
+        "portal.api_keys.read:forbidden",
+        "portal.team:forbidden",
+        "portal.audit:forbidden",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected} in {actions:?}"
+        );
+    }
+    let locked = posflow_e2e::count(
+        &owner,
+        "SELECT count(*) FROM api_audit WHERE action = 'portal.sign_in' AND outcome = 'locked' AND seq > 0",
+        &[],
+    )
+    .await;
+    assert!(locked >= 2, "{locked} locked sign-ins audited");
 }

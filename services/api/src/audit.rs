@@ -307,15 +307,32 @@ pub async fn verify(client: &mut Client) -> Result<Verdict, DbError> {
     })
 }
 
+/// What the audit log is narrowed to (the portal's filters; the API reads it whole).
+#[derive(Debug, Default)]
+pub struct AuditFilter {
+    /// Actions starting with this (`portal.`, `settings.update`).
+    pub action: Option<String>,
+    /// Exactly this actor (a key id, a person's id).
+    pub actor: Option<String>,
+    pub outcome: Option<String>,
+}
+
 /// The merchant's audit log, newest first (`Position.t` is the seq).
-pub async fn page(s: &Scoped<'_>, limit: i64, after: Option<Position>) -> Result<Page, DbError> {
+pub async fn page(
+    s: &Scoped<'_>,
+    limit: i64,
+    after: Option<Position>,
+    f: &AuditFilter,
+) -> Result<Page, DbError> {
     let rows =
         s.tx.query(
             &format!(
                 "SELECT {COLUMNS} FROM api_audit WHERE ($1::text IS NULL OR merchant_id = $1) \
-                 AND ($2::bigint IS NULL OR seq < $2) ORDER BY seq DESC LIMIT $3"
+                 AND ($2::bigint IS NULL OR seq < $2) AND ($4::text IS NULL OR starts_with(action, $4)) \
+                 AND ($5::text IS NULL OR actor = $5) AND ($6::text IS NULL OR outcome = $6) \
+                 ORDER BY seq DESC LIMIT $3"
             ),
-            &[&s.merchant_filter(), &after.map(|p| p.t), &(limit + 1)],
+            &[&s.merchant_filter(), &after.map(|p| p.t), &(limit + 1), &f.action, &f.actor, &f.outcome],
         )
         .await?;
     let json_or_text = |s: Option<String>| {

@@ -86,15 +86,27 @@ impl Role {
         s.parse().ok()
     }
 
+    /// The roles of the keys this role may create and revoke: those whose every permission it
+    /// has itself (an owner: any; a developer: developer). Never operator.
+    pub fn creatable(self) -> Vec<String> {
+        use strum::IntoEnumIterator;
+        Role::iter()
+            .filter(|r| *r != Role::Operator && self.allows(Permission::KeysManage))
+            .filter(|r| Permission::iter().all(|p| !r.allows(p) || self.allows(p)))
+            .map(|r| r.as_str().to_string())
+            .collect()
+    }
+
     /// The permission matrix.
     pub fn allows(self, p: Permission) -> bool {
         use Permission::*;
         match self {
             Role::Owner => true,
             Role::Finance => matches!(p, RecordsRead | ReportsRun),
+            // Keys: only developer keys (Role::creatable), for the systems they integrate.
             Role::Developer => matches!(
                 p,
-                SettingsRead | SettingsWrite | EventsRead | EventsRedeliver
+                SettingsRead | SettingsWrite | EventsRead | EventsRedeliver | KeysRead | KeysManage
             ),
             Role::Auditor => matches!(
                 p,
@@ -228,7 +240,9 @@ mod tests {
                 "settings:read",
                 "settings:write",
                 "events:read",
-                "events:redeliver"
+                "events:redeliver",
+                "keys:read",
+                "keys:manage"
             ]
         );
         assert_eq!(
@@ -242,6 +256,18 @@ mod tests {
             ]
         );
         assert_eq!(allowed(Role::Operator), allowed(Role::Auditor));
+    }
+
+    #[test]
+    fn no_role_gives_a_key_more_than_it_has() {
+        assert_eq!(
+            Role::Owner.creatable(),
+            ["owner", "finance", "developer", "auditor"]
+        );
+        assert_eq!(Role::Developer.creatable(), ["developer"]);
+        for r in [Role::Finance, Role::Auditor, Role::Operator] {
+            assert!(r.creatable().is_empty(), "{r:?}");
+        }
     }
 
     #[test]

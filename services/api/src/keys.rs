@@ -2,6 +2,7 @@
 //! owner through the API (under its scope) and for operators through `posflow-admin api-keys`.
 
 use crate::auth::{self, Presented, Principal, Role};
+use crate::problem::{FieldError, Problem};
 use crate::records::millis;
 use posflow_pg::DbError;
 use posflow_schema::rfc3339_millis;
@@ -147,19 +148,23 @@ pub async fn list(c: &impl GenericClient, merchant: Option<&str>) -> Result<Vec<
     Ok(rows.iter().map(listing).collect())
 }
 
-/// Revokes a key (of `merchant`, when given); returns its listing before and after, or `None`
-/// if there is no such key (or it is another merchant's).
+/// Revokes a key; `within`: only a key of this merchant whose role the revoker's role covers
+/// (a developer cannot revoke the owner's keys); `None` for operators' CLI. Returns its listing
+/// before and after, or `None` if there is no such key within reach.
 pub async fn revoke(
     c: &impl GenericClient,
     id: &str,
-    merchant: Option<&str>,
+    within: Option<(&str, Role)>,
     by: &str,
 ) -> Result<Option<(Value, Value)>, DbError> {
-    let filter = "id = $1 AND ($2::text IS NULL OR $2 = ANY (merchants))";
+    let merchant = within.map(|(m, _)| m);
+    let roles = within.map(|(_, r)| r.creatable());
+    let filter = "id = $1 AND ($2::text IS NULL OR $2 = ANY (merchants)) \
+                  AND ($3::text[] IS NULL OR role = ANY ($3))";
     let Some(before) = c
         .query_opt(
             &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE {filter}"),
-            &[&id, &merchant],
+            &[&id, &merchant, &roles],
         )
         .await?
     else {
@@ -168,11 +173,85 @@ pub async fn revoke(
     let after = c
         .query_one(
             &format!(
-                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), revoked_by = coalesce(revoked_by, $3) \
+                "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()), revoked_by = coalesce(revoked_by, $4) \
                  WHERE {filter} RETURNING {KEY_COLUMNS}"
             ),
-            &[&id, &merchant, &by],
+            &[&id, &merchant, &roles, &by],
         )
         .await?;
     Ok(Some((listing(&before), listing(&after))))
+}
+
+/// A request for a key, from the API's JSON body or the portal's form.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInput {
+    pub name: String,
+    pub role: String,
+    pub expires_at: Option<String>,
+}
+
+/// Creates a key of `merchant` for a principal of role `by_role`, after checking the request:
+/// every problem at once, and no role beyond what `by_role` may do itself (no escalation).
+pub async fn create_checked(
+    c: &impl GenericClient,
+    input: &KeyInput,
+    by_role: Role,
+    merchant: &str,
+    created_by: &str,
+) -> Result<(Value, String), Problem> {
+    let mut errors = Vec::new();
+    let role =
+        Role::parse(&input.role).filter(|r| by_role.creatable().contains(&r.as_str().to_string()));
+    if role.is_none() {
+        errors.push((
+            "role",
+            format!(
+                "must be one of {} (what your role may give)",
+                by_role.creatable().join(", ")
+            ),
+        ));
+    }
+    if input.name.trim().is_empty() || input.name.len() > 100 {
+        errors.push(("name", "must be 1-100 characters".to_string()));
+    }
+    let expires = match input
+        .expires_at
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(crate::query::parse_time)
+    {
+        Some(None) => {
+            errors.push(("expires_at", "must be an RFC 3339 time".into()));
+            None
+        }
+        Some(Some(t)) if t <= SystemTime::now() => {
+            errors.push(("expires_at", "must be in the future".into()));
+            None
+        }
+        Some(t) => t,
+        None => None,
+    };
+    let Some(role) = role.filter(|_| errors.is_empty()) else {
+        return Err(Problem::Invalid(
+            errors
+                .into_iter()
+                .map(|(f, m)| FieldError {
+                    field: f.into(),
+                    message: m,
+                })
+                .collect(),
+        ));
+    };
+    let new = NewKey {
+        name: input.name.trim(),
+        role,
+        merchants: &[merchant.to_string()],
+        expires_at: expires,
+        created_by,
+    };
+    create(c, &new).await.map_err(|e| {
+        tracing::warn!(error = %e.summary(), "creating a key failed");
+        Problem::Unavailable
+    })
 }

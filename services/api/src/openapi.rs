@@ -154,7 +154,7 @@ fn settings_schemas() -> Value {
     let time = time();
     let settings_fields = json!({
         "mode": {"enum": ["per-event", "digest"]},
-        "digest_every": {"type": ["string", "null"], "description": "With mode digest: 10s to 1day, e.g. \"1h\"."},
+        "digest_every": {"type": ["string", "null"], "description": "With mode digest: 10s to 7days, e.g. \"1h\", \"1day\", \"7days\" (periods aligned to UTC, weeks from Monday)."},
         "format": {"enum": ["json", "csv"]},
         "events": {"type": "array", "items": {"enum": ["transactions", "refunds", "fraud-alerts"]}},
         "webhook_url": {"type": ["string", "null"], "description": "https only; internal addresses are refused."},

@@ -56,6 +56,17 @@ impl Problem {
         (503, "unavailable", "Temporarily unavailable; retry"),
     ];
 
+    /// What a person reads of it: each field's `field: message`, or the kind.
+    pub fn reasons(self) -> Vec<String> {
+        match self {
+            Problem::Invalid(errors) => errors
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect(),
+            other => vec![other.slug().to_string()],
+        }
+    }
+
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Problem::Invalid(vec![FieldError {
             field: field.into(),

@@ -6,7 +6,7 @@ use crate::audit::Auditor;
 use crate::auth::{Principal, Role};
 use crate::db::{AppFilter, Pool, Scope, Scoped};
 use crate::events::{self, EventFilter};
-use crate::keys::{self, NewKey};
+use crate::keys::{self, KeyInput};
 use crate::problem::Problem;
 use crate::query::{is_ident, CursorKey, Params};
 use crate::records::{self, AlertFilter, RejectionFilter, TransactionFilter};
@@ -56,6 +56,11 @@ pub struct State {
 }
 
 impl State {
+    /// A revoked key is not trusted from the verification cache any more, from now.
+    pub fn forget_key(&self, id: &str) {
+        self.verified.retain(|_, (p, _)| p.key_id != id);
+    }
+
     pub fn new(
         pool: Pool,
         auditor: Auditor,
@@ -455,14 +460,6 @@ struct RangeInput {
 /// Failed events redelivered by one request, at most.
 const MAX_REDELIVER: i64 = 10_000;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeyInput {
-    name: String,
-    role: String,
-    expires_at: Option<String>,
-}
-
 /// One request past authentication, in its scoped transaction: what every handler reads.
 struct Call<'r, 's> {
     state: &'r State,
@@ -534,7 +531,12 @@ async fn run(c: &Call<'_, '_>, p: &mut Params, audit: &mut AuditRecord) -> Resul
         Action::ReadAudit => {
             let (limit, after) =
                 search_filter(state, route, p, audit, |p, after| (p.limit(), after))?;
-            c.page(p, crate::audit::page(s, limit, after).await.map_err(db)?)
+            c.page(
+                p,
+                crate::audit::page(s, limit, after, &Default::default())
+                    .await
+                    .map_err(db)?,
+            )
         }
         Action::GetTransaction => get_transaction(c, p).await?,
         Action::GetEvent => {
@@ -755,52 +757,14 @@ async fn create_key(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
     p.finish()?;
     let input: KeyInput = serde_json::from_slice(c.body)
         .map_err(|e| Problem::invalid("body", format!("not an API key request: {e}")))?;
-    let mut errors = Vec::new();
-    let role = Role::parse(&input.role).filter(|r| *r != Role::Operator);
-    if role.is_none() {
-        errors.push((
-            "role",
-            "must be one of owner, finance, developer, auditor".to_string(),
-        ));
-    }
-    if input.name.trim().is_empty() || input.name.len() > 100 {
-        errors.push(("name", "must be 1-100 characters".into()));
-    }
-    let expires = match input.expires_at.as_deref().map(crate::query::parse_time) {
-        Some(None) => {
-            errors.push(("expires_at", "must be an RFC 3339 time".into()));
-            None
-        }
-        Some(Some(t)) if t <= std::time::SystemTime::now() => {
-            errors.push(("expires_at", "must be in the future".into()));
-            None
-        }
-        Some(t) => t,
-        None => None,
-    };
-    if !errors.is_empty() {
-        return Err(Problem::Invalid(
-            errors
-                .into_iter()
-                .map(|(f, m)| crate::problem::FieldError {
-                    field: f.into(),
-                    message: m,
-                })
-                .collect(),
-        ));
-    }
-    let (listing, key) = keys::create(
+    let (listing, key) = keys::create_checked(
         &c.s.tx,
-        &NewKey {
-            name: input.name.trim(),
-            role: role.expect("checked"),
-            merchants: std::slice::from_ref(&c.s.merchant),
-            expires_at: expires,
-            created_by: &c.principal.key_id,
-        },
+        &input,
+        c.principal.role,
+        &c.s.merchant,
+        &c.principal.key_id,
     )
-    .await
-    .map_err(db)?;
+    .await?;
     let mut body = listing.clone();
     body["key"] = json!(key);
     Ok(Done {
@@ -816,11 +780,16 @@ async fn create_key(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
 async fn revoke_key(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
     let id = c.id_arg("key_id")?;
     p.finish()?;
-    c.state.verified.retain(|_, (p, _)| p.key_id != id);
+    c.state.forget_key(&id);
     let (before, after) = found(
-        keys::revoke(&c.s.tx, &id, Some(&c.s.merchant), &c.principal.key_id)
-            .await
-            .map_err(db)?,
+        keys::revoke(
+            &c.s.tx,
+            &id,
+            Some((&c.s.merchant, c.principal.role)),
+            &c.principal.key_id,
+        )
+        .await
+        .map_err(db)?,
     )?;
     Ok(Done::changed(Some(before), after))
 }

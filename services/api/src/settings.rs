@@ -109,8 +109,10 @@ pub async fn put(
             .map_err(unavailable)?;
     }
     let mut after = get(s).await.map_err(unavailable)?.unwrap_or(Value::Null);
-    // The audit log says a secret changed, never what it is.
-    after["webhook_secret_changed"] = json!(sealed.is_some());
+    // The audit log says a secret changed, never what it is (and nothing when none did).
+    if sealed.is_some() {
+        after["webhook_secret_changed"] = json!(true);
+    }
     Ok((before, after))
 }
 

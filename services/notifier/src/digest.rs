@@ -1,7 +1,8 @@
 //! Digests: for each digest-mode merchant, once its period has ended (plus a grace for
 //! transactions still in the pipeline), the period is closed and its digest enqueued. Periods
-//! are aligned to the Unix epoch (so `1day` is a UTC day, `1h` a clock hour). Any replica may
-//! close a period; the `digests` primary key lets exactly one do it.
+//! are aligned to Monday 1970-01-05 00:00 UTC (so `7days` is a week from Monday, `1day` a UTC
+//! day, `1h` a clock hour). Any replica may close a period; the `digests` primary key lets
+//! exactly one do it.
 
 use crate::prefs::Mode;
 use crate::store;
@@ -14,9 +15,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The first Monday after the Unix epoch (a Thursday), where periods start: weeks from Monday.
+/// Four whole days, so a period that divides a day is aligned as it would be to the epoch.
+const ALIGN_MS: i64 = 4 * 86_400_000;
+
 /// The end of the last whole period of `every_ms` that finished at least `grace_ms` before `now_ms`.
 pub fn period_end(now_ms: i64, every_ms: i64, grace_ms: i64) -> i64 {
-    (now_ms - grace_ms).div_euclid(every_ms) * every_ms
+    (now_ms - grace_ms - ALIGN_MS).div_euclid(every_ms) * every_ms + ALIGN_MS
 }
 
 pub async fn run(args: Arc<Args>, prefs: Prefs, ctx: Context) -> anyhow::Result<()> {
@@ -109,5 +114,15 @@ mod tests {
         // 10:00:30 is still inside the grace of the 9-10 hour.
         assert_eq!(period_end(10 * hour + 30_000, hour, 60_000), 9 * hour);
         assert_eq!(period_end(10 * hour + 60_000, hour, 60_000), 10 * hour);
+    }
+
+    #[test]
+    fn days_are_utc_days_and_weeks_start_on_monday() {
+        let day = 86_400_000;
+        // Thursday 2026-12-03 10:00 UTC.
+        let now = 1_796_292_000_000;
+        assert_eq!(period_end(now, day, 60_000), 1_796_256_000_000, "Thu 00:00");
+        // The last whole week ended on Monday 2026-11-30 00:00 UTC.
+        assert_eq!(period_end(now, 7 * day, 60_000), 1_795_996_800_000);
     }
 }

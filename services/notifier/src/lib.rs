@@ -283,6 +283,12 @@ async fn refresh_preferences(
     ctx: Context,
 ) -> anyhow::Result<()> {
     let every = Duration::from_secs(args.preferences_refresh_secs);
+    // When this replica last read the preferences: a change saved before it is in effect here
+    // (SREs: alert when it falls behind; tests: wait on it rather than on a sleep).
+    let loaded = posflow_runtime::metrics::gauge(
+        "posflow_notifier_preferences_loaded_timestamp_seconds",
+        "Unix time of this replica's last successful read of the merchant preferences",
+    );
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -292,7 +298,10 @@ async fn refresh_preferences(
             return Ok(());
         };
         match store::load_preferences(client, &keys).await {
-            Ok(map) => prefs.replace(map),
+            Ok(map) => {
+                prefs.replace(map);
+                loaded.set(posflow_schema::now_millis() / 1000);
+            }
             Err(e) => {
                 tracing::warn!(error = %e.summary(), "reloading merchant preferences failed; keeping the last ones")
             }

@@ -194,8 +194,8 @@ pub struct Entry {
     pub risk_emails: Vec<String>,
 }
 
-/// Digests at most every 10 s (useful in tests) and at least daily.
-const DIGEST_RANGE: std::ops::RangeInclusive<u64> = 10..=86_400;
+/// Digests at most every 10 s (useful in tests) and at least weekly.
+const DIGEST_RANGE: std::ops::RangeInclusive<u64> = 10..=7 * 86_400;
 const MIN_SECRET_BYTES: usize = 16;
 
 /// Parses a preferences file; every problem is listed. `env` resolves `webhook_secret_env`.
@@ -289,7 +289,7 @@ fn check_mode(e: &Entry, errors: &mut Problems) -> Option<Mode> {
             Ok(d) if DIGEST_RANGE.contains(&d.as_secs()) => return Some(Mode::Digest { every: d }),
             Ok(_) => (
                 "digest_every",
-                format!("digest_every {every:?} must be between 10s and 1day"),
+                format!("digest_every {every:?} must be between 10s and 7days"),
             ),
             Err(x) => ("digest_every", format!("digest_every {every:?}: {x}")),
         },

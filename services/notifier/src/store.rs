@@ -40,6 +40,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "fraud alerts",
             include_str!("../migrations/0005_fraud_alerts.sql"),
         ),
+        (
+            6,
+            "weekly digests",
+            include_str!("../migrations/0006_weekly_digests.sql"),
+        ),
     ],
 };
 

@@ -3,7 +3,7 @@
 //! CSP forbids both: see session::page_headers).
 
 use super::people::Person;
-use crate::auth::Permission;
+use crate::auth::{Permission, Role};
 
 /// Text made safe for HTML content and quoted attribute values.
 pub fn escape(s: &str) -> String {
@@ -24,21 +24,40 @@ pub fn escape(s: &str) -> String {
 /// The portal's stylesheet, served at `/portal/static/portal.css` (the CSP allows only it).
 pub const CSS: &str = include_str!("portal.css");
 
+/// The pages in the navigation, each shown to the roles with its permission.
+const NAV: [(&str, &str, Permission); 6] = [
+    ("/portal/", "Overview", Permission::RecordsRead),
+    (
+        "/portal/transactions",
+        "Transactions",
+        Permission::RecordsRead,
+    ),
+    (
+        "/portal/notifications",
+        "Notifications",
+        Permission::SettingsRead,
+    ),
+    ("/portal/api-keys", "API keys", Permission::KeysRead),
+    ("/portal/audit", "Audit log", Permission::AuditRead),
+    ("/portal/team", "Team", Permission::TeamManage),
+];
+
+/// Where a role lands after sign-in: the first page of the navigation it may open.
+pub fn landing(role: Role) -> &'static str {
+    NAV.iter()
+        .find(|(_, _, p)| role.allows(*p))
+        .map_or("/portal/", |(href, _, _)| href)
+}
+
 /// A whole page: its title, who is signed in (their nav and sign-out), and `main`'s HTML.
 pub fn page(title: &str, who: Option<(&Person, &str)>, main: &str) -> String {
     let nav = match who {
         Some((p, csrf)) => format!(
-            r#"<nav><a href="/portal/">Overview</a>{}{}<span class="who">{} · {}</span>{}</nav>"#,
-            if p.role.allows(Permission::RecordsRead) {
-                r#"<a href="/portal/transactions">Transactions</a>"#
-            } else {
-                ""
-            },
-            if p.role.allows(Permission::TeamManage) {
-                r#"<a href="/portal/team">Team</a>"#
-            } else {
-                ""
-            },
+            r#"<nav>{}<span class="who">{} · {}</span>{}</nav>"#,
+            NAV.iter()
+                .filter(|(_, _, perm)| p.role.allows(*perm))
+                .map(|(href, label, _)| format!(r#"<a href="{href}">{label}</a>"#))
+                .collect::<String>(),
             escape(&p.email),
             p.role.as_str(),
             form(

@@ -8,9 +8,12 @@
 //! sessions) — and the first pages over them ([`pages`]: sign-in, enrolment, the sales overview
 //! with its [`chart`], sign-out; [`html`] for escaping and the frame). Each step is audited.
 
+pub mod api_keys;
+pub mod audit_log;
 pub mod chart;
 pub mod html;
 pub mod invite;
+pub mod notifications;
 pub mod pages;
 pub mod password;
 pub mod people;

@@ -9,7 +9,7 @@
 
 use super::html::{self, escape, field, form, notice, page};
 use super::people::{self, Person, Refused};
-use super::{chart, invite, sales, session, transactions};
+use super::{api_keys, audit_log, chart, invite, notifications, sales, session, transactions};
 use crate::auth::{Permission, Role};
 use crate::db::{AppFilter, Scope, Scoped};
 use crate::service::State;
@@ -42,7 +42,7 @@ impl PageReply {
             body: body.into_bytes(),
         }
     }
-    fn redirect(to: &str) -> Self {
+    pub(super) fn redirect(to: &str) -> Self {
         PageReply {
             status: 303,
             headers: vec![("location", to.to_string())],
@@ -115,6 +115,15 @@ pub async fn handle(state: &State, r: &PageRequest<'_>) -> PageReply {
             transactions::one(state, r, &p["/transactions/".len()..]).await
         }
         (true, "/team/invite") => invite(state, r).await,
+        (false, "/notifications") => notifications::show(state, r, None).await,
+        (true, "/notifications") => notifications::save(state, r).await,
+        (true, "/notifications/rotate") => notifications::rotate(state, r).await,
+        (false, "/audit") => audit_log::show(state, r).await,
+        (false, "/api-keys") => api_keys::show(state, r, None).await,
+        (true, "/api-keys") => api_keys::create(state, r).await,
+        (true, p) if p.starts_with("/api-keys/") && p.ends_with("/revoke") => {
+            api_keys::revoke(state, r, &p["/api-keys/".len()..p.len() - "/revoke".len()]).await
+        }
         (false, p) if p.starts_with("/enrol/") => enrol_form(&p["/enrol/".len()..], None),
         (true, p) if p.starts_with("/enrol/") => enrol(state, r, &p["/enrol/".len()..]).await,
         _ => not_found(),
@@ -207,7 +216,7 @@ pub(super) async fn served(
 }
 
 /// A signed-in person's form without its session's CSRF token: nothing changes; audited.
-async fn csrf_refused(
+pub(super) async fn csrf_refused(
     state: &State,
     r: &PageRequest<'_>,
     who: (&Person, &str),
@@ -285,7 +294,7 @@ async fn sign_in(state: &State, r: &PageRequest<'_>) -> PageReply {
             {
                 return unavailable();
             }
-            PageReply::redirect("/portal/")
+            PageReply::redirect(html::landing(signed.person.role))
                 .cookie(session::cookie(signed.session_id.expose()))
                 .cookie(format!(
                     "{PRE_COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0"
@@ -543,6 +552,63 @@ pub(super) async fn authorised(
     Ok((person, scope, id.to_string()))
 }
 
+/// [`authorised`] for a form's post: also its session's CSRF token (else refused, audited);
+/// with the form's fields.
+pub(super) async fn authorised_form(
+    state: &State,
+    r: &PageRequest<'_>,
+    permission: Permission,
+    action: &str,
+) -> Result<(Person, Scope, String, HashMap<String, String>), PageReply> {
+    let (person, scope, sid) = authorised(state, r, permission, action).await?;
+    let f = r.form();
+    if !f.get("csrf").is_some_and(|t| session::csrf_ok(&sid, t)) {
+        return Err(csrf_refused(state, r, (&person, scope.merchant()), action).await);
+    }
+    Ok((person, scope, sid, f))
+}
+
+/// Runs `work` in a transaction scoped to the merchant (row-level security on), committed
+/// when it returns; a database failure is the "unavailable" page.
+pub(super) async fn in_scope<T>(
+    state: &State,
+    scope: &Scope,
+    work: impl AsyncFnOnce(&Scoped<'_>) -> Result<T, posflow_pg::DbError>,
+) -> Result<T, PageReply> {
+    let mut c = state.pool.get().await.map_err(|_| unavailable())?;
+    let done = async {
+        let s = Scoped::begin(&mut c, scope, AppFilter::Enforced).await?;
+        let out = work(&s).await?;
+        s.commit().await?;
+        Ok::<_, posflow_pg::DbError>(out)
+    }
+    .await;
+    done.map_err(|_| unavailable())
+}
+
+/// Records a change a person made (`before` and `after`, never a secret); a change that cannot
+/// be audited answers "unavailable".
+pub(super) async fn changed(
+    state: &State,
+    r: &PageRequest<'_>,
+    who: (&Person, &str),
+    action: &str,
+    outcome: &str,
+    (before, after): (Option<String>, Option<String>),
+) -> Result<(), PageReply> {
+    let rec = AuditRecord {
+        before,
+        after,
+        ..record(r, Some(who), action, 200, outcome)
+    };
+    state
+        .auditor
+        .record(rec)
+        .await
+        .map(|_| ())
+        .map_err(|_| unavailable())
+}
+
 /// The Team page (owners): the merchant's people and the invitation form.
 async fn team(state: &State, r: &PageRequest<'_>, done: Option<String>) -> PageReply {
     let (person, scope, sid) =
@@ -600,15 +666,12 @@ async fn team(state: &State, r: &PageRequest<'_>, done: Option<String>) -> PageR
 }
 
 async fn invite(state: &State, r: &PageRequest<'_>) -> PageReply {
-    let (person, scope, sid) =
-        match authorised(state, r, Permission::TeamManage, "portal.team.invite").await {
+    let action = "portal.team.invite";
+    let (person, scope, _, f) =
+        match authorised_form(state, r, Permission::TeamManage, action).await {
             Ok(it) => it,
             Err(reply) => return reply,
         };
-    let f = r.form();
-    if !f.get("csrf").is_some_and(|t| session::csrf_ok(&sid, t)) {
-        return csrf_refused(state, r, (&person, scope.merchant()), "portal.team.invite").await;
-    }
     let (Some(inv), Ok(mut c)) = (&state.invitations, state.pool.get().await) else {
         return unavailable();
     };
@@ -641,21 +704,19 @@ async fn invite(state: &State, r: &PageRequest<'_>) -> PageReply {
             Err(_) => return unavailable(),
         },
     };
-    let rec = AuditRecord {
-        after: Some(
-            serde_json::json!({"email": email.trim().to_lowercase(), "role": f.get("role")})
-                .to_string(),
-        ),
-        ..record(
-            r,
-            Some((&person, scope.merchant())),
-            "portal.team.invite",
-            200,
-            outcome,
-        )
-    };
-    if state.auditor.record(rec).await.is_err() {
-        return unavailable();
+    let after = serde_json::json!({"email": email.trim().to_lowercase(), "role": f.get("role")});
+    let who = (&person, scope.merchant());
+    if let Err(reply) = changed(
+        state,
+        r,
+        who,
+        action,
+        outcome,
+        (None, Some(after.to_string())),
+    )
+    .await
+    {
+        return reply;
     }
     team(state, r, Some(done)).await
 }

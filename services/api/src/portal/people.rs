@@ -15,6 +15,7 @@ use posflow_pg::DbError;
 use posflow_runtime::Secret;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::Client;
 
@@ -419,6 +420,36 @@ pub async fn of_merchant(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+}
+
+/// The emails of the people among `actors` (audit records' actors: person ids, key ids, …).
+pub async fn emails_of(
+    db: &impl tokio_postgres::GenericClient,
+    actors: &[String],
+) -> Result<HashMap<String, String>, DbError> {
+    Ok(db
+        .query(
+            "SELECT id, email FROM portal_people WHERE id = ANY ($1)",
+            &[&actors],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// The id of the person with `email`, if any (the audit page's filter by person).
+pub async fn id_of(
+    db: &impl tokio_postgres::GenericClient,
+    email: &str,
+) -> Result<Option<String>, DbError> {
+    Ok(db
+        .query_opt(
+            "SELECT id FROM portal_people WHERE email = $1",
+            &[&email.trim().to_lowercase()],
+        )
+        .await?
+        .map(|r| r.get(0)))
 }
 
 /// Ends one session (sign out).

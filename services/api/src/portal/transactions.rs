@@ -11,7 +11,6 @@ use super::pages::{audit, authorised, not_found, served, unavailable, PageReply,
 use super::session;
 use crate::auth::Permission;
 use crate::db::{AppFilter, Scoped};
-use crate::problem::Problem;
 use crate::query::Params;
 use crate::records::{self, TransactionFilter, TRANSACTION_PARAMS};
 use crate::service::State;
@@ -83,17 +82,6 @@ fn to_minor(v: &str, units: u32) -> Option<i64> {
     whole.checked_mul(10i64.pow(units))?.checked_add(frac)
 }
 
-/// The field errors of a refused search, as lines for a person.
-fn problems(p: Problem) -> Vec<String> {
-    match p {
-        Problem::Invalid(errors) => errors
-            .into_iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect(),
-        other => vec![other.slug().to_string()],
-    }
-}
-
 /// One page of the search, or why the search is refused.
 async fn run(
     s: &Scoped<'_>,
@@ -106,7 +94,7 @@ async fn run(
     let after = p.cursor(&state.cursor_key, ROUTE);
     let f = TransactionFilter::parse(&mut p, after);
     if let Err(problem) = p.finish() {
-        errors.extend(problems(problem));
+        errors.extend(problem.reasons());
     }
     if !errors.is_empty() {
         return Ok(Err(errors));
