@@ -4,6 +4,8 @@
 //! no audit record and no JSON.
 //! Latency at a fixed request rate (open loop: requests leave on schedule whether or not the
 //! earlier ones are back), then throughput with a few clients in a closed loop.
+//! Then the portal's Transactions page over the same rows (issue 19): a signed-in person's page
+//! of 50 — session check, the same search, the HTML, the audit record — at a fixed rate.
 
 use crate::bridge::Figures;
 use crate::e2e::cpu_seconds;
@@ -31,7 +33,13 @@ pub struct ApiBench {
     pub refused_closed: Figures,
     /// CPU ms per request of each closed loop (API, direct SQL, refused), by process.
     pub cpu: [CpuPerRequest; 3],
+    /// The portal's Transactions page (50 rows) at `portal_rate` a second.
+    pub portal_open: Figures,
+    pub portal_rate: f64,
 }
+
+/// People browse: the portal's pages are asked for at a quarter of the API's rate.
+const PORTAL_RATE_SHARE: f64 = 0.25;
 
 /// CPU seconds used so far: the API's process, this one (the load generator, or the client of
 /// the direct SQL), and every PostgreSQL process (the API's, the audit writer's and the direct
@@ -292,7 +300,39 @@ pub async fn run(
     let (api_closed, api_cpu) = closed_loop_cpu(pid, clients, secs, api_one).await;
     let (sql_closed, sql_cpu) = closed_loop_cpu(pid, clients, secs, sql_one).await;
     let (refused_closed, refused_cpu) = closed_loop_cpu(pid, clients, secs, refused_one).await;
+
+    // A finance clerk of every merchant, signed in through the portal's own steps.
+    let mut db = posflow_e2e::portal::api_login(&d).await;
+    let clerk = ("bench-clerk@example.com", Role::Finance);
+    let cookie = Arc::new(posflow_e2e::portal::signed_in(&mut db, clerk, &names).await);
+    let portal_one = {
+        let (api, cookie, names) = (api.clone(), cookie.clone(), names.clone());
+        move |i: usize| {
+            let (api, cookie, names) = (api.clone(), cookie.clone(), names.clone());
+            async move {
+                let m = &names[i % names.len()];
+                let (status, _, body) = api
+                    .raw(
+                        "GET",
+                        &format!("/portal/transactions?merchant={m}&currency=EUR"),
+                        &[("cookie", &cookie)],
+                    )
+                    .await;
+                assert_eq!(status, 200);
+                let rows = body.windows(12).filter(|w| w == b"<tr data-id=").count();
+                assert_eq!(rows, 50, "a full page");
+            }
+        }
+    };
+    let portal_rate = rate * PORTAL_RATE_SHARE;
+    closed_loop(1, 1.0, portal_one.clone()).await;
+    eprintln!(
+        "[bench] api: the portal's Transactions page at {portal_rate} pages/s for {secs} s ..."
+    );
+    let portal_open = open_loop(portal_rate, secs, portal_one).await;
     Ok(ApiBench {
+        portal_open,
+        portal_rate,
         rows,
         rate,
         api_open,

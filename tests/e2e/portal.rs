@@ -8,28 +8,14 @@ use posflow_api::portal::{session, totp};
 use posflow_e2e::api::{make_key, owner_db, Api};
 use posflow_e2e::browser::Browser;
 use posflow_e2e::notify::{validated, wait_for_mail};
-use posflow_e2e::{with_login, Deployment, SECRETS_KEYS};
+use posflow_e2e::Deployment;
 use posflow_notifier::sealed::Keys;
 use posflow_runtime::Secret;
 use posflow_schema::TransactionType;
 use serde_json::json;
 use std::time::{Duration, SystemTime};
 
-const GOOD: &str = "lantern quietly over the harbour";
-
-async fn api_login(d: &Deployment) -> tokio_postgres::Client {
-    posflow_pg::connect(&with_login(
-        &d.stack.database_url,
-        "posflow_api_app",
-        "api-local",
-    ))
-    .await
-    .expect("connecting as the API")
-}
-
-fn ok<T: std::fmt::Debug>(o: Result<Result<T, Refused>, posflow_pg::DbError>) -> T {
-    o.expect("the database").expect("not refused")
-}
+use posflow_e2e::portal::{api_login, enrolled, ok, secs, PASSWORD as GOOD};
 
 fn refused<T: std::fmt::Debug>(o: Result<Result<T, Refused>, posflow_pg::DbError>) -> Refused {
     o.expect("the database").expect_err("refused")
@@ -40,7 +26,7 @@ async fn a_person_is_invited_enrols_signs_in_with_a_code_and_is_locked_out_after
     let d = Deployment::kafka_only().await.with_api_schema().await;
     let mut db = api_login(&d).await;
     let owner = posflow_e2e::api::owner_db(&d).await;
-    let keys = Keys::parse(&Secret::new(SECRETS_KEYS)).expect("keys");
+    let keys = posflow_e2e::portal::keys();
     let m = vec![format!("P{}", rand::random::<u32>())];
 
     // Invited: one person per email, whatever its case.
@@ -284,7 +270,7 @@ async fn an_expired_invitation_enrols_nobody() {
     let d = Deployment::kafka_only().await.with_api_schema().await;
     let mut db = api_login(&d).await;
     let owner = posflow_e2e::api::owner_db(&d).await;
-    let keys = Keys::parse(&Secret::new(SECRETS_KEYS)).expect("keys");
+    let keys = posflow_e2e::portal::keys();
     let m = vec!["PX1".to_string()];
     let (id, token) =
         ok(people::invite(&mut db, "late@example.com", Role::Finance, &m, "u_owner").await);
@@ -299,10 +285,6 @@ async fn an_expired_invitation_enrols_nobody() {
         refused(people::set_password(&db, &keys, token.expose(), &Secret::new(GOOD)).await),
         Refused::InvitationExpired
     );
-}
-
-fn secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs()
 }
 
 /// Ana signs in with her password and `code` at `at`.
@@ -323,30 +305,6 @@ async fn ana(
         at,
     )
     .await
-}
-
-/// A person enrolled without the browser (the library's steps, as the pages run them): their
-/// authenticator secret, at the step `now` was spent on enrolment.
-async fn enrolled(
-    db: &mut tokio_postgres::Client,
-    keys: &Keys,
-    (email, role): (&str, Role),
-    merchant: &str,
-    now: SystemTime,
-) -> Vec<u8> {
-    let (_, token) =
-        ok(people::invite(db, email, role, &[merchant.to_string()], "operator:e2e").await);
-    let e = ok(people::set_password(db, keys, token.expose(), &Secret::new(GOOD)).await);
-    let secret = totp::from_base32(e.secret_base32.expose()).unwrap();
-    ok(people::confirm(
-        db,
-        keys,
-        token.expose(),
-        &totp::code_at(&secret, secs(now)),
-        now,
-    )
-    .await);
-    secret
 }
 
 /// Signs in through the sign-in page with `code`; waits for the overview.
@@ -370,7 +328,6 @@ async fn sign_in_page(b: &Browser, base: &str, email: &str, code: &str) {
 async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser() {
     let d = Deployment::kafka_only().await.with_api_schema().await;
     let owner_db = posflow_e2e::api::owner_db(&d).await;
-    let keys = Keys::parse(&Secret::new(SECRETS_KEYS)).expect("keys");
     let run = rand::random::<u32>();
     let m = format!("P{run}");
     // 3,000 transactions a minute apart back from 2026-11-30 12:00Z: 2026-11-28 to 11-30.
@@ -380,7 +337,13 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
     let mut db = api_login(&d).await;
     let now = SystemTime::now();
     let owner_email = format!("owner-{run}@example.com");
-    let owner_secret = enrolled(&mut db, &keys, (&owner_email, Role::Owner), &m, now).await;
+    let owner_secret = enrolled(
+        &mut db,
+        (&owner_email, Role::Owner),
+        std::slice::from_ref(&m),
+        now,
+    )
+    .await;
     let api = posflow_e2e::api::Api::start(&d, &[]).await;
     let b = Browser::start().await;
     let next = now + Duration::from_secs(totp::STEP_S);
@@ -663,7 +626,6 @@ async fn audit_rows(b: &Browser, base: &str, query: &str) -> Vec<String> {
 async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log() {
     let d = Deployment::kafka_only().await.with_api_schema().await;
     let owner = owner_db(&d).await;
-    let keys = Keys::parse(&Secret::new(SECRETS_KEYS)).expect("keys");
     let run = rand::random::<u32>();
     let m = format!("N{run}");
     posflow_e2e::api::seed(&owner, &m, 200).await;
@@ -671,8 +633,20 @@ async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log
     let now = SystemTime::now();
     let owner_email = format!("owner-{run}@example.com");
     let clerk = format!("clerk-{run}@example.com");
-    let owner_secret = enrolled(&mut db, &keys, (&owner_email, Role::Owner), &m, now).await;
-    let clerk_secret = enrolled(&mut db, &keys, (&clerk, Role::Finance), &m, now).await;
+    let owner_secret = enrolled(
+        &mut db,
+        (&owner_email, Role::Owner),
+        std::slice::from_ref(&m),
+        now,
+    )
+    .await;
+    let clerk_secret = enrolled(
+        &mut db,
+        (&clerk, Role::Finance),
+        std::slice::from_ref(&m),
+        now,
+    )
+    .await;
     // Told by email about each event, as JSON, to begin with.
     let to = format!("ops-{run}@example.com");
     d.apply_merchants(&format!(
@@ -933,6 +907,40 @@ async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log
         "no email per event"
     );
 
+    // Deliveries: the digest's email, delivered at the first attempt; redelivered from its
+    // button, it arrives again under the same Message-ID (its idempotency key).
+    let step = |t: SystemTime| secs(t) / totp::STEP_S;
+    let at = if step(SystemTime::now()) > step(next) {
+        SystemTime::now()
+    } else {
+        next + Duration::from_secs(totp::STEP_S)
+    };
+    sign_in_page(
+        &b,
+        &api.base,
+        &owner_email,
+        &totp::code_at(&owner_secret, secs(at)),
+    )
+    .await;
+    b.click("header nav a[href='/portal/deliveries']").await;
+    b.wait_title("Deliveries · posflow").await;
+    assert_eq!(b.count("table.deliveries tbody tr").await, 1);
+    let row = b.text("table.deliveries tbody tr").await;
+    for shown in ["digest", "email", "delivered"] {
+        assert!(row.contains(shown), "{shown:?} in {row}");
+    }
+    assert_eq!(b.text("table.deliveries td.attempts").await, "1");
+    b.screenshot("portal-deliveries").await;
+    b.click("table.deliveries tbody tr button").await;
+    b.wait_title("Deliveries · posflow").await;
+    assert!(b.text(".notice.ok").await.contains("delivered again"));
+    let again = wait_for_mail(&to, Duration::from_secs(60), |m| m.len() >= 2).await;
+    assert_eq!(again.len(), 2);
+    assert_eq!(
+        again[0].headers["message-id"],
+        again[1].headers["message-id"]
+    );
+
     let actions: Vec<String> = owner
         .query(
             "SELECT action || ':' || outcome FROM api_audit WHERE action LIKE 'portal.%' AND merchant_id = $1 ORDER BY seq",
@@ -952,6 +960,8 @@ async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log
         "portal.api_keys.read:forbidden",
         "portal.team:forbidden",
         "portal.audit:forbidden",
+        "portal.deliveries:ok",
+        "portal.deliveries.redeliver:ok",
     ] {
         assert!(
             actions.iter().any(|a| a == expected),

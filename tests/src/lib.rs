@@ -9,7 +9,8 @@
 //! [`stack`] the stack, a deployment on it and faults; [`process`] the binaries as processes;
 //! [`kafka`] reading and producing topics; [`db`](mod@db) PostgreSQL; [`terminals`] terminals over
 //! MQTT; [`fraud`] fraud's memory run; [`api`] the merchant API; [`notify`] webhook receivers
-//! and the notifier's records; [`otlp`] a trace collector.
+//! and the notifier's records; [`otlp`] a trace collector; [`portal`] people signed in to the
+//! portal.
 
 pub mod api;
 pub mod browser;
@@ -18,6 +19,7 @@ pub mod fraud;
 pub mod kafka;
 pub mod notify;
 pub mod otlp;
+pub mod portal;
 pub mod process;
 pub mod stack;
 pub mod terminals;

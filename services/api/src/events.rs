@@ -5,6 +5,7 @@
 //! through `posflow_redeliver` (migration 2).
 
 use crate::db::Scoped;
+use crate::problem::Problem;
 use crate::query::{Params, Position};
 use crate::records::{millis, Page};
 use posflow_pg::DbError;
@@ -180,6 +181,30 @@ pub async fn redeliver(s: &Scoped<'_>, ids: &[i64]) -> Result<Vec<i64>, DbError>
         .iter()
         .map(|r| r.get(0))
         .collect())
+}
+
+/// Redelivers one finished delivery: (before, after) for the audit log; not found for none of
+/// the merchant's; refused while it is still pending.
+pub async fn redeliver_one(s: &Scoped<'_>, id: i64) -> Result<(Value, Value), Problem> {
+    let unavailable = |e: DbError| {
+        tracing::warn!(error = %e.summary(), "redelivery failed");
+        Problem::Unavailable
+    };
+    let before = attempts(s, id)
+        .await
+        .map_err(unavailable)?
+        .ok_or(Problem::NotFound)?;
+    let done = redeliver(s, &[id]).await.map_err(unavailable)?;
+    if done.is_empty() {
+        return Err(Problem::invalid(
+            "event",
+            "is still pending: it is being delivered",
+        ));
+    }
+    Ok((
+        json!({ "id": id, "status": before["status"], "attempts": before["attempts"] }),
+        json!({ "redelivered": done }),
+    ))
 }
 
 /// The failed deliveries created in [from, to), at most `max`.

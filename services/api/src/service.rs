@@ -598,23 +598,13 @@ async fn get_transaction(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Probl
 async fn redeliver_event(c: &Call<'_, '_>, p: &mut Params) -> Result<Done, Problem> {
     p.finish()?;
     let id = event_arg(c.args[1])?;
-    let before = found(events::attempts(c.s, id).await.map_err(db)?)?;
-    let done = events::redeliver(c.s, &[id]).await.map_err(db)?;
-    if done.is_empty() {
-        return Err(Problem::invalid(
-            "event",
-            "is still pending: it is being delivered",
-        ));
-    }
-    let after = json!({ "redelivered": done });
+    let (before, after) = events::redeliver_one(c.s, id).await?;
     Ok(Done {
         download: None,
         status: 200,
         body: json(&after),
         rows: 1,
-        before: Some(
-            json!({ "id": id, "status": before["status"], "attempts": before["attempts"] }),
-        ),
+        before: Some(before),
         after: Some(after),
     })
 }

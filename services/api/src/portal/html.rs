@@ -25,7 +25,7 @@ pub fn escape(s: &str) -> String {
 pub const CSS: &str = include_str!("portal.css");
 
 /// The pages in the navigation, each shown to the roles with its permission.
-const NAV: [(&str, &str, Permission); 6] = [
+const NAV: [(&str, &str, Permission); 7] = [
     ("/portal/", "Overview", Permission::RecordsRead),
     (
         "/portal/transactions",
@@ -37,6 +37,7 @@ const NAV: [(&str, &str, Permission); 6] = [
         "Notifications",
         Permission::SettingsRead,
     ),
+    ("/portal/deliveries", "Deliveries", Permission::EventsRead),
     ("/portal/api-keys", "API keys", Permission::KeysRead),
     ("/portal/audit", "Audit log", Permission::AuditRead),
     ("/portal/team", "Team", Permission::TeamManage),

@@ -11,6 +11,7 @@
 pub mod api_keys;
 pub mod audit_log;
 pub mod chart;
+pub mod deliveries;
 pub mod html;
 pub mod invite;
 pub mod notifications;

@@ -9,7 +9,9 @@
 
 use super::html::{self, escape, field, form, notice, page};
 use super::people::{self, Person, Refused};
-use super::{api_keys, audit_log, chart, invite, notifications, sales, session, transactions};
+use super::{
+    api_keys, audit_log, chart, deliveries, invite, notifications, sales, session, transactions,
+};
 use crate::auth::{Permission, Role};
 use crate::db::{AppFilter, Scope, Scoped};
 use crate::service::State;
@@ -119,6 +121,14 @@ pub async fn handle(state: &State, r: &PageRequest<'_>) -> PageReply {
         (true, "/notifications") => notifications::save(state, r).await,
         (true, "/notifications/rotate") => notifications::rotate(state, r).await,
         (false, "/audit") => audit_log::show(state, r).await,
+        (false, "/deliveries") => deliveries::search(state, r, None).await,
+        (false, p) if p.starts_with("/deliveries/") => {
+            deliveries::one(state, r, &p["/deliveries/".len()..]).await
+        }
+        (true, p) if p.starts_with("/deliveries/") && p.ends_with("/redeliver") => {
+            let id = &p["/deliveries/".len()..p.len() - "/redeliver".len()];
+            deliveries::redeliver(state, r, id).await
+        }
         (false, "/api-keys") => api_keys::show(state, r, None).await,
         (true, "/api-keys") => api_keys::create(state, r).await,
         (true, p) if p.starts_with("/api-keys/") && p.ends_with("/revoke") => {
