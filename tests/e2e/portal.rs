@@ -307,6 +307,23 @@ async fn ana(
     .await
 }
 
+/// A time whose TOTP code the server takes after the one of `used` (each step is good once,
+/// and the server accepts one step either side of its clock): now if its step is later, else
+/// the step after `used`'s — once the clock has reached `used`'s step (a wait on the clock
+/// when `used` was a future code).
+async fn fresh(used: SystemTime) -> SystemTime {
+    let step = |t: SystemTime| secs(t) / totp::STEP_S;
+    while step(SystemTime::now()) < step(used) {
+        let into = secs(SystemTime::now()) % totp::STEP_S;
+        tokio::time::sleep(Duration::from_secs(totp::STEP_S - into)).await;
+    }
+    if step(SystemTime::now()) > step(used) {
+        SystemTime::now()
+    } else {
+        used + Duration::from_secs(totp::STEP_S)
+    }
+}
+
 /// Signs in through the sign-in page with `code`; waits for the overview.
 async fn sign_in_page(b: &Browser, base: &str, email: &str, code: &str) {
     b.goto(&format!("{base}/portal/sign-in")).await;
@@ -530,6 +547,59 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
         .await;
     b.wait_title("Not found · posflow").await;
 
+    // Reports: the clerk requests the period the form offers, as CSV; once a runner has made
+    // it, the download holds exactly the database's rows of those days, and the
+    // acknowledgement shows.
+    b.goto(&format!("{}/portal/reports", api.base)).await;
+    b.wait_title("Reports · posflow").await;
+    let (first, last) = (b.value("#from").await, b.value("#to").await);
+    b.click("main form button").await;
+    b.wait_title("Reports · posflow").await;
+    assert!(b.text(".notice.ok").await.contains("requested"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while b.text("table.reports tbody tr .status").await != "ready" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the report was never made"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.goto(&format!("{}/portal/reports", api.base)).await;
+    }
+    let href = b.text("table.reports tbody tr").await;
+    assert!(href.contains(&first), "{href}");
+    let report_id = b.text("table.reports tbody tr code").await;
+    let (status, headers, file) = api
+        .raw(
+            "GET",
+            &format!("/portal/reports/{report_id}/download?merchant={m}"),
+            &[("cookie", &session_cookie)],
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "text/csv");
+    let in_file = String::from_utf8(file).unwrap().lines().count() as i64 - 1;
+    let in_db: i64 = owner_db
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE merchant_id = $1 \
+               AND transaction_time >= $2::text::date AND transaction_time < $3::text::date + 1",
+            &[&m, &first, &last],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(in_db > 0);
+    assert_eq!(
+        in_file, in_db,
+        "the report's rows are the database's ({first} to {last})"
+    );
+    b.click("table.reports tbody tr button").await;
+    b.wait_title("Reports · posflow").await;
+    assert!(b
+        .text("table.reports tbody tr .acknowledged")
+        .await
+        .starts_with("20"));
+    b.screenshot("portal-reports").await;
+
     // A finance clerk has no Team link, and the page itself refuses them.
     assert_eq!(b.count("header nav a[href='/portal/team']").await, 0);
     b.goto(&format!("{}/portal/team", api.base)).await;
@@ -568,6 +638,91 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
     assert_eq!(after.status, 303);
     assert_eq!(after.headers["location"], "/portal/sign-in");
 
+    // The owner manages the clerk: a new role (in force at once), a reset authenticator (a new
+    // link by email), then removal. Their own row has no controls.
+    sign_in_page(
+        &b,
+        &api.base,
+        &owner_email,
+        &totp::code_at(&owner_secret, secs(fresh(next).await)),
+    )
+    .await;
+    b.goto(&format!("{}/portal/team", api.base)).await;
+    b.wait_title("Team · posflow").await;
+    let clerk_id: String = owner_db
+        .query_one("SELECT id FROM portal_people WHERE email = $1", &[&clerk])
+        .await
+        .unwrap()
+        .get(0);
+    let row = format!("tr[data-person='{clerk_id}']");
+    assert_eq!(
+        b.count("td.controls:not(:has(form))").await,
+        1,
+        "the owner's own row"
+    );
+    b.click(&format!("{row} select option[value='auditor']"))
+        .await;
+    b.click(&format!("{row} button.change-role")).await;
+    b.wait_title("Team · posflow").await;
+    assert!(b.text(".notice.ok").await.contains("finance → auditor"));
+    assert_eq!(b.text(&format!("{row} .role")).await, "auditor");
+    b.resize(1100, 900).await;
+    b.screenshot("portal-team-manage").await;
+    b.click(&format!("{row} button.reset-mfa")).await;
+    b.wait_title("Team · posflow").await;
+    assert!(b.text(".notice.ok").await.contains("new link"));
+    assert_eq!(b.text(&format!("{row} .status")).await, "invited");
+    let links =
+        posflow_e2e::notify::wait_for_mail(&clerk, Duration::from_secs(30), |m| m.len() >= 2).await;
+    assert_eq!(links.len(), 2, "the invitation, then the reset's link");
+    assert!(links[1]
+        .text
+        .contains(&format!("{}/portal/enrol/", api.base)));
+    b.click(&format!("{row} button.remove")).await;
+    b.wait_title("Team · posflow").await;
+    assert_eq!(b.count(&row).await, 0, "removed");
+    let changes: Vec<(String, String, String)> = owner_db
+        .query(
+            "SELECT action, before, after FROM api_audit WHERE action LIKE 'portal.team.%' AND action <> 'portal.team.invite' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let status = |j: &str| serde_json::from_str::<serde_json::Value>(j).unwrap();
+    let summary: Vec<(String, serde_json::Value, serde_json::Value)> = changes
+        .iter()
+        .map(|(a, b, c)| {
+            (
+                a.clone(),
+                status(b)["role"].clone(),
+                status(c)["status"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                "portal.team.role".to_string(),
+                serde_json::json!("finance"),
+                serde_json::json!("active")
+            ),
+            (
+                "portal.team.reset_mfa".to_string(),
+                serde_json::json!("auditor"),
+                serde_json::json!("invited")
+            ),
+            (
+                "portal.team.remove".to_string(),
+                serde_json::json!("auditor"),
+                serde_json::json!("removed")
+            ),
+        ]
+    );
+
     // Each step left its audit record.
     let actions: Vec<String> = owner_db
         .query(
@@ -591,6 +746,9 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
         "portal.transactions.csv:ok",
         "portal.transaction:ok",
         "portal.transaction:not_found",
+        "portal.reports.request:ok",
+        "portal.reports.download:ok",
+        "portal.reports.acknowledge:ok",
         "portal.overview:not_found",
         "portal.sign_out:csrf",
         "portal.sign_out:ok",
@@ -909,12 +1067,7 @@ async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log
 
     // Deliveries: the digest's email, delivered at the first attempt; redelivered from its
     // button, it arrives again under the same Message-ID (its idempotency key).
-    let step = |t: SystemTime| secs(t) / totp::STEP_S;
-    let at = if step(SystemTime::now()) > step(next) {
-        SystemTime::now()
-    } else {
-        next + Duration::from_secs(totp::STEP_S)
-    };
+    let at = fresh(next).await;
     sign_in_page(
         &b,
         &api.base,

@@ -206,6 +206,16 @@ impl Browser {
             .to_string()
     }
 
+    /// The current value of the first element matching `css` (a form field).
+    pub async fn value(&self, css: &str) -> String {
+        let e = self.find(css).await;
+        self.session_call("GET", &format!("/element/{}/property/value", e.0), None)
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Resizes the window (a taller one shows a whole page in a screenshot).
     pub async fn resize(&self, width: u32, height: u32) {
         self.session_call(

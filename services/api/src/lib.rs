@@ -64,6 +64,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             "portal people",
             include_str!("../migrations/0005_portal_people.sql"),
         ),
+        (
+            6,
+            "portal team changes",
+            include_str!("../migrations/0006_portal_team.sql"),
+        ),
     ],
 };
 

@@ -150,7 +150,7 @@ async fn answer(
 
 /// A portal page (portal::pages), with the headers every page carries.
 async fn portal_page(
-    state: &State,
+    state: &Arc<State>,
     parts: &hyper::http::request::Parts,
     body: Bytes,
     peer: SocketAddr,
@@ -177,6 +177,9 @@ async fn portal_page(
         },
     )
     .await;
+    if let Some(d) = reply.download {
+        return stream(state.clone(), d, &request_id);
+    }
     let mut r = Response::builder()
         .status(reply.status)
         .header("x-request-id", &request_id);

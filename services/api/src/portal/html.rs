@@ -25,13 +25,14 @@ pub fn escape(s: &str) -> String {
 pub const CSS: &str = include_str!("portal.css");
 
 /// The pages in the navigation, each shown to the roles with its permission.
-const NAV: [(&str, &str, Permission); 7] = [
+const NAV: [(&str, &str, Permission); 8] = [
     ("/portal/", "Overview", Permission::RecordsRead),
     (
         "/portal/transactions",
         "Transactions",
         Permission::RecordsRead,
     ),
+    ("/portal/reports", "Reports", Permission::RecordsRead),
     (
         "/portal/notifications",
         "Notifications",

@@ -41,13 +41,37 @@ impl Invitations {
             Ok(it) => it,
             Err(r) => return Ok(Sent::Refused(r)),
         };
+        let reason = format!(
+            "You have been invited to posflow, the portal where {} sees its card sales, as {}.",
+            merchants.join(", "),
+            role.as_str()
+        );
+        Ok(
+            match self
+                .send_link(&id, email, &token, &reason, "Your invitation to posflow")
+                .await
+            {
+                None => Sent::Invited(id),
+                Some(error) => Sent::MailFailed(error),
+            },
+        )
+    }
+
+    /// Emails person `id` the link that (re-)enrols them, after `reason`; `None` once the mail
+    /// server took it, else its error.
+    pub async fn send_link(
+        &self,
+        id: &str,
+        email: &str,
+        token: &posflow_runtime::Secret,
+        reason: &str,
+        subject: &str,
+    ) -> Option<String> {
         let link = format!("{}/portal/enrol/{}", self.portal_url, token.expose());
         let text = format!(
-            "You have been invited to posflow, the portal where {} sees its card sales, as {}.\n\n\
+            "{reason}\n\n\
              Set up your account (a password and an authenticator app) within {} hours:\n\n{link}\n\n\
              If you did not expect this, ignore this email: nothing happens without the link.\n",
-            merchants.join(", "),
-            role.as_str(),
             people::INVITATION_TTL.as_secs() / 3600,
         );
         let to = [email.trim().to_lowercase()];
@@ -55,15 +79,15 @@ impl Invitations {
             .mailer
             .send(&Mail {
                 to: &to,
-                subject: "Your invitation to posflow",
+                subject,
                 text: text.as_bytes(),
                 attachment: None,
                 idempotency_key: &format!("invite-{id}-{}", &token.expose()[..8]),
             })
             .await;
-        Ok(match answer {
-            Answer::Delivered => Sent::Invited(id),
-            Answer::Refused { error } | Answer::Retry { error, .. } => Sent::MailFailed(error),
-        })
+        match answer {
+            Answer::Delivered => None,
+            Answer::Refused { error } | Answer::Retry { error, .. } => Some(error),
+        }
     }
 }

@@ -10,9 +10,10 @@
 use super::html::{self, escape, field, form, notice, page};
 use super::people::{self, Person, Refused};
 use super::{
-    api_keys, audit_log, chart, deliveries, invite, notifications, sales, session, transactions,
+    api_keys, audit_log, chart, deliveries, notifications, reports_page, sales, session, team,
+    transactions,
 };
-use crate::auth::{Permission, Role};
+use crate::auth::Permission;
 use crate::db::{AppFilter, Scope, Scoped};
 use crate::service::State;
 use posflow_runtime::Secret;
@@ -34,21 +35,30 @@ pub struct PageReply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub body: Vec<u8>,
+    /// A report's file, streamed by the HTTP layer instead of `body`.
+    pub download: Option<crate::reports::Download>,
 }
 
 impl PageReply {
-    pub(super) fn html(status: u16, body: String) -> Self {
+    pub(super) fn new(status: u16, headers: Vec<(&'static str, String)>, body: Vec<u8>) -> Self {
         PageReply {
             status,
-            headers: vec![("content-type", "text/html; charset=utf-8".into())],
-            body: body.into_bytes(),
+            headers,
+            body,
+            download: None,
         }
     }
+    pub(super) fn html(status: u16, body: String) -> Self {
+        let ctype = ("content-type", "text/html; charset=utf-8".into());
+        PageReply::new(status, vec![ctype], body.into_bytes())
+    }
     pub(super) fn redirect(to: &str) -> Self {
+        PageReply::new(303, vec![("location", to.to_string())], Vec::new())
+    }
+    pub(super) fn download(d: crate::reports::Download) -> Self {
         PageReply {
-            status: 303,
-            headers: vec![("location", to.to_string())],
-            body: Vec::new(),
+            download: Some(d),
+            ..PageReply::new(200, Vec::new(), Vec::new())
         }
     }
     fn cookie(mut self, value: String) -> Self {
@@ -100,27 +110,38 @@ pub async fn handle(state: &State, r: &PageRequest<'_>) -> PageReply {
     let rest = r.path.strip_prefix("/portal").unwrap_or("");
     let post = r.method == Method::POST;
     match (post, rest) {
-        (false, "/static/portal.css") => PageReply {
-            status: 200,
-            headers: vec![("content-type", "text/css; charset=utf-8".into())],
-            body: html::CSS.as_bytes().to_vec(),
-        },
+        (false, "/static/portal.css") => PageReply::new(
+            200,
+            vec![("content-type", "text/css; charset=utf-8".into())],
+            html::CSS.as_bytes().to_vec(),
+        ),
         (false, "/sign-in") => sign_in_form(None),
         (true, "/sign-in") => sign_in(state, r).await,
         (true, "/sign-out") => sign_out(state, r, false).await,
         (true, "/sign-out-everywhere") => sign_out(state, r, true).await,
         (false, "/" | "") => overview(state, r).await,
-        (false, "/team") => team(state, r, None).await,
+        (false, "/team") => team::show(state, r, None).await,
         (false, "/transactions") => transactions::search(state, r).await,
         (false, "/transactions.csv") => transactions::csv(state, r).await,
         (false, p) if p.starts_with("/transactions/") => {
             transactions::one(state, r, &p["/transactions/".len()..]).await
         }
-        (true, "/team/invite") => invite(state, r).await,
+        (true, "/team/invite") => team::invite(state, r).await,
+        (true, p) if p.starts_with("/team/") => team::change(state, r, &p["/team/".len()..]).await,
         (false, "/notifications") => notifications::show(state, r, None).await,
         (true, "/notifications") => notifications::save(state, r).await,
         (true, "/notifications/rotate") => notifications::rotate(state, r).await,
         (false, "/audit") => audit_log::show(state, r).await,
+        (false, "/reports") => reports_page::show(state, r, None).await,
+        (true, "/reports") => reports_page::request(state, r).await,
+        (false, p) if p.starts_with("/reports/") && p.ends_with("/download") => {
+            let id = &p["/reports/".len()..p.len() - "/download".len()];
+            reports_page::download(state, r, id).await
+        }
+        (true, p) if p.starts_with("/reports/") && p.ends_with("/acknowledge") => {
+            let id = &p["/reports/".len()..p.len() - "/acknowledge".len()];
+            reports_page::acknowledge(state, r, id).await
+        }
         (false, "/deliveries") => deliveries::search(state, r, None).await,
         (false, p) if p.starts_with("/deliveries/") => {
             deliveries::one(state, r, &p["/deliveries/".len()..]).await
@@ -619,120 +640,8 @@ pub(super) async fn changed(
         .map_err(|_| unavailable())
 }
 
-/// The Team page (owners): the merchant's people and the invitation form.
-async fn team(state: &State, r: &PageRequest<'_>, done: Option<String>) -> PageReply {
-    let (person, scope, sid) =
-        match authorised(state, r, Permission::TeamManage, "portal.team").await {
-            Ok(it) => it,
-            Err(reply) => return reply,
-        };
-    let csrf = session::csrf_token(&sid);
-    let Ok(c) = state.pool.get().await else {
-        return unavailable();
-    };
-    let Ok(people) = people::of_merchant(&c, scope.merchant()).await else {
-        return unavailable();
-    };
-    if let Err(reply) = served(state, r, (&person, scope.merchant()), "portal.team").await {
-        return reply;
-    }
-    let rows: String = people
-        .iter()
-        .map(|(email, role, status)| {
-            format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(email),
-                escape(role),
-                escape(status)
-            )
-        })
-        .collect();
-    let invite = if state.invitations.is_some() {
-        let roles: String = [Role::Owner, Role::Finance, Role::Developer, Role::Auditor]
-            .iter()
-            .map(|r| format!(r#"<option value="{0}">{0}</option>"#, r.as_str()))
-            .collect();
-        form(
-            "/portal/team/invite",
-            &csrf,
-            &format!(
-                r#"<input type="hidden" name="merchant" value="{}">{}<label for="role">Role</label><select id="role" name="role">{roles}</select><button type="submit">Send invitation</button>"#,
-                escape(scope.merchant()),
-                field("email", "Email", "email", "off"),
-            ),
-        )
-    } else {
-        notice(
-            "error",
-            "Invitations are off: the portal has no --portal-url and mail server.",
-        )
-    };
-    let main = format!(
-        r#"{}<h2>People of {}</h2><table class="team"><tr><th>email</th><th>role</th><th>status</th></tr>{rows}</table><h2>Invite someone</h2>{invite}"#,
-        done.map(|d| notice("ok", &d)).unwrap_or_default(),
-        escape(scope.merchant()),
-    );
-    PageReply::html(200, page("Team", Some((&person, &csrf)), &main))
-}
-
-async fn invite(state: &State, r: &PageRequest<'_>) -> PageReply {
-    let action = "portal.team.invite";
-    let (person, scope, _, f) =
-        match authorised_form(state, r, Permission::TeamManage, action).await {
-            Ok(it) => it,
-            Err(reply) => return reply,
-        };
-    let (Some(inv), Ok(mut c)) = (&state.invitations, state.pool.get().await) else {
-        return unavailable();
-    };
-    let email = f.get("email").map(String::as_str).unwrap_or("");
-    let role = f
-        .get("role")
-        .and_then(|r| Role::parse(r))
-        .filter(|r| *r != Role::Operator);
-    let (done, outcome) = match role {
-        None => ("Choose one of the roles.".to_string(), "invalid"),
-        Some(_) if !email.contains('@') || email.len() > 254 => {
-            ("That is not an email address.".to_string(), "invalid")
-        }
-        Some(role) => match inv
-            .invite(
-                &mut c,
-                email,
-                role,
-                &[scope.merchant().to_string()],
-                &person.id,
-            )
-            .await
-        {
-            Ok(invite::Sent::Invited(_)) => (format!("Invitation sent to {email}."), "ok"),
-            Ok(invite::Sent::Refused(why)) => (why.to_string(), "refused"),
-            Ok(invite::Sent::MailFailed(why)) => (
-                format!("The mail server did not take the invitation ({why}); try again."),
-                "mail_failed",
-            ),
-            Err(_) => return unavailable(),
-        },
-    };
-    let after = serde_json::json!({"email": email.trim().to_lowercase(), "role": f.get("role")});
-    let who = (&person, scope.merchant());
-    if let Err(reply) = changed(
-        state,
-        r,
-        who,
-        action,
-        outcome,
-        (None, Some(after.to_string())),
-    )
-    .await
-    {
-        return reply;
-    }
-    team(state, r, Some(done)).await
-}
-
 /// The day (`YYYY-MM-DD`) of a UTC time, and back.
-fn day_of(t: SystemTime) -> String {
+pub(super) fn day_of(t: SystemTime) -> String {
     humantime::format_rfc3339(t).to_string()[..10].to_string()
 }
 
@@ -743,7 +652,7 @@ fn parse_day(s: &str) -> Option<SystemTime> {
 /// The overview's period from `from` and `to` (`YYYY-MM-DD`, both days included): the last
 /// [`DEFAULT_DAYS`] through today when absent or unusable, at most [`MAX_DAYS`]. Returned as
 /// [start of `from`, start of the day after `to`).
-fn period(q: &HashMap<String, String>, now: SystemTime) -> (SystemTime, SystemTime) {
+pub(super) fn period(q: &HashMap<String, String>, now: SystemTime) -> (SystemTime, SystemTime) {
     let day = Duration::from_secs(86_400);
     let today = parse_day(&day_of(now)).unwrap_or(UNIX_EPOCH);
     let to = q

@@ -54,6 +54,10 @@ pub enum Refused {
     Locked(Duration),
     #[error("your session has ended: sign in again")]
     SessionEnded,
+    #[error("there is no such person in your team")]
+    NotInTeam,
+    #[error("you cannot change your own access: another owner can")]
+    NotYourself,
 }
 
 /// A step's outcome: done, refused (with why), or the database failed.
@@ -406,20 +410,118 @@ pub async fn session_person(db: &Client, session_id: &str) -> Outcome<Person> {
 }
 
 /// A merchant's people (not removed), for the Team page: email, role, status.
-pub async fn of_merchant(
-    db: &Client,
-    merchant: &str,
-) -> Result<Vec<(String, String, String)>, DbError> {
+pub async fn of_merchant(db: &Client, merchant: &str) -> Result<Vec<Member>, DbError> {
     Ok(db
         .query(
-            "SELECT email, role, status FROM portal_people \
+            "SELECT id, email, role, status FROM portal_people \
              WHERE $1 = ANY (merchants) AND status <> 'removed' ORDER BY email",
             &[&merchant],
         )
         .await?
         .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .map(|r| Member {
+            id: r.get(0),
+            email: r.get(1),
+            role: r.get(2),
+            status: r.get(3),
+        })
         .collect())
+}
+
+/// A person of a merchant's team, as the Team page lists them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub id: String,
+    pub email: String,
+    pub role: String,
+    pub status: String,
+}
+
+/// What an owner changes about another person of their merchant (the Team page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TeamChange {
+    /// Their role, from now on (their sessions go on, under the new role).
+    Role(Role),
+    /// No more access: sessions ended, unused recovery codes and links spent; kept for the trail.
+    Remove,
+    /// A lost or compromised authenticator: credentials cleared, sessions ended, and a new
+    /// enrolment link (the returned token) to set a password and an authenticator again.
+    ResetMfa,
+}
+
+/// Applies `change` to the person `target` of `merchant`, made by the owner `by` — never to
+/// themselves (no merchant locks out its last owner by a slip). Returns the person before and
+/// after (for the audit trail) and, for a reset, the new link's token.
+pub async fn change(
+    db: &mut Client,
+    merchant: &str,
+    target: &str,
+    by: &str,
+    change: TeamChange,
+) -> Outcome<(Member, Member, Option<Secret>)> {
+    if target == by {
+        return Ok(Err(Refused::NotYourself));
+    }
+    let tx = db.transaction().await?;
+    let member = |r: &tokio_postgres::Row| Member {
+        id: r.get(0),
+        email: r.get(1),
+        role: r.get(2),
+        status: r.get(3),
+    };
+    let Some(before) = tx
+        .query_opt(
+            "SELECT id, email, role, status FROM portal_people \
+             WHERE id = $1 AND $2 = ANY (merchants) AND status <> 'removed' FOR UPDATE",
+            &[&target, &merchant],
+        )
+        .await?
+        .map(|r| member(&r))
+    else {
+        return Ok(Err(Refused::NotInTeam));
+    };
+    let (sql, token) = match change {
+        TeamChange::Role(_) => ("UPDATE portal_people SET role = $2 WHERE id = $1", None),
+        TeamChange::Remove => ("UPDATE portal_people SET status = 'removed' WHERE id = $1", None),
+        TeamChange::ResetMfa => (
+            "UPDATE portal_people SET status = 'invited', password_hash = NULL, totp_secret = NULL, \
+             totp_last_step = NULL, failed_attempts = 0, locked_until = NULL WHERE id = $1",
+            Some(random_token()),
+        ),
+    };
+    let role = match change {
+        TeamChange::Role(r) => r.as_str(),
+        _ => before.role.as_str(),
+    };
+    if let TeamChange::Role(_) = change {
+        tx.execute(sql, &[&target, &role]).await?;
+    } else {
+        tx.execute(sql, &[&target]).await?;
+        for spend in [
+            "UPDATE portal_sessions SET ended_at = now() WHERE person_id = $1 AND ended_at IS NULL",
+            "UPDATE portal_recovery_codes SET used_at = now() WHERE person_id = $1 AND used_at IS NULL",
+            "UPDATE portal_invitations SET used_at = now() WHERE person_id = $1 AND used_at IS NULL",
+        ] {
+            tx.execute(spend, &[&target]).await?;
+        }
+    }
+    if let Some(t) = &token {
+        tx.execute(
+            "INSERT INTO portal_invitations (token_hash, person_id, expires_at) \
+             VALUES ($1, $2, now() + $3 * interval '1 second')",
+            &[&sha256(t), &target, &(INVITATION_TTL.as_secs() as f64)],
+        )
+        .await?;
+    }
+    let after = member(
+        &tx.query_one(
+            "SELECT id, email, role, status FROM portal_people WHERE id = $1",
+            &[&target],
+        )
+        .await?,
+    );
+    tx.commit().await?;
+    Ok(Ok((before, after, token.map(Secret::new))))
 }
 
 /// The emails of the people among `actors` (audit records' actors: person ids, key ids, …).

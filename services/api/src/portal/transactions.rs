@@ -305,20 +305,18 @@ pub(super) async fn csv(state: &State, r: &PageRequest<'_>) -> PageReply {
             page("Transactions", None, &notice("error", &errors.join("; "))),
         );
     }
-    PageReply {
-        status: 200,
-        headers: vec![
+    let disposition = format!(
+        "attachment; filename=\"transactions-{}.csv\"",
+        scope.merchant()
+    );
+    PageReply::new(
+        200,
+        vec![
             ("content-type", "text/csv; charset=utf-8".into()),
-            (
-                "content-disposition",
-                format!(
-                    "attachment; filename=\"transactions-{}.csv\"",
-                    scope.merchant()
-                ),
-            ),
+            ("content-disposition", disposition),
         ],
-        body: out.into_bytes(),
-    }
+        out.into_bytes(),
+    )
 }
 
 /// The search's rows as CSV, page after page (up to [`CSV_MAX_ROWS`]): the text, how many
