@@ -1129,3 +1129,71 @@ async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log
     .await;
     assert!(locked >= 2, "{locked} locked sign-ins audited");
 }
+
+/// A merchant's first owner is invited by an operator (`posflow-admin portal invite`): the
+/// email's link enrols them on the portal, the invitation is in the merchant's audit trail as
+/// the operator's; a bad invocation lists every mistake and invites nobody.
+#[tokio::test]
+async fn an_operator_invites_a_merchants_first_owner() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let run = rand::random::<u32>();
+    let (m, email) = (format!("F{run}"), format!("first-{run}@example.com"));
+    let base = "https://portal.example.com";
+    let smtp = posflow_e2e::local_smtp_url();
+    let invite = |extra: &[&str]| {
+        let mut args = vec!["portal", "invite", "--operator", "ops-anna"];
+        args.extend_from_slice(extra);
+        d.cli("posflow-admin", &args)
+    };
+    let bad = invite(&["--email", "nobody", "--smtp-url", "mail.example.com"]);
+    assert_eq!(bad.code, Some(2), "{}{}", bad.stdout, bad.stderr);
+    for said in ["--portal-url", "--smtp-url", "--email", "--merchant"] {
+        assert!(bad.stderr.contains(said), "{said} in {}", bad.stderr);
+    }
+    let done = invite(&[
+        "--email",
+        &email,
+        "--merchant",
+        &m,
+        "--portal-url",
+        base,
+        "--smtp-url",
+        &smtp,
+    ]);
+    done.expect_ok();
+    assert!(
+        done.stdout
+            .contains(&format!("invited {email} as owner of {m}")),
+        "{}",
+        done.stdout
+    );
+    let mails =
+        posflow_e2e::notify::wait_for_mail(&email, Duration::from_secs(30), |m| !m.is_empty())
+            .await;
+    let link = mails[0]
+        .text
+        .split_whitespace()
+        .find(|w| w.starts_with(&format!("{base}/portal/enrol/")))
+        .unwrap_or_else(|| panic!("a link in {:?}", mails[0].text));
+    // The link enrols: the token is good for setting a password.
+    let token = &link[format!("{base}/portal/enrol/").len()..];
+    let db = api_login(&d).await;
+    let e = ok(
+        people::set_password(&db, &posflow_e2e::portal::keys(), token, &Secret::new(GOOD)).await,
+    );
+    assert!(!e.secret_base32.expose().is_empty());
+    let owner = posflow_e2e::api::owner_db(&d).await;
+    let row = owner
+        .query_one(
+            "SELECT actor, role, after FROM api_audit WHERE action = 'portal.team.invite' AND merchant_id = $1",
+            &[&m],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "operator:ops-anna");
+    let after: serde_json::Value = serde_json::from_str(row.get::<_, &str>(2)).unwrap();
+    assert_eq!(
+        (after["email"].as_str(), after["role"].as_str()),
+        (Some(email.as_str()), Some("owner"))
+    );
+}

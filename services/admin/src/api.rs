@@ -7,6 +7,7 @@ use clap::Subcommand;
 use posflow_api::audit::{self, Verdict};
 use posflow_api::auth::Role;
 use posflow_api::keys::{self, NewKey};
+use posflow_api::portal::invite::{PortalArgs, Sent};
 use posflow_pg::DatabaseArgs;
 use posflow_schema::now_millis;
 use posflow_schema::AuditRecord;
@@ -39,6 +40,79 @@ pub enum KeyAction {
     },
     /// Revoke a key at once.
     Revoke { key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PortalAction {
+    /// Invite a person (a merchant's first owner, typically) by email: the link enrols them
+    /// (a password and an authenticator), good 72 hours. Owners invite the rest of their team
+    /// from the portal's Team page.
+    Invite {
+        #[arg(long)]
+        email: String,
+        /// owner, finance, developer or auditor.
+        #[arg(long, default_value = "owner")]
+        role: String,
+        /// The merchant they act for; repeat for a chain's set.
+        #[arg(long = "merchant")]
+        merchants: Vec<String>,
+        #[command(flatten)]
+        db: DatabaseArgs,
+        #[command(flatten)]
+        portal: PortalArgs,
+    },
+}
+
+/// `posflow-admin portal invite`: the invitation the Team page sends, made by an operator and
+/// audited as `operator:<name>` in each merchant's trail.
+pub async fn portal(action: PortalAction, operator: &str) -> anyhow::Result<ExitCode> {
+    let PortalAction::Invite {
+        email,
+        role,
+        merchants,
+        db,
+        portal,
+    } = action;
+    let Some(role) = Role::parse(&role).filter(|r| *r != Role::Operator) else {
+        anyhow::bail!("--role must be one of owner, finance, developer, auditor");
+    };
+    let inv = portal
+        .invitations()?
+        .ok_or_else(|| anyhow::anyhow!("--portal-url is required"))?;
+    let mut client = db.connect().await?;
+    let by = format!("operator:{operator}");
+    match inv
+        .invite(&mut client, &email, role, &merchants, &by)
+        .await?
+    {
+        Sent::Invited(id) => {
+            let after = serde_json::json!({"email": email.trim().to_lowercase(), "role": role.as_str(), "person": id});
+            record(
+                &mut client,
+                operator,
+                "portal.team.invite",
+                &merchants,
+                None,
+                &after,
+            )
+            .await?;
+            println!(
+                "invited {email} as {} of {}: the link is on its way (good {} hours)",
+                role.as_str(),
+                merchants.join(", "),
+                posflow_api::portal::people::INVITATION_TTL.as_secs() / 3600
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Sent::Refused(why) => {
+            eprintln!("posflow-admin: refused: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+        Sent::MailFailed(why) => {
+            eprintln!("posflow-admin: the mail server did not take the invitation ({why}); run it again for a new link");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

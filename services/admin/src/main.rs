@@ -57,6 +57,15 @@ enum Command {
         #[arg(long, env = "POSFLOW_OPERATOR", global = true)]
         operator: Option<String>,
     },
+    /// The merchant portal's people (docs/portal.md): invite a merchant's first owner. Needs
+    /// the database owner's URL, the portal's URL and the mail server.
+    Portal {
+        #[command(subcommand)]
+        action: api::PortalAction,
+        /// Who makes the change, recorded in the audit trail (default: the OS user).
+        #[arg(long, env = "POSFLOW_OPERATOR", global = true)]
+        operator: Option<String>,
+    },
     /// The merchant API's reports (docs/api.md). Needs the database owner's URL.
     Reports {
         #[command(subcommand)]
@@ -110,6 +119,10 @@ fn main() -> ExitCode {
             db,
         } => report(runtime().block_on(api::verify(&db))),
         Command::Reports { action, db } => report(runtime().block_on(api::reports(&db, action))),
+        Command::Portal {
+            action,
+            operator: who,
+        } => report(runtime().block_on(api::portal(action, &operator(who)))),
         Command::Topics => {
             print_topics(&args.kafka);
             ExitCode::SUCCESS
@@ -144,6 +157,22 @@ fn check(args: &Args) -> ConfigErrors {
     match &args.command {
         Command::ApiKeys { db, .. } | Command::Audit { db, .. } | Command::Reports { db, .. } => {
             db.check(&mut errors)
+        }
+        Command::Portal { action, .. } => {
+            let api::PortalAction::Invite {
+                email,
+                merchants,
+                db,
+                portal,
+                ..
+            } = action;
+            db.check(&mut errors);
+            portal.check(&mut errors, true);
+            errors.check(email.contains('@'), "--email must be an email address");
+            errors.check(
+                !merchants.is_empty(),
+                "--merchant is required (repeat it for a chain)",
+            );
         }
         _ => args.kafka.check(&mut errors),
     }

@@ -33,7 +33,6 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use posflow_kafka::KafkaArgs;
 use posflow_notifier::egress::EgressArgs;
-use posflow_notifier::email::SmtpArgs;
 use posflow_notifier::sealed::SealArgs;
 use posflow_pg::{DbError, Migrations};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context, Secret};
@@ -118,12 +117,7 @@ pub struct Args {
     #[arg(long, env = "POSFLOW_API_REPORT_LEASE_SECS", default_value_t = 300)]
     pub report_lease_secs: u64,
     #[command(flatten)]
-    pub smtp: SmtpArgs,
-    /// The portal's public address (https://…), what invitation emails link to. Unset: the
-    /// portal cannot invite (its Team page says so). Never taken from a request's Host header,
-    /// which a client chooses: a forged one would send an invitee's link elsewhere.
-    #[arg(long, env = "POSFLOW_PORTAL_URL", default_value = "")]
-    pub portal_url: String,
+    pub portal: portal::invite::PortalArgs,
     /// Database connections per replica.
     #[arg(long, env = "POSFLOW_API_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
@@ -173,14 +167,7 @@ impl Args {
                     (5..=86_400).contains(&self.report_lease_secs),
                     "--report-lease-secs must be 5..=86400",
                 );
-                if !self.portal_url.is_empty() {
-                    e.check(
-                        self.portal_url.starts_with("https://")
-                            && !self.portal_url.ends_with('/'),
-                        "--portal-url (POSFLOW_PORTAL_URL) must be an https:// origin without a trailing /",
-                    );
-                    self.smtp.check(&mut e);
-                }
+                self.portal.check(&mut e, false);
                 match (&self.tls_cert, &self.tls_key) {
                     (Some(c), Some(k)) => {
                         for (flag, f) in [("--tls-cert", c), ("--tls-key", k)] {
@@ -253,7 +240,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         NonZeroU32::new(args.rate_per_key).expect("checked"),
         Duration::from_secs(args.key_cache_secs),
     );
-    state.invitations = invitations(&args)?;
+    state.invitations = args.portal.invitations()?;
     let state = Arc::new(state);
     // Ready once the database answers (authentication needs it for every request).
     state.pool.get().await.map_err(|e: DbError| {
@@ -291,17 +278,6 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         &ctx,
     )
     .await
-}
-
-/// How the portal emails invitations, if `--portal-url` is set.
-fn invitations(args: &Args) -> anyhow::Result<Option<portal::invite::Invitations>> {
-    if args.portal_url.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(portal::invite::Invitations {
-        mailer: args.smtp.mailer(Duration::from_secs(10))?,
-        portal_url: args.portal_url.clone(),
-    }))
 }
 
 /// Copies the audit table to `pos.audit`, every half second, while this replica holds the

@@ -5,10 +5,50 @@
 
 use super::people::{self, Refused};
 use crate::auth::Role;
-use posflow_notifier::email::{Mail, Mailer};
+use posflow_notifier::email::{Mail, Mailer, SmtpArgs};
 use posflow_notifier::policy::Answer;
 use posflow_pg::DbError;
+use posflow_runtime::ConfigErrors;
+use std::time::Duration;
 use tokio_postgres::Client;
+
+/// Where the portal is and how it mails (the API's flags; `posflow-admin portal invite` takes
+/// the same ones).
+#[derive(clap::Args, Debug, Clone)]
+pub struct PortalArgs {
+    #[command(flatten)]
+    pub smtp: SmtpArgs,
+    /// The portal's public address (https://…), what invitation emails link to. Unset: the
+    /// portal cannot invite (its Team page says so). Never taken from a request's Host header,
+    /// which a client chooses: a forged one would send an invitee's link elsewhere.
+    #[arg(long, env = "POSFLOW_PORTAL_URL", default_value = "")]
+    pub portal_url: String,
+}
+
+impl PortalArgs {
+    /// The URL's and the mail server's problems (when a URL is given, or it is `required`).
+    pub fn check(&self, e: &mut ConfigErrors, required: bool) {
+        if self.portal_url.is_empty() && !required {
+            return;
+        }
+        e.check(
+            self.portal_url.starts_with("https://") && !self.portal_url.ends_with('/'),
+            "--portal-url (POSFLOW_PORTAL_URL) must be an https:// origin without a trailing /",
+        );
+        self.smtp.check(e);
+    }
+
+    /// How the portal emails invitations, if `--portal-url` is set.
+    pub fn invitations(&self) -> anyhow::Result<Option<Invitations>> {
+        if self.portal_url.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Invitations {
+            mailer: self.smtp.mailer(Duration::from_secs(10))?,
+            portal_url: self.portal_url.clone(),
+        }))
+    }
+}
 
 pub struct Invitations {
     pub mailer: Mailer,
