@@ -534,9 +534,33 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
         })
         .collect();
     assert_eq!(in_csv, expected, "the CSV is the table is the database");
+    // The same search, declined only: the rows whose response code is not an approval.
+    b.goto(&format!(
+        "{}/portal/transactions?{search}&outcome=declined",
+        api.base
+    ))
+    .await;
+    let declined: i64 = owner_db
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE merchant_id = $1 \
+               AND transaction_time >= '2026-11-30T10:00Z' AND transaction_time < '2026-11-30T11:00Z' \
+               AND amount_minor BETWEEN 1000 AND 3000 AND currency = 'EUR' AND response_code <> '00'",
+            &[&m],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(declined > 0 && (declined as usize) < expected.len());
+    assert_eq!(
+        b.count("table.transactions tbody tr").await,
+        declined as usize
+    );
     // One transaction's page: its line items; another merchant's id is not found.
+    b.goto(&format!("{}/portal/transactions?{search}", api.base))
+        .await;
     b.click("table.transactions tbody tr a").await;
     b.wait_title("Transaction · posflow").await;
+    b.screenshot("portal-transaction").await;
     assert_eq!(b.text("#transaction-id").await, expected[0].0);
     assert_eq!(
         b.count("table.line-items tr").await,
@@ -1093,6 +1117,50 @@ async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log
         again[0].headers["message-id"],
         again[1].headers["message-id"]
     );
+
+    // Guessing across accounts from one source: after the per-source budget of failed
+    // authentications (20 a minute, shared with API keys) the source is refused for a minute,
+    // whoever it claims to be — the owner with the right password too.
+    b.click("header form button").await;
+    b.wait_title("Sign in · posflow").await;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        assert!(attempts <= 40, "the source was never refused");
+        b.goto(&format!("{}/portal/sign-in", api.base)).await;
+        b.type_into("#email", &format!("guess-{attempts}@example.com"))
+            .await;
+        b.type_into("#password", GOOD).await;
+        b.type_into("#code", "123456").await;
+        b.click("main form button").await;
+        if b.text(".notice.error")
+            .await
+            .contains("Too many failed sign-ins")
+        {
+            break;
+        }
+    }
+    assert!(attempts > 10, "refused after {attempts} attempts");
+    b.goto(&format!("{}/portal/sign-in", api.base)).await;
+    b.type_into("#email", &owner_email).await;
+    b.type_into("#password", GOOD).await;
+    b.type_into(
+        "#code",
+        &totp::code_at(&owner_secret, secs(fresh(at).await)),
+    )
+    .await;
+    b.click("main form button").await;
+    assert!(b
+        .text(".notice.error")
+        .await
+        .contains("Too many failed sign-ins"));
+    let limited = posflow_e2e::count(
+        &owner,
+        "SELECT count(*) FROM api_audit WHERE action = 'portal.sign_in' AND outcome = 'rate_limited' AND status = 429",
+        &[],
+    )
+    .await;
+    assert_eq!(limited, 2, "each refusal audited");
 
     let actions: Vec<String> = owner
         .query(

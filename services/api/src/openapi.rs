@@ -37,6 +37,11 @@ const PARAMS: &[(&str, &str, &str)] = &[
         "The acquirer's response code, e.g. 00.",
     ),
     (
+        "outcome",
+        "string",
+        "approved (response code 00) or declined (any other).",
+    ),
+    (
         "reason_code",
         "string",
         "A rejection reason code (docs/reason-codes.md).",

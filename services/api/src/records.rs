@@ -143,7 +143,10 @@ macro_rules! search_params {
     };
 }
 
-pub const TRANSACTION_PARAMS: &[&str] = search_params!("last4", "bin", "response_code");
+pub const TRANSACTION_PARAMS: &[&str] = search_params!("last4", "bin", "response_code", "outcome");
+
+/// The response code of an approval (ISO 8583); any other is a decline.
+pub const APPROVED: &str = "00";
 
 /// The transaction filters, parsed (the caller finishes `p` to learn whether they are valid).
 pub struct TransactionFilter {
@@ -151,6 +154,8 @@ pub struct TransactionFilter {
     last4: Option<String>,
     bin: Option<String>,
     response_code: Option<String>,
+    /// `approved` (response code [`APPROVED`]) or `declined` (any other).
+    outcome: Option<String>,
 }
 
 impl TransactionFilter {
@@ -160,6 +165,11 @@ impl TransactionFilter {
             last4: p.text("last4", is_digits::<4>, "four digits"),
             bin: p.text("bin", is_bin, "6 to 8 digits"),
             response_code: p.text("response_code", is_ident, "a response code such as 00"),
+            outcome: p.text(
+                "outcome",
+                |s| matches!(s, "approved" | "declined"),
+                "approved or declined",
+            ),
         }
     }
 }
@@ -299,6 +309,11 @@ pub async fn search_transactions(
     w.and_opt("card_last4 = ?", f.last4);
     w.and_opt("card_bin = ?", f.bin);
     w.and_opt("response_code = ?", f.response_code);
+    match f.outcome.as_deref() {
+        Some("approved") => w.and("response_code = ?", APPROVED),
+        Some(_) => w.and("response_code <> ?", APPROVED),
+        None => {}
+    }
     let limit = f.common.apply(&mut w, "transaction_time");
     newest_first(
         s,

@@ -56,6 +56,27 @@ pub struct State {
 }
 
 impl State {
+    /// How long `source` is still refused after too many failed authentications (API keys
+    /// and portal sign-ins alike), if it is.
+    pub fn source_blocked(&self, source: &IpAddr) -> Option<Duration> {
+        let until = self.blocked.get(source).map(|t| *t)?;
+        let now = Instant::now();
+        if until > now {
+            return Some(until - now);
+        }
+        self.blocked.remove(source);
+        None
+    }
+
+    /// Counts a failed authentication from `source`; past [`AUTH_FAILURES_PER_MINUTE`] the
+    /// source is refused for a minute.
+    pub fn note_auth_failure(&self, source: IpAddr) {
+        if self.failures.check_key(&source).is_err() {
+            self.blocked
+                .insert(source, Instant::now() + Duration::from_secs(60));
+        }
+    }
+
     /// A revoked key is not trusted from the verification cache any more, from now.
     pub fn forget_key(&self, id: &str) {
         self.verified.retain(|_, (p, _)| p.key_id != id);
@@ -336,14 +357,11 @@ fn refuse_locked_out(
     req: &Incoming<'_>,
     audit: &mut AuditRecord,
 ) -> Result<(), Problem> {
-    if let Some(until) = state.blocked.get(&req.source).map(|t| *t) {
-        if until > Instant::now() {
-            audit.action = "auth.refused".into();
-            return Err(Problem::RateLimited {
-                retry_after_secs: (until - Instant::now()).as_secs() + 1,
-            });
-        }
-        state.blocked.remove(&req.source);
+    if let Some(left) = state.source_blocked(&req.source) {
+        audit.action = "auth.refused".into();
+        return Err(Problem::RateLimited {
+            retry_after_secs: left.as_secs() + 1,
+        });
     }
     Ok(())
 }
@@ -432,11 +450,7 @@ async fn authenticate(
             // The key id (never the secret) and why, for the audit log; the client hears 401.
             audit.actor = id.unwrap_or_default();
             audit.filter = json!({ "refused": why }).to_string();
-            if state.failures.check_key(&req.source).is_err() {
-                state
-                    .blocked
-                    .insert(req.source, Instant::now() + Duration::from_secs(60));
-            }
+            state.note_auth_failure(req.source);
             Err(Problem::Unauthenticated)
         }
     }

@@ -6,7 +6,7 @@
 //! one again: the same outbox row under the same idempotency key, so a receiver that did get
 //! it de-duplicates (events::redeliver_one, as the API does it).
 
-use super::html::{escape, form, notice, page};
+use super::html::{escape, filter_options, form, notice, page};
 use super::pages::{
     audit, authorised, authorised_form, changed, in_scope, not_found, served, PageReply,
     PageRequest,
@@ -111,15 +111,7 @@ fn filter_form(q: &HashMap<String, String>, merchant: &str) -> String {
     let selects: String = FILTERS
         .iter()
         .map(|(k, label, choices)| {
-            let chosen = q.get(*k).map(String::as_str).unwrap_or("");
-            let options: String = std::iter::once(&"")
-                .chain(choices.iter())
-                .map(|c| {
-                    let sel = if *c == chosen { " selected" } else { "" };
-                    let words = if c.is_empty() { "any" } else { c };
-                    format!(r#"<option value="{c}"{sel}>{words}</option>"#)
-                })
-                .collect();
+            let options = filter_options(q.get(*k).map(String::as_str), choices);
             format!(
                 r#"<label for="{k}">{label}</label><select id="{k}" name="{k}">{options}</select>"#
             )

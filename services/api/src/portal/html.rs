@@ -97,6 +97,22 @@ pub fn field(name: &str, label: &str, kind: &str, autocomplete: &str) -> String 
     )
 }
 
+/// A filter's `<option>`s: "any" (the empty value), then `choices`, `chosen` selected.
+pub fn filter_options(chosen: Option<&str>, choices: &[&str]) -> String {
+    std::iter::once(&"")
+        .chain(choices)
+        .map(|c| {
+            let sel = if chosen == Some(*c) { " selected" } else { "" };
+            let words = if c.is_empty() { "any" } else { c };
+            format!(
+                r#"<option value="{}"{sel}>{}</option>"#,
+                escape(c),
+                escape(words)
+            )
+        })
+        .collect()
+}
+
 /// A notice (an error shown with a form, or a result).
 pub fn notice(kind: &str, text: &str) -> String {
     format!(

@@ -291,6 +291,20 @@ pub(super) fn record(
 }
 
 async fn sign_in(state: &State, r: &PageRequest<'_>) -> PageReply {
+    // Guessing across many accounts from one place: the API's per-source budget of failed
+    // authentications (shared with API keys) refuses the source for a minute.
+    if let Some(left) = state.source_blocked(&r.source) {
+        let _ = audit(state, r, None, "portal.sign_in", 429, "rate_limited").await;
+        let mut reply = sign_in_form(Some(&format!(
+            "Too many failed sign-ins from your network: try again in {} seconds.",
+            left.as_secs() + 1
+        )));
+        reply.status = 429;
+        reply
+            .headers
+            .push(("retry-after", (left.as_secs() + 1).to_string()));
+        return reply;
+    }
     let f = r.form();
     if !r.pre_csrf_ok(&f) {
         let _ = audit(state, r, None, "portal.sign_in", 403, "csrf").await;
@@ -332,6 +346,7 @@ async fn sign_in(state: &State, r: &PageRequest<'_>) -> PageReply {
                 ))
         }
         Ok(Err(why)) => {
+            state.note_auth_failure(r.source);
             let slug = match why {
                 Refused::Locked(_) => "locked",
                 _ => "refused",

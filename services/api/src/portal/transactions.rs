@@ -6,7 +6,7 @@
 //! The form speaks a person's language and is translated to the API's parameters: times are
 //! UTC `datetime-local` values, amounts are in the currency's major units.
 
-use super::html::{escape, notice, page};
+use super::html::{escape, filter_options, notice, page};
 use super::pages::{audit, authorised, not_found, served, unavailable, PageReply, PageRequest};
 use super::session;
 use crate::auth::Permission;
@@ -50,7 +50,7 @@ fn api_query(form: &HashMap<String, String>) -> (String, Vec<String>) {
             }
         }
     }
-    for k in ["currency", "terminal", "type", "last4", "cursor"] {
+    for k in ["currency", "terminal", "type", "last4", "outcome", "cursor"] {
         if let Some(v) = get(k) {
             q.append_pair(k, v);
         }
@@ -104,27 +104,11 @@ async fn run(
 
 fn search_form(form: &HashMap<String, String>, merchant: &str) -> String {
     let v = |k: &str| escape(form.get(k).map(String::as_str).unwrap_or(""));
-    let types: String = [
-        "",
-        "sale",
-        "refund",
-        "void",
-        "pre_authorisation",
-        "completion",
-    ]
-    .iter()
-    .map(|t| {
-        let sel = if form.get("type").map(String::as_str) == Some(*t) {
-            " selected"
-        } else {
-            ""
-        };
-        format!(
-            r#"<option value="{t}"{sel}>{}</option>"#,
-            if t.is_empty() { "any" } else { t }
-        )
-    })
-    .collect();
+    let options = |field: &str, choices: &[&str]| {
+        filter_options(form.get(field).map(String::as_str), choices)
+    };
+    let types = options("type", &records::TYPES);
+    let outcomes = options("outcome", &["approved", "declined"]);
     format!(
         r#"<form method="get" action="/portal/transactions" class="search">
 <input type="hidden" name="merchant" value="{}">
@@ -136,6 +120,7 @@ fn search_form(form: &HashMap<String, String>, merchant: &str) -> String {
 <label for="terminal">Terminal</label><input id="terminal" name="terminal" value="{}">
 <label for="type">Type</label><select id="type" name="type">{types}</select>
 <label for="last4">Card, last four</label><input id="last4" name="last4" inputmode="numeric" maxlength="4" value="{}">
+<label for="outcome">Outcome</label><select id="outcome" name="outcome">{outcomes}</select>
 <button type="submit">Search</button></form>"#,
         escape(merchant),
         v("from"),
