@@ -1265,3 +1265,69 @@ async fn an_operator_invites_a_merchants_first_owner() {
         (Some(email.as_str()), Some("owner"))
     );
 }
+
+/// The Team page's changes, at the library: an owner changes the people of their merchants
+/// only — not themselves, not another merchant's person, not a chain's person who also works
+/// for merchants the owner does not own.
+#[tokio::test]
+async fn an_owner_changes_only_people_wholly_in_their_merchants() {
+    let d = Deployment::kafka_only().await.with_api_schema().await;
+    let mut db = api_login(&d).await;
+    let run = rand::random::<u32>();
+    let (a, b) = (format!("A{run}"), format!("B{run}"));
+    let now = SystemTime::now();
+    let person = |n: &str| format!("{n}-{run}@example.com");
+    enrolled(
+        &mut db,
+        (&person("owner"), Role::Owner),
+        std::slice::from_ref(&a),
+        now,
+    )
+    .await;
+    for (who, merchants) in [
+        ("clerk", vec![a.clone()]),
+        ("chain", vec![a.clone(), b.clone()]),
+        ("other", vec![b.clone()]),
+    ] {
+        enrolled(&mut db, (&person(who), Role::Finance), &merchants, now).await;
+    }
+    let id = |who: &str| {
+        let db = &db;
+        let email = person(who);
+        async move { people::id_of(db, &email).await.unwrap().unwrap() }
+    };
+    let owner = people::Person {
+        id: id("owner").await,
+        email: person("owner"),
+        role: Role::Owner,
+        merchants: vec![a.clone()],
+    };
+    let (clerk, chain, other) = (id("clerk").await, id("chain").await, id("other").await);
+    let to_auditor = people::TeamChange::Role(Role::Auditor);
+    for (target, why) in [
+        (&owner.id, Refused::NotYourself),
+        (&chain, Refused::NotInTeam),
+        (&other, Refused::NotInTeam),
+    ] {
+        assert_eq!(
+            refused(people::change(&mut db, &a, target, &owner, to_auditor).await),
+            why
+        );
+    }
+    let (before, after, token) = ok(people::change(&mut db, &a, &clerk, &owner, to_auditor).await);
+    assert_eq!(
+        (before.role.as_str(), after.role.as_str(), token.is_none()),
+        ("finance", "auditor", true)
+    );
+    let (_, after, token) =
+        ok(people::change(&mut db, &a, &clerk, &owner, people::TeamChange::ResetMfa).await);
+    assert_eq!((after.status.as_str(), token.is_some()), ("invited", true));
+    let (_, after, _) =
+        ok(people::change(&mut db, &a, &clerk, &owner, people::TeamChange::Remove).await);
+    assert_eq!(after.status, "removed");
+    assert_eq!(
+        refused(people::change(&mut db, &a, &clerk, &owner, to_auditor).await),
+        Refused::NotInTeam,
+        "a removed person is no one's to change"
+    );
+}

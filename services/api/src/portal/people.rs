@@ -450,16 +450,18 @@ pub enum TeamChange {
 }
 
 /// Applies `change` to the person `target` of `merchant`, made by the owner `by` — never to
-/// themselves (no merchant locks out its last owner by a slip). Returns the person before and
-/// after (for the audit trail) and, for a reset, the new link's token.
+/// themselves (no merchant locks out its last owner by a slip), and only to someone whose
+/// merchants are all `by`'s (an owner of one shop cannot cut a chain's person off the others).
+/// Returns the person before and after (for the audit trail) and, for a reset, the new link's
+/// token.
 pub async fn change(
     db: &mut Client,
     merchant: &str,
     target: &str,
-    by: &str,
+    by: &Person,
     change: TeamChange,
 ) -> Outcome<(Member, Member, Option<Secret>)> {
-    if target == by {
+    if target == by.id {
         return Ok(Err(Refused::NotYourself));
     }
     let tx = db.transaction().await?;
@@ -472,8 +474,9 @@ pub async fn change(
     let Some(before) = tx
         .query_opt(
             "SELECT id, email, role, status FROM portal_people \
-             WHERE id = $1 AND $2 = ANY (merchants) AND status <> 'removed' FOR UPDATE",
-            &[&target, &merchant],
+             WHERE id = $1 AND $2 = ANY (merchants) AND merchants <@ $3 AND status <> 'removed' \
+             FOR UPDATE",
+            &[&target, &merchant, &by.merchants],
         )
         .await?
         .map(|r| member(&r))

@@ -193,7 +193,7 @@ pub(super) async fn change(state: &State, r: &PageRequest<'_>, rest: &str) -> Pa
         return unavailable();
     };
     let who = (&person, scope.merchant());
-    let applied = people::change(&mut c, scope.merchant(), target, &person.id, change).await;
+    let applied = people::change(&mut c, scope.merchant(), target, &person, change).await;
     let (done, outcome, audited) = match applied {
         Err(_) => return unavailable(),
         Ok(Err(why)) => (Err(why.to_string()), "refused", (None, None)),
