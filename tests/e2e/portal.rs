@@ -479,6 +479,38 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
     // Three charts, one per currency, three days of bars each.
     assert_eq!(b.count("svg.chart").await, 3);
     assert_eq!(b.count("svg.chart rect.sales").await, 9);
+    // This week (from Monday, UTC): the period says so, and its totals are the database's.
+    b.click("#this-week").await;
+    b.wait_title("Sales overview · posflow").await;
+    let day = |t: SystemTime| posflow_schema::rfc3339_millis(secs(t) as i64 * 1000)[..10].to_string();
+    let now = SystemTime::now();
+    let monday = now - Duration::from_secs(86_400 * ((secs(now) / 86_400 + 3) % 7));
+    let (monday, today) = (day(monday), day(now));
+    assert!(b
+        .text("main h2")
+        .await
+        .ends_with(&format!("{monday} to {today}")));
+    let week: i64 = owner_db
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE merchant_id = $1 AND currency = 'EUR' AND type = 'sale' \
+               AND transaction_time >= $2::text::date AND transaction_time < $3::text::date + 1",
+            &[&m, &monday, &today],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    if week > 0 {
+        assert_eq!(
+            b.text(".card[data-currency='EUR'] .sales-count").await,
+            week.to_string()
+        );
+    } else {
+        assert_eq!(b.count(".card[data-currency='EUR']").await, 0);
+    }
+    // Readable on a phone.
+    b.resize(390, 1200).await;
+    b.screenshot("portal-overview-phone").await;
+    b.resize(1100, 1700).await;
     // Search by time and amount: exactly the database's rows, newest first; the CSV of the
     // search holds the same rows and amounts.
     let search = "from=2026-11-30T10:00&to=2026-11-30T11:00&min=10&max=30&currency=EUR";

@@ -728,10 +728,17 @@ fn overview_html(
         .map(day_of)
         .collect();
     let (first, last) = (day_of(from), day_of(to - day));
+    let m = escape(merchant);
+    let now = SystemTime::now();
+    let today = day_of(now);
+    // Monday: the epoch's day 0 was a Thursday.
+    let since_monday =
+        (now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400 + 3) % 7;
+    let monday = day_of(now - day * since_monday as u32);
     let mut main = format!(
-        r#"<form method="get" action="/portal/" class="period"><label for="from">From</label><input id="from" name="from" type="date" value="{first}"><label for="to">To</label><input id="to" name="to" type="date" value="{last}"><button type="submit">Show</button></form>
-<h2>Merchant {} · {first} to {last}</h2><div class="cards">"#,
-        escape(merchant),
+        r#"<p class="quick"><a id="today" href="/portal/?merchant={m}&amp;from={today}&amp;to={today}">Today</a> · <a id="this-week" href="/portal/?merchant={m}&amp;from={monday}&amp;to={today}">This week</a> · <a href="/portal/?merchant={m}">Last 14 days</a></p>
+<form method="get" action="/portal/" class="period"><input type="hidden" name="merchant" value="{m}"><label for="from">From</label><input id="from" name="from" type="date" value="{first}"><label for="to">To</label><input id="to" name="to" type="date" value="{last}"><button type="submit">Show</button></form>
+<h2>Merchant {m} · {first} to {last}</h2><div class="cards">"#,
     );
     let totals = sales::totals(daily);
     if totals.is_empty() {
