@@ -482,7 +482,8 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
     // This week (from Monday, UTC): the period says so, and its totals are the database's.
     b.click("#this-week").await;
     b.wait_title("Sales overview · posflow").await;
-    let day = |t: SystemTime| posflow_schema::rfc3339_millis(secs(t) as i64 * 1000)[..10].to_string();
+    let day =
+        |t: SystemTime| posflow_schema::rfc3339_millis(secs(t) as i64 * 1000)[..10].to_string();
     let now = SystemTime::now();
     let monday = now - Duration::from_secs(86_400 * ((secs(now) / 86_400 + 3) % 7));
     let (monday, today) = (day(monday), day(now));
