@@ -4,7 +4,7 @@
 //! the person's own (a developer makes and revokes developer keys only). A new key is shown
 //! once, on the page that answers its creation; only its SHA-256 is kept.
 
-use super::html::{escape, field, form, notice, page};
+use super::html::{escape, field, form, notice, outcome, page, Outcome};
 use super::pages::{
     authorised, authorised_form, changed, in_scope, served, PageReply, PageRequest,
 };
@@ -17,7 +17,7 @@ use serde_json::Value;
 /// What the page says above the list: a new key (shown once), or a result.
 pub(super) enum Shown {
     NewKey(String),
-    Done(Result<String, Vec<String>>),
+    Done(Outcome),
 }
 
 pub(super) async fn show(state: &State, r: &PageRequest<'_>, shown: Option<Shown>) -> PageReply {
@@ -46,8 +46,7 @@ pub(super) async fn show(state: &State, r: &PageRequest<'_>, shown: Option<Shown
             notice("ok", "Key created."),
             escape(key)
         ),
-        Some(Shown::Done(Ok(done))) => notice("ok", done),
-        Some(Shown::Done(Err(why))) => why.iter().map(|w| notice("error", w)).collect(),
+        Some(Shown::Done(done)) => outcome(done).0,
         None => String::new(),
     };
     let rows: String = listed
@@ -81,10 +80,9 @@ pub(super) async fn show(state: &State, r: &PageRequest<'_>, shown: Option<Shown
             ),
         ));
     }
-    let status = if matches!(shown, Some(Shown::Done(Err(_)))) {
-        400
-    } else {
-        200
+    let status = match &shown {
+        Some(Shown::Done(done)) => outcome(done).1,
+        _ => 200,
     };
     PageReply::html(status, page("API keys", Some((&person, &csrf)), &main))
 }
@@ -155,7 +153,7 @@ pub(super) async fn create(state: &State, r: &PageRequest<'_>) -> PageReply {
             if let Err(reply) = changed(state, r, who, action, "invalid", (None, None)).await {
                 return reply;
             }
-            Shown::Done(Err(problem.reasons()))
+            Shown::Done(Some(Err(problem.reasons())))
         }
     };
     show(state, r, Some(shown)).await
@@ -191,5 +189,5 @@ pub(super) async fn revoke(state: &State, r: &PageRequest<'_>, id: &str) -> Page
             Err(vec![format!("There is no key {id} you may revoke.")])
         }
     };
-    show(state, r, Some(Shown::Done(shown))).await
+    show(state, r, Some(Shown::Done(Some(shown)))).await
 }

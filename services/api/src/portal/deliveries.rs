@@ -6,7 +6,7 @@
 //! one again: the same outbox row under the same idempotency key, so a receiver that did get
 //! it de-duplicates (events::redeliver_one, as the API does it).
 
-use super::html::{escape, filter_options, form, notice, page};
+use super::html::{escape, filter_options, form, notice, outcome, page, Outcome};
 use super::pages::{
     audit, authorised, authorised_form, changed, in_scope, not_found, served, PageReply,
     PageRequest,
@@ -33,11 +33,7 @@ const FILTERS: [(&str, &str, &[&str]); 3] = [
     ("channel", "Channel", &["webhook", "email"]),
 ];
 
-pub(super) async fn search(
-    state: &State,
-    r: &PageRequest<'_>,
-    done: Option<Result<String, Vec<String>>>,
-) -> PageReply {
+pub(super) async fn search(state: &State, r: &PageRequest<'_>, done: Outcome) -> PageReply {
     let action = "portal.deliveries";
     let (person, scope, sid) = match authorised(state, r, Permission::EventsRead, action).await {
         Ok(it) => it,
@@ -66,11 +62,7 @@ pub(super) async fn search(
         return reply;
     }
     let csrf = session::csrf_token(&sid);
-    let mut main = match &done {
-        Some(Ok(d)) => notice("ok", d),
-        Some(Err(why)) => why.iter().map(|w| notice("error", w)).collect(),
-        None => String::new(),
-    };
+    let (mut main, status) = outcome(&done);
     main.push_str(&filter_form(&q, scope.merchant()));
     match (found, refused) {
         (Some(page_), _) => {
@@ -99,11 +91,6 @@ pub(super) async fn search(
         (None, Some(why)) => main.push_str(&notice("error", &why.join("; "))),
         (None, None) => {}
     }
-    let status = if matches!(done, Some(Err(_))) {
-        400
-    } else {
-        200
-    };
     PageReply::html(status, page("Deliveries", Some((&person, &csrf)), &main))
 }
 

@@ -113,6 +113,19 @@ pub fn filter_options(chosen: Option<&str>, choices: &[&str]) -> String {
         .collect()
 }
 
+/// What a form's post came to, shown on the page it answers with: done (what was done), or
+/// refused (each reason).
+pub type Outcome = Option<Result<String, Vec<String>>>;
+
+/// An [`Outcome`]'s notices, and the page's status: 400 when refused.
+pub fn outcome(done: &Outcome) -> (String, u16) {
+    match done {
+        Some(Ok(d)) => (notice("ok", d), 200),
+        Some(Err(why)) => (why.iter().map(|w| notice("error", w)).collect(), 400),
+        None => (String::new(), 200),
+    }
+}
+
 /// A notice (an error shown with a form, or a result).
 pub fn notice(kind: &str, text: &str) -> String {
     format!(

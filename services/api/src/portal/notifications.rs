@@ -8,7 +8,7 @@
 //! page says who made the last one. Notifier replicas read the table at each preferences
 //! refresh (`--preferences-refresh-secs`, 10 s by default): that is when a change takes effect.
 
-use super::html::{escape, form, notice, page};
+use super::html::{escape, form, outcome, page, Outcome};
 use super::pages::{
     authorised, authorised_form, changed, in_scope, served, PageReply, PageRequest,
 };
@@ -78,11 +78,7 @@ fn document(f: &HashMap<String, String>) -> Value {
 
 /// The page: the current settings as the form, the last change and who made it, the secret's
 /// rotation; `result` is a save's outcome (a notice, or the refusal's reasons).
-pub(super) async fn show(
-    state: &State,
-    r: &PageRequest<'_>,
-    result: Option<Result<String, Vec<String>>>,
-) -> PageReply {
+pub(super) async fn show(state: &State, r: &PageRequest<'_>, result: Outcome) -> PageReply {
     let action = "portal.notifications.read";
     let (person, scope, sid) = match authorised(state, r, Permission::SettingsRead, action).await {
         Ok(it) => it,
@@ -117,11 +113,7 @@ pub(super) async fn show(
     }
     let csrf = session::csrf_token(&sid);
     let writable = person.role.allows(Permission::SettingsWrite);
-    let mut main = match &result {
-        Some(Ok(done)) => notice("ok", done),
-        Some(Err(why)) => why.iter().map(|w| notice("error", w)).collect(),
-        None => String::new(),
-    };
+    let (mut main, status) = outcome(&result);
     main.push_str(&match last {
         Some((at, who)) => format!(
             r#"<p id="last-change">Last changed {} by {}.</p>"#,
@@ -135,11 +127,6 @@ pub(super) async fn show(
     if writable && !current["webhook_url"].is_null() {
         main.push_str(&rotate_form(scope.merchant(), &csrf));
     }
-    let status = if matches!(result, Some(Err(_))) {
-        400
-    } else {
-        200
-    };
     PageReply::html(status, page("Notifications", Some((&person, &csrf)), &main))
 }
 

@@ -8,7 +8,7 @@
 //! same form twice (a double click, a reload) queues one report, as the API's
 //! `Idempotency-Key` does.
 
-use super::html::{escape, form, notice, page};
+use super::html::{escape, form, notice, outcome, page, Outcome};
 use super::pages::{
     audit, authorised, authorised_form, changed, in_scope, not_found, served, PageReply,
     PageRequest,
@@ -21,11 +21,7 @@ use crate::service::State;
 use serde_json::Value;
 use std::time::Duration;
 
-pub(super) async fn show(
-    state: &State,
-    r: &PageRequest<'_>,
-    done: Option<Result<String, Vec<String>>>,
-) -> PageReply {
+pub(super) async fn show(state: &State, r: &PageRequest<'_>, done: Outcome) -> PageReply {
     let action = "portal.reports";
     let (person, scope, sid) = match authorised(state, r, Permission::RecordsRead, action).await {
         Ok(it) => it,
@@ -40,11 +36,7 @@ pub(super) async fn show(
     }
     let csrf = session::csrf_token(&sid);
     let run = person.role.allows(Permission::ReportsRun);
-    let mut main = match &done {
-        Some(Ok(d)) => notice("ok", d),
-        Some(Err(why)) => why.iter().map(|w| notice("error", w)).collect(),
-        None => String::new(),
-    };
+    let (mut main, status) = outcome(&done);
     let m = escape(scope.merchant());
     let rows: String = listed.iter().map(|rep| row(rep, &m, &csrf, run)).collect();
     main.push_str(&format!(
@@ -72,11 +64,6 @@ pub(super) async fn show(
             ),
         ));
     }
-    let status = if matches!(done, Some(Err(_))) {
-        400
-    } else {
-        200
-    };
     PageReply::html(status, page("Reports", Some((&person, &csrf)), &main))
 }
 

@@ -3,7 +3,7 @@
 //! An owner cannot change their own access — another owner can — so a slip never leaves a
 //! merchant without one. Every change is an audit record with the person before and after.
 
-use super::html::{escape, field, form, notice, page};
+use super::html::{escape, field, form, notice, outcome, page, Outcome};
 use super::pages::{
     authorised, authorised_form, changed, served, unavailable, PageReply, PageRequest,
 };
@@ -15,11 +15,7 @@ use crate::service::State;
 /// The roles a person can be given (operators use keys, not the portal).
 const ROLES: [Role; 4] = [Role::Owner, Role::Finance, Role::Developer, Role::Auditor];
 
-pub(super) async fn show(
-    state: &State,
-    r: &PageRequest<'_>,
-    done: Option<Result<String, String>>,
-) -> PageReply {
+pub(super) async fn show(state: &State, r: &PageRequest<'_>, done: Outcome) -> PageReply {
     let (person, scope, sid) =
         match authorised(state, r, Permission::TeamManage, "portal.team").await {
             Ok(it) => it,
@@ -58,11 +54,7 @@ pub(super) async fn show(
     };
     let main = format!(
         r#"{}<h2>People of {m}</h2><div class="scroll"><table class="team"><thead><tr><th>email</th><th>role</th><th>status</th><th></th></tr></thead><tbody>{rows}</tbody></table></div><h2>Invite someone</h2>{invite}"#,
-        match done {
-            Some(Ok(d)) => notice("ok", &d),
-            Some(Err(d)) => notice("error", &d),
-            None => String::new(),
-        },
+        outcome(&done).0,
     );
     PageReply::html(200, page("Team", Some((&person, &csrf)), &main))
 }
@@ -160,7 +152,7 @@ pub(super) async fn invite(state: &State, r: &PageRequest<'_>) -> PageReply {
     if let Err(reply) = changed(state, r, who, action, outcome, change).await {
         return reply;
     }
-    show(state, r, Some(done)).await
+    show(state, r, Some(done.map_err(|e| vec![e]))).await
 }
 
 /// `/portal/team/<id>/role|remove|reset-mfa`.
@@ -184,7 +176,9 @@ pub(super) async fn change(state: &State, r: &PageRequest<'_>, rest: &str) -> Pa
             .filter(|r| ROLES.contains(r))
         {
             Some(role) => TeamChange::Role(role),
-            None => return show(state, r, Some(Err("Choose one of the roles.".into()))).await,
+            None => {
+                return show(state, r, Some(Err(vec!["Choose one of the roles.".into()]))).await
+            }
         },
         "remove" => TeamChange::Remove,
         _ => TeamChange::ResetMfa,
@@ -220,5 +214,5 @@ pub(super) async fn change(state: &State, r: &PageRequest<'_>, rest: &str) -> Pa
     if let Err(reply) = changed(state, r, who, action, outcome, audited).await {
         return reply;
     }
-    show(state, r, Some(done)).await
+    show(state, r, Some(done.map_err(|e| vec![e]))).await
 }
