@@ -867,16 +867,16 @@ async fn an_owner_sets_an_hourly_csv_digest_manages_keys_and_reads_the_audit_log
     d.apply_merchants(&format!(
         "[merchants.{m}]\nemails = [\"{to}\"]\nformat = \"json\"\n"
     ));
-    // The hour before this one, and a grace that closes it about 75 s from now (the time the
+    // The hour before this one, and a grace that closes it about 110 s from now (the time the
     // steps below take), so the test sees the next digest without waiting for the clock hour.
     let hour = 3_600;
     let mut t = secs(SystemTime::now());
-    if t % hour > hour - 90 {
+    if t % hour > hour - 120 {
         tokio::time::sleep(Duration::from_secs(hour - t % hour + 1)).await;
         t = secs(SystemTime::now());
     }
     let this_hour = t - t % hour;
-    let grace = (t - this_hour + 75).to_string();
+    let grace = (t - this_hour + 110).to_string();
     let notifier = d
         .start_notifier("portal", &["--digest-grace-secs", &grace])
         .await;
