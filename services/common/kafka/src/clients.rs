@@ -38,6 +38,13 @@ pub fn transactional_producer(
         // A crashed instance's open transaction blocks read_committed readers of its output
         // partitions until the broker aborts it (or a restart with the same id fences it).
         .set("transaction.timeout.ms", "30000")
+        // The coordinator answers CONCURRENT_TRANSACTIONS to a transaction's AddOffsetsToTxn
+        // while it still writes the previous one's commit markers (a millisecond or two here),
+        // and librdkafka retries after retry.backoff.ms — 100 ms by default, which was half the
+        // validated hop's latency (BENCHMARKS.md; the Java client retries this after 20 ms,
+        // KAFKA-5477). librdkafka backs off exponentially from this value up to
+        // retry.backoff.max.ms, so an outage is not hammered.
+        .set("retry.backoff.ms", "5")
         .create()
 }
 

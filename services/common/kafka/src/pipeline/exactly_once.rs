@@ -335,6 +335,7 @@ fn commit(
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
     producer.send_offsets_to_transaction(&offsets, &group, TXN_CALL)?;
+    delivered(producer)?;
     let mut attempts = 0;
     loop {
         match producer.commit_transaction(TXN_CALL) {
@@ -343,6 +344,22 @@ fn commit(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// Waits until every record sent is acknowledged (or failed), in 1 ms steps. rdkafka's
+/// `commit_transaction` flushes first, and its flush polls the event queue for up to 100 ms —
+/// but the producer's own polling thread takes the delivery reports, so that poll sleeps the
+/// whole 100 ms whenever a record is still in flight: the other half of the validated hop's
+/// latency (BENCHMARKS.md). With nothing in flight its flush returns at once.
+fn delivered(producer: &FutureProducer) -> Result<(), TxnError> {
+    let deadline = std::time::Instant::now() + TXN_CALL;
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::Flush(RDKafkaErrorCode::MessageTimedOut).into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
 }
 
 /// After an abort, back to each partition's first offset of the batch (where the last
