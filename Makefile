@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog chart-test bench bench-smoke fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,10 +63,17 @@ test-backlog: up ## By hand (not in make test): the bridge resuming a 300,000-me
 	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release POSFLOW_E2E_BACKLOG=$(or $(BACKLOG),300000) \
 	  $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1 --nocapture bridge_backlog::a_
 
-bench: up $(PEER) ## posflow against its ceilings and Benthos, one run, table + bench/results/*.json (release; ONLY=storage,e2e for some)
+bench: up $(PEER) ## posflow against its ceilings and Benthos, one run, table + bench/results/*.json; a full run regenerates BENCHMARKS.md's and README.md's tables and chart (release; ONLY=storage,e2e for some)
 	$(CARGO) build --release --bins
 	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release \
-	  ./target/release/posflow-bench --peer $(PEER) $(if $(ONLY),--only $(ONLY))
+	  ./target/release/posflow-bench --peer $(PEER) $(if $(ONLY),--only $(ONLY),--update-docs)
+
+flamegraphs: up ## By hand: a flame graph (SVG) of each stage under its benchmark into bench/flamegraphs/ (perf + inferno)
+	$(CARGO) build --release --bins
+	test -x $(TOOLS)/bin/inferno-flamegraph || $(CARGO) install inferno --version 0.12.8 --root $(TOOLS)
+	eval "$$($(STACK) env)" && for s in bridge:posflow-bridge validator:posflow-validator storage:posflow-storage \
+	  fraud:posflow-fraud notifier:posflow-notifier; do \
+	  bench/flamegraph.sh $${s%%:*} $${s##*:} bench/flamegraphs/$${s%%:*}.svg || exit 1; done
 
 bench-smoke: up build $(PEER) ## Every benchmark scenario with a few hundred records: keeps the harness working (make test runs it)
 	eval "$$($(STACK) env)" && ./target/debug/posflow-bench --smoke --peer $(PEER) --results-dir target/bench-smoke

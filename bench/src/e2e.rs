@@ -2,8 +2,8 @@
 //! storage on the local stack.
 //!
 //! First the pipeline's maximum sustained rate: a burst from the fleet at full speed, rows
-//! committed over the time from the first publish to the last commit. Then steady loads at 50%
-//! and 80% of it, paced per terminal, each transaction's latency measured from the moment its
+//! committed over the time from the first publish to the last commit. Then steady loads at
+//! fractions of it (10% to 100%: the latency-over-load curve, `chart.rs`), paced per terminal, each transaction's latency measured from the moment its
 //! terminal published it (this process's clock) to its row's commit time
 //! (`pg_xact_commit_timestamp`, the stack runs PostgreSQL with `track_commit_timestamp`; same
 //! machine, same clock). Per service and load: CPU seconds per million transactions
@@ -85,8 +85,8 @@ impl Pipeline {
     /// Publishes `per_terminal` transactions from each of `terminals` at `rate` per terminal
     /// (0: full speed) and waits for every row; returns the latency of each and the time from
     /// the first publish to the last row.
-    /// Each load has its own terminals (`first`..; the local stack has T0001..T0500): sequence
-    /// numbers start again per terminal.
+    /// Each load has its own terminals (`first`..; the local stack has T0001..T0500, so at most
+    /// 6 loads of 50): sequence numbers start again per terminal.
     async fn load(
         &self,
         run: &str,
@@ -271,7 +271,7 @@ pub async fn run(
         let (figures, hops) = p
             .load(
                 &format!("l{}{tag}", (fraction * 100.0) as u32),
-                201 + 100 * i,
+                201 + terminals * i,
                 terminals,
                 per_terminal,
                 per_terminal_rate,

@@ -175,7 +175,7 @@ async fn passthrough(
         // The validator's defaults.
         let batching = Batching {
             max_records: 2000,
-            linger: Duration::from_millis(20),
+            linger: Duration::from_millis(10),
         };
         pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;
     } else {
@@ -322,15 +322,7 @@ fn field(s: Option<&str>) -> String {
 /// Storage vs COPY of the same `n` rows (with their line items) into the same tables.
 pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
     use futures::SinkExt;
-    let validated: Vec<TransactionValidated> =
-        raw_records(&format!("sb{:08x}", rand::random::<u32>()), n)
-            .into_iter()
-            .map(|r| TransactionValidated {
-                envelope: r.envelope,
-                transaction: r.transaction,
-                validated_at: posflow_schema::now_millis(),
-            })
-            .collect();
+    let validated = validated_from_raw(raw_records(&format!("sb{:08x}", rand::random::<u32>()), n));
     let d = Deployment::new().await;
     let client = db(&d.stack).await;
 
@@ -427,17 +419,7 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
     let group = d.kafka.group("posflow-storage");
     let topic = d.topic("pos.transactions.validated");
     let storage_rate = measure(n as u64, "storage", || {
-        let (client, group, topic) = (&client, &group, &topic);
-        async move {
-            client
-                .query_one(
-                    "SELECT coalesce(sum(next_offset), 0)::bigint FROM kafka_offsets WHERE consumer_group = $1 AND topic = $2",
-                    &[group, topic],
-                )
-                .await
-                .map(|r| r.get::<_, i64>(0) as u64)
-                .unwrap_or(0)
-        }
+        stored_offsets(&client, &group, &topic)
     })
     .await;
     client
@@ -459,6 +441,78 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
         )
         .await?;
     Ok((copy, storage_rate))
+}
+
+/// Scale-out: `n` records through `replicas` replicas of a stage in one group, on fresh topics
+/// of 4 partitions (one each at 4 replicas). The replicas start first and the group settles;
+/// then the records appear at once (one Kafka transaction), so the figure is the replicas'
+/// throughput, not their start-up or the producer's. Validator exactly-once: its committed
+/// offsets; storage: the offsets in its database.
+pub async fn scale_out(stage: &str, n: usize, replicas: usize) -> anyhow::Result<Rate> {
+    let d = Deployment::kafka_only().await;
+    let run = format!("so{:08x}", rand::random::<u32>());
+    let mut env = d.env();
+    env.push(("POSFLOW_LOG".into(), "warn".into()));
+    let (binary, group) = match stage {
+        "validator" => ("posflow-validator", d.kafka.group("posflow-validator")),
+        _ => ("posflow-storage", d.kafka.group("posflow-storage")),
+    };
+    let mut services = Vec::new();
+    for i in 0..replicas {
+        let mut env = env.clone();
+        env.push(("POSFLOW_INSTANCE_ID".into(), format!("{run}-{i}")));
+        services.push(Service::start(binary, &env, &[]).await);
+    }
+    d.wait_for_group(&group, replicas).await;
+    eprintln!("[bench] {stage} x{replicas}: {n} records appear at once ...");
+    let label = format!("{stage} x{replicas}");
+    let rate = if stage == "validator" {
+        let records = raw_records(&run, n);
+        d.produce_at_once("pos.transactions.raw", &records, |r| {
+            r.transaction.terminal_id.clone()
+        })
+        .await;
+        let (brokers, raw) = (d.stack.brokers.clone(), d.topic("pos.transactions.raw"));
+        measure(n as u64, &label, || {
+            let v = committed(&brokers, &group, &raw, PARTITIONS);
+            async move { v }
+        })
+        .await
+    } else {
+        let validated = validated_from_raw(raw_records(&run, n));
+        d.produce_at_once("pos.transactions.validated", &validated, |v| {
+            posflow_validator::validated_key(&v.transaction)
+        })
+        .await;
+        let client = db(&d.stack).await;
+        let topic = d.topic("pos.transactions.validated");
+        measure(n as u64, &label, || stored_offsets(&client, &group, &topic)).await
+    };
+    drop(services);
+    Ok(rate)
+}
+
+/// Raw records as the validator would pass them.
+fn validated_from_raw(raw: Vec<TransactionReceived>) -> Vec<TransactionValidated> {
+    raw.into_iter()
+        .map(|r| TransactionValidated {
+            envelope: r.envelope,
+            transaction: r.transaction,
+            validated_at: posflow_schema::now_millis(),
+        })
+        .collect()
+}
+
+/// The sum of storage's next offsets on `topic` in its database: the records stored.
+async fn stored_offsets(client: &tokio_postgres::Client, group: &str, topic: &str) -> u64 {
+    client
+        .query_one(
+            "SELECT coalesce(sum(next_offset), 0)::bigint FROM kafka_offsets WHERE consumer_group = $1 AND topic = $2",
+            &[&group, &topic],
+        )
+        .await
+        .map(|r| r.get::<_, i64>(0) as u64)
+        .unwrap_or(0)
 }
 
 /// `n` validated transactions on `cards` cards, event times `step_ms` apart from `t0`.

@@ -135,17 +135,51 @@ impl Deployment {
         records: &[T],
         key: impl Fn(&T) -> String,
     ) {
-        use rdkafka::producer::{FutureProducer, FutureRecord};
+        self.produce_with(base, records, key, false).await
+    }
+
+    /// As [`Self::produce`], in one Kafka transaction: a read_committed consumer (every stage)
+    /// sees none of the records, then all of them at once — a backlog that appears in an instant,
+    /// for measuring consumers that are already running.
+    pub async fn produce_at_once<T: posflow_schema::AvroRecord>(
+        &self,
+        base: &str,
+        records: &[T],
+        key: impl Fn(&T) -> String,
+    ) {
+        self.produce_with(base, records, key, true).await
+    }
+
+    async fn produce_with<T: posflow_schema::AvroRecord>(
+        &self,
+        base: &str,
+        records: &[T],
+        key: impl Fn(&T) -> String,
+        transactional: bool,
+    ) {
+        use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
         let topic = self.topic(base);
         let encoder = posflow_schema::Encoder::<T>::for_topic(&self.kafka.registry(), &topic)
             .await
             .expect("schema registered");
-        let producer: FutureProducer = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", &self.stack.brokers)
             .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .create()
-            .unwrap();
+            .set("linger.ms", "5");
+        if transactional {
+            config.set(
+                "transactional.id",
+                format!("{topic}-at-once-{}", rand::random::<u32>()),
+            );
+        }
+        let producer: FutureProducer = config.create().unwrap();
+        if transactional {
+            producer
+                .init_transactions(Duration::from_secs(30))
+                .expect("init_transactions");
+            producer.begin_transaction().expect("begin_transaction");
+        }
         let mut pending = Vec::with_capacity(records.len());
         for r in records {
             let value = encoder.encode(r).unwrap();
@@ -160,6 +194,37 @@ impl Deployment {
         }
         for p in pending {
             p.await.unwrap().map_err(|(e, _)| e).expect("delivered");
+        }
+        if transactional {
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .expect("commit_transaction");
+        }
+    }
+
+    /// Waits until consumer group `group` is stable with `members` members (replicas started
+    /// and assigned), within 60 s.
+    pub async fn wait_for_group(&self, group: &str, members: usize) {
+        let admin: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.stack.brokers)
+            .create()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(list) = admin.fetch_group_list(Some(group), Duration::from_secs(5)) {
+                if list
+                    .groups()
+                    .iter()
+                    .any(|g| g.state() == "Stable" && g.members().len() == members)
+                {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group {group} not stable with {members} members within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }

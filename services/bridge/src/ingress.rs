@@ -464,22 +464,42 @@ impl Answer {
         }
     }
 
+    /// Serialised straight from borrowed fields (no `Value` tree: one allocation, the output),
+    /// keys in the order the answer has always had.
     fn to_json(&self) -> Vec<u8> {
-        let j = match self {
+        #[derive(serde::Serialize)]
+        struct Accepted<'a> {
+            offset: i64,
+            partition: i32,
+            status: &'static str,
+            transaction_id: &'a str,
+        }
+        #[derive(serde::Serialize)]
+        struct Rejected<'a> {
+            reason: &'static str,
+            status: &'static str,
+            transaction_id: Option<&'a str>,
+        }
+        let out = match self {
             Answer::Accepted {
                 transaction_id,
                 partition,
                 offset,
-            } => serde_json::json!({
-                "transaction_id": transaction_id, "status": "accepted", "partition": partition, "offset": offset,
+            } => serde_json::to_vec(&Accepted {
+                offset: *offset,
+                partition: *partition,
+                status: "accepted",
+                transaction_id,
             }),
             Answer::Rejected {
                 transaction_id,
                 reason,
-            } => serde_json::json!({
-                "transaction_id": transaction_id, "status": "rejected", "reason": reason.code(),
+            } => serde_json::to_vec(&Rejected {
+                reason: reason.code(),
+                status: "rejected",
+                transaction_id: transaction_id.as_deref(),
             }),
         };
-        j.to_string().into_bytes()
+        out.expect("plain fields serialise")
     }
 }

@@ -18,6 +18,13 @@ pub struct Refusal {
     pub transaction_id: Option<String>,
 }
 
+impl Refusal {
+    fn with_id(mut self, id: Option<String>) -> Self {
+        self.transaction_id = id;
+        self
+    }
+}
+
 fn refuse(reason: ReasonCode, detail: impl Into<String>) -> Refusal {
     Refusal {
         reason,
@@ -90,9 +97,8 @@ fn duplicate_key(text: &str) -> Option<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
-    /// Checked before typed parsing, so an unknown version gets its own reason.
-    #[serde(rename = "version")]
-    _version: i32,
+    /// Anything but [`PAYLOAD_VERSION`] takes the checked path, for its own reason.
+    version: i32,
     transaction_id: String,
     terminal_id: String,
     merchant_id: String,
@@ -167,7 +173,33 @@ fn short_text(field: &str, v: &str, max: usize) -> Result<(), Refusal> {
 
 /// Parses and checks one payload received on `topic` (already parsed). Checks here are about
 /// the contract and identity; business rules belong to the validator.
+///
+/// One typed pass for a payload that keeps the contract, straight into [`Wire`]: it refuses
+/// every field it does not know at every depth (so no sensitive authentication data can be
+/// in it: no known field has such a name) and, being serde's derive, any known field given
+/// twice (a repeated unknown key is an unknown field). Anything else — not an object, another
+/// version, any error — goes to [`parse_checked`], whose tree gives each refusal its own reason,
+/// so the answer is the same either way (`tests/never_panics.rs` holds the two paths to that).
+/// The tree was a quarter of the bridge's CPU (BENCHMARKS.md, issue 20).
 pub fn parse(
+    bytes: &[u8],
+    topic: &TopicIds<'_>,
+    max_bytes: usize,
+    tokenizer: &Tokenizer,
+) -> Result<Transaction, Refusal> {
+    if bytes.len() <= max_bytes && bytes.trim_ascii_start().first() == Some(&b'{') {
+        if let Ok(w) = serde_json::from_slice::<Wire>(bytes) {
+            if w.version == PAYLOAD_VERSION {
+                return w.checked(topic, tokenizer);
+            }
+        }
+    }
+    parse_checked(bytes, topic, max_bytes, tokenizer)
+}
+
+/// The reference path: the payload as a tree first, so each way it breaks the contract gets
+/// its reason in the documented order (version, sensitive data, repeated key, schema).
+pub fn parse_checked(
     bytes: &[u8],
     topic: &TopicIds<'_>,
     max_bytes: usize,
@@ -192,20 +224,10 @@ pub fn parse(
         .and_then(|v| v.as_str())
         .filter(|s| s.len() <= 64)
         .map(str::to_string);
-    let with_id = |mut r: Refusal| {
-        r.transaction_id = tx_id.clone();
-        r
-    };
-    check_shape(obj, &value, text).map_err(with_id)?;
+    check_shape(obj, &value, text).map_err(|r| r.with_id(tx_id.clone()))?;
     let w: Wire = serde_json::from_value(value)
-        .map_err(|e| with_id(refuse(ReasonCode::SchemaViolation, e.to_string())))?;
-    if w.terminal_id != topic.terminal_id || w.merchant_id != topic.merchant_id {
-        return Err(with_id(refuse(
-            ReasonCode::IdentityMismatch,
-            "terminal_id/merchant_id in the payload differ from the topic's",
-        )));
-    }
-    w.into_transaction(tokenizer).map_err(with_id)
+        .map_err(|e| refuse(ReasonCode::SchemaViolation, e.to_string()).with_id(tx_id.clone()))?;
+    w.checked(topic, tokenizer)
 }
 
 /// OVERSIZE, with the transaction id when one can be read, so the terminal can tell which
@@ -269,6 +291,21 @@ fn check_shape(
 }
 
 impl Wire {
+    /// Identity against the topic, then the value checks; a refusal names the transaction.
+    fn checked(self, topic: &TopicIds<'_>, tokenizer: &Tokenizer) -> Result<Transaction, Refusal> {
+        let id = Some(&self.transaction_id)
+            .filter(|s| s.len() <= 64)
+            .cloned();
+        if self.terminal_id != topic.terminal_id || self.merchant_id != topic.merchant_id {
+            return Err(refuse(
+                ReasonCode::IdentityMismatch,
+                "terminal_id/merchant_id in the payload differ from the topic's",
+            )
+            .with_id(id));
+        }
+        self.into_transaction(tokenizer).map_err(|r| r.with_id(id))
+    }
+
     /// The contract's value checks, in the order their refusals are given, then the record
     /// (the card tokenized; its number goes no further).
     fn into_transaction(self, tokenizer: &Tokenizer) -> Result<Transaction, Refusal> {

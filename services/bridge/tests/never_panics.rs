@@ -100,3 +100,75 @@ fn mutated_corpus_never_panics_and_never_leaks_a_card_number() {
     }
     assert!(checked > 9_000);
 }
+
+/// The one-pass parse and the checked path give the same answer — the same transaction or the
+/// same refusal, reason, detail and id — for every corpus case, every mutation of it, and the
+/// shapes where a typed pass could differ from the tree (arrays, repeats, nesting, versions).
+#[test]
+fn the_fast_parse_answers_exactly_as_the_checked_one() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpus/bridge");
+    let mut cases: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let valid = r#"{"version": 1, "transaction_id": "fast-1", "terminal_id": "T0470", "merchant_id": "M005", "sequence": 1, "transaction_time": "2026-11-27T10:15:30.123Z", "type": "sale", "amount_minor": 1234, "currency": "EUR", "payment_method": "card", "entry_mode": "chip", "card": {"pan": "4111111111111111"}, "response_code": "00", "mcc": "5814", "location": {"lat": 52.52, "lon": 13.405}, "line_items": [{"sku": "COF-01", "description": "Coffee", "unit_price_minor": 617, "quantity": 2}]}"#;
+    let edits: &[(&str, &str)] = &[
+        ("", ""),
+        (r#""version": 1"#, r#""version": 2"#),
+        (r#""version": 1"#, r#""version": 1.0"#),
+        (r#""version": 1"#, r#""version": "1""#),
+        (r#""mcc": "5814""#, r#""mcc": "5814", "mcc": "5814""#),
+        (r#""mcc": "5814""#, r#""mcc": "5814", "\u006dcc": "6011""#),
+        (r#""mcc": "5814""#, r#""mcc": "5814", "x": 1, "x": 2"#),
+        (
+            r#""pan": "4111111111111111""#,
+            r#""pan": "4111111111111111", "cvv": "123""#,
+        ),
+        (r#""quantity": 2"#, r#""quantity": 2, "Track_2": "x""#),
+        (r#""quantity": 2"#, r#""quantity": 2, "quantity": 3"#),
+        (r#""lat": 52.52"#, r#""lat": 52.52, "lat": 1"#),
+        (r#""card": {"pan": "4111111111111111"}"#, r#""card": null"#),
+        (r#""line_items": ["#, r#""line_items": null, "l": ["#),
+        (r#""sequence": 1"#, r#""sequence": 1e3"#),
+        (r#""sequence": 1"#, r#""sequence": -1"#),
+        (r#""merchant_id": "M005""#, r#""merchant_id": "M006""#),
+        (r#""transaction_id": "fast-1""#, r#""transaction_id": """#),
+        ("{", " \n{"),
+    ];
+    for (from, to) in edits {
+        cases.push(valid.replacen(from, to, 1).into_bytes());
+    }
+    // The same values in the struct's field order as an array: serde's derive would read a
+    // struct from it; the contract says object.
+    cases.push(
+        br#"[1, "fast-2", "T0470", "M005", 1, "2026-11-27T10:15:30.123Z", "sale", null, 1234, "EUR", "card", "chip", null, null, "00", "5814", null, []]"#
+            .to_vec(),
+    );
+    let tokenizer = Tokenizer::new(&Secret::new("test-key-0123456789abcdef0123456789abcdef"));
+    let ids = TopicIds {
+        merchant_id: "M005",
+        terminal_id: "T0470",
+    };
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    let (mut accepted, mut compared) = (0, 0);
+    for round in 0..50 {
+        for case in &cases {
+            let mut b = case.clone();
+            if round > 0 && !b.is_empty() {
+                let i = rng.gen_range(0..b.len());
+                b[i] ^= 1 << rng.gen_range(0..8);
+            }
+            let fast = payload::parse(&b, &ids, 16_384, &tokenizer);
+            let checked = payload::parse_checked(&b, &ids, 16_384, &tokenizer);
+            assert_eq!(fast, checked, "{}", String::from_utf8_lossy(&b));
+            accepted += fast.is_ok() as usize;
+            compared += 1;
+        }
+    }
+    assert!(
+        compared > 5_000 && accepted > 10,
+        "{compared} compared, {accepted} accepted"
+    );
+}

@@ -97,6 +97,12 @@ pub struct Written {
 
 /// Writes a batch in one database transaction: new transaction ids only, their rows and line
 /// items, new rejections, and `next` offsets (which never move backwards).
+///
+/// Round trips are what a small batch costs (issue 20: the storage write → commit hop), so the
+/// statements that do not depend on each other go out together on the connection (tokio-postgres
+/// pipelines concurrent queries): the ledger's new ids with the rejections, then the rows, line
+/// items and offsets together. Six round trips whatever the batch, where each statement in turn
+/// (and one per partition for the offsets) took 12 or more.
 pub async fn write_batch(
     client: &mut Client,
     group: &str,
@@ -114,18 +120,34 @@ pub async fn write_batch(
             _ => {}
         }
     }
-    let ids: Vec<&str> = txns
-        .iter()
-        .map(|(_, v)| v.transaction.transaction_id.as_str())
+    let (new, new_rejections) =
+        futures::try_join!(new_ids(&tx, &txns), insert_rejections(&tx, &rejections))?;
+    let fresh: Vec<(&Row, &TransactionValidated)> = txns
+        .into_iter()
+        .filter(|(_, v)| new.contains(v.transaction.transaction_id.as_str()))
         .collect();
-    let times: Vec<i64> = txns
-        .iter()
-        .map(|(_, v)| v.transaction.transaction_time)
-        .collect();
-    let new: HashSet<String> = if ids.is_empty() {
-        HashSet::new()
-    } else {
-        tx.query(
+    futures::try_join!(insert_rows(&tx, &fresh), store_offsets(&tx, group, next))?;
+    tx.commit().await?;
+    let stored = fresh.len() as u64;
+    Ok(Written {
+        stored,
+        rejections: new_rejections,
+        duplicates: rows.len() as u64 - stored - new_rejections,
+    })
+}
+
+/// The batch's transaction ids into the ledger; returns those that were not there yet.
+async fn new_ids(
+    tx: &tokio_postgres::Transaction<'_>,
+    txns: &[(&Row, &TransactionValidated)],
+) -> Result<HashSet<String>, DbError> {
+    if txns.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids = column(txns, |(_, v)| v.transaction.transaction_id.as_str());
+    let times = column(txns, |(_, v)| v.transaction.transaction_time);
+    Ok(tx
+        .query(
             "INSERT INTO transaction_keys (transaction_id, transaction_time)
              SELECT id, to_timestamp(ms / 1000.0) FROM unnest($1::text[], $2::bigint[]) AS t(id, ms)
              ON CONFLICT DO NOTHING RETURNING transaction_id",
@@ -134,35 +156,30 @@ pub async fn write_batch(
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect()
-    };
-    let fresh: Vec<(&Row, &TransactionValidated)> = txns
-        .into_iter()
-        .filter(|(_, v)| new.contains(&v.transaction.transaction_id))
-        .collect();
-    if !fresh.is_empty() {
-        insert_rows(&tx, &fresh).await?;
+        .collect())
+}
+
+/// Every partition's next offset in one statement; an offset never moves backwards.
+async fn store_offsets(
+    tx: &tokio_postgres::Transaction<'_>,
+    group: &str,
+    next: &NextOffsets,
+) -> Result<(), DbError> {
+    if next.is_empty() {
+        return Ok(());
     }
-    let new_rejections = if rejections.is_empty() {
-        0
-    } else {
-        insert_rejections(&tx, &rejections).await?
-    };
-    for ((topic, partition), offset) in next {
-        tx.execute(
-            "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-            &[&group, topic, partition, offset],
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    let stored = fresh.len() as u64;
-    Ok(Written {
-        stored,
-        rejections: new_rejections,
-        duplicates: rows.len() as u64 - stored - new_rejections,
-    })
+    let topics: Vec<&str> = next.keys().map(|(t, _)| t.as_str()).collect();
+    let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
+    let offsets: Vec<i64> = next.values().copied().collect();
+    tx.execute(
+        "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset)
+         SELECT $1, t, p, o FROM unnest($2::text[], $3::int[], $4::bigint[]) AS src(t, p, o)
+         ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+           SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
+        &[&group, &topics, &partitions, &offsets],
+    )
+    .await?;
+    Ok(())
 }
 
 /// Where this group's consumption of `topic`/`partition` is to resume, if storage wrote there.
@@ -185,6 +202,9 @@ async fn insert_rejections(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[(&Row, &TransactionRejected)],
 ) -> Result<u64, DbError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
     let ids = column(rows, |(_, v)| v.transaction.transaction_id.as_str());
     let terminals = column(rows, |(_, v)| v.transaction.terminal_id.as_str());
     let merchants = column(rows, |(_, v)| v.transaction.merchant_id.as_str());
@@ -235,10 +255,14 @@ async fn insert_rejections(
     Ok(n)
 }
 
+/// The new transactions' rows and their line items, the two statements together.
 async fn insert_rows(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[(&Row, &TransactionValidated)],
 ) -> Result<(), DbError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let txs: Vec<&posflow_schema::Transaction> = rows.iter().map(|(_, v)| &v.transaction).collect();
     let ids = column(&txs, |t| t.transaction_id.as_str());
     let terminals = column(&txs, |t| t.terminal_id.as_str());
@@ -265,7 +289,34 @@ async fn insert_rows(
     let validated = column(rows, |(_, v)| v.validated_at);
     let partitions = column(rows, |(r, _)| r.partition);
     let offsets = column(rows, |(r, _)| r.offset);
-    tx.execute(
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
+        &ids,
+        &terminals,
+        &merchants,
+        &sequences,
+        &times,
+        &kinds,
+        &originals,
+        &amounts,
+        &currencies,
+        &methods,
+        &modes,
+        &tokens,
+        &bins,
+        &last4s,
+        &auths,
+        &responses,
+        &mccs,
+        &lats,
+        &lons,
+        &received,
+        &bridges,
+        &validated,
+        &partitions,
+        &offsets,
+        &key_ids,
+    ];
+    let transactions = tx.execute(
         "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type,
             original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin,
             card_last4, auth_code, response_code, mcc, latitude, longitude, received_at, bridge_id, validated_at,
@@ -277,14 +328,13 @@ async fn insert_rows(
                      $15::text[], $16::text[], $17::text[], $18::float8[], $19::float8[], $20::bigint[],
                      $21::text[], $22::bigint[], $23::int[], $24::bigint[], $25::text[])
               AS src(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, x, y)",
-        &[
-            &ids, &terminals, &merchants, &sequences, &times, &kinds, &originals, &amounts, &currencies, &methods, &modes,
-            &tokens, &bins, &last4s, &auths, &responses, &mccs, &lats, &lons, &received, &bridges, &validated, &partitions,
-            &offsets, &key_ids,
-        ],
-    )
-    .await?;
-    insert_line_items(tx, &txs).await
+        &params,
+    );
+    futures::try_join!(
+        async { transactions.await.map_err(DbError::from) },
+        insert_line_items(tx, &txs)
+    )?;
+    Ok(())
 }
 
 /// Every line item of the batch in one INSERT, numbered from 1 per transaction.

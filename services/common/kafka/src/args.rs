@@ -227,8 +227,11 @@ pub struct ExactlyOnceArgs {
     /// Most inputs per Kafka transaction.
     #[arg(long, env = "POSFLOW_TXN_MAX_RECORDS", default_value_t = 2000)]
     pub txn_max_records: usize,
-    /// Milliseconds a transaction gathers inputs before it commits.
-    #[arg(long, env = "POSFLOW_TXN_LINGER_MS", default_value_t = 20)]
+    /// Milliseconds a transaction gathers inputs before it commits. Under load a batch fills
+    /// while the previous transaction commits, so the linger matters at low load, where it is
+    /// added to every record's latency: 20 → 10 ms took the validated hop's p50 at half load
+    /// from 39 to 27 ms end to end (BENCHMARKS.md, issue 20).
+    #[arg(long, env = "POSFLOW_TXN_LINGER_MS", default_value_t = 10)]
     pub txn_linger_ms: u64,
 }
 

@@ -100,17 +100,32 @@ pub fn to_datum<T: AvroRecord>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Plain Avro binary back to `T`, read with `writer` resolved to `T`'s own schema.
 pub fn from_datum<T: AvroRecord>(writer: &Schema, bytes: &[u8]) -> Result<T, CodecError> {
-    let same = writer.canonical_form() == T::SCHEMA.schema().canonical_form();
-    read_datum(writer, same, bytes)
+    read_datum(writer, direct(writer, T::SCHEMA.schema()), bytes)
 }
 
-/// `same`: the writer schema is the reader's own, so the (costly) resolution step is skipped.
-fn read_datum<T: AvroRecord>(
+/// Whether `writer` can be read straight into the type whose schema is `reader`: the same
+/// schema (nothing to resolve) and one the schema-aware path reads.
+fn direct(writer: &Schema, reader: &Schema) -> bool {
+    writer.canonical_form() == reader.canonical_form() && crate::avro_de::usable(writer)
+}
+
+/// `direct`: read straight into `T` (`avro_de`); otherwise apache-avro's resolving path.
+fn read_datum<T: AvroRecord>(writer: &Schema, direct: bool, bytes: &[u8]) -> Result<T, CodecError> {
+    if direct {
+        return crate::avro_de::from_slice(writer, bytes)
+            .map_err(|e| CodecError::Avro(e.to_string()));
+    }
+    from_datum_via_value(writer, bytes)
+}
+
+/// apache-avro's path: the datum as a `Value` tree (resolved to `T`'s schema when the writer's
+/// differs), then the tree into `T`. The reference the schema-aware path is tested against.
+pub fn from_datum_via_value<T: AvroRecord>(
     writer: &Schema,
-    same: bool,
     mut bytes: &[u8],
 ) -> Result<T, CodecError> {
-    let reader = (!same).then(|| T::SCHEMA.schema());
+    let own = T::SCHEMA.schema();
+    let reader = (writer.canonical_form() != own.canonical_form()).then_some(own);
     let v = apache_avro::from_avro_datum(writer, &mut bytes, reader)
         .map_err(|e| CodecError::Avro(e.to_string()))?;
     apache_avro::from_value(&v).map_err(|e| CodecError::Avro(e.to_string()))
@@ -120,7 +135,7 @@ fn read_datum<T: AvroRecord>(
 /// older and newer compatible writers both read).
 pub struct Decoder<T> {
     registry: Registry,
-    /// Writer schemas by id, and whether each is the reader's own schema.
+    /// Writer schemas by id, and whether each is read straight into `T` (`direct`).
     writers: RwLock<HashMap<u32, (Arc<Schema>, bool)>>,
     _t: PhantomData<fn() -> T>,
 }
@@ -139,8 +154,8 @@ impl<T: AvroRecord> Decoder<T> {
             return Err(CodecError::NotFramed);
         }
         let id = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        let (writer, same) = self.writer(id).await?;
-        read_datum(&writer, same, &bytes[5..])
+        let (writer, direct) = self.writer(id).await?;
+        read_datum(&writer, direct, &bytes[5..])
     }
 
     async fn writer(&self, id: u32) -> Result<(Arc<Schema>, bool), CodecError> {
@@ -149,8 +164,10 @@ impl<T: AvroRecord> Decoder<T> {
         }
         let text = self.registry.schema_by_id(id).await?;
         let schema = Schema::parse_str(&text).map_err(|e| CodecError::Avro(e.to_string()))?;
-        let same = schema.canonical_form() == T::SCHEMA.schema().canonical_form();
-        let entry = (Arc::new(schema), same);
+        let entry = (
+            Arc::new(schema.clone()),
+            direct(&schema, T::SCHEMA.schema()),
+        );
         self.writers
             .write()
             .expect("poisoned")

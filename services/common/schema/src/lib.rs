@@ -1,6 +1,7 @@
 //! posflow's records: the Rust types, their Avro schemas (compiled in from `schemas/`), the
 //! Confluent wire format, and a schema-registry client.
 
+pub mod avro_de;
 pub mod catalogue;
 pub mod codec;
 pub mod currency;
