@@ -44,7 +44,7 @@ pub struct Args {
     /// Milliseconds a batch waits to fill before it is written anyway. Short: under load the
     /// batch fills while the previous one is written (batches size themselves), so a long
     /// linger only adds latency (100 ms gave p99 639 ms end to end at half load, 10 ms 348 ms;
-    /// 5 ms with the validator's 10 ms linger took the p50 from 60 to 43 ms: BENCHMARKS.md).
+    /// 5 ms with the validator's 10 ms linger took the p50 from 59 to 48 ms: BENCHMARKS.md).
     #[arg(long, env = "POSFLOW_STORAGE_BATCH_LINGER_MS", default_value_t = 5)]
     pub batch_linger_ms: u64,
 }

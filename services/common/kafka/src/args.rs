@@ -229,8 +229,9 @@ pub struct ExactlyOnceArgs {
     pub txn_max_records: usize,
     /// Milliseconds a transaction gathers inputs before it commits. Under load a batch fills
     /// while the previous transaction commits, so the linger matters at low load, where it is
-    /// added to every record's latency: 20 → 10 ms took the validated hop's p50 at half load
-    /// from 39 to 27 ms end to end (BENCHMARKS.md, issue 20).
+    /// added to every record's latency: 20 → 10 ms (with storage's 10 → 5 ms) took the
+    /// end-to-end p50 at half load from 59 to 48 ms for ~2 CPU s per million transactions more
+    /// (alternated runs, BENCHMARKS.md, issue 20).
     #[arg(long, env = "POSFLOW_TXN_LINGER_MS", default_value_t = 10)]
     pub txn_linger_ms: u64,
 }

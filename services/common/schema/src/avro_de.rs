@@ -130,6 +130,16 @@ impl<'de> Reader<'_, '_, 'de> {
         }
     }
 
+    /// An enum's symbol.
+    fn symbol<'e>(&mut self, symbols: &'e [String]) -> Result<&'e str, Error> {
+        let i = self.int()?;
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| symbols.get(i))
+            .map(String::as_str)
+            .ok_or_else(|| Error(format!("enum index {i} of {}", symbols.len())))
+    }
+
     /// A union's branch.
     fn branch<'u>(&mut self, variants: &'u [Schema]) -> Result<&'u Schema, Error> {
         let i = self.long()?;
@@ -169,14 +179,7 @@ impl<'de> de::Deserializer<'de> for Reader<'_, '_, 'de> {
             Schema::Bytes => v.visit_borrowed_bytes(self.bytes()?),
             Schema::Fixed(f) => v.visit_borrowed_bytes(self.take(f.size)?),
             Schema::String | Schema::Uuid => v.visit_borrowed_str(self.str()?),
-            Schema::Enum(e) => {
-                let i = self.int()?;
-                let symbol = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| e.symbols.get(i))
-                    .ok_or_else(|| Error(format!("enum index {i} of {}", e.symbols.len())))?;
-                v.visit_str(symbol)
-            }
+            Schema::Enum(e) => v.visit_str(self.symbol(&e.symbols)?),
             Schema::Array(a) => v.visit_seq(Blocks::new(self.input, &a.items)),
             Schema::Map(m) => v.visit_map(Blocks::new(self.input, &m.types)),
             Schema::Union(u) => {
@@ -210,14 +213,7 @@ impl<'de> de::Deserializer<'de> for Reader<'_, '_, 'de> {
         v: V,
     ) -> Result<V::Value, Error> {
         match self.schema {
-            Schema::Enum(e) => {
-                let i = self.int()?;
-                let symbol = usize::try_from(i)
-                    .ok()
-                    .and_then(|i| e.symbols.get(i))
-                    .ok_or_else(|| Error(format!("enum index {i} of {}", e.symbols.len())))?;
-                v.visit_enum(symbol.as_str().into_deserializer())
-            }
+            Schema::Enum(e) => v.visit_enum(self.symbol(&e.symbols)?.into_deserializer()),
             Schema::String => v.visit_enum(self.str()?.into_deserializer()),
             other => Err(Error(format!("an enum from schema kind {other:?}"))),
         }
