@@ -2,6 +2,10 @@
 //!
 //! - (a) broker: the fleet (terminals publishing QoS 1 as fast as the broker takes them) into a
 //!   subscriber that does nothing but acknowledge. Latency: publish → delivered to it.
+//! - (a') broker, answered: the same subscriber also publishes each terminal's answer (QoS 1,
+//!   the contract's topic and shape) and the fleet waits for it, as it does for the bridge: the
+//!   broker's work per transaction is the bridge's (two publishes in, two deliveries out), with
+//!   no Kafka. Latency: publish → answer.
 //! - bridge: the same fleet through `posflow-bridge` into Kafka and answered back to each
 //!   terminal. Latency: publish → the terminal's answer (the bridge's PUBACK waits for Kafka's
 //!   acks=all; its own receive → PUBACK histogram is reported beside it).
@@ -67,6 +71,7 @@ impl Figures {
 
 pub struct Results {
     pub broker: Figures,
+    pub broker_answered: Figures,
     pub bridge: Figures,
     pub kafka: Figures,
     /// Receive → PUBACK quantiles from the bridge's histogram (bucket upper bounds), ms.
@@ -132,7 +137,9 @@ pub async fn run(
     let total = terminals * per_terminal;
     let d = Deployment::kafka_only().await;
     eprintln!("[bench] bridge (a) broker ceiling: {terminals} terminals x {per_terminal} ...");
-    let broker = broker_ceiling(&d, terminals, per_terminal).await?;
+    let broker = broker_ceiling(&d, terminals, per_terminal, false).await?;
+    eprintln!("[bench] bridge (a') broker ceiling, answered: same fleet ...");
+    let broker_answered = broker_ceiling(&d, terminals, per_terminal, true).await?;
     let peer = match peer {
         Some(bin) => {
             eprintln!("[bench] bridge peer: Benthos, same fleet ...");
@@ -182,6 +189,7 @@ pub async fn run(
     let kafka = kafka_ceiling(&d, total).await?;
     Ok(Results {
         broker,
+        broker_answered,
         bridge: plain,
         kafka,
         bridge_puback_ms,
@@ -196,11 +204,13 @@ pub async fn run(
     })
 }
 
-/// (a): a subscriber that only acknowledges, in the bridge's place.
+/// (a): a subscriber that only acknowledges, in the bridge's place; (a'), `answer`: it also
+/// answers each terminal, and the fleet waits for the answers.
 async fn broker_ceiling(
     d: &Deployment,
     terminals: usize,
     per_terminal: usize,
+    answer: bool,
 ) -> anyhow::Result<Figures> {
     let total = terminals * per_terminal;
     let progress = Arc::new(fleet::Progress::default());
@@ -221,18 +231,47 @@ async fn broker_ceiling(
             QoS::AtLeastOnce,
         )
         .await?;
+    // Answers go out from their own task: the event loop below must keep polling for the
+    // client's requests to leave.
+    let (answers, mut to_answer) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+    let answerer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            while let Some((topic, body)) = to_answer.recv().await {
+                let _ = client.publish(topic, QoS::AtLeastOnce, false, body).await;
+            }
+        })
+    };
+    // Answering, the event loop runs until the fleet has every answer (the answers leave
+    // after the last delivery); otherwise until the last delivery.
+    let fleet_done = Arc::new(tokio::sync::Notify::new());
     let sub = {
         let (progress, received, last) = (progress.clone(), received.clone(), last.clone());
+        let fleet_done = fleet_done.clone();
         tokio::spawn(async move {
-            while received.load(Ordering::Relaxed) < total as u64 {
-                match ev.poll().await {
+            loop {
+                let all_in = received.load(Ordering::Relaxed) >= total as u64;
+                if all_in && !answer {
+                    break;
+                }
+                let polled = tokio::select! {
+                    e = ev.poll() => e,
+                    _ = fleet_done.notified(), if all_in => break,
+                };
+                match polled {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         // Latency needs the id; the parse is the only work this subscriber does.
                         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&p.payload) {
-                            let sent = v["transaction_id"]
-                                .as_str()
-                                .and_then(|id| progress.sent_at.lock().unwrap().get(id).copied());
-                            if let Some(t) = sent {
+                            let id = v["transaction_id"].as_str().unwrap_or_default();
+                            if answer {
+                                let topic = posflow_mqtt::ack_topic(
+                                    v["merchant_id"].as_str().unwrap_or_default(),
+                                    v["terminal_id"].as_str().unwrap_or_default(),
+                                );
+                                let body = serde_json::json!({"offset": 0, "partition": 0,
+                                    "status": "accepted", "transaction_id": id});
+                                let _ = answers.send((topic, body.to_string().into_bytes()));
+                            } else if let Some(t) = progress.sent_at.lock().unwrap().get(id) {
                                 progress
                                     .answer_latency_us
                                     .lock()
@@ -254,16 +293,34 @@ async fn broker_ceiling(
     };
     tokio::time::sleep(Duration::from_millis(500)).await; // SUBACK before the first publish
     let started = Instant::now();
-    fleet::run(
+    let report = fleet::run(
         &d.stack.mqtt_args(),
         &Secret::new(&d.stack.terminal_password),
-        fleet_for("ceil", 1, terminals, per_terminal),
-        &publish_options(false),
+        fleet_for(
+            if answer { "ceila" } else { "ceil" },
+            1,
+            terminals,
+            per_terminal,
+        ),
+        &publish_options(answer),
         progress.clone(),
     )
     .await?;
+    anyhow::ensure!(
+        report.unanswered.is_empty(),
+        "{} unanswered",
+        report.unanswered.len()
+    );
+    let answered = started.elapsed();
+    fleet_done.notify_one();
     tokio::time::timeout(Duration::from_secs(120), sub).await??;
-    let elapsed = last.lock().unwrap().duration_since(started);
+    // Answered: until the fleet had every answer; otherwise until the last delivery.
+    let elapsed = if answer {
+        answered
+    } else {
+        last.lock().unwrap().duration_since(started)
+    };
+    answerer.abort();
     let _ = client.disconnect().await;
     let latency_us = std::mem::take(&mut *progress.answer_latency_us.lock().unwrap());
     Ok(Figures {
@@ -312,8 +369,6 @@ async fn run_bridge(
         .map(|r| r.1)
         .unwrap_or_default();
     let latency_us = std::mem::take(&mut *progress.answer_latency_us.lock().unwrap());
-    // SIGTERM: a traced bridge flushes its span queue on the way out.
-    bridge.terminate();
     // SIGTERM: a traced bridge flushes its span queue on the way out.
     bridge.terminate();
     Ok((

@@ -171,6 +171,13 @@ async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Res
     ));
     r.rows.push(Row::vs(
         "bridge",
+        "tx/s",
+        b.bridge.rate(),
+        "(a') broker, subscriber answering",
+        b.broker_answered.rate(),
+    ));
+    r.rows.push(Row::vs(
+        "bridge",
         "p99 ms publish->answer",
         b.bridge.pct(0.99),
         "(a) p99 ms publish->delivery",
@@ -197,7 +204,7 @@ async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Res
         "bridge".into(),
         serde_json::json!({
             "terminals": s.terminals, "per_terminal": s.per_terminal,
-            "broker_ceiling": b.broker.json(), "bridge": b.bridge.json(), "kafka_ceiling": b.kafka.json(),
+            "broker_ceiling": b.broker.json(), "broker_answered_ceiling": b.broker_answered.json(), "bridge": b.bridge.json(), "kafka_ceiling": b.kafka.json(),
             "bridge_receive_to_puback_ms_bucket_bound": {"p50": b.bridge_puback_ms[0], "p99": b.bridge_puback_ms[1], "p99_9": b.bridge_puback_ms[2]},
             "peer_benthos": b.peer.as_ref().map(|p| serde_json::json!({"tx_per_s": p.per_s(), "elapsed_s": p.elapsed.as_secs_f64()})),
         }),
@@ -207,6 +214,10 @@ async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Res
         (
             "(a) broker: publish -> delivered to a do-nothing subscriber",
             &b.broker,
+        ),
+        (
+            "(a') broker: publish -> answer from a subscriber answering",
+            &b.broker_answered,
         ),
         (
             "bridge: publish -> answer (PUBACK after Kafka acks=all)",
