@@ -155,27 +155,19 @@ async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Res
             "spans_at_most": t.spans_at_most,
         }),
     );
-    r.rows.push(Row::vs(
-        "bridge",
-        "tx/s",
-        b.bridge.rate(),
-        "(a) broker, do-nothing QoS 1 sub",
-        b.broker.rate(),
-    ));
-    r.rows.push(Row::vs(
-        "bridge",
-        "tx/s",
-        b.bridge.rate(),
-        "(b) Kafka producer, bridge settings",
-        b.kafka.rate(),
-    ));
-    r.rows.push(Row::vs(
-        "bridge",
-        "tx/s",
-        b.bridge.rate(),
-        "(a') broker, subscriber answering",
-        b.broker_answered.rate(),
-    ));
+    for (ceiling, f) in [
+        ("(a) broker, do-nothing QoS 1 sub", &b.broker),
+        ("(b) Kafka producer, bridge settings", &b.kafka),
+        ("(a') broker, subscriber answering", &b.broker_answered),
+    ] {
+        r.rows.push(Row::vs(
+            "bridge",
+            "tx/s",
+            b.bridge.rate(),
+            ceiling,
+            f.rate(),
+        ));
+    }
     r.rows.push(Row::vs(
         "bridge",
         "p99 ms publish->answer",
