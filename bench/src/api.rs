@@ -8,7 +8,7 @@
 //! of 50 — session check, the same search, the HTML, the audit record — at a fixed rate.
 
 use crate::bridge::Figures;
-use crate::e2e::cpu_seconds;
+use crate::cpu::{Cpu, CpuPerUnit};
 use posflow_api::auth::{Principal, Role};
 use posflow_api::db::{AppFilter, Pool, Scope, Scoped};
 use posflow_api::query::Params;
@@ -32,7 +32,7 @@ pub struct ApiBench {
     /// record, no query. What every request costs before it searches anything.
     pub refused_closed: Figures,
     /// CPU ms per request of each closed loop (API, direct SQL, refused), by process.
-    pub cpu: [CpuPerRequest; 3],
+    pub cpu: [CpuPerUnit; 3],
     /// The portal's Transactions page (50 rows) at `portal_rate` a second.
     pub portal_open: Figures,
     pub portal_rate: f64,
@@ -41,75 +41,20 @@ pub struct ApiBench {
 /// People browse: the portal's pages are asked for at a quarter of the API's rate.
 const PORTAL_RATE_SHARE: f64 = 0.25;
 
-/// CPU seconds used so far: the API's process, this one (the load generator, or the client of
-/// the direct SQL), and every PostgreSQL process (the API's, the audit writer's and the direct
-/// SQL's backends alike). From /proc: the same accounting as `top`.
-#[derive(Clone, Copy)]
-struct Cpu {
-    api: f64,
-    bench: f64,
-    postgres: f64,
-}
-
-impl Cpu {
-    fn now(api_pid: u32) -> Cpu {
-        let postgres = std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                    .is_ok_and(|c| c.trim() == "postgres")
-            })
-            .map(cpu_seconds)
-            .sum();
-        Cpu {
-            api: cpu_seconds(api_pid),
-            bench: cpu_seconds(std::process::id()),
-            postgres,
-        }
-    }
-}
-
-/// CPU milliseconds per request, by process.
-#[derive(Clone, Copy, Debug)]
-pub struct CpuPerRequest {
-    pub api: f64,
-    pub bench: f64,
-    pub postgres: f64,
-}
-
-impl CpuPerRequest {
-    pub fn total(&self) -> f64 {
-        self.api + self.bench + self.postgres
-    }
-    pub fn json(&self) -> serde_json::Value {
-        let r = |v: f64| (v * 1000.0).round() / 1000.0;
-        serde_json::json!({"api": r(self.api), "load_generator_or_client": r(self.bench), "postgres": r(self.postgres), "total": r(self.total())})
-    }
-}
-
 /// [`closed_loop`], with the CPU each process spent on it per request.
 async fn closed_loop_cpu<F, Fut>(
     api_pid: u32,
     clients: usize,
     secs: f64,
     one: F,
-) -> (Figures, CpuPerRequest)
+) -> (Figures, CpuPerUnit)
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let before = Cpu::now(api_pid);
+    let before = Cpu::now(Some(api_pid));
     let f = closed_loop(clients, secs, one).await;
-    let after = Cpu::now(api_pid);
-    let per = |a: f64, b: f64| (a - b) * 1000.0 / f.count.max(1) as f64;
-    let cpu = CpuPerRequest {
-        api: per(after.api, before.api),
-        bench: per(after.bench, before.bench),
-        postgres: per(after.postgres, before.postgres),
-    };
+    let cpu = Cpu::now(Some(api_pid)).per_unit_since(&before, f.count as u64);
     (f, cpu)
 }
 

@@ -348,6 +348,7 @@ async fn run_bridge(
 ) -> anyhow::Result<(Figures, String)> {
     let total = terminals * per_terminal;
     let mut bridge = d.start_bridge_with(4, extra).await;
+    crate::pin::stage_started(bridge.child.id());
     let progress = Arc::new(fleet::Progress::default());
     let started = Instant::now();
     let report = fleet::run(
@@ -491,6 +492,7 @@ metrics:
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting Benthos ({}): {e}", bin.display()))?,
     );
+    crate::pin::stage_started(_child.0.id());
     let base = format!("http://127.0.0.1:{port}");
     let base_ref = &base;
     let sent = move || async move {

@@ -10,6 +10,7 @@
 //! (/proc/<pid>/stat) and peak resident memory (VmHWM, reset before each load).
 
 use crate::bridge::Figures;
+use crate::cpu::cpu_seconds;
 use posflow_e2e::{metric, Deployment, Service};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
@@ -207,20 +208,6 @@ impl Pipeline {
             .map(|s| cpu_seconds(s.child.id()))
             .collect()
     }
-}
-
-/// utime + stime of a process, in seconds (Linux, USER_HZ = 100).
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which may hold spaces: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    f.iter().sum::<u64>() as f64 / 100.0
 }
 
 /// Peak resident memory (VmHWM) in MiB, then reset, so the next load has its own peak.

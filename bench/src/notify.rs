@@ -3,7 +3,8 @@
 //! bodies straight to it with the notifier's own HTTP client and the same concurrency. Both runs
 //! use the same in-process HTTPS receiver, which verifies every signature.
 
-use crate::stages::{measure, Rate};
+use crate::cpu::Cpu;
+use crate::stages::{measure, Versus};
 use posflow_e2e::notify::{validated, Behaviour, Receiver};
 use posflow_e2e::Deployment;
 use posflow_notifier::webhook::{Request, Sender};
@@ -19,7 +20,7 @@ fn secret(m: usize) -> String {
     format!("bench-secret-{m:03}-0123456789abcdef")
 }
 
-pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)> {
+pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<Versus> {
     let concurrency = (merchants * PER_MERCHANT).min(256);
     let rx = Receiver::start().await;
     let urls: Vec<String> = (0..merchants)
@@ -55,6 +56,7 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
     );
     let next = Arc::new(AtomicUsize::new(0));
     let base = rx.accepted();
+    let cpu = Cpu::now(None);
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
             let (sender, bodies, next, urls) =
@@ -89,6 +91,7 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
     for w in workers {
         let _ = w.await;
     }
+    let ceiling_cpu = Cpu::now(None).per_unit_since(&cpu, n as u64);
 
     // posflow: the events on the validated topic first, then the notifier drains them.
     let d = Deployment::kafka_only().await.with_own_schema().await;
@@ -110,17 +113,21 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
     })
     .await;
     let base = rx.accepted();
+    // From before the notifier exists: its own CPU counts from zero, start-up included.
+    let cpu = Cpu::now(None);
     let notifier = d
         .start_notifier(
             "bench",
             &["--merchant-rate", "100000", "--log-level", "warn"],
         )
         .await;
+    crate::pin::stage_started(notifier.child.id());
     let rate = measure(n as u64, "notifier", || {
         let v = (rx.accepted() - base) as u64;
         async move { v }
     })
     .await;
+    let notifier_cpu = Cpu::now(Some(notifier.child.id())).per_unit_since(&cpu, n as u64);
     // Where the notifier's time went, from its own histograms.
     let page = notifier.metrics().await;
     for (name, labels) in [
@@ -136,5 +143,10 @@ pub async fn webhooks(n: usize, merchants: usize) -> anyhow::Result<(Rate, Rate)
         );
     }
     drop(notifier);
-    Ok((ceiling, rate))
+    Ok(Versus {
+        ceiling,
+        ceiling_cpu,
+        stage: rate,
+        stage_cpu: notifier_cpu,
+    })
 }

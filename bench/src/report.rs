@@ -172,7 +172,8 @@ pub fn markdown(run: &Value, scoreboard: bool) -> String {
     let num = |v: &Value| v.as_f64().map(fmt).unwrap_or_default();
     for r in run["rows"].as_array().into_iter().flatten() {
         let target = r["target"].as_str().unwrap_or("-");
-        if scoreboard && target == "-" {
+        // The README's scoreboard: the rows with a target, not the pinned diagnostics.
+        if scoreboard && (target == "-" || r["scenario"] == "pinned") {
             continue;
         }
         let met = match r["met"].as_bool() {

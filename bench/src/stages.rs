@@ -7,6 +7,7 @@
 //! - `storage`: the storage process next to a plain PostgreSQL `COPY` of the same rows (and
 //!   their line items) into the same tables, with the same indexes.
 
+use crate::cpu::{Cpu, CpuPerUnit};
 use posflow_e2e::{db, received_sale, Deployment, Service};
 use posflow_kafka::pipeline::{self, Batching, Output};
 use posflow_schema::{LineItem, TransactionReceived, TransactionValidated};
@@ -231,7 +232,11 @@ async fn race(
                 );
             (Some(task), None)
         }
-        Contender::Stage { binary, env } => (None, Some(Service::start(binary, &env, &[]).await)),
+        Contender::Stage { binary, env } => {
+            let s = Service::start(binary, &env, &[]).await;
+            crate::pin::stage_started(s.child.id());
+            (None, Some(s))
+        }
     };
     let rate = measure(n as u64, label, || {
         let v = progress();
@@ -319,8 +324,31 @@ fn field(s: Option<&str>) -> String {
     }
 }
 
+/// A stage and its ceiling in the same run: records a second, and the CPU each process spent
+/// per record (cpu.rs), which is what says whether a shortfall is the stage's own work.
+pub struct Versus {
+    pub ceiling: Rate,
+    pub ceiling_cpu: CpuPerUnit,
+    pub stage: Rate,
+    pub stage_cpu: CpuPerUnit,
+}
+
+impl Versus {
+    pub fn print_cpu(&self, stage: &str, unit: &str, ceiling: &str) {
+        println!(
+            "{stage}: CPU ms per {unit} ({stage} / this process / PostgreSQL / JVMs = total):"
+        );
+        println!("  {stage:<32} {}", self.stage_cpu.line());
+        println!("  {ceiling:<32} {}", self.ceiling_cpu.line());
+    }
+
+    pub fn cpu_json(&self, stage: &str) -> serde_json::Value {
+        serde_json::json!({stage: self.stage_cpu.json(stage), "ceiling": self.ceiling_cpu.json(stage)})
+    }
+}
+
 /// Storage vs COPY of the same `n` rows (with their line items) into the same tables.
-pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
+pub async fn storage(n: usize) -> anyhow::Result<Versus> {
     use futures::SinkExt;
     let validated = validated_from_raw(raw_records(&format!("sb{:08x}", rand::random::<u32>()), n));
     let d = Deployment::new().await;
@@ -391,6 +419,7 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
         ));
     }
     let started = Instant::now();
+    let cpu = Cpu::now(None);
     client.batch_execute("BEGIN").await?;
     for (sql, data) in [
         ("COPY transaction_keys (transaction_id, transaction_time) FROM STDIN", key_rows),
@@ -407,6 +436,7 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
         records: n as u64,
         elapsed: started.elapsed(),
     };
+    let copy_cpu = Cpu::now(None).per_unit_since(&cpu, n as u64);
 
     eprintln!("[bench] storage: producing {n} validated records ...");
     d.produce("pos.transactions.validated", &validated, |v| {
@@ -415,13 +445,16 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
     .await;
     let mut env = d.env();
     env.push(("POSFLOW_LOG".into(), "warn".into()));
-    let _storage = Service::start("posflow-storage", &env, &[]).await;
+    let cpu = Cpu::now(None);
+    let storage_stage = Service::start("posflow-storage", &env, &[]).await;
+    crate::pin::stage_started(storage_stage.child.id());
     let group = d.kafka.group("posflow-storage");
     let topic = d.topic("pos.transactions.validated");
     let storage_rate = measure(n as u64, "storage", || {
         stored_offsets(&client, &group, &topic)
     })
     .await;
+    let storage_cpu = Cpu::now(Some(storage_stage.child.id())).per_unit_since(&cpu, n as u64);
     client
         .execute(
             "DELETE FROM transaction_line_items WHERE transaction_id LIKE $1",
@@ -440,7 +473,12 @@ pub async fn storage(n: usize) -> anyhow::Result<(Rate, Rate)> {
             &[&format!("{copy_prefix}%")],
         )
         .await?;
-    Ok((copy, storage_rate))
+    Ok(Versus {
+        ceiling: copy,
+        ceiling_cpu: copy_cpu,
+        stage: storage_rate,
+        stage_cpu: storage_cpu,
+    })
 }
 
 /// Scale-out: `n` records through `replicas` replicas of a stage in one group, on fresh topics

@@ -87,8 +87,8 @@ pub async fn run(
         args.kafka.clone(),
         vec![validated_t.clone(), alerts_t],
     );
-    let mut outbox = Outbox {
-        conn: Conn::new(&args.db),
+    let outbox = Outbox {
+        conn: tokio::sync::Mutex::new(Conn::new(&args.db)),
         prefs,
         wake,
         validated_t,
@@ -99,13 +99,14 @@ pub async fn run(
         max_records: args.batch_size,
         linger: Duration::from_millis(args.batch_linger_ms),
     };
-    sink::run(&consumer, &mut outbox, &dead, batching, &ctx, vanished).await
+    sink::run(&consumer, &outbox, &dead, batching, &ctx, vanished).await
 }
 
 /// The outbox as a batch sink. Kafka's committed offsets are the truth on where to resume:
 /// inserts are idempotent on the idempotency key, so a record consumed twice adds nothing.
 struct Outbox {
-    conn: Conn,
+    /// Locked by a write: the next batch is prepared meanwhile.
+    conn: tokio::sync::Mutex<Conn>,
     prefs: Prefs,
     /// Told after every batch: the dispatcher looks for new rows at once.
     wake: Arc<Notify>,
@@ -119,7 +120,7 @@ impl BatchSink for Outbox {
     const SPAN: &'static str = "notifier.enqueue";
 
     async fn prepare(
-        &mut self,
+        &self,
         input: &Input,
         span: &tracing::Span,
         ctx: &Context,
@@ -162,7 +163,7 @@ impl BatchSink for Outbox {
     }
 
     async fn write(
-        &mut self,
+        &self,
         batch: &[Piece],
         _next: &NextOffsets,
         ctx: &Context,
@@ -176,7 +177,8 @@ impl BatchSink for Outbox {
             .collect();
         let items: Vec<DigestItem> = batch.iter().filter_map(|p| p.item.clone()).collect();
         let alerts: Vec<&FraudAlert> = batch.iter().filter_map(|p| p.alert.as_ref()).collect();
-        let client = self.conn.get(ctx).await?;
+        let mut conn = self.conn.lock().await;
+        let client = conn.get(ctx).await?;
         let (new_deliveries, new_items) =
             match store::enqueue(client, &deliveries, &items, &alerts).await {
                 Ok(n) => n,
@@ -192,7 +194,7 @@ impl BatchSink for Outbox {
         Some(Ok(()))
     }
 
-    fn committed(&mut self, batch: &[Piece]) {
+    fn committed(&self, batch: &[Piece]) {
         for t in batch.iter().filter_map(|p| p.transaction_time) {
             posflow_runtime::metrics::observe_end_to_end(t);
         }

@@ -161,13 +161,15 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     };
     db::ensure_partitions(client).await?;
     ctx.health.set_ready(true);
-    let mut store = Store {
-        conn,
+    let store = Store {
+        db: tokio::sync::Mutex::new(Db {
+            conn,
+            partitions_ensured: Instant::now(),
+        }),
         group,
         validated_t,
         validated_dec: Decoder::new(registry.clone()),
         rejected_dec: Decoder::new(registry),
-        partitions_ensured: Instant::now(),
     };
     let batching = Batching {
         max_records: args.batch_size,
@@ -175,7 +177,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     };
     sink::run(
         &consumer,
-        &mut store,
+        &store,
         &dead,
         batching,
         &ctx,
@@ -187,12 +189,17 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
 /// Storage as a batch sink: each batch's rows and its offsets in one database transaction, so
 /// the database is the truth on where each partition resumes.
 struct Store {
-    conn: Conn,
+    /// Locked by a write, or a resume-point lookup (which so waits for the write under way).
+    db: tokio::sync::Mutex<Db>,
     /// The consumer group, the key of the offsets in the database.
     group: String,
     validated_t: String,
     validated_dec: Decoder<TransactionValidated>,
     rejected_dec: Decoder<TransactionRejected>,
+}
+
+struct Db {
+    conn: Conn,
     partitions_ensured: Instant,
 }
 
@@ -201,7 +208,7 @@ impl BatchSink for Store {
     const SPAN: &'static str = "storage.store";
 
     async fn prepare(
-        &mut self,
+        &self,
         input: &Input,
         _span: &tracing::Span,
         ctx: &Context,
@@ -225,19 +232,24 @@ impl BatchSink for Store {
     }
 
     async fn write(
-        &mut self,
+        &self,
         rows: &[db::Row],
         next: &NextOffsets,
         ctx: &Context,
     ) -> Option<Result<(), WriteError>> {
         let m = metrics();
-        let client = self.conn.get(ctx).await?;
+        let mut guard = self.db.lock().await;
+        let Db {
+            conn,
+            partitions_ensured,
+        } = &mut *guard;
+        let client = conn.get(ctx).await?;
         // A replica can run for months: keep the monthly partitions ahead of time.
-        if self.partitions_ensured.elapsed() > Duration::from_secs(3600) {
+        if partitions_ensured.elapsed() > Duration::from_secs(3600) {
             if let Err(e) = db::ensure_partitions(client).await {
                 tracing::warn!(error = %e.summary(), "could not create next months' partitions; retrying in an hour");
             }
-            self.partitions_ensured = Instant::now();
+            *partitions_ensured = Instant::now();
         }
         Some(
             match db::write_batch(client, &self.group, rows, next).await {
@@ -261,12 +273,13 @@ impl BatchSink for Store {
     }
 
     async fn resume_from(
-        &mut self,
+        &self,
         topic: &str,
         partition: i32,
         ctx: &Context,
     ) -> Option<Result<Option<i64>, WriteError>> {
-        let client = self.conn.get(ctx).await?;
+        let mut db = self.db.lock().await;
+        let client = db.conn.get(ctx).await?;
         Some(
             db::next_offset(client, &self.group, topic, partition)
                 .await
@@ -274,12 +287,12 @@ impl BatchSink for Store {
         )
     }
 
-    fn skipped(&mut self) {
+    fn skipped(&self) {
         metrics().received.inc();
         metrics().skipped.inc();
     }
 
-    fn committed(&mut self, rows: &[db::Row]) {
+    fn committed(&self, rows: &[db::Row]) {
         for row in rows {
             posflow_runtime::metrics::observe_end_to_end(row.transaction_time());
         }

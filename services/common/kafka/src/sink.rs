@@ -11,6 +11,12 @@
 //! ([`BatchSink::write`]: with the offsets in the same transaction, if the sink keeps them —
 //! storage does, so its database is the truth on where to resume), and where a partition
 //! resumes ([`BatchSink::resume_from`]).
+//!
+//! One batch is written while the next is gathered (issue 20): the database works on batch N
+//! while this process consumes and decodes batch N + 1, instead of each waiting on the other.
+//! Batch N + 1 is written only after batch N committed and its offsets were stored, and never
+//! if batch N was not written (shutdown): the offset rule holds as with one batch at a time.
+//! So a sink's methods take `&self`, and a sink keeps its connection behind a lock.
 
 use crate::deadletter::{DeadLetterOut, Refused};
 use crate::headers;
@@ -50,7 +56,7 @@ impl From<DbError> for WriteError {
 }
 
 /// What a stage writes to PostgreSQL, record by record.
-pub trait BatchSink: Send {
+pub trait BatchSink: Send + Sync {
     /// A record, ready to write.
     type Item: Send + Sync;
     /// The span each record gets while it waits for its batch (tracing on).
@@ -59,7 +65,7 @@ pub trait BatchSink: Send {
     /// What `input` becomes: `Some(Ok)` an item, `Some(Err(detail))` a record that cannot be
     /// decoded (dead-lettered `DECODE_FAILED`), `None` when shutdown interrupts a wait.
     fn prepare(
-        &mut self,
+        &self,
         input: &Input,
         span: &tracing::Span,
         ctx: &posflow_runtime::Context,
@@ -68,7 +74,7 @@ pub trait BatchSink: Send {
     /// Writes `items` (perhaps none) in one database transaction, with `next` if the sink keeps
     /// offsets. `None` when shutdown comes while (re)connecting.
     fn write(
-        &mut self,
+        &self,
         items: &[Self::Item],
         next: &NextOffsets,
         ctx: &Context,
@@ -78,7 +84,7 @@ pub trait BatchSink: Send {
     /// written already); `Ok(None)`: Kafka's committed offset is the truth. Asked once per
     /// partition after every rebalance.
     fn resume_from(
-        &mut self,
+        &self,
         _topic: &str,
         _partition: i32,
         _ctx: &Context,
@@ -87,10 +93,10 @@ pub trait BatchSink: Send {
     }
 
     /// A record below its partition's resume point was skipped.
-    fn skipped(&mut self) {}
+    fn skipped(&self) {}
 
     /// `items` are in the database (metrics, wake-ups).
-    fn committed(&mut self, _items: &[Self::Item]) {}
+    fn committed(&self, _items: &[Self::Item]) {}
 }
 
 /// A consumer context that reports lag and counts rebalances (a new count: look the resume
@@ -169,51 +175,109 @@ impl<I> Batch<I> {
 }
 
 /// Consumes `consumer` into `sink` until shutdown (or `stop` fires, or the consumer fails for
-/// good), a batch at a time.
+/// good): gathers a batch while the previous one is written (the module's comment says why
+/// that keeps the offset rule).
 pub async fn run<S: BatchSink>(
     consumer: &StreamConsumer<SinkContext>,
-    sink: &mut S,
+    sink: &S,
     dead: &impl DeadLetterOut,
     batching: Batching,
     ctx: &Context,
     stop: impl Future<Output = anyhow::Error>,
 ) -> anyhow::Result<()> {
     tokio::pin!(stop);
-    let mut batch = Batch::new(batching.max_records);
     let mut resume = Resume::default();
+    // Two batches take turns: one written while the other fills.
+    let mut writing: Option<Batch<S::Item>> = None;
+    let mut spare: Option<Batch<S::Item>> = None;
     loop {
-        let deadline = tokio::time::Instant::now() + batching.linger;
-        let mut stopping = false;
-        while batch.len() < batching.max_records {
-            let msg = tokio::select! {
-                msg = consumer.recv() => msg,
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = ctx.shutdown.wait() => { stopping = true; break; }
-                e = &mut stop => return Err(e),
+        let mut batch = spare
+            .take()
+            .unwrap_or_else(|| Batch::new(batching.max_records));
+        let write = async {
+            let Some(mut w) = writing.take() else {
+                return Ok(true);
             };
-            let Some(msg) = consumed(msg, ctx).await? else {
-                continue;
-            };
-            let input = Input::detach(&msg);
-            drop(msg);
-            if !take(consumer, sink, dead, &mut resume, &mut batch, input, ctx).await? {
-                stopping = true;
-                break;
-            }
+            let written = write_and_store(consumer, sink, &mut w, dead, ctx).await;
+            spare = Some(w); // emptied by the flush
+            written
+        };
+        let gather = gather(
+            consumer,
+            sink,
+            dead,
+            &mut resume,
+            &mut batch,
+            batching,
+            ctx,
+            stop.as_mut(),
+        );
+        let (written, stopping) = futures::join!(write, gather);
+        if !written? {
+            break; // shutdown before the previous batch was in: nothing after it may be written
         }
+        let stopping = stopping?;
         if !batch.next.is_empty() {
-            let Some(mut next) = flush(sink, &mut batch, dead, ctx).await? else {
-                break;
-            };
-            // The batch is in the database: now, and only now, the Kafka offsets may move.
-            store_next_offsets(consumer, &mut next);
+            writing = Some(batch);
         }
         if stopping {
+            if let Some(mut w) = writing.take() {
+                write_and_store(consumer, sink, &mut w, dead, ctx).await?;
+            }
             break;
         }
     }
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
     Ok(())
+}
+
+/// Fills `batch` until it is full or has lingered; `Ok(true)` when shutdown came meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn gather<S: BatchSink>(
+    consumer: &StreamConsumer<SinkContext>,
+    sink: &S,
+    dead: &impl DeadLetterOut,
+    resume: &mut Resume,
+    batch: &mut Batch<S::Item>,
+    batching: Batching,
+    ctx: &Context,
+    mut stop: std::pin::Pin<&mut impl Future<Output = anyhow::Error>>,
+) -> anyhow::Result<bool> {
+    let deadline = tokio::time::Instant::now() + batching.linger;
+    while batch.len() < batching.max_records {
+        let msg = tokio::select! {
+            msg = consumer.recv() => msg,
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = ctx.shutdown.wait() => return Ok(true),
+            e = stop.as_mut() => return Err(e),
+        };
+        let Some(msg) = consumed(msg, ctx).await? else {
+            continue;
+        };
+        let input = Input::detach(&msg);
+        drop(msg);
+        if !take(consumer, sink, dead, resume, batch, input, ctx).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// [`flush`], then the offsets handed to Kafka: `Ok(false)` if shutdown came before the batch
+/// was in (no offset moves, and nothing after it may be written).
+async fn write_and_store<S: BatchSink>(
+    consumer: &StreamConsumer<SinkContext>,
+    sink: &S,
+    batch: &mut Batch<S::Item>,
+    dead: &impl DeadLetterOut,
+    ctx: &Context,
+) -> anyhow::Result<bool> {
+    let Some(mut next) = flush(sink, batch, dead, ctx).await? else {
+        return Ok(false);
+    };
+    // The batch is in the database: now, and only now, the Kafka offsets may move.
+    store_next_offsets(consumer, &mut next);
+    Ok(true)
 }
 
 /// Where each assigned partition resumes: looked up once per partition after a rebalance.
@@ -226,7 +290,7 @@ struct Resume {
 /// One consumed record into the batch (or skipped, or dead-lettered). `false` on shutdown.
 async fn take<S: BatchSink>(
     consumer: &StreamConsumer<SinkContext>,
-    sink: &mut S,
+    sink: &S,
     dead: &impl DeadLetterOut,
     resume: &mut Resume,
     batch: &mut Batch<S::Item>,
@@ -267,7 +331,7 @@ async fn take<S: BatchSink>(
 /// `None` on shutdown.
 async fn resume_point<S: BatchSink>(
     consumer: &StreamConsumer<SinkContext>,
-    sink: &mut S,
+    sink: &S,
     resume: &mut Resume,
     input: &Input,
     ctx: &Context,
@@ -315,7 +379,7 @@ async fn resume_point<S: BatchSink>(
 /// stored, and empties the batch; `None` on shutdown before everything was written (nothing
 /// may be stored: the records come again).
 pub async fn flush<S: BatchSink>(
-    sink: &mut S,
+    sink: &S,
     batch: &mut Batch<S::Item>,
     dead: &impl DeadLetterOut,
     ctx: &Context,
@@ -367,7 +431,7 @@ pub async fn flush<S: BatchSink>(
 /// consumer is not read meanwhile, so an outage stops consumption instead of piling up rows.
 /// `None` if shutdown comes first.
 async fn write_with_retry<S: BatchSink>(
-    sink: &mut S,
+    sink: &S,
     items: &[S::Item],
     next: &NextOffsets,
     ctx: &Context,
@@ -418,12 +482,13 @@ mod tests {
         committed: Vec<u32>,
     }
 
-    impl BatchSink for Fake {
+    /// Locked for each call: the sink's methods take `&self`.
+    impl BatchSink for Mutex<Fake> {
         type Item = u32;
         const SPAN: &'static str = "test";
 
         async fn prepare(
-            &mut self,
+            &self,
             _: &Input,
             _: &tracing::Span,
             _: &Context,
@@ -432,38 +497,39 @@ mod tests {
         }
 
         async fn write(
-            &mut self,
+            &self,
             items: &[u32],
             next: &NextOffsets,
             ctx: &Context,
         ) -> Option<Result<(), WriteError>> {
-            let call = self.calls;
-            self.calls += 1;
+            let mut f = self.lock().unwrap();
+            let call = f.calls;
+            f.calls += 1;
             let fail = |permanent| {
                 Some(Err(WriteError {
                     permanent,
                     summary: format!("call {call}"),
                 }))
             };
-            if self.crash_at == Some(call) {
+            if f.crash_at == Some(call) {
                 ctx.shutdown.trigger();
                 return fail(false);
             }
-            if self.flaky.remove(&call) {
+            if f.flaky.remove(&call) {
                 return fail(false);
             }
-            if items.iter().any(|i| self.refused.contains(i)) {
+            if items.iter().any(|i| f.refused.contains(i)) {
                 return fail(true);
             }
-            self.rows.extend_from_slice(items);
+            f.rows.extend_from_slice(items);
             for (k, v) in next {
-                self.offsets.insert(k.clone(), *v);
+                f.offsets.insert(k.clone(), *v);
             }
             Some(Ok(()))
         }
 
-        fn committed(&mut self, items: &[u32]) {
-            self.committed.extend_from_slice(items);
+        fn committed(&self, items: &[u32]) {
+            self.lock().unwrap().committed.extend_from_slice(items);
         }
     }
 
@@ -547,9 +613,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_whole_batch_is_written_with_its_offsets() {
-        let (mut fake, letters, ctx) = (Fake::default(), Letters::default(), ctx());
+        let (fake, letters, ctx) = (Mutex::default(), Letters::default(), ctx());
         let mut b = batch(5);
-        let out = flush(&mut fake, &mut b, &letters, &ctx).await.unwrap();
+        let out = flush(&fake, &mut b, &letters, &ctx).await.unwrap();
+        let fake: Fake = fake.into_inner().unwrap();
         assert_eq!(out, Some(next(105)));
         assert_eq!(fake.rows, vec![0, 1, 2, 3, 4]);
         assert_eq!(fake.offsets, next(105));
@@ -559,14 +626,13 @@ mod tests {
 
     #[tokio::test]
     async fn transient_failures_are_waited_out() {
-        let mut fake = Fake {
+        let fake = Mutex::new(Fake {
             flaky: [0].into(),
             ..Fake::default()
-        };
+        });
         let (letters, ctx) = (Letters::default(), ctx());
-        let out = flush(&mut fake, &mut batch(3), &letters, &ctx)
-            .await
-            .unwrap();
+        let out = flush(&fake, &mut batch(3), &letters, &ctx).await.unwrap();
+        let fake = fake.into_inner().unwrap();
         assert_eq!(out, Some(next(103)));
         assert_eq!(fake.rows, vec![0, 1, 2]);
         assert_eq!(fake.calls, 2);
@@ -574,14 +640,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_row_is_dead_lettered_and_the_rest_stored_offsets_last() {
-        let mut fake = Fake {
+        let fake = Mutex::new(Fake {
             refused: [1, 3].into(),
             ..Fake::default()
-        };
+        });
         let (letters, ctx) = (Letters::default(), ctx());
-        let out = flush(&mut fake, &mut batch(5), &letters, &ctx)
-            .await
-            .unwrap();
+        let out = flush(&fake, &mut batch(5), &letters, &ctx).await.unwrap();
+        let fake = fake.into_inner().unwrap();
         assert_eq!(out, Some(next(105)));
         assert_eq!(fake.rows, vec![0, 2, 4]);
         assert_eq!(
@@ -602,31 +667,29 @@ mod tests {
         let n = 6;
         // Calls without a crash: 1 (batch) + 6 (rows) + 1 (offsets).
         for crash in 0..8 {
-            let mut fake = Fake {
+            let fake = Mutex::new(Fake {
                 refused: [2, 4].into(),
                 crash_at: Some(crash),
                 ..Fake::default()
-            };
+            });
             let (letters, ctx) = (Letters::default(), ctx());
-            let out = flush(&mut fake, &mut batch(n), &letters, &ctx)
-                .await
-                .unwrap();
+            let out = flush(&fake, &mut batch(n), &letters, &ctx).await.unwrap();
+            let fake = fake.into_inner().unwrap();
             assert_eq!(out, None, "write {crash} crashed: no offsets");
             check(&fake, &letters, &out, n);
         }
         for crash in 0..2 {
-            let mut fake = Fake {
+            let fake = Mutex::new(Fake {
                 refused: [2, 4].into(),
                 ..Fake::default()
-            };
+            });
             let letters = Letters {
                 crash_at: Some(crash),
                 ..Letters::default()
             };
             let ctx = ctx();
-            let out = flush(&mut fake, &mut batch(n), &letters, &ctx)
-                .await
-                .unwrap();
+            let out = flush(&fake, &mut batch(n), &letters, &ctx).await.unwrap();
+            let fake = fake.into_inner().unwrap();
             assert_eq!(out, None, "dead letter {crash} not sent: no offsets");
             check(&fake, &letters, &out, n);
         }
