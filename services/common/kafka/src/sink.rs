@@ -194,12 +194,14 @@ pub async fn run<S: BatchSink>(
         let mut batch = spare
             .take()
             .unwrap_or_else(|| Batch::new(batching.max_records));
+        let (done, previous) = tokio::sync::watch::channel(writing.is_none());
         let write = async {
             let Some(mut w) = writing.take() else {
                 return Ok(true);
             };
             let written = write_and_store(consumer, sink, &mut w, dead, ctx).await;
             spare = Some(w); // emptied by the flush
+            let _ = done.send(true);
             written
         };
         let gather = gather(
@@ -208,7 +210,7 @@ pub async fn run<S: BatchSink>(
             dead,
             &mut resume,
             &mut batch,
-            batching,
+            (batching, previous),
             ctx,
             stop.as_mut(),
         );
@@ -231,7 +233,9 @@ pub async fn run<S: BatchSink>(
     Ok(())
 }
 
-/// Fills `batch` until it is full or has lingered; `Ok(true)` when shutdown came meanwhile.
+/// Fills `batch` until it is full, or has lingered and the previous batch is written (it could
+/// not be written sooner: what arrives meanwhile joins it rather than wait a turn);
+/// `Ok(true)` when shutdown came meanwhile.
 #[allow(clippy::too_many_arguments)]
 async fn gather<S: BatchSink>(
     consumer: &StreamConsumer<SinkContext>,
@@ -239,15 +243,20 @@ async fn gather<S: BatchSink>(
     dead: &impl DeadLetterOut,
     resume: &mut Resume,
     batch: &mut Batch<S::Item>,
-    batching: Batching,
+    (batching, mut previous): (Batching, tokio::sync::watch::Receiver<bool>),
     ctx: &Context,
     mut stop: std::pin::Pin<&mut impl Future<Output = anyhow::Error>>,
 ) -> anyhow::Result<bool> {
     let deadline = tokio::time::Instant::now() + batching.linger;
     while batch.len() < batching.max_records {
+        let lingered = tokio::time::Instant::now() >= deadline;
+        if lingered && *previous.borrow() {
+            break;
+        }
         let msg = tokio::select! {
             msg = consumer.recv() => msg,
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep_until(deadline), if !lingered => continue,
+            _ = previous.changed(), if lingered => continue,
             _ = ctx.shutdown.wait() => return Ok(true),
             e = stop.as_mut() => return Err(e),
         };
