@@ -16,15 +16,20 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     f.iter().sum::<u64>() as f64 / 100.0
 }
 
-/// CPU seconds of every process whose command name is `comm` (PostgreSQL's backends, the
-/// JVMs). A backend that exits during the stretch takes its share with it: the stages keep
-/// their connections, so that is rare and small.
-fn cpu_seconds_of_all(comm: &str) -> f64 {
+/// Every process on the machine, by id.
+pub fn pids() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+}
+
+/// CPU seconds of every process whose command name is `comm` (PostgreSQL's backends, the
+/// JVMs). A backend that exits during the stretch takes its share with it: the stages keep
+/// their connections, so that is rare and small.
+fn cpu_seconds_of_all(comm: &str) -> f64 {
+    pids()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
         })
