@@ -25,16 +25,22 @@ pub fn pids() -> impl Iterator<Item = u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
 }
 
-/// CPU seconds of every process whose command name is `comm` (PostgreSQL's backends, the
-/// JVMs). A backend that exits during the stretch takes its share with it: the stages keep
+/// CPU seconds of every PostgreSQL process and of every JVM (Kafka, the registry), in one pass
+/// over /proc. A backend that exits during the stretch takes its share with it: the stages keep
 /// their connections, so that is rare and small.
-fn cpu_seconds_of_all(comm: &str) -> f64 {
-    pids()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm)
-        })
-        .map(cpu_seconds)
-        .sum()
+fn postgres_and_java_seconds() -> (f64, f64) {
+    let (mut postgres, mut java) = (0.0, 0.0);
+    for pid in pids() {
+        match std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .as_deref()
+            .map(str::trim)
+        {
+            Ok("postgres") => postgres += cpu_seconds(pid),
+            Ok("java") => java += cpu_seconds(pid),
+            _ => {}
+        }
+    }
+    (postgres, java)
 }
 
 /// Busy and total CPU seconds of the whole machine, all cores (/proc/stat's first line).
@@ -70,11 +76,12 @@ pub struct Cpu {
 impl Cpu {
     pub fn now(stage_pid: Option<u32>) -> Cpu {
         let (busy, total) = machine_seconds();
+        let (postgres, java) = postgres_and_java_seconds();
         Cpu {
             stage: stage_pid.map_or(0.0, cpu_seconds),
             bench: cpu_seconds(std::process::id()),
-            postgres: cpu_seconds_of_all("postgres"),
-            java: cpu_seconds_of_all("java"),
+            postgres,
+            java,
             busy,
             total,
         }

@@ -5,7 +5,7 @@
 //! the ratio give the rest of the pipeline one core; what changes is that the stage's own work
 //! no longer competes with the ceiling's. Needs two cores or more; the last one is the stage's.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static PINNED: AtomicBool = AtomicBool::new(false);
@@ -74,6 +74,7 @@ fn stack_pids(stack: &Path) -> Vec<u32> {
 /// While it lives, the stack and this process are on CPU 0 and every stage started (see
 /// [`stage_started`]) on the last CPU; dropped, everything may run anywhere again.
 pub struct Pinned {
+    stack_dir: PathBuf,
     stack: Vec<u32>,
 }
 
@@ -101,7 +102,7 @@ impl Pinned {
             stack.len(),
             stage_cpu()
         );
-        Ok(Pinned { stack })
+        Ok(Pinned { stack_dir, stack })
     }
 }
 
@@ -110,11 +111,12 @@ impl Drop for Pinned {
         PINNED.store(false, Ordering::SeqCst);
         let all = all_cpus();
         // Backends forked meanwhile inherited the pinning too: look again.
-        let stack_dir = posflow_e2e::local_tls_dir()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        for pid in self.stack.iter().copied().chain(stack_pids(&stack_dir)) {
+        for pid in self
+            .stack
+            .iter()
+            .copied()
+            .chain(stack_pids(&self.stack_dir))
+        {
             taskset(pid, &all);
         }
         taskset(std::process::id(), &all);
