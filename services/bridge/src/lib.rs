@@ -383,7 +383,7 @@ impl Pipeline {
         m.acknowledged.inc();
         m.ack_latency.observe(o.received.elapsed().as_secs_f64());
         if let Some((id, seen)) = o.remember {
-            self.ingress.recent.remember(id, seen);
+            self.ingress.recent.remember(&id, seen);
             m.recent_ids.set(self.ingress.recent.len() as i64);
         }
         if let Some((topic, body)) = o.reply {
