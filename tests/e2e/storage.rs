@@ -143,6 +143,102 @@ async fn fifty_thousand_transactions_stored_once_through_two_storage_kills_and_a
     assert_eq!(by_reason, expected_reasons, "rejections per reason");
 }
 
+/// A batch is first written as if all its ids were new; a repeated id fails that write on the
+/// ledger's key and the batch is written again checking each id (db.rs, `Ledger`). Whichever
+/// way each batch goes, every id is stored once with its line items, and the repeats counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_ids_among_new_ones_are_stored_once_and_counted() {
+    let d = Deployment::new().await;
+    let run = format!("rep{:08x}", rand::random::<u32>());
+    let record = |n: i64| {
+        let r = received_sale(&format!("{run}-{n:04}"), "T0451", n);
+        TransactionValidated {
+            envelope: r.envelope,
+            transaction: r.transaction,
+            validated_at: posflow_schema::now_millis(),
+        }
+    };
+    let one_partition = |_: &TransactionValidated| "card".to_string();
+    let storage = d.start("posflow-storage").await;
+    let db = db(&d.stack).await;
+    let like = format!("{run}-%");
+
+    let first: Vec<TransactionValidated> = (0..300).map(record).collect();
+    d.produce("pos.transactions.validated", &first, one_partition)
+        .await;
+    stored_reaches(&db, &like, 300).await;
+    // 100 repeats (ids 200..299, same content) between 100 new ids (300..399), one repeat
+    // twice, in one Kafka transaction: they arrive together, every batch with a repeat.
+    let mut second = Vec::new();
+    for n in 0..100 {
+        second.push(first[200 + n].clone());
+        second.push(record(300 + n as i64));
+    }
+    second.push(first[250].clone());
+    d.produce_at_once("pos.transactions.validated", &second, one_partition)
+        .await;
+    stored_reaches(&db, &like, 400).await;
+    // New ids only after the repeats.
+    let third: Vec<TransactionValidated> = (400..450).map(record).collect();
+    d.produce("pos.transactions.validated", &third, one_partition)
+        .await;
+    stored_reaches(&db, &like, 450).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let counters = loop {
+        let page = storage.metrics().await;
+        let counter = |name: &str| metric(&page, name).unwrap_or(0.0) as i64;
+        let counters = (
+            counter("posflow_storage_stored_total"),
+            counter("posflow_storage_duplicates_total"),
+            counter("posflow_storage_rechecked_batches_total"),
+        );
+        if counters.0 == 450 && counters.1 == 101 || Instant::now() > deadline {
+            break counters;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let line_items: i64 = first
+        .iter()
+        .chain(second.iter().skip(1).step_by(2)) // the new ids among the repeats
+        .chain(&third)
+        .map(|v| v.transaction.line_items.len() as i64)
+        .sum();
+    assert_eq!(
+        (counters.0, counters.1),
+        (450, 101),
+        "stored, duplicates: every id once, every repeat counted"
+    );
+    assert!(
+        counters.2 >= 1,
+        "the batch with the first repeat was written again, checked: {counters:?}"
+    );
+    let distinct = count_like(
+        &db,
+        "SELECT count(DISTINCT transaction_id) FROM transactions WHERE transaction_id LIKE $1",
+        &like,
+    )
+    .await;
+    let rows = count_like(
+        &db,
+        "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1",
+        &like,
+    )
+    .await;
+    let items = count_like(
+        &db,
+        "SELECT count(*) FROM transaction_line_items WHERE transaction_id LIKE $1",
+        &like,
+    )
+    .await;
+    assert_eq!((rows, distinct, items), (450, 450, line_items));
+    let dead = metric(
+        &storage.metrics().await,
+        "posflow_storage_dead_lettered_total{reason=\"DB_REJECTED\"}",
+    );
+    assert_eq!(dead.unwrap_or(0.0), 0.0, "nothing refused");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_rows_are_dead_lettered_and_storage_resumes_from_its_own_offsets() {
     let d = Deployment::new().await;

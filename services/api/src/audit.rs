@@ -96,12 +96,14 @@ const COLUMNS: &str =
     "seq, at_ms, actor, role, merchant_id, action, resource, filter, row_count, status, \
     outcome, source, request_id, reason, before, after, prev_hash, hash";
 
-/// Every row of a batch in one statement: one array per column, zipped by `unnest`.
+/// Every row of a batch in one statement: one array per column, walked in step by `unnest`
+/// (posflow_pg::column).
 const INSERT: &str = "INSERT INTO api_audit (seq, at_ms, actor, role, merchant_id, action, resource, filter, row_count, status, \
     outcome, source, request_id, reason, before, after, prev_hash, hash) \
-    SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
-    $8::text[], $9::integer[], $10::integer[], $11::text[], $12::text[], $13::text[], $14::text[], $15::text[], \
-    $16::text[], $17::bytea[], $18::bytea[])";
+    SELECT unnest($1::bigint[]), unnest($2::bigint[]), unnest($3::text[]), unnest($4::text[]), unnest($5::text[]), \
+    unnest($6::text[]), unnest($7::text[]), unnest($8::text[]), unnest($9::integer[]), unnest($10::integer[]), \
+    unnest($11::text[]), unnest($12::text[]), unnest($13::text[]), unnest($14::text[]), unnest($15::text[]), \
+    unnest($16::text[]), unnest($17::bytea[]), unnest($18::bytea[])";
 
 /// Prepares the append's statement on `client` (once per connection: see [`append_with`]).
 pub async fn prepare_append(client: &Client) -> Result<Statement, DbError> {

@@ -319,7 +319,7 @@ async fn insert_deliveries(
     Ok(tx
         .execute(
             "INSERT INTO notification_outbox (idempotency_key, merchant_id, channel, event_type, priority, subject, content_type, body, attachment_name, attachment_type, attachment, risk_contact, traceparent, event_id)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::text[], $7::text[], $8::bytea[], $9::text[], $10::text[], $11::bytea[], $12::bool[], $13::text[], $14::text[])
+             SELECT unnest($1::text[]), unnest($2::text[]), unnest($3::text[]), unnest($4::text[]), unnest($5::int2[]), unnest($6::text[]), unnest($7::text[]), unnest($8::bytea[]), unnest($9::text[]), unnest($10::text[]), unnest($11::bytea[]), unnest($12::bool[]), unnest($13::text[]), unnest($14::text[])
              ON CONFLICT (idempotency_key) DO NOTHING",
             &[&keys, &merchants, &channels, &kinds, &priorities, &subjects, &types, &bodies, &names, &att_types, &attachments, &risk, &traces, &events],
         )
@@ -348,8 +348,7 @@ async fn insert_items(
         .execute(
             "INSERT INTO digest_items (merchant_id, transaction_id, received_at, transaction_time, terminal_id, type, amount_minor, currency, entry_mode, card_last4, auth_code)
              SELECT m, id, to_timestamp(r / 1000.0), to_timestamp(t / 1000.0), term, k, a, c, b, l, ac
-             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[])
-               AS x(m, id, r, t, term, k, a, c, b, l, ac)
+             FROM (SELECT unnest($1::text[]) m, unnest($2::text[]) id, unnest($3::int8[]) r, unnest($4::int8[]) t, unnest($5::text[]) term, unnest($6::text[]) k, unnest($7::int8[]) a, unnest($8::text[]) c, unnest($9::text[]) b, unnest($10::text[]) l, unnest($11::text[]) ac) AS x
              ON CONFLICT DO NOTHING",
             &[&merchants, &ids, &received, &times, &terminals, &kinds, &amounts, &currencies, &modes, &last4, &auth],
         )

@@ -1,10 +1,10 @@
-//! PostgreSQL: migrations and the idempotent batch write.
+//! PostgreSQL: migrations and the idempotent batch write (one array per column: `posflow_pg::column`).
 
 use posflow_kafka::sink::NextOffsets;
 use posflow_pg::column;
 use posflow_schema::{TransactionRejected, TransactionValidated};
 use std::collections::HashSet;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 /// Versioned migrations, applied in order, each once (table schema_migrations).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -93,52 +93,257 @@ pub struct Written {
     pub rejections: u64,
     /// Records whose transaction id was already stored (a redelivery).
     pub duplicates: u64,
+    /// The batch was written a second time, checked, after a repeated id failed the write that
+    /// took its ids as new ([`Ledger`]).
+    pub rechecked: bool,
 }
 
-/// Writes a batch in one database transaction: new transaction ids only, their rows and line
-/// items, new rejections, and `next` offsets (which never move backwards).
+/// How the next batch's transaction ids are written into the ledger.
 ///
-/// Round trips are what a small batch costs (issue 20: the storage write → commit hop), so the
-/// statements that do not depend on each other go out together on the connection (tokio-postgres
-/// pipelines concurrent queries): the ledger's new ids with the rejections, then the rows, line
-/// items and offsets together. Six round trips whatever the batch, where each statement in turn
-/// (and one per partition for the offsets) took 12 or more.
-pub async fn write_batch(
-    client: &mut Client,
-    group: &str,
-    rows: &[Row],
-    next: &NextOffsets,
-) -> Result<Written, DbError> {
-    let tx = client.transaction().await?;
-    // One row per id even if the batch repeats one (a redelivery inside the batch).
-    let mut seen = HashSet::new();
-    let (mut txns, mut rejections) = (Vec::new(), Vec::new());
-    for r in rows {
-        match &r.item {
-            Item::Transaction(v) if seen.insert(("t", r.transaction_id())) => txns.push((r, v)),
-            Item::Rejection(v) if seen.insert(("r", r.transaction_id())) => rejections.push((r, v)),
-            _ => {}
+/// A redelivery is rare (a rebalance, a restart), so a batch is first written as if all its ids
+/// were new: a plain insert into the ledger, pipelined with everything else in one round trip.
+/// A repeated id fails that transaction on the ledger's key; the batch is then written again
+/// checking each id (`ON CONFLICT DO NOTHING RETURNING`, and only the new ids' rows after), and
+/// batches go on being checked until one finds no repeat. Measured (issue 20, BENCHMARKS.md):
+/// the checked insert costs PostgreSQL ~1.5 µs more a row, and its answer is a round trip the
+/// rows must wait for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ledger {
+    #[default]
+    AssumeNew,
+    Check,
+}
+
+/// Storage's writes on one connection: its statements, prepared once, and its [`Ledger`] mode.
+#[derive(Default)]
+pub struct Writer {
+    ledger: Ledger,
+    /// Prepared on the connection `Conn::opened` numbered.
+    prepared: Option<(u64, Statements)>,
+}
+
+impl Writer {
+    /// Writes a batch in one database transaction: new transaction ids only, their rows and
+    /// line items, new rejections, and `next` offsets (which never move backwards). `conn` is
+    /// `Conn::opened` for `client`.
+    ///
+    /// Round trips are what a small batch costs (issue 20: the storage write → commit hop), so
+    /// the statements go out together on the connection (tokio-postgres pipelines concurrent
+    /// queries), and are prepared once per connection, not parsed and planned per batch.
+    pub async fn write_batch(
+        &mut self,
+        client: &mut Client,
+        conn: u64,
+        group: &str,
+        rows: &[Row],
+        next: &NextOffsets,
+    ) -> Result<Written, DbError> {
+        if self.prepared.as_ref().is_none_or(|(c, _)| *c != conn) {
+            self.prepared = Some((conn, Statements::prepare(client).await?));
+        }
+        let st = &self.prepared.as_ref().expect("prepared just now").1;
+        // One row per id even if the batch repeats one (a redelivery inside the batch).
+        let mut seen = HashSet::new();
+        let (mut txns, mut rejections) = (Vec::new(), Vec::new());
+        for r in rows {
+            match &r.item {
+                Item::Transaction(v) if seen.insert(("t", r.transaction_id())) => txns.push((r, v)),
+                Item::Rejection(v) if seen.insert(("r", r.transaction_id())) => {
+                    rejections.push((r, v))
+                }
+                _ => {}
+            }
+        }
+        let batch = Batch {
+            st,
+            group,
+            next,
+            txns: &txns,
+            rejections: &rejections,
+        };
+        let rechecked = self.ledger == Ledger::AssumeNew;
+        if rechecked {
+            match batch.write_assuming_new(client).await {
+                Err(e) if e.is_repeated_id() => self.ledger = Ledger::Check,
+                Ok(new_rejections) => return Ok(written(rows, txns.len(), new_rejections, false)),
+                Err(e) => return Err(e),
+            }
+        }
+        let (stored, new_rejections) = batch.write_checked(client).await?;
+        if stored == txns.len() {
+            self.ledger = Ledger::AssumeNew;
+        }
+        Ok(written(rows, stored, new_rejections, rechecked))
+    }
+}
+
+/// Every statement a batch may need.
+struct Statements {
+    ids: Statement,
+    new_ids: Statement,
+    rejections: Statement,
+    rows: Statement,
+    line_items: Statement,
+    offsets: Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Self, DbError> {
+        let (ids, new_ids, rejections, rows, line_items, offsets) = futures::try_join!(
+            client.prepare(INSERT_IDS),
+            client.prepare(NEW_IDS),
+            client.prepare(INSERT_REJECTIONS),
+            client.prepare(INSERT_ROWS),
+            client.prepare(INSERT_LINE_ITEMS),
+            client.prepare(STORE_OFFSETS),
+        )?;
+        Ok(Statements {
+            ids,
+            new_ids,
+            rejections,
+            rows,
+            line_items,
+            offsets,
+        })
+    }
+}
+
+const INSERT_IDS: &str = "INSERT INTO transaction_keys (transaction_id, transaction_time)
+     SELECT unnest($1::text[]), to_timestamp(unnest($2::bigint[]) / 1000.0)";
+const NEW_IDS: &str = "INSERT INTO transaction_keys (transaction_id, transaction_time)
+     SELECT unnest($1::text[]), to_timestamp(unnest($2::bigint[]) / 1000.0)
+     ON CONFLICT DO NOTHING RETURNING transaction_id";
+const STORE_OFFSETS: &str = "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset)
+     SELECT $1, t, p, o FROM (SELECT unnest($2::text[]) t, unnest($3::int[]) p, unnest($4::bigint[]) o) AS src
+     ON CONFLICT (consumer_group, topic, partition) DO UPDATE
+       SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()";
+const INSERT_REJECTIONS: &str = "INSERT INTO rejections (transaction_id, terminal_id, merchant_id, transaction_time, type, amount_minor,
+        currency, card_token, reason_codes, reasons, received_at, rejected_at, kafka_partition, kafka_offset)
+     SELECT a, b, c, to_timestamp(d / 1000.0), e, f, g, h, string_to_array(i, ','), j::jsonb,
+            to_timestamp(k / 1000.0), to_timestamp(l / 1000.0), m, n
+     FROM (SELECT unnest($1::text[]) a, unnest($2::text[]) b, unnest($3::text[]) c, unnest($4::bigint[]) d,
+             unnest($5::text[]) e, unnest($6::bigint[]) f, unnest($7::text[]) g, unnest($8::text[]) h,
+             unnest($9::text[]) i, unnest($10::text[]) j, unnest($11::bigint[]) k, unnest($12::bigint[]) l,
+             unnest($13::int[]) m, unnest($14::bigint[]) n) AS src
+     ON CONFLICT (transaction_id) DO NOTHING";
+const INSERT_ROWS: &str = "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type,
+        original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin,
+        card_last4, auth_code, response_code, mcc, latitude, longitude, received_at, bridge_id, validated_at,
+        kafka_partition, kafka_offset, card_token_key_id)
+     SELECT a, b, c, d, to_timestamp(e / 1000.0), f, g, h, i, j, k, l, m, n, o, p, q, r, s,
+            to_timestamp(t / 1000.0), u, to_timestamp(v / 1000.0), w, x, y
+     FROM (SELECT unnest($1::text[]) a, unnest($2::text[]) b, unnest($3::text[]) c, unnest($4::bigint[]) d,
+                 unnest($5::bigint[]) e, unnest($6::text[]) f, unnest($7::text[]) g, unnest($8::bigint[]) h,
+                 unnest($9::text[]) i, unnest($10::text[]) j, unnest($11::text[]) k, unnest($12::text[]) l,
+                 unnest($13::text[]) m, unnest($14::text[]) n, unnest($15::text[]) o, unnest($16::text[]) p,
+                 unnest($17::text[]) q, unnest($18::float8[]) r, unnest($19::float8[]) s, unnest($20::bigint[]) t,
+                 unnest($21::text[]) u, unnest($22::bigint[]) v, unnest($23::int[]) w, unnest($24::bigint[]) x,
+                 unnest($25::text[]) y) AS src";
+const INSERT_LINE_ITEMS: &str = "INSERT INTO transaction_line_items (transaction_id, line_no, sku, description, unit_price_minor, quantity)
+     SELECT unnest($1::text[]), unnest($2::int[]), unnest($3::text[]), unnest($4::text[]),
+            unnest($5::bigint[]), unnest($6::int[])";
+
+fn written(rows: &[Row], stored: usize, rejections: u64, rechecked: bool) -> Written {
+    let stored = stored as u64;
+    Written {
+        stored,
+        rejections,
+        duplicates: rows.len() as u64 - stored - rejections,
+        rechecked,
+    }
+}
+
+/// A batch with repeats inside it removed.
+struct Batch<'a> {
+    st: &'a Statements,
+    group: &'a str,
+    next: &'a NextOffsets,
+    txns: &'a [(&'a Row, &'a TransactionValidated)],
+    rejections: &'a [(&'a Row, &'a TransactionRejected)],
+}
+
+impl Batch<'_> {
+    /// Every statement in one round trip; fails on the ledger's key if an id is not new.
+    /// Returns the new rejections.
+    async fn write_assuming_new(&self, client: &mut Client) -> Result<u64, DbError> {
+        let tx = client.transaction().await?;
+        // All awaited, not the first error: the ledger's own error is the one that says to
+        // write the batch again checked; the statements after it fail only as "aborted".
+        let (ids, rejections, rows, offsets) = futures::join!(
+            insert_ids(&tx, self.st, self.txns),
+            insert_rejections(&tx, self.st, self.rejections),
+            insert_rows(&tx, self.st, self.txns),
+            store_offsets(&tx, self.st, self.group, self.next)
+        );
+        ids?;
+        let new_rejections = rejections?;
+        rows?;
+        offsets?;
+        tx.commit().await?;
+        Ok(new_rejections)
+    }
+
+    /// The ledger's answer first, then the new ids' rows. Returns the transactions stored and
+    /// the new rejections.
+    async fn write_checked(&self, client: &mut Client) -> Result<(usize, u64), DbError> {
+        let tx = client.transaction().await?;
+        let (new, new_rejections) = futures::try_join!(
+            new_ids(&tx, self.st, self.txns),
+            insert_rejections(&tx, self.st, self.rejections)
+        )?;
+        let fresh: Vec<(&Row, &TransactionValidated)> = self
+            .txns
+            .iter()
+            .filter(|(_, v)| new.contains(v.transaction.transaction_id.as_str()))
+            .copied()
+            .collect();
+        futures::try_join!(
+            insert_rows(&tx, self.st, &fresh),
+            store_offsets(&tx, self.st, self.group, self.next)
+        )?;
+        tx.commit().await?;
+        Ok((fresh.len(), new_rejections))
+    }
+}
+
+/// The ledger's key: a repeated transaction id.
+const LEDGER_KEY: &str = "transaction_keys_pkey";
+
+trait RepeatedId {
+    fn is_repeated_id(&self) -> bool;
+}
+
+impl RepeatedId for DbError {
+    fn is_repeated_id(&self) -> bool {
+        match self {
+            DbError::Postgres(e) => e.as_db_error().is_some_and(|db| {
+                *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                    && db.constraint() == Some(LEDGER_KEY)
+            }),
+            _ => false,
         }
     }
-    let (new, new_rejections) =
-        futures::try_join!(new_ids(&tx, &txns), insert_rejections(&tx, &rejections))?;
-    let fresh: Vec<(&Row, &TransactionValidated)> = txns
-        .into_iter()
-        .filter(|(_, v)| new.contains(v.transaction.transaction_id.as_str()))
-        .collect();
-    futures::try_join!(insert_rows(&tx, &fresh), store_offsets(&tx, group, next))?;
-    tx.commit().await?;
-    let stored = fresh.len() as u64;
-    Ok(Written {
-        stored,
-        rejections: new_rejections,
-        duplicates: rows.len() as u64 - stored - new_rejections,
-    })
+}
+
+/// The batch's transaction ids into the ledger, all taken to be new.
+async fn insert_ids(
+    tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
+    txns: &[(&Row, &TransactionValidated)],
+) -> Result<(), DbError> {
+    if txns.is_empty() {
+        return Ok(());
+    }
+    let ids = column(txns, |(_, v)| v.transaction.transaction_id.as_str());
+    let times = column(txns, |(_, v)| v.transaction.transaction_time);
+    tx.execute(&st.ids, &[&ids, &times]).await?;
+    Ok(())
 }
 
 /// The batch's transaction ids into the ledger; returns those that were not there yet.
 async fn new_ids(
     tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
     txns: &[(&Row, &TransactionValidated)],
 ) -> Result<HashSet<String>, DbError> {
     if txns.is_empty() {
@@ -147,12 +352,7 @@ async fn new_ids(
     let ids = column(txns, |(_, v)| v.transaction.transaction_id.as_str());
     let times = column(txns, |(_, v)| v.transaction.transaction_time);
     Ok(tx
-        .query(
-            "INSERT INTO transaction_keys (transaction_id, transaction_time)
-             SELECT id, to_timestamp(ms / 1000.0) FROM unnest($1::text[], $2::bigint[]) AS t(id, ms)
-             ON CONFLICT DO NOTHING RETURNING transaction_id",
-            &[&ids, &times],
-        )
+        .query(&st.new_ids, &[&ids, &times])
         .await?
         .iter()
         .map(|r| r.get(0))
@@ -162,6 +362,7 @@ async fn new_ids(
 /// Every partition's next offset in one statement; an offset never moves backwards.
 async fn store_offsets(
     tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
     group: &str,
     next: &NextOffsets,
 ) -> Result<(), DbError> {
@@ -171,14 +372,8 @@ async fn store_offsets(
     let topics: Vec<&str> = next.keys().map(|(t, _)| t.as_str()).collect();
     let partitions: Vec<i32> = next.keys().map(|(_, p)| *p).collect();
     let offsets: Vec<i64> = next.values().copied().collect();
-    tx.execute(
-        "INSERT INTO kafka_offsets (consumer_group, topic, partition, next_offset)
-         SELECT $1, t, p, o FROM unnest($2::text[], $3::int[], $4::bigint[]) AS src(t, p, o)
-         ON CONFLICT (consumer_group, topic, partition) DO UPDATE
-           SET next_offset = GREATEST(kafka_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()",
-        &[&group, &topics, &partitions, &offsets],
-    )
-    .await?;
+    tx.execute(&st.offsets, &[&group, &topics, &partitions, &offsets])
+        .await?;
     Ok(())
 }
 
@@ -200,6 +395,7 @@ pub async fn next_offset(
 
 async fn insert_rejections(
     tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
     rows: &[(&Row, &TransactionRejected)],
 ) -> Result<u64, DbError> {
     if rows.is_empty() {
@@ -238,17 +434,22 @@ async fn insert_rejections(
     let partitions = column(rows, |(r, _)| r.partition);
     let n = tx
         .execute(
-            "INSERT INTO rejections (transaction_id, terminal_id, merchant_id, transaction_time, type, amount_minor,
-                currency, card_token, reason_codes, reasons, received_at, rejected_at, kafka_partition, kafka_offset)
-             SELECT a, b, c, to_timestamp(d / 1000.0), e, f, g, h, string_to_array(i, ','), j::jsonb,
-                    to_timestamp(k / 1000.0), to_timestamp(l / 1000.0), m, n
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $6::bigint[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::int[], $14::bigint[])
-                  AS src(a, b, c, d, e, f, g, h, i, j, k, l, m, n)
-             ON CONFLICT (transaction_id) DO NOTHING",
+            &st.rejections,
             &[
-                &ids, &terminals, &merchants, &times, &kinds, &amounts, &currencies, &tokens, &codes, &reasons,
-                &received, &rejected, &partitions, &offsets,
+                &ids,
+                &terminals,
+                &merchants,
+                &times,
+                &kinds,
+                &amounts,
+                &currencies,
+                &tokens,
+                &codes,
+                &reasons,
+                &received,
+                &rejected,
+                &partitions,
+                &offsets,
             ],
         )
         .await?;
@@ -258,6 +459,7 @@ async fn insert_rejections(
 /// The new transactions' rows and their line items, the two statements together.
 async fn insert_rows(
     tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
     rows: &[(&Row, &TransactionValidated)],
 ) -> Result<(), DbError> {
     if rows.is_empty() {
@@ -316,23 +518,10 @@ async fn insert_rows(
         &offsets,
         &key_ids,
     ];
-    let transactions = tx.execute(
-        "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type,
-            original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin,
-            card_last4, auth_code, response_code, mcc, latitude, longitude, received_at, bridge_id, validated_at,
-            kafka_partition, kafka_offset, card_token_key_id)
-         SELECT a, b, c, d, to_timestamp(e / 1000.0), f, g, h, i, j, k, l, m, n, o, p, q, r, s,
-                to_timestamp(t / 1000.0), u, to_timestamp(v / 1000.0), w, x, y
-         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::text[], $7::text[],
-                     $8::bigint[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], $14::text[],
-                     $15::text[], $16::text[], $17::text[], $18::float8[], $19::float8[], $20::bigint[],
-                     $21::text[], $22::bigint[], $23::int[], $24::bigint[], $25::text[])
-              AS src(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p, q, r, s, t, u, v, w, x, y)",
-        &params,
-    );
+    let transactions = tx.execute(&st.rows, &params);
     futures::try_join!(
         async { transactions.await.map_err(DbError::from) },
-        insert_line_items(tx, &txs)
+        insert_line_items(tx, st, &txs)
     )?;
     Ok(())
 }
@@ -340,6 +529,7 @@ async fn insert_rows(
 /// Every line item of the batch in one INSERT, numbered from 1 per transaction.
 async fn insert_line_items(
     tx: &tokio_postgres::Transaction<'_>,
+    st: &Statements,
     txs: &[&posflow_schema::Transaction],
 ) -> Result<(), DbError> {
     let mut li_ids = Vec::new();
@@ -360,8 +550,7 @@ async fn insert_line_items(
     }
     if !li_ids.is_empty() {
         tx.execute(
-            "INSERT INTO transaction_line_items (transaction_id, line_no, sku, description, unit_price_minor, quantity)
-             SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bigint[], $6::int[])",
+            &st.line_items,
             &[&li_ids, &li_no, &li_sku, &li_desc, &li_price, &li_qty],
         )
         .await?;

@@ -82,6 +82,7 @@ struct Metrics {
     stored: IntCounter,
     rejections: IntCounter,
     duplicates: IntCounter,
+    rechecked: IntCounter,
     db_errors: IntCounterVec,
     dead_lettered: IntCounterVec,
 }
@@ -108,6 +109,10 @@ fn metrics() -> &'static Metrics {
         duplicates: counter(
             "posflow_storage_duplicates_total",
             "Records whose transaction id was already stored (redeliveries)",
+        ),
+        rechecked: counter(
+            "posflow_storage_rechecked_batches_total",
+            "Batches written a second time checking each transaction id, after a repeated id failed the write that took them as new",
         ),
         db_errors: counter_vec(
             "posflow_storage_db_errors_total",
@@ -165,6 +170,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         db: tokio::sync::Mutex::new(Db {
             conn,
             partitions_ensured: Instant::now(),
+            writer: db::Writer::default(),
         }),
         group,
         validated_t,
@@ -201,6 +207,7 @@ struct Store {
 struct Db {
     conn: Conn,
     partitions_ensured: Instant,
+    writer: db::Writer,
 }
 
 impl BatchSink for Store {
@@ -242,8 +249,9 @@ impl BatchSink for Store {
         let Db {
             conn,
             partitions_ensured,
+            writer,
         } = &mut *guard;
-        let client = conn.get(ctx).await?;
+        let (client, opened) = conn.get_numbered(ctx).await?;
         // A replica can run for months: keep the monthly partitions ahead of time.
         if partitions_ensured.elapsed() > Duration::from_secs(3600) {
             if let Err(e) = db::ensure_partitions(client).await {
@@ -252,11 +260,17 @@ impl BatchSink for Store {
             *partitions_ensured = Instant::now();
         }
         Some(
-            match db::write_batch(client, &self.group, rows, next).await {
+            match writer
+                .write_batch(client, opened, &self.group, rows, next)
+                .await
+            {
                 Ok(w) => {
                     m.stored.inc_by(w.stored);
                     m.rejections.inc_by(w.rejections);
                     m.duplicates.inc_by(w.duplicates);
+                    if w.rechecked {
+                        m.rechecked.inc();
+                    }
                     Ok(())
                 }
                 Err(e) => {
