@@ -38,7 +38,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "deploy", "helm", "posflow")
 K8S_VERSION = "1.34.0"
 STAGES = ["bridge", "validator", "storage", "fraud", "notifier", "api"]
-CRD_KINDS = {"ScaledObject", "ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 
 failures = []
 PROMTOOL = "promtool"
@@ -117,8 +117,8 @@ def check_pods(name, docs, binaries, known_env, bin_dir):
                 if "resources" not in c:
                     fail(f"{where}/{c['name']}: no resources")
                 cmd = c.get("command", [])
-                if c["image"].startswith("busybox"):
-                    continue
+                if c["image"] != posflow_image(docs):
+                    continue  # the helm test's image, a sidecar of the user's
                 if not cmd or cmd[0] not in binaries:
                     fail(f"{where}/{c['name']}: command {cmd} is not a binary of the image")
                 elif len(cmd) > 1 and bin_dir:
@@ -131,6 +131,12 @@ def check_pods(name, docs, binaries, known_env, bin_dir):
                         fail(f"{where}/{c['name']}: {e['name']} is read by no binary")
                     if "value" in e and re.search(r"://[^/\s]*:[^@/\s]+@", str(e["value"])):
                         fail(f"{where}/{c['name']}: {e['name']} holds a credential in clear")
+
+
+def posflow_image(docs):
+    """The image every posflow container runs: the bridge's (or the first stage's)."""
+    sts = [d for d in docs if d["kind"] == "StatefulSet"]
+    return sts[0]["spec"]["template"]["spec"]["containers"][0]["image"] if sts else None
 
 
 def check_stages(name, docs, values):
@@ -186,8 +192,116 @@ def check_stages(name, docs, values):
             if t["type"] != "kafka" or not t["metadata"].get("consumerGroup") or \
                d["spec"]["scaleTargetRef"]["kind"] != "StatefulSet":
                 fail(f"{name}: ScaledObject {d['metadata']['name']} malformed")
+            check_keda_auth(name, docs, values, d)
         if d["kind"] == "ServiceMonitor" and d["spec"]["endpoints"][0]["port"] != "http-metrics":
             fail(f"{name}: ServiceMonitor {d['metadata']['name']} scrapes no metrics port")
+
+
+KEDA_SASL = {"PLAIN": "plaintext", "SCRAM-SHA-256": "scram_sha256", "SCRAM-SHA-512": "scram_sha512"}
+
+
+def check_keda_auth(name, docs, values, scaled):
+    """A ScaledObject reads lag the way the stages connect: SASL and TLS as kafka.* say, the
+    credentials and CA by reference through the chart's TriggerAuthentication."""
+    kafka = values["kafka"]
+    proto = kafka["securityProtocol"]
+    t = scaled["spec"]["triggers"][0]
+    where = f"{name}: ScaledObject {scaled['metadata']['name']}"
+    want_sasl = KEDA_SASL[kafka["sasl"]["mechanism"]] if proto.startswith("sasl") else None
+    if t["metadata"].get("sasl") != want_sasl:
+        fail(f"{where}: sasl {t['metadata'].get('sasl')!r}, kafka.* say {want_sasl!r}")
+    if t["metadata"].get("tls") != ("enable" if proto.endswith("ssl") else None):
+        fail(f"{where}: tls {t['metadata'].get('tls')!r} for {proto}")
+    want = set()
+    if proto.startswith("sasl"):
+        sasl = kafka["sasl"]
+        want |= {("username", sasl["existingSecret"], sasl["usernameKey"]),
+                 ("password", sasl["existingSecret"], sasl["passwordKey"])}
+    if kafka["tls"]["existingSecret"]:
+        want.add(("ca", kafka["tls"]["existingSecret"], kafka["tls"]["caKey"]))
+    ref = (t.get("authenticationRef") or {}).get("name")
+    auth = [d for d in docs if d["kind"] == "TriggerAuthentication" and d["metadata"]["name"] == ref]
+    got = {(r["parameter"], r["name"], r["key"]) for a in auth for r in a["spec"]["secretTargetRef"]}
+    if got != want or (want and len(auth) != 1):
+        fail(f"{where}: authentication {sorted(got)} (via {ref!r}), kafka.* need {sorted(want)}")
+
+
+def mirrored(values, ref):
+    """An image reference with global.imageRegistry in place of its registry, as Docker reads one."""
+    registry = (values.get("global") or {}).get("imageRegistry")
+    if not registry:
+        return ref
+    parts = ref.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        parts = parts[1:]
+    return registry.rstrip("/") + "/" + "/".join(parts)
+
+
+def check_platform(name, docs, values):
+    """What an SRE's platform sets reaches every resource it should, and nothing else changes."""
+    chart_name = values["nameOverride"] or "posflow"
+    image = values["image"]
+    want_image = mirrored(values, f"{image['repository']}@{image['digest']}" if image["digest"] else
+                          f"{image['repository']}:{image['tag'] or chart_app_version()}")
+    for d in docs:
+        meta = d["metadata"]
+        where = f"{name}: {d['kind']} {meta['name']}"
+        if values["fullnameOverride"] and not meta["name"].startswith(values["fullnameOverride"]):
+            fail(f"{where}: name without fullnameOverride {values['fullnameOverride']!r}")
+        labels, notes = meta.get("labels", {}), meta.get("annotations") or {}
+        if labels.get("app.kubernetes.io/name") != chart_name:
+            fail(f"{where}: app.kubernetes.io/name {labels.get('app.kubernetes.io/name')!r}")
+        for k, v in values["commonLabels"].items():
+            if labels.get(k) != v:
+                fail(f"{where}: commonLabels {k} missing")
+        for k, v in values["commonAnnotations"].items():
+            if notes.get(k) != v:
+                fail(f"{where}: commonAnnotations {k} missing")
+        if d["kind"] == "ServiceAccount" and any(
+                notes.get(k) != v for k, v in values["serviceAccount"]["annotations"].items()):
+            fail(f"{where}: serviceAccount.annotations missing")
+        for spec in pod_specs(d):
+            comp = labels.get("app.kubernetes.io/component")
+            stage = values["stages"].get(comp) if d["kind"] == "StatefulSet" else None
+            pod_labels = (d["spec"]["template"] if "template" in d["spec"] else d)["metadata"]["labels"]
+            want_labels = {**values["commonLabels"], **values["podLabels"], **((stage or {}).get("podLabels") or {})}
+            if any(pod_labels.get(k) != v for k, v in want_labels.items()):
+                fail(f"{where}: pod labels {pod_labels} lack {want_labels}")
+            want_pc = ((stage or {}).get("priorityClassName") or values["priorityClassName"]) or None
+            if spec.get("priorityClassName") != want_pc:
+                fail(f"{where}: priorityClassName {spec.get('priorityClassName')!r}, values say {want_pc!r}")
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                if comp == "test":
+                    if c["image"] != mirrored(values, values["tests"]["image"]):
+                        fail(f"{where}: test image {c['image']}")
+                elif c.get("command", [""])[0].startswith("posflow-") and c["image"] != want_image:
+                    fail(f"{where}/{c['name']}: image {c['image']}, values say {want_image}")
+            if stage:
+                check_stage_extras(where, spec, values, stage)
+
+
+def check_stage_extras(where, spec, values, stage):
+    main = spec["containers"][0]
+    names = lambda items: [i["name"] for i in items]  # noqa: E731
+    if not all(e in main.get("env", []) for e in stage["extraEnv"]):
+        fail(f"{where}: extraEnv not in the environment")
+    if not all(e in main.get("envFrom", []) for e in stage["extraEnvFrom"]):
+        fail(f"{where}: extraEnvFrom not in envFrom")
+    if not set(names(stage["extraVolumes"])) <= set(names(spec.get("volumes", []))):
+        fail(f"{where}: extraVolumes not mounted as volumes")
+    if not all(m in main.get("volumeMounts", []) for m in stage["extraVolumeMounts"]):
+        fail(f"{where}: extraVolumeMounts not in volumeMounts")
+    if names(spec["containers"][1:]) != names(stage["extraContainers"]):
+        fail(f"{where}: containers {names(spec['containers'])}, extraContainers {names(stage['extraContainers'])}")
+    for probe, key in (("startupProbe", "startup"), ("livenessProbe", "liveness"), ("readinessProbe", "readiness")):
+        want = {**values["probes"][key], **(stage["probes"].get(key) or {})}
+        got = {k: v for k, v in main[probe].items() if k != "httpGet"}
+        if got != want:
+            fail(f"{where}: {probe} {got}, values say {want}")
+
+
+def chart_app_version():
+    return yaml.safe_load(open(os.path.join(CHART, "Chart.yaml")))["appVersion"]
 
 
 def catalogue():
@@ -354,6 +468,36 @@ def self_test(docs, binaries, known_env, bin_dir, values):
             fail(f"the checks miss {name}")
 
 
+# One defect each in a copy of ci/sre-values.yaml's rendering: check_platform must report every one.
+PLATFORM_DEFECTS = {
+    "a resource without commonLabels": lambda d: first(d, "ConfigMap")["metadata"]["labels"].pop("team"),
+    "a resource without commonAnnotations": lambda d: first(d, "Service")["metadata"].pop("annotations"),
+    "a posflow image not from the mirror": lambda d: sts_pod(d)["containers"][0].update(
+        image="ghcr.io/posflow/posflow:0.1.0"),
+    "a pod without its PriorityClass": lambda d: sts_pod(d).pop("priorityClassName"),
+    "a sidecar dropped": lambda d: sts_pod(d)["containers"].pop(),
+    "a probe's timing lost": lambda d: sts_pod(d)["containers"][0]["startupProbe"].update(failureThreshold=60),
+    "a ScaledObject without its TriggerAuthentication": lambda d: first(d, "ScaledObject")["spec"][
+        "triggers"][0].pop("authenticationRef"),
+    "the service account without its IAM annotation": lambda d: first(d, "ServiceAccount")["metadata"][
+        "annotations"].clear(),
+}
+
+
+def platform_self_test(docs, values):
+    def rendering(put_in):
+        mutated = json.loads(json.dumps(docs))
+        put_in(mutated)
+        check_platform("self-test", mutated, values)
+        check_stages("self-test", mutated, values)
+
+    for name, put_in in PLATFORM_DEFECTS.items():
+        if catches(lambda p=put_in: rendering(p)):
+            print(f"ok   the checks catch {name}")
+        else:
+            fail(f"the checks miss {name}")
+
+
 def merged_values(helm_bin, values_file):
     args = ["show", "values", CHART]
     base = yaml.safe_load(helm(helm_bin, *args).stdout)
@@ -372,7 +516,8 @@ def merged_values(helm_bin, values_file):
 
 # Maps documented as one value (their keys are the user's).
 OPAQUE = {"resources", "labels", "env", "nodeSelector", "affinity", "podAnnotations",
-          "podSecurityContext", "securityContext"}
+          "podSecurityContext", "securityContext", "commonLabels", "commonAnnotations", "podLabels",
+          "annotations", "probes"}
 
 
 def value_paths(values, prefix=""):
@@ -416,8 +561,11 @@ def main():
         values = merged_values(helm_bin, values_file)
         check_stages(name, docs, values)
         check_optional(name, docs, values)
+        check_platform(name, docs, values)
         if values_file is None:
             self_test(docs, binaries, known_env, bin_dir, values)
+        if name == "sre-values.yaml":
+            platform_self_test(docs, values)
         counts = {}
         for d in docs:
             comp = d["metadata"].get("labels", {}).get("app.kubernetes.io/component", "shared")
@@ -432,7 +580,9 @@ def main():
     # The schema refuses what it should: each of these must make helm fail.
     for bad in ["stages.bridge.replicas=many", "kafka.securityProtocol=tls", "stages.fraud.color=blue",
                 "image.pullPolicy=Sometimes", "stages.notifier.drainTimeoutSeconds=0", "unknownTopLevel=1",
-                "tracing.otlpEndpoint=collector:4318", "tracing.sampleRatio=2"]:
+                "tracing.otlpEndpoint=collector:4318", "tracing.sampleRatio=2", "image.digest=latest",
+                "probes.liveness.exec=true", "stages.bridge.probes.startup.httpGet=x",
+                "stages.bridge.extraContainers[0].image=x", "nameOverride=Not_A_Name"]:
         r = helm(helm_bin, "template", "posflow", CHART, "--set", bad, ok=False)
         if r.returncode == 0 or "schema" not in (r.stderr + r.stdout).lower():
             fail(f"the schema accepted --set {bad}")

@@ -1,29 +1,88 @@
 {{/* Names and labels. */}}
+{{- define "posflow.name" -}}
+{{- .Values.nameOverride | default .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "posflow.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- $name := include "posflow.name" . -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 50 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 50 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
 
-{{- define "posflow.labels" -}}
-app.kubernetes.io/name: {{ .Chart.Name }}
+{{- define "posflow.chartLabels" -}}
+app.kubernetes.io/name: {{ include "posflow.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* The user's labels from a list of maps, later ones winning, never one of the chart's own keys
+(selectors depend on those); a leading newline when there are any. */}}
+{{- define "posflow.userLabels" -}}
+{{- $all := dict -}}
+{{- range . }}{{ $all = mergeOverwrite $all (deepCopy (. | default dict)) }}{{ end -}}
+{{- with omit $all "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "helm.sh/chart" "app.kubernetes.io/component" }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Every resource's labels: the chart's and commonLabels. */}}
+{{- define "posflow.labels" -}}
+{{ include "posflow.chartLabels" . }}
+{{- include "posflow.userLabels" (list .Values.commonLabels) }}
+{{- end -}}
+
+{{/* A pod's labels: (dict "root" $ "component" "bridge" "own" $s.podLabels): the chart's,
+commonLabels, podLabels, the stage's own podLabels, its component. */}}
+{{- define "posflow.podLabels" -}}
+{{ include "posflow.chartLabels" .root }}
+{{- include "posflow.userLabels" (list .root.Values.commonLabels .root.Values.podLabels .own) }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* metadata.annotations, or nothing: commonAnnotations and a resource's own, its own winning
+(dict "root" $ "own" (dict …)). Callers: `with include … | nindent`, so no blank line is left. */}}
+{{- define "posflow.annotations" -}}
+{{- with mergeOverwrite (dict) (deepCopy .root.Values.commonAnnotations) (.own | default dict) -}}
+annotations:
+  {{- toYaml . | nindent 2 }}
+{{- end -}}
+{{- end -}}
+
 {{/* Selector labels of one stage: (dict "root" $ "stage" "bridge") */}}
 {{- define "posflow.selector" -}}
-app.kubernetes.io/name: {{ .root.Chart.Name }}
+app.kubernetes.io/name: {{ include "posflow.name" .root }}
 app.kubernetes.io/instance: {{ .root.Release.Name }}
 app.kubernetes.io/component: {{ .stage }}
 {{- end -}}
 
+{{/* An image reference with global.imageRegistry in place of its registry (the first path part
+when it has a dot or a port, or is localhost, as Docker reads it): (dict "root" $ "ref" "busybox:1.36") */}}
+{{- define "posflow.mirrored" -}}
+{{- $ref := .ref -}}
+{{- with .root.Values.global.imageRegistry -}}
+{{- $parts := splitList "/" $ref -}}
+{{- $head := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $head) (contains ":" $head) (eq $head "localhost")) -}}
+{{- $ref = join "/" (rest $parts) -}}
+{{- end -}}
+{{- $ref = printf "%s/%s" (trimSuffix "/" .) $ref -}}
+{{- end -}}
+{{- $ref -}}
+{{- end -}}
+
 {{- define "posflow.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $ref := printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- with .Values.image.digest -}}
+{{- $ref = printf "%s@%s" $.Values.image.repository . -}}
+{{- end -}}
+{{- include "posflow.mirrored" (dict "root" . "ref" $ref) -}}
 {{- end -}}
 
 {{- define "posflow.serviceAccountName" -}}
@@ -45,6 +104,22 @@ storage: {binary: posflow-storage, group: posflow-storage, topic: pos.transactio
 fraud: {binary: posflow-fraud, group: posflow-fraud, topic: pos.transactions.validated, kafkaConsumer: true}
 notifier: {binary: posflow-notifier, group: posflow-notifier, topic: pos.transactions.validated, kafkaConsumer: true}
 api: {binary: posflow-api, group: "", topic: "", kafkaConsumer: false}
+{{- end -}}
+
+{{/* "true" when a stage scales with KEDA and Kafka needs credentials or a CA to be read: the
+chart then renders a TriggerAuthentication for the ScaledObjects. */}}
+{{- define "posflow.kedaAuth" -}}
+{{- $info := fromYaml (include "posflow.stageInfo" .) -}}
+{{- $keda := false -}}
+{{- range $stage, $s := .Values.stages }}{{ if and $s.enabled $s.keda.enabled (get $info $stage).kafkaConsumer }}{{ $keda = true }}{{ end }}{{ end -}}
+{{- if and $keda (or (hasPrefix "sasl" .Values.kafka.securityProtocol) .Values.kafka.tls.existingSecret) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The KEDA Kafka scaler's names for the SASL mechanisms. */}}
+{{- define "posflow.kedaSasl" -}}
+{{- get (dict "PLAIN" "plaintext" "SCRAM-SHA-256" "scram_sha256" "SCRAM-SHA-512" "scram_sha512") .Values.kafka.sasl.mechanism -}}
 {{- end -}}
 
 {{/* Kafka and registry settings, for every stage and the provisioning job. */}}
@@ -127,6 +202,7 @@ metadata:
   labels:
     {{- include "posflow.labels" $root | nindent 4 }}
     app.kubernetes.io/component: {{ .stage }}
+  {{- with include "posflow.annotations" (dict "root" $root) }}{{ . | nindent 2 }}{{ end }}
 spec:
   serviceName: {{ $name }}
   podManagementPolicy: Parallel
@@ -139,8 +215,7 @@ spec:
   template:
     metadata:
       labels:
-        {{- include "posflow.labels" $root | nindent 8 }}
-        app.kubernetes.io/component: {{ .stage }}
+        {{- include "posflow.podLabels" (dict "root" $root "component" .stage "own" $s.podLabels) | nindent 8 }}
       annotations:
         checksum/rules: {{ $root.Values.rules | toYaml | sha256sum }}
         {{- with $s.podAnnotations }}
@@ -149,6 +224,9 @@ spec:
     spec:
       serviceAccountName: {{ include "posflow.serviceAccountName" $root }}
       automountServiceAccountToken: false
+      {{- with $s.priorityClassName | default $root.Values.priorityClassName }}
+      priorityClassName: {{ . }}
+      {{- end }}
       {{- with $root.Values.imagePullSecrets }}
       imagePullSecrets:
         {{- toYaml . | nindent 8 }}
@@ -186,14 +264,23 @@ spec:
             - name: {{ $k }}
               value: {{ $v | quote }}
             {{- end }}
+            {{- with $s.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- if eq .stage "api" }}
           # Behind a Service (and the cluster's ingress): HTTPS, or plain when api.tls is unset and
           # the ingress terminates TLS.
           {{- end }}
-          {{- if and (eq .stage "notifier") $root.Values.webhooks.signingSecrets }}
+          {{- $signing := and (eq .stage "notifier") $root.Values.webhooks.signingSecrets }}
+          {{- if or $signing $s.extraEnvFrom }}
           envFrom:
+            {{- if $signing }}
             - secretRef:
                 name: {{ $root.Values.webhooks.signingSecrets }}
+            {{- end }}
+            {{- with $s.extraEnvFrom }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
           {{- end }}
           ports:
             - name: http-metrics
@@ -202,18 +289,16 @@ spec:
             - name: api
               containerPort: 8443
             {{- end }}
+          {{- $probes := mustMergeOverwrite (deepCopy $root.Values.probes) (deepCopy $s.probes) }}
           startupProbe:
             httpGet: {path: /healthz, port: http-metrics}
-            periodSeconds: 2
-            failureThreshold: 60
+            {{- toYaml $probes.startup | nindent 12 }}
           livenessProbe:
             httpGet: {path: /healthz, port: http-metrics}
-            periodSeconds: 10
-            failureThreshold: 3
+            {{- toYaml $probes.liveness | nindent 12 }}
           readinessProbe:
             httpGet: {path: /readyz, port: http-metrics}
-            periodSeconds: 5
-            failureThreshold: 2
+            {{- toYaml $probes.readiness | nindent 12 }}
           resources:
             {{- toYaml $s.resources | nindent 12 }}
           securityContext:
@@ -238,6 +323,12 @@ spec:
             {{- if and (eq .stage "api") $root.Values.api.tls.existingSecret }}
             - {name: api-tls, mountPath: /etc/posflow/api-tls, readOnly: true}
             {{- end }}
+            {{- with $s.extraVolumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+        {{- with $s.extraContainers }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       volumes:
         - name: tmp
           emptyDir: {sizeLimit: 64Mi}
@@ -264,6 +355,9 @@ spec:
         {{- if and (eq .stage "api") $root.Values.api.tls.existingSecret }}
         - name: api-tls
           secret: {secretName: {{ $root.Values.api.tls.existingSecret }}}
+        {{- end }}
+        {{- with $s.extraVolumes }}
+        {{- toYaml . | nindent 8 }}
         {{- end }}
       {{- with $s.nodeSelector }}
       nodeSelector:
