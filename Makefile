@@ -5,7 +5,7 @@ SHELL := /bin/bash
 STACK := deploy/local/stack.sh
 CARGO ?= cargo
 # Local stack: one broker, so replication 1.
-PROVISION := ./target/debug/posflow-admin provision --replication-factor 1 --min-insync-replicas 1
+PROVISION = ./target/debug/posflow-admin provision $$($(STACK) replication)
 # Chart tooling, installed once through the registries: helm from the Go module proxy, the
 # Kubernetes schemas (kubernetes-validate) from PyPI, promtool out of Debian's prometheus package
 # (unpacked, not installed: no Prometheus service is set up).
@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog test-cluster chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,18 @@ chart-test: build ## Helm chart: lint, every scenario rendered and validated aga
 test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1
 
+# A second local stack for test-cluster, beside the default one: its own directory and ports.
+CLUSTER_STACK := POSFLOW_STACK=$(CURDIR)/.stack-cluster POSFLOW_KAFKA_NODES=3 \
+  POSFLOW_KAFKA_PORT=39092 POSFLOW_KAFKA_CONTROLLER_PORT=39093 POSFLOW_REGISTRY_PORT=38081 \
+  POSFLOW_REGISTRY_MGMT_PORT=38082 POSFLOW_REGISTRY_TLS_PORT=38083 POSFLOW_MQTT_PORT=31883 \
+  POSFLOW_MQTT_TLS_PORT=31884 POSFLOW_PG_PORT=35432 POSFLOW_SMTP_PORT=32525
+
+test-cluster: build ## By hand: a three-node Kafka stack beside the default one (.stack-cluster), a partition leader SIGKILLed mid-stream; stopped afterwards
+	$(CLUSTER_STACK) $(STACK) up
+	export $(CLUSTER_STACK) && eval "$$($(STACK) env)" && $(PROVISION) && \
+	  $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1 --ignored --nocapture cluster::; \
+	  status=$$?; $(STACK) down; exit $$status
+
 test-backlog: up ## By hand (not in make test): the bridge resuming a 300,000-message backlog, release builds (BACKLOG=N to change)
 	$(CARGO) build --release --bins
 	eval "$$($(STACK) env)" && POSFLOW_BIN_DIR=$(CURDIR)/target/release POSFLOW_E2E_BACKLOG=$(or $(BACKLOG),300000) \
@@ -98,4 +110,4 @@ fuzz: ## Coverage-guided fuzzing of the bridge's input (nightly + cargo-fuzz), F
 	cd fuzz && $(CARGO) +nightly fuzz run bridge_input corpus/bridge_input -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean: down ## Stop the stack and delete its data (downloads stay cached)
-	rm -rf .stack
+	rm -rf .stack .stack-cluster

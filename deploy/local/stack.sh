@@ -7,11 +7,18 @@
 #   stack.sh up        install, then start whatever is not running, and wait until each is ready
 #   stack.sh down      stop every process `up` started
 #   stack.sh status    what runs where
-#   stack.sh stop NAME / start NAME   one component (kafka, registry, mosquitto, postgres, smtp),
-#                      for fault-injection tests
+#   stack.sh stop NAME / start NAME   one component (kafka, registry, mosquitto, postgres, smtp;
+#                      kafka-2, kafka-3 … in a cluster), for fault-injection tests
+#   stack.sh kill NAME   SIGKILL a component (a crash, not a shutdown); `start` brings it back
 #   stack.sh pause NAME / resume NAME   freeze (SIGSTOP) and thaw (SIGCONT) a component: it keeps
 #                      its connections but answers nothing
 #   stack.sh env       the addresses, as POSFLOW_* variables, for `eval`
+#   stack.sh replication   the provisioning flags this Kafka can honour (posflow-admin provision)
+#
+# Kafka runs as one KRaft node by default. POSFLOW_KAFKA_NODES=3 (at the first `up`, on an empty
+# stack) makes it a cluster of three, each node controller and broker with its own ports, data
+# directory and log: `kafka` (node 1), `kafka-2`, `kafka-3`. The node count is kept with the data;
+# changing it means `down` and removing .stack/kafka*.
 #
 # Runtime state (data, logs, pid files) lives in $POSFLOW_STACK (default: <repo>/.stack).
 # Downloads are cached in $POSFLOW_CACHE (default: ~/.cache/posflow) and Maven's ~/.m2, so a
@@ -28,6 +35,7 @@ APICURIO_VERSION=3.3.3
 DEP_PLUGIN=org.apache.maven.plugins:maven-dependency-plugin:3.8.1
 
 # Ports: project-specific so a developer's own Kafka or PostgreSQL on the defaults is left alone.
+# Kafka node n listens on KAFKA_PORT + 10(n-1), its controller on KAFKA_CONTROLLER_PORT + 10(n-1).
 KAFKA_PORT=${POSFLOW_KAFKA_PORT:-29092}
 KAFKA_CONTROLLER_PORT=${POSFLOW_KAFKA_CONTROLLER_PORT:-29093}
 REGISTRY_PORT=${POSFLOW_REGISTRY_PORT:-28081}
@@ -152,27 +160,58 @@ stop_one() { # name [signal]: postgres wants SIGINT (fast shutdown); SIGTERM wai
 
 # --- components -----------------------------------------------------------------------------
 
-up_kafka() {
-  running kafka && return 0
-  local dir=$STACK/kafka lib=$CACHE/kafka-$KAFKA_VERSION/lib
-  mkdir -p "$dir/data"
+# The node count: what the stack was created with, else POSFLOW_KAFKA_NODES, else 1.
+kafka_nodes() {
+  local kept="" want=${POSFLOW_KAFKA_NODES:-}
+  if [ -f "$STACK/kafka/nodes" ]; then kept=$(cat "$STACK/kafka/nodes")
+  elif [ -f "$STACK/kafka/data/meta.properties" ]; then kept=1  # a stack from before clusters
+  fi
+  if [ -n "$kept" ]; then
+    [ -z "$want" ] || [ "$want" = "$kept" ] ||
+      die "this stack's Kafka has $kept node(s), POSFLOW_KAFKA_NODES=$want: make down, rm -rf $STACK/kafka*, then up again"
+    echo "$kept"
+  else
+    case ${want:-1} in 1|3|5) echo "${want:-1}" ;; *) die "POSFLOW_KAFKA_NODES must be 1, 3 or 5 (a KRaft quorum)" ;; esac
+  fi
+}
+kafka_name() { if [ "$1" = 1 ]; then echo kafka; else echo "kafka-$1"; fi; }
+kafka_port() { echo $((KAFKA_PORT + 10 * ($1 - 1))); }
+kafka_bootstrap() {
+  local n list=""
+  for n in $(seq 1 "$(kafka_nodes)"); do list+="${list:+,}127.0.0.1:$(kafka_port "$n")"; done
+  echo "$list"
+}
+# Replication the cluster honours: 3 copies, 2 in sync, from three nodes up.
+kafka_replication() { if [ "$(kafka_nodes)" -ge 3 ]; then echo "3 2"; else echo "1 1"; fi; }
+
+up_kafka() { up_kafka_node 1; }
+up_kafka_node() {
+  local node=$1 nodes name dir lib=$CACHE/kafka-$KAFKA_VERSION/lib voters="" n rf isr
+  nodes=$(kafka_nodes); name=$(kafka_name "$node"); dir=$STACK/$name
+  running "$name" && return 0
+  read -r rf isr <<<"$(kafka_replication)"
+  for n in $(seq 1 "$nodes"); do voters+="${voters:+,}$n@127.0.0.1:$((KAFKA_CONTROLLER_PORT + 10 * (n - 1)))"; done
+  mkdir -p "$dir/data" "$STACK/kafka"
+  echo "$nodes" > "$STACK/kafka/nodes"
   cat > "$dir/server.properties" <<EOF
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+node.id=$node
+controller.quorum.voters=$voters
+listeners=PLAINTEXT://127.0.0.1:$(kafka_port "$node"),CONTROLLER://127.0.0.1:$((KAFKA_CONTROLLER_PORT + 10 * (node - 1)))
+advertised.listeners=PLAINTEXT://127.0.0.1:$(kafka_port "$node")
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$dir/data
 num.partitions=1
-offsets.topic.replication.factor=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
 transaction.state.log.num.partitions=8
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 EOF
@@ -195,11 +234,13 @@ Configuration:
         level: WARN
 EOF
   if [ ! -f "$dir/data/meta.properties" ]; then
-    local id; id=$(java -cp "$lib/*" kafka.tools.StorageTool random-uuid)
+    # One cluster id for every node of the cluster, kept beside the node count.
+    local id=$STACK/kafka/cluster.id
+    [ -f "$id" ] || java -cp "$lib/*" kafka.tools.StorageTool random-uuid > "$id"
     java -cp "$lib/*" -Dlog4j2.configurationFile="$dir/log4j2.yaml" kafka.tools.StorageTool format \
-      -t "$id" -c "$dir/server.properties" --ignore-formatted >/dev/null
+      -t "$(cat "$id")" -c "$dir/server.properties" --ignore-formatted >/dev/null
   fi
-  start_bg kafka java -Xms512m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
+  start_bg "$name" java -Xms512m -Xmx768m -XX:+UseG1GC -Dlog4j2.configurationFile="$dir/log4j2.yaml" \
     -cp "$lib/*" kafka.Kafka "$dir/server.properties"
 }
 
@@ -420,7 +461,12 @@ up_smtp() {
 }
 
 tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-kafka_ready() { kcat -L -b "127.0.0.1:$KAFKA_PORT" -m 5 >/dev/null 2>&1; }
+# A node is ready when its metadata lists every node of the cluster as a broker.
+kafka_ready() { # node
+  local seen
+  seen=$(kcat -L -b "127.0.0.1:$(kafka_port "$1")" -m 5 2>/dev/null | grep -c '^  broker [0-9]* at') || return 1
+  [ "$seen" -ge "$(kafka_nodes)" ]
+}
 registry_ready() { curl -fsS "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/subjects" >/dev/null; }
 
 wait_ready() {
@@ -428,7 +474,8 @@ wait_ready() {
     mosquitto) wait_for mosquitto 20 tcp_open "$MQTT_PORT"; wait_for mosquitto 20 tcp_open "$MQTT_TLS_PORT" ;;
     smtp) wait_for smtp 20 tcp_open "$SMTP_PORT" ;;
     postgres) wait_for postgres 60 pg_ready; ensure_database ;;
-    kafka) wait_for kafka 120 kafka_ready ;;
+    kafka) wait_for kafka 120 kafka_ready 1 ;;
+    kafka-[0-9]*) wait_for "$1" 120 kafka_ready "${1#kafka-}" ;;
     registry) wait_for registry 180 registry_ready ;;
     *) die "no component $1" ;;
   esac
@@ -437,23 +484,35 @@ wait_ready() {
 cmd_up() {
   cmd_install
   mkdir -p "$STACK"
-  up_kafka; up_registry; up_mosquitto; up_postgres; up_smtp
-  for n in mosquitto smtp postgres kafka registry; do wait_ready "$n"; done
+  local n kafkas=()
+  kafka_nodes >/dev/null  # a node count that does not match the stack's stops here
+  for n in $(seq 1 "$(kafka_nodes)"); do up_kafka_node "$n"; kafkas+=("$(kafka_name "$n")"); done
+  up_registry; up_mosquitto; up_postgres; up_smtp
+  for n in mosquitto smtp postgres "${kafkas[@]}" registry; do wait_ready "$n"; done
   cmd_status
 }
 
 cmd_start() {
   [ -n "${1:-}" ] || die "start what?"
-  "up_$1"
+  case $1 in
+    kafka-[0-9]*) up_kafka_node "${1#kafka-}" ;;
+    *) "up_$1" ;;
+  esac
   wait_ready "$1"
 }
 
 cmd_stop() {
   case ${1:-} in
     postgres) stop_one postgres INT ;;
-    kafka|registry|mosquitto|smtp) stop_one "$1" ;;
+    kafka|kafka-[0-9]*|registry|mosquitto|smtp) stop_one "$1" ;;
     *) die "no component ${1:-}" ;;
   esac
+}
+
+# A crash: SIGKILL to the component's process group, no shutdown of any kind.
+cmd_kill() {
+  running "${1:-}" || die "${1:-?} is not running"
+  stop_one "$1" KILL
 }
 
 # Freeze a component (SIGSTOP to its process group) and thaw it: a process that holds its
@@ -465,27 +524,48 @@ cmd_signal() { # STOP|CONT name
 }
 
 cmd_down() {
-  for n in smtp registry mosquitto kafka; do stop_one "$n"; done
+  local n
+  for n in smtp registry mosquitto; do stop_one "$n"; done
+  for n in "$STACK"/run/kafka*.pid; do [ -e "$n" ] && stop_one "$(basename "$n" .pid)"; done
   stop_one postgres INT
 }
 
 cmd_status() {
-  local n port state
+  local n port node
   printf '%-10s %-8s %-24s %s\n' COMPONENT STATE ADDRESS LOG
   for n in kafka registry mosquitto postgres smtp; do
     case $n in
-      kafka) port="127.0.0.1:$KAFKA_PORT";; registry) port="http://127.0.0.1:$REGISTRY_PORT";;
+      kafka)
+        for node in $(seq 1 "$(kafka_nodes)"); do status_line "$(kafka_name "$node")" "127.0.0.1:$(kafka_port "$node")"; done
+        continue ;;
+      registry) port="http://127.0.0.1:$REGISTRY_PORT";;
       mosquitto) port="127.0.0.1:$MQTT_PORT,$MQTT_TLS_PORT";; postgres) port="127.0.0.1:$PG_PORT";;
       smtp) port="127.0.0.1:$SMTP_PORT";;
     esac
-    if running "$n"; then state="up(pid $(cat "$(pidfile "$n")"))"; else state=down; fi
-    printf '%-10s %-8s %-24s %s\n' "$n" "$state" "$port" "$STACK/logs/$n.log"
+    status_line "$n" "$port"
   done
+  if [ "$(kafka_nodes)" -gt 1 ]; then kafka_leaders; fi
+}
+status_line() { # name address
+  local state
+  if running "$1"; then state="up(pid $(cat "$(pidfile "$1")"))"; else state=down; fi
+  printf '%-10s %-8s %-24s %s\n' "$1" "$state" "$2" "$STACK/logs/$1.log"
+}
+# How many partitions each node leads (every topic, the internal ones included), from metadata.
+kafka_leaders() {
+  local meta node
+  meta=$(kcat -L -b "$(kafka_bootstrap)" -m 5 2>/dev/null) || { echo "kafka: no metadata (is a node up?)"; return 0; }
+  echo "partitions led (kcat -L):"
+  for node in $(seq 1 "$(kafka_nodes)"); do
+    printf '  %-8s %s\n' "$(kafka_name "$node")" "$(grep -c "leader $node, " <<<"$meta" || true)"
+  done
+  printf '  %-8s %s\n' "none" "$(grep -c 'leader -1, ' <<<"$meta" || true)"
 }
 
 cmd_env() {
   cat <<EOF
-export POSFLOW_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export POSFLOW_KAFKA_BROKERS=$(kafka_bootstrap)
+export POSFLOW_LOCAL_KAFKA_NODES=$(kafka_nodes)
 export POSFLOW_SCHEMA_REGISTRY_URL=http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7
 export POSFLOW_MQTT_HOST=127.0.0.1
 export POSFLOW_MQTT_PORT=$MQTT_PORT
@@ -516,5 +596,7 @@ case "${1:-}" in
   stop) cmd_stop "${2:-}" ;;
   pause) cmd_signal STOP "${2:?pause what?}" ;;
   resume) cmd_signal CONT "${2:?resume what?}" ;;
-  *) echo "usage: $0 install|up|down|status|env|start NAME|stop NAME|pause NAME|resume NAME" >&2; exit 2 ;;
+  kill) cmd_kill "${2:-}" ;;
+  replication) read -r rf isr <<<"$(kafka_replication)"; echo "--replication-factor $rf --min-insync-replicas $isr" ;;
+  *) echo "usage: $0 install|up|down|status|env|replication|start NAME|stop NAME|kill NAME|pause NAME|resume NAME" >&2; exit 2 ;;
 esac

@@ -9,6 +9,7 @@ mod bridge_scaling;
 mod bridge_tls;
 mod browser;
 mod cli;
+mod cluster;
 mod corpus;
 mod fraud;
 mod kafka_outage;

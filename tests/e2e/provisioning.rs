@@ -47,7 +47,7 @@ async fn provisioning_creates_every_topic_and_registers_every_schema_idempotentl
             .contains("dev.posflow.v1"));
     }
     // Again: nothing created, the same schema ids.
-    let again = provision(&d.kafka, &LOCAL_PLAN).await.unwrap();
+    let again = provision(&d.kafka, &local_plan()).await.unwrap();
     assert!(again.created.is_empty(), "{:?}", again.created);
     assert_eq!(again.existed.len(), CATALOGUE.len());
     for (subject, id) in &again.schemas {
@@ -86,7 +86,7 @@ async fn the_registry_is_reached_over_https_with_its_ca() {
     d.kafka.schema_registry_url = https.clone();
     d.kafka.schema_registry_ca = Some(ca.clone());
     d.stack.registry = https;
-    let again = provision(&d.kafka, &LOCAL_PLAN)
+    let again = provision(&d.kafka, &local_plan())
         .await
         .expect("provisioning over https");
     assert_eq!(again.schemas.len(), CATALOGUE.len());

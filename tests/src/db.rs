@@ -51,3 +51,28 @@ pub async fn wait_for_count(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The transaction ids stored under `like` (a `LIKE` pattern) once `expected` rows are there
+/// (waiting up to 180 s, then 2 s more for anything extra to arrive), asserting none is stored
+/// twice. A shortfall is left to the caller's comparison with what it expected.
+pub async fn stored_once(
+    client: &tokio_postgres::Client,
+    like: &str,
+    expected: usize,
+) -> std::collections::HashSet<String> {
+    let query = "SELECT transaction_id FROM transactions WHERE transaction_id LIKE $1";
+    let counted = "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1";
+    wait_for_count(
+        client,
+        counted,
+        &[&like],
+        expected as i64,
+        Duration::from_secs(180),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ids = texts(client, query, like).await;
+    let distinct: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(ids.len(), distinct.len(), "duplicate rows under {like}");
+    distinct
+}

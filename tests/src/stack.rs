@@ -70,12 +70,20 @@ impl Stack {
     }
 }
 
-/// How every test deployment is provisioned on the single-broker stack: 4 partitions a topic.
-pub const LOCAL_PLAN: ProvisionPlan = ProvisionPlan {
-    replication_factor: 1,
-    min_insync_replicas: 1,
-    partitions: Some(4),
-};
+/// How every test deployment is provisioned on the local stack: 4 partitions a topic, one copy on
+/// the single-node Kafka, three (two in sync) on a cluster (`POSFLOW_KAFKA_NODES=3 make up`: the
+/// same rule as `stack.sh replication`).
+pub fn local_plan() -> ProvisionPlan {
+    let nodes: i32 = env_or("POSFLOW_LOCAL_KAFKA_NODES", "1")
+        .parse()
+        .unwrap_or(1);
+    let (replication_factor, min_insync_replicas) = if nodes >= 3 { (3, 2) } else { (1, 1) };
+    ProvisionPlan {
+        replication_factor,
+        min_insync_replicas,
+        partitions: Some(4),
+    }
+}
 
 /// One test's world: its own topics, consumer groups and share group on the shared stack.
 #[derive(Clone)]
@@ -145,7 +153,7 @@ impl Deployment {
             schema_registry_password: None,
             schema_registry_token: None,
         };
-        provision(&kafka, &LOCAL_PLAN)
+        provision(&kafka, &local_plan())
             .await
             .expect("provisioning (is the stack up? make up)");
         Self {

@@ -50,6 +50,17 @@ impl BackgroundFleet {
     pub async fn finish(self) -> posflow_simulator::fleet::Report {
         self.handle.await.expect("fleet task").expect("fleet")
     }
+
+    /// `finish`, asserting every transaction got its answer.
+    pub async fn finish_answered(self) -> posflow_simulator::fleet::Report {
+        let report = self.finish().await;
+        assert!(
+            report.unanswered.is_empty(),
+            "{} unanswered",
+            report.unanswered.len()
+        );
+        report
+    }
 }
 
 impl Deployment {

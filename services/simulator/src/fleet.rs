@@ -58,6 +58,14 @@ impl Report {
     pub fn accepted(&self) -> usize {
         self.answers.values().filter(|a| *a == "accepted").count()
     }
+    /// The ids of the transactions answered `accepted`.
+    pub fn accepted_ids(&self) -> std::collections::HashSet<&str> {
+        self.answers
+            .iter()
+            .filter(|(_, a)| *a == "accepted")
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
     pub fn rejected_by_reason(&self) -> BTreeMap<String, usize> {
         let mut m = BTreeMap::new();
         for a in self.answers.values().filter(|a| *a != "accepted") {

@@ -1,0 +1,103 @@
+//! Kafka as a three-node cluster (by hand: `make test-cluster`, which runs a cluster stack beside
+//! the default one; docs/local-stack.md). The node that leads the most partitions of the raw
+//! topic is SIGKILLed mid-stream and restarted: every transaction a terminal saw accepted is
+//! stored exactly once, with replication 3 and `min.insync.replicas` 2 doing what they promise.
+
+use posflow_e2e::*;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::ClientConfig;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// The stack component of the node leading the most partitions of `topic`, and how many.
+fn busiest_leader(brokers: &str, topic: &str) -> (String, usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    let mut led: HashMap<i32, usize> = HashMap::new();
+    for p in meta.topics()[0].partitions() {
+        assert_eq!(
+            (p.replicas().len(), p.isr().len()),
+            (3, 3),
+            "partition {} of {topic}: three replicas, all in sync",
+            p.id()
+        );
+        *led.entry(p.leader()).or_default() += 1;
+    }
+    let (node, n) = led.into_iter().max_by_key(|(_, n)| *n).unwrap();
+    let name = if node == 1 {
+        "kafka".to_string()
+    } else {
+        format!("kafka-{node}")
+    };
+    (name, n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs a three-node Kafka: make test-cluster"]
+async fn a_partition_leader_killed_mid_stream_loses_and_doubles_nothing() {
+    let nodes: u32 = std::env::var("POSFLOW_LOCAL_KAFKA_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    assert!(
+        nodes >= 3,
+        "a three-node Kafka is needed: make test-cluster"
+    );
+    let d = Deployment::new().await;
+    let _bridge = d.start_bridge(6).await;
+    let _validator = d.start("posflow-validator").await;
+    let _storage = d.start("posflow-storage").await;
+    let (fleet, planned) = d.fleet_with_invalid("clu", 351, 50, 400, 40);
+    let valid: HashSet<&str> = planned
+        .iter()
+        .filter(|p| p.expected_rejection.is_none())
+        .map(|p| p.transaction_id.as_str())
+        .collect();
+    let like = format!("{}-%", planned[0].transaction_id.split('-').next().unwrap());
+
+    // Kill at a random point between 10% and 60% of the answers.
+    let kill_at = 2_000 + u64::from(rand::random::<u16>()) % 10_000;
+    fleet.answers_reach(kill_at).await;
+    let (victim, led) = busiest_leader(&d.stack.brokers, &d.topic("pos.transactions.raw"));
+    let killed = Instant::now();
+    stack_ctl(&["kill", &victim]);
+    let db = db(&d.stack).await;
+    let before = count_stored(&db, &like).await;
+    // The pipeline goes on on the other two nodes: more rows while the node is down.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count_stored(&db, &like).await <= before + 500 {
+        assert!(Instant::now() < deadline, "no progress with {victim} down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let recovered = killed.elapsed();
+    stack_ctl(&["start", &victim]);
+
+    let report = fleet.finish_answered().await;
+    let accepted = report.accepted_ids();
+    assert_eq!(accepted.len(), planned.len(), "every transaction accepted");
+    let stored = stored_once(&db, &like, valid.len()).await;
+    println!(
+        "cluster: {victim} (leader of {led} raw partitions) SIGKILLed after {kill_at} answers; \
+         500 more rows stored {:.1} s later on the other nodes; {} rows, {} valid",
+        recovered.as_secs_f64(),
+        stored.len(),
+        valid.len()
+    );
+    let valid: HashSet<String> = valid.into_iter().map(String::from).collect();
+    assert_eq!(stored, valid, "rows = the valid transactions published");
+}
+
+async fn count_stored(db: &tokio_postgres::Client, like: &str) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM transactions WHERE transaction_id LIKE $1",
+        &[&like],
+    )
+    .await
+    .map(|r| r.get(0))
+    .unwrap_or(-1)
+}
