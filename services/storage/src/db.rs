@@ -118,14 +118,14 @@ pub enum Ledger {
 #[derive(Default)]
 pub struct Writer {
     ledger: Ledger,
-    /// Prepared on the connection `Conn::opened` numbered.
+    /// Prepared on the connection of this number (`Conn::get_numbered`).
     prepared: Option<(u64, Statements)>,
 }
 
 impl Writer {
     /// Writes a batch in one database transaction: new transaction ids only, their rows and
     /// line items, new rejections, and `next` offsets (which never move backwards). `conn` is
-    /// `Conn::opened` for `client`.
+    /// `client`'s number from `Conn::get_numbered`.
     ///
     /// Round trips are what a small batch costs (issue 20: the storage write → commit hop), so
     /// the statements go out together on the connection (tokio-postgres pipelines concurrent
