@@ -64,7 +64,7 @@ CLUSTER_STACK := POSFLOW_STACK=$(CURDIR)/.stack-cluster POSFLOW_KAFKA_NODES=3 \
   POSFLOW_REGISTRY_MGMT_PORT=38082 POSFLOW_REGISTRY_TLS_PORT=38083 POSFLOW_MQTT_PORT=31883 \
   POSFLOW_MQTT_TLS_PORT=31884 POSFLOW_PG_PORT=35432 POSFLOW_SMTP_PORT=32525
 
-test-cluster: build ## By hand: a three-node Kafka stack beside the default one (.stack-cluster), a partition leader SIGKILLed mid-stream; stopped afterwards
+test-cluster: build ## By hand: a three-node Kafka stack beside the default one (.stack-cluster), the busiest raw-partition leader SIGKILLed, then another run with it hung 25 s; stopped afterwards
 	$(CLUSTER_STACK) $(STACK) up
 	export $(CLUSTER_STACK) && eval "$$($(STACK) env)" && $(PROVISION) && \
 	  $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1 --ignored --nocapture cluster::; \

@@ -389,17 +389,17 @@ impl Drop for Outage {
 
 /// Freezes a stack component now (SIGSTOP: its connections stay open, nothing answers) and
 /// thaws it when dropped — also when the test panics.
-pub struct Pause(&'static str);
+pub struct Pause(String);
 
 impl Pause {
-    pub fn begin(component: &'static str) -> Self {
+    pub fn begin(component: &str) -> Self {
         stack_ctl(&["pause", component]);
-        Self(component)
+        Self(component.to_string())
     }
 }
 
 impl Drop for Pause {
     fn drop(&mut self) {
-        stack_ctl(&["resume", self.0]);
+        stack_ctl(&["resume", &self.0]);
     }
 }
