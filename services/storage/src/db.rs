@@ -164,7 +164,7 @@ impl Writer {
         let rechecked = self.ledger == Ledger::AssumeNew;
         if rechecked {
             match batch.write_assuming_new(client).await {
-                Err(e) if e.is_repeated_id() => self.ledger = Ledger::Check,
+                Err(e) if is_repeated_id(&e) => self.ledger = Ledger::Check,
                 Ok(new_rejections) => return Ok(written(rows, txns.len(), new_rejections, false)),
                 Err(e) => return Err(e),
             }
@@ -309,20 +309,20 @@ impl Batch<'_> {
 /// The ledger's key: a repeated transaction id.
 const LEDGER_KEY: &str = "transaction_keys_pkey";
 
-trait RepeatedId {
-    fn is_repeated_id(&self) -> bool;
+/// Whether `e` is the ledger refusing a transaction id it already has.
+fn is_repeated_id(e: &DbError) -> bool {
+    matches!(e, DbError::Postgres(e) if e.as_db_error().is_some_and(|db| {
+        *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+            && db.constraint() == Some(LEDGER_KEY)
+    }))
 }
 
-impl RepeatedId for DbError {
-    fn is_repeated_id(&self) -> bool {
-        match self {
-            DbError::Postgres(e) => e.as_db_error().is_some_and(|db| {
-                *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
-                    && db.constraint() == Some(LEDGER_KEY)
-            }),
-            _ => false,
-        }
-    }
+/// The ledger's two columns of a batch: ids and terminal times.
+fn ledger_columns<'a>(txns: &[(&'a Row, &'a TransactionValidated)]) -> (Vec<&'a str>, Vec<i64>) {
+    (
+        column(txns, |(_, v)| v.transaction.transaction_id.as_str()),
+        column(txns, |(_, v)| v.transaction.transaction_time),
+    )
 }
 
 /// The batch's transaction ids into the ledger, all taken to be new.
@@ -334,8 +334,7 @@ async fn insert_ids(
     if txns.is_empty() {
         return Ok(());
     }
-    let ids = column(txns, |(_, v)| v.transaction.transaction_id.as_str());
-    let times = column(txns, |(_, v)| v.transaction.transaction_time);
+    let (ids, times) = ledger_columns(txns);
     tx.execute(&st.ids, &[&ids, &times]).await?;
     Ok(())
 }
@@ -349,8 +348,7 @@ async fn new_ids(
     if txns.is_empty() {
         return Ok(HashSet::new());
     }
-    let ids = column(txns, |(_, v)| v.transaction.transaction_id.as_str());
-    let times = column(txns, |(_, v)| v.transaction.transaction_time);
+    let (ids, times) = ledger_columns(txns);
     Ok(tx
         .query(&st.new_ids, &[&ids, &times])
         .await?
