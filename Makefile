@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog test-cluster chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog test-cluster chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -36,10 +36,11 @@ build: ## Build every binary (debug profile; dependencies optimised)
 demo: up ## The whole pipeline on the local stack: 20 terminals x 50 transactions, with a summary
 	deploy/local/demo.sh
 
-test: up ## Unit, chart, integration and end-to-end tests against the real local stack
+test: up ## Unit, chart, integration and end-to-end tests against the real local stack, and a short chaos run on a three-node one
 	$(MAKE) test-unit
 	$(MAKE) chart-test
 	$(MAKE) test-e2e
+	$(MAKE) test-chaos
 	$(MAKE) bench-smoke
 
 test-unit: ## Tests that need no running component
@@ -69,6 +70,22 @@ test-cluster: build ## By hand: a three-node Kafka stack beside the default one 
 	export $(CLUSTER_STACK) && eval "$$($(STACK) env)" && $(PROVISION) && \
 	  $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1 --ignored --nocapture cluster::; \
 	  status=$$?; $(STACK) down; exit $$status
+
+# A chaos run on the cluster stack (brought up, and down afterwards whatever the outcome).
+define chaos_run
+	$(CLUSTER_STACK) $(STACK) up
+	export $(CLUSTER_STACK) && eval "$$($(STACK) env)" && $(PROVISION) && \
+	  ./target/debug/posflow-chaos $(1); status=$$?; $(STACK) down; exit $$status
+endef
+
+chaos: build ## By hand: CHAOS_SECONDS (600) of overlapping faults on a three-node cluster stack beside the default one; report in docs/chaos/ (CHAOS_SEED for a given schedule; docs/chaos.md)
+	$(call chaos_run,--seconds $(or $(CHAOS_SECONDS),600) --out docs/chaos $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)))
+
+test-chaos: build ## The short chaos run of make test: 150 s, seed 1, every kind of fault, on the cluster stack; report in target/chaos
+	$(call chaos_run,--seconds 150 --seed 1 --out target/chaos)
+
+chaos-proof: build ## By hand: a chaos run with bridges that answer before Kafka has the transaction (a test-only defect); succeeds only if the checker finds transactions missing
+	$(call chaos_run,--seconds 150 --seed 2 --prove-checker --out target/chaos-proof)
 
 test-backlog: up ## By hand (not in make test): the bridge resuming a 300,000-message backlog, release builds (BACKLOG=N to change)
 	$(CARGO) build --release --bins

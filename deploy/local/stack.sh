@@ -314,6 +314,99 @@ local_registry() {
   } > "$f"
 }
 
+# The MQTT logins' ACL, in Mosquitto's format (HiveMQ's launcher reads the same file).
+# Terminals: each publishes only as its registered merchant and itself, and reads only its own
+# answers — generated from the registry file, as `posflow-admin terminals acl` does from the
+# live registry in production (docs/terminals.md).
+mqtt_acl() {
+  local i
+  local_registry
+  awk -F'"' '/^\[terminals\./ { t = substr($0, 12, length($0) - 12) }
+             /^merchant = / { printf "user %s\ntopic write pos/%s/%s/tx\ntopic read pos/%s/%s/ack\n", t, $2, t, $2, t }' \
+    "$STACK/terminals.toml"
+  for i in $(seq 0 $((MQTT_BRIDGE_REPLICAS - 1))); do
+    printf 'user bridge-%d\ntopic read pos/+/+/tx\ntopic write pos/+/+/ack\n' "$i"
+  done
+}
+
+# The MQTT broker: Mosquitto, or HiveMQ CE with POSFLOW_MQTT_BROKER=hivemq. What the stack was
+# created with is kept ($STACK/mqtt.broker); `mqtt` names it in start/stop/kill/pause.
+mqtt_broker() {
+  local kept="" want=${POSFLOW_MQTT_BROKER:-}
+  [ -f "$STACK/mqtt.broker" ] && kept=$(cat "$STACK/mqtt.broker")
+  if [ -n "$kept" ] && [ -n "$want" ] && [ "$want" != "$kept" ]; then
+    die "this stack runs $kept; POSFLOW_MQTT_BROKER=$want needs make down first (or another POSFLOW_STACK)"
+  fi
+  local b=${kept:-${want:-mosquitto}}
+  case $b in mosquitto|hivemq) echo "$b" ;; *) die "POSFLOW_MQTT_BROKER: mosquitto or hivemq, not $b" ;; esac
+}
+component() { if [ "${1:-}" = mqtt ]; then mqtt_broker; else echo "${1:-}"; fi; }
+
+HIVEMQ_VERSION=2025.5
+install_hivemq() {
+  local dir=$CACHE/hivemq-$HIVEMQ_VERSION src=$here/hivemq
+  if [ ! -s "$dir/classpath" ]; then
+    log "resolving HiveMQ CE $HIVEMQ_VERSION (embedded) from Maven Central (once)"
+    mkdir -p "$dir"
+    mvn -q -B -f "$src/pom.xml" dependency:build-classpath -Dmdep.outputFile="$dir/classpath" >/dev/null
+  fi
+  if [ ! -f "$dir/classes/Launcher.class" ] || [ "$src/Launcher.java" -nt "$dir/classes/Launcher.class" ]; then
+    mkdir -p "$dir/classes"
+    javac -d "$dir/classes" -cp "$(cat "$dir/classpath")" "$src/Launcher.java"
+  fi
+}
+
+up_hivemq() {
+  running hivemq && return 0
+  install_hivemq
+  local dir=$STACK/hivemq cache=$CACHE/hivemq-$HIVEMQ_VERSION i pw=posflow-local
+  mkdir -p "$dir/conf" "$dir/data/extensions"
+  : > "$dir/users"; chmod 600 "$dir/users"
+  for i in $(seq 0 $((MQTT_BRIDGE_REPLICAS - 1))); do echo "bridge-$i:$MQTT_BRIDGE_PASSWORD" >> "$dir/users"; done
+  for i in $(seq 1 "$MQTT_TERMINALS"); do printf 'T%04d:%s\n' "$i" "$MQTT_TERMINAL_PASSWORD" >> "$dir/users"; done
+  mqtt_acl > "$dir/acl"
+  # The stack's server certificate and CA as PKCS#12 key and trust stores.
+  openssl pkcs12 -export -in "$STACK/tls/server.crt" -inkey "$STACK/tls/server.key" -name server \
+    -passout "pass:$pw" -out "$dir/conf/server.p12"
+  rm -f "$dir/conf/ca.p12"
+  keytool -importcert -noprompt -alias ca -file "$STACK/tls/ca.crt" -keystore "$dir/conf/ca.p12" \
+    -storetype PKCS12 -storepass "$pw" >/dev/null
+  cat > "$dir/conf/config.xml" <<EOF
+<?xml version="1.0"?>
+<!-- posflow local HiveMQ CE: Mosquitto's settings where HiveMQ has them (docs/bridge.md lists
+     what differs). -->
+<hivemq>
+  <listeners>
+    <tcp-listener><port>$MQTT_PORT</port><bind-address>127.0.0.1</bind-address></tcp-listener>
+    <tls-tcp-listener><port>$MQTT_TLS_PORT</port><bind-address>127.0.0.1</bind-address>
+      <tls>
+        <keystore><path>$dir/conf/server.p12</path><password>$pw</password><private-key-password>$pw</private-key-password></keystore>
+        <truststore><path>$dir/conf/ca.p12</path><password>$pw</password></truststore>
+        <client-authentication-mode>REQUIRED</client-authentication-mode>
+      </tls>
+    </tls-tcp-listener>
+  </listeners>
+  <mqtt>
+    <queued-messages><max-queue-size>1000000</max-queue-size><strategy>discard</strategy></queued-messages>
+    <packets><max-packet-size>32768</max-packet-size></packets>
+    <receive-maximum><server-receive-maximum>100</server-receive-maximum></receive-maximum>
+  </mqtt>
+  <anonymous-usage-statistics><enabled>false</enabled></anonymous-usage-statistics>
+</hivemq>
+EOF
+  cat > "$dir/conf/logback.xml" <<EOF
+<configuration>
+  <appender name="out" class="ch.qos.logback.core.ConsoleAppender">
+    <encoder><pattern>%d %-5level %logger{20} - %msg%n</pattern></encoder>
+  </appender>
+  <root level="WARN"><appender-ref ref="out"/></root>
+  <logger name="com.hivemq" level="INFO"/>
+</configuration>
+EOF
+  start_bg hivemq java -Xms128m -Xmx512m -Dlogback.configurationFile="$dir/conf/logback.xml" \
+    -cp "$cache/classes:$(cat "$cache/classpath")" Launcher "$dir/conf" "$dir/data" "$dir/users" "$dir/acl"
+}
+
 up_mosquitto() {
   running mosquitto && return 0
   tls_material
@@ -324,18 +417,7 @@ up_mosquitto() {
   for i in $(seq 0 $((MQTT_BRIDGE_REPLICAS - 1))); do echo "bridge-$i:$MQTT_BRIDGE_PASSWORD" >> "$dir/passwd"; done
   for i in $(seq 1 "$MQTT_TERMINALS"); do printf 'T%04d:%s\n' "$i" "$MQTT_TERMINAL_PASSWORD" >> "$dir/passwd"; done
   mosquitto_passwd -U "$dir/passwd"
-  local_registry
-  {
-    # Terminals: each publishes only as its registered merchant and itself, and reads only its
-    # own answers — generated from the registry file, as `posflow-admin terminals acl` does from
-    # the live registry in production (docs/terminals.md).
-    awk -F'"' '/^\[terminals\./ { t = substr($0, 12, length($0) - 12) }
-               /^merchant = / { printf "user %s\ntopic write pos/%s/%s/tx\ntopic read pos/%s/%s/ack\n", t, $2, t, $2, t }' \
-      "$STACK/terminals.toml"
-    for i in $(seq 0 $((MQTT_BRIDGE_REPLICAS - 1))); do
-      printf 'user bridge-%d\ntopic read pos/+/+/tx\ntopic write pos/+/+/ack\n' "$i"
-    done
-  } > "$dir/acl"
+  mqtt_acl > "$dir/acl"
   cat > "$dir/mosquitto.conf" <<EOF
 # posflow local broker. Why each setting: docs/local-stack.md.
 per_listener_settings false
@@ -472,6 +554,7 @@ registry_ready() { curl -fsS "http://127.0.0.1:$REGISTRY_PORT/apis/ccompat/v7/su
 wait_ready() {
   case $1 in
     mosquitto) wait_for mosquitto 20 tcp_open "$MQTT_PORT"; wait_for mosquitto 20 tcp_open "$MQTT_TLS_PORT" ;;
+    hivemq) wait_for hivemq 120 tcp_open "$MQTT_PORT"; wait_for hivemq 20 tcp_open "$MQTT_TLS_PORT" ;;
     smtp) wait_for smtp 20 tcp_open "$SMTP_PORT" ;;
     postgres) wait_for postgres 60 pg_ready; ensure_database ;;
     kafka) wait_for kafka 120 kafka_ready 1 ;;
@@ -487,8 +570,9 @@ cmd_up() {
   local n kafkas=()
   kafka_nodes >/dev/null  # a node count that does not match the stack's stops here
   for n in $(seq 1 "$(kafka_nodes)"); do up_kafka_node "$n"; kafkas+=("$(kafka_name "$n")"); done
-  up_registry; up_mosquitto; up_postgres; up_smtp
-  for n in mosquitto smtp postgres "${kafkas[@]}" registry; do wait_ready "$n"; done
+  local mqtt; mqtt=$(mqtt_broker); echo "$mqtt" > "$STACK/mqtt.broker"
+  up_registry; "up_$mqtt"; up_postgres; up_smtp
+  for n in "$mqtt" smtp postgres "${kafkas[@]}" registry; do wait_ready "$n"; done
   cmd_status
 }
 
@@ -504,7 +588,7 @@ cmd_start() {
 cmd_stop() {
   case ${1:-} in
     postgres) stop_one postgres INT ;;
-    kafka|kafka-[0-9]*|registry|mosquitto|smtp) stop_one "$1" ;;
+    kafka|kafka-[0-9]*|registry|mosquitto|hivemq|smtp) stop_one "$1" ;;
     *) die "no component ${1:-}" ;;
   esac
 }
@@ -525,7 +609,7 @@ cmd_signal() { # STOP|CONT name
 
 cmd_down() {
   local n
-  for n in smtp registry mosquitto; do stop_one "$n"; done
+  for n in smtp registry mosquitto hivemq; do stop_one "$n"; done
   for n in "$STACK"/run/kafka*.pid; do [ -e "$n" ] && stop_one "$(basename "$n" .pid)"; done
   stop_one postgres INT
 }
@@ -533,13 +617,13 @@ cmd_down() {
 cmd_status() {
   local n port node
   printf '%-10s %-8s %-24s %s\n' COMPONENT STATE ADDRESS LOG
-  for n in kafka registry mosquitto postgres smtp; do
+  for n in kafka registry "$(mqtt_broker)" postgres smtp; do
     case $n in
       kafka)
         for node in $(seq 1 "$(kafka_nodes)"); do status_line "$(kafka_name "$node")" "127.0.0.1:$(kafka_port "$node")"; done
         continue ;;
       registry) port="http://127.0.0.1:$REGISTRY_PORT";;
-      mosquitto) port="127.0.0.1:$MQTT_PORT,$MQTT_TLS_PORT";; postgres) port="127.0.0.1:$PG_PORT";;
+      mosquitto|hivemq) port="127.0.0.1:$MQTT_PORT,$MQTT_TLS_PORT";; postgres) port="127.0.0.1:$PG_PORT";;
       smtp) port="127.0.0.1:$SMTP_PORT";;
     esac
     status_line "$n" "$port"
@@ -592,11 +676,11 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  start) cmd_start "${2:-}" ;;
-  stop) cmd_stop "${2:-}" ;;
-  pause) cmd_signal STOP "${2:?pause what?}" ;;
-  resume) cmd_signal CONT "${2:?resume what?}" ;;
-  kill) cmd_kill "${2:-}" ;;
+  start) cmd_start "$(component "${2:-}")" ;;
+  stop) cmd_stop "$(component "${2:-}")" ;;
+  pause) cmd_signal STOP "$(component "${2:?pause what?}")" ;;
+  resume) cmd_signal CONT "$(component "${2:?resume what?}")" ;;
+  kill) cmd_kill "$(component "${2:-}")" ;;
   replication) read -r rf isr <<<"$(kafka_replication)"; echo "--replication-factor $rf --min-insync-replicas $isr" ;;
   *) echo "usage: $0 install|up|down|status|env|replication|start NAME|stop NAME|kill NAME|pause NAME|resume NAME" >&2; exit 2 ;;
 esac

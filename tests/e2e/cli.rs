@@ -4,7 +4,7 @@
 use posflow_e2e::bin;
 use std::process::Command;
 
-const BINARIES: [&str; 8] = [
+const BINARIES: [&str; 9] = [
     "posflow-bridge",
     "posflow-validator",
     "posflow-storage",
@@ -13,6 +13,7 @@ const BINARIES: [&str; 8] = [
     "posflow-simulator",
     "posflow-admin",
     "posflow-api",
+    "posflow-chaos",
 ];
 
 /// The merchant API's configuration: every mistake listed, exit 2, no secret echoed.
@@ -53,6 +54,13 @@ fn every_binary_answers_help() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Usage:") && text.contains(b), "{b}: {text}");
     }
+    // The bridge's test-only defect (docs/chaos.md) is not offered to operators.
+    let out = Command::new(bin("posflow-bridge"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(!text.contains("defect"), "{text}");
 }
 
 #[test]

@@ -5,38 +5,8 @@
 //! `min.insync.replicas` 2 doing what they promise.
 
 use posflow_e2e::*;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
-
-/// The stack component of the node leading the most partitions of `topic`, and how many.
-fn busiest_leader(brokers: &str, topic: &str) -> (String, usize) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()
-        .unwrap();
-    let meta = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .unwrap();
-    let mut led: HashMap<i32, usize> = HashMap::new();
-    for p in meta.topics()[0].partitions() {
-        assert_eq!(
-            (p.replicas().len(), p.isr().len()),
-            (3, 3),
-            "partition {} of {topic}: three replicas, all in sync",
-            p.id()
-        );
-        *led.entry(p.leader()).or_default() += 1;
-    }
-    let (node, n) = led.into_iter().max_by_key(|(_, n)| *n).unwrap();
-    let name = if node == 1 {
-        "kafka".to_string()
-    } else {
-        format!("kafka-{node}")
-    };
-    (name, n)
-}
 
 /// What happens to the node leading the most raw partitions.
 #[derive(Clone, Copy, Debug)]
@@ -87,7 +57,16 @@ async fn leader_fault(fault: Fault) {
     // At a random point between 10% and 60% of the answers.
     let at = 2_000 + u64::from(rand::random::<u16>()) % 10_000;
     fleet.answers_reach(at).await;
-    let (victim, led) = busiest_leader(&d.stack.brokers, &d.topic("pos.transactions.raw"));
+    let partitions = partitions(&d.stack.brokers, &d.topic("pos.transactions.raw"));
+    for p in &partitions {
+        assert_eq!(
+            (p.replicas, p.in_sync),
+            (3, 3),
+            "partition {}: three replicas, all in sync",
+            p.id
+        );
+    }
+    let (victim, led) = busiest_leader(&partitions);
     let began = Instant::now();
     let before = count_stored(&db, &like).await;
     let during = match fault {

@@ -228,3 +228,56 @@ impl Deployment {
         }
     }
 }
+
+/// One partition of a topic as the cluster's metadata has it.
+#[derive(Debug, Clone)]
+pub struct PartitionState {
+    pub id: i32,
+    /// The node id of the leader (-1: none).
+    pub leader: i32,
+    pub replicas: usize,
+    pub in_sync: usize,
+}
+
+/// The partitions of `topic`: leader, replicas, replicas in sync.
+pub fn partitions(brokers: &str, topic: &str) -> Vec<PartitionState> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+    meta.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| PartitionState {
+            id: p.id(),
+            leader: p.leader(),
+            replicas: p.replicas().len(),
+            in_sync: p.isr().len(),
+        })
+        .collect()
+}
+
+/// The stack component of the node leading the most of `partitions`, and how many it leads.
+pub fn busiest_leader(partitions: &[PartitionState]) -> (String, usize) {
+    let mut led: HashMap<i32, usize> = HashMap::new();
+    for p in partitions.iter().filter(|p| p.leader >= 0) {
+        *led.entry(p.leader).or_default() += 1;
+    }
+    let (node, n) = led
+        .into_iter()
+        .max_by_key(|&(node, n)| (n, -node))
+        .unwrap_or((1, 0));
+    (kafka_node_name(node), n)
+}
+
+/// The local stack's name for Kafka node `id` (stack.sh: `kafka`, `kafka-2`, `kafka-3`).
+pub fn kafka_node_name(id: i32) -> String {
+    if id == 1 {
+        "kafka".to_string()
+    } else {
+        format!("kafka-{id}")
+    }
+}

@@ -488,21 +488,30 @@ impl Deployment {
 
     /// A notifier replica trusting the local CA and mailing the local SMTP server, with `extra` flags.
     pub async fn start_notifier(&self, instance: &str, extra: &[&str]) -> Service {
-        let ca = crate::local_tls_dir().join("ca.crt");
-        let smtp = crate::local_smtp_url();
-        let mut args = vec![
-            "--instance-id",
-            instance,
-            "--webhook-ca-file",
-            ca.to_str().unwrap(),
-            "--smtp-url",
-            &smtp,
-            "--preferences-refresh-secs",
-            "1",
-        ];
-        args.extend_from_slice(extra);
+        let mut args = notifier_args(instance);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Service::start("posflow-notifier", &self.env(), &args).await
     }
+}
+
+/// A notifier replica's flags on the local stack: its instance id, the local CA for webhooks,
+/// the local SMTP server, preferences re-read every second.
+pub fn notifier_args(instance: &str) -> Vec<String> {
+    let ca = crate::local_tls_dir().join("ca.crt");
+    [
+        "--instance-id",
+        instance,
+        "--webhook-ca-file",
+        &ca.display().to_string(),
+        "--smtp-url",
+        &crate::local_smtp_url(),
+        "--preferences-refresh-secs",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 #[derive(Debug)]

@@ -342,15 +342,39 @@ pub fn merchant_of(terminal: &str) -> String {
         .clone()
 }
 
+/// The local stack's MQTT broker, `mosquitto` or `hivemq` (what `make up` started it with:
+/// POSFLOW_MQTT_BROKER; stack.sh keeps it in `$POSFLOW_STACK/mqtt.broker`).
+pub fn mqtt_broker() -> String {
+    let stack = std::env::var_os("POSFLOW_STACK")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.stack"));
+    std::fs::read_to_string(stack.join("mqtt.broker"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "mosquitto".into())
+}
+
 /// Runs `deploy/local/stack.sh <args>` and panics if it fails.
 pub fn stack_ctl(args: &[&str]) {
+    if let Err(e) = stack_try(args) {
+        panic!("{e}");
+    }
+}
+
+/// Runs `deploy/local/stack.sh <args>`; what it said on stderr if it failed.
+pub fn stack_try(args: &[&str]) -> Result<(), String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/stack.sh");
-    let out = Command::new(script).args(args).output().expect("stack.sh");
-    assert!(
-        out.status.success(),
-        "stack.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(script)
+        .args(args)
+        .output()
+        .map_err(|e| format!("stack.sh: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "stack.sh {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
 }
 
 /// Stops a stack component now and starts it again when dropped — also when the test panics,

@@ -115,6 +115,21 @@ impl Deployment {
         retry_after: Duration,
         await_answers: bool,
     ) -> (BackgroundFleet, Vec<posflow_simulator::plan::Planned>) {
+        let opts = posflow_simulator::fleet::PublishOptions {
+            rate_per_terminal: rate,
+            retry_after,
+            deadline: Duration::from_secs(300),
+            await_answers,
+        };
+        self.fleet_of(cfg, opts)
+    }
+
+    /// The fleet `cfg` publishing as `opts` say, in the background; also returns the plan.
+    pub fn fleet_of(
+        &self,
+        cfg: &posflow_simulator::plan::FleetConfig,
+        opts: posflow_simulator::fleet::PublishOptions,
+    ) -> (BackgroundFleet, Vec<posflow_simulator::plan::Planned>) {
         use posflow_simulator::{fleet, plan};
         let fleet_plan = plan::plan(cfg, posflow_schema::now_millis());
         let planned = fleet_plan.iter().flatten().cloned().collect();
@@ -124,12 +139,6 @@ impl Deployment {
             Secret::new(&self.stack.terminal_password),
             progress.clone(),
         );
-        let opts = fleet::PublishOptions {
-            rate_per_terminal: rate,
-            retry_after,
-            deadline: Duration::from_secs(300),
-            await_answers,
-        };
         let handle =
             tokio::spawn(async move { fleet::run(&mqtt, &pw, fleet_plan, &opts, p).await });
         (BackgroundFleet { progress, handle }, planned)

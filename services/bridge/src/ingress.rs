@@ -378,6 +378,7 @@ pub(crate) async fn deliver(
     producer: std::sync::Arc<FutureProducer>,
     job: Job,
     ctx: Context,
+    defect: Option<crate::TestDefect>,
 ) -> Option<Outcome> {
     let (answer, remember) = match job.step {
         Step::Answer {
@@ -396,7 +397,19 @@ pub(crate) async fn deliver(
                 tokio::time::sleep(d).await;
             }
             let m = metrics();
-            let c = produce_until_confirmed(&producer, &output, &ctx).await?;
+            let c = match defect {
+                None => produce_until_confirmed(&producer, &output, &ctx).await?,
+                Some(crate::TestDefect::AnswerBeforeKafka) => {
+                    // Deliberately wrong (test only): answered before Kafka has it.
+                    let (p, c) = (producer.clone(), ctx.clone());
+                    tokio::spawn(async move { produce_until_confirmed(&p, &output, &c).await });
+                    posflow_kafka::pipeline::Confirmed {
+                        partition: -1,
+                        offset: -1,
+                        failed_attempts: 0,
+                    }
+                }
+            };
             m.produce_errors.inc_by(u64::from(c.failed_attempts));
             if c.failed_attempts > 0 {
                 ctx.health.set_ready(true); // Kafka is back

@@ -104,6 +104,20 @@ pub struct Args {
         default_value = ""
     )]
     pub card_token_previous_keys: Secret,
+    /// Test only, never in production: a deliberately broken bridge, so the chaos checker can
+    /// be shown to fail (`make chaos-proof`, docs/chaos.md). Hidden from --help; start-up
+    /// logs an error while it is set.
+    #[arg(long, env = "POSFLOW_BRIDGE_TEST_DEFECT", value_enum, hide = true)]
+    pub test_defect: Option<TestDefect>,
+}
+
+/// A defect the bridge can be started with, for the chaos checker's proof (test only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestDefect {
+    /// PUBACK and answer "accepted" as soon as a message is taken, producing to Kafka in the
+    /// background: a crash loses what Kafka had not confirmed, though terminals were told
+    /// "accepted".
+    AnswerBeforeKafka,
 }
 
 impl Args {
@@ -202,6 +216,9 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     );
     let producer = Arc::new(producer);
     posflow_kafka::clients::watch_connectivity(producer.clone(), ctx.clone());
+    if let Some(defect) = args.test_defect {
+        tracing::error!(?defect, "TEST DEFECT ENABLED: this bridge loses transactions on purpose (POSFLOW_BRIDGE_TEST_DEFECT); never in production");
+    }
     let mut pipeline = Pipeline {
         ingress,
         client: client.clone(),
@@ -210,6 +227,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         producer: producer.clone(),
         window,
         ctx: ctx.clone(),
+        defect: args.test_defect,
     };
     // Draining ends at the drain timeout wherever the pipeline is (waiting on Kafka, on the
     // broker): what is not acknowledged by then stays with the broker for redelivery.
@@ -310,6 +328,7 @@ struct Pipeline {
     producer: Arc<FutureProducer>,
     window: usize,
     ctx: Context,
+    defect: Option<TestDefect>,
 }
 
 impl Pipeline {
@@ -341,7 +360,7 @@ impl Pipeline {
                         m.received.inc();
                         m.in_flight.inc();
                         let job = self.ingress.handle(publish)?;
-                        inflight.push_back(ingress::deliver(self.producer.clone(), job, self.ctx.clone()));
+                        inflight.push_back(ingress::deliver(self.producer.clone(), job, self.ctx.clone(), self.defect));
                     }
                     Some(FromBroker::Unsubscribed) => unsubscribed = true,
                     None => return Ok(()),
