@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog test-cluster chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog test-cluster test-hivemq chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -59,16 +59,32 @@ chart-test: build ## Helm chart: lint, every scenario rendered and validated aga
 test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1
 
-# A second local stack for test-cluster, beside the default one: its own directory and ports.
+# A second local stack for test-cluster and the chaos runs, beside the default one: its own
+# directory and ports (below 32768: Linux hands out ephemeral ports above, and a client's
+# ephemeral port once took a Kafka node's listener from under it).
 CLUSTER_STACK := POSFLOW_STACK=$(CURDIR)/.stack-cluster POSFLOW_KAFKA_NODES=3 \
-  POSFLOW_KAFKA_PORT=39092 POSFLOW_KAFKA_CONTROLLER_PORT=39093 POSFLOW_REGISTRY_PORT=38081 \
-  POSFLOW_REGISTRY_MGMT_PORT=38082 POSFLOW_REGISTRY_TLS_PORT=38083 POSFLOW_MQTT_PORT=31883 \
-  POSFLOW_MQTT_TLS_PORT=31884 POSFLOW_PG_PORT=35432 POSFLOW_SMTP_PORT=32525
+  POSFLOW_KAFKA_PORT=19092 POSFLOW_KAFKA_CONTROLLER_PORT=19093 POSFLOW_REGISTRY_PORT=18081 \
+  POSFLOW_REGISTRY_MGMT_PORT=18082 POSFLOW_REGISTRY_TLS_PORT=18083 POSFLOW_MQTT_PORT=11883 \
+  POSFLOW_MQTT_TLS_PORT=11884 POSFLOW_PG_PORT=15432 POSFLOW_SMTP_PORT=12525
 
 test-cluster: build ## By hand: a three-node Kafka stack beside the default one (.stack-cluster), the busiest raw-partition leader SIGKILLed, then another run with it hung 25 s; stopped afterwards
 	$(CLUSTER_STACK) $(STACK) up
 	export $(CLUSTER_STACK) && eval "$$($(STACK) env)" && $(PROVISION) && \
 	  $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1 --ignored --nocapture cluster::; \
+	  status=$$?; $(STACK) down; exit $$status
+
+# A stack with HiveMQ CE for the MQTT broker, beside the default one: its own directory and ports.
+HIVEMQ_STACK := POSFLOW_STACK=$(CURDIR)/.stack-hive POSFLOW_MQTT_BROKER=hivemq \
+  POSFLOW_KAFKA_PORT=26092 POSFLOW_KAFKA_CONTROLLER_PORT=26093 POSFLOW_REGISTRY_PORT=26081 \
+  POSFLOW_REGISTRY_MGMT_PORT=26082 POSFLOW_REGISTRY_TLS_PORT=26083 POSFLOW_MQTT_PORT=26883 \
+  POSFLOW_MQTT_TLS_PORT=26884 POSFLOW_PG_PORT=26432 POSFLOW_SMTP_PORT=26525
+# The e2e tests of the bridge and what it answers terminals.
+BRIDGE_TIER := bridge bad_input corpus terminal_registry
+
+test-hivemq: build ## By hand: the bridge's e2e tier against HiveMQ CE (.stack-hive, beside the default stack; 20,000-message backlogs); stopped afterwards. A chaos run on it: POSFLOW_MQTT_BROKER=hivemq make test-chaos
+	$(HIVEMQ_STACK) $(STACK) up
+	export $(HIVEMQ_STACK) && eval "$$($(STACK) env)" && $(PROVISION) && \
+	  POSFLOW_E2E_BACKLOG=20000 $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1 $(BRIDGE_TIER); \
 	  status=$$?; $(STACK) down; exit $$status
 
 # A chaos run on the cluster stack (brought up, and down afterwards whatever the outcome).
@@ -127,4 +143,4 @@ fuzz: ## Coverage-guided fuzzing of the bridge's input (nightly + cargo-fuzz), F
 	cd fuzz && $(CARGO) +nightly fuzz run bridge_input corpus/bridge_input -- -max_total_time=$${FUZZ_SECONDS:-60}
 
 clean: down ## Stop the stack and delete its data (downloads stay cached)
-	rm -rf .stack .stack-cluster
+	rm -rf .stack .stack-cluster .stack-hive

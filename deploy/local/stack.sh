@@ -370,7 +370,7 @@ up_hivemq() {
     -passout "pass:$pw" -out "$dir/conf/server.p12"
   rm -f "$dir/conf/ca.p12"
   keytool -importcert -noprompt -alias ca -file "$STACK/tls/ca.crt" -keystore "$dir/conf/ca.p12" \
-    -storetype PKCS12 -storepass "$pw" >/dev/null
+    -storetype PKCS12 -storepass "$pw" >/dev/null 2>&1 || die "keytool could not import the stack's CA"
   cat > "$dir/conf/config.xml" <<EOF
 <?xml version="1.0"?>
 <!-- posflow local HiveMQ CE: Mosquitto's settings where HiveMQ has them (docs/bridge.md lists
@@ -610,6 +610,7 @@ cmd_signal() { # STOP|CONT name
 cmd_down() {
   local n
   for n in smtp registry mosquitto hivemq; do stop_one "$n"; done
+  rm -f "$STACK/mqtt.broker"  # the next `up` may choose another broker
   for n in "$STACK"/run/kafka*.pid; do [ -e "$n" ] && stop_one "$(basename "$n" .pid)"; done
   stop_one postgres INT
 }

@@ -130,11 +130,16 @@ async fn drain_backlog(d: &Deployment, replica: u8, name: &str, first_terminal: 
 
     assert_eq!(missing, 0, "transactions of the ledger missing from Kafka");
     assert_eq!(on_kafka.len(), n);
-    // The broker did flood us — else this test would not be testing the fix.
-    assert!(
-        over > 0.0,
-        "the broker stayed within the receive maximum: no flood to cope with"
-    );
+    // Mosquitto floods a resumed session beyond the receive maximum — else this test would not
+    // be testing the fix. HiveMQ CE honours it (docs/bridge.md): there, nothing over it.
+    if mqtt_broker() == "hivemq" {
+        assert_eq!(over, 0.0, "HiveMQ CE sent beyond the receive maximum");
+    } else {
+        assert!(
+            over > 0.0,
+            "the broker stayed within the receive maximum: no flood to cope with"
+        );
+    }
     // Memory bounded by the read gate, not by the backlog: at most the gate's mark (plus one
     // read batch) waits, at most the receive maximum is in flight.
     assert!(
@@ -217,8 +222,14 @@ async fn a_wedged_pipeline_fails_liveness_and_sigterm_still_ends_the_process() {
     assert_eq!(healthz(&bridge).await, 200);
     bridge.kill();
     // Enough for Mosquitto 2.0.11 to flood the resumed session (it did not with 2,000 queued:
-    // its flood grows with our acknowledgements of a large resumed queue).
-    let (fleet, ledger) = d.backlog("wedge", 411, TERMINALS, 1_400);
+    // its flood grows with our acknowledgements of a large resumed queue). HiveMQ CE never
+    // floods and drains at its in-flight window's pace (docs/bridge.md): a smaller queue there.
+    let per_terminal = if mqtt_broker() == "hivemq" {
+        200
+    } else {
+        1_400
+    };
+    let (fleet, ledger) = d.backlog("wedge", 411, TERMINALS, per_terminal);
     fleet.finish().await;
 
     {
@@ -228,17 +239,18 @@ async fn a_wedged_pipeline_fails_liveness_and_sigterm_still_ends_the_process() {
         let mut bridge = d.bridge_with(2, &flags).await;
         let resumed = Instant::now();
         // The gate's closing is counted where it happens: the waiting gauge is sampled and
-        // can miss a full hand-off that the pipeline empties between two scrapes.
-        while metric(
-            &bridge.metrics().await,
-            "posflow_bridge_read_gate_closed_total",
-        )
-        .unwrap_or(0.0)
-            < 1.0
-        {
+        // can miss a full hand-off that the pipeline empties between two scrapes. HiveMQ CE
+        // keeps within the receive maximum, so no flood fills the hand-off (docs/bridge.md):
+        // there the pipeline wedges with its in-flight window waiting on Kafka.
+        let wedge_from = if mqtt_broker() == "hivemq" {
+            "posflow_bridge_received_total"
+        } else {
+            "posflow_bridge_read_gate_closed_total"
+        };
+        while metric(&bridge.metrics().await, wedge_from).unwrap_or(0.0) < 1.0 {
             assert!(
                 resumed.elapsed() < Duration::from_secs(30),
-                "the hand-off did not fill; log:\n{}",
+                "no {wedge_from} yet; log:\n{}",
                 bridge.log_text()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -45,7 +45,15 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
     o.set_credentials("T0470", &d.stack.terminal_password);
     o.set_max_packet_size(Some(2 * 1024 * 1024));
     let (client, mut ev) = AsyncClient::new(o, 100);
-    let total = cases.len() + 2;
+    // HiveMQ CE disconnects a terminal after refusing its publish (docs/bridge.md): there the
+    // TOPIC_INVALID cases are left to bad_input::the_broker_keeps_a_terminal_to_its_own_topic,
+    // which reconnects per attempt, and this connection sends only what the broker takes.
+    let hivemq = mqtt_broker() == "hivemq";
+    let topic_invalid = cases
+        .iter()
+        .filter(|(name, _)| name.starts_with("TOPIC_INVALID__"))
+        .count();
+    let total = cases.len() + 2 - if hivemq { topic_invalid } else { 0 };
     let acked = tokio::spawn(async move {
         let (mut n, mut not_authorized) = (0, 0);
         while n < total {
@@ -69,6 +77,9 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
     for (name, payload) in &cases {
         let reason = name.split("__").next().unwrap().to_string();
         let topic = if reason == "TOPIC_INVALID" {
+            if hivemq {
+                continue;
+            }
             refused_by_broker += 1;
             "pos/M$470/T0470/tx".to_string()
         } else {
@@ -133,7 +144,7 @@ async fn every_hostile_payload_is_dead_lettered_with_its_reason() {
         .unwrap();
     assert_eq!(not_authorized, refused_by_broker, "broker refusals");
 
-    let dead_lettered = cases.len() + 2 - refused_by_broker;
+    let dead_lettered = expected.len();
     let dlq = read_topic(
         &d.stack.brokers,
         &d.topic("pos.deadletter"),

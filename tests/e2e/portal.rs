@@ -720,14 +720,12 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
     b.click(&format!("{row} select option[value='auditor']"))
         .await;
     b.click(&format!("{row} button.change-role")).await;
-    b.wait_title("Team · posflow").await;
-    assert!(b.text(".notice.ok").await.contains("finance → auditor"));
+    b.wait_text(".notice.ok", "finance → auditor").await;
     assert_eq!(b.text(&format!("{row} .role")).await, "auditor");
     b.resize(1100, 900).await;
     b.screenshot("portal-team-manage").await;
     b.click(&format!("{row} button.reset-mfa")).await;
-    b.wait_title("Team · posflow").await;
-    assert!(b.text(".notice.ok").await.contains("new link"));
+    b.wait_text(".notice.ok", "new link").await;
     assert_eq!(b.text(&format!("{row} .status")).await, "invited");
     let links =
         posflow_e2e::notify::wait_for_mail(&clerk, Duration::from_secs(30), |m| m.len() >= 2).await;
@@ -736,8 +734,7 @@ async fn an_invited_clerk_enrols_signs_in_and_sees_their_sales_in_a_real_browser
         .text
         .contains(&format!("{}/portal/enrol/", api.base)));
     b.click(&format!("{row} button.remove")).await;
-    b.wait_title("Team · posflow").await;
-    assert_eq!(b.count(&row).await, 0, "removed");
+    b.wait_count(&row, 0).await; // removed
     let changes: Vec<(String, String, String)> = owner_db
         .query(
             "SELECT action, before, after FROM api_audit WHERE action LIKE 'portal.team.%' AND action <> 'portal.team.invite' ORDER BY seq",

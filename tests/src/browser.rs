@@ -152,19 +152,8 @@ impl Browser {
     /// Waits (up to 10 s) for the page's title to be `expected`: after a click that navigates,
     /// the next page may still be loading.
     pub async fn wait_title(&self, expected: &str) {
-        let started = Instant::now();
-        loop {
-            let t = self.title().await;
-            if t == expected {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the page is {t:?} on {}, not {expected:?}",
-                self.url().await
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let what = format!("the page's title is not {expected:?}");
+        poll_until(|| self.title(), |t| t == expected, &what).await;
     }
 
     /// The first element matching a CSS selector, waiting up to 10 s for it to appear.
@@ -236,6 +225,20 @@ impl Browser {
         .await
         .as_array()
         .map_or(0, Vec::len)
+    }
+
+    /// Waits (up to 10 s) until exactly `n` elements match `css`: after a form that posts and
+    /// comes back to a page of the same title, the title says nothing about which page is up.
+    pub async fn wait_count(&self, css: &str, n: usize) {
+        let what = format!("the elements matching {css:?} are not {n}");
+        poll_until(|| self.count(css), |now| *now == n, &what).await;
+    }
+
+    /// Waits (up to 10 s) until the first element matching `css` says `needle` (a notice that
+    /// replaces an earlier one on a page of the same title).
+    pub async fn wait_text(&self, css: &str, needle: &str) {
+        let what = format!("{css:?} does not say {needle:?}");
+        poll_until(|| self.text(css), |now| now.contains(needle), &what).await;
     }
 
     /// Types `text` into the first element matching `css` (after clearing it).
@@ -324,5 +327,26 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `probe` every 100 ms until `done` holds, for 10 s at most; then panics with `what` and
+/// the last value. The one wait loop behind every `wait_*` of [`Browser`].
+async fn poll_until<T: std::fmt::Debug, F: std::future::Future<Output = T>>(
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+    what: &str,
+) -> T {
+    let started = Instant::now();
+    loop {
+        let now = probe().await;
+        if done(&now) {
+            return now;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{what} after 10 s: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
