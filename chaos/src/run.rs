@@ -398,10 +398,29 @@ fn write(r: &Report, dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let base = dir.join(format!("chaos-{}", r.seed));
     let svg_name = format!("chaos-{}.svg", r.seed);
-    std::fs::write(base.with_extension("json"), serde_json::to_vec_pretty(r)?)?;
+    let json = rounded(serde_json::to_value(r)?);
+    std::fs::write(
+        base.with_extension("json"),
+        serde_json::to_vec_pretty(&json)?,
+    )?;
     std::fs::write(base.with_extension("svg"), report::svg(r))?;
     let md = report::markdown(r, &svg_name);
     std::fs::write(base.with_extension("md"), &md)?;
     println!("{md}\n[chaos] report: {}.{{json,md,svg}}", base.display());
     Ok(())
+}
+
+/// Every number to three decimals: the seconds and milliseconds mean nothing finer, and long
+/// float tails read as digit runs (card-number scanners flag them).
+fn rounded(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) if n.is_f64() => n
+            .as_f64()
+            .and_then(|x| serde_json::Number::from_f64((x * 1000.0).round() / 1000.0))
+            .map_or(Value::Number(n), Value::Number),
+        Value::Array(a) => Value::Array(a.into_iter().map(rounded).collect()),
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, rounded(v))).collect()),
+        other => other,
+    }
 }
