@@ -53,8 +53,7 @@ pub async fn run(args: &Args, seed: u64) -> anyhow::Result<Report> {
     settle(&w, expect, loaded.t0, &mut exited).await;
     w.stages.stop_all().await;
     let client = db(&w.d.stack).await;
-    let mut observed = observe(&w.d, &client, &w.receiver).await?;
-    observed.reference_alerts = reference_alerts(&w.d).await?;
+    let observed = observe(&w.d, &client, &w.receiver).await?;
     let checks = check::checks(&loaded.planned, &fleet.answers, NOTIFIED, &observed);
     let series = report::series(&client, loaded.t0_ms).await?;
     let events = loaded.events;
@@ -308,19 +307,20 @@ async fn observe(
                 .collect::<Vec<_>>(),
         )
     };
+    // Read once: the checker's ids, and the fault-free fraud run's input.
+    let (raw_records, raw) = decoded(d, "pos.transactions.raw", |t: TransactionReceived| {
+        t.transaction.transaction_id
+    })
+    .await?;
+    let (validated_records, validated) = decoded(
+        d,
+        "pos.transactions.validated",
+        |t: TransactionValidated| t.transaction.transaction_id,
+    )
+    .await?;
     Ok(Observed {
-        raw: decoded(d, "pos.transactions.raw", |t: TransactionReceived| {
-            t.transaction.transaction_id
-        })
-        .await?
-        .1,
-        validated: decoded(
-            d,
-            "pos.transactions.validated",
-            |t: TransactionValidated| t.transaction.transaction_id,
-        )
-        .await?
-        .1,
+        raw,
+        validated,
         rejected: decoded(d, "pos.transactions.rejected", |t: TransactionRejected| {
             t.transaction.transaction_id
         })
@@ -332,24 +332,14 @@ async fn observe(
         alerts: decoded(d, "pos.fraud.alerts", |a: FraudAlert| a.alert_id)
             .await?
             .1,
-        reference_alerts: vec![],
+        reference_alerts: reference_alerts(raw_records, validated_records).await?,
     })
 }
 
 /// The alert ids one fraud replica raises, with no fault, from the run's raw and validated
 /// topics copied record for record (same partitions, keys, timestamps, order) into a fresh
 /// deployment.
-async fn reference_alerts(d: &Deployment) -> anyhow::Result<Vec<String>> {
-    let (raw, _) = decoded(d, "pos.transactions.raw", |_: TransactionReceived| {
-        String::new()
-    })
-    .await?;
-    let (validated, _) = decoded(
-        d,
-        "pos.transactions.validated",
-        |_: TransactionValidated| String::new(),
-    )
-    .await?;
+async fn reference_alerts(raw: Vec<Stored>, validated: Vec<Stored>) -> anyhow::Result<Vec<String>> {
     let reference = Deployment::unregistered().await;
     let (n_raw, n_valid) = (raw.len() as f64, validated.len() as f64);
     for (base, records) in [

@@ -58,15 +58,11 @@ pub fn read_all(brokers: &str, topic: &str) -> anyhow::Result<Vec<Stored>> {
             Some(Err(KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
             }
-            Some(Err(e)) => tracing_warn(topic, &e),
+            Some(Err(e)) => eprintln!("[chaos] reading {topic}: {e} (retrying)"),
             None => {}
         }
     }
     Ok(out)
-}
-
-fn tracing_warn(topic: &str, e: &KafkaError) {
-    eprintln!("[chaos] reading {topic}: {e} (retrying)");
 }
 
 /// Writes `records` to `topic`, each to its original partition with its key, timestamp and
