@@ -94,8 +94,8 @@ define chaos_run
 	  ./target/debug/posflow-chaos $(1); status=$$?; $(STACK) down; exit $$status
 endef
 
-chaos: build ## By hand: CHAOS_SECONDS (600) of overlapping faults on a three-node cluster stack beside the default one; report in docs/chaos/ (CHAOS_SEED for a given schedule; docs/chaos.md)
-	$(call chaos_run,--seconds $(or $(CHAOS_SECONDS),600) --out docs/chaos $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)))
+chaos: build ## By hand: CHAOS_SECONDS (600) of overlapping faults on a three-node cluster stack beside the default one; report in docs/chaos/ (docs/chaos/hivemq/ with POSFLOW_MQTT_BROKER=hivemq; CHAOS_SEED for a given schedule; docs/chaos.md)
+	$(call chaos_run,--seconds $(or $(CHAOS_SECONDS),600) --out docs/chaos$(if $(filter hivemq,$(POSFLOW_MQTT_BROKER)),/hivemq) $(if $(CHAOS_SEED),--seed $(CHAOS_SEED)))
 
 test-chaos: build ## The short chaos run of make test: 150 s, seed 1, every kind of fault, on the cluster stack; report in target/chaos
 	$(call chaos_run,--seconds 150 --seed 1 --out target/chaos)

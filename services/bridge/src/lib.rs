@@ -25,6 +25,7 @@ use rdkafka::util::Timeout;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +58,12 @@ pub struct Args {
     /// Seconds the broker keeps this replica's session (and its queued share) while it is away.
     #[arg(long, env = "POSFLOW_MQTT_SESSION_EXPIRY", default_value_t = 86_400)]
     pub session_expiry: u32,
+    /// Seconds without a message, while connected, before subscribing again (0: never). The
+    /// subscription is unchanged; the SUBSCRIBE makes a broker that only announces messages to
+    /// a shared group when its queue was empty (HiveMQ CE) look at the queue for this replica
+    /// (docs/bridge.md, brokers).
+    #[arg(long, env = "POSFLOW_BRIDGE_IDLE_RESUBSCRIBE", default_value_t = 5)]
+    pub idle_resubscribe: u64,
     /// Largest payload accepted, in bytes; larger ones are dead-lettered as OVERSIZE.
     #[arg(long, env = "POSFLOW_BRIDGE_MAX_PAYLOAD", default_value_t = 16_384)]
     pub max_payload_bytes: usize,
@@ -197,14 +204,27 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     let (tx, rx, gate) = handoff::channel::<FromBroker>(window * 4);
     eventloop.set_read_gate(gate);
     let filter = format!("$share/{}/{}", args.share_group, posflow_mqtt::tx_filter());
+    let delivered = Arc::new(AtomicU64::new(0));
     let mut poller = tokio::spawn(poll_mqtt(
         eventloop,
         client.clone(),
         filter.clone(),
-        tx,
-        window,
+        Poller {
+            tx,
+            receive_maximum: window,
+            delivered: delivered.clone(),
+        },
         ctx.clone(),
     ));
+    if args.idle_resubscribe > 0 {
+        tokio::spawn(resubscribe_when_idle(
+            client.clone(),
+            filter.clone(),
+            Duration::from_secs(args.idle_resubscribe),
+            delivered,
+            ctx.clone(),
+        ));
+    }
     // Liveness from a thread of its own: messages wait (in the hand-off or in flight) and none
     // has been acknowledged for --stall-timeout.
     let waiting = rx.waiting();
@@ -443,6 +463,43 @@ where
     }
 }
 
+/// What the poller works with besides the connection.
+struct Poller {
+    tx: handoff::Sender<FromBroker>,
+    receive_maximum: usize,
+    /// PUBLISH packets received, for the idle re-subscription.
+    delivered: Arc<AtomicU64>,
+}
+
+/// Subscribes again, unchanged, after `idle` without a message while connected. HiveMQ CE
+/// announces a message to a shared group's members only when the group's queue was empty, and
+/// a message that was in flight when the broker died stays in that queue, marked in flight to a
+/// connection that no longer exists: the queue never empties again, so after a restart a member
+/// hears of new messages only through its own PUBACKs or a SUBSCRIBE. With nothing in flight it
+/// would wait forever (docs/bridge.md, brokers). A SUBSCRIBE to a subscription that exists is
+/// idempotent on every broker we run; on HiveMQ it makes the broker read the queue for us.
+async fn resubscribe_when_idle(
+    client: AsyncClient,
+    filter: String,
+    idle: Duration,
+    delivered: Arc<AtomicU64>,
+    ctx: Context,
+) {
+    let mut seen = delivered.load(Ordering::Relaxed);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(idle) => {}
+            () = ctx.shutdown.wait() => return,
+        }
+        let now = delivered.load(Ordering::Relaxed);
+        if now == seen && ctx.health.is_ready() && !ctx.shutdown.is_triggered() {
+            metrics().idle_resubscribes.inc();
+            let _ = client.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+        }
+        seen = now;
+    }
+}
+
 /// What the poller hands the pipeline.
 // Nearly every item is a Publish: boxing it would cost an allocation per message for nothing.
 #[allow(clippy::large_enum_variant)]
@@ -460,10 +517,14 @@ async fn poll_mqtt(
     mut eventloop: EventLoop,
     client: AsyncClient,
     filter: String,
-    tx: handoff::Sender<FromBroker>,
-    receive_maximum: usize,
+    poller: Poller,
     ctx: Context,
 ) {
+    let Poller {
+        tx,
+        receive_maximum,
+        delivered,
+    } = poller;
     let m = metrics();
     let mut backoff = Backoff::outage();
     // Unacknowledged messages beyond our receive maximum: the broker is not honouring it.
@@ -482,6 +543,7 @@ async fn poll_mqtt(
                 ctx.health.set_ready(true);
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
+                delivered.fetch_add(1, Ordering::Relaxed);
                 let Ok(pushed) = tx.push(FromBroker::Publish(p)) else {
                     return;
                 };

@@ -14,6 +14,7 @@ pub struct Metrics {
     pub waiting: IntGauge,
     pub over_receive_maximum: IntCounter,
     pub read_gate_closed: IntCounter,
+    pub idle_resubscribes: IntCounter,
     pub repeats: IntCounter,
     pub throttled: IntCounterVec,
     pub recent_ids: IntGauge,
@@ -53,6 +54,10 @@ pub fn metrics() -> &'static Metrics {
         read_gate_closed: counter(
             "posflow_bridge_read_gate_closed_total",
             "Times the hand-off filled and the bridge stopped reading the MQTT socket",
+        ),
+        idle_resubscribes: counter(
+            "posflow_bridge_idle_resubscribes_total",
+            "SUBSCRIBEs sent again after --idle-resubscribe seconds without a message",
         ),
         over_receive_maximum: counter(
             "posflow_bridge_over_receive_maximum_total",
