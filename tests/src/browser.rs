@@ -187,22 +187,30 @@ impl Browser {
 
     /// The visible text of the first element matching `css`.
     pub async fn text(&self, css: &str) -> String {
-        let e = self.find(css).await;
-        self.session_call("GET", &format!("/element/{}/text", e.0), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.read_element(css, "text").await
     }
 
     /// The current value of the first element matching `css` (a form field).
     pub async fn value(&self, css: &str) -> String {
-        let e = self.find(css).await;
-        self.session_call("GET", &format!("/element/{}/property/value", e.0), None)
-            .await
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.read_element(css, "property/value").await
+    }
+
+    /// Reads `what` of the first element matching `css`. An element can go stale between
+    /// finding and reading it: a form post that returns to a page of the same title replaces
+    /// the page under a test that waited on the title. Then it is found again on the new page.
+    async fn read_element(&self, css: &str, what: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let e = self.find(css).await;
+            let path = format!("/session/{}/element/{}/{what}", self.session, e.0);
+            match self.call("GET", &path, None).await {
+                Ok(v) => return v.as_str().unwrap_or_default().to_string(),
+                Err(err)
+                    if err.contains("stale element")
+                        && started.elapsed() < Duration::from_secs(10) => {}
+                Err(err) => panic!("WebDriver: {err}"),
+            }
+        }
     }
 
     /// Resizes the window (a taller one shows a whole page in a screenshot).
