@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit test-e2e test-backlog test-cluster test-hivemq chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit schema-check schema-release analyst-tools test-e2e test-backlog test-cluster test-hivemq chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,7 @@ demo: up ## The whole pipeline on the local stack: 20 terminals x 50 transaction
 
 test: up ## Unit, chart, integration and end-to-end tests against the real local stack, and a short chaos run on a three-node one
 	$(MAKE) test-unit
+	$(MAKE) schema-check
 	$(MAKE) chart-test
 	$(MAKE) test-e2e
 	$(MAKE) test-chaos
@@ -46,9 +47,9 @@ test: up ## Unit, chart, integration and end-to-end tests against the real local
 test-unit: ## Tests that need no running component
 	$(CARGO) test --workspace --exclude posflow-e2e
 
-chart-test: build ## Helm chart: lint, every scenario rendered and validated against Kubernetes' schema, checks over the output; alert rules unit-tested (promtool)
+chart-test: build $(TOOLS)/venv/bin/python ## Helm chart: lint, every scenario rendered and validated against Kubernetes' schema, checks over the output; alert rules unit-tested (promtool)
 	@test -x $(HELM) || { echo "installing helm $(HELM_VERSION) (go install, once)"; GOBIN=$(TOOLS)/bin go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION); }
-	@test -x $(TOOLS)/venv/bin/python || { python3 -m venv $(TOOLS)/venv && $(TOOLS)/venv/bin/pip install -q kubernetes-validate pyyaml; }
+	@$(TOOLS)/venv/bin/python -c 'import kubernetes_validate, yaml' 2>/dev/null || $(TOOLS)/venv/bin/pip install -q kubernetes-validate pyyaml
 	@test -x $(PROMTOOL) || { echo "unpacking promtool from Debian's prometheus package (once)"; \
 	  d=$$(mktemp -d) && (cd $$d && { apt-get download prometheus >/dev/null 2>&1 || \
 	    { apt-get update -qq && apt-get download prometheus >/dev/null; }; }) && dpkg -x $$d/prometheus_*.deb $$d/x && \
@@ -56,7 +57,21 @@ chart-test: build ## Helm chart: lint, every scenario rendered and validated aga
 	$(TOOLS)/venv/bin/python tests/chart/check_chart.py $(HELM) $(PROMTOOL) target/debug
 	$(PROMTOOL) test rules tests/alerts/alerts_test.yaml
 
-test-e2e: ## End-to-end tests (one at a time: they share the broker's terminal topics)
+schema-check: up ## The schema gate: every schema's released versions, then the working copy, registered in order at FULL_TRANSITIVE in the local registry (docs/schemas.md)
+	eval "$$($(STACK) env)" && ./target/debug/posflow-admin schema-check
+
+schema-release: build ## Record each schema changed since its last release as its next version under schemas/history/ (after make schema-check)
+	./target/debug/posflow-admin schema-release
+
+# The tools' Python (chart checks, and the stock analyst tools the e2e tests read topics with).
+$(TOOLS)/venv/bin/python:
+	python3 -m venv $(TOOLS)/venv
+
+analyst-tools: $(TOOLS)/venv/bin/python ## confluent-kafka with its Avro deserializer (the e2e tests read every topic with it; docs/topics.md)
+	@$(TOOLS)/venv/bin/python -c 'import confluent_kafka.schema_registry.avro' 2>/dev/null || \
+	  $(TOOLS)/venv/bin/pip install -q "confluent-kafka[avro,schemaregistry]==2.*"
+
+test-e2e: analyst-tools ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1
 
 # A second local stack for test-cluster and the chaos runs, beside the default one: its own

@@ -1,6 +1,7 @@
 //! End-to-end tests against the real local stack. Run with `make test` (it brings the stack up
 //! and builds the binaries). The tests run one at a time: they share the broker's terminals.
 
+mod analysts;
 mod api;
 mod bad_input;
 mod bridge_backlog;
@@ -18,6 +19,7 @@ mod observability;
 mod pipeline;
 mod portal;
 mod provisioning;
+
 mod storage;
 mod terminal_registry;
 mod validator_exactly_once;

@@ -1,9 +1,11 @@
 //! posflow-admin: provisions what the stages need and do not create themselves — the Kafka
 //! topics of the catalogue and their value schemas in the registry (idempotent; the Helm chart
 //! runs it as a pre-install/pre-upgrade hook) — manages the terminal registry, the merchant
-//! API's keys, and checks its audit trail.
+//! API's keys, and checks its audit trail; runs the schema gate and prints topics decoded.
 
 mod api;
+mod schemas;
+mod tail;
 mod terminals;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +40,22 @@ enum Command {
     },
     /// Print the topic catalogue.
     Topics,
+    /// A topic's records decoded to JSON lines (read_committed; no consumer group; Ctrl-C safe):
+    /// from the beginning, the end, an offset or a time, optionally filtered on a field.
+    Tail(tail::TailArgs),
+    /// The schema gate (docs/schemas.md): each value schema's released versions, then the
+    /// working copy, registered in order on scratch subjects at FULL_TRANSITIVE; exit 1 with the
+    /// registry's message on an incompatible change. Needs the schema registry only.
+    SchemaCheck {
+        #[command(flatten)]
+        dirs: schemas::SchemaDirs,
+    },
+    /// Record each schema that changed since its last release as its next released version
+    /// (run schema-check first). Needs nothing running.
+    SchemaRelease {
+        #[command(flatten)]
+        dirs: schemas::SchemaDirs,
+    },
     /// The terminal registry: which merchant owns each terminal, and whether it may transact
     /// (docs/terminals.md).
     Terminals {
@@ -123,6 +141,11 @@ fn main() -> ExitCode {
             action,
             operator: who,
         } => report(runtime().block_on(api::portal(action, &operator(who)))),
+        Command::SchemaCheck { dirs } => {
+            report(runtime().block_on(schemas::check(&args.kafka, &dirs)))
+        }
+        Command::SchemaRelease { dirs } => report(schemas::release(&dirs)),
+        Command::Tail(tail) => report(runtime().block_on(tail::run(&args.kafka, &tail))),
         Command::Topics => {
             print_topics(&args.kafka);
             ExitCode::SUCCESS
@@ -174,6 +197,7 @@ fn check(args: &Args) -> ConfigErrors {
                 "--merchant is required (repeat it for a chain)",
             );
         }
+        Command::SchemaRelease { .. } => {}
         _ => args.kafka.check(&mut errors),
     }
     if let Command::Provision {

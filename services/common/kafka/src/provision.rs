@@ -1,5 +1,5 @@
 //! Creates the catalogue's topics through the Kafka admin API and registers every value schema
-//! (BACKWARD compatibility) in the schema registry. Idempotent: run it on every deploy.
+//! (FULL_TRANSITIVE compatibility: docs/schemas.md) in the schema registry. Idempotent: run it on every deploy.
 
 use crate::topics::Retention;
 use crate::{KafkaArgs, CATALOGUE};
@@ -132,8 +132,11 @@ async fn register(
     let mut attempts = 0;
     loop {
         let attempt = async {
+            // The level first, so a schema incompatible with what is registered is refused.
+            registry
+                .set_compatibility(subject, posflow_schema::gate::COMPATIBILITY)
+                .await?;
             let id = registry.register(subject, value.json()).await?;
-            registry.set_compatibility(subject, "BACKWARD").await?;
             Ok::<_, posflow_schema::RegistryError>(id)
         };
         match attempt.await {

@@ -5,6 +5,7 @@
 use apache_avro::Schema;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use strum::IntoEnumIterator;
 
@@ -91,7 +92,7 @@ impl ValueSchema {
                 .map(|s| {
                     (
                         s,
-                        inline(s.source()).expect("schemas/ files are valid JSON"),
+                        inline(s.source(), TYPES).expect("schemas/ files are valid JSON"),
                     )
                 })
                 .collect()
@@ -114,12 +115,41 @@ impl ValueSchema {
                 .collect()
         })[&self]
     }
+
+    /// The file's name without `.avsc`: the topic's base name (`pos.transactions.raw`).
+    pub fn stem(self) -> &'static str {
+        self.file().trim_end_matches(".avsc")
+    }
+}
+
+/// Each value schema's self-contained text, read from a directory laid out like `schemas/`
+/// (top-level `<topic>.avsc`, shared types in `types/<full name>.avsc`) instead of the copy
+/// compiled in: the schema gate checks a working copy without a rebuild. Errors name the file.
+pub fn resolve_dir(dir: &Path) -> Result<Vec<(ValueSchema, String)>, String> {
+    let read = |path: PathBuf| {
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let mut texts = Vec::new();
+    for (name, _) in TYPES {
+        texts.push((*name, read(dir.join("types").join(format!("{name}.avsc")))?));
+    }
+    let types: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    ValueSchema::iter()
+        .map(|s| {
+            let path = dir.join(s.file());
+            let json = inline(&read(path.clone())?, &types)
+                .map_err(|e| format!("{}: not JSON: {e}", path.display()))?;
+            Schema::parse_str(&json)
+                .map_err(|e| format!("{}: not valid Avro: {e}", path.display()))?;
+            Ok((s, json))
+        })
+        .collect()
 }
 
 /// Replaces the first use of each shared named type with its definition (Avro requires a name
 /// to be defined before, and only once, in a schema document).
-fn inline(source: &str) -> Result<String, serde_json::Error> {
-    let types: HashMap<&str, Value> = TYPES
+fn inline(source: &str, types: &[(&str, &str)]) -> Result<String, serde_json::Error> {
+    let types: HashMap<&str, Value> = types
         .iter()
         .map(|(name, text)| Ok((*name, serde_json::from_str(text)?)))
         .collect::<Result<_, serde_json::Error>>()?;

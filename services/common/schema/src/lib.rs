@@ -5,6 +5,7 @@ pub mod avro_de;
 pub mod catalogue;
 pub mod codec;
 pub mod currency;
+pub mod gate;
 pub mod reason;
 pub mod registry;
 pub mod types;

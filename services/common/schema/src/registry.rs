@@ -214,6 +214,20 @@ impl Registry {
             .ok_or_else(|| RegistryError::Protocol(format!("no schema in answer for id {id}")))
     }
 
+    /// Deletes a subject and its versions for good: a soft delete, then the permanent one the
+    /// Confluent API requires after it.
+    pub async fn delete_subject(&self, subject: &str) -> Result<(), RegistryError> {
+        self.call(Method::DELETE, &format!("/subjects/{subject}"), None)
+            .await?;
+        self.call(
+            Method::DELETE,
+            &format!("/subjects/{subject}?permanent=true"),
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub async fn subjects(&self) -> Result<Vec<String>, RegistryError> {
         let v = self.call(Method::GET, "/subjects", None).await?;
         serde_json::from_value(v).map_err(|e| RegistryError::Protocol(e.to_string()))
