@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit schema-check schema-release analyst-tools test-e2e test-backlog test-cluster test-hivemq chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit schema-check schema-release asyncapi-check analyst-tools test-e2e test-backlog test-cluster test-hivemq chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,7 @@ demo: up ## The whole pipeline on the local stack: 20 terminals x 50 transaction
 test: up ## Unit, chart, integration and end-to-end tests against the real local stack, and a short chaos run on a three-node one
 	$(MAKE) test-unit
 	$(MAKE) schema-check
+	$(MAKE) asyncapi-check
 	$(MAKE) chart-test
 	$(MAKE) test-e2e
 	$(MAKE) test-chaos
@@ -56,6 +57,14 @@ chart-test: build $(TOOLS)/venv/bin/python ## Helm chart: lint, every scenario r
 	  mkdir -p $(TOOLS)/bin && cp $$d/x/usr/bin/promtool $(PROMTOOL) && rm -rf $$d; }
 	$(TOOLS)/venv/bin/python tests/chart/check_chart.py $(HELM) $(PROMTOOL) target/debug
 	$(PROMTOOL) test rules tests/alerts/alerts_test.yaml
+
+ASYNCAPI := $(TOOLS)/asyncapi
+asyncapi-check: build ## docs/asyncapi.json validated by the AsyncAPI parser (Avro payloads too), its channels exactly the catalogue's topics (npm packages installed once)
+	@test -d $(ASYNCAPI)/node_modules/@asyncapi/avro-schema-parser || { mkdir -p $(ASYNCAPI) && cd $(ASYNCAPI) && \
+	  echo '{"private":true}' > package.json && npm install --silent --no-audit --no-fund @asyncapi/parser@3.6.6 @asyncapi/avro-schema-parser@3.1.0; }
+	@# ES modules resolve packages from the script's own directory: run a copy placed beside them.
+	cp tests/asyncapi/validate.mjs $(ASYNCAPI)/validate.mjs
+	node $(ASYNCAPI)/validate.mjs docs/asyncapi.json $$(env -u POSFLOW_TOPIC_PREFIX ./target/debug/posflow-admin topics | awk 'NR > 1 { print $$1 }')
 
 schema-check: up ## The schema gate: every schema's released versions, then the working copy, registered in order at FULL_TRANSITIVE in the local registry (docs/schemas.md)
 	eval "$$($(STACK) env)" && ./target/debug/posflow-admin schema-check

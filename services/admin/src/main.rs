@@ -4,6 +4,7 @@
 //! API's keys, and checks its audit trail; runs the schema gate and prints topics decoded.
 
 mod api;
+mod asyncapi;
 mod schemas;
 mod tail;
 mod terminals;
@@ -40,6 +41,9 @@ enum Command {
     },
     /// Print the topic catalogue.
     Topics,
+    /// Print the topic catalogue and its value schemas as an AsyncAPI 3.0 document (JSON;
+    /// committed as docs/asyncapi.json).
+    Asyncapi,
     /// A topic's records decoded to JSON lines (read_committed; no consumer group; Ctrl-C safe):
     /// from the beginning, the end, an offset or a time, optionally filtered on a field.
     Tail(tail::TailArgs),
@@ -146,6 +150,11 @@ fn main() -> ExitCode {
         }
         Command::SchemaRelease { dirs } => report(schemas::release(&dirs)),
         Command::Tail(tail) => report(runtime().block_on(tail::run(&args.kafka, &tail))),
+        Command::Asyncapi => {
+            let doc = serde_json::to_string_pretty(&asyncapi::document()).expect("JSON");
+            println!("{doc}");
+            ExitCode::SUCCESS
+        }
         Command::Topics => {
             print_topics(&args.kafka);
             ExitCode::SUCCESS
@@ -197,7 +206,7 @@ fn check(args: &Args) -> ConfigErrors {
                 "--merchant is required (repeat it for a chain)",
             );
         }
-        Command::SchemaRelease { .. } => {}
+        Command::SchemaRelease { .. } | Command::Asyncapi => {}
         _ => args.kafka.check(&mut errors),
     }
     if let Command::Provision {
