@@ -361,128 +361,8 @@ async fn tail_stops_cleanly_on_ctrl_c() {
 /// no posflow code — and compared value for value, every field, with what was written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_reads_every_topic_record_for_record() {
-    use posflow_schema::*;
     let d = Deployment::new().await;
-    let mut expected: Vec<(String, String, serde_json::Value)> = Vec::new();
-    let now = now_millis();
-    let received: Vec<TransactionReceived> = (0..3)
-        .map(|i| received_sale(&format!("py-raw-{i}"), "T0001", i))
-        .collect();
-    write(&d, &mut expected, "pos.transactions.raw", &received, |r| {
-        r.transaction.transaction_id.clone()
-    })
-    .await;
-    let valid: Vec<TransactionValidated> = (0..3)
-        .map(|i| {
-            validated(
-                &format!("py-ok-{i}"),
-                "M001",
-                TransactionType::Refund,
-                250 + i,
-                "GBP",
-            )
-        })
-        .collect();
-    write(
-        &d,
-        &mut expected,
-        "pos.transactions.validated",
-        &valid,
-        |r| r.transaction.transaction_id.clone(),
-    )
-    .await;
-    let rejected = vec![TransactionRejected {
-        envelope: received[0].envelope.clone(),
-        transaction: received[0].transaction.clone(),
-        reasons: vec![RejectionReason {
-            code: "AMOUNT_NOT_POSITIVE".into(),
-            message: "amount must be > 0".into(),
-        }],
-        rejected_at: now,
-    }];
-    write(
-        &d,
-        &mut expected,
-        "pos.transactions.rejected",
-        &rejected,
-        |_| "T0001".into(),
-    )
-    .await;
-    let alerts: Vec<FraudAlert> = [Severity::Low, Severity::Critical]
-        .into_iter()
-        .enumerate()
-        .map(|(i, severity)| FraudAlert {
-            alert_id: format!("py-alert-{i}"),
-            rule_id: "velocity_card".into(),
-            severity,
-            score: 0.875,
-            evidence_transaction_ids: vec!["py-ok-0".into(), "py-ok-1".into()],
-            card_token: (i == 0).then(|| "ab".repeat(32)),
-            merchant_id: "M001".into(),
-            terminal_id: "T0001".into(),
-            detected_at: now,
-        })
-        .collect();
-    write(&d, &mut expected, "pos.fraud.alerts", &alerts, |a| {
-        a.alert_id.clone()
-    })
-    .await;
-    let outcomes = vec![NotificationOutcome {
-        idempotency_key: "py-key-1".into(),
-        merchant_id: "M001".into(),
-        channel: Channel::Email,
-        event_type: "transaction".into(),
-        status: DeliveryStatus::Failed,
-        attempts: 4,
-        latency_ms: 12,
-        error: Some("HTTP 500".into()),
-        at: now,
-    }];
-    write(
-        &d,
-        &mut expected,
-        "pos.notifications.status",
-        &outcomes,
-        |o| o.idempotency_key.clone(),
-    )
-    .await;
-    let dead = vec![DeadLetter {
-        reason: "NOT_JSON".into(),
-        detail: "expected value at line 1".into(),
-        stage: "bridge".into(),
-        source: "pos/M001/T0001/tx".into(),
-        received_at: now,
-        payload: vec![0, 159, 146, 150, b'{'],
-    }];
-    write(&d, &mut expected, "pos.deadletter", &dead, |l| {
-        l.source.clone()
-    })
-    .await;
-    let terminals = vec![TerminalRegistration {
-        terminal_id: "T9001".into(),
-        merchant_id: "M001".into(),
-        status: "active".into(),
-        changed_at: now,
-        changed_by: "analyst-proof".into(),
-        note: "é € 💳".into(),
-    }];
-    write(&d, &mut expected, "pos.terminals", &terminals, |t| {
-        t.terminal_id.clone()
-    })
-    .await;
-    let audit = vec![AuditRecord {
-        seq: 1,
-        at: now,
-        actor: "key:ab12".into(),
-        merchant_id: "M001".into(),
-        after: Some("{}".into()),
-        ..AuditRecord::default()
-    }];
-    write(&d, &mut expected, "pos.audit", &audit, |a| {
-        a.merchant_id.clone()
-    })
-    .await;
-
+    let mut expected = write_one_of_each(&d).await;
     let topics: Vec<String> = posflow_kafka::CATALOGUE
         .iter()
         .map(|t| d.topic(t.name))
@@ -536,6 +416,133 @@ async fn python_reads_every_topic_record_for_record() {
         posflow_kafka::CATALOGUE.len(),
         "every topic read"
     );
+}
+
+/// A record of each kind, covering optional fields set and empty, several enum symbols, a
+/// float, bytes and non-ASCII text, written to every topic; returns what each should read as.
+async fn write_one_of_each(d: &Deployment) -> Vec<(String, String, serde_json::Value)> {
+    use posflow_schema::*;
+    let mut expected: Vec<(String, String, serde_json::Value)> = Vec::new();
+    let now = now_millis();
+    let received: Vec<TransactionReceived> = (0..3)
+        .map(|i| received_sale(&format!("py-raw-{i}"), "T0001", i))
+        .collect();
+    write(d, &mut expected, "pos.transactions.raw", &received, |r| {
+        r.transaction.transaction_id.clone()
+    })
+    .await;
+    let valid: Vec<TransactionValidated> = (0..3)
+        .map(|i| {
+            validated(
+                &format!("py-ok-{i}"),
+                "M001",
+                TransactionType::Refund,
+                250 + i,
+                "GBP",
+            )
+        })
+        .collect();
+    write(
+        d,
+        &mut expected,
+        "pos.transactions.validated",
+        &valid,
+        |r| r.transaction.transaction_id.clone(),
+    )
+    .await;
+    let rejected = vec![TransactionRejected {
+        envelope: received[0].envelope.clone(),
+        transaction: received[0].transaction.clone(),
+        reasons: vec![RejectionReason {
+            code: "AMOUNT_NOT_POSITIVE".into(),
+            message: "amount must be > 0".into(),
+        }],
+        rejected_at: now,
+    }];
+    write(
+        d,
+        &mut expected,
+        "pos.transactions.rejected",
+        &rejected,
+        |_| "T0001".into(),
+    )
+    .await;
+    let alerts: Vec<FraudAlert> = [Severity::Low, Severity::Critical]
+        .into_iter()
+        .enumerate()
+        .map(|(i, severity)| FraudAlert {
+            alert_id: format!("py-alert-{i}"),
+            rule_id: "velocity_card".into(),
+            severity,
+            score: 0.875,
+            evidence_transaction_ids: vec!["py-ok-0".into(), "py-ok-1".into()],
+            card_token: (i == 0).then(|| "ab".repeat(32)),
+            merchant_id: "M001".into(),
+            terminal_id: "T0001".into(),
+            detected_at: now,
+        })
+        .collect();
+    write(d, &mut expected, "pos.fraud.alerts", &alerts, |a| {
+        a.alert_id.clone()
+    })
+    .await;
+    let outcomes = vec![NotificationOutcome {
+        idempotency_key: "py-key-1".into(),
+        merchant_id: "M001".into(),
+        channel: Channel::Email,
+        event_type: "transaction".into(),
+        status: DeliveryStatus::Failed,
+        attempts: 4,
+        latency_ms: 12,
+        error: Some("HTTP 500".into()),
+        at: now,
+    }];
+    write(
+        d,
+        &mut expected,
+        "pos.notifications.status",
+        &outcomes,
+        |o| o.idempotency_key.clone(),
+    )
+    .await;
+    let dead = vec![DeadLetter {
+        reason: "NOT_JSON".into(),
+        detail: "expected value at line 1".into(),
+        stage: "bridge".into(),
+        source: "pos/M001/T0001/tx".into(),
+        received_at: now,
+        payload: vec![0, 159, 146, 150, b'{'],
+    }];
+    write(d, &mut expected, "pos.deadletter", &dead, |l| {
+        l.source.clone()
+    })
+    .await;
+    let terminals = vec![TerminalRegistration {
+        terminal_id: "T9001".into(),
+        merchant_id: "M001".into(),
+        status: "active".into(),
+        changed_at: now,
+        changed_by: "analyst-proof".into(),
+        note: "é € 💳".into(),
+    }];
+    write(d, &mut expected, "pos.terminals", &terminals, |t| {
+        t.terminal_id.clone()
+    })
+    .await;
+    let audit = vec![AuditRecord {
+        seq: 1,
+        at: now,
+        actor: "key:ab12".into(),
+        merchant_id: "M001".into(),
+        after: Some("{}".into()),
+        ..AuditRecord::default()
+    }];
+    write(d, &mut expected, "pos.audit", &audit, |a| {
+        a.merchant_id.clone()
+    })
+    .await;
+
+    expected
 }
 
 /// Produces `records` with posflow's encoder and notes each as the JSON an Avro reader should

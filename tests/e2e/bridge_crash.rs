@@ -85,7 +85,7 @@ async fn a_broker_killed_with_a_message_in_flight_still_delivers_new_transaction
     // Publish until the silent member holds one (the group takes turns).
     let mut held = false;
     for i in 0..20 {
-        send_valid(&terminal, t, &m, &format!("held-{i}")).await;
+        publish_valid(&terminal, t, &m, &format!("held-{i}")).await;
         held = matches!(
             tokio::time::timeout(Duration::from_secs(2), member.recv()).await,
             Ok(Some(Packet::Publish(_)))
@@ -100,26 +100,13 @@ async fn a_broker_killed_with_a_message_in_flight_still_delivers_new_transaction
     bridge.wait_ready(Duration::from_secs(60)).await;
     // A new transaction after the restart, from a new connection.
     let (terminal, mut answers_rx) = answered_terminal(&d.stack, t, &m).await;
-    send_valid(&terminal, t, &m, "after-restart").await;
+    publish_valid(&terminal, t, &m, "after-restart").await;
     let answer = answers(&mut answers_rx, 1).await.remove(0);
     assert_eq!(
         (answer["transaction_id"].as_str(), answer["status"].as_str()),
         (Some("after-restart"), Some("accepted")),
         "{answer}"
     );
-}
-
-/// Publishes a valid transaction `id` as terminal `t` of merchant `m`.
-async fn send_valid(terminal: &rumqttc::v5::AsyncClient, t: &str, m: &str, id: &str) {
-    terminal
-        .publish(
-            posflow_mqtt::tx_topic(m, t),
-            QoS::AtLeastOnce,
-            false,
-            valid_payload(id, t, m),
-        )
-        .await
-        .unwrap();
 }
 
 /// A member of this deployment's share group that never acknowledges what it is sent; its

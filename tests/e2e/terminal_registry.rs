@@ -3,7 +3,6 @@
 //! the documented time; the registry changes only through reviewed, all-or-nothing applies.
 
 use posflow_e2e::*;
-use rumqttc::v5::mqttbytes::QoS;
 use std::time::{Duration, Instant};
 
 /// How soon a change must reach a running bridge (docs/terminals.md promises 5 s).
@@ -21,15 +20,7 @@ fn registry_file(text: &str) -> std::path::PathBuf {
 /// Publishes one valid transaction as `t` on `m`'s topic and returns the bridge's answer.
 async fn transact(d: &Deployment, t: &str, m: &str, id: &str) -> serde_json::Value {
     let (client, mut rx) = answered_terminal(&d.stack, t, m).await;
-    client
-        .publish(
-            posflow_mqtt::tx_topic(m, t),
-            QoS::AtLeastOnce,
-            false,
-            valid_payload(id, t, m),
-        )
-        .await
-        .unwrap();
+    publish_valid(&client, t, m, id).await;
     let answer = answers(&mut rx, 1).await.remove(0);
     let _ = client.disconnect().await;
     answer

@@ -291,6 +291,20 @@ pub async fn answered_terminal(
     (client, rx)
 }
 
+/// Publishes valid transaction `id` as terminal `t` of merchant `m` (QoS 1, waits for the
+/// client to queue it).
+pub async fn publish_valid(client: &rumqttc::v5::AsyncClient, t: &str, m: &str, id: &str) {
+    client
+        .publish(
+            posflow_mqtt::tx_topic(m, t),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            valid_payload(id, t, m),
+        )
+        .await
+        .unwrap();
+}
+
 /// The next `n` answers on the terminal's ack topic, as JSON.
 pub async fn answers(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
