@@ -15,7 +15,7 @@ PROMTOOL := $(TOOLS)/bin/promtool
 HELM_VERSION := v4.3.1
 PEER := $(TOOLS)/bin/benthos-peer
 
-.PHONY: help up down status provision build demo test test-unit schema-check schema-release asyncapi-check analyst-tools test-e2e test-backlog test-cluster test-hivemq chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
+.PHONY: help up down status provision build demo test test-unit schema-check schema-release asyncapi-check connect-proof analyst-tools test-e2e test-backlog test-cluster test-hivemq chaos test-chaos chaos-proof chart-test bench bench-smoke flamegraphs fmt lint fuzz clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ asyncapi-check: build ## docs/asyncapi.json validated by the AsyncAPI parser (Av
 	@# ES modules resolve packages from the script's own directory: run a copy placed beside them.
 	cp tests/asyncapi/validate.mjs $(ASYNCAPI)/validate.mjs
 	node $(ASYNCAPI)/validate.mjs docs/asyncapi.json $$(env -u POSFLOW_TOPIC_PREFIX ./target/debug/posflow-admin topics | awk 'NR > 1 { print $$1 }')
+
+connect-proof: up ## By hand (after make demo): Kafka Connect with Apicurio's Avro converter sinks every topic to a file; counts and ids must equal posflow-admin tail's (docs/topics.md)
+	tests/analysts/connect_proof.sh
 
 schema-check: up ## The schema gate: every schema's released versions, then the working copy, registered in order at FULL_TRANSITIVE in the local registry (docs/schemas.md)
 	eval "$$($(STACK) env)" && ./target/debug/posflow-admin schema-check
