@@ -13,7 +13,7 @@ import json
 import sys
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import SchemaRegistryClient, topic_subject_name_strategy
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -57,7 +57,14 @@ def read(consumer, deserialize, topic):
 
 def main():
     brokers, registry_url, *topics = sys.argv[1:]
-    deserialize = AvroDeserializer(SchemaRegistryClient({"url": registry_url}))
+    # A timeout, so a registry that stalls fails the read instead of hanging it (the client
+    # waits for ever by default). The subject strategy named, because confluent-kafka 2.16's
+    # default first asks the registry for "associations", an endpoint Confluent added recently
+    # and Apicurio does not serve (it answers 404 and the client falls back): one more request
+    # per read for nothing.
+    registry = SchemaRegistryClient({"url": registry_url, "timeout": 10})
+    deserialize = AvroDeserializer(
+        registry, conf={"subject.name.strategy": topic_subject_name_strategy})
     consumer = Consumer({
         "bootstrap.servers": brokers,
         "group.id": "posflow-analyst-proof",  # required; nothing is committed

@@ -373,7 +373,9 @@ async fn python_reads_every_topic_record_for_record() {
             std::env::var("HOME").unwrap()
         )
     });
-    let out = std::process::Command::new(&python)
+    // Bounded: a reader that hangs fails the test instead of holding the tier.
+    let out = std::process::Command::new("timeout")
+        .args(["120", &python])
         .arg(repo("tests/analysts/read_topics.py"))
         .args([&d.stack.brokers, &d.stack.registry])
         .args(&topics)
