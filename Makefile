@@ -33,7 +33,7 @@ status: ## What runs where
 build: ## Build every binary (debug profile; dependencies optimised)
 	$(CARGO) build --workspace --bins
 
-demo: up ## The whole pipeline on the local stack: 20 terminals x 50 transactions, with a summary
+demo: up analyst-tools ## The whole pipeline on the local stack: 20 terminals x 50 transactions, with a summary
 	deploy/local/demo.sh
 
 test: up ## Unit, chart, integration and end-to-end tests against the real local stack, and a short chaos run on a three-node one
@@ -79,9 +79,9 @@ schema-release: build ## Record each schema changed since its last release as it
 $(TOOLS)/venv/bin/python:
 	python3 -m venv $(TOOLS)/venv
 
-analyst-tools: $(TOOLS)/venv/bin/python ## confluent-kafka with its Avro deserializer (the e2e tests read every topic with it; docs/topics.md)
-	@$(TOOLS)/venv/bin/python -c 'import confluent_kafka.schema_registry.avro' 2>/dev/null || \
-	  $(TOOLS)/venv/bin/pip install -q "confluent-kafka[avro,schemaregistry]==2.*"
+analyst-tools: $(TOOLS)/venv/bin/python ## confluent-kafka with its Avro deserializer, and DuckDB (the e2e tests read every topic and the lake with them; docs/topics.md, docs/lake.md)
+	@$(TOOLS)/venv/bin/python -c 'import confluent_kafka.schema_registry.avro, duckdb' 2>/dev/null || \
+	  $(TOOLS)/venv/bin/pip install -q "confluent-kafka[avro,schemaregistry]==2.*" "duckdb==1.*"
 
 test-e2e: analyst-tools ## End-to-end tests (one at a time: they share the broker's terminal topics)
 	eval "$$($(STACK) env)" && $(CARGO) test -p posflow-e2e --test e2e -- --test-threads=1

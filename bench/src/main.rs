@@ -17,10 +17,11 @@ use clap::Parser;
 use report::{Report, Row, Target};
 use std::path::PathBuf;
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "bridge",
     "validator",
     "storage",
+    "lake",
     "fraud",
     "notifier",
     "api",
@@ -39,7 +40,7 @@ struct Args {
     /// Every scenario with a few hundred records: checks the harness, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Run only these scenarios (comma-separated): bridge, validator, storage, fraud, notifier, api, e2e, scale, pinned.
+    /// Run only these scenarios (comma-separated): bridge, validator, storage, lake, fraud, notifier, api, e2e, scale, pinned.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
     /// Where the JSON results go (bench-<time>.json).
@@ -271,6 +272,26 @@ async fn storage(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     r.details.insert(
         "storage".into(),
         serde_json::json!({"records": s.records, "cpu_ms_per_row": v.cpu_json("storage")}),
+    );
+    Ok(())
+}
+
+async fn lake(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let v = stages::lake(s.records).await?;
+    r.rows.push(
+        Row::vs(
+            "lake",
+            "rows/s",
+            v.stage.per_s(),
+            "Parquet writer alone, same rows",
+            v.ceiling.per_s(),
+        )
+        .target(Target::RatioAtLeast(0.5)),
+    );
+    v.print_cpu("lake", "row", "Parquet writer (ceiling)");
+    r.details.insert(
+        "lake".into(),
+        serde_json::json!({"records": s.records, "cpu_ms_per_row": v.cpu_json("lake")}),
     );
     Ok(())
 }
@@ -584,6 +605,7 @@ async fn main() -> anyhow::Result<()> {
             "bridge" => bridge(sizes, args.peer.clone(), &mut r).await?,
             "validator" => validator(sizes, &mut r).await?,
             "storage" => storage(sizes, &mut r).await?,
+            "lake" => lake(sizes, &mut r).await?,
             "fraud" => fraud(sizes, &mut r).await?,
             "notifier" => notifier(sizes, &mut r).await?,
             "api" => api(sizes, &mut r).await?,

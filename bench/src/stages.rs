@@ -6,6 +6,8 @@
 //!   both: the group's committed offsets, from the first commit to the last record.
 //! - `storage`: the storage process next to a plain PostgreSQL `COPY` of the same rows (and
 //!   their line items) into the same tables, with the same indexes.
+//! - `lake`: the lake process next to the Parquet writer alone writing the same rows, in files
+//!   of the same size, to the same disk.
 
 use crate::cpu::{Cpu, CpuPerUnit};
 use posflow_e2e::{db, received_sale, Deployment, Service};
@@ -692,4 +694,77 @@ pub async fn fraud_latency(rate: usize, secs: usize) -> anyhow::Result<(f64, f64
         crate::bridge::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.5),
         crate::bridge::histogram_quantile(&page, "posflow_fraud_alert_latency_seconds", 0.99),
     ))
+}
+
+/// Rows per file in the lake bench: the stage's default roll (50,000) over the test topics'
+/// four partitions. The ceiling writes files of the same size.
+const LAKE_FILE_ROWS: usize = 12_500;
+
+/// The lake vs the Parquet writer alone on the same `n` validated rows: the writer gets the rows
+/// ready-made (no Kafka, no Avro, no manifest), the stage consumes them from the topic.
+pub async fn lake(n: usize) -> anyhow::Result<Versus> {
+    use posflow_lake::parquet_file::{self, Format};
+    use posflow_lake::table::{Record, Table};
+    let validated = validated_from_raw(raw_records(&format!("lb{:08x}", rand::random::<u32>()), n));
+    let d = Deployment::new().await;
+    let root = std::env::temp_dir().join(format!("posflow-bench-lake-{}", d.prefix));
+    std::fs::create_dir_all(&root)?;
+
+    eprintln!("[bench] Parquet writer alone, {n} rows ...");
+    let rows: Vec<Vec<posflow_lake::table::Value>> = validated
+        .iter()
+        .enumerate()
+        .map(|(i, v)| Record::Validated(v.clone()).row(0, i as i64))
+        .collect();
+    let refs: Vec<&[posflow_lake::table::Value]> = rows.iter().map(Vec::as_slice).collect();
+    let started = Instant::now();
+    let cpu = Cpu::now(None);
+    for (i, chunk) in refs.chunks(LAKE_FILE_ROWS).enumerate() {
+        let path = root.join(format!("ceiling-{i}.parquet"));
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+        parquet_file::write(Table::Validated, chunk, Format::default(), &mut f)?;
+        std::io::Write::flush(&mut f)?;
+        f.into_inner()?.sync_all()?;
+    }
+    let ceiling = Rate {
+        records: n as u64,
+        elapsed: started.elapsed(),
+    };
+    let ceiling_cpu = Cpu::now(None).per_unit_since(&cpu, n as u64);
+    drop(rows);
+
+    eprintln!("[bench] lake: producing {n} validated records ...");
+    d.produce("pos.transactions.validated", &validated, |v| {
+        posflow_validator::validated_key(&v.transaction)
+    })
+    .await;
+    let mut env = d.env();
+    env.push(("POSFLOW_LOG".into(), "warn".into()));
+    let cpu = Cpu::now(None);
+    let root_arg = root.join("lake").display().to_string();
+    let stage = Service::start(
+        "posflow-lake",
+        &env,
+        &["--root", &root_arg, "--roll-seconds", "2"],
+    )
+    .await;
+    let lake = posflow_lake::store::Lake::new(&root_arg, "bench-reader");
+    let topic = d.topic("pos.transactions.validated");
+    let rate = measure(n as u64, "lake", || {
+        let n: i64 = (0..PARTITIONS)
+            .filter_map(|p| lake.versions(&topic, p).ok()?.pop())
+            .map(|v| v.next_offset)
+            .sum();
+        async move { n as u64 }
+    })
+    .await;
+    let stage_cpu = Cpu::now(Some(stage.child.id())).per_unit_since(&cpu, n as u64);
+    drop(stage);
+    std::fs::remove_dir_all(&root)?;
+    Ok(Versus {
+        ceiling,
+        ceiling_cpu,
+        stage: rate,
+        stage_cpu,
+    })
 }

@@ -14,6 +14,8 @@ BIN=${POSFLOW_BIN_DIR:-$repo/target/debug}
 TERMINALS=${TERMINALS:-20}
 PER_TERMINAL=${PER_TERMINAL:-50}
 INVALID_EVERY=${INVALID_EVERY:-25}
+# DuckDB for the lake's query (make analyst-tools installs it).
+PYTHON=${POSFLOW_ANALYST_PYTHON:-$HOME/.cache/posflow/tools/venv/bin/python}
 # Demo-only key. Production takes it from a Kubernetes Secret (see the chart).
 export POSFLOW_CARD_TOKEN_KEY=${POSFLOW_CARD_TOKEN_KEY:-demo-only-card-token-key-0123456789abcdef}
 # Encrypts the webhook signing secrets in the notifier's table (docs/notifier.md).
@@ -25,7 +27,7 @@ mkdir -p "$logs"
 export POSFLOW_TOPIC_PREFIX=demo$(date +%s).
 
 say() { printf '\033[1m[demo]\033[0m %s\n' "$*" >&2; }
-port() { case $1 in bridge) echo 19461;; validator) echo 19462;; storage) echo 19463;; fraud) echo 19464;; notifier) echo 19465;; api) echo 19467;; esac; }
+port() { case $1 in bridge) echo 19461;; validator) echo 19462;; storage) echo 19463;; fraud) echo 19464;; notifier) echo 19465;; api) echo 19467;; lake) echo 19468;; esac; }
 metric() { # service, series: the value, or 0
   curl -fsS "http://127.0.0.1:$(port "$1")/metrics" 2>/dev/null | awk -v s="$2" '$1 == s {print $2; f=1} END {if (!f) print 0}'
 }
@@ -67,12 +69,15 @@ export POSFLOW_API_CURSOR_KEY=${POSFLOW_API_CURSOR_KEY:-demo-only-cursor-signing
 # Storage, the notifier and the API log in as their own least-privilege roles (docs/storage.md);
 # the migrations above ran as the schema owner.
 db_url() { case $1 in storage) echo "$POSFLOW_STORAGE_DATABASE_URL";; notifier) echo "$POSFLOW_NOTIFIER_DATABASE_URL";; api) echo "$POSFLOW_API_DATABASE_URL";; *) echo "$POSFLOW_DATABASE_URL";; esac; }
-for s in bridge validator storage fraud notifier api; do
+# The lake (docs/lake.md): Parquet files under the stack's directory, rolled every 2 s so the
+# demo's last query sees every row.
+export POSFLOW_LAKE_ROOT=$STACK/lake POSFLOW_LAKE_ROLL_SECONDS=2
+for s in bridge validator storage fraud notifier api lake; do
   POSFLOW_DATABASE_URL=$(db_url $s) POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
   pids+=($!)
 done
 i=1 # pids[0] is the webhook receiver
-for s in bridge validator storage fraud notifier api; do
+for s in bridge validator storage fraud notifier api lake; do
   pid=${pids[$i]}; i=$((i + 1))
   for _ in $(seq 1 200); do
     curl -fsS "http://127.0.0.1:$(port $s)/readyz" >/dev/null 2>&1 && break
@@ -81,7 +86,7 @@ for s in bridge validator storage fraud notifier api; do
   done
   curl -fsS "http://127.0.0.1:$(port $s)/readyz" >/dev/null || { say "$s not ready; log: $logs/$s.log"; tail -5 "$logs/$s.log" >&2; exit 1; }
 done
-say "bridge, validator, storage, fraud, notifier and API ready (logs in $logs)"
+say "bridge, validator, storage, fraud, notifier, API and lake ready (logs in $logs)"
 say "simulating $TERMINALS terminals x $PER_TERMINAL transactions (every ${INVALID_EVERY}th breaks a rule on purpose)"
 
 start=$(date +%s.%N)
@@ -102,8 +107,10 @@ while :; do
   rejections=$(psql "$POSFLOW_DATABASE_URL" -tAc "SELECT count(*) FROM rejections WHERE transaction_id LIKE '$run_id-%'")
   say "validated $validated and rejected $rejected of $accepted; stored $stored + $rejections rejections"
   judged=$(metric fraud 'posflow_fraud_received_total{input="card"}')
+  in_lake=$(metric lake 'posflow_lake_rows_written_total{table="validated"}')
   if [ $((${validated%.*} + ${rejected%.*})) -ge "$accepted" ] && [ "$stored" -ge "${validated%.*}" ] \
-     && [ "$rejections" -ge "${rejected%.*}" ] && [ "${judged%.*}" -ge "${validated%.*}" ]; then break; fi
+     && [ "$rejections" -ge "${rejected%.*}" ] && [ "${judged%.*}" -ge "${validated%.*}" ] \
+     && [ "${in_lake%.*}" -ge "${validated%.*}" ]; then break; fi
   [ $SECONDS -lt $deadline ] || { say "timed out waiting for the pipeline"; exit 1; }
   sleep 1
 done
@@ -156,6 +163,14 @@ echo
 echo "The request above, as it ran (M001's owner key, made just now; the API stops when the demo ends):"
 echo "  curl --cacert $STACK/tls/ca.crt -H 'Authorization: Bearer $key' \\"
 echo "    'https://127.0.0.1:19443/v1/merchants/M001/transactions?limit=3'"
+# The lake: the same transactions as Parquet files, queried with DuckDB (docs/lake.md).
+lake_files="$POSFLOW_LAKE_ROOT/${POSFLOW_TOPIC_PREFIX}pos.transactions.validated/*/*.parquet"
+lake_query="SELECT merchant_id, count(*) AS transactions, sum(amount_minor) AS amount_minor FROM read_parquet('$lake_files', hive_partitioning = true) GROUP BY 1 ORDER BY 1"
+echo "  lake (Parquet, DuckDB)   $(metric lake 'posflow_lake_files_written_total{table="validated"}' | cut -d. -f1) files of validated transactions; per merchant:"
+"$PYTHON" -c 'import duckdb, sys; print(duckdb.sql(sys.argv[1]))' "$lake_query" | sed 's/^/      /'
+echo
+echo "Query the lake (SQL for DuckDB: the duckdb CLI, or duckdb.sql(...) in $PYTHON):"
+echo "  $lake_query"
 echo
 echo "Query the rows:"
 echo "  eval \"\$(deploy/local/stack.sh env)\""

@@ -37,7 +37,7 @@ import yaml
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "deploy", "helm", "posflow")
 K8S_VERSION = "1.34.0"
-STAGES = ["bridge", "validator", "storage", "fraud", "notifier", "api"]
+STAGES = ["bridge", "validator", "storage", "fraud", "notifier", "api", "lake"]
 CRD_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor", "PrometheusRule"}
 
 failures = []
@@ -384,6 +384,28 @@ def check_optional(name, docs, values):
             fail(f"{name}: one dashboard ConfigMap with files/dashboard.json and its labels expected")
     elif boards:
         fail(f"{name}: dashboard ConfigMap rendered while disabled")
+    lake = [d for d in docs if d["kind"] == "StatefulSet"
+            and d["metadata"]["labels"].get("app.kubernetes.io/component") == "lake"]
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    if lake:
+        pod = lake[0]["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+        volume = next((v for v in pod["volumes"] if v["name"] == "lake"), {})
+        claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+        if mounts.get("lake") != env.get("POSFLOW_LAKE_ROOT") or claim is None:
+            fail(f"{name}: the lake's root {env.get('POSFLOW_LAKE_ROOT')} is not its volume's mount {mounts.get('lake')}")
+        shared = values["lake"]["existingClaim"] or \
+            (claim in claims and "ReadWriteMany" in claims[claim]["spec"]["accessModes"])
+        several = lake[0]["spec"].get("replicas", 2) > 1
+        if several and not shared:
+            fail(f"{name}: several lake replicas on claim {claim}, which is not ReadWriteMany")
+        if not values["lake"]["existingClaim"] and claim not in claims:
+            fail(f"{name}: the lake's claim {claim} is not rendered")
+        if claim in claims and claims[claim]["metadata"].get("annotations", {}).get("helm.sh/resource-policy") != "keep":
+            fail(f"{name}: the lake's claim would be deleted on uninstall")
+    elif claims:
+        fail(f"{name}: a PersistentVolumeClaim without the lake: {sorted(claims)}")
     endpoint = values["tracing"]["otlpEndpoint"]
     for d in docs:
         if d["kind"] != "StatefulSet":

@@ -4,7 +4,7 @@
 use posflow_e2e::bin;
 use std::process::Command;
 
-const BINARIES: [&str; 9] = [
+const BINARIES: [&str; 10] = [
     "posflow-bridge",
     "posflow-validator",
     "posflow-storage",
@@ -13,6 +13,7 @@ const BINARIES: [&str; 9] = [
     "posflow-simulator",
     "posflow-admin",
     "posflow-api",
+    "posflow-lake",
     "posflow-chaos",
 ];
 
@@ -44,6 +45,26 @@ fn the_api_lists_every_configuration_error() {
         !text.contains("hunter2") && !text.contains("short-cursor-secret"),
         "a secret was printed:\n{text}"
     );
+}
+
+/// The lake's configuration: every mistake listed, exit 2, nothing started.
+#[test]
+fn the_lake_lists_every_configuration_error() {
+    let out = Command::new(bin("posflow-lake"))
+        .env_clear()
+        .args(["--root", "/tmp/lake", "--roll-rows", "0", "--roll-seconds", "0"])
+        .args(["--zstd-level", "23"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "--roll-rows must be 1..=1000000",
+        "--roll-seconds must be 1..=3600",
+        "--zstd-level must be 1..=22",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in:\n{text}");
+    }
 }
 
 #[test]

@@ -14,6 +14,7 @@ mod cluster;
 mod corpus;
 mod fraud;
 mod kafka_outage;
+mod lake;
 mod notifier;
 mod observability;
 mod pipeline;

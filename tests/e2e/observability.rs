@@ -366,28 +366,8 @@ async fn every_service_exposes_the_catalogue_and_the_counts_agree() {
         metric(page, series).unwrap_or_else(|| panic!("{stage}: no {series}"))
     };
 
-    // The catalogue, both ways: what a service exposes is documented with its type and labels,
-    // and what is documented for a service (unlabelled, or labelled and exercised here) is there.
-    let rows = catalogue();
     for (stage, page) in &pages {
-        let exposed = families(page);
-        for (name, (kind, labels)) in &exposed {
-            let Some((doc_kind, doc_labels, services)) = rows.get(name) else {
-                panic!("{stage} exposes {name}, which docs/metrics.md does not list");
-            };
-            assert_eq!(kind, doc_kind, "{name}: type");
-            assert!(services.contains(*stage), "{name}: {stage} not listed");
-            assert!(
-                labels.is_subset(doc_labels),
-                "{name}: labels {labels:?}, documented {doc_labels:?}"
-            );
-        }
-        for (name, (_, labels, services)) in &rows {
-            let exercised = labels.is_empty() || labels.iter().all(|l| l == "stage");
-            if services.contains(*stage) && exercised {
-                assert!(exposed.contains_key(name), "{stage} lacks {name}");
-            }
-        }
+        assert_matches_catalogue(stage, page);
     }
 
     // Counts agree with what was sent, stage to stage.
@@ -529,6 +509,31 @@ async fn every_service_exposes_the_catalogue_and_the_counts_agree() {
                 json["timestamp"].is_string() && json["level"].is_string(),
                 "{line}"
             );
+        }
+    }
+}
+
+/// The catalogue, both ways, for one service's /metrics page: what it exposes is documented
+/// with its type and labels, and what is documented for it (unlabelled, or labelled only by
+/// `stage`) is there.
+pub(crate) fn assert_matches_catalogue(stage: &str, page: &str) {
+    let rows = catalogue();
+    let exposed = families(page);
+    for (name, (kind, labels)) in &exposed {
+        let Some((doc_kind, doc_labels, services)) = rows.get(name) else {
+            panic!("{stage} exposes {name}, which docs/metrics.md does not list");
+        };
+        assert_eq!(kind, doc_kind, "{name}: type");
+        assert!(services.contains(stage), "{name}: {stage} not listed");
+        assert!(
+            labels.is_subset(doc_labels),
+            "{name}: labels {labels:?}, documented {doc_labels:?}"
+        );
+    }
+    for (name, (_, labels, services)) in &rows {
+        let exercised = labels.is_empty() || labels.iter().all(|l| l == "stage");
+        if services.contains(stage) && exercised {
+            assert!(exposed.contains_key(name), "{stage} lacks {name}");
         }
     }
 }

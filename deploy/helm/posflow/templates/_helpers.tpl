@@ -104,6 +104,7 @@ storage: {binary: posflow-storage, group: posflow-storage, topic: pos.transactio
 fraud: {binary: posflow-fraud, group: posflow-fraud, topic: pos.transactions.validated, kafkaConsumer: true}
 notifier: {binary: posflow-notifier, group: posflow-notifier, topic: pos.transactions.validated, kafkaConsumer: true}
 api: {binary: posflow-api, group: "", topic: "", kafkaConsumer: false}
+lake: {binary: posflow-lake, group: posflow-lake, topic: pos.transactions.validated, kafkaConsumer: true}
 {{- end -}}
 
 {{/* "true" when a stage scales with KEDA and Kafka needs credentials or a CA to be read: the
@@ -323,6 +324,9 @@ spec:
             {{- if and (eq .stage "api") $root.Values.api.tls.existingSecret }}
             - {name: api-tls, mountPath: /etc/posflow/api-tls, readOnly: true}
             {{- end }}
+            {{- if eq .stage "lake" }}
+            - {name: lake, mountPath: /lake}
+            {{- end }}
             {{- with $s.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -356,6 +360,10 @@ spec:
         - name: api-tls
           secret: {secretName: {{ $root.Values.api.tls.existingSecret }}}
         {{- end }}
+        {{- if eq .stage "lake" }}
+        - name: lake
+          persistentVolumeClaim: {claimName: {{ $root.Values.lake.existingClaim | default (printf "%s-lake" (include "posflow.fullname" $root)) }}}
+        {{- end }}
         {{- with $s.extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -387,6 +395,17 @@ spec:
 {{- end -}}
 
 {{/* Per-stage environment. */}}
+{{- define "posflow.env.lake" -}}
+- name: POSFLOW_LAKE_ROOT
+  value: /lake
+- name: POSFLOW_LAKE_ROLL_ROWS
+  value: {{ .Values.lake.rollRows | quote }}
+- name: POSFLOW_LAKE_ROLL_SECONDS
+  value: {{ .Values.lake.rollSeconds | quote }}
+- name: POSFLOW_LAKE_ZSTD_LEVEL
+  value: {{ .Values.lake.zstdLevel | quote }}
+{{- end -}}
+
 {{- define "posflow.env.bridge" -}}
 - name: POSFLOW_BRIDGE_ID
   valueFrom:

@@ -61,7 +61,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         partitions: 12,
         retention: Retention::Days(7),
         writers: "validator",
-        readers: "storage, fraud, notifier, analysts",
+        readers: "storage, fraud, notifier, lake, analysts",
     },
     TopicSpec {
         name: REJECTED,
@@ -70,7 +70,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         partitions: 6,
         retention: Retention::Days(30),
         writers: "validator",
-        readers: "storage, analysts",
+        readers: "storage, lake, analysts",
     },
     TopicSpec {
         name: FRAUD_ALERTS,
@@ -79,7 +79,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         partitions: 6,
         retention: Retention::Days(30),
         writers: "fraud",
-        readers: "notifier, analysts",
+        readers: "notifier, lake, analysts",
     },
     TopicSpec {
         name: NOTIFICATION_STATUS,
