@@ -349,6 +349,28 @@ impl Versus {
     }
 }
 
+/// `validated` on the deployment's validated topic, then `binary` started on it (logging only
+/// warnings); the CPU reading taken just before it started.
+async fn start_on_validated(
+    d: &Deployment,
+    validated: &[TransactionValidated],
+    binary: &str,
+    args: &[&str],
+) -> (Service, Cpu) {
+    eprintln!(
+        "[bench] {binary}: producing {} validated records ...",
+        validated.len()
+    );
+    d.produce("pos.transactions.validated", validated, |v| {
+        posflow_validator::validated_key(&v.transaction)
+    })
+    .await;
+    let mut env = d.env();
+    env.push(("POSFLOW_LOG".into(), "warn".into()));
+    let cpu = Cpu::now(None);
+    (Service::start(binary, &env, args).await, cpu)
+}
+
 /// Storage vs COPY of the same `n` rows (with their line items) into the same tables.
 pub async fn storage(n: usize) -> anyhow::Result<Versus> {
     use futures::SinkExt;
@@ -440,15 +462,7 @@ pub async fn storage(n: usize) -> anyhow::Result<Versus> {
     };
     let copy_cpu = Cpu::now(None).per_unit_since(&cpu, n as u64);
 
-    eprintln!("[bench] storage: producing {n} validated records ...");
-    d.produce("pos.transactions.validated", &validated, |v| {
-        posflow_validator::validated_key(&v.transaction)
-    })
-    .await;
-    let mut env = d.env();
-    env.push(("POSFLOW_LOG".into(), "warn".into()));
-    let cpu = Cpu::now(None);
-    let storage_stage = Service::start("posflow-storage", &env, &[]).await;
+    let (storage_stage, cpu) = start_on_validated(&d, &validated, "posflow-storage", &[]).await;
     crate::pin::stage_started(storage_stage.child.id());
     let group = d.kafka.group("posflow-storage");
     let topic = d.topic("pos.transactions.validated");
@@ -733,21 +747,9 @@ pub async fn lake(n: usize) -> anyhow::Result<Versus> {
     let ceiling_cpu = Cpu::now(None).per_unit_since(&cpu, n as u64);
     drop(rows);
 
-    eprintln!("[bench] lake: producing {n} validated records ...");
-    d.produce("pos.transactions.validated", &validated, |v| {
-        posflow_validator::validated_key(&v.transaction)
-    })
-    .await;
-    let mut env = d.env();
-    env.push(("POSFLOW_LOG".into(), "warn".into()));
-    let cpu = Cpu::now(None);
     let root_arg = root.join("lake").display().to_string();
-    let stage = Service::start(
-        "posflow-lake",
-        &env,
-        &["--root", &root_arg, "--roll-seconds", "2"],
-    )
-    .await;
+    let args = ["--root", root_arg.as_str(), "--roll-seconds", "2"];
+    let (stage, cpu) = start_on_validated(&d, &validated, "posflow-lake", &args).await;
     let lake = posflow_lake::store::Lake::new(&root_arg, "bench-reader");
     let topic = d.topic("pos.transactions.validated");
     let rate = measure(n as u64, "lake", || {

@@ -159,15 +159,15 @@ import json, sys
 for t in json.loads(sys.argv[1])["items"]:
     print(f"      {t['transaction_time']}  {t['terminal_id']}  {t['type']:<8} {t['amount_minor']:>7} {t['currency']}  card ...{t['card']['last4']}")
 PY
-echo
-echo "The request above, as it ran (M001's owner key, made just now; the API stops when the demo ends):"
-echo "  curl --cacert $STACK/tls/ca.crt -H 'Authorization: Bearer $key' \\"
-echo "    'https://127.0.0.1:19443/v1/merchants/M001/transactions?limit=3'"
 # The lake: the same transactions as Parquet files, queried with DuckDB (docs/lake.md).
 lake_files="$POSFLOW_LAKE_ROOT/${POSFLOW_TOPIC_PREFIX}pos.transactions.validated/*/*.parquet"
 lake_query="SELECT merchant_id, count(*) AS transactions, sum(amount_minor) AS amount_minor FROM read_parquet('$lake_files', hive_partitioning = true) GROUP BY 1 ORDER BY 1"
 echo "  lake (Parquet, DuckDB)   $(metric lake 'posflow_lake_files_written_total{table="validated"}' | cut -d. -f1) files of validated transactions; per merchant:"
-"$PYTHON" -c 'import duckdb, sys; print(duckdb.sql(sys.argv[1]))' "$lake_query" | sed 's/^/      /'
+"$PYTHON" -c 'import duckdb, sys; print(duckdb.sql(sys.argv[1]))' "$lake_query" | sed '/^$/d; s/^/      /'
+echo
+echo "The API request above, as it ran (M001's owner key, made just now; the API stops when the demo ends):"
+echo "  curl --cacert $STACK/tls/ca.crt -H 'Authorization: Bearer $key' \\"
+echo "    'https://127.0.0.1:19443/v1/merchants/M001/transactions?limit=3'"
 echo
 echo "Query the lake (SQL for DuckDB: the duckdb CLI, or duckdb.sql(...) in $PYTHON):"
 echo "  $lake_query"

@@ -367,26 +367,10 @@ async fn python_reads_every_topic_record_for_record() {
         .iter()
         .map(|t| d.topic(t.name))
         .collect();
-    let python = std::env::var("POSFLOW_ANALYST_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/posflow/tools/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    });
-    // Bounded: a reader that hangs fails the test instead of holding the tier.
-    let out = std::process::Command::new("timeout")
-        .args(["120", &python])
-        .arg(repo("tests/analysts/read_topics.py"))
-        .args([&d.stack.brokers, &d.stack.registry])
-        .args(&topics)
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (make analyst-tools installs it)"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut read: Vec<(String, String, serde_json::Value)> = String::from_utf8(out.stdout)
+    let mut args = vec![d.stack.brokers.clone(), d.stack.registry.clone()];
+    args.extend(topics);
+    let out = analyst_script("read_topics.py", &args);
+    let mut read: Vec<(String, String, serde_json::Value)> = String::from_utf8(out)
         .unwrap()
         .lines()
         .map(|l| {

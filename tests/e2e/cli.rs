@@ -52,7 +52,14 @@ fn the_api_lists_every_configuration_error() {
 fn the_lake_lists_every_configuration_error() {
     let out = Command::new(bin("posflow-lake"))
         .env_clear()
-        .args(["--root", "/tmp/lake", "--roll-rows", "0", "--roll-seconds", "0"])
+        .args([
+            "--root",
+            "/tmp/lake",
+            "--roll-rows",
+            "0",
+            "--roll-seconds",
+            "0",
+        ])
         .args(["--zstd-level", "23"])
         .output()
         .unwrap();

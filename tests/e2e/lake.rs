@@ -9,7 +9,7 @@ use posflow_schema::{
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 const VALID: usize = 100_000;
@@ -39,7 +39,8 @@ fn validated(run: &str, from: usize, n: usize) -> Vec<TransactionValidated> {
 fn rejected(run: &str) -> Vec<TransactionRejected> {
     (0..REJECTED)
         .map(|i| {
-            let r = received_sale(&format!("{run}-r{i:06}"), "T0001", i as i64);
+            let terminal = format!("T{:04}", 1 + i % 50);
+            let r = received_sale(&format!("{run}-r{i:06}"), &terminal, i as i64);
             TransactionRejected {
                 envelope: r.envelope,
                 transaction: r.transaction,
@@ -63,7 +64,7 @@ fn alerts(run: &str) -> Vec<FraudAlert> {
             evidence_transaction_ids: vec![format!("{run}-{i:08}")],
             card_token: Some(format!("tok-{i}")),
             merchant_id: "M001".into(),
-            terminal_id: "T0001".into(),
+            terminal_id: format!("T{:04}", 1 + i % 50),
             detected_at: now_millis(),
         })
         .collect()
@@ -136,25 +137,7 @@ fn start_lake(d: &Deployment, root: &Path) -> impl std::future::Future<Output = 
 
 /// DuckDB's answers over the lake's files (tests/analysts/lake_query.py).
 fn duckdb(root: &Path) -> serde_json::Value {
-    let python = std::env::var("POSFLOW_ANALYST_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/posflow/tools/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    });
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/analysts/lake_query.py");
-    let out = std::process::Command::new("timeout")
-        .args(["120", &python])
-        .arg(script)
-        .arg(root)
-        .output()
-        .unwrap_or_else(|e| panic!("{python}: {e} (make analyst-tools installs it)"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
+    serde_json::from_slice(&analyst_script("lake_query.py", &[root])).expect("one JSON object")
 }
 
 /// 100,000 valid transactions (and rejections and alerts) produced in ten bursts while the lake
@@ -201,19 +184,24 @@ async fn the_lake_killed_twice_during_100k_transactions_holds_each_once_as_postg
     }
     producer.await.expect("producer");
 
-    // Done when every partition's manifest reaches the partition's end.
+    // Done when every partition's manifest reaches the partition's last record: its end less
+    // the commit marker of the transaction that wrote it (a consumer never sees the marker).
     for base in [
         "pos.transactions.validated",
         "pos.transactions.rejected",
         "pos.fraud.alerts",
     ] {
         let t = d.topic(base);
-        let end = ends(&d.stack.brokers, &t);
+        let last: BTreeMap<i32, i64> = ends(&d.stack.brokers, &t)
+            .into_iter()
+            .filter(|(_, end)| *end > 0)
+            .map(|(p, end)| (p, end - 1))
+            .collect();
         let deadline = Instant::now() + Duration::from_secs(180);
-        while manifest_offsets(&root, &t) != end {
+        while manifest_offsets(&root, &t) != last {
             assert!(
                 Instant::now() < deadline,
-                "{t}: manifests {:?}, ends {end:?}:\n{}",
+                "{t}: manifests {:?}, records end at {last:?}:\n{}",
                 manifest_offsets(&root, &t),
                 lake.log_text()
             );

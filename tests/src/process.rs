@@ -7,6 +7,33 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Runs one of the analysts' scripts (`tests/analysts/<script>`) with the tools' Python
+/// (`make analyst-tools`; `$POSFLOW_ANALYST_PYTHON` overrides), bounded at 120 s so that a
+/// reader that hangs fails the test instead of holding the tier. Its stdout, once it succeeded.
+pub fn analyst_script<S: AsRef<std::ffi::OsStr>>(script: &str, args: &[S]) -> Vec<u8> {
+    let python = std::env::var("POSFLOW_ANALYST_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/posflow/tools/venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("analysts")
+        .join(script);
+    let out = Command::new("timeout")
+        .args(["120", &python])
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{python}: {e} (make analyst-tools installs it)"));
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// A service binary from `target/debug` (or `$POSFLOW_BIN_DIR`).
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var("POSFLOW_BIN_DIR")

@@ -3,9 +3,9 @@
 
 use crate::table::{Kind, Table, Value};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::data_type::{ByteArray, ByteArrayType, DoubleType, Int32Type, Int64Type};
+use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
-use parquet::file::writer::SerializedFileWriter;
+use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::parser::parse_message_type;
 use std::sync::Arc;
 
@@ -78,50 +78,24 @@ pub fn write<W: std::io::Write + Send>(
             });
             let defs = defs.as_deref();
             match c.kind {
-                Kind::Text => {
-                    let values: Vec<ByteArray> = cells
-                        .filter_map(|v| match v {
-                            Value::Text(s) => Some(ByteArray::from(s.as_str())),
-                            _ => None,
-                        })
-                        .collect();
-                    column
-                        .typed::<ByteArrayType>()
-                        .write_batch(&values, defs, None)?;
-                }
+                Kind::Text => put::<ByteArrayType>(&mut column, cells, defs, |v| match v {
+                    Value::Text(s) => Some(ByteArray::from(s.as_str())),
+                    _ => None,
+                })?,
                 Kind::Int64 | Kind::Timestamp => {
-                    let values: Vec<i64> = cells
-                        .filter_map(|v| match v {
-                            Value::Int64(n) => Some(*n),
-                            _ => None,
-                        })
-                        .collect();
-                    column
-                        .typed::<Int64Type>()
-                        .write_batch(&values, defs, None)?;
+                    put::<Int64Type>(&mut column, cells, defs, |v| match v {
+                        Value::Int64(n) => Some(*n),
+                        _ => None,
+                    })?
                 }
-                Kind::Int32 => {
-                    let values: Vec<i32> = cells
-                        .filter_map(|v| match v {
-                            Value::Int32(n) => Some(*n),
-                            _ => None,
-                        })
-                        .collect();
-                    column
-                        .typed::<Int32Type>()
-                        .write_batch(&values, defs, None)?;
-                }
-                Kind::Double => {
-                    let values: Vec<f64> = cells
-                        .filter_map(|v| match v {
-                            Value::Double(n) => Some(*n),
-                            _ => None,
-                        })
-                        .collect();
-                    column
-                        .typed::<DoubleType>()
-                        .write_batch(&values, defs, None)?;
-                }
+                Kind::Int32 => put::<Int32Type>(&mut column, cells, defs, |v| match v {
+                    Value::Int32(n) => Some(*n),
+                    _ => None,
+                })?,
+                Kind::Double => put::<DoubleType>(&mut column, cells, defs, |v| match v {
+                    Value::Double(n) => Some(*n),
+                    _ => None,
+                })?,
             }
             column.close()?;
             index += 1;
@@ -129,6 +103,18 @@ pub fn write<W: std::io::Write + Send>(
         rg.close()?;
     }
     writer.close()?;
+    Ok(())
+}
+
+/// One column chunk: the cells' non-null values of parquet type `T`, with `defs`.
+fn put<'a, T: DataType>(
+    column: &mut SerializedColumnWriter<'_>,
+    cells: impl Iterator<Item = &'a Value>,
+    defs: Option<&[i16]>,
+    value: impl Fn(&Value) -> Option<T::T>,
+) -> parquet::errors::Result<()> {
+    let values: Vec<T::T> = cells.filter_map(value).collect();
+    column.typed::<T>().write_batch(&values, defs, None)?;
     Ok(())
 }
 

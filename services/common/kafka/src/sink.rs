@@ -368,7 +368,7 @@ async fn resume_point<S: BatchSink>(
         }
     };
     if from > input.offset {
-        tracing::info!(topic = %input.topic, partition = input.partition, from, "resuming from the database's offset");
+        tracing::info!(topic = %input.topic, partition = input.partition, from, "resuming from the sink's own offset (storage: its database; the lake: its manifest)");
         // Skipping the records below `from` is what matters; the seek only saves reading them.
         if let Err(e) = consumer.seek(
             &input.topic,
