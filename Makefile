@@ -143,7 +143,7 @@ bench: up $(PEER) ## posflow against its ceilings and Benthos, one run, table + 
 flamegraphs: up ## By hand: a flame graph (SVG) of each stage under its benchmark into bench/flamegraphs/ (perf + inferno)
 	$(CARGO) build --release --bins
 	test -x $(TOOLS)/bin/inferno-flamegraph || $(CARGO) install inferno --version 0.12.8 --root $(TOOLS)
-	eval "$$($(STACK) env)" && for s in bridge:posflow-bridge validator:posflow-validator storage:posflow-storage \
+	eval "$$($(STACK) env)" && for s in bridge:posflow-bridge validator:posflow-validator storage:posflow-storage lake:posflow-lake \
 	  fraud:posflow-fraud notifier:posflow-notifier; do \
 	  bench/flamegraph.sh $${s%%:*} $${s##*:} bench/flamegraphs/$${s%%:*}.svg || exit 1; done
 

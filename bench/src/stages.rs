@@ -728,7 +728,7 @@ pub async fn lake(n: usize) -> anyhow::Result<Versus> {
     let rows: Vec<Vec<posflow_lake::table::Value>> = validated
         .iter()
         .enumerate()
-        .map(|(i, v)| Record::Validated(v.clone()).row(0, i as i64))
+        .map(|(i, v)| Record::Validated(v.clone()).into_row(0, i as i64))
         .collect();
     let refs: Vec<&[posflow_lake::table::Value]> = rows.iter().map(Vec::as_slice).collect();
     let started = Instant::now();

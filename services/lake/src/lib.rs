@@ -29,7 +29,7 @@ use rdkafka::consumer::Consumer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use store::{Commit, Lake, Position};
 use table::{Record, Table, Value};
@@ -175,13 +175,15 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
     let sink = LakeSink {
-        lake: Lake::new(&args.root, writer),
-        format: Format {
-            zstd_level: args.zstd_level,
-            ..Format::default()
-        },
-        tables,
-        positions: Mutex::new(HashMap::new()),
+        writer: Arc::new(Writer {
+            lake: Lake::new(&args.root, writer),
+            format: Format {
+                zstd_level: args.zstd_level,
+                ..Format::default()
+            },
+            tables,
+            positions: Mutex::new(HashMap::new()),
+        }),
         lost: AtomicBool::new(false),
         validated_dec: Decoder::new(registry.clone()),
         rejected_dec: Decoder::new(registry.clone()),
@@ -202,9 +204,13 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A consumed record, ready for its file.
+/// A consumed record, ready for its file. Shared, not copied, with the thread that writes
+/// its roll.
+#[derive(Debug, Clone)]
+pub struct Row(Arc<RowData>);
+
 #[derive(Debug)]
-pub struct Row {
+struct RowData {
     table: Table,
     partition: i32,
     offset: i64,
@@ -214,12 +220,7 @@ pub struct Row {
 }
 
 struct LakeSink {
-    lake: Lake,
-    format: Format,
-    /// Topic name → its table.
-    tables: HashMap<String, Table>,
-    /// Where each partition this replica has opened stands.
-    positions: Mutex<HashMap<(String, i32), Position>>,
+    writer: Arc<Writer>,
     /// A commit was lost: stop, and exit non-zero.
     lost: AtomicBool,
     validated_dec: Decoder<TransactionValidated>,
@@ -227,14 +228,58 @@ struct LakeSink {
     alert_dec: Decoder<FraudAlert>,
 }
 
-impl LakeSink {
+/// What writes files and commits manifests. A roll runs on a blocking thread of its own, so
+/// the sink's task goes on consuming and decoding the next roll meanwhile (with
+/// `block_in_place` it could not: the task itself would wait).
+struct Writer {
+    lake: Lake,
+    format: Format,
+    /// Topic name → its table.
+    tables: HashMap<String, Table>,
+    /// Where each partition this replica has opened stands.
+    positions: Mutex<HashMap<(String, i32), Position>>,
+}
+
+impl Writer {
+    /// A roll: each partition of `next` committed in turn. `Ok(Some)`: another replica won a
+    /// partition's commit (where it stands now); the rest of the roll is not written.
+    fn write_roll(
+        &self,
+        rows: &[Row],
+        next: &NextOffsets,
+    ) -> std::io::Result<Option<(String, i32, Position)>> {
+        let mut by_partition: HashMap<(&str, i32), Vec<&RowData>> = HashMap::new();
+        for Row(r) in rows {
+            let topic = self
+                .tables
+                .iter()
+                .find(|(_, t)| **t == r.table)
+                .map(|(n, _)| n.as_str())
+                .expect("a row's table is one of the lake's");
+            by_partition
+                .entry((topic, r.partition))
+                .or_default()
+                .push(r);
+        }
+        for ((topic, partition), &next) in next {
+            let rows = by_partition
+                .get(&(topic.as_str(), *partition))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(Commit::Lost(at)) = self.write_partition(topic, *partition, rows, next)? {
+                return Ok(Some((topic.clone(), *partition, at)));
+            }
+        }
+        Ok(None)
+    }
+
     /// One partition's rows (those at or above its position: a retried roll may have
     /// committed some partitions already) staged per date and committed.
     fn write_partition(
         &self,
         topic: &str,
         partition: i32,
-        rows: &[&Row],
+        rows: &[&RowData],
         next: i64,
     ) -> std::io::Result<Option<Commit>> {
         let key = (topic.to_owned(), partition);
@@ -245,7 +290,7 @@ impl LakeSink {
         if at.next_offset >= next {
             return Ok(None); // committed by an earlier attempt of this roll
         }
-        let mut by_date: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+        let mut by_date: BTreeMap<&str, Vec<&RowData>> = BTreeMap::new();
         for r in rows.iter().filter(|r| r.offset >= at.next_offset) {
             by_date.entry(&r.date).or_default().push(r);
         }
@@ -301,7 +346,7 @@ impl BatchSink for LakeSink {
     ) -> Option<Result<Row, String>> {
         metrics().received.inc();
         let payload = input.payload.as_deref().unwrap_or_default();
-        let record = match self.tables.get(&input.topic)? {
+        let record = match self.writer.tables.get(&input.topic)? {
             Table::Validated => decode_with_retry(&self.validated_dec, payload, ctx)
                 .await?
                 .map(Record::Validated),
@@ -312,12 +357,14 @@ impl BatchSink for LakeSink {
                 .await?
                 .map(Record::FraudAlert),
         };
-        Some(record.map(|r| Row {
-            table: r.table(),
-            partition: input.partition,
-            offset: input.offset,
-            date: utc_date(r.event_time()),
-            values: r.row(input.partition, input.offset),
+        Some(record.map(|r| {
+            Row(Arc::new(RowData {
+                table: r.table(),
+                partition: input.partition,
+                offset: input.offset,
+                date: utc_date(r.event_time()),
+                values: r.into_row(input.partition, input.offset),
+            }))
         }))
     }
 
@@ -327,35 +374,12 @@ impl BatchSink for LakeSink {
         next: &NextOffsets,
         ctx: &Context,
     ) -> Option<Result<(), WriteError>> {
-        let mut by_partition: HashMap<(&str, i32), Vec<&Row>> = HashMap::new();
-        for r in rows {
-            let topic = self
-                .tables
-                .iter()
-                .find(|(_, t)| **t == r.table)
-                .map(|(n, _)| n.as_str())
-                .expect("a row's table is one of the lake's");
-            by_partition
-                .entry((topic, r.partition))
-                .or_default()
-                .push(r);
-        }
-        // File writes and fsyncs block: off the async workers (this task's next batch waits
-        // meanwhile in librdkafka's queue).
-        let written = tokio::task::block_in_place(|| {
-            for ((topic, partition), &next) in next {
-                let rows = by_partition
-                    .get(&(topic.as_str(), *partition))
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                if let Some(Commit::Lost(at)) =
-                    self.write_partition(topic, *partition, rows, next)?
-                {
-                    return Ok(Some((topic.clone(), *partition, at)));
-                }
-            }
-            Ok(None)
-        });
+        // File writes and fsyncs block: on a thread of their own, while the next roll is
+        // decoded. The rows go there as shared references, not copies.
+        let (writer, rows, next) = (self.writer.clone(), rows.to_vec(), next.clone());
+        let written = tokio::task::spawn_blocking(move || writer.write_roll(&rows, &next))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(format!("the roll's thread: {e}"))));
         match written {
             Ok(None) => {
                 ctx.health.set_ready(true);
@@ -373,7 +397,6 @@ impl BatchSink for LakeSink {
             Err(e) => {
                 metrics().write_errors.inc();
                 ctx.health.set_ready(false);
-                let e: std::io::Error = e;
                 Some(Err(WriteError {
                     permanent: false,
                     summary: format!("writing to the lake: {e}"),
@@ -388,10 +411,11 @@ impl BatchSink for LakeSink {
         partition: i32,
         _ctx: &Context,
     ) -> Option<Result<Option<i64>, WriteError>> {
-        let opened = tokio::task::block_in_place(|| self.lake.open(topic, partition));
+        let opened = tokio::task::block_in_place(|| self.writer.lake.open(topic, partition));
         Some(match opened {
             Ok(at) => {
-                self.positions
+                self.writer
+                    .positions
                     .lock()
                     .unwrap()
                     .insert((topic.to_owned(), partition), at);

@@ -3,7 +3,7 @@
 
 use crate::table::{Kind, Table, Value};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::data_type::{ByteArray, ByteArrayType, DataType, DoubleType, Int32Type, Int64Type};
+use parquet::data_type::{ByteArrayType, DataType, DoubleType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::parser::parse_message_type;
@@ -79,7 +79,8 @@ pub fn write<W: std::io::Write + Send>(
             let defs = defs.as_deref();
             match c.kind {
                 Kind::Text => put::<ByteArrayType>(&mut column, cells, defs, |v| match v {
-                    Value::Text(s) => Some(ByteArray::from(s.as_str())),
+                    // A reference-counted clone of the record's bytes, not a copy.
+                    Value::Text(s) => Some(s.clone()),
                     _ => None,
                 })?,
                 Kind::Int64 | Kind::Timestamp => {
@@ -134,7 +135,7 @@ mod tests {
                 .iter()
                 .filter(|r| r.table() == table)
                 .enumerate()
-                .map(|(i, r)| r.row(2, i as i64))
+                .map(|(i, r)| r.clone().into_row(2, i as i64))
                 .collect();
             let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
             let mut bytes = Vec::new();
@@ -153,7 +154,7 @@ mod tests {
                         .get_column_iter()
                         .map(|(_, f)| match f {
                             Field::Null => Value::Null,
-                            Field::Str(s) => Value::Text(s.clone()),
+                            Field::Str(s) => Value::from(s.as_str()),
                             Field::Long(n) => Value::Int64(*n),
                             Field::TimestampMillis(n) => Value::Int64(*n),
                             Field::Int(n) => Value::Int32(*n),
