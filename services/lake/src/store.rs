@@ -223,10 +223,18 @@ impl Lake {
                 for s in &staged {
                     remove_if_there(&s.staging)?;
                 }
-                return Ok(Commit::Lost(Position {
+                let at = Position {
                     seq: latest.seq,
                     next_offset: latest.next_offset,
-                }));
+                };
+                let ours = latest.seq == version.seq
+                    && latest.writer == self.writer
+                    && latest.next_offset == next_offset;
+                return Ok(if ours {
+                    Commit::Committed(at)
+                } else {
+                    Commit::Lost(at)
+                });
             }
             Err(e) => return Err(e),
         }
@@ -446,6 +454,45 @@ mod tests {
         );
         assert_eq!(placed(&root), ["part-0-0-4.parquet"]);
         assert_eq!(fs::read(placed_at).unwrap(), b"0-4");
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    /// A commit whose rename failed is retried by the same writer: the retry finds its own
+    /// version, puts the file in place and counts as committed, not lost.
+    #[test]
+    fn a_retried_commit_finds_its_own_version() {
+        let root = tempdir();
+        let a = Lake::new(&root, "a");
+        let at = a.open("t", 0).unwrap();
+        let Commit::Committed(_) = a.commit("t", 0, at, vec![stage(&a, 0, 4)], 5).unwrap() else {
+            panic!()
+        };
+        // As if the rename had failed: the file back in staging, the writer unaware of seq 1.
+        fs::rename(
+            root.join("t/date=2026-12-04/part-0-0-4.parquet"),
+            root.join("_staging/t/date=2026-12-04.part-0-0-4.parquet.a"),
+        )
+        .unwrap();
+        let again = a.commit("t", 0, at, vec![stage(&a, 0, 4)], 5).unwrap();
+        assert_eq!(
+            again,
+            Commit::Committed(Position {
+                seq: 1,
+                next_offset: 5
+            })
+        );
+        assert_eq!(placed(&root), ["part-0-0-4.parquet"]);
+        assert_eq!(a.versions("t", 0).unwrap().len(), 1);
+        // Another writer doing the same is told it lost.
+        let b = Lake::new(&root, "b");
+        let lost = b.commit("t", 0, at, vec![stage(&b, 0, 4)], 5).unwrap();
+        assert_eq!(
+            lost,
+            Commit::Lost(Position {
+                seq: 1,
+                next_offset: 5
+            })
+        );
         fs::remove_dir_all(root).unwrap();
     }
 
