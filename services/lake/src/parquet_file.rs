@@ -167,4 +167,58 @@ mod tests {
             assert_eq!(read, rows, "{table:?}");
         }
     }
+
+    /// By hand, for docs/lake.md's choice of row groups and zstd level: 10⁶ validated rows
+    /// written under each candidate format into `$POSFLOW_LAKE_FORMATS_DIR`, for
+    /// tests/analysts/lake_formats.py to time DuckDB over.
+    #[test]
+    #[ignore = "by hand: POSFLOW_LAKE_FORMATS_DIR=dir cargo test -p posflow-lake -- --ignored"]
+    fn write_format_candidates() {
+        let dir = std::path::PathBuf::from(std::env::var("POSFLOW_LAKE_FORMATS_DIR").unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: Vec<Vec<Value>> = (0..1_000_000)
+            .map(|i| {
+                // Closer to a real day than the unit tests' sample: 500 merchants, 5,000
+                // terminals, 43-character tokens that do not compress, varied amounts.
+                let mut t = crate::sample::transaction(i);
+                let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                t.merchant_id = format!("M{:04}", h % 500);
+                t.terminal_id = format!("T{:05}", (h >> 16) % 5000);
+                t.amount_minor = (h >> 24) as i64 % 100_000;
+                t.transaction_time = 1_764_547_200_000 + i as i64 * 86;
+                if let Some(c) = t.card.as_mut() {
+                    c.token = format!("{h:016x}{:016x}{:011x}", h.rotate_left(17), h >> 20);
+                }
+                crate::table::Record::Validated(posflow_schema::TransactionValidated {
+                    envelope: posflow_schema::Envelope {
+                        received_at: t.transaction_time + 150,
+                        mqtt_topic: String::new(),
+                        bridge_id: "bridge-0".into(),
+                        payload_version: 1,
+                    },
+                    validated_at: t.transaction_time + 200,
+                    transaction: t,
+                })
+                .into_row(0, i as i64)
+            })
+            .collect();
+        let refs: Vec<&[Value]> = rows.iter().map(Vec::as_slice).collect();
+        for (row_group_rows, zstd_level) in [
+            (128 * 1024, 1),
+            (128 * 1024, 3),
+            (128 * 1024, 9),
+            (1 << 20, 3),
+            (16 * 1024, 3),
+        ] {
+            let name = format!("rg{row_group_rows}-zstd{zstd_level}.parquet");
+            let f = std::fs::File::create(dir.join(&name)).unwrap();
+            let started = std::time::Instant::now();
+            let format = Format {
+                row_group_rows,
+                zstd_level,
+            };
+            write(Table::Validated, &refs, format, std::io::BufWriter::new(f)).unwrap();
+            println!("{name}: written in {:?} (debug build)", started.elapsed());
+        }
+    }
 }
