@@ -28,7 +28,6 @@ use prometheus::{IntCounter, IntCounterVec};
 use rdkafka::consumer::Consumer;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use store::{Commit, Lake, Position};
@@ -122,7 +121,7 @@ fn metrics() -> &'static Metrics {
         ),
         lost: counter(
             "posflow_lake_commits_lost_total",
-            "Commits another replica won (this replica had lost the partition): it restarts",
+            "Commits another replica won (a rebalance moved the partition mid-roll); what was left is written from the winner's offset",
         ),
         write_errors: counter(
             "posflow_lake_write_errors_total",
@@ -184,7 +183,6 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
             tables,
             positions: Mutex::new(HashMap::new()),
         }),
-        lost: AtomicBool::new(false),
         validated_dec: Decoder::new(registry.clone()),
         rejected_dec: Decoder::new(registry.clone()),
         alert_dec: Decoder::new(registry),
@@ -194,14 +192,7 @@ pub async fn run(args: Args, ctx: Context) -> anyhow::Result<()> {
         max_records: args.roll_rows,
         linger: Duration::from_secs(args.roll_seconds),
     };
-    sink::run(&consumer, &sink, &dead, batching, &ctx, vanished).await?;
-    if sink.lost.load(Ordering::SeqCst) {
-        anyhow::bail!(
-            "another replica committed to a partition this one was writing (a rebalance this replica missed); \
-             exiting so that a restart resumes every partition from its manifest"
-        );
-    }
-    Ok(())
+    sink::run(&consumer, &sink, &dead, batching, &ctx, vanished).await
 }
 
 /// A consumed record, ready for its file. Shared, not copied, with the thread that writes
@@ -221,8 +212,6 @@ struct RowData {
 
 struct LakeSink {
     writer: Arc<Writer>,
-    /// A commit was lost: stop, and exit non-zero.
-    lost: AtomicBool,
     validated_dec: Decoder<TransactionValidated>,
     rejected_dec: Decoder<TransactionRejected>,
     alert_dec: Decoder<FraudAlert>,
@@ -241,13 +230,8 @@ struct Writer {
 }
 
 impl Writer {
-    /// A roll: each partition of `next` committed in turn. `Ok(Some)`: another replica won a
-    /// partition's commit (where it stands now); the rest of the roll is not written.
-    fn write_roll(
-        &self,
-        rows: &[Row],
-        next: &NextOffsets,
-    ) -> std::io::Result<Option<(String, i32, Position)>> {
+    /// A roll: each partition of `next` committed in turn.
+    fn write_roll(&self, rows: &[Row], next: &NextOffsets) -> std::io::Result<()> {
         let mut by_partition: HashMap<(&str, i32), Vec<&RowData>> = HashMap::new();
         for Row(r) in rows {
             let topic = self
@@ -266,71 +250,79 @@ impl Writer {
                 .get(&(topic.as_str(), *partition))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            if let Some(Commit::Lost(at)) = self.write_partition(topic, *partition, rows, next)? {
-                return Ok(Some((topic.clone(), *partition, at)));
-            }
+            self.write_partition(topic, *partition, rows, next)?;
         }
-        Ok(None)
+        Ok(())
     }
 
-    /// One partition's rows (those at or above its position: a retried roll may have
-    /// committed some partitions already) staged per date and committed.
+    /// One partition's rows, from where the partition stands up to `next`, staged per date and
+    /// committed.
+    ///
+    /// Where it stands is the latest manifest version, whoever wrote it. A retried roll finds
+    /// its earlier attempt's commit there; a replica that lost a commit to another (a rebalance
+    /// moved the partition while a roll was in flight) finds the winner's. Either way only the
+    /// rows at or above that offset are written, and nothing if it is at `next` already. That
+    /// keeps the lake whole and free of repeats: each replica's rows are contiguous from the
+    /// offset it resumed from, and a partition's offset only grows.
     fn write_partition(
         &self,
         topic: &str,
         partition: i32,
         rows: &[&RowData],
         next: i64,
-    ) -> std::io::Result<Option<Commit>> {
+    ) -> std::io::Result<()> {
         let key = (topic.to_owned(), partition);
-        let at = match self.positions.lock().unwrap().get(&key).copied() {
+        let mut at = match self.positions.lock().unwrap().get(&key).copied() {
             Some(at) => at,
             None => self.lake.open(topic, partition)?,
         };
-        if at.next_offset >= next {
-            return Ok(None); // committed by an earlier attempt of this roll
-        }
-        let mut by_date: BTreeMap<&str, Vec<&RowData>> = BTreeMap::new();
-        for r in rows.iter().filter(|r| r.offset >= at.next_offset) {
-            by_date.entry(&r.date).or_default().push(r);
-        }
-        let mut staged = Vec::with_capacity(by_date.len());
-        for (date, rows) in by_date {
-            let table = rows[0].table;
-            let values: Vec<&[Value]> = rows.iter().map(|r| r.values.as_slice()).collect();
-            let range = (rows[0].offset, rows[rows.len() - 1].offset);
-            staged.push(self.lake.stage(
-                topic,
-                partition,
-                date,
-                range,
-                rows.len() as u64,
-                |f| {
-                    let out = std::io::BufWriter::with_capacity(1 << 20, f);
-                    parquet_file::write(table, &values, self.format, out)
-                        .map_err(std::io::Error::other)
-                },
-            )?);
-        }
-        let files: Vec<_> = staged.iter().map(|s| s.file.clone()).collect();
-        let outcome = self.lake.commit(topic, partition, at, staged, next)?;
-        let position = match outcome {
-            Commit::Committed(p) => {
-                let m = metrics();
-                m.commits.inc();
-                if let Some(table) = self.tables.get(topic) {
-                    for f in &files {
-                        m.rows.with_label_values(&[table.label()]).inc_by(f.rows);
-                        m.files.with_label_values(&[table.label()]).inc();
-                        m.bytes.with_label_values(&[table.label()]).inc_by(f.bytes);
-                    }
-                }
-                p
+        while at.next_offset < next {
+            let mut by_date: BTreeMap<&str, Vec<&RowData>> = BTreeMap::new();
+            for r in rows.iter().filter(|r| r.offset >= at.next_offset) {
+                by_date.entry(&r.date).or_default().push(r);
             }
-            Commit::Lost(p) => p,
-        };
-        self.positions.lock().unwrap().insert(key, position);
-        Ok(Some(outcome))
+            let mut staged = Vec::with_capacity(by_date.len());
+            for (date, rows) in by_date {
+                let table = rows[0].table;
+                let values: Vec<&[Value]> = rows.iter().map(|r| r.values.as_slice()).collect();
+                let range = (rows[0].offset, rows[rows.len() - 1].offset);
+                staged.push(self.lake.stage(
+                    topic,
+                    partition,
+                    date,
+                    range,
+                    rows.len() as u64,
+                    |f| {
+                        let out = std::io::BufWriter::with_capacity(1 << 20, f);
+                        parquet_file::write(table, &values, self.format, out)
+                            .map_err(std::io::Error::other)
+                    },
+                )?);
+            }
+            let files: Vec<_> = staged.iter().map(|s| s.file.clone()).collect();
+            let m = metrics();
+            at = match self.lake.commit(topic, partition, at, staged, next)? {
+                Commit::Committed(p) => {
+                    m.commits.inc();
+                    if let Some(table) = self.tables.get(topic) {
+                        for f in &files {
+                            m.rows.with_label_values(&[table.label()]).inc_by(f.rows);
+                            m.files.with_label_values(&[table.label()]).inc();
+                            m.bytes.with_label_values(&[table.label()]).inc_by(f.bytes);
+                        }
+                    }
+                    p
+                }
+                Commit::Lost(p) => {
+                    m.lost.inc();
+                    tracing::warn!(topic, partition, seq = p.seq, next_offset = p.next_offset,
+                        "another replica committed this partition first; writing what is left from there");
+                    p
+                }
+            };
+            self.positions.lock().unwrap().insert(key.clone(), at);
+        }
+        Ok(())
     }
 }
 
@@ -380,29 +372,20 @@ impl BatchSink for LakeSink {
         let written = tokio::task::spawn_blocking(move || writer.write_roll(&rows, &next))
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(format!("the roll's thread: {e}"))));
-        match written {
-            Ok(None) => {
+        Some(match written {
+            Ok(()) => {
                 ctx.health.set_ready(true);
-                Some(Ok(()))
-            }
-            Ok(Some((topic, partition, at))) => {
-                metrics().lost.inc();
-                tracing::error!(%topic, partition, seq = at.seq, next_offset = at.next_offset,
-                    "another replica committed this partition first; stopping");
-                self.lost.store(true, Ordering::SeqCst);
-                // As if shutdown came mid-write: no offset of this roll moves.
-                ctx.shutdown.trigger();
-                None
+                Ok(())
             }
             Err(e) => {
                 metrics().write_errors.inc();
                 ctx.health.set_ready(false);
-                Some(Err(WriteError {
+                Err(WriteError {
                     permanent: false,
                     summary: format!("writing to the lake: {e}"),
-                }))
+                })
             }
-        }
+        })
     }
 
     async fn resume_from(
@@ -452,6 +435,83 @@ pub fn utc_date(millis: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn writer(root: &std::path::Path, id: &str) -> Writer {
+        Writer {
+            lake: Lake::new(root, id),
+            format: Format::default(),
+            tables: [("t".to_string(), Table::Validated)].into(),
+            positions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Validated rows at offsets `from..to` of partition 0.
+    fn rows(from: i64, to: i64) -> Vec<RowData> {
+        (from..to)
+            .map(|o| {
+                let t = sample::transaction(o as usize);
+                let record = Record::Validated(posflow_schema::TransactionValidated {
+                    envelope: posflow_schema::Envelope {
+                        received_at: t.transaction_time,
+                        mqtt_topic: String::new(),
+                        bridge_id: "b".into(),
+                        payload_version: 1,
+                    },
+                    validated_at: t.transaction_time,
+                    transaction: t,
+                });
+                RowData {
+                    table: Table::Validated,
+                    partition: 0,
+                    offset: o,
+                    date: "2026-12-04".into(),
+                    values: record.into_row(0, o),
+                }
+            })
+            .collect()
+    }
+
+    /// Every committed file's offsets, in order: they must be 0..n, each once.
+    fn committed_offsets(root: &std::path::Path) -> Vec<i64> {
+        let lake = Lake::new(root, "reader");
+        let mut out = vec![];
+        for v in lake.versions("t", 0).unwrap() {
+            for f in v.files {
+                out.extend(f.first_offset..=f.last_offset);
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Two replicas writing one partition for the moment of a rebalance: the old owner's roll
+    /// overlaps the new owner's, each loses a commit to the other once, and the lake holds
+    /// every offset exactly once, with no restart.
+    #[test]
+    fn two_writers_of_one_partition_leave_each_offset_once() {
+        let root = std::env::temp_dir().join(format!("posflow-lake-{}", uuid::Uuid::new_v4()));
+        let (a, b) = (writer(&root, "a"), writer(&root, "b"));
+        let all = rows(0, 40);
+        let refs = |from: usize, to: usize| all[from..to].iter().collect::<Vec<_>>();
+        a.write_partition("t", 0, &refs(0, 10), 10).unwrap();
+        // b takes the partition over at 10 and commits 10..25; a, not yet told, still has
+        // 10..20 in flight: it loses, finds 25, and writes nothing.
+        b.write_partition("t", 0, &refs(10, 25), 25).unwrap();
+        a.write_partition("t", 0, &refs(10, 20), 20).unwrap();
+        // a's next roll, 20..32, loses nothing new below 25 and writes 25..32; b's 25..40,
+        // losing to it, writes 32..40.
+        a.write_partition("t", 0, &refs(20, 32), 32).unwrap();
+        b.write_partition("t", 0, &refs(25, 40), 40).unwrap();
+        assert_eq!(committed_offsets(&root), (0..40).collect::<Vec<_>>());
+        let writers: Vec<String> = Lake::new(&root, "reader")
+            .versions("t", 0)
+            .unwrap()
+            .into_iter()
+            .map(|v| format!("{}:{}", v.writer, v.next_offset))
+            .collect();
+        assert_eq!(writers, ["a:10", "b:25", "a:32", "b:40"]);
+        std::fs::remove_dir_all(root).unwrap();
+    }
 
     #[test]
     fn utc_dates() {

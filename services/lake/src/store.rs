@@ -9,9 +9,10 @@
 //! **A commit is one manifest version,** `<seq>.json`: the files it adds and the partition's
 //! next offset. Versions are never rewritten. Version `seq + 1` is created by `link(2)`ing a
 //! finished, fsynced temporary file to its name, which fails if the name exists: a
-//! compare-and-swap that no two writers can both win. A writer that loses (a replica that kept
-//! writing after a rebalance gave its partition away) drops its rows: the partition's new owner
-//! resumes from the winner's next offset, so nothing is written twice and nothing skipped.
+//! compare-and-swap that no two writers can both win. A writer that loses (two replicas writing
+//! one partition for the moment of a rebalance) learns where the partition now stands and
+//! writes only its rows above that (`LakeSink`'s `write_partition`), so nothing is written twice
+//! and nothing skipped.
 //!
 //! **A file is written in staging first, then committed, then renamed into place** (a redo
 //! log): a glob reader (`read_parquet('<root>/<topic>/*/*.parquet')`) never sees a file that is

@@ -331,6 +331,21 @@ mod tests {
         }
     }
 
+    /// docs/lake.md names every column of every table.
+    #[test]
+    fn docs_name_every_column() {
+        let doc = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/lake.md"));
+        for t in Table::ALL {
+            for c in t.columns() {
+                assert!(
+                    doc.contains(&format!("`{}`", c.name)),
+                    "docs/lake.md does not name {t:?}.{}",
+                    c.name
+                );
+            }
+        }
+    }
+
     #[test]
     fn column_names_are_unique_per_table() {
         for t in Table::ALL {
