@@ -93,10 +93,6 @@ impl Lake {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn manifest_dir(&self, topic: &str, partition: i32) -> PathBuf {
         self.root
             .join(topic)
