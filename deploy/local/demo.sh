@@ -161,7 +161,7 @@ for t in json.loads(sys.argv[1])["items"]:
 PY
 # The lake: the same transactions as Parquet files, queried with DuckDB (docs/lake.md).
 lake_files="$POSFLOW_LAKE_ROOT/${POSFLOW_TOPIC_PREFIX}pos.transactions.validated/*/*.parquet"
-lake_query="SELECT merchant_id, count(*) AS transactions, sum(amount_minor) AS amount_minor FROM read_parquet('$lake_files', hive_partitioning = true) GROUP BY 1 ORDER BY 1"
+lake_query="SELECT merchant_id, count(*) AS transactions, sum(amount_minor) AS amount_minor FROM read_parquet('$lake_files', hive_partitioning = true, union_by_name = true) GROUP BY 1 ORDER BY 1"
 echo "  lake (Parquet, DuckDB)   $(metric lake 'posflow_lake_files_written_total{table="validated"}' | cut -d. -f1) files of validated transactions; per merchant:"
 "$PYTHON" -c 'import duckdb, sys; print(duckdb.sql(sys.argv[1]))' "$lake_query" | sed '/^$/d; s/^/      /'
 echo

@@ -23,7 +23,7 @@ out = {}
 for name, (topic, key, when, amount) in TABLES.items():
     # Topics may carry a deployment's prefix: match the directory whose name ends in the topic.
     glob = f"{root}/*{topic}/*/*.parquet"
-    src = f"read_parquet('{glob}', hive_partitioning = true, hive_types = {{'date': DATE}})"
+    src = f"read_parquet('{glob}', hive_partitioning = true, hive_types = {{'date': DATE}}, union_by_name = true)"
     try:
         rows, ids, positions, misdated = con.execute(
             f"""SELECT count(*), count(DISTINCT {key}),

@@ -711,7 +711,7 @@ async fn the_audit_trail_is_exact_chained_and_relayed() {
             "original_transaction_id": null, "amount_minor": 137, "currency": "USD",
             "payment_method": "card", "entry_mode": "contactless",
             "card": {"bin": "550000", "last4": "0001"}, "auth_code": "A1", "response_code": "05",
-            "mcc": "5814",
+            "mcc": "5814", "offline": false, "offline_since": null,
         })
     );
     let r2 = api

@@ -22,6 +22,7 @@ const CHICAGO: Location = Location {
     longitude: -87.63,
 };
 
+#[derive(Clone)]
 struct Script {
     /// Card-rule input (validated topic) and terminal-rule input (raw topic).
     card: Vec<Transaction>,
@@ -30,6 +31,8 @@ struct Script {
     expected: BTreeMap<&'static str, &'static str>,
     /// Alerts from the recurring bursts, on top of `expected`.
     recurring_alerts: usize,
+    /// Where event times start.
+    t0: i64,
 }
 
 /// Every rule's scenario and its benign twin, plus `noise` ordinary transactions on other cards
@@ -153,8 +156,8 @@ fn script(run: &str, now: i64, noise: usize, recurring: usize) -> Script {
         }
     }
     let recurring_alerts = recurring + recurring.div_ceil(2) + recurring.div_ceil(5);
-    // Published in event-time order, as terminals send them: a partition's watermark is the
-    // newest time it has seen, and a transaction more than a minute behind it would not count.
+    // Published in event-time order, as online terminals send them (`delivery_order` makes
+    // some of them late).
     card.sort_by_key(|t| t.transaction_time);
     terminal.sort_by_key(|r| r.transaction.transaction_time);
     let mut expected = BTreeMap::new();
@@ -171,6 +174,7 @@ fn script(run: &str, now: i64, noise: usize, recurring: usize) -> Script {
         terminal,
         expected,
         recurring_alerts,
+        t0,
     }
 }
 
@@ -308,6 +312,7 @@ async fn one_replica_and_two_with_a_kill_raise_the_same_alerts() {
                 terminal,
                 expected: BTreeMap::new(),
                 recurring_alerts: 0,
+                t0: 0,
             };
             publish(&two, &s, 10).await;
         })
@@ -368,4 +373,143 @@ async fn state_falls_back_after_the_windows_expire() {
         m.state_keys[2] <= 8_000.0,
         "state fell back after expiry: {m:?}"
     );
+}
+
+/// Terminals offline for the first 40 minutes of the script: card velocity and card testing,
+/// the Paris leg of impossible travel (its Berlin leg is on time at T0605), and the recurring
+/// velocity bursts.
+const OFFLINE_TERMINALS: [&str; 4] = ["T0601", "T0602", "T0606", "T0620"];
+const OUTAGE_MS: i64 = 40 * 60_000;
+
+/// Captured by an offline terminal during the outage.
+fn offline(s: &Script, t: &Transaction) -> bool {
+    OFFLINE_TERMINALS.contains(&t.terminal_id.as_str()) && t.transaction_time < s.t0 + OUTAGE_MS
+}
+
+/// The script as the fraud stage receives it when [`OFFLINE_TERMINALS`] lose their link for
+/// the first 40 minutes: everything they capture then arrives in one flush at the end of the
+/// outage, in capture order, amid the on-time traffic (noise included) on the same partitions.
+/// Without `outage`: in event-time order, nothing late.
+fn delivery_order(s: &Script, outage: bool) -> Script {
+    let arrival = |t: &Transaction| {
+        if outage && offline(s, t) {
+            s.t0 + OUTAGE_MS
+        } else {
+            t.transaction_time
+        }
+    };
+    let mut card = s.card.clone();
+    let mut terminal = s.terminal.clone();
+    // Stable: the flush keeps capture order.
+    card.sort_by_key(|t| (arrival(t), t.transaction_time));
+    terminal.sort_by_key(|r| (arrival(&r.transaction), r.transaction.transaction_time));
+    Script {
+        card,
+        terminal,
+        expected: BTreeMap::new(),
+        recurring_alerts: 0,
+        t0: s.t0,
+    }
+}
+
+/// How many transactions a set of replicas has judged (both inputs).
+async fn judged_by(replicas: &[&Service]) -> usize {
+    let mut n = 0.0;
+    for r in replicas {
+        let page = r.metrics().await;
+        n += metric(&page, "posflow_fraud_received_total{input=\"card\"}").unwrap_or(0.0)
+            + metric(&page, "posflow_fraud_received_total{input=\"terminal\"}").unwrap_or(0.0);
+    }
+    n as usize
+}
+
+/// Issue 23: the same scripted stream delivered in order, with a 40-minute offline flush amid
+/// heavy on-time traffic, and with that flush while a replica is SIGKILLed — the same alert
+/// ids, each once. With the stage's former 60 s lateness the flush was skipped (the engine's
+/// unit test `a_keys_alerts_do_not_depend_on_other_keys_or_on_lateness_within_the_allowance`
+/// keeps that contrast).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_offline_flush_amid_heavy_traffic_and_a_kill_raise_the_alerts_of_the_in_order_run() {
+    let run = format!("off{:08x}", rand::random::<u32>());
+    let s = script(&run, posflow_schema::now_millis(), 20_000, 100);
+    let expected = s.expected.len() + s.recurring_alerts;
+    let flushed = delivery_order(&s, true);
+    let late = s.card.iter().filter(|t| offline(&s, t)).count();
+    assert!(late > 300, "the flush carries {late} card transactions");
+
+    let mut runs: Vec<BTreeSet<String>> = Vec::new();
+    for (name, script, kill) in [
+        ("in order", delivery_order(&s, false), false),
+        ("flushed", flushed.clone(), false),
+        ("flushed, replica killed", flushed, true),
+    ] {
+        let d = Deployment::kafka_only().await;
+        let mut a = Service::start(
+            "posflow-fraud",
+            &fraud_env(&d, &format!("{run}-{name}-a")),
+            &[],
+        )
+        .await;
+        if !kill {
+            publish(&d, &script, 1).await;
+        } else {
+            let b = Service::start(
+                "posflow-fraud",
+                &fraud_env(&d, &format!("{run}-{name}-b")),
+                &[],
+            )
+            .await;
+            // Up to the flush, judged; half the flush; the kill; the rest.
+            let flush_at = script.card.iter().position(|t| offline(&s, t)).unwrap();
+            let cut = |c: usize, t: usize| Script {
+                card: script.card[c..(c + (script.card.len() - c).min(t))].to_vec(),
+                terminal: Vec::new(),
+                expected: BTreeMap::new(),
+                recurring_alerts: 0,
+                t0: s.t0,
+            };
+            let before = cut(0, flush_at);
+            let half = cut(flush_at, late / 2);
+            let rest = cut(flush_at + late / 2, usize::MAX);
+            publish(&d, &before, 4).await;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while judged_by(&[&a, &b]).await < before.card.len() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{name}: the stream before the flush was not judged"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            publish(&d, &half, 1).await;
+            a.kill();
+            a = Service::start(
+                "posflow-fraud",
+                &fraud_env(&d, &format!("{run}-{name}-a")),
+                &[],
+            )
+            .await;
+            publish(&d, &rest, 4).await;
+            let terminal = Script {
+                card: Vec::new(),
+                terminal: script.terminal.clone(),
+                expected: BTreeMap::new(),
+                recurring_alerts: 0,
+                t0: s.t0,
+            };
+            publish(&d, &terminal, 4).await;
+            drop(b);
+        }
+        let ids: Vec<String> = alerts(&d, expected)
+            .await
+            .into_iter()
+            .map(|a| a.alert_id)
+            .collect();
+        let set: BTreeSet<String> = ids.iter().cloned().collect();
+        assert_eq!(set.len(), ids.len(), "{name}: an alert raised twice");
+        assert_eq!(ids.len(), expected, "{name}: {ids:?}");
+        runs.push(set);
+        drop(a);
+    }
+    assert_eq!(runs[1], runs[0], "the flush changed the alerts");
+    assert_eq!(runs[2], runs[0], "the flush with a kill changed the alerts");
 }

@@ -17,6 +17,7 @@ mod kafka_outage;
 mod lake;
 mod notifier;
 mod observability;
+mod offline;
 mod pipeline;
 mod portal;
 mod provisioning;

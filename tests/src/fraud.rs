@@ -87,10 +87,10 @@ pub async fn fraud_memory(d: &Deployment, cards: usize) -> FraudMemory {
     wait(cards).await;
     let rss1 = rss_kib(fraud.child.id());
     let keys1 = keys(&fraud.metrics().await);
-    // A day later in event time: past the card horizon (24 h 1 min with the defaults).
+    // Past the card horizon in event time (26 h with the defaults: a day and the lateness).
     d.produce(
         "pos.transactions.validated",
-        &stream(cards, 8_000, t0 + 25 * 3_600_000),
+        &stream(cards, 8_000, t0 + 28 * 3_600_000),
         key,
     )
     .await;

@@ -238,6 +238,8 @@ pub fn received_sale(
             mcc: "5814".into(),
             location: None,
             line_items: vec![],
+            offline: false,
+            offline_since: None,
         },
     }
 }

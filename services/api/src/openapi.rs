@@ -122,7 +122,8 @@ fn record_schemas() -> Value {
             "payment_method": s("string"), "entry_mode": s("string"),
             "card": {"type": "object", "properties": {"bin": ns("string"), "last4": ns("string")}},
             "auth_code": ns("string"), "response_code": s("string"), "mcc": s("string"),
-            "received_at": time, "validated_at": time, "stored_at": time
+            "received_at": time, "validated_at": time, "stored_at": time,
+            "offline": s("boolean"), "offline_since": {"type": ["string", "null"], "format": "date-time"}
         }
     });
     json!({

@@ -176,7 +176,7 @@ impl TransactionFilter {
 
 const TRANSACTION_COLUMNS: &str = "transaction_id, terminal_id, merchant_id, sequence, transaction_time, type, \
     original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_bin, card_last4, \
-    auth_code, response_code, mcc, received_at, validated_at, stored_at";
+    auth_code, response_code, mcc, received_at, validated_at, stored_at, offline, offline_since";
 
 /// A stored transaction as the API shows it, read straight from its row and serialised
 /// without an intermediate JSON tree: searches answer with 50–500 of these, and building a
@@ -203,6 +203,9 @@ pub struct TransactionView<'r> {
     received_at: Rfc3339,
     validated_at: Rfc3339,
     stored_at: Rfc3339,
+    /// Captured without a link to posflow and sent later (payload version 2).
+    offline: bool,
+    offline_since: Option<Rfc3339>,
 }
 
 #[derive(Serialize)]
@@ -236,6 +239,8 @@ impl<'r> TransactionView<'r> {
             received_at: Rfc3339(r.get(16)),
             validated_at: Rfc3339(r.get(17)),
             stored_at: Rfc3339(r.get(18)),
+            offline: r.get(19),
+            offline_since: r.get::<_, Option<SystemTime>>(20).map(Rfc3339),
         }
     }
 }

@@ -17,7 +17,7 @@ use posflow_kafka::pipeline::{produce_until_confirmed, Output};
 use posflow_mqtt::TopicIds;
 use posflow_registry::Decision;
 use posflow_runtime::Context;
-use posflow_schema::{now_millis, Encoder, Envelope, ReasonCode, Transaction, TransactionReceived};
+use posflow_schema::{now_millis, Encoder, Envelope, ReasonCode, TransactionReceived};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 use rumqttc::v5::mqttbytes::v5::Publish;
@@ -42,7 +42,7 @@ pub(crate) struct Ingress {
 enum Classified {
     /// A transaction Kafka does not have yet (`delay`: the rate limit's delay policy).
     New {
-        transaction: Transaction,
+        parsed: payload::Parsed,
         delay: Option<Duration>,
     },
     /// The same transaction again, same bytes: Kafka has it at `seen`.
@@ -174,21 +174,23 @@ impl Ingress {
             limit::Pace::Pass => None,
         };
         let payload = &r.publish.payload;
-        let transaction =
-            match payload::parse(payload, ids, self.max_payload_bytes, &self.tokenizer) {
-                Ok(t) => t,
-                Err(refused) => return Classified::Refused(refused),
-            };
-        match self.recent.lookup(&transaction.transaction_id, fingerprint) {
-            recent::Lookup::New => Classified::New { transaction, delay },
+        let parsed = match payload::parse(payload, ids, self.max_payload_bytes, &self.tokenizer) {
+            Ok(p) => p,
+            Err(refused) => return Classified::Refused(refused),
+        };
+        match self
+            .recent
+            .lookup(&parsed.transaction.transaction_id, fingerprint)
+        {
+            recent::Lookup::New => Classified::New { parsed, delay },
             recent::Lookup::Repeat(seen) => Classified::Repeat {
-                transaction_id: transaction.transaction_id,
+                transaction_id: parsed.transaction.transaction_id,
                 seen,
             },
             recent::Lookup::Conflict => Classified::Refused(payload::Refusal {
                 reason: ReasonCode::DuplicateTransactionId,
                 detail: "this transaction_id was accepted with different content".into(),
-                transaction_id: Some(transaction.transaction_id),
+                transaction_id: Some(parsed.transaction.transaction_id),
             }),
         }
     }
@@ -200,8 +202,14 @@ impl Ingress {
         classified: Classified,
         fingerprint: u64,
     ) -> anyhow::Result<Step> {
-        let (transaction, delay) = match classified {
-            Classified::New { transaction, delay } => (transaction, delay),
+        let (
+            payload::Parsed {
+                transaction,
+                version,
+            },
+            delay,
+        ) = match classified {
+            Classified::New { parsed, delay } => (parsed, delay),
             Classified::Repeat {
                 transaction_id,
                 seen,
@@ -224,7 +232,7 @@ impl Ingress {
                 received_at: r.received_at,
                 mqtt_topic: r.topic.clone(),
                 bridge_id: self.bridge_id.clone(),
-                payload_version: payload::PAYLOAD_VERSION,
+                payload_version: version,
             },
             transaction,
         };

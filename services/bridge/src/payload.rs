@@ -1,5 +1,5 @@
-//! The terminal payload contract, version 1 (docs/terminal-contract.md): JSON, UTF-8, at most
-//! `max_bytes`. Parsing never panics and every refusal carries a reason code.
+//! The terminal payload contract, versions 1 and 2 (docs/terminal-contract.md): JSON, UTF-8, at
+//! most `max_bytes`. Parsing never panics and every refusal carries a reason code.
 
 use crate::card::{find_sad_field, mask_text, PanError, Tokenizer};
 use posflow_mqtt::TopicIds;
@@ -7,7 +7,17 @@ use posflow_schema::{LineItem, Location, ReasonCode, Transaction};
 use serde::Deserialize;
 use strum::IntoEnumIterator;
 
-pub const PAYLOAD_VERSION: i32 = 1;
+/// The versions this bridge reads. Version 2 adds the offline fields (`offline`,
+/// `offline_since`); version 1 is version 2 without them, and stays valid for ever.
+pub const PAYLOAD_VERSIONS: std::ops::RangeInclusive<i32> = 1..=2;
+
+/// A payload that keeps the contract: the transaction (card tokenised) and the version it was
+/// sent in (the envelope's `payload_version`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parsed {
+    pub transaction: Transaction,
+    pub version: i32,
+}
 
 /// A refusal: the reason code and a message for people, with card numbers masked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +107,7 @@ fn duplicate_key(text: &str) -> Option<String> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire {
-    /// Anything but [`PAYLOAD_VERSION`] takes the checked path, for its own reason.
+    /// Anything outside [`PAYLOAD_VERSIONS`] takes the checked path, for its own reason.
     version: i32,
     transaction_id: String,
     terminal_id: String,
@@ -123,6 +133,13 @@ struct Wire {
     location: Option<WireLocation>,
     #[serde(default)]
     line_items: Vec<WireLineItem>,
+    /// Version 2 on: captured offline. A version-1 payload naming it is refused as an
+    /// unknown field, as it would have been before version 2 existed.
+    #[serde(default)]
+    offline: Option<bool>,
+    /// Version 2 on, RFC 3339: when the link went down (needs `offline: true`).
+    #[serde(default)]
+    offline_since: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -186,10 +203,10 @@ pub fn parse(
     topic: &TopicIds<'_>,
     max_bytes: usize,
     tokenizer: &Tokenizer,
-) -> Result<Transaction, Refusal> {
+) -> Result<Parsed, Refusal> {
     if bytes.len() <= max_bytes && bytes.trim_ascii_start().first() == Some(&b'{') {
         if let Ok(w) = serde_json::from_slice::<Wire>(bytes) {
-            if w.version == PAYLOAD_VERSION {
+            if PAYLOAD_VERSIONS.contains(&w.version) {
                 return w.checked(topic, tokenizer);
             }
         }
@@ -204,7 +221,7 @@ pub fn parse_checked(
     topic: &TopicIds<'_>,
     max_bytes: usize,
     tokenizer: &Tokenizer,
-) -> Result<Transaction, Refusal> {
+) -> Result<Parsed, Refusal> {
     if bytes.len() > max_bytes {
         return Err(oversize(bytes, max_bytes));
     }
@@ -260,11 +277,19 @@ fn check_shape(
     text: &str,
 ) -> Result<(), Refusal> {
     match obj.get("version") {
-        Some(v) if v.as_i64() == Some(PAYLOAD_VERSION as i64) => {}
+        Some(v)
+            if v.as_i64().is_some_and(|v| {
+                (i64::from(*PAYLOAD_VERSIONS.start())..=i64::from(*PAYLOAD_VERSIONS.end()))
+                    .contains(&v)
+            }) => {}
         Some(v) if v.is_i64() => {
             return Err(refuse(
                 ReasonCode::UnsupportedVersion,
-                format!("version {v} is not supported; this bridge reads {PAYLOAD_VERSION}"),
+                format!(
+                    "version {v} is not supported; this bridge reads {} to {}",
+                    PAYLOAD_VERSIONS.start(),
+                    PAYLOAD_VERSIONS.end()
+                ),
             ))
         }
         _ => {
@@ -292,7 +317,7 @@ fn check_shape(
 
 impl Wire {
     /// Identity against the topic, then the value checks; a refusal names the transaction.
-    fn checked(self, topic: &TopicIds<'_>, tokenizer: &Tokenizer) -> Result<Transaction, Refusal> {
+    fn checked(self, topic: &TopicIds<'_>, tokenizer: &Tokenizer) -> Result<Parsed, Refusal> {
         let id = Some(&self.transaction_id)
             .filter(|s| s.len() <= 64)
             .cloned();
@@ -303,22 +328,21 @@ impl Wire {
             )
             .with_id(id));
         }
-        self.into_transaction(tokenizer).map_err(|r| r.with_id(id))
+        let version = self.version;
+        self.into_transaction(tokenizer)
+            .map(|transaction| Parsed {
+                transaction,
+                version,
+            })
+            .map_err(|r| r.with_id(id))
     }
 
     /// The contract's value checks, in the order their refusals are given, then the record
     /// (the card tokenized; its number goes no further).
     fn into_transaction(self, tokenizer: &Tokenizer) -> Result<Transaction, Refusal> {
         self.check_texts()?;
-        let time = humantime::parse_rfc3339_weak(&self.transaction_time)
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .ok_or_else(|| {
-                refuse(
-                    ReasonCode::FieldInvalid,
-                    "transaction_time must be RFC 3339, e.g. 2026-11-27T10:15:30.123Z",
-                )
-            })?;
+        let time = rfc3339_millis("transaction_time", &self.transaction_time)?;
+        let (offline, offline_since) = self.check_offline(time)?;
         if self.sequence < 0 {
             return Err(refuse(ReasonCode::FieldInvalid, "sequence must be >= 0"));
         }
@@ -339,7 +363,9 @@ impl Wire {
             kind: enum_field("type", &self.kind)?,
             payment_method: enum_field("payment_method", &self.payment_method)?,
             entry_mode: enum_field("entry_mode", &self.entry_mode)?,
-            transaction_time: time.as_millis() as i64,
+            transaction_time: time,
+            offline,
+            offline_since,
             card,
             location,
             line_items: self
@@ -363,6 +389,45 @@ impl Wire {
             response_code: self.response_code,
             mcc: self.mcc,
         })
+    }
+
+    /// The offline fields: version 2 only; `offline_since` only with `offline: true`, and not
+    /// after the capture (both are the terminal's clock).
+    fn check_offline(&self, time: i64) -> Result<(bool, Option<i64>), Refusal> {
+        if self.version < 2 {
+            if let Some(name) = [
+                ("offline", self.offline.is_some()),
+                ("offline_since", self.offline_since.is_some()),
+            ]
+            .into_iter()
+            .find_map(|(name, given)| given.then_some(name))
+            {
+                return Err(refuse(
+                    ReasonCode::SchemaViolation,
+                    format!(
+                        "unknown field `{name}` in version 1: the offline fields need version 2"
+                    ),
+                ));
+            }
+        }
+        let offline = self.offline.unwrap_or(false);
+        let Some(since) = &self.offline_since else {
+            return Ok((offline, None));
+        };
+        if !offline {
+            return Err(refuse(
+                ReasonCode::FieldInvalid,
+                "offline_since is only for a transaction with offline: true",
+            ));
+        }
+        let since = rfc3339_millis("offline_since", since)?;
+        if since > time {
+            return Err(refuse(
+                ReasonCode::FieldInvalid,
+                "offline_since must not be after transaction_time",
+            ));
+        }
+        Ok((offline, Some(since)))
     }
 
     fn check_texts(&self) -> Result<(), Refusal> {
@@ -396,6 +461,20 @@ impl Wire {
     }
 }
 
+/// Milliseconds since the epoch of an RFC 3339 time, or FIELD_INVALID naming the field.
+fn rfc3339_millis(field: &str, v: &str) -> Result<i64, Refusal> {
+    humantime::parse_rfc3339_weak(v)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as i64)
+        .ok_or_else(|| {
+            refuse(
+                ReasonCode::FieldInvalid,
+                format!("{field} must be RFC 3339, e.g. 2026-11-27T10:15:30.123Z"),
+            )
+        })
+}
+
 impl WireLocation {
     fn check(&self) -> Result<Location, Refusal> {
         if (-90.0..=90.0).contains(&self.lat) && (-180.0..=180.0).contains(&self.lon) {
@@ -414,7 +493,100 @@ impl WireLocation {
 
 #[cfg(test)]
 mod tests {
-    use super::duplicate_key;
+    use super::*;
+
+    const V1: &str = r#"{"version": 1, "transaction_id": "off-1", "terminal_id": "T1", "merchant_id": "M1", "sequence": 7, "transaction_time": "2026-11-27T10:15:30.123Z", "type": "sale", "amount_minor": 1234, "currency": "EUR", "payment_method": "card", "entry_mode": "chip", "response_code": "00", "mcc": "5814""#;
+
+    /// Both parse paths, which must agree; the answer.
+    fn parse_both(
+        extra: &str,
+        version: i32,
+    ) -> Result<(i32, bool, Option<i64>), (ReasonCode, String)> {
+        let text = format!(
+            "{}{extra}}}",
+            V1.replacen("\"version\": 1", &format!("\"version\": {version}"), 1)
+        );
+        let tokenizer = Tokenizer::new(&posflow_runtime::Secret::new(
+            "test-key-0123456789abcdef0123456789abcdef",
+        ));
+        let ids = TopicIds {
+            merchant_id: "M1",
+            terminal_id: "T1",
+        };
+        let fast = parse(text.as_bytes(), &ids, 16_384, &tokenizer);
+        assert_eq!(
+            fast,
+            parse_checked(text.as_bytes(), &ids, 16_384, &tokenizer),
+            "{text}"
+        );
+        fast.map(|p| {
+            (
+                p.version,
+                p.transaction.offline,
+                p.transaction.offline_since,
+            )
+        })
+        .map_err(|r| (r.reason, r.detail))
+    }
+
+    /// The offline fields of version 2, and version 1 without them (docs/terminal-contract.md).
+    #[test]
+    fn offline_fields_need_version_2_and_agree_with_the_capture_time() {
+        let since = 1_795_770_000_000; // 2026-11-27T09:00:00Z
+        assert_eq!(parse_both("", 1), Ok((1, false, None)));
+        assert_eq!(parse_both("", 2), Ok((2, false, None)));
+        assert_eq!(parse_both(r#", "offline": false"#, 2), Ok((2, false, None)));
+        assert_eq!(parse_both(r#", "offline": true"#, 2), Ok((2, true, None)));
+        assert_eq!(
+            parse_both(
+                r#", "offline": true, "offline_since": "2026-11-27T09:00:00Z""#,
+                2
+            ),
+            Ok((2, true, Some(since)))
+        );
+        // Version 1 never had them: refused as the unknown fields they were.
+        for extra in [
+            r#", "offline": true"#,
+            r#", "offline_since": "2026-11-27T09:00:00Z""#,
+        ] {
+            let (code, detail) = parse_both(extra, 1).unwrap_err();
+            assert_eq!(code, ReasonCode::SchemaViolation, "{detail}");
+            assert!(detail.contains("need version 2"), "{detail}");
+        }
+        let invalid = |extra| parse_both(extra, 2).unwrap_err();
+        assert_eq!(
+            invalid(r#", "offline_since": "2026-11-27T09:00:00Z""#),
+            (
+                ReasonCode::FieldInvalid,
+                "offline_since is only for a transaction with offline: true".into()
+            )
+        );
+        assert_eq!(
+            invalid(r#", "offline": true, "offline_since": "yesterday""#),
+            (
+                ReasonCode::FieldInvalid,
+                "offline_since must be RFC 3339, e.g. 2026-11-27T10:15:30.123Z".into()
+            )
+        );
+        assert_eq!(
+            invalid(r#", "offline": true, "offline_since": "2026-11-27T10:15:31Z""#),
+            (
+                ReasonCode::FieldInvalid,
+                "offline_since must not be after transaction_time".into()
+            )
+        );
+        assert_eq!(
+            invalid(r#", "offline": "yes""#).0,
+            ReasonCode::SchemaViolation
+        );
+        assert_eq!(
+            parse_both("", 3).unwrap_err(),
+            (
+                ReasonCode::UnsupportedVersion,
+                "version 3 is not supported; this bridge reads 1 to 2".into()
+            )
+        );
+    }
 
     #[test]
     fn repeated_keys_are_found_at_any_depth() {

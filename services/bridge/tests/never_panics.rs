@@ -136,9 +136,28 @@ fn the_fast_parse_answers_exactly_as_the_checked_one() {
         (r#""merchant_id": "M005""#, r#""merchant_id": "M006""#),
         (r#""transaction_id": "fast-1""#, r#""transaction_id": """#),
         ("{", " \n{"),
+        // Version 1 with a version-2 field.
+        (r#""mcc": "5814""#, r#""mcc": "5814", "offline": true"#),
     ];
     for (from, to) in edits {
         cases.push(valid.replacen(from, to, 1).into_bytes());
+    }
+    // Version 2, offline, and its refusals.
+    let v2 = valid.replacen(r#""version": 1"#, r#""version": 2"#, 1);
+    for offline in [
+        r#""offline": true, "offline_since": "2026-11-27T09:00:00Z""#,
+        r#""offline": true, "offline_since": "2026-11-28T09:00:00Z""#,
+        r#""offline": false, "offline_since": "2026-11-27T09:00:00Z""#,
+        r#""offline": null"#,
+    ] {
+        cases.push(
+            v2.replacen(
+                r#""mcc": "5814""#,
+                &format!(r#""mcc": "5814", {offline}"#),
+                1,
+            )
+            .into_bytes(),
+        );
     }
     // The same values in the struct's field order as an array: serde's derive would read a
     // struct from it; the contract says object.

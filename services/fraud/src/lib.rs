@@ -18,6 +18,7 @@ pub mod rules;
 
 use anyhow::Context as _;
 use clap::Parser;
+use posflow_kafka::deadletter::{DeadLetters, Refused};
 use posflow_kafka::pipeline::{self, Input, Output, Retry};
 use posflow_kafka::{headers, ExactlyOnceArgs, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram};
@@ -82,6 +83,8 @@ struct Metrics {
     received: IntCounterVec,
     alerts: IntCounterVec,
     too_late: IntCounter,
+    rejudged: IntCounter,
+    dead_lettered: IntCounterVec,
     undecodable: IntCounter,
     rebuilds: IntCounter,
     replayed: IntCounter,
@@ -105,7 +108,16 @@ fn metrics() -> &'static Metrics {
         ),
         too_late: counter(
             "posflow_fraud_too_late_total",
-            "Transactions older than the watermark by more than the allowed lateness: not counted in windows",
+            "Transactions older than the watermark by more than the allowed lateness: not judged, dead-lettered TOO_LATE",
+        ),
+        rejudged: counter(
+            "posflow_fraud_rejudged_total",
+            "Events judged again because a late transaction of their key landed before them",
+        ),
+        dead_lettered: counter_vec(
+            "posflow_fraud_dead_lettered_total",
+            "Input records dead-lettered, by reason (TOO_LATE: not judged)",
+            &["reason"],
         ),
         undecodable: counter(
             "posflow_fraud_undecodable_total",
@@ -155,6 +167,7 @@ struct Stage {
     validated: Decoder<TransactionValidated>,
     raw: Decoder<TransactionReceived>,
     alerts: (String, Encoder<FraudAlert>),
+    dead_letters: DeadLetters,
     replayer: replay::Replayer,
     /// Tells which partitions a rebalance took away: their state is dropped (and rebuilt if they
     /// come back, as another replica may have moved them on meanwhile).
@@ -193,12 +206,21 @@ impl Stage {
         }
     }
 
-    fn judge(&self, input: Feed, e: &mut engine::Engine, t: &Transaction) -> engine::Outcome {
+    /// The key the feed's rules compute on: the card token or the terminal. `None`: a payment
+    /// without a card number has no card rules.
+    fn key(input: Feed, t: &Transaction) -> Option<&str> {
         match (input, &t.card) {
-            (Feed::Card, Some(card)) => e.on_card(&card.token, t, &self.settings),
-            // A payment without a card number has no card rules.
-            (Feed::Card, None) => engine::Outcome::default(),
-            (Feed::Terminal, _) => e.on_terminal(&t.terminal_id, t, &self.settings),
+            (Feed::Card, Some(card)) => Some(&card.token),
+            (Feed::Card, None) => None,
+            (Feed::Terminal, _) => Some(&t.terminal_id),
+        }
+    }
+
+    fn judge(&self, input: Feed, e: &mut engine::Engine, t: &Transaction) -> engine::Outcome {
+        match (input, Self::key(input, t)) {
+            (Feed::Card, Some(key)) => e.on_card(key, t, &self.settings),
+            (Feed::Terminal, Some(key)) => e.on_terminal(key, t, &self.settings),
+            (_, None) => engine::Outcome::default(),
         }
     }
 
@@ -232,6 +254,7 @@ impl Stage {
         let state = states.get_mut(&key).expect("inserted above");
         state.last_offset = input.offset;
         let outcome = self.judge(kind, &mut state.engine, &t);
+        let watermark = state.engine.watermark();
         posflow_runtime::metrics::observe_end_to_end(t.transaction_time);
         m.received
             .with_label_values(&[match kind {
@@ -239,9 +262,7 @@ impl Stage {
                 Feed::Terminal => "terminal",
             }])
             .inc();
-        if outcome.too_late {
-            m.too_late.inc();
-        }
+        m.rejudged.inc_by(outcome.rejudged as u64);
         state.since_eviction += 1;
         if state.since_eviction >= 1000 {
             state.since_eviction = 0;
@@ -250,11 +271,43 @@ impl Stage {
             m.state_keys
                 .set(states.values().map(|s| s.engine.keys()).sum::<usize>() as i64);
         }
+        drop(states);
+        if outcome.too_late {
+            m.too_late.inc();
+            return Ok(vec![self.too_late(&input, &t, watermark, span)?]);
+        }
+        let key = Self::key(kind, &t).unwrap_or_default();
         outcome
             .alerts
             .into_iter()
-            .map(|a| self.alert(kind, &t, a, span))
+            .map(|a| self.alert(kind, key, a, span))
             .collect()
+    }
+
+    /// A transaction too late to judge, as a dead letter (in the batch's Kafka transaction):
+    /// never silently skipped. The letter carries the input record as it was.
+    fn too_late(
+        &self,
+        input: &Input,
+        t: &Transaction,
+        watermark: i64,
+        span: &tracing::Span,
+    ) -> Result<Output, Retry> {
+        let behind_s = (watermark - t.transaction_time) / 1000;
+        let refused = Refused {
+            reason: posflow_schema::ReasonCode::TooLate,
+            detail: format!(
+                "transaction {} is {behind_s} s behind its partition's newest; the allowance is {} s: not judged by the fraud rules",
+                t.transaction_id, self.settings.allowed_lateness_secs
+            ),
+            source: input.position(),
+            key: input.position(),
+            payload: input.payload.clone().unwrap_or_default(),
+            headers: headers::with_trace(input.headers.clone().unwrap_or_default(), span),
+        };
+        self.dead_letters
+            .output(refused)
+            .map_err(|e| Retry(e.to_string()))
     }
 
     /// A partition's state rebuilt from the horizon before `input`, up to (not including) it:
@@ -295,12 +348,13 @@ impl Stage {
         })
     }
 
-    /// One alert as a record for the alerts topic, keyed by the card token (card rules) or
-    /// the terminal.
+    /// One alert as a record for the alerts topic, keyed by the rules' key: the card token
+    /// (card rules) or the terminal. Terminal and merchant are those of the transaction it fired
+    /// at, which is not the one just read when a late arrival completed the pattern.
     fn alert(
         &self,
         kind: Feed,
-        t: &Transaction,
+        key: &str,
         a: engine::Alert,
         span: &tracing::Span,
     ) -> Result<Output, Retry> {
@@ -309,26 +363,21 @@ impl Stage {
         let now = now_millis();
         m.alerts.with_label_values(&[a.rule_id]).inc();
         m.alert_latency
-            .observe((now - t.transaction_time).max(0) as f64 / 1000.0);
-        let card_token = t.card.as_ref().map(|c| c.token.clone());
+            .observe((now - a.anchor_time).max(0) as f64 / 1000.0);
         let record = FraudAlert {
             alert_id: a.alert_id,
             rule_id: a.rule_id.to_string(),
             severity: a.severity,
             score: a.score,
             evidence_transaction_ids: a.evidence,
-            card_token: card_token.clone().filter(|_| kind == Feed::Card),
-            merchant_id: t.merchant_id.clone(),
-            terminal_id: t.terminal_id.clone(),
+            card_token: (kind == Feed::Card).then(|| key.to_string()),
+            merchant_id: a.merchant_id,
+            terminal_id: a.terminal_id,
             detected_at: now,
-        };
-        let key = match (kind, card_token) {
-            (Feed::Card, Some(token)) => token,
-            _ => t.terminal_id.clone(),
         };
         Ok(Output {
             topic: topic.clone(),
-            key,
+            key: key.to_string(),
             value: enc
                 .encode(&record)
                 .map_err(|e| Retry(format!("encoding: {e}")))?,
@@ -361,6 +410,8 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
                 .await
                 .context("fraud alert schema (run posflow-admin provision)")?,
         ),
+        dead_letters: DeadLetters::for_stage(&args.kafka, "fraud", metrics().dead_lettered.clone())
+            .await?,
         validated: Decoder::new(registry.clone()),
         raw: Decoder::new(registry),
         replayer: replay::Replayer::new(&args.kafka, args.max_clock_skew_secs * 1000),

@@ -23,7 +23,8 @@ pub mod id {
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// How late (event time behind the newest seen on its partition) a transaction may arrive
-    /// and still count in windows.
+    /// and still be judged: an offline terminal's flush, a backlog. State keeps this much more
+    /// than the longest window, so it costs memory in proportion (docs/fraud.md).
     pub allowed_lateness_secs: i64,
     pub velocity_card: Velocity,
     pub velocity_terminal: Velocity,
@@ -38,7 +39,9 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            allowed_lateness_secs: 60,
+            // Two hours: a router's or a shop's outage flushed the same morning. Longer outages
+            // are the merchant's call (docs/fraud.md, "Late transactions").
+            allowed_lateness_secs: 7200,
             velocity_card: Velocity {
                 enabled: true,
                 max: 5,
@@ -323,10 +326,10 @@ mod tests {
     #[test]
     fn horizons_cover_the_longest_enabled_window_and_the_lateness() {
         let mut s = Settings::default();
-        assert_eq!(s.card_horizon_ms(), (86_400 + 60) * 1000);
-        assert_eq!(s.terminal_horizon_ms(), (300 + 60) * 1000);
+        assert_eq!(s.card_horizon_ms(), (86_400 + 7200) * 1000);
+        assert_eq!(s.terminal_horizon_ms(), (300 + 7200) * 1000);
         s.amount_anomaly.enabled = false;
         s.impossible_travel.enabled = false;
-        assert_eq!(s.card_horizon_ms(), (600 + 60) * 1000);
+        assert_eq!(s.card_horizon_ms(), (600 + 7200) * 1000);
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::table::{Kind, Table, Value};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::data_type::{ByteArrayType, DataType, DoubleType, Int32Type, Int64Type};
+use parquet::data_type::{BoolType, ByteArrayType, DataType, DoubleType, Int32Type, Int64Type};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::{SerializedColumnWriter, SerializedFileWriter};
 use parquet::schema::parser::parse_message_type;
@@ -37,6 +37,7 @@ pub fn message_type(table: Table) -> String {
             Kind::Int64 | Kind::Timestamp => "int64",
             Kind::Int32 => "int32",
             Kind::Double => "double",
+            Kind::Boolean => "boolean",
         };
         let logical = match c.kind {
             Kind::Text => " (STRING)",
@@ -95,6 +96,10 @@ pub fn write<W: std::io::Write + Send>(
                 })?,
                 Kind::Double => put::<DoubleType>(&mut column, cells, defs, |v| match v {
                     Value::Double(n) => Some(*n),
+                    _ => None,
+                })?,
+                Kind::Boolean => put::<BoolType>(&mut column, cells, defs, |v| match v {
+                    Value::Boolean(b) => Some(*b),
                     _ => None,
                 })?,
             }
@@ -159,6 +164,7 @@ mod tests {
                             Field::TimestampMillis(n) => Value::Int64(*n),
                             Field::Int(n) => Value::Int32(*n),
                             Field::Double(n) => Value::Double(*n),
+                            Field::Bool(b) => Value::Boolean(*b),
                             other => panic!("unexpected {other:?}"),
                         })
                         .collect()

@@ -83,5 +83,7 @@ pub fn transaction(i: usize) -> Transaction {
             unit_price_minor: 100 + i as i64,
             quantity: 1,
         }],
+        offline: i % 5 == 0,
+        offline_since: (i % 5 == 0).then_some(1_790_000_000_000),
     }
 }

@@ -16,6 +16,7 @@ pub enum Kind {
     Int64,
     Int32,
     Double,
+    Boolean,
     /// Milliseconds since the Unix epoch, UTC (Parquet TIMESTAMP(MILLIS, true)).
     Timestamp,
 }
@@ -52,6 +53,7 @@ pub enum Value {
     Int64(i64),
     Int32(i32),
     Double(f64),
+    Boolean(bool),
     Null,
 }
 
@@ -73,6 +75,11 @@ impl From<i64> for Value {
 impl From<i32> for Value {
     fn from(v: i32) -> Self {
         Value::Int32(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Boolean(v)
     }
 }
 impl From<f64> for Value {
@@ -101,7 +108,7 @@ const SOURCE: [Column; 2] = [
 ];
 
 /// A transaction's columns, shared by the validated and the rejected table.
-const TRANSACTION: [Column; 24] = [
+const TRANSACTION: [Column; 26] = [
     col("transaction_id", Kind::Text),
     col("terminal_id", Kind::Text),
     col("merchant_id", Kind::Text),
@@ -127,6 +134,9 @@ const TRANSACTION: [Column; 24] = [
     col("received_at", Kind::Timestamp),
     col("bridge_id", Kind::Text),
     col("payload_version", Kind::Int32),
+    // Payload version 2 (docs/offline.md); false and null for earlier transactions.
+    col("offline", Kind::Boolean),
+    opt("offline_since", Kind::Timestamp),
 ];
 
 const fn concat<const A: usize, const B: usize, const C: usize, const N: usize>(
@@ -152,9 +162,9 @@ const fn concat<const A: usize, const B: usize, const C: usize, const N: usize>(
     out
 }
 
-const VALIDATED: [Column; 27] = concat(TRANSACTION, [col("validated_at", Kind::Timestamp)], SOURCE);
+const VALIDATED: [Column; 29] = concat(TRANSACTION, [col("validated_at", Kind::Timestamp)], SOURCE);
 
-const REJECTED: [Column; 29] = concat(
+const REJECTED: [Column; 31] = concat(
     TRANSACTION,
     [
         // The codes, comma-separated, for `WHERE reason_codes LIKE '%AMOUNT%'`.
@@ -300,6 +310,8 @@ fn transaction(row: &mut Vec<Value>, e: posflow_schema::Envelope, t: Transaction
         e.received_at.into(),
         e.bridge_id.into(),
         e.payload_version.into(),
+        t.offline.into(),
+        t.offline_since.into(),
     ]);
 }
 
@@ -318,6 +330,7 @@ mod tests {
                 (Kind::Int64 | Kind::Timestamp, Value::Int64(_)) => true,
                 (Kind::Int32, Value::Int32(_)) => true,
                 (Kind::Double, Value::Double(_)) => true,
+                (Kind::Boolean, Value::Boolean(_)) => true,
                 _ => false,
             };
             assert!(fits, "{table:?}.{} = {v:?}", c.name);

@@ -28,6 +28,7 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "least privilege",
         include_str!("../migrations/0004_least_privilege.sql"),
     ),
+    (5, "offline", include_str!("../migrations/0005_offline.sql")),
 ];
 
 pub use posflow_pg::{connect, DbError};
@@ -229,16 +230,16 @@ const INSERT_REJECTIONS: &str = "INSERT INTO rejections (transaction_id, termina
 const INSERT_ROWS: &str = "INSERT INTO transactions (transaction_id, terminal_id, merchant_id, sequence, transaction_time, type,
         original_transaction_id, amount_minor, currency, payment_method, entry_mode, card_token, card_bin,
         card_last4, auth_code, response_code, mcc, latitude, longitude, received_at, bridge_id, validated_at,
-        kafka_partition, kafka_offset, card_token_key_id)
+        kafka_partition, kafka_offset, card_token_key_id, offline, offline_since)
      SELECT a, b, c, d, to_timestamp(e / 1000.0), f, g, h, i, j, k, l, m, n, o, p, q, r, s,
-            to_timestamp(t / 1000.0), u, to_timestamp(v / 1000.0), w, x, y
+            to_timestamp(t / 1000.0), u, to_timestamp(v / 1000.0), w, x, y, z, to_timestamp(aa / 1000.0)
      FROM (SELECT unnest($1::text[]) a, unnest($2::text[]) b, unnest($3::text[]) c, unnest($4::bigint[]) d,
                  unnest($5::bigint[]) e, unnest($6::text[]) f, unnest($7::text[]) g, unnest($8::bigint[]) h,
                  unnest($9::text[]) i, unnest($10::text[]) j, unnest($11::text[]) k, unnest($12::text[]) l,
                  unnest($13::text[]) m, unnest($14::text[]) n, unnest($15::text[]) o, unnest($16::text[]) p,
                  unnest($17::text[]) q, unnest($18::float8[]) r, unnest($19::float8[]) s, unnest($20::bigint[]) t,
                  unnest($21::text[]) u, unnest($22::bigint[]) v, unnest($23::int[]) w, unnest($24::bigint[]) x,
-                 unnest($25::text[]) y) AS src";
+                 unnest($25::text[]) y, unnest($26::bool[]) z, unnest($27::bigint[]) aa) AS src";
 const INSERT_LINE_ITEMS: &str = "INSERT INTO transaction_line_items (transaction_id, line_no, sku, description, unit_price_minor, quantity)
      SELECT unnest($1::text[]), unnest($2::int[]), unnest($3::text[]), unnest($4::text[]),
             unnest($5::bigint[]), unnest($6::int[])";
@@ -489,7 +490,9 @@ async fn insert_rows(
     let validated = column(rows, |(_, v)| v.validated_at);
     let partitions = column(rows, |(r, _)| r.partition);
     let offsets = column(rows, |(r, _)| r.offset);
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
+    let offline = column(&txs, |t| t.offline);
+    let offline_since = column(&txs, |t| t.offline_since);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 27] = [
         &ids,
         &terminals,
         &merchants,
@@ -515,6 +518,8 @@ async fn insert_rows(
         &partitions,
         &offsets,
         &key_ids,
+        &offline,
+        &offline_since,
     ];
     let transactions = tx.execute(&st.rows, &params);
     futures::try_join!(

@@ -3,6 +3,7 @@
 //! decoded goes to the dead-letter topic. Exactly once by default (Kafka transactions), at
 //! least once by configuration.
 
+pub mod offline;
 pub mod policy;
 pub mod rules;
 pub mod sequence;
@@ -80,6 +81,8 @@ struct Metrics {
     sequence_missing: IntCounter,
     sequence_behind: IntCounter,
     terminals: IntGauge,
+    offline: IntCounter,
+    outages: IntGauge,
 }
 
 fn metrics() -> &'static Metrics {
@@ -123,6 +126,14 @@ fn metrics() -> &'static Metrics {
             "posflow_validator_terminals_tracked",
             "Terminals whose last sequence number this replica holds",
         ),
+        offline: counter(
+            "posflow_validator_offline_total",
+            "Transactions captured offline (payload version 2 `offline: true`), accepted or not",
+        ),
+        outages: gauge(
+            "posflow_validator_outages_tracked",
+            "Terminal outages whose accepted offline count and total this replica holds",
+        ),
     })
 }
 
@@ -144,6 +155,7 @@ struct Validator {
     dead_letters: DeadLetters,
     policies: policy::Policies,
     sequences: sequence::Tracker,
+    outages: offline::Outages,
 }
 
 impl Validator {
@@ -184,7 +196,19 @@ impl Validator {
         let policy = self
             .policies
             .for_merchant(&received.transaction.merchant_id);
-        let reasons = rules::check(&received, policy);
+        let mut reasons = rules::check(&received, policy);
+        let t = &received.transaction;
+        if !t.offline {
+            self.outages.online(&t.terminal_id);
+        } else {
+            m.offline.inc();
+            // The outage's count and total only for a transaction every other rule accepts:
+            // one refused for another reason takes nothing from the outage's allowance.
+            if reasons.is_empty() {
+                reasons = self.outages.admit(t, &policy.offline);
+            }
+            m.outages.set(self.outages.held() as i64);
+        }
         let output = if reasons.is_empty() {
             m.validated.inc();
             let v = TransactionValidated {
@@ -284,6 +308,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         decoder: Decoder::new(registry),
         policies,
         sequences: sequence::Tracker::default(),
+        outages: offline::Outages::default(),
     };
     tracing::info!(
         delivery = ?args.delivery,

@@ -22,6 +22,39 @@ pub struct Policy {
     entry_modes: [bool; EntryMode::COUNT],
     /// `None`: any well-formed MCC.
     mccs: Option<Vec<String>>,
+    /// Store-and-forward limits (`[….offline]`).
+    pub offline: OfflineCaps,
+}
+
+/// What a merchant allows a terminal to capture without a link to posflow (payload version 2's
+/// `offline: true`), after Adyen's store-and-forward settings (docs/validation.md). Amounts are
+/// in major units of the transaction's currency, scaled by its minor units like `max_amount`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OfflineCaps {
+    /// `false`: every offline transaction is refused (OFFLINE_NOT_ALLOWED).
+    pub allowed: bool,
+    /// Per offline transaction (OFFLINE_AMOUNT_OVER_CAP).
+    pub max_amount_major: i64,
+    /// From capture to the bridge's receipt (OFFLINE_TOO_OLD).
+    pub max_age_ms: i64,
+    /// Accepted offline transactions per terminal per outage (OFFLINE_COUNT_OVER_CAP).
+    pub max_count: u32,
+    /// Accepted offline amount per terminal per outage and currency (OFFLINE_TOTAL_OVER_CAP).
+    pub max_total_major: i64,
+}
+
+impl Default for OfflineCaps {
+    /// Moneris' published defaults for the amount and count (250 per transaction, 500 records);
+    /// 10,000 per outage and three days are ours.
+    fn default() -> Self {
+        Self {
+            allowed: true,
+            max_amount_major: 250,
+            max_age_ms: 72 * 3_600_000,
+            max_count: 500,
+            max_total_major: 10_000,
+        }
+    }
 }
 
 impl Default for Policy {
@@ -33,6 +66,7 @@ impl Default for Policy {
             types: [true; TransactionType::COUNT],
             entry_modes: [true; EntryMode::COUNT],
             mccs: None,
+            offline: OfflineCaps::default(),
         }
     }
 }
@@ -126,6 +160,53 @@ struct Settings {
     types: Option<Vec<String>>,
     entry_modes: Option<Vec<String>>,
     mccs: Option<Vec<String>>,
+    #[serde(default)]
+    offline: OfflineSettings,
+}
+
+/// `[….offline]`: each field optional, inherited like the rest.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OfflineSettings {
+    allowed: Option<bool>,
+    max_amount: Option<i64>,
+    max_age_hours: Option<i64>,
+    max_count: Option<i64>,
+    max_total: Option<i64>,
+}
+
+impl OfflineSettings {
+    fn resolve(
+        &self,
+        parent: &OfflineCaps,
+        section: &str,
+        errors: &mut Vec<String>,
+    ) -> OfflineCaps {
+        let mut c = parent.clone();
+        let mut positive = |name: &str, v: Option<i64>| {
+            v.inspect(|&v| {
+                if v <= 0 {
+                    errors.push(format!("{section}.offline {name} must be > 0, not {v}"));
+                }
+            })
+        };
+        if let Some(a) = self.allowed {
+            c.allowed = a;
+        }
+        if let Some(a) = positive("max_amount", self.max_amount) {
+            c.max_amount_major = a;
+        }
+        if let Some(h) = positive("max_age_hours", self.max_age_hours) {
+            c.max_age_ms = h.saturating_mul(3_600_000);
+        }
+        if let Some(n) = positive("max_count", self.max_count) {
+            c.max_count = u32::try_from(n).unwrap_or(u32::MAX);
+        }
+        if let Some(t) = positive("max_total", self.max_total) {
+            c.max_total_major = t;
+        }
+        c
+    }
 }
 
 impl Settings {
@@ -193,6 +274,7 @@ impl Settings {
             }
             p.mccs = Some(mccs.clone());
         }
+        p.offline = self.offline.resolve(&parent.offline, section, errors);
         p
     }
 }
@@ -278,6 +360,51 @@ mod tests {
         assert!(errors.iter().any(|e| e.contains("\"chargeback\"")));
         assert!(errors.iter().any(|e| e.contains("\"telepathy\"")));
         assert!(errors.iter().any(|e| e.contains("\"gift\"")));
+    }
+
+    #[test]
+    fn offline_caps_are_inherited_field_by_field_and_checked() {
+        let p = Policies::from_toml(
+            r#"
+            [defaults.offline]
+            max_amount = 100
+            max_count = 50
+            [merchants.M1.offline]
+            max_count = 5
+            max_total = 300
+            [merchants.M2.offline]
+            allowed = false
+            "#,
+        )
+        .unwrap();
+        let d = &p.for_merchant("other").offline;
+        assert_eq!((d.max_amount_major, d.max_count), (100, 50));
+        assert_eq!(d.max_total_major, OfflineCaps::default().max_total_major);
+        let m1 = &p.for_merchant("M1").offline;
+        assert_eq!(
+            (
+                m1.allowed,
+                m1.max_amount_major,
+                m1.max_count,
+                m1.max_total_major
+            ),
+            (true, 100, 5, 300)
+        );
+        assert!(!p.for_merchant("M2").offline.allowed);
+        let errors = Policies::from_toml(
+            "[defaults.offline]\nmax_count = 0\nmax_age_hours = -1\n[merchants.M1.offline]\nmax_total = 0\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            errors,
+            vec![
+                "[defaults].offline max_age_hours must be > 0, not -1",
+                "[defaults].offline max_count must be > 0, not 0",
+                "[merchants.M1].offline max_total must be > 0, not 0",
+            ]
+        );
+        let errors = Policies::from_toml("[defaults.offline]\nmax_amout = 5\n").unwrap_err();
+        assert!(errors[0].contains("max_amout"), "{errors:?}");
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub fn check(r: &TransactionReceived, policy: &Policy) -> Vec<RejectionReason> {
     kind(r, policy, &mut out);
     merchant(r, policy, &mut out);
     line_items(r, &mut out);
+    offline(r, policy, &mut out);
     out
 }
 
@@ -137,6 +138,46 @@ fn merchant(r: &TransactionReceived, policy: &Policy, out: &mut Vec<RejectionRea
     }
 }
 
+/// OFFLINE_NOT_ALLOWED, or OFFLINE_AMOUNT_OVER_CAP and OFFLINE_TOO_OLD: the offline caps that
+/// need no state. The per-outage count and total are [`crate::offline::Outages`]'s.
+fn offline(r: &TransactionReceived, policy: &Policy, out: &mut Vec<RejectionReason>) {
+    let (t, caps) = (&r.transaction, &policy.offline);
+    if !t.offline {
+        return;
+    }
+    if !caps.allowed {
+        out.push(reason(
+            ReasonCode::OfflineNotAllowed,
+            "merchant does not accept offline capture".into(),
+        ));
+        return;
+    }
+    if let Some(units) = minor_units(&t.currency) {
+        let cap = caps
+            .max_amount_major
+            .saturating_mul(10i64.pow(u32::from(units)));
+        if t.amount_minor > cap {
+            out.push(reason(
+                ReasonCode::OfflineAmountOverCap,
+                format!(
+                    "amount_minor {} exceeds the offline cap {cap} for {}",
+                    t.amount_minor, t.currency
+                ),
+            ));
+        }
+    }
+    let age = r.envelope.received_at.saturating_sub(t.transaction_time);
+    if age > caps.max_age_ms {
+        out.push(reason(
+            ReasonCode::OfflineTooOld,
+            format!(
+                "captured offline {age} ms before receipt; the cap is {} ms",
+                caps.max_age_ms
+            ),
+        ));
+    }
+}
+
 /// LINE_ITEMS_MISMATCH: line items, when present, add up to the amount (exactly, in i128).
 fn line_items(r: &TransactionReceived, out: &mut Vec<RejectionReason>) {
     let t = &r.transaction;
@@ -178,9 +219,13 @@ mod tests {
         mccs = ["5411", "5814", "5999"]
         [defaults.max_amount_by_type]
         refund = 500
+        [defaults.offline]
+        max_amount = 50
+        max_age_hours = 24
     "#;
     const SKEW_MS: i64 = 120_000;
     const AGE_MS: i64 = 48 * 3_600_000;
+    const OFFLINE_AGE_MS: i64 = 24 * 3_600_000;
     const CURRENCIES: [&str; 7] = ["EUR", "USD", "JPY", "GBP", "KWD", "BHD", "CHF"];
 
     fn policy() -> Policy {
@@ -243,6 +288,8 @@ mod tests {
                 line_items: items.iter().map(|&(price, quantity)| LineItem {
                     sku: "s".into(), description: "d".into(), unit_price_minor: price, quantity,
                 }).collect(),
+                offline: false,
+                offline_since: None,
             };
             if matches!(kind, TransactionType::Refund | TransactionType::Completion) {
                 t.original_transaction_id = Some(format!("{original}-orig"));
@@ -280,11 +327,14 @@ mod tests {
         #[test]
         fn each_violation_yields_exactly_its_code(
             r in valid_transaction(),
-            expected in proptest::sample::select(ReasonCode::given_by_stage(GivenBy::Validator).collect::<Vec<_>>()),
+            // Every code `check` gives: the per-outage caps are crate::offline's (tested there).
+            expected in proptest::sample::select(ReasonCode::given_by_stage(GivenBy::Validator)
+                .filter(|c| !matches!(c, ReasonCode::OfflineCountOverCap | ReasonCode::OfflineTotalOverCap))
+                .collect::<Vec<_>>()),
             n in 1i64..1_000_000_000,
             text in "\\PC{0,6}",
         ) {
-            let p = policy();
+            let mut p = policy();
             let mut r = r;
             let t = &mut r.transaction;
             let received = r.envelope.received_at;
@@ -335,6 +385,24 @@ mod tests {
                             sku: "x".into(), description: "extra".into(), unit_price_minor: n, quantity: 1,
                         });
                     }
+                }
+                ReasonCode::OfflineNotAllowed => {
+                    p.offline.allowed = false;
+                    t.offline = true;
+                }
+                ReasonCode::OfflineAmountOverCap => {
+                    let units = u32::from(minor_units(&t.currency).unwrap());
+                    t.offline = true;
+                    t.amount_minor = 50 * 10i64.pow(units) + 1 + n % 10i64.pow(units + 1);
+                    prop_assume!(t.amount_minor <= limit_minor(&p, t));
+                    t.line_items.clear();
+                    t.transaction_time = t.transaction_time.max(received - OFFLINE_AGE_MS);
+                }
+                ReasonCode::OfflineTooOld => {
+                    t.offline = true;
+                    t.amount_minor = 1;
+                    t.line_items.clear();
+                    t.transaction_time = received - OFFLINE_AGE_MS - 1 - n % (AGE_MS - OFFLINE_AGE_MS);
                 }
                 other => unreachable!("no mutation for {other}"),
             }

@@ -74,7 +74,12 @@ cases = {
     "SCHEMA_VIOLATION__sequence_as_bool": valid(sequence=True),
     "SCHEMA_VIOLATION__card_as_string": valid(card=PAN),
     "SCHEMA_VIOLATION__line_items_as_object": valid(line_items={"sku": "x"}),
-    "UNSUPPORTED_VERSION__2": valid(version=2),
+    "UNSUPPORTED_VERSION__3": valid(version=3),
+    # Version 2's offline fields (docs/terminal-contract.md).
+    "SCHEMA_VIOLATION__offline_in_version_1": valid(offline=True),
+    "SCHEMA_VIOLATION__offline_as_string": valid(version=2, offline="yes"),
+    "FIELD_INVALID__offline_since_without_offline": valid(version=2, offline_since="2026-11-27T09:00:00Z"),
+    "FIELD_INVALID__offline_since_after_capture": valid(version=2, offline=True, offline_since="2026-11-27T11:00:00Z"),
     "UNSUPPORTED_VERSION__0": valid(version=0),
     "UNSUPPORTED_VERSION__negative": valid(version=-1),
     "IDENTITY_MISMATCH__other_terminal": valid(terminal_id="T0471"),

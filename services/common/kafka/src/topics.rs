@@ -96,7 +96,7 @@ pub const CATALOGUE: &[TopicSpec] = &[
         value: ValueSchema::DeadLetter,
         partitions: 3,
         retention: Retention::Days(30),
-        writers: "bridge, validator, storage, notifier",
+        writers: "bridge, validator, storage, fraud (TOO_LATE), notifier",
         readers: "operators (replay tooling)",
     },
     TopicSpec {

@@ -103,6 +103,26 @@ pub enum ReasonCode {
     MccInvalid,
     #[strum(message = "line items present and their total differs from the amount")]
     LineItemsMismatch,
+    #[strum(
+        message = "captured offline (`offline: true`), and the merchant's rules do not allow offline capture"
+    )]
+    OfflineNotAllowed,
+    #[strum(
+        message = "captured offline, above the merchant's offline amount per transaction (default 250 major units)"
+    )]
+    OfflineAmountOverCap,
+    #[strum(
+        message = "captured offline longer ago than the merchant's offline maximum age (default 72 h) at receipt"
+    )]
+    OfflineTooOld,
+    #[strum(
+        message = "captured offline after the terminal's outage already had the merchant's maximum number of offline transactions (default 500)"
+    )]
+    OfflineCountOverCap,
+    #[strum(
+        message = "captured offline, and the outage's offline total in this currency would exceed the merchant's cap (default 10,000 major units)"
+    )]
+    OfflineTotalOverCap,
 
     // Given by any stage that consumes from Kafka.
     #[strum(
@@ -113,6 +133,10 @@ pub enum ReasonCode {
         message = "storage or the notifier: PostgreSQL refused the record's row for good (SQLSTATE class 22, 23 or 54); the detail is `SQLSTATE <code>: <message>`, never the row"
     )]
     DbRejected,
+    #[strum(
+        message = "fraud: the transaction's time is further behind the newest on its input partition than `allowed_lateness_secs` (default 2 h): not judged by the fraud rules (it is validated, stored and notified as usual)"
+    )]
+    TooLate,
 
     // Given by the notifier's dispatcher.
     #[strum(
@@ -177,8 +201,9 @@ impl ReasonCode {
             | DuplicateTransactionId => GivenBy::Bridge,
             AmountNotPositive | AmountOverLimit | CurrencyUnknown | TimeInFuture | TimeTooOld
             | TypeNotAllowed | OriginalMissing | OriginalUnexpected | EntryModeNotAllowed
-            | MccInvalid | LineItemsMismatch => GivenBy::Validator,
-            DecodeFailed | DbRejected => GivenBy::KafkaStage,
+            | MccInvalid | LineItemsMismatch | OfflineNotAllowed | OfflineAmountOverCap
+            | OfflineTooOld | OfflineCountOverCap | OfflineTotalOverCap => GivenBy::Validator,
+            DecodeFailed | DbRejected | TooLate => GivenBy::KafkaStage,
             WebhookExhausted | WebhookRefused | EmailExhausted | EmailRefused => GivenBy::Notifier,
         }
     }
@@ -292,6 +317,6 @@ mod tests {
         ] {
             assert_eq!(c.code(), code);
         }
-        assert_eq!(seen.len(), 33);
+        assert_eq!(seen.len(), 39);
     }
 }

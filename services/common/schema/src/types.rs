@@ -149,6 +149,40 @@ pub struct Transaction {
     pub mcc: String,
     pub location: Option<Location>,
     pub line_items: Vec<LineItem>,
+    /// Captured offline (store-and-forward) and sent when the link returned (payload version 2).
+    #[serde(default)]
+    pub offline: bool,
+    /// Milliseconds since the Unix epoch: when the terminal lost its link, if it knows.
+    #[serde(default)]
+    pub offline_since: Option<i64>,
+}
+
+impl Transaction {
+    /// A plain online sale of 12.34 EUR without a card, at 2026-11-27T10:15:30Z: the base
+    /// that tests and examples change what they need on.
+    pub fn example(transaction_id: &str, terminal_id: &str) -> Self {
+        Transaction {
+            transaction_id: transaction_id.into(),
+            terminal_id: terminal_id.into(),
+            merchant_id: "M001".into(),
+            sequence: 1,
+            transaction_time: 1_795_774_530_000,
+            kind: TransactionType::Sale,
+            original_transaction_id: None,
+            amount_minor: 1234,
+            currency: "EUR".into(),
+            payment_method: PaymentMethod::Card,
+            entry_mode: EntryMode::Chip,
+            card: None,
+            auth_code: None,
+            response_code: "00".into(),
+            mcc: "5814".into(),
+            location: None,
+            line_items: vec![],
+            offline: false,
+            offline_since: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -47,6 +47,8 @@ fn transaction(i: usize) -> Transaction {
         } else {
             vec![]
         },
+        offline: i % 2 == 1,
+        offline_since: (i % 2 == 1).then_some(1_789_990_000_000),
     }
 }
 
@@ -273,7 +275,20 @@ fn the_schema_aware_read_agrees_with_apache_avro_on_every_schema() {
             }
             let fast = from_datum::<T>(schema, &broken).ok();
             let tree = codec::from_datum_via_value::<T>(schema, &broken).ok();
-            assert_eq!(fast, tree, "{:?} on {broken:?}", T::SCHEMA);
+            // apache-avro reads a union index cut off by the end of the datum (none, or an
+            // unfinished varint) as null (its decode.rs, for old writers): a datum cut in a last
+            // optional field's index. The schema-aware read refuses it, as a cut datum should be.
+            let cut_before_a_trailing_null = fast.is_none()
+                && tree.as_ref().is_some_and(|t| {
+                    let whole = to_datum(t).unwrap();
+                    let (index, before) = whole.split_last().unwrap();
+                    *index == 0
+                        && broken.starts_with(before)
+                        && broken[before.len()..].iter().all(|b| b & 0x80 != 0)
+                });
+            if !cut_before_a_trailing_null {
+                assert_eq!(fast, tree, "{:?} on {broken:?}", T::SCHEMA);
+            }
             read += 1;
         }
         read
