@@ -4,7 +4,7 @@
 use posflow_e2e::bin;
 use std::process::Command;
 
-const BINARIES: [&str; 10] = [
+const BINARIES: [&str; 11] = [
     "posflow-bridge",
     "posflow-validator",
     "posflow-storage",
@@ -15,6 +15,7 @@ const BINARIES: [&str; 10] = [
     "posflow-api",
     "posflow-lake",
     "posflow-chaos",
+    "posflow-terminal",
 ];
 
 /// The merchant API's configuration: every mistake listed, exit 2, no secret echoed.

@@ -23,6 +23,7 @@ mod portal;
 mod provisioning;
 
 mod storage;
+mod terminal_client;
 mod terminal_registry;
 mod validator_exactly_once;
 

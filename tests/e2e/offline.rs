@@ -34,9 +34,18 @@ fn payload(
     v
 }
 
-fn rfc3339(ms: i64) -> String {
-    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms as u64);
-    humantime::format_rfc3339_millis(t).to_string()
+/// Publishes `p` and waits for its answer.
+async fn publish_answered(
+    client: &rumqttc::v5::AsyncClient,
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+    topic: &str,
+    p: &serde_json::Value,
+) -> serde_json::Value {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, p.to_string())
+        .await
+        .unwrap();
+    answers(rx, 1).await.remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,15 +112,11 @@ async fn offline_caps_reject_over_cap_transactions_with_their_codes_and_accept_t
     // Each answered before the next is sent, so each terminal's order on the raw topic is this.
     for terminal in [t, t_no] {
         let (client, mut rx) = answered_terminal(&d.stack, terminal, &merchant_of(terminal)).await;
+        let topic = posflow_mqtt::tx_topic(&merchant_of(terminal), terminal);
         for (p, _) in planned.iter().filter(|(p, _)| p["terminal_id"] == terminal) {
-            let topic = posflow_mqtt::tx_topic(p["merchant_id"].as_str().unwrap(), terminal);
-            client
-                .publish(topic, QoS::AtLeastOnce, false, p.to_string())
-                .await
-                .unwrap();
-            let a = answers(&mut rx, 1).await;
+            let a = publish_answered(&client, &mut rx, &topic, p).await;
             assert_eq!(
-                (a[0]["transaction_id"].as_str(), a[0]["status"].as_str()),
+                (a["transaction_id"].as_str(), a["status"].as_str()),
                 (p["transaction_id"].as_str(), Some("accepted")),
                 "{a:?}"
             );
@@ -144,14 +149,9 @@ async fn offline_caps_reject_over_cap_transactions_with_their_codes_and_accept_t
             p
         };
         for (p, reason) in [(v1, "SCHEMA_VIOLATION"), (late_since, "FIELD_INVALID")] {
-            let topic = posflow_mqtt::tx_topic(&merchant_of(terminal), terminal);
-            client
-                .publish(topic, QoS::AtLeastOnce, false, p.to_string())
-                .await
-                .unwrap();
-            let a = answers(&mut rx, 1).await;
+            let a = publish_answered(&client, &mut rx, &topic, &p).await;
             assert_eq!(
-                (a[0]["status"].as_str(), a[0]["reason"].as_str()),
+                (a["status"].as_str(), a["reason"].as_str()),
                 (Some("rejected"), Some(reason)),
                 "{p}: {a:?}"
             );

@@ -188,6 +188,12 @@ fn fleet_config(
     }
 }
 
+/// RFC 3339 with milliseconds, UTC, as terminals write times.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// A terminal payload (contract v1) that passes every bridge check.
 pub fn valid_payload(transaction_id: &str, terminal: &str, merchant: &str) -> String {
     serde_json::json!({
@@ -215,16 +221,8 @@ pub fn received_sale(
             payload_version: 1,
         },
         transaction: Transaction {
-            transaction_id: id.into(),
-            terminal_id: terminal.into(),
-            merchant_id: "M001".into(),
             sequence,
             transaction_time: now - 1000,
-            kind: TransactionType::Sale,
-            original_transaction_id: None,
-            amount_minor: 1234,
-            currency: "EUR".into(),
-            payment_method: PaymentMethod::Card,
             entry_mode: EntryMode::Contactless,
             card: Some(Card {
                 token: format!("tok-{terminal}-{}", sequence % 7),
@@ -234,12 +232,7 @@ pub fn received_sale(
                 previous_tokens: vec![],
             }),
             auth_code: Some("123456".into()),
-            response_code: "00".into(),
-            mcc: "5814".into(),
-            location: None,
-            line_items: vec![],
-            offline: false,
-            offline_since: None,
+            ..Transaction::example(id, terminal)
         },
     }
 }

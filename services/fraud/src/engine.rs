@@ -484,34 +484,19 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use posflow_schema::{EntryMode, Location, PaymentMethod, TransactionType};
+    use posflow_schema::Location;
 
     const T0: i64 = 1_800_000_000_000; // 2027-01-15T08:00:00Z
 
     fn tx(id: &str, secs: i64, amount: i64) -> Transaction {
         Transaction {
-            transaction_id: id.into(),
-            terminal_id: "T1".into(),
-            merchant_id: "M1".into(),
-            sequence: 0,
             transaction_time: T0 + secs * 1000,
-            kind: TransactionType::Sale,
-            original_transaction_id: None,
             amount_minor: amount,
-            currency: "EUR".into(),
-            payment_method: PaymentMethod::Card,
-            entry_mode: EntryMode::Chip,
-            card: None,
-            auth_code: None,
-            response_code: "00".into(),
-            mcc: "5411".into(),
             location: Some(Location {
                 latitude: 52.52,
                 longitude: 13.40,
             }),
-            line_items: vec![],
-            offline: false,
-            offline_since: None,
+            ..Transaction::example(id, "T1")
         }
     }
 

@@ -168,46 +168,36 @@ mod tests {
     fn count_and_total_per_outage_and_the_same_answer_when_judged_again() {
         let o = Outages::default();
         let since = Some(1_000);
-        // 40.00 + 40.00 accepted; 30.00 would make 110.00 > 100.00; 20.00 fits (3rd accepted).
-        assert_eq!(
-            codes(o.admit(&tx(1, since, 4000), &CAPS)),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            codes(o.admit(&tx(2, since, 4000), &CAPS)),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            codes(o.admit(&tx(3, since, 3000), &CAPS)),
-            ["OFFLINE_TOTAL_OVER_CAP"]
-        );
-        assert_eq!(
-            codes(o.admit(&tx(4, since, 2000), &CAPS)),
-            Vec::<String>::new()
-        );
-        // A 4th: over the count (and the total).
-        assert_eq!(
-            codes(o.admit(&tx(5, since, 100), &CAPS)),
-            ["OFFLINE_COUNT_OVER_CAP", "OFFLINE_TOTAL_OVER_CAP"]
-        );
-        // An aborted transaction's records judged again: the same answers.
-        assert_eq!(
-            codes(o.admit(&tx(2, since, 4000), &CAPS)),
-            Vec::<String>::new()
-        );
-        assert_eq!(
-            codes(o.admit(&tx(3, since, 3000), &CAPS)),
-            ["OFFLINE_TOTAL_OVER_CAP"]
-        );
-        assert_eq!(
-            codes(o.admit(&tx(4, since, 2000), &CAPS)),
-            Vec::<String>::new()
-        );
-        // Another outage of the same terminal counts from zero.
-        assert_eq!(
-            codes(o.admit(&tx(6, Some(9_000), 9000), &CAPS)),
-            Vec::<String>::new()
-        );
+        let none: &[&str] = &[];
+        let total: &[&str] = &["OFFLINE_TOTAL_OVER_CAP"];
+        // (sequence, outage, amount, codes)
+        let judged: [(i64, Option<i64>, i64, &[&str]); 9] = [
+            // 40.00 + 40.00 accepted; 30.00 would make 110.00 > 100.00; 20.00 fits (3rd).
+            (1, since, 4000, none),
+            (2, since, 4000, none),
+            (3, since, 3000, total),
+            (4, since, 2000, none),
+            // A 4th: over the count (and the total).
+            (
+                5,
+                since,
+                100,
+                &["OFFLINE_COUNT_OVER_CAP", "OFFLINE_TOTAL_OVER_CAP"],
+            ),
+            // An aborted transaction's records judged again: the same answers.
+            (2, since, 4000, none),
+            (3, since, 3000, total),
+            (4, since, 2000, none),
+            // Another outage of the same terminal counts from zero.
+            (6, Some(9_000), 9000, none),
+        ];
+        for (seq, outage, amount, want) in judged {
+            assert_eq!(
+                codes(o.admit(&tx(seq, outage, amount), &CAPS)),
+                want,
+                "{seq}"
+            );
+        }
         assert_eq!(o.held(), 2);
     }
 
