@@ -8,6 +8,7 @@ mod bridge;
 mod chart;
 mod cpu;
 mod e2e;
+mod flush;
 mod notify;
 mod pin;
 mod report;
@@ -17,8 +18,9 @@ use clap::Parser;
 use report::{Report, Row, Target};
 use std::path::PathBuf;
 
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "bridge",
+    "flush",
     "validator",
     "storage",
     "lake",
@@ -40,7 +42,7 @@ struct Args {
     /// Every scenario with a few hundred records: checks the harness, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Run only these scenarios (comma-separated): bridge, validator, storage, lake, fraud, notifier, api, e2e, scale, pinned.
+    /// Run only these scenarios (comma-separated): bridge, flush, validator, storage, lake, fraud, notifier, api, e2e, scale, pinned.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
     /// Where the JSON results go (bench-<time>.json).
@@ -106,6 +108,8 @@ struct Sizes {
     e2e: (usize, usize, f64),
     /// Records per scale-out run.
     scale: usize,
+    /// Terminals flushing at once, offline sales each.
+    flush: (usize, usize),
 }
 
 const FULL: Sizes = Sizes {
@@ -118,6 +122,7 @@ const FULL: Sizes = Sizes {
     api: (1_000_000, 20, 200.0, 10.0, 8),
     e2e: (50, 400, 20.0),
     scale: 100_000,
+    flush: (100, 100),
 };
 
 const SMOKE: Sizes = Sizes {
@@ -130,6 +135,7 @@ const SMOKE: Sizes = Sizes {
     api: (2_000, 4, 20.0, 1.0, 2),
     e2e: (5, 20, 2.0),
     scale: 300,
+    flush: (5, 20),
 };
 
 async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Result<()> {
@@ -236,6 +242,43 @@ async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Res
     println!(
         "  {:<62} {p50:>7} {p99:>7} {p999:>7}",
         "bridge: receive -> PUBACK (histogram bucket bound)"
+    );
+    Ok(())
+}
+
+/// A store-and-forward flush next to the same volume as steady traffic (bench/src/flush.rs).
+async fn flush(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let f = flush::run(s.flush.0, s.flush.1).await?;
+    let steady = "the same volume, steady at 20/s a terminal";
+    r.rows.push(
+        Row::vs(
+            "flush",
+            "bridge answered tx/s",
+            f.flush.0,
+            steady,
+            f.steady.0,
+        )
+        .target(Target::RatioAtLeast(1.0)),
+    );
+    r.rows.push(
+        Row::vs("flush", "validated tx/s", f.flush.1, steady, f.steady.1)
+            .target(Target::RatioAtLeast(1.0)),
+    );
+    // Counts, often 0, so in the details rather than the table (whose figures are rates).
+    eprintln!(
+        "[bench] flush: RATE_LIMITED answers {}, republished {}",
+        f.flushed.rate_limited, f.flushed.republished
+    );
+    r.details.insert(
+        "flush".into(),
+        serde_json::json!({
+            "terminals": s.flush.0, "per_terminal": s.flush.1,
+            "steady_tx_s": {"answered": f.steady.0, "validated": f.steady.1},
+            "flush_tx_s": {"answered": f.flush.0, "validated": f.flush.1},
+            "flushed": {"published": f.flushed.published, "republished": f.flushed.republished,
+                        "accepted": f.flushed.accepted, "rejected": f.flushed.rejected,
+                        "rate_limited": f.flushed.rate_limited},
+        }),
     );
     Ok(())
 }
@@ -605,6 +648,7 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("[bench] ({}/{}) {name}", i + 1, chosen.len());
         match *name {
             "bridge" => bridge(sizes, args.peer.clone(), &mut r).await?,
+            "flush" => flush(sizes, &mut r).await?,
             "validator" => validator(sizes, &mut r).await?,
             "storage" => storage(sizes, &mut r).await?,
             "lake" => lake(sizes, &mut r).await?,
