@@ -11,6 +11,7 @@ mod e2e;
 mod flush;
 mod notify;
 mod pin;
+mod recovery;
 mod report;
 mod stages;
 
@@ -18,13 +19,14 @@ use clap::Parser;
 use report::{Report, Row, Target};
 use std::path::PathBuf;
 
-const SCENARIOS: [&str; 11] = [
+const SCENARIOS: [&str; 12] = [
     "bridge",
     "flush",
     "validator",
     "storage",
     "lake",
     "fraud",
+    "recovery",
     "notifier",
     "api",
     "e2e",
@@ -42,7 +44,7 @@ struct Args {
     /// Every scenario with a few hundred records: checks the harness, measures nothing.
     #[arg(long)]
     smoke: bool,
-    /// Run only these scenarios (comma-separated): bridge, flush, validator, storage, lake, fraud, notifier, api, e2e, scale, pinned.
+    /// Run only these scenarios (comma-separated): bridge, flush, validator, storage, lake, fraud, recovery, notifier, api, e2e, scale, pinned.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(SCENARIOS))]
     only: Vec<String>,
     /// Where the JSON results go (bench-<time>.json).
@@ -110,6 +112,8 @@ struct Sizes {
     scale: usize,
     /// Terminals flushing at once, offline sales each.
     flush: (usize, usize),
+    /// Card transactions in the fraud horizon, one recovery each.
+    recovery: &'static [usize],
 }
 
 const FULL: Sizes = Sizes {
@@ -123,6 +127,7 @@ const FULL: Sizes = Sizes {
     e2e: (50, 400, 20.0),
     scale: 100_000,
     flush: (100, 100),
+    recovery: &[250_000, 500_000, 1_000_000, 2_000_000],
 };
 
 const SMOKE: Sizes = Sizes {
@@ -136,6 +141,7 @@ const SMOKE: Sizes = Sizes {
     e2e: (5, 20, 2.0),
     scale: 300,
     flush: (5, 20),
+    recovery: &[300, 600],
 };
 
 async fn bridge(s: &Sizes, peer: Option<PathBuf>, r: &mut Report) -> anyhow::Result<()> {
@@ -280,6 +286,29 @@ async fn flush(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
                         "rate_limited": f.flushed.rate_limited},
         }),
     );
+    Ok(())
+}
+
+/// How long fraud is blind after a kill, against the records in its horizon.
+async fn recovery(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
+    let mut points = Vec::new();
+    for (i, &n) in s.recovery.iter().enumerate() {
+        let f = recovery::run(n).await?;
+        let row = Row::alone(
+            "recovery",
+            &format!("s blind after a kill, {n} in horizon"),
+            f.blind.as_secs_f64(),
+        );
+        // The bound, for the largest horizon.
+        r.rows.push(if i + 1 == s.recovery.len() {
+            row.target(Target::AtMost(10.0))
+        } else {
+            row
+        });
+        points.push(serde_json::json!({"records": f.records, "blind_s": f.blind.as_secs_f64(), "replayed": f.replayed}));
+    }
+    r.details
+        .insert("recovery".into(), serde_json::Value::Array(points));
     Ok(())
 }
 
@@ -653,6 +682,7 @@ async fn main() -> anyhow::Result<()> {
             "storage" => storage(sizes, &mut r).await?,
             "lake" => lake(sizes, &mut r).await?,
             "fraud" => fraud(sizes, &mut r).await?,
+            "recovery" => recovery(sizes, &mut r).await?,
             "notifier" => notifier(sizes, &mut r).await?,
             "api" => api(sizes, &mut r).await?,
             "scale" => scale(sizes, &mut r).await?,

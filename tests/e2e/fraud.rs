@@ -513,3 +513,67 @@ async fn an_offline_flush_amid_heavy_traffic_and_a_kill_raise_the_alerts_of_the_
     assert_eq!(runs[1], runs[0], "the flush changed the alerts");
     assert_eq!(runs[2], runs[0], "the flush with a kill changed the alerts");
 }
+
+/// A transaction later than the allowance (2 h) is not judged, and not silently skipped: it
+/// goes to the dead-letter topic as `TOO_LATE` with its source position and its bytes, and
+/// raises nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_later_than_the_allowance_is_dead_lettered_too_late() {
+    let d = Deployment::kafka_only().await;
+    let run = format!("tl{:08x}", rand::random::<u32>());
+    let now = posflow_schema::now_millis();
+    let mut on_time = received_sale(&format!("{run}-now"), "T0650", 1).transaction;
+    on_time.transaction_time = now;
+    // The same card, three hours back: behind the partition's newest (its own) by 3 h.
+    let mut late = received_sale(&format!("{run}-late"), "T0650", 2).transaction;
+    late.transaction_time = now - 3 * 3_600_000;
+    late.card = on_time.card.clone();
+    let fraud = Service::start("posflow-fraud", &fraud_env(&d, &format!("{run}-0")), &[]).await;
+    let s = Script {
+        card: vec![on_time, late],
+        terminal: Vec::new(),
+        expected: BTreeMap::new(),
+        recurring_alerts: 0,
+        t0: now,
+    };
+    publish(&d, &s, 1).await;
+    judged(&fraud, 2).await;
+    let letters = read_topic(
+        &d.stack.brokers,
+        &d.topic("pos.deadletter"),
+        1,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    assert_eq!(letters.len(), 1);
+    let letter = Decoder::<posflow_schema::DeadLetter>::new(d.kafka.registry())
+        .decode(&letters[0].value)
+        .await
+        .unwrap();
+    assert_eq!(
+        (letter.reason.as_str(), letter.stage.as_str()),
+        ("TOO_LATE", "fraud")
+    );
+    assert!(
+        letter
+            .source
+            .starts_with(&d.topic("pos.transactions.validated")),
+        "{}",
+        letter.source
+    );
+    assert!(
+        letter.detail.contains(&format!("{run}-late")) && letter.detail.contains("10800 s behind"),
+        "{}",
+        letter.detail
+    );
+    let page = fraud.metrics().await;
+    assert_eq!(metric(&page, "posflow_fraud_too_late_total"), Some(1.0));
+    assert_eq!(
+        metric(
+            &page,
+            "posflow_fraud_dead_lettered_total{reason=\"TOO_LATE\"}"
+        ),
+        Some(1.0)
+    );
+    assert!(alerts(&d, 0).await.is_empty());
+}

@@ -3,18 +3,20 @@
 //! **Canonical order.** A key's events are held in event-time order (ties by transaction id),
 //! whatever order they arrived in. A windowed rule evaluated *at* an event looks at the events
 //! up to and including it in that order, and fires when its condition *becomes* true there
-//! (true with the event, false without it): one alert per burst, the same alert whoever
-//! computes it.
+//! (true with the event, false without it) and it has not fired on the key within its window
+//! either side: one alert per burst, the same alert whoever computes it.
 //!
 //! **Late events** (an offline terminal's flush, a backlog) are placed in that order, judged at
-//! their place, and every later event of the key that the late one can change (within the
-//! longest window after it) is judged again: a late transaction can complete a pattern that
-//! on-time ones started. An alert already raised is not raised again — each key remembers the
-//! ids it raised within its horizon, and an alert id is a hash of the rule, the key and the
-//! evidence — and none is ever withdrawn. So a key whose events arrive in event-time order gets
-//! exactly the alerts of the in-order run, whatever else shares its partition and however late
-//! they all are within the lateness allowance; a late event inserted *between* events already
-//! judged adds what it completes (docs/fraud.md, "Late transactions").
+//! their place, and the later events of the key whose answer the late one can change (each
+//! rule within its window after it; travel at the next event) are judged again: a late
+//! transaction can complete a pattern that on-time ones started. An alert already raised is
+//! not raised again — each key remembers what it raised within its horizon; an alert id is a
+//! hash of the rule, the key and the evidence, and a windowed rule's burst is one alert
+//! however its evidence changed — and none is ever withdrawn. So a key whose events arrive in
+//! event-time order gets exactly the alerts of the in-order run, whatever else shares its
+//! partition and however late they all are within the lateness allowance; a late event
+//! inserted *between* events already judged adds what it completes (docs/fraud.md, "Late
+//! transactions").
 //!
 //! **Lateness.** An event further behind the partition's newest (the watermark) than
 //! `allowed_lateness_secs` is not judged: `too_late`, for the stage to dead-letter. State keeps
@@ -73,8 +75,15 @@ impl Event {
 #[derive(Debug, Default)]
 struct History {
     events: VecDeque<Event>,
-    /// (anchor event time, alert id) of every alert raised within the horizon.
-    raised: Vec<(i64, u128)>,
+    /// Every alert raised within the horizon.
+    raised: Vec<Raised>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Raised {
+    rule: &'static str,
+    anchor_time: i64,
+    digest: u128,
 }
 
 impl History {
@@ -92,7 +101,7 @@ impl History {
             self.events.pop_front();
             dropped += 1;
         }
-        self.raised.retain(|(t, _)| *t >= cutoff);
+        self.raised.retain(|r| r.anchor_time >= cutoff);
         at.checked_sub(dropped)
     }
 
@@ -113,12 +122,24 @@ impl History {
         self.events.back().map_or(i64::MIN, |e| e.time)
     }
 
-    /// The alerts not raised before, remembered as raised now.
+    /// The alerts not raised before, remembered as raised now. A windowed rule's alert is
+    /// also not raised when the same rule already fired on this key within its window either
+    /// side: that is the same burst, seen again after a late arrival changed its evidence.
     fn keep_new(&mut self, alerts: Vec<Alert>) -> Vec<Alert> {
         let mut out = Vec::with_capacity(alerts.len());
         for a in alerts {
-            if !self.raised.iter().any(|(_, id)| *id == a.digest) {
-                self.raised.push((a.anchor_time, a.digest));
+            let seen = self.raised.iter().any(|r| {
+                r.digest == a.digest
+                    || a.burst_ms.is_some_and(|w| {
+                        r.rule == a.rule_id && (r.anchor_time - a.anchor_time).abs() < w
+                    })
+            });
+            if !seen {
+                self.raised.push(Raised {
+                    rule: a.rule_id,
+                    anchor_time: a.anchor_time,
+                    digest: a.digest,
+                });
                 out.push(a);
             }
         }
@@ -140,6 +161,8 @@ pub struct Alert {
     pub merchant_id: String,
     /// The id's 128 bits.
     digest: u128,
+    /// A windowed rule's window (one alert per burst); `None` for a per-transaction rule.
+    burst_ms: Option<i64>,
 }
 
 fn alert(
@@ -170,6 +193,15 @@ fn alert(
         terminal_id: at.terminal_id.to_string(),
         merchant_id: at.merchant_id.to_string(),
         digest: u128::from_be_bytes(bits),
+        burst_ms: None,
+    }
+}
+
+impl Alert {
+    /// Marks a windowed rule's alert: one per burst of `window_secs`.
+    fn burst(mut self, window_secs: i64) -> Self {
+        self.burst_ms = Some(window_secs * 1000);
+        self
     }
 }
 
@@ -207,7 +239,7 @@ fn card_testing(h: &History, i: usize, c: &CardTesting, key: &str) -> Option<Ale
         .collect();
     // Without the current one: `len - 1 >= min`, i.e. `len > min`.
     crossed(ids.len() >= c.min_small, ids.len() > c.min_small)
-        .then(|| alert(id::CARD_TESTING, key, e, Severity::High, 0.8, ids))
+        .then(|| alert(id::CARD_TESTING, key, e, Severity::High, 0.8, ids).burst(c.window_secs))
 }
 
 fn repeated_declines(h: &History, i: usize, d: &RepeatedDeclines, key: &str) -> Option<Alert> {
@@ -220,8 +252,9 @@ fn repeated_declines(h: &History, i: usize, d: &RepeatedDeclines, key: &str) -> 
         .filter(|x| !x.approved)
         .map(|x| x.id.to_string())
         .collect();
-    crossed(ids.len() >= d.min_declines, ids.len() > d.min_declines)
-        .then(|| alert(id::REPEATED_DECLINES, key, e, Severity::Medium, 0.6, ids))
+    crossed(ids.len() >= d.min_declines, ids.len() > d.min_declines).then(|| {
+        alert(id::REPEATED_DECLINES, key, e, Severity::Medium, 0.6, ids).burst(d.window_secs)
+    })
 }
 
 /// An approved amount far above the card's recent mean in the same currency.
@@ -316,7 +349,7 @@ fn velocity(
         .collect();
     crossed(ids.len() > v.max, ids.len() - 1 > v.max).then(|| {
         let score = ids.len() as f64 / (2.0 * v.max.max(1) as f64);
-        alert(rule, key, &h.events[i], Severity::Medium, score, ids)
+        alert(rule, key, &h.events[i], Severity::Medium, score, ids).burst(v.window_secs)
     })
 }
 
@@ -344,36 +377,63 @@ fn terminal_declines(
             .map(|x| x.id.to_string())
             .collect();
         let score = declines as f64 / in_window.len() as f64;
-        alert(id::TERMINAL_DECLINES, key, e, Severity::High, score, ids)
+        alert(id::TERMINAL_DECLINES, key, e, Severity::High, score, ids).burst(d.window_secs)
     })
 }
 
-/// The card rules that read the card's history, at event `i`.
-fn card_rules_at(h: &History, i: usize, s: &Settings, key: &str) -> impl Iterator<Item = Alert> {
-    [
-        velocity(h, i, &s.velocity_card, id::VELOCITY_CARD, key),
-        card_testing(h, i, &s.card_testing, key),
-        repeated_declines(h, i, &s.repeated_declines, key),
-        amount_anomaly(h, i, &s.amount_anomaly, key),
-        impossible_travel(h, i, &s.impossible_travel, key),
-    ]
-    .into_iter()
-    .flatten()
+/// Where event `k` stands from the transaction just filed at `i`: `k - i` events and
+/// `since_ms` later. A rule is judged again at `k` only where the new one can change its
+/// answer: within the rule's window, and for travel (which compares an event with the one
+/// before) only at the next event.
+#[derive(Clone, Copy)]
+struct After {
+    steps: usize,
+    since_ms: i64,
 }
 
-/// The terminal rules at event `i`.
-fn terminal_rules_at(
-    h: &History,
-    i: usize,
-    s: &Settings,
-    key: &str,
-) -> impl Iterator<Item = Alert> {
-    [
-        velocity(h, i, &s.velocity_terminal, id::VELOCITY_TERMINAL, key),
-        terminal_declines(h, i, &s.terminal_declines, key),
-    ]
-    .into_iter()
-    .flatten()
+impl After {
+    fn within(self, window_secs: i64) -> bool {
+        self.since_ms <= window_secs * 1000
+    }
+}
+
+/// The card rules that read the card's history, at event `k`.
+fn card_rules_at(h: &History, k: usize, at: After, s: &Settings, key: &str) -> Vec<Alert> {
+    let mut out = Vec::new();
+    if at.within(s.velocity_card.window_secs) {
+        out.extend(velocity(h, k, &s.velocity_card, id::VELOCITY_CARD, key));
+    }
+    if at.within(s.card_testing.window_secs) {
+        out.extend(card_testing(h, k, &s.card_testing, key));
+    }
+    if at.within(s.repeated_declines.window_secs) {
+        out.extend(repeated_declines(h, k, &s.repeated_declines, key));
+    }
+    if at.within(s.amount_anomaly.window_secs) {
+        out.extend(amount_anomaly(h, k, &s.amount_anomaly, key));
+    }
+    if at.steps <= 1 {
+        out.extend(impossible_travel(h, k, &s.impossible_travel, key));
+    }
+    out
+}
+
+/// The terminal rules at event `k`.
+fn terminal_rules_at(h: &History, k: usize, at: After, s: &Settings, key: &str) -> Vec<Alert> {
+    let mut out = Vec::new();
+    if at.within(s.velocity_terminal.window_secs) {
+        out.extend(velocity(
+            h,
+            k,
+            &s.velocity_terminal,
+            id::VELOCITY_TERMINAL,
+            key,
+        ));
+    }
+    if at.within(s.terminal_declines.window_secs) {
+        out.extend(terminal_declines(h, k, &s.terminal_declines, key));
+    }
+    out
 }
 
 /// The state of one input partition: card rules or terminal rules, by key.
@@ -459,9 +519,13 @@ impl Engine {
         let mut alerts = Vec::new();
         let mut k = i;
         while k < h.events.len() && (k == i || h.events[k].time <= t.transaction_time + reach) {
+            let at = After {
+                steps: k - i,
+                since_ms: h.events[k].time - t.transaction_time,
+            };
             match rules {
-                Rules::Card => alerts.extend(card_rules_at(h, k, s, key)),
-                Rules::Terminal => alerts.extend(terminal_rules_at(h, k, s, key)),
+                Rules::Card => alerts.extend(card_rules_at(h, k, at, s, key)),
+                Rules::Terminal => alerts.extend(terminal_rules_at(h, k, at, s, key)),
             }
             k += 1;
         }
@@ -860,6 +924,58 @@ mod tests {
             e.on_card("K", &tx("v-late", 2405, 1000), &s),
             Outcome::default()
         );
+    }
+
+    /// A busy terminal near its velocity limit whose transactions reach the stage slightly out
+    /// of order (two bridge replicas interleave on the raw topic): one alert per burst, as in
+    /// order — not one per reordered evidence set (the chaos run of 2026-12-04 raised 13 times
+    /// as many before bursts were deduplicated).
+    #[test]
+    fn reordering_within_a_burst_raises_no_more_alerts() {
+        let s = Settings::default(); // > 120 in 60 s
+                                     // Ten minutes of 1.5 to 2.5 a second: the count crosses 120 now and then.
+        let stream: Vec<Transaction> = (0..1200i64)
+            .map(|i| {
+                tx(
+                    &format!("t{i:04}"),
+                    i * 500 / 1000 + (i / 97 % 3) * 60 * (i % 2),
+                    1000,
+                )
+            })
+            .collect();
+        let mut sorted = stream.clone();
+        sorted.sort_by_key(|t| (t.transaction_time, t.transaction_id.clone()));
+        let run = |order: &[Transaction]| {
+            let mut e = Engine::default();
+            order
+                .iter()
+                .flat_map(|t| e.on_terminal("T", t, &s).alerts)
+                .collect::<Vec<Alert>>()
+        };
+        let in_order = run(&sorted);
+        assert!(!in_order.is_empty(), "the stream crosses the limit");
+        // Every seventh neighbour pair swapped: a few hundred milliseconds out of order.
+        let mut shuffled = sorted.clone();
+        for i in (0..shuffled.len() - 1).step_by(7) {
+            shuffled.swap(i, i + 1);
+        }
+        let reordered = run(&shuffled);
+        assert!(
+            reordered.len() <= in_order.len(),
+            "{} alerts reordered, {} in order",
+            reordered.len(),
+            in_order.len()
+        );
+        for a in &in_order {
+            assert!(
+                reordered
+                    .iter()
+                    .any(|b| b.rule_id == a.rule_id
+                        && (b.anchor_time - a.anchor_time).abs() < 60_000),
+                "the burst at {} has no alert when reordered",
+                a.anchor_time
+            );
+        }
     }
 
     #[test]

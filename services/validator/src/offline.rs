@@ -24,7 +24,7 @@
 
 use crate::policy::OfflineCaps;
 use dashmap::DashMap;
-use posflow_schema::currency::minor_units;
+use posflow_schema::currency::major_to_minor;
 use posflow_schema::{ReasonCode, RejectionReason, Transaction};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -93,10 +93,7 @@ impl Outages {
                 ),
             });
         }
-        if let Some(units) = minor_units(&t.currency) {
-            let cap = caps
-                .max_total_major
-                .saturating_mul(10i64.pow(u32::from(units)));
+        if let Some(cap) = major_to_minor(caps.max_total_major, &t.currency) {
             let total = before
                 .iter()
                 .filter(|(_, c, _)| *c == t.currency)

@@ -3,7 +3,7 @@
 //! (docs/reason-codes.md); a transaction can break several at once and gets them all.
 
 use crate::policy::{is_mcc, Policy};
-use posflow_schema::currency::minor_units;
+use posflow_schema::currency::major_to_minor;
 use posflow_schema::{ReasonCode, RejectionReason, TransactionReceived, TransactionType};
 
 fn reason(code: ReasonCode, message: String) -> RejectionReason {
@@ -37,16 +37,13 @@ fn amount(r: &TransactionReceived, policy: &Policy, out: &mut Vec<RejectionReaso
             format!("amount_minor {} must be > 0", t.amount_minor),
         ));
     }
-    let Some(units) = minor_units(&t.currency) else {
+    let Some(limit) = major_to_minor(policy.max_amount_major(t.kind), &t.currency) else {
         out.push(reason(
             ReasonCode::CurrencyUnknown,
             format!("{:?} is not an active ISO 4217 currency", t.currency),
         ));
         return;
     };
-    let limit = policy
-        .max_amount_major(t.kind)
-        .saturating_mul(10i64.pow(u32::from(units)));
     if t.amount_minor > limit {
         out.push(reason(
             ReasonCode::AmountOverLimit,
@@ -152,10 +149,7 @@ fn offline(r: &TransactionReceived, policy: &Policy, out: &mut Vec<RejectionReas
         ));
         return;
     }
-    if let Some(units) = minor_units(&t.currency) {
-        let cap = caps
-            .max_amount_major
-            .saturating_mul(10i64.pow(u32::from(units)));
+    if let Some(cap) = major_to_minor(caps.max_amount_major, &t.currency) {
         if t.amount_minor > cap {
             out.push(reason(
                 ReasonCode::OfflineAmountOverCap,
@@ -204,6 +198,7 @@ fn line_items(r: &TransactionReceived, out: &mut Vec<RejectionReason>) {
 mod tests {
     use super::*;
     use crate::policy::Policies;
+    use posflow_schema::currency::minor_units;
     use posflow_schema::*;
     use proptest::prelude::*;
     use proptest::strategy::ValueTree;
@@ -236,8 +231,7 @@ mod tests {
     }
 
     fn limit_minor(p: &Policy, t: &Transaction) -> i64 {
-        let units = minor_units(&t.currency).unwrap();
-        p.max_amount_major(t.kind) * 10i64.pow(u32::from(units))
+        major_to_minor(p.max_amount_major(t.kind), &t.currency).unwrap()
     }
 
     fn codes(r: &TransactionReceived, p: &Policy) -> Vec<ReasonCode> {

@@ -165,6 +165,12 @@ pub fn minor_units(code: &str) -> Option<u8> {
     ISO_4217.iter().find(|(c, _)| *c == code).map(|(_, m)| *m)
 }
 
+/// `major` whole units of `code` in its minor units (a limit of 250 is 25,000 EUR cents, 250
+/// yen); saturating. `None` for a code that is not active ISO 4217.
+pub fn major_to_minor(major: i64, code: &str) -> Option<i64> {
+    minor_units(code).map(|u| major.saturating_mul(10i64.pow(u32::from(u))))
+}
+
 /// An amount in minor units as a decimal string in its currency's major units ("12.34" for
 /// 1234 EUR, "1234" for 1234 JPY); two decimals for an unknown code.
 pub fn format_minor(amount_minor: impl Into<i128>, code: &str) -> String {
