@@ -100,6 +100,8 @@ async fn an_offline_terminal_power_cut_three_times_has_each_sale_answered_and_st
             &since,
             "--pace-ms",
             "2",
+            "--pan",
+            "4111111111111111",
         ]
         .map(String::from),
     );

@@ -52,9 +52,10 @@ enum Command {
         amount_minor: i64,
         #[arg(long, default_value = "EUR")]
         currency: String,
-        /// A test card number (never a real one).
-        #[arg(long, default_value = "4111111111111111")]
-        pan: Secret,
+        /// The card number of every sale (a test card: this command is for trying the contract).
+        /// Without it, the sales carry no card. Never logged; on disk only encrypted.
+        #[arg(long, env = "POSFLOW_TERMINAL_TEST_PAN", hide_env_values = true)]
+        pan: Option<Secret>,
         #[arg(long, default_value = "5814")]
         mcc: String,
         /// Milliseconds between captures (a till's pace).
@@ -181,7 +182,7 @@ async fn run(args: Args, key: [u8; 32]) -> anyhow::Result<ExitCode> {
                     amount_minor,
                     currency: currency.clone(),
                     entry_mode: "contactless".into(),
-                    pan: Some(pan.expose().to_string()),
+                    pan: pan.as_ref().map(|p| p.expose().to_string()),
                     response_code: "00".into(),
                     auth_code: None,
                     mcc: mcc.clone(),
