@@ -108,7 +108,7 @@ pub async fn run(terminals: usize, per_terminal: usize) -> anyhow::Result<Figure
                 amount_minor: 1234,
                 currency: "EUR".into(),
                 entry_mode: "contactless".into(),
-                pan: Some("4111111111111111".into()),
+                pan: Some(TEST_PAN.into()),
                 response_code: "00".into(),
                 auth_code: None,
                 mcc: "5814".into(),

@@ -101,7 +101,7 @@ async fn an_offline_terminal_power_cut_three_times_has_each_sale_answered_and_st
             "--pace-ms",
             "2",
             "--pan",
-            "4111111111111111",
+            TEST_PAN,
         ]
         .map(String::from),
     );

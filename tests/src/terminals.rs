@@ -188,6 +188,10 @@ fn fleet_config(
     }
 }
 
+/// The card number tests and benchmarks give terminals: the card networks' published test
+/// Visa, never a real card.
+pub const TEST_PAN: &str = "4111111111111111";
+
 /// RFC 3339 with milliseconds, UTC, as terminals write times.
 pub fn rfc3339(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);

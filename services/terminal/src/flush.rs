@@ -116,26 +116,26 @@ pub async fn flush(
     // RATE_LIMITED answers in a row: each waits longer (the bridge's quota refills at its rate).
     let mut limited = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     loop {
-        let pending: Vec<(String, String)> = queue
-            .pending()
-            .into_iter()
-            .map(|e| (e.transaction_id.clone(), e.payload.clone()))
-            .collect();
+        // Walked by reference each round: only the payloads due now are copied out (a flush
+        // of hundreds answered one by one would otherwise copy the whole queue per answer).
+        let pending = queue.pending();
         report.pending = pending.len();
         if pending.is_empty() || started.elapsed() > opts.deadline {
             break;
         }
+        let mut due = Vec::new();
         if subscribed {
             let now = Instant::now();
-            for (id, payload) in &pending {
-                let due = match in_flight.get(id) {
+            for e in pending {
+                let id = &e.transaction_id;
+                let ready = match in_flight.get(id) {
                     Some(sent) => now.duration_since(*sent) >= opts.retry_after,
                     None => {
                         in_flight.len() < opts.in_flight
                             && not_before.get(id).is_none_or(|t| now >= *t)
                     }
                 };
-                if !due {
+                if !ready {
                     continue;
                 }
                 if in_flight.insert(id.clone(), now).is_some() || not_before.remove(id).is_some() {
@@ -143,15 +143,13 @@ pub async fn flush(
                 } else {
                     report.published += 1;
                 }
-                client
-                    .publish(
-                        &topic,
-                        QoS::AtLeastOnce,
-                        false,
-                        payload.clone().into_bytes(),
-                    )
-                    .await?;
+                due.push(e.payload.clone().into_bytes());
             }
+        }
+        for payload in due {
+            client
+                .publish(&topic, QoS::AtLeastOnce, false, payload)
+                .await?;
         }
         let heard = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await;
         match heard {
