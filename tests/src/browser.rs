@@ -205,8 +205,11 @@ impl Browser {
             let path = format!("/session/{}/element/{}/{what}", self.session, e.0);
             match self.call("GET", &path, None).await {
                 Ok(v) => return v.as_str().unwrap_or_default().to_string(),
+                // Chromium says it either way: "stale element reference", or (156, when the
+                // node went between the find and the read) "does not belong to the document".
                 Err(err)
-                    if err.contains("stale element")
+                    if (err.contains("stale element")
+                        || err.contains("does not belong to the document"))
                         && started.elapsed() < Duration::from_secs(10) => {}
                 Err(err) => panic!("WebDriver: {err}"),
             }
