@@ -24,11 +24,6 @@
 //! still held — the reason decisions do not depend on the partition's other traffic, and a
 //! replica that rebuilds a partition by replaying the horizon decides exactly as the previous
 //! owner did.
-//!
-//! **Restore.** Each filed transaction yields a state record (`Outcome::state_record`: the event
-//! and the alerts its judging raised, `changelog`). Filing those records again in their order
-//! (`Engine::restore`) gives the state the writer had, alerts raised included, without judging:
-//! how a replica takes a partition over (docs/fraud.md, "State changelog and recovery").
 
 use crate::changelog;
 use crate::rules::{
@@ -515,7 +510,17 @@ impl Engine {
         before - self.keys.len()
     }
 
-    /// Files a state record — a transaction judged before and the alerts its judging raised — under
+    /// Card rules for a transaction of the card `key`.
+    pub fn on_card(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
+        self.judge(Feed::Card, key, t, s)
+    }
+
+    /// Terminal rules for a transaction at the terminal `key`.
+    pub fn on_terminal(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
+        self.judge(Feed::Terminal, key, t, s)
+    }
+
+    /// Files a state record — a transaction judged before and the alerts that raised — under
     /// `key` as judging it did, without judging it again: the partition's state as the replica
     /// that wrote the record had it. Records in the order they were written.
     pub fn restore(
@@ -585,16 +590,6 @@ impl Engine {
 mod tests {
     use super::*;
     use posflow_schema::Location;
-
-    impl Engine {
-        fn on_card(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
-            self.judge(Feed::Card, key, t, s)
-        }
-
-        fn on_terminal(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
-            self.judge(Feed::Terminal, key, t, s)
-        }
-    }
 
     const T0: i64 = 1_800_000_000_000; // 2027-01-15T08:00:00Z
 
