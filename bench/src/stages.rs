@@ -159,7 +159,6 @@ async fn passthrough(
         async move {
             Ok(vec![Output {
                 topic: out,
-                partition: None,
                 key: String::from_utf8_lossy(input.key.as_deref().unwrap_or_default()).into_owned(),
                 value: input.payload.unwrap_or_default(),
                 headers: input.headers.unwrap_or_default(),
@@ -168,9 +167,14 @@ async fn passthrough(
     };
     let raw = d.topic(input);
     if exactly_once {
-        let (consumer, producer) =
-            pipeline::transactional_clients(&d.kafka, &group, "passthrough", "0")?;
+        let consumer =
+            posflow_kafka::pipeline::transactional_consumer(&d.kafka, &group, "passthrough")?;
         consumer.subscribe(&[&raw])?;
+        let producer = posflow_kafka::clients::transactional_producer(
+            &d.kafka,
+            "passthrough",
+            &format!("{group}-passthrough"),
+        )?;
         // The validator's defaults.
         let batching = Batching {
             max_records: 2000,

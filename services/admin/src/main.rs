@@ -247,17 +247,6 @@ fn print_topics(kafka: &posflow_kafka::KafkaArgs) {
             t.key
         );
     }
-    // The internal state topics: a stage's own format, keyed as their writer says.
-    for t in posflow_kafka::STATE_TOPICS {
-        println!(
-            "{:<36} {:>10} {:>9}  {:<28} {}",
-            topics.name(t.name),
-            t.partitions(),
-            t.retention.label(),
-            t.writers,
-            t.key
-        );
-    }
 }
 
 fn print_provisioned(report: &posflow_kafka::provision::ProvisionReport) {

@@ -1,5 +1,4 @@
-//! Reading a partition's recent past back from Kafka, to rebuild rule state: its state
-//! partition (the changelog, by default) or the input partition itself.
+//! Reading a partition's recent past back from Kafka, to rebuild rule state.
 
 use posflow_kafka::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,17 +27,6 @@ impl Replayer {
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
-            // Read a partition as fast as the broker sends it. With the defaults librdkafka
-            // stops fetching for 1 s (`fetch.queue.backoff.ms`) whenever 100,000 records wait
-            // in its queue, which small state records reach in a few fetches: restoring
-            // 2,000,000 of them took 14.6 s with the fraud process 85% idle (profiled, issue 23).
-            .set("queued.min.messages", "1000000")
-            .set("fetch.queue.backoff.ms", "5")
-            .set("max.partition.fetch.bytes", "8388608")
-            // The end of a partition shows as a fetch that finds nothing new, which the broker
-            // holds up to this long: with the default 500 ms, each partition's rebuild ended
-            // half a second after its last record.
-            .set("fetch.wait.max.ms", "10")
             .create()
             .expect("a consumer from checked settings");
         Self {
@@ -47,16 +35,15 @@ impl Replayer {
         }
     }
 
-    /// The records (key, payload) of `topic`/`partition` from the first stamped at or after
-    /// `from_time - skew` up to, not including, offset `until` (`None`: to the end). Committed
-    /// records only.
+    /// The payloads of `topic`/`partition` from the first record stamped at or after
+    /// `from_time - skew` up to, not including, offset `until`. Committed records only.
     pub async fn read(
         &self,
         topic: &str,
         partition: i32,
         from_time: i64,
-        until: Option<i64>,
-    ) -> KafkaResult<Vec<Record>> {
+        until: i64,
+    ) -> KafkaResult<Vec<Vec<u8>>> {
         let (consumer, topic, since) = (
             self.consumer.clone(),
             topic.to_string(),
@@ -70,20 +57,13 @@ impl Replayer {
     }
 }
 
-/// A record read back: its key and payload.
-pub struct Record {
-    pub key: Vec<u8>,
-    pub payload: Vec<u8>,
-}
-
 fn read_blocking(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
     since: i64,
-    until: Option<i64>,
-) -> KafkaResult<Vec<Record>> {
-    let until = until.unwrap_or(i64::MAX);
+    until: i64,
+) -> KafkaResult<Vec<Vec<u8>>> {
     let mut by_time = TopicPartitionList::new();
     by_time.add_partition_offset(topic, partition, Offset::Offset(since.max(0)))?;
     let found = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
@@ -106,10 +86,7 @@ fn read_blocking(
                 if m.offset() >= until {
                     break Ok(());
                 }
-                out.push(Record {
-                    key: m.key().unwrap_or_default().to_vec(),
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                });
+                out.push(m.payload().unwrap_or_default().to_vec());
                 if m.offset() + 1 >= until {
                     break Ok(());
                 }

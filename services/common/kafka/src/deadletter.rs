@@ -80,7 +80,6 @@ impl DeadLetters {
         };
         Ok(Output {
             topic: self.topic.clone(),
-            partition: None,
             key: r.key,
             value: self.encoder.encode(&letter)?,
             headers,
