@@ -1,7 +1,7 @@
-//! The latency-over-load picture: end-to-end p50, p99 and p99.9 at each load of the `e2e`
-//! scenario, drawn as an SVG from a run's JSON (so any run's file can be drawn again:
-//! `posflow-bench --chart bench/results/bench-full-….json`). Plain SVG, no script, no
-//! dependency: it is shown in BENCHMARKS.md as an image.
+//! The benchmark's pictures, drawn as SVG from a run's JSON (so any run's file can be drawn
+//! again): the latency-over-load picture (end-to-end p50, p99 and p99.9 at each load of the
+//! `e2e` scenario) and fraud's blind time after a kill against the horizon's records (the
+//! `recovery` scenario). Plain SVG, no script, no dependency: BENCHMARKS.md shows them.
 
 use serde_json::Value;
 use std::fmt::Write;
@@ -190,6 +190,108 @@ fn target_marks(s: &mut String, sc: &Scale, pts: &[Point], targets: &[(f64, f64,
     legend(s, 3, "target", GREEN);
 }
 
+/// Fraud's blind time after a kill against the card transactions in its horizon: restoring
+/// the state topic, and judging the input's horizon again (the same run's baseline), with the
+/// issue's 10 s bound. `None` when the run has no recovery points.
+pub fn blind_over_horizon(run: &Value) -> Option<String> {
+    let pts: Vec<(f64, f64, f64)> = run["details"]["recovery"]
+        .as_array()?
+        .iter()
+        .filter_map(|p| {
+            Some((
+                p["records"].as_f64()?,
+                p["blind_s"].as_f64()?,
+                p["blind_replaying_s"].as_f64()?,
+            ))
+        })
+        .collect();
+    let max_n = pts.iter().map(|p| p.0).fold(0.0, f64::max);
+    if max_n <= 0.0 {
+        return None;
+    }
+    let [l, t, r, b] = PLOT;
+    let max_s = pts.iter().map(|p| p.1.max(p.2)).fold(10.0, f64::max) * 1.1;
+    let x = |n: f64| l + (r - l) * n / (max_n * 1.05);
+    let y = |secs: f64| b - (b - t) * secs / max_s;
+    let mut s = String::new();
+    let machine = &run["machine"];
+    let _ = write!(
+        s,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">
+<rect width="{W}" height="{H}" fill="white"/>
+<text x="{l}" y="22" font-size="15" font-weight="bold">Fraud: blind after a SIGKILL, against its horizon</text>
+<text x="{l}" y="38" fill="#555">commit {} · {} CPUs · {} · until 16 new transactions' alerts committed · target ≤ 10 s</text>
+"##,
+        machine["commit"].as_str().unwrap_or("?"),
+        machine["cpus"],
+        machine["date"].as_str().unwrap_or("?"),
+    );
+    let step = if max_s > 20.0 { 5.0 } else { 2.0 };
+    let mut secs = 0.0;
+    while secs <= max_s {
+        let _ = writeln!(
+            s,
+            r##"<line x1="{l}" x2="{r}" y1="{0:.1}" y2="{0:.1}" stroke="#ddd"/><text x="{1}" y="{2:.1}" text-anchor="end">{secs} s</text>"##,
+            y(secs),
+            l - 6.0,
+            y(secs) + 4.0
+        );
+        secs += step;
+    }
+    for p in &pts {
+        let _ = writeln!(
+            s,
+            r##"<text x="{:.1}" y="{}" text-anchor="middle">{:.2} M</text>"##,
+            x(p.0),
+            b + 16.0,
+            p.0 / 1e6
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<text x="{0}" y="{1}" text-anchor="middle">card transactions in the horizon (millions)</text>"##,
+        (l + r) / 2.0,
+        b + 36.0
+    );
+    type Pick = fn(&(f64, f64, f64)) -> f64;
+    let lines: [(&str, &str, Pick); 2] = [
+        ("state topic", "#1f77b4", |p| p.1),
+        ("input again", "#888", |p| p.2),
+    ];
+    for (i, (name, colour, pick)) in lines.iter().enumerate() {
+        let path: Vec<String> = pts
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(pick(p))))
+            .collect();
+        let stroke = format!(r#"stroke="{colour}" stroke-width="2""#);
+        let _ = writeln!(
+            s,
+            r##"<polyline points="{}" fill="none" {stroke}/>"##,
+            path.join(" ")
+        );
+        for p in &pts {
+            let _ = writeln!(
+                s,
+                r##"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"><title>{name}, {:.0} records: {:.2} s</title></circle>"##,
+                x(p.0),
+                y(pick(p)),
+                p.0,
+                pick(p)
+            );
+        }
+        legend(&mut s, i, name, &stroke);
+    }
+    const GREEN: &str = r##"stroke="#2ca02c" stroke-width="2" stroke-dasharray="6 4""##;
+    let _ = writeln!(
+        s,
+        r##"<line x1="{l}" x2="{r}" y1="{0:.1}" y2="{0:.1}" {GREEN}/>"##,
+        y(10.0)
+    );
+    legend(&mut s, 2, "target", GREEN);
+    s.push_str("</svg>\n");
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,5 +314,18 @@ mod tests {
         assert_eq!(svg.matches("target p99").count(), 1);
         assert!(svg.contains("commit abc1234") && svg.contains("1000 ms"));
         assert!(latency_over_load(&json!({"details": {}}), &[]).is_none());
+    }
+
+    #[test]
+    fn the_recovery_chart_has_both_lines_and_the_bound() {
+        let run = json!({"machine": {"commit": "abc", "cpus": 2, "date": "d"},
+            "details": {"recovery": [
+                {"records": 250000, "blind_s": 0.8, "blind_replaying_s": 1.0},
+                {"records": 2000000, "blind_s": 3.1, "blind_replaying_s": 5.0}]}});
+        let svg = blind_over_horizon(&run).unwrap();
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert_eq!(svg.matches("<circle").count(), 4);
+        assert!(svg.contains("state topic") && svg.contains("2.00 M"));
+        assert!(blind_over_horizon(&json!({"details": {}})).is_none());
     }
 }

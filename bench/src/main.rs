@@ -294,10 +294,12 @@ async fn recovery(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
     let mut points = Vec::new();
     for (i, &n) in s.recovery.iter().enumerate() {
         let f = recovery::run(n).await?;
-        let row = Row::alone(
+        let row = Row::vs(
             "recovery",
             &format!("s blind after a kill, {n} in horizon"),
             f.blind.as_secs_f64(),
+            "replaying the input's horizon",
+            f.blind_replaying.as_secs_f64(),
         );
         // The bound, for the largest horizon.
         r.rows.push(if i + 1 == s.recovery.len() {
@@ -305,7 +307,14 @@ async fn recovery(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         } else {
             row
         });
-        points.push(serde_json::json!({"records": f.records, "blind_s": f.blind.as_secs_f64(), "replayed": f.replayed}));
+        points.push(serde_json::json!({
+            "records": f.records,
+            "blind_s": f.blind.as_secs_f64(),
+            "blind_replaying_s": f.blind_replaying.as_secs_f64(),
+            "restored": f.restored,
+            "restored_bytes": f.restored_bytes,
+            "replayed": f.replayed,
+        }));
     }
     r.details
         .insert("recovery".into(), serde_json::Value::Array(points));
@@ -703,6 +712,11 @@ async fn main() -> anyhow::Result<()> {
         let chart = path.with_extension("svg");
         std::fs::write(&chart, svg)?;
         println!("latency over load: {}", chart.display());
+    }
+    if let Some(svg) = chart::blind_over_horizon(&json) {
+        let chart = path.with_extension("recovery.svg");
+        std::fs::write(&chart, svg)?;
+        println!("fraud blind after a kill: {}", chart.display());
     }
     if args.update_docs && !args.smoke {
         anyhow::ensure!(

@@ -1,9 +1,10 @@
 //! How long a fraud replica is blind after a crash, against how much card traffic its rules'
-//! horizon holds (issue 23, part 4's baseline): `n` validated transactions over the last 20
-//! hours (ten per card), judged; the replica SIGKILLed and started again; then one probe per
-//! key of 16 new cards. The figure is the time from producing the probes to the last of them
-//! judged: every partition rebuilt before its first record is judged. Today a rebuild replays
-//! the horizon from Kafka, so it grows with `n`; a checkpoint would bound it by state size.
+//! horizon holds (issue 23, part 4): `n` validated transactions over the last 20 hours (ten per
+//! card), judged; the replica SIGKILLed and started again; then 16 transactions of new cards,
+//! each raising an alert. The figure is the time from producing them to the last of their
+//! alerts committed: every partition rebuilt before its first record is judged. Measured twice in the same run: restoring from
+//! the state topics (the default), then killed again and replaying the input's horizon
+//! (`--rebuild-from input`, the way before them) as the baseline.
 
 use posflow_e2e::*;
 use posflow_schema::TransactionValidated;
@@ -11,8 +12,14 @@ use std::time::{Duration, Instant};
 
 pub struct Recovery {
     pub records: usize,
+    /// Blind after a kill, the partitions restored from their state topics (the default).
     pub blind: Duration,
-    /// Records the restarted replica replayed to rebuild (its metric).
+    /// The same replica, killed again and started with `--rebuild-from input`: the horizon's
+    /// input judged again, as before the state topics (the baseline).
+    pub blind_replaying: Duration,
+    /// State records (and their bytes) read back by the restore, and input records replayed.
+    pub restored: u64,
+    pub restored_bytes: u64,
     pub replayed: u64,
 }
 
@@ -64,6 +71,97 @@ fn key(v: &TransactionValidated) -> String {
     posflow_validator::validated_key(&v.transaction)
 }
 
+/// 16 new cards' transactions made to raise one alert each (a large amount at a jeweller at
+/// 02:00 local solar time, the night rule), so their judging shows on the alerts topic.
+fn probes(probe_run: &str, now: i64) -> Vec<TransactionValidated> {
+    let utc_s = (now / 1000).rem_euclid(86_400) as f64;
+    let mut longitude = ((2.5 * 3600.0 - utc_s).rem_euclid(86_400.0)) / 3600.0 * 15.0;
+    if longitude >= 180.0 {
+        longitude -= 360.0;
+    }
+    records(probe_run, 0, 16, 16, now)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut v)| {
+            let t = &mut v.transaction;
+            t.transaction_time = now;
+            t.amount_minor = 90_000;
+            t.mcc = "5944".into();
+            t.location = Some(posflow_schema::Location {
+                latitude: 0.0,
+                longitude,
+            });
+            if let Some(c) = t.card.as_mut() {
+                c.token = format!("{probe_run}-probe-{i}");
+            }
+            v
+        })
+        .collect()
+}
+
+/// Waits until the alerts topic holds an alert for each of `n` cards named `{prefix}…`
+/// (committed: read_committed).
+fn until_alerts(brokers: &str, topic: &str, prefix: &str, n: usize) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("bench-recovery-{}", rand::random::<u32>()),
+        )
+        .set("isolation.level", "read_committed")
+        .create()?;
+    let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let mut tpl = TopicPartitionList::new();
+    for p in md.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{} of {n} probe alerts",
+            seen.len()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+            let m = m?;
+            let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
+            if key.starts_with(prefix) {
+                seen.insert(key);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts the replica (same instance id every time: it comes back as the same static group
+/// member) rebuilding from `from`, produces the probes and waits for their alerts: the time it
+/// was blind.
+async fn blind_after_restart(
+    d: &Deployment,
+    env: &[(String, String)],
+    from: &str,
+    probe_run: &str,
+    now: i64,
+) -> anyhow::Result<(Service, Duration)> {
+    let mut env = env.to_vec();
+    env.push(("POSFLOW_FRAUD_REBUILD_FROM".into(), from.into()));
+    let fraud = Service::start("posflow-fraud", &env, &[]).await;
+    let probes = probes(probe_run, now);
+    let started = Instant::now();
+    d.produce("pos.transactions.validated", &probes, key).await;
+    let (brokers, topic, prefix) = (
+        d.stack.brokers.clone(),
+        d.topic("pos.fraud.alerts"),
+        format!("{probe_run}-probe-"),
+    );
+    tokio::task::spawn_blocking(move || until_alerts(&brokers, &topic, &prefix, 16)).await??;
+    Ok((fraud, started.elapsed()))
+}
+
 pub async fn run(n: usize) -> anyhow::Result<Recovery> {
     let d = Deployment::kafka_only().await;
     let run = format!("rc{:08x}", rand::random::<u32>());
@@ -84,27 +182,30 @@ pub async fn run(n: usize) -> anyhow::Result<Recovery> {
     }
     until_judged(&fraud, n as u64, Duration::from_secs(1800)).await?;
     fraud.kill();
-    let fraud = Service::start("posflow-fraud", &env, &[]).await;
-    let probes: Vec<TransactionValidated> = records(&format!("{run}p"), 0, 16, 16, now)
-        .into_iter()
-        .enumerate()
-        .map(|(i, mut v)| {
-            v.transaction.transaction_time = now;
-            if let Some(c) = v.transaction.card.as_mut() {
-                c.token = format!("{run}-probe-{i}");
-            }
-            v
-        })
-        .collect();
-    let started = Instant::now();
-    d.produce("pos.transactions.validated", &probes, key).await;
-    until_judged(&fraud, 16, Duration::from_secs(1800)).await?;
-    let blind = started.elapsed();
-    let replayed =
-        metric(&fraud.metrics().await, "posflow_fraud_replayed_total").unwrap_or(0.0) as u64;
+    let (mut fraud, blind) =
+        blind_after_restart(&d, &env, "changelog", &format!("{run}c"), now).await?;
+    let page = fraud.metrics().await;
+    let restored = metric(&page, "posflow_fraud_restored_total").unwrap_or(0.0) as u64;
+    let restored_bytes = metric(&page, "posflow_fraud_restored_bytes_total").unwrap_or(0.0) as u64;
+    let rebuilding = metric(&page, "posflow_fraud_state_rebuild_seconds_sum").unwrap_or(0.0);
+    fraud.kill();
+    let (fraud, blind_replaying) =
+        blind_after_restart(&d, &env, "input", &format!("{run}i"), now).await?;
+    let page = fraud.metrics().await;
+    let replayed = metric(&page, "posflow_fraud_replayed_total").unwrap_or(0.0) as u64;
+    let replaying = metric(&page, "posflow_fraud_state_rebuild_seconds_sum").unwrap_or(0.0);
+    eprintln!(
+        "[bench] recovery: {n} in horizon: blind {:.1} s restoring {restored} state records ({:.1} MB) in {rebuilding:.1} s; blind {:.1} s replaying {replayed} in {replaying:.1} s",
+        blind.as_secs_f64(),
+        restored_bytes as f64 / 1e6,
+        blind_replaying.as_secs_f64()
+    );
     Ok(Recovery {
         records: n,
         blind,
+        blind_replaying,
+        restored,
+        restored_bytes,
         replayed,
     })
 }

@@ -159,6 +159,7 @@ async fn passthrough(
         async move {
             Ok(vec![Output {
                 topic: out,
+                partition: None,
                 key: String::from_utf8_lossy(input.key.as_deref().unwrap_or_default()).into_owned(),
                 value: input.payload.unwrap_or_default(),
                 headers: input.headers.unwrap_or_default(),
@@ -167,14 +168,9 @@ async fn passthrough(
     };
     let raw = d.topic(input);
     if exactly_once {
-        let consumer =
-            posflow_kafka::pipeline::transactional_consumer(&d.kafka, &group, "passthrough")?;
+        let (consumer, producer) =
+            pipeline::transactional_clients(&d.kafka, &group, "passthrough", "0")?;
         consumer.subscribe(&[&raw])?;
-        let producer = posflow_kafka::clients::transactional_producer(
-            &d.kafka,
-            "passthrough",
-            &format!("{group}-passthrough"),
-        )?;
         // The validator's defaults.
         let batching = Batching {
             max_records: 2000,

@@ -329,7 +329,7 @@ async fn one_replica_and_two_with_a_kill_raise_the_same_alerts() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     a.kill();
-    let _a = Service::start("posflow-fraud", &fraud_env(&two, &format!("{run}-a")), &[]).await;
+    let again = Service::start("posflow-fraud", &fraud_env(&two, &format!("{run}-a")), &[]).await;
     publisher.await.unwrap();
     let pair: Vec<String> = alerts(&two, expected)
         .await
@@ -345,6 +345,15 @@ async fn one_replica_and_two_with_a_kill_raise_the_same_alerts() {
         pair.into_iter().collect::<BTreeSet<_>>(),
         single,
         "the same alert ids"
+    );
+    // Restarted under its instance id, it got its partitions back (static membership) and
+    // restored them from the state topic, judging nothing twice.
+    let page = again.metrics().await;
+    let restored = metric(&page, "posflow_fraud_restored_total").unwrap_or(0.0);
+    assert!(restored > 0.0, "nothing restored from the state topic");
+    assert_eq!(
+        metric(&page, "posflow_fraud_replayed_total").unwrap_or(0.0),
+        0.0
     );
 }
 

@@ -247,6 +247,8 @@ fn print_topics(kafka: &posflow_kafka::KafkaArgs) {
             t.key
         );
     }
+    // Not the internal state topics (`STATE_TOPICS`, docs/topics.md): this list is the public
+    // one, what docs/asyncapi.json documents for analysts (make asyncapi-check compares them).
 }
 
 fn print_provisioned(report: &posflow_kafka::provision::ProvisionReport) {

@@ -252,6 +252,7 @@ impl Ingress {
         Ok(Step::Produce {
             output: Output {
                 topic: self.raw_topic.clone(),
+                partition: None,
                 key,
                 value,
                 headers: r.headers,

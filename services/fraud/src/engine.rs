@@ -24,7 +24,13 @@
 //! still held — the reason decisions do not depend on the partition's other traffic, and a
 //! replica that rebuilds a partition by replaying the horizon decides exactly as the previous
 //! owner did.
+//!
+//! **Restore.** Each filed transaction yields a state record (`Outcome::state_record`: the event
+//! and the alerts its judging raised, `changelog`). Filing those records again in their order
+//! (`Engine::restore`) gives the state the writer had, alerts raised included, without judging:
+//! how a replica takes a partition over (docs/fraud.md, "State changelog and recovery").
 
+use crate::changelog;
 use crate::rules::{
     id, AmountAnomaly, CardTesting, ImpossibleTravel, NightMcc, RepeatedDeclines, Settings,
 };
@@ -34,16 +40,16 @@ use std::collections::{HashMap, VecDeque};
 
 /// What a rule keeps of one transaction.
 #[derive(Debug, Clone)]
-struct Event {
-    id: Box<str>,
-    time: i64,
-    amount_minor: i64,
-    currency: [u8; 3],
-    approved: bool,
-    location: Option<(f32, f32)>,
+pub(crate) struct Event {
+    pub(crate) id: Box<str>,
+    pub(crate) time: i64,
+    pub(crate) amount_minor: i64,
+    pub(crate) currency: [u8; 3],
+    pub(crate) approved: bool,
+    pub(crate) location: Option<(f32, f32)>,
     /// Where it happened: an alert anchored at this event names them.
-    merchant_id: Box<str>,
-    terminal_id: Box<str>,
+    pub(crate) merchant_id: Box<str>,
+    pub(crate) terminal_id: Box<str>,
 }
 
 impl Event {
@@ -79,11 +85,22 @@ struct History {
     raised: Vec<Raised>,
 }
 
+/// An alert a key raised, as much as telling it again takes.
 #[derive(Debug, Clone, Copy)]
-struct Raised {
-    rule: &'static str,
-    anchor_time: i64,
-    digest: u128,
+pub(crate) struct Raised {
+    pub(crate) rule: &'static str,
+    pub(crate) anchor_time: i64,
+    pub(crate) digest: u128,
+}
+
+impl Raised {
+    fn of(a: &Alert) -> Self {
+        Self {
+            rule: a.rule_id,
+            anchor_time: a.anchor_time,
+            digest: a.digest,
+        }
+    }
 }
 
 impl History {
@@ -135,11 +152,7 @@ impl History {
                     })
             });
             if !seen {
-                self.raised.push(Raised {
-                    rule: a.rule_id,
-                    anchor_time: a.anchor_time,
-                    digest: a.digest,
-                });
+                self.raised.push(Raised::of(&a));
                 out.push(a);
             }
         }
@@ -452,6 +465,9 @@ pub struct Outcome {
     pub too_late: bool,
     /// Events judged again because this one landed before them (a late arrival).
     pub rejudged: usize,
+    /// The record for the state topic (`changelog`): the transaction was filed. `None`: too
+    /// late, or the key had it already (a replayed input).
+    pub state_record: Option<Vec<u8>>,
 }
 
 impl Outcome {
@@ -463,11 +479,22 @@ impl Outcome {
     }
 }
 
-/// Which rules a key gets.
-#[derive(Clone, Copy)]
-enum Rules {
+/// Which rules a partition's keys get: card rules (the validated topic, keyed by card) or
+/// terminal rules (the raw topic, keyed by terminal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Feed {
     Card,
     Terminal,
+}
+
+impl Feed {
+    /// How much history a key keeps: the longest window plus the lateness allowance.
+    pub fn horizon_ms(self, s: &Settings) -> i64 {
+        match self {
+            Feed::Card => s.card_horizon_ms(),
+            Feed::Terminal => s.terminal_horizon_ms(),
+        }
+    }
 }
 
 impl Engine {
@@ -488,28 +515,34 @@ impl Engine {
         before - self.keys.len()
     }
 
-    /// Card rules for a transaction of the card `key`.
-    pub fn on_card(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
-        self.judge(Rules::Card, key, t, s)
-    }
-
-    /// Terminal rules for a transaction at the terminal `key`.
-    pub fn on_terminal(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
-        self.judge(Rules::Terminal, key, t, s)
+    /// Files a state record — a transaction judged before and the alerts its judging raised — under
+    /// `key` as judging it did, without judging it again: the partition's state as the replica
+    /// that wrote the record had it. Records in the order they were written.
+    pub fn restore(
+        &mut self,
+        feed: Feed,
+        key: &str,
+        record: &[u8],
+        s: &Settings,
+    ) -> Result<(), changelog::Error> {
+        let (event, raised) = changelog::decode(record)?;
+        self.watermark = self.watermark.max(event.time);
+        let h = self.keys.entry(key.into()).or_default();
+        if h.insert(event, feed.horizon_ms(s)).is_some() {
+            h.raised.extend(raised);
+        }
+        Ok(())
     }
 
     /// Files the transaction under `key`, judges it at its place and judges again each later
     /// event of the key it can change.
-    fn judge(&mut self, rules: Rules, key: &str, t: &Transaction, s: &Settings) -> Outcome {
+    pub fn judge(&mut self, feed: Feed, key: &str, t: &Transaction, s: &Settings) -> Outcome {
         let lateness = s.allowed_lateness_secs * 1000;
         if t.transaction_time < self.watermark - lateness {
             return Outcome::too_late();
         }
         self.watermark = self.watermark.max(t.transaction_time);
-        let horizon = match rules {
-            Rules::Card => s.card_horizon_ms(),
-            Rules::Terminal => s.terminal_horizon_ms(),
-        };
+        let horizon = feed.horizon_ms(s);
         // How far after an event its effect reaches: the longest window.
         let reach = horizon - lateness;
         let h = self.keys.entry(key.into()).or_default();
@@ -523,13 +556,13 @@ impl Engine {
                 steps: k - i,
                 since_ms: h.events[k].time - t.transaction_time,
             };
-            match rules {
-                Rules::Card => alerts.extend(card_rules_at(h, k, at, s, key)),
-                Rules::Terminal => alerts.extend(terminal_rules_at(h, k, at, s, key)),
+            match feed {
+                Feed::Card => alerts.extend(card_rules_at(h, k, at, s, key)),
+                Feed::Terminal => alerts.extend(terminal_rules_at(h, k, at, s, key)),
             }
             k += 1;
         }
-        if let Rules::Card = rules {
+        if let Feed::Card = feed {
             alerts.extend(night_high_risk_mcc(
                 t,
                 &h.events[i],
@@ -537,8 +570,11 @@ impl Engine {
                 key,
             ));
         }
+        let alerts = h.keep_new(alerts);
+        let raised: Vec<Raised> = alerts.iter().map(Raised::of).collect();
         Outcome {
-            alerts: h.keep_new(alerts),
+            state_record: Some(changelog::encode(&h.events[i], &raised)),
+            alerts,
             too_late: false,
             rejudged: k - i - 1,
         }
@@ -549,6 +585,16 @@ impl Engine {
 mod tests {
     use super::*;
     use posflow_schema::Location;
+
+    impl Engine {
+        fn on_card(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
+            self.judge(Feed::Card, key, t, s)
+        }
+
+        fn on_terminal(&mut self, key: &str, t: &Transaction, s: &Settings) -> Outcome {
+            self.judge(Feed::Terminal, key, t, s)
+        }
+    }
 
     const T0: i64 = 1_800_000_000_000; // 2027-01-15T08:00:00Z
 
@@ -759,6 +805,80 @@ mod tests {
             all.iter().any(|a| !a.is_empty()),
             "the stream fires something"
         );
+    }
+
+    #[test]
+    fn a_state_restored_from_its_records_decides_like_the_original() {
+        // The mixed stream with two cards' transactions flushed late, newest first (each lands
+        // before events already judged), cut at any point: a replica that restores the state
+        // records written before the cut and carries on raises exactly the uninterrupted run's
+        // alerts after it — none missed, none raised twice.
+        let s = Settings::default();
+        let stream = mixed_stream();
+        let (offline, online): (Vec<usize>, Vec<usize>) =
+            (0..stream.len()).partition(|&i| matches!(stream[i].0, "c4" | "c5"));
+        let order: Vec<usize> = online.iter().chain(offline.iter().rev()).copied().collect();
+        let mut whole = Engine::default();
+        let outcomes: Vec<Outcome> = order
+            .iter()
+            .map(|&i| whole.on_card(stream[i].0, &stream[i].1, &s))
+            .collect();
+        assert!(outcomes.iter().all(|o| o.state_record.is_some()));
+        let fired = outcomes.iter().filter(|o| !o.alerts.is_empty()).count();
+        assert!(fired > 10, "the stream fires: {fired}");
+        for cut in [1usize, 97, 300, 450, 520, 599] {
+            let mut restored = Engine::default();
+            for (&i, o) in order[..cut].iter().zip(&outcomes) {
+                let record = o.state_record.as_deref().unwrap();
+                restored
+                    .restore(Feed::Card, stream[i].0, record, &s)
+                    .unwrap();
+            }
+            assert_eq!(
+                restored.watermark(),
+                whole_watermark(&stream, &order[..cut])
+            );
+            for (n, &i) in order.iter().enumerate().skip(cut) {
+                let got = restored.on_card(stream[i].0, &stream[i].1, &s);
+                assert_eq!(got.alerts, outcomes[n].alerts, "cut at {cut}, record {n}");
+                assert_eq!(got.state_record, outcomes[n].state_record);
+            }
+        }
+        // Without the raised alerts in the records, a restored replica raises some again.
+        let raised_again = |cut: usize| {
+            let mut forgetful = Engine::default();
+            for (&i, o) in order[..cut].iter().zip(&outcomes) {
+                let (event, _) = changelog::decode(o.state_record.as_deref().unwrap()).unwrap();
+                let bare = changelog::encode(&event, &[]);
+                forgetful
+                    .restore(Feed::Card, stream[i].0, &bare, &s)
+                    .unwrap();
+            }
+            let again: usize = order[cut..]
+                .iter()
+                .map(|&i| {
+                    forgetful
+                        .on_card(stream[i].0, &stream[i].1, &s)
+                        .alerts
+                        .len()
+                })
+                .sum();
+            again
+                - outcomes[cut..]
+                    .iter()
+                    .map(|o| o.alerts.len())
+                    .sum::<usize>()
+        };
+        let doubled: usize = (1..order.len()).step_by(11).map(raised_again).sum();
+        assert!(doubled > 0, "forgetting raised alerts changes nothing");
+    }
+
+    fn whole_watermark(stream: &[(&str, Transaction)], order: &[usize]) -> i64 {
+        order
+            .iter()
+            .map(|&i| stream[i].1.transaction_time)
+            .max()
+            .unwrap()
     }
 
     #[test]

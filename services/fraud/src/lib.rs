@@ -6,18 +6,24 @@
 //! detection wants). Both inputs go through one consumer group and one Kafka transaction per
 //! batch, so an alert and the offsets of the transactions that raised it commit together.
 //!
-//! State is per input partition, in memory, bounded by event time (`engine`). A partition this
-//! replica did not hold — newly assigned, or rewound after an aborted transaction — is rebuilt
-//! before its first record is judged, by replaying the rules' horizon from Kafka (`replay`).
-//! Rules decide from the window contents only, so the rebuilt state decides as the previous
-//! owner would have: alerts are neither missed nor raised twice (docs/fraud.md).
+//! State is per input partition, in memory, bounded by event time (`engine`). Every judged
+//! transaction is also written, with the alerts it raised, to the partition's state topic, in
+//! the same Kafka transaction (`changelog`). A partition this replica did not hold — newly
+//! assigned, or rewound after an aborted transaction — is restored before its first record is
+//! judged, by reading its state partition back over the rules' horizon (`replay`): the previous
+//! owner's state exactly as it committed it, so alerts are neither missed nor raised twice
+//! (docs/fraud.md, "State changelog and recovery"). `--rebuild-from input` judges the horizon's
+//! input again instead, the way before the changelog (the upgrade path, and the benchmark's
+//! baseline).
 
+pub mod changelog;
 pub mod engine;
 pub mod replay;
 pub mod rules;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use engine::Feed;
 use posflow_kafka::deadletter::{DeadLetters, Refused};
 use posflow_kafka::pipeline::{self, Input, Output, Retry};
 use posflow_kafka::{headers, ExactlyOnceArgs, KafkaArgs};
@@ -49,6 +55,18 @@ pub struct Args {
     /// a rebuild replays from this much before the horizon, as Kafka timestamps go by receipt.
     #[arg(long, env = "POSFLOW_MAX_CLOCK_SKEW_SECS", default_value_t = 300)]
     pub max_clock_skew_secs: i64,
+    /// Where a partition's state comes from when this replica takes it over: its state topic
+    /// (`changelog`, what the previous owner committed) or the input's horizon judged again
+    /// (`input`: for the first horizon after upgrading from a release without state topics).
+    #[arg(long, env = "POSFLOW_FRAUD_REBUILD_FROM", value_enum, default_value_t = RebuildFrom::Changelog)]
+    pub rebuild_from: RebuildFrom,
+}
+
+/// See `--rebuild-from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RebuildFrom {
+    Changelog,
+    Input,
 }
 
 /// Checked configuration.
@@ -87,7 +105,10 @@ struct Metrics {
     dead_lettered: IntCounterVec,
     undecodable: IntCounter,
     rebuilds: IntCounter,
+    rebuild_seconds: Histogram,
     replayed: IntCounter,
+    restored: IntCounter,
+    restored_bytes: IntCounter,
     evicted: IntCounter,
     state_keys: IntGauge,
     alert_latency: Histogram,
@@ -125,11 +146,24 @@ fn metrics() -> &'static Metrics {
         ),
         rebuilds: counter(
             "posflow_fraud_state_rebuilds_total",
-            "Partition states rebuilt by replay (assignment, rewind after an abort)",
+            "Partition states rebuilt (assignment, rewind after an abort)",
+        ),
+        rebuild_seconds: histogram(
+            "posflow_fraud_state_rebuild_seconds",
+            "Time to rebuild one partition's state, during which its transactions wait",
+            &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
         ),
         replayed: counter(
             "posflow_fraud_replayed_total",
-            "Records replayed to rebuild state",
+            "Input records judged again to rebuild state (--rebuild-from input)",
+        ),
+        restored: counter(
+            "posflow_fraud_restored_total",
+            "State records read back to restore state (--rebuild-from changelog)",
+        ),
+        restored_bytes: counter(
+            "posflow_fraud_restored_bytes_total",
+            "Bytes of the state records read back: the state's size on the wire",
         ),
         evicted: counter(
             "posflow_fraud_state_evicted_total",
@@ -147,13 +181,6 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// Which rules an input topic feeds: card rules (validated topic) or terminal rules (raw topic).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Feed {
-    Card,
-    Terminal,
-}
-
 struct PartitionState {
     engine: engine::Engine,
     /// The last offset judged: a record at or below it means the consumer was rewound.
@@ -164,6 +191,9 @@ struct PartitionState {
 struct Stage {
     settings: rules::Settings,
     validated_topic: String,
+    /// The state topics of the card and the terminal rules.
+    state_topics: (String, String),
+    rebuild_from: RebuildFrom,
     validated: Decoder<TransactionValidated>,
     raw: Decoder<TransactionReceived>,
     alerts: (String, Encoder<FraudAlert>),
@@ -200,9 +230,13 @@ impl Stage {
     }
 
     fn horizon_ms(&self, input: Feed) -> i64 {
+        input.horizon_ms(&self.settings)
+    }
+
+    fn state_topic(&self, input: Feed) -> &str {
         match input {
-            Feed::Card => self.settings.card_horizon_ms(),
-            Feed::Terminal => self.settings.terminal_horizon_ms(),
+            Feed::Card => &self.state_topics.0,
+            Feed::Terminal => &self.state_topics.1,
         }
     }
 
@@ -217,10 +251,9 @@ impl Stage {
     }
 
     fn judge(&self, input: Feed, e: &mut engine::Engine, t: &Transaction) -> engine::Outcome {
-        match (input, Self::key(input, t)) {
-            (Feed::Card, Some(key)) => e.on_card(key, t, &self.settings),
-            (Feed::Terminal, Some(key)) => e.on_terminal(key, t, &self.settings),
-            (_, None) => engine::Outcome::default(),
+        match Self::key(input, t) {
+            Some(key) => e.judge(input, key, t, &self.settings),
+            None => engine::Outcome::default(),
         }
     }
 
@@ -277,11 +310,20 @@ impl Stage {
             return Ok(vec![self.too_late(&input, &t, watermark, span)?]);
         }
         let key = Self::key(kind, &t).unwrap_or_default();
-        outcome
+        let mut out = outcome
             .alerts
             .into_iter()
             .map(|a| self.alert(kind, key, a, span))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // The state record commits with the alerts and the offset, or not at all.
+        out.extend(outcome.state_record.map(|value| Output {
+            topic: self.state_topic(kind).to_string(),
+            partition: Some(input.partition),
+            key: key.to_string(),
+            value,
+            headers: Default::default(),
+        }));
+        Ok(out)
     }
 
     /// A transaction too late to judge, as a dead letter (in the batch's Kafka transaction):
@@ -310,8 +352,8 @@ impl Stage {
             .map_err(|e| Retry(e.to_string()))
     }
 
-    /// A partition's state rebuilt from the horizon before `input`, up to (not including) it:
-    /// after a rebalance or a rewind.
+    /// A partition's state as it was before `input`: after a rebalance or a rewind. From the
+    /// state partition, or by judging the input's horizon again (`--rebuild-from`).
     async fn rebuild(
         &self,
         kind: Feed,
@@ -319,26 +361,52 @@ impl Stage {
         t: &Transaction,
     ) -> Result<PartitionState, Retry> {
         let m = metrics();
+        let started = std::time::Instant::now();
         let from_time = t.transaction_time - self.horizon_ms(kind);
         let mut engine = engine::Engine::default();
-        let mut replayed = 0u64;
+        let (topic, until) = match self.rebuild_from {
+            // Everything committed: what the transactions up to the committed offset wrote.
+            RebuildFrom::Changelog => (self.state_topic(kind), None),
+            RebuildFrom::Input => (input.topic.as_str(), Some(input.offset)),
+        };
         let records = self
             .replayer
-            .read(&input.topic, input.partition, from_time, input.offset)
+            .read(topic, input.partition, from_time, until)
             .await
-            .map_err(|e| Retry(format!("replay: {e}")))?;
-        for payload in records {
-            if let Some(past) = self.decode(kind, &payload).await? {
-                self.judge(kind, &mut engine, &past);
-                replayed += 1;
+            .map_err(|e| Retry(format!("reading {topic}/{}: {e}", input.partition)))?;
+        let read = records.len();
+        let bytes: usize = records.iter().map(|r| r.key.len() + r.payload.len()).sum();
+        for r in records {
+            match self.rebuild_from {
+                RebuildFrom::Changelog => {
+                    let key = String::from_utf8_lossy(&r.key);
+                    engine
+                        .restore(kind, &key, &r.payload, &self.settings)
+                        .map_err(|e| Retry(format!("{topic}/{}: {e}", input.partition)))?;
+                }
+                RebuildFrom::Input => {
+                    if let Some(past) = self.decode(kind, &r.payload).await? {
+                        self.judge(kind, &mut engine, &past);
+                    }
+                }
             }
         }
         m.rebuilds.inc();
-        m.replayed.inc_by(replayed);
+        match self.rebuild_from {
+            RebuildFrom::Changelog => {
+                m.restored.inc_by(read as u64);
+                m.restored_bytes.inc_by(bytes as u64);
+            }
+            RebuildFrom::Input => m.replayed.inc_by(read as u64),
+        }
+        m.rebuild_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
             topic = input.topic,
             partition = input.partition,
-            replayed,
+            from = topic,
+            records = read,
+            keys = engine.keys(),
+            seconds = started.elapsed().as_secs_f64(),
             "partition state rebuilt"
         );
         Ok(PartitionState {
@@ -377,6 +445,7 @@ impl Stage {
         };
         Ok(Output {
             topic: topic.clone(),
+            partition: None,
             key: key.to_string(),
             value: enc
                 .encode(&record)
@@ -392,17 +461,22 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let registry = args.kafka.registry();
     let alerts_topic = topics.fraud_alerts();
     let group = args.kafka.group("posflow-fraud");
-    let instance = args.exactly_once.instance();
-    let client_id = format!("fraud-{instance}");
-    let consumer =
-        posflow_kafka::pipeline::transactional_consumer(&args.kafka, &group, &client_id)?;
-    let (validated_topic, raw_topic) = (topics.validated(), topics.raw());
-    rdkafka::consumer::Consumer::subscribe(&consumer, &[&validated_topic, &raw_topic])?;
-    let producer = posflow_kafka::clients::transactional_producer(
+    let (consumer, producer) = posflow_kafka::pipeline::transactional_clients(
         &args.kafka,
-        &client_id,
-        &format!("{group}-{instance}"),
+        &group,
+        "fraud",
+        &args.exactly_once.instance(),
     )?;
+    let (validated_topic, raw_topic) = (topics.validated(), topics.raw());
+    let state_topics = (topics.fraud_state_cards(), topics.fraud_state_terminals());
+    check_state_topics(
+        &consumer,
+        &[
+            (&validated_topic, &state_topics.0),
+            (&raw_topic, &state_topics.1),
+        ],
+    )?;
+    rdkafka::consumer::Consumer::subscribe(&consumer, &[&validated_topic, &raw_topic])?;
     let stage = Stage {
         alerts: (
             alerts_topic.clone(),
@@ -416,6 +490,8 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         raw: Decoder::new(registry),
         replayer: replay::Replayer::new(&args.kafka, args.max_clock_skew_secs * 1000),
         validated_topic,
+        state_topics,
+        rebuild_from: args.rebuild_from,
         settings,
         consumer_context: rdkafka::consumer::Consumer::context(&consumer)
             .as_ref()
@@ -425,6 +501,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     tracing::info!(
         card_horizon_s = stage.settings.card_horizon_ms() / 1000,
         terminal_horizon_s = stage.settings.terminal_horizon_ms() / 1000,
+        rebuild_from = ?stage.rebuild_from,
         "judging"
     );
     ctx.health.set_ready(true);
@@ -436,5 +513,41 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         |input| stage.handle(input),
     )
     .await?;
+    Ok(())
+}
+
+/// Each input's state topic must exist with at least the input's partitions (partition `p`
+/// holds the state of input partition `p`); otherwise the stage stops with every mismatch.
+fn check_state_topics<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    pairs: &[(&String, &String)],
+) -> anyhow::Result<()> {
+    let md = rdkafka::consumer::Consumer::fetch_metadata(
+        consumer,
+        None,
+        std::time::Duration::from_secs(30),
+    )
+    .context("reading topic metadata")?;
+    let partitions = |name: &str| {
+        md.topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len())
+    };
+    let mut errors = Vec::new();
+    for (input, state) in pairs {
+        match (partitions(input), partitions(state)) {
+            (_, None) => errors.push(format!("state topic {state} is missing")),
+            (Some(i), Some(s)) if s < i => errors.push(format!(
+                "state topic {state} has {s} partitions, fewer than {input}'s {i}"
+            )),
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        errors.is_empty(),
+        "{} (run posflow-admin provision)",
+        errors.join("; ")
+    );
     Ok(())
 }

@@ -16,6 +16,19 @@ pub mod id {
     pub const AMOUNT_ANOMALY: &str = "AMOUNT_ANOMALY";
     pub const IMPOSSIBLE_TRAVEL: &str = "IMPOSSIBLE_TRAVEL";
     pub const NIGHT_HIGH_RISK_MCC: &str = "NIGHT_HIGH_RISK_MCC";
+
+    /// Every rule, in a fixed order: the state records name a rule by its index here, so add
+    /// new rules at the end.
+    pub const ALL: [&str; 8] = [
+        VELOCITY_CARD,
+        VELOCITY_TERMINAL,
+        CARD_TESTING,
+        TERMINAL_DECLINES,
+        REPEATED_DECLINES,
+        AMOUNT_ANOMALY,
+        IMPOSSIBLE_TRAVEL,
+        NIGHT_HIGH_RISK_MCC,
+    ];
 }
 
 /// Every rule's settings. Field names are the TOML keys.

@@ -647,6 +647,7 @@ impl Shared {
             Ok(value) => {
                 let o = Output {
                     topic: self.status_topic.clone(),
+                    partition: None,
                     key: c.merchant_id.clone(),
                     value,
                     headers: OwnedHeaders::new(),

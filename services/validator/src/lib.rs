@@ -219,6 +219,7 @@ impl Validator {
             let (topic, enc) = &self.validated;
             Output {
                 topic: topic.clone(),
+                partition: None,
                 key: validated_key(&v.transaction),
                 value: enc
                     .encode(&v)
@@ -246,6 +247,7 @@ impl Validator {
             let (topic, enc) = &self.rejected;
             Output {
                 topic: topic.clone(),
+                partition: None,
                 key: v.transaction.terminal_id.clone(),
                 value: enc
                     .encode(&v)
@@ -321,14 +323,9 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let transform = |input: Input| validator.handle(input);
     match args.delivery {
         Delivery::ExactlyOnce => {
-            let consumer =
-                posflow_kafka::pipeline::transactional_consumer(&args.kafka, &group, &client_id)?;
+            let (consumer, producer) =
+                pipeline::transactional_clients(&args.kafka, &group, "validator", &instance)?;
             rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
-            let producer = posflow_kafka::clients::transactional_producer(
-                &args.kafka,
-                &client_id,
-                &format!("{group}-{instance}"),
-            )?;
             ctx.health.set_ready(true);
             let batching = args.exactly_once.batching();
             pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;

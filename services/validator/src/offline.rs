@@ -18,9 +18,10 @@
 //!
 //! **Not yet across a restart.** The state is this replica's memory: after a restart or a
 //! rebalance in the middle of a flush, the replica that takes the terminal over counts that
-//! outage from there, so up to one more cap's worth can be accepted. Issue 23's part 4 (a
-//! changelog topic written in the same Kafka transaction, docs/offline.md) will carry this
-//! state as it carries fraud's.
+//! outage from there, so up to one more cap's worth can be accepted. The way to carry it is
+//! fraud's (docs/fraud.md, "State changelog and recovery"): a state topic mirroring the raw
+//! topic's partitions, one record per accepted offline transaction written in the same Kafka
+//! transaction, read back when a replica takes a partition over (docs/offline.md).
 
 use crate::policy::OfflineCaps;
 use dashmap::DashMap;

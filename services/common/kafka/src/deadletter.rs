@@ -80,6 +80,7 @@ impl DeadLetters {
         };
         Ok(Output {
             topic: self.topic.clone(),
+            partition: None,
             key: r.key,
             value: self.encoder.encode(&letter)?,
             headers,

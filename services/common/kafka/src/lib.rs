@@ -11,4 +11,4 @@ pub mod sink;
 pub mod topics;
 
 pub use args::{ExactlyOnceArgs, InstanceArgs, KafkaArgs};
-pub use topics::{Retention, TopicSpec, Topics, CATALOGUE};
+pub use topics::{Retention, StateTopicSpec, TopicSpec, Topics, CATALOGUE, STATE_TOPICS};

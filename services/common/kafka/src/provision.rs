@@ -1,7 +1,7 @@
 //! Creates the catalogue's topics through the Kafka admin API and registers every value schema
 //! (FULL_TRANSITIVE compatibility: docs/schemas.md) in the schema registry. Idempotent: run it on every deploy.
 
-use crate::topics::Retention;
+use crate::topics::{Retention, STATE_TOPICS};
 use crate::{KafkaArgs, CATALOGUE};
 use posflow_runtime::Backoff;
 use posflow_schema::value_subject;
@@ -89,22 +89,28 @@ struct PlannedTopic {
 }
 
 fn planned_topics(topics: &crate::topics::Topics, plan: &ProvisionPlan) -> Vec<PlannedTopic> {
-    CATALOGUE
-        .iter()
-        .map(|t| PlannedTopic {
-            name: topics.name(t.name),
-            // A single partition (the registry, the audit chain) is a design choice — one
-            // ordered log — not a scale setting.
-            partitions: match t.partitions {
-                1 => 1,
-                n => plan.partitions.unwrap_or(n),
-            },
-            retention_ms: match t.retention {
-                Retention::Days(d) => Some((d * 86_400_000).to_string()),
-                Retention::Compacted => None,
-            },
-        })
-        .collect()
+    // A single partition (the registry, the audit chain) is a design choice — one ordered log —
+    // not a scale setting.
+    let partitions = |n| match n {
+        1 => 1,
+        n => plan.partitions.unwrap_or(n),
+    };
+    let retention_ms = |r| match r {
+        Retention::Days(d) => Some((d * 86_400_000).to_string()),
+        Retention::Compacted => None,
+    };
+    let catalogue = CATALOGUE.iter().map(|t| PlannedTopic {
+        name: topics.name(t.name),
+        partitions: partitions(t.partitions),
+        retention_ms: retention_ms(t.retention),
+    });
+    // A state topic gets its input's partition count, override included.
+    let state = STATE_TOPICS.iter().map(|t| PlannedTopic {
+        name: topics.name(t.name),
+        partitions: partitions(t.partitions()),
+        retention_ms: retention_ms(t.retention),
+    });
+    catalogue.chain(state).collect()
 }
 
 /// The topic with its replication, minimum in-sync replicas, and retention or compaction.

@@ -122,6 +122,56 @@ pub const CATALOGUE: &[TopicSpec] = &[
     },
 ];
 
+/// An internal topic: a stage's own state, in the stage's private format (not Avro, not for
+/// analysts). Created by provisioning next to the catalogue's topics, with as many partitions as
+/// the input it mirrors: partition `p` holds the state of the input's partition `p`.
+#[derive(Debug, Clone, Copy)]
+pub struct StateTopicSpec {
+    pub name: &'static str,
+    /// What the record key is.
+    pub key: &'static str,
+    /// The input topic whose partitions this one mirrors.
+    pub mirrors: &'static str,
+    pub retention: Retention,
+    pub writers: &'static str,
+    pub what: &'static str,
+}
+
+pub const FRAUD_STATE_CARDS: &str = "pos.fraud.state.cards";
+pub const FRAUD_STATE_TERMINALS: &str = "pos.fraud.state.terminals";
+
+/// Time-retained, not compacted: every record is one judged transaction (its key is the card
+/// or terminal, shared by many records), and nothing in it is needed after the rules' horizon
+/// (26 h with the defaults; two days leave room for a longer `allowed_lateness_secs`).
+pub const STATE_TOPICS: &[StateTopicSpec] = &[
+    StateTopicSpec {
+        name: FRAUD_STATE_CARDS,
+        key: "card token",
+        mirrors: VALIDATED,
+        retention: Retention::Days(2),
+        writers: "fraud",
+        what: "fraud's card-rule state: each judged transaction's event and the alerts it raised (docs/fraud.md)",
+    },
+    StateTopicSpec {
+        name: FRAUD_STATE_TERMINALS,
+        key: "terminal id",
+        mirrors: RAW,
+        retention: Retention::Days(2),
+        writers: "fraud",
+        what: "fraud's terminal-rule state, the same for the raw topic",
+    },
+];
+
+impl StateTopicSpec {
+    /// The partitions of the input it mirrors.
+    pub fn partitions(&self) -> i32 {
+        CATALOGUE
+            .iter()
+            .find(|t| t.name == self.mirrors)
+            .map_or(1, |t| t.partitions)
+    }
+}
+
 /// Topic names for one deployment (prefix applied).
 #[derive(Debug, Clone)]
 pub struct Topics {
@@ -158,6 +208,12 @@ impl Topics {
     pub fn terminals(&self) -> String {
         self.name(TERMINALS)
     }
+    pub fn fraud_state_cards(&self) -> String {
+        self.name(FRAUD_STATE_CARDS)
+    }
+    pub fn fraud_state_terminals(&self) -> String {
+        self.name(FRAUD_STATE_TERMINALS)
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +242,17 @@ mod tests {
                 .find(|l| l.starts_with(&format!("| `{}` ", t.name)))
                 .unwrap_or_else(|| panic!("docs/topics.md has no row for {}", t.name));
             assert!(row.contains(&format!("| {} |", t.partitions)), "{row}");
+            assert!(
+                row.contains(&format!("| {} |", t.retention.label())),
+                "{row}"
+            );
+        }
+        for t in STATE_TOPICS {
+            let row = doc
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{}` ", t.name)))
+                .unwrap_or_else(|| panic!("docs/topics.md has no row for {}", t.name));
+            assert!(row.contains(&format!("`{}`", t.mirrors)), "{row}");
             assert!(
                 row.contains(&format!("| {} |", t.retention.label())),
                 "{row}"

@@ -189,15 +189,42 @@ impl Transactions<'_> {
     }
 }
 
+/// The consumer and producer of one instance of an exactly-once stage, for
+/// [`run_transactional`]: client id `<stage>-<instance>`, a static group member named
+/// `instance`, and the transactional id `<group>-<instance>` — unique per instance and stable
+/// across its restarts, so a restarted instance fences its predecessor's open transaction.
+pub fn transactional_clients(
+    args: &crate::KafkaArgs,
+    group: &str,
+    stage: &str,
+    instance: &str,
+) -> rdkafka::error::KafkaResult<(StreamConsumer<TxnContext>, FutureProducer)> {
+    let client_id = format!("{stage}-{instance}");
+    let consumer = transactional_consumer(args, group, &client_id, instance)?;
+    let producer =
+        crate::clients::transactional_producer(args, &client_id, &format!("{group}-{instance}"))?;
+    Ok((consumer, producer))
+}
+
 /// A consumer for [`run_transactional`]: offsets are committed only inside transactions, and
 /// revocations wait for the transaction in flight ([`TxnContext`]).
-pub fn transactional_consumer(
+///
+/// The consumer is a static group member (`group.instance.id` = `instance`, KIP-345): an
+/// instance that restarts under the same id (a StatefulSet pod, a crashed process started again)
+/// gets its partitions back at once, without the rebalance a new member causes and without
+/// waiting out the dead member's session first — a fraud replica's blind time after a crash was
+/// ~10 s of that wait (issue 23, BENCHMARKS.md). The price: a static member that stops for good
+/// (a scale-down) does not leave the group, so its partitions move after the session timeout
+/// (10 s), not at once. Instance ids must be unique, as the transactional id already demands.
+fn transactional_consumer(
     args: &crate::KafkaArgs,
     group: &str,
     client_id: &str,
+    instance: &str,
 ) -> rdkafka::error::KafkaResult<StreamConsumer<TxnContext>> {
     crate::clients::consumer_config(args, group, client_id)
         .set("enable.auto.commit", "false")
+        .set("group.instance.id", instance)
         .create_with_context(TxnContext::default())
 }
 
@@ -317,6 +344,7 @@ fn commit(
             .key(&o.key)
             .payload(&o.value)
             .headers(o.headers.clone());
+        record.partition = o.partition;
         loop {
             // Delivery is confirmed by the commit (it flushes and fails if any send failed),
             // so the per-record futures are not awaited.

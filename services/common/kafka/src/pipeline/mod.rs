@@ -25,7 +25,7 @@ use std::time::Duration;
 pub mod at_least_once;
 pub mod exactly_once;
 pub use at_least_once::run;
-pub use exactly_once::{run_transactional, transactional_consumer, TxnContext};
+pub use exactly_once::{run_transactional, transactional_clients, TxnContext};
 
 /// A consumed record, detached from the consumer.
 #[derive(Debug, Clone)]
@@ -61,6 +61,9 @@ impl Input {
 #[derive(Debug, Clone)]
 pub struct Output {
     pub topic: String,
+    /// `None`: the producer's partitioner picks by key (every event topic). A state topic names
+    /// the partition of the input it mirrors.
+    pub partition: Option<i32>,
     pub key: String,
     pub value: Vec<u8>,
     pub headers: OwnedHeaders,
@@ -176,10 +179,11 @@ pub async fn produce_until_confirmed(
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     let mut failed_attempts = 0;
     loop {
-        let record = FutureRecord::to(&o.topic)
+        let mut record = FutureRecord::to(&o.topic)
             .key(&o.key)
             .payload(&o.value)
             .headers(o.headers.clone());
+        record.partition = o.partition;
         match producer
             .send(record, Timeout::After(Duration::from_secs(5)))
             .await
