@@ -1,7 +1,8 @@
 //! Offline capture (issue 23): terminals publish payload version 2 over MQTT; the bridge reads
 //! the offline fields (and refuses them in version 1); the validator applies the merchant's
 //! offline caps from its rules file, each over-cap transaction rejected with its own code and
-//! stored as a rejection, every under-cap one stored with its offline fields.
+//! stored as a rejection, every under-cap one stored with its offline fields — also across a
+//! SIGKILL of the validator in the middle of an outage's flush.
 
 use posflow_e2e::*;
 use posflow_schema::{Decoder, TransactionReceived};
@@ -11,7 +12,8 @@ use std::time::{Duration, SystemTime};
 
 const MIN: i64 = 60_000;
 
-/// A valid version-2 payload: `amount` minor units of EUR, captured `ago_ms` before now.
+/// A valid version-2 payload: `amount` minor units of EUR, captured `ago_ms` before now;
+/// offline since `offline` (milliseconds since the epoch: the outage's name, so fixed).
 fn payload(
     id: &str,
     t: &str,
@@ -27,9 +29,9 @@ fn payload(
     v["sequence"] = seq.into();
     v["amount_minor"] = amount.into();
     v["transaction_time"] = rfc3339(now - ago_ms).into();
-    if let Some(since_ago) = offline {
+    if let Some(since) = offline {
         v["offline"] = true.into();
-        v["offline_since"] = rfc3339(now - since_ago).into();
+        v["offline_since"] = rfc3339(since).into();
     }
     v
 }
@@ -75,8 +77,9 @@ async fn offline_caps_reject_over_cap_transactions_with_their_codes_and_accept_t
     let run = format!("off{:08x}", rand::random::<u32>());
     let id = |n: u32| format!("{run}-{n:02}");
     // (payload, what the validator makes of it: None = accepted, Some(codes) = rejected).
-    let outage1 = Some(90 * MIN);
-    let outage2 = Some(4 * 60 * MIN);
+    let now = posflow_schema::now_millis();
+    let outage1 = Some(now - 90 * MIN);
+    let outage2 = Some(now - 4 * 60 * MIN);
     let planned: Vec<(serde_json::Value, Option<&str>)> = vec![
         (payload(&id(1), t, &m, 1, 2000, 80 * MIN, outage1), None),
         (
@@ -130,7 +133,7 @@ async fn offline_caps_reject_over_cap_transactions_with_their_codes_and_accept_t
                 99,
                 100,
                 MIN,
-                Some(2 * MIN),
+                Some(now - 2 * MIN),
             );
             p["version"] = 1.into();
             p
@@ -143,7 +146,7 @@ async fn offline_caps_reject_over_cap_transactions_with_their_codes_and_accept_t
                 98,
                 100,
                 2 * MIN,
-                Some(MIN),
+                Some(now - MIN),
             );
             p["offline"] = false.into();
             p
@@ -158,10 +161,61 @@ async fn offline_caps_reject_over_cap_transactions_with_their_codes_and_accept_t
         }
     }
 
-    // PostgreSQL: the accepted ones with their offline fields, the rest as rejections with
-    // exactly their code.
+    // The validator SIGKILLed once all of that is judged, and started again: the outages'
+    // counts and totals are read back from the outages state topic, so the flush goes on
+    // against the same caps (a replica that counted from zero would accept all three).
     let db = db(&d.stack).await;
     let like = format!("{run}-%");
+    let judged = |n: usize| {
+        let db = &db;
+        let like = &like;
+        async move {
+            wait_for_count(
+                db,
+                "SELECT (SELECT count(*) FROM transactions WHERE transaction_id LIKE $1) \
+                 + (SELECT count(*) FROM rejections WHERE transaction_id LIKE $1)",
+                &[like],
+                n as i64,
+                Duration::from_secs(120),
+            )
+            .await
+        }
+    };
+    assert_eq!(judged(planned.len()).await, planned.len() as i64);
+    let mut validator = validator;
+    validator.kill();
+    let validator = Service::start("posflow-validator", &env, &[]).await;
+    let after_restart: Vec<(serde_json::Value, Option<&str>)> = vec![
+        // Outage 1 already has its three.
+        (
+            payload(&id(11), t, &m, 10, 500, 74 * MIN, outage1),
+            Some("OFFLINE_COUNT_OVER_CAP"),
+        ),
+        // Outage 2: 10 + 45 fits; 46 more would be 101 > 100.
+        (payload(&id(12), t, &m, 11, 4500, 99 * MIN, outage2), None),
+        (
+            payload(&id(13), t, &m, 12, 4600, 98 * MIN, outage2),
+            Some("OFFLINE_TOTAL_OVER_CAP"),
+        ),
+    ];
+    {
+        let (client, mut rx) = answered_terminal(&d.stack, t, &m).await;
+        let topic = posflow_mqtt::tx_topic(&m, t);
+        for (p, _) in &after_restart {
+            let a = publish_answered(&client, &mut rx, &topic, p).await;
+            assert_eq!(a["status"].as_str(), Some("accepted"), "{a:?}");
+        }
+    }
+    let planned: Vec<_> = planned.into_iter().chain(after_restart).collect();
+    assert_eq!(judged(planned.len()).await, planned.len() as i64);
+    assert!(
+        validator.log_text().contains("outages restored"),
+        "{}",
+        validator.log_text()
+    );
+
+    // PostgreSQL: the accepted ones with their offline fields, the rest as rejections with
+    // exactly their code.
     let accepted = planned.iter().filter(|(_, r)| r.is_none()).count() as i64;
     let rejected = planned.len() as i64 - accepted;
     let stored = wait_for_count(
@@ -224,7 +278,8 @@ async fn offline_caps_reject_over_cap_transactions_with_their_codes_and_accept_t
             &validator.metrics().await,
             "posflow_validator_offline_total"
         ),
-        Some(9.0)
+        Some(3.0),
+        "the offline transactions the restarted validator judged"
     );
 
     // The raw topic: each transaction in the version it was sent in, the offline fields as sent.

@@ -10,7 +10,7 @@
 //! transaction is also written, with the alerts it raised, to the partition's state topic, in
 //! the same Kafka transaction (`changelog`). A partition this replica did not hold — newly
 //! assigned, or rewound after an aborted transaction — is restored before its first record is
-//! judged, by reading its state partition back over the rules' horizon (`replay`): the previous
+//! judged, by reading its state partition back over the rules' horizon (`posflow_kafka::replay`): the previous
 //! owner's state exactly as it committed it, so alerts are neither missed nor raised twice
 //! (docs/fraud.md, "State changelog and recovery"). `--rebuild-from input` judges the horizon's
 //! input again instead, the way before the changelog (the upgrade path, and the benchmark's
@@ -18,7 +18,6 @@
 
 pub mod changelog;
 pub mod engine;
-pub mod replay;
 pub mod rules;
 
 use anyhow::Context as _;
@@ -198,7 +197,7 @@ struct Stage {
     raw: Decoder<TransactionReceived>,
     alerts: (String, Encoder<FraudAlert>),
     dead_letters: DeadLetters,
-    replayer: replay::Replayer,
+    replayer: posflow_kafka::replay::Replayer,
     /// Tells which partitions a rebalance took away: their state is dropped (and rebuilt if they
     /// come back, as another replica may have moved them on meanwhile).
     consumer_context: pipeline::TxnContext,
@@ -469,7 +468,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     )?;
     let (validated_topic, raw_topic) = (topics.validated(), topics.raw());
     let state_topics = (topics.fraud_state_cards(), topics.fraud_state_terminals());
-    check_state_topics(
+    posflow_kafka::replay::check_state_topics(
         &consumer,
         &[
             (&validated_topic, &state_topics.0),
@@ -488,7 +487,11 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             .await?,
         validated: Decoder::new(registry.clone()),
         raw: Decoder::new(registry),
-        replayer: replay::Replayer::new(&args.kafka, args.max_clock_skew_secs * 1000),
+        replayer: posflow_kafka::replay::Replayer::new(
+            &args.kafka,
+            "fraud",
+            args.max_clock_skew_secs * 1000,
+        ),
         validated_topic,
         state_topics,
         rebuild_from: args.rebuild_from,
@@ -513,41 +516,5 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         |input| stage.handle(input),
     )
     .await?;
-    Ok(())
-}
-
-/// Each input's state topic must exist with at least the input's partitions (partition `p`
-/// holds the state of input partition `p`); otherwise the stage stops with every mismatch.
-fn check_state_topics<C: rdkafka::consumer::ConsumerContext>(
-    consumer: &rdkafka::consumer::StreamConsumer<C>,
-    pairs: &[(&String, &String)],
-) -> anyhow::Result<()> {
-    let md = rdkafka::consumer::Consumer::fetch_metadata(
-        consumer,
-        None,
-        std::time::Duration::from_secs(30),
-    )
-    .context("reading topic metadata")?;
-    let partitions = |name: &str| {
-        md.topics()
-            .iter()
-            .find(|t| t.name() == name && t.error().is_none())
-            .map(|t| t.partitions().len())
-    };
-    let mut errors = Vec::new();
-    for (input, state) in pairs {
-        match (partitions(input), partitions(state)) {
-            (_, None) => errors.push(format!("state topic {state} is missing")),
-            (Some(i), Some(s)) if s < i => errors.push(format!(
-                "state topic {state} has {s} partitions, fewer than {input}'s {i}"
-            )),
-            _ => {}
-        }
-    }
-    anyhow::ensure!(
-        errors.is_empty(),
-        "{} (run posflow-admin provision)",
-        errors.join("; ")
-    );
     Ok(())
 }

@@ -147,6 +147,10 @@ pub fn validated_key(t: &Transaction) -> String {
     }
 }
 
+/// Added to the longest offline max age when reading outages back: record timestamps are the
+/// time a record was written, which may trail the clock of the judgement by a batch.
+const OUTAGE_READ_MARGIN_MS: i64 = 10 * 60_000;
+
 /// Everything one record needs, shared by both delivery modes.
 struct Validator {
     decoder: Decoder<TransactionReceived>,
@@ -156,6 +160,21 @@ struct Validator {
     policies: policy::Policies,
     sequences: sequence::Tracker,
     outages: offline::Outages,
+    outage_state: OutageState,
+}
+
+/// Where the per-outage counts survive a restart (`offline` module docs): the state topic, and
+/// which raw partitions this replica has restored it for.
+struct OutageState {
+    topic: String,
+    replayer: posflow_kafka::replay::Replayer,
+    /// Exactly-once only: revocations come from its rebalance callback. At least once, the
+    /// counts are this replica's memory (docs/validation.md).
+    revoked: Option<pipeline::TxnContext>,
+    restored: tokio::sync::Mutex<std::collections::HashSet<i32>>,
+    /// How far back to read: the longest offline max age, plus a margin for record timestamps
+    /// (the write time) trailing the clock that judged against the age.
+    window_ms: i64,
 }
 
 impl Validator {
@@ -191,6 +210,7 @@ impl Validator {
                 return Ok(vec![letter]);
             }
         };
+        self.take_over(input.partition).await?;
         self.track_sequence(&received.transaction, span);
         posflow_runtime::metrics::observe_end_to_end(received.transaction.transaction_time);
         let policy = self
@@ -198,17 +218,30 @@ impl Validator {
             .for_merchant(&received.transaction.merchant_id);
         let mut reasons = rules::check(&received, policy);
         let t = &received.transaction;
-        if !t.offline {
-            self.outages.online(&t.terminal_id);
+        let state_record = if !t.offline {
+            self.outages.online(&t.terminal_id, t.sequence)
         } else {
             m.offline.inc();
             // The outage's count and total only for a transaction every other rule accepts:
             // one refused for another reason takes nothing from the outage's allowance.
-            if reasons.is_empty() {
-                reasons = self.outages.admit(t, &policy.offline);
-            }
+            let record = if reasons.is_empty() {
+                let admitted = self.outages.admit(input.partition, t, &policy.offline);
+                reasons = admitted.reasons;
+                admitted.record
+            } else {
+                None
+            };
             m.outages.set(self.outages.held() as i64);
-        }
+            record
+        };
+        // The outage's change commits with the answer and the offset, or not at all.
+        let state_record = state_record.map(|value| Output {
+            topic: self.outage_state.topic.clone(),
+            partition: Some(input.partition),
+            key: t.terminal_id.clone(),
+            value,
+            headers: Default::default(),
+        });
         let output = if reasons.is_empty() {
             m.validated.inc();
             let v = TransactionValidated {
@@ -255,7 +288,50 @@ impl Validator {
                 headers: headers::with_reason(hdrs, &codes),
             }
         };
-        Ok(vec![output])
+        Ok(std::iter::once(output).chain(state_record).collect())
+    }
+
+    /// Before a raw partition's first record here: drops the outages of partitions revoked
+    /// since, and reads this one's back from the outages state topic, so its terminals' outages
+    /// count what the previous owner accepted.
+    async fn take_over(&self, partition: i32) -> Result<(), Retry> {
+        let s = &self.outage_state;
+        let Some(revocations) = &s.revoked else {
+            return Ok(());
+        };
+        let mut restored = s.restored.lock().await;
+        for (_, p) in revocations.take_revoked() {
+            if restored.remove(&p) {
+                self.outages.drop_partition(p);
+            }
+        }
+        if restored.contains(&partition) {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let records = s
+            .replayer
+            .read(&s.topic, partition, now_millis() - s.window_ms, None)
+            .await
+            .map_err(|e| Retry(format!("reading {}/{partition}: {e}", s.topic)))?;
+        for r in &records {
+            let terminal = String::from_utf8_lossy(&r.key);
+            // A record this release cannot read stops the partition (retried, logged) rather
+            // than judging its outages without it.
+            self.outages
+                .restore(partition, &terminal, &r.payload)
+                .map_err(|e| Retry(format!("{}/{partition}: {e}", s.topic)))?;
+        }
+        restored.insert(partition);
+        metrics().outages.set(self.outages.held() as i64);
+        tracing::info!(
+            partition,
+            records = records.len(),
+            outages = self.outages.held(),
+            seconds = started.elapsed().as_secs_f64(),
+            "outages restored"
+        );
+        Ok(())
     }
 
     fn track_sequence(&self, t: &Transaction, span: &tracing::Span) {
@@ -288,6 +364,19 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let topics = args.kafka.topics();
     let registry = args.kafka.registry();
     let (validated_t, rejected_t) = (topics.validated(), topics.rejected());
+    let (raw, outages_t) = (topics.raw(), topics.validator_state_outages());
+    let group = args.kafka.group("posflow-validator");
+    let instance = args.exactly_once.instance();
+    let client_id = format!("validator-{instance}");
+    let exactly_once = match args.delivery {
+        Delivery::ExactlyOnce => {
+            let clients =
+                pipeline::transactional_clients(&args.kafka, &group, "validator", &instance)?;
+            posflow_kafka::replay::check_state_topics(&clients.0, &[(&raw, &outages_t)])?;
+            Some(clients)
+        }
+        Delivery::AtLeastOnce => None,
+    };
     let validator = Validator {
         validated: (
             validated_t.clone(),
@@ -308,6 +397,15 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         )
         .await?,
         decoder: Decoder::new(registry),
+        outage_state: OutageState {
+            topic: outages_t,
+            replayer: posflow_kafka::replay::Replayer::new(&args.kafka, "validator", 0),
+            revoked: exactly_once
+                .as_ref()
+                .map(|(c, _)| rdkafka::consumer::Consumer::context(c).as_ref().clone()),
+            restored: Default::default(),
+            window_ms: policies.longest_offline_age_ms() + OUTAGE_READ_MARGIN_MS,
+        },
         policies,
         sequences: sequence::Tracker::default(),
         outages: offline::Outages::default(),
@@ -317,22 +415,17 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         merchants_with_own_rules = validator.policies.merchant_count(),
         "validating"
     );
-    let group = args.kafka.group("posflow-validator");
-    let instance = args.exactly_once.instance();
-    let client_id = format!("validator-{instance}");
     let transform = |input: Input| validator.handle(input);
-    match args.delivery {
-        Delivery::ExactlyOnce => {
-            let (consumer, producer) =
-                pipeline::transactional_clients(&args.kafka, &group, "validator", &instance)?;
-            rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
+    match exactly_once {
+        Some((consumer, producer)) => {
+            rdkafka::consumer::Consumer::subscribe(&consumer, &[&raw])?;
             ctx.health.set_ready(true);
             let batching = args.exactly_once.batching();
             pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;
         }
-        Delivery::AtLeastOnce => {
+        None => {
             let consumer = posflow_kafka::clients::consumer(&args.kafka, &group, &client_id)?;
-            rdkafka::consumer::Consumer::subscribe(&consumer, &[&topics.raw()])?;
+            rdkafka::consumer::Consumer::subscribe(&consumer, &[&raw])?;
             let producer = posflow_kafka::clients::producer(&args.kafka, &client_id)?;
             ctx.health.set_ready(true);
             pipeline::run(

@@ -26,6 +26,10 @@ pub struct Policy {
     pub offline: OfflineCaps,
 }
 
+/// The longest offline `max_age_hours`: an outage's accepted transactions are read back from
+/// the outages state topic (8 days' retention, `topics::STATE_TOPICS`) over that long.
+pub const MAX_OFFLINE_AGE_HOURS: i64 = 7 * 24;
+
 /// What a merchant allows a terminal to capture without a link to posflow (payload version 2's
 /// `offline: true`), after Adyen's store-and-forward settings (docs/validation.md). Amounts are
 /// in major units of the transaction's currency, scaled by its minor units like `max_amount`.
@@ -110,6 +114,17 @@ impl Policies {
 
     pub fn merchant_count(&self) -> usize {
         self.merchants.len()
+    }
+
+    /// The longest offline `max_age` of any merchant: how far back a replica reads the outages
+    /// state topic when it takes a raw partition over.
+    pub fn longest_offline_age_ms(&self) -> i64 {
+        self.merchants
+            .values()
+            .chain([&self.defaults])
+            .map(|p| p.offline.max_age_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Parses and checks a rules file; the error lists every problem found.
@@ -204,6 +219,12 @@ impl OfflineSettings {
         }
         if let Some(t) = positive("max_total", self.max_total) {
             c.max_total_major = t;
+        }
+        if let Some(h) = self.max_age_hours.filter(|&h| h > MAX_OFFLINE_AGE_HOURS) {
+            errors.push(format!(
+                "{section}.offline max_age_hours must be at most {MAX_OFFLINE_AGE_HOURS}, not {h}: \
+                 the outages state topic keeps 8 days (docs/validation.md)"
+            ));
         }
         c
     }
@@ -374,9 +395,11 @@ mod tests {
             max_total = 300
             [merchants.M2.offline]
             allowed = false
+            max_age_hours = 100
             "#,
         )
         .unwrap();
+        assert_eq!(p.longest_offline_age_ms(), 100 * 3_600_000);
         let d = &p.for_merchant("other").offline;
         assert_eq!((d.max_amount_major, d.max_count), (100, 50));
         assert_eq!(d.max_total_major, OfflineCaps::default().max_total_major);
@@ -392,7 +415,7 @@ mod tests {
         );
         assert!(!p.for_merchant("M2").offline.allowed);
         let errors = Policies::from_toml(
-            "[defaults.offline]\nmax_count = 0\nmax_age_hours = -1\n[merchants.M1.offline]\nmax_total = 0\n",
+            "[defaults.offline]\nmax_count = 0\nmax_age_hours = -1\n[merchants.M1.offline]\nmax_total = 0\nmax_age_hours = 169\n",
         )
         .unwrap_err();
         assert_eq!(
@@ -401,6 +424,7 @@ mod tests {
                 "[defaults].offline max_age_hours must be > 0, not -1",
                 "[defaults].offline max_count must be > 0, not 0",
                 "[merchants.M1].offline max_total must be > 0, not 0",
+                "[merchants.M1].offline max_age_hours must be at most 168, not 169: the outages state topic keeps 8 days (docs/validation.md)",
             ]
         );
         let errors = Policies::from_toml("[defaults.offline]\nmax_amout = 5\n").unwrap_err();

@@ -7,6 +7,7 @@ pub mod deadletter;
 pub mod headers;
 pub mod pipeline;
 pub mod provision;
+pub mod replay;
 pub mod sink;
 pub mod topics;
 

@@ -139,10 +139,12 @@ pub struct StateTopicSpec {
 
 pub const FRAUD_STATE_CARDS: &str = "pos.fraud.state.cards";
 pub const FRAUD_STATE_TERMINALS: &str = "pos.fraud.state.terminals";
+pub const VALIDATOR_STATE_OUTAGES: &str = "pos.validator.state.outages";
 
-/// Time-retained, not compacted: every record is one judged transaction (its key is the card
-/// or terminal, shared by many records), and nothing in it is needed after the rules' horizon
-/// (26 h with the defaults; two days leave room for a longer `allowed_lateness_secs`).
+/// Time-retained, not compacted: every record is one change (its key is the card or terminal,
+/// shared by many records). Fraud needs nothing after its rules' horizon (26 h with the
+/// defaults; two days leave room for a longer `allowed_lateness_secs`); the validator nothing
+/// after the longest offline `max_age_hours` it allows (7 days).
 pub const STATE_TOPICS: &[StateTopicSpec] = &[
     StateTopicSpec {
         name: FRAUD_STATE_CARDS,
@@ -159,6 +161,14 @@ pub const STATE_TOPICS: &[StateTopicSpec] = &[
         retention: Retention::Days(2),
         writers: "fraud",
         what: "fraud's terminal-rule state, the same for the raw topic",
+    },
+    StateTopicSpec {
+        name: VALIDATOR_STATE_OUTAGES,
+        key: "terminal id",
+        mirrors: RAW,
+        retention: Retention::Days(8),
+        writers: "validator",
+        what: "the validator's per-outage offline counts: each accepted offline transaction, and each online one that ended a run",
     },
 ];
 
@@ -213,6 +223,9 @@ impl Topics {
     }
     pub fn fraud_state_terminals(&self) -> String {
         self.name(FRAUD_STATE_TERMINALS)
+    }
+    pub fn validator_state_outages(&self) -> String {
+        self.name(VALIDATOR_STATE_OUTAGES)
     }
 }
 

@@ -1,7 +1,8 @@
-//! Reading a partition's recent past back from Kafka, to rebuild rule state: its state
-//! partition (the changelog, by default) or the input partition itself.
+//! Reading a partition's recent past back from Kafka, to rebuild a stateful stage's state when
+//! it takes a partition over: the partition's state topic (fraud's changelog, the validator's
+//! outages; `topics::STATE_TOPICS`) or, for fraud's `--rebuild-from input`, the input itself.
 
-use posflow_kafka::KafkaArgs;
+use crate::KafkaArgs;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
@@ -16,13 +17,14 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    /// `skew_ms`: how far record timestamps (set at receipt) may trail transaction times.
-    pub fn new(args: &KafkaArgs, skew_ms: i64) -> Self {
+    /// `stage` names the (never joined) group; `skew_ms`: how far record timestamps (set when
+    /// written) may trail the times a caller asks from.
+    pub fn new(args: &KafkaArgs, stage: &str, skew_ms: i64) -> Self {
         let consumer = args
             .client_config()
             .set(
                 "group.id",
-                format!("posflow-fraud-replay-{}", std::process::id()),
+                format!("posflow-{stage}-replay-{}", std::process::id()),
             )
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -129,4 +131,40 @@ fn read_blocking(
     };
     let _ = consumer.unassign();
     result.map(|()| out)
+}
+
+/// Each input's state topic must exist with at least the input's partitions (partition `p`
+/// holds the state of input partition `p`); otherwise the stage stops with every mismatch.
+pub fn check_state_topics<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    pairs: &[(&String, &String)],
+) -> anyhow::Result<()> {
+    let md = rdkafka::consumer::Consumer::fetch_metadata(
+        consumer,
+        None,
+        std::time::Duration::from_secs(30),
+    )
+    .map_err(|e| anyhow::anyhow!("reading topic metadata: {e}"))?;
+    let partitions = |name: &str| {
+        md.topics()
+            .iter()
+            .find(|t| t.name() == name && t.error().is_none())
+            .map(|t| t.partitions().len())
+    };
+    let mut errors = Vec::new();
+    for (input, state) in pairs {
+        match (partitions(input), partitions(state)) {
+            (_, None) => errors.push(format!("state topic {state} is missing")),
+            (Some(i), Some(s)) if s < i => errors.push(format!(
+                "state topic {state} has {s} partitions, fewer than {input}'s {i}"
+            )),
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        errors.is_empty(),
+        "{} (run posflow-admin provision)",
+        errors.join("; ")
+    );
+    Ok(())
 }
