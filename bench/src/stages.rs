@@ -168,8 +168,13 @@ async fn passthrough(
     };
     let raw = d.topic(input);
     if exactly_once {
-        let (consumer, producer) =
-            pipeline::transactional_clients(&d.kafka, &group, "passthrough", "0")?;
+        let (consumer, producer) = pipeline::transactional_clients(
+            &d.kafka,
+            &group,
+            "passthrough",
+            "0",
+            &Default::default(),
+        )?;
         consumer.subscribe(&[&raw])?;
         // The validator's defaults.
         let batching = Batching {

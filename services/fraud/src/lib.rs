@@ -200,7 +200,9 @@ struct Stage {
     replayer: posflow_kafka::replay::Replayer,
     /// Tells which partitions a rebalance took away: their state is dropped (and rebuilt if they
     /// come back, as another replica may have moved them on meanwhile).
-    consumer_context: pipeline::TxnContext,
+    /// Partitions revoked or assigned: their state is dropped, and restored before their next
+    /// record.
+    moves: pipeline::TxnContext,
     states: tokio::sync::Mutex<HashMap<(String, i32), PartitionState>>,
 }
 
@@ -272,7 +274,7 @@ impl Stage {
             return Ok(vec![]);
         };
         let mut states = self.states.lock().await;
-        for key in self.consumer_context.take_revoked() {
+        for key in self.moves.take_moved() {
             states.remove(&key);
         }
         let key = (input.topic.clone(), input.partition);
@@ -460,22 +462,21 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let registry = args.kafka.registry();
     let alerts_topic = topics.fraud_alerts();
     let group = args.kafka.group("posflow-fraud");
-    let (consumer, producer) = posflow_kafka::pipeline::transactional_clients(
-        &args.kafka,
-        &group,
-        "fraud",
-        &args.exactly_once.instance(),
-    )?;
+    let instance = args.exactly_once.instance();
+    let moves = pipeline::TxnContext::default();
+    let clients =
+        || pipeline::transactional_clients(&args.kafka, &group, "fraud", &instance, &moves);
+    let first = clients()?;
     let (validated_topic, raw_topic) = (topics.validated(), topics.raw());
     let state_topics = (topics.fraud_state_cards(), topics.fraud_state_terminals());
     posflow_kafka::replay::check_state_topics(
-        &consumer,
+        &first.0,
         &[
             (&validated_topic, &state_topics.0),
             (&raw_topic, &state_topics.1),
         ],
     )?;
-    rdkafka::consumer::Consumer::subscribe(&consumer, &[&validated_topic, &raw_topic])?;
+    let inputs = [validated_topic.clone(), raw_topic.clone()];
     let stage = Stage {
         alerts: (
             alerts_topic.clone(),
@@ -496,9 +497,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         state_topics,
         rebuild_from: args.rebuild_from,
         settings,
-        consumer_context: rdkafka::consumer::Consumer::context(&consumer)
-            .as_ref()
-            .clone(),
+        moves: moves.clone(),
         states: Default::default(),
     };
     tracing::info!(
@@ -508,9 +507,10 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         "judging"
     );
     ctx.health.set_ready(true);
-    pipeline::run_transactional(
-        &consumer,
-        &producer,
+    pipeline::run_transactional_restarting(
+        first,
+        clients,
+        &[&inputs[0], &inputs[1]],
         args.exactly_once.batching(),
         &ctx,
         |input| stage.handle(input),

@@ -168,9 +168,9 @@ struct Validator {
 struct OutageState {
     topic: String,
     replayer: posflow_kafka::replay::Replayer,
-    /// Exactly-once only: revocations come from its rebalance callback. At least once, the
+    /// Exactly-once only: partitions moved, from its rebalance callback. At least once, the
     /// counts are this replica's memory (docs/validation.md).
-    revoked: Option<pipeline::TxnContext>,
+    moves: Option<pipeline::TxnContext>,
     restored: tokio::sync::Mutex<std::collections::HashSet<i32>>,
     /// How far back to read: the longest offline max age, plus a margin for record timestamps
     /// (the write time) trailing the clock that judged against the age.
@@ -291,16 +291,16 @@ impl Validator {
         Ok(std::iter::once(output).chain(state_record).collect())
     }
 
-    /// Before a raw partition's first record here: drops the outages of partitions revoked
+    /// Before a raw partition's first record here: drops the outages of partitions moved
     /// since, and reads this one's back from the outages state topic, so its terminals' outages
     /// count what the previous owner accepted.
     async fn take_over(&self, partition: i32) -> Result<(), Retry> {
         let s = &self.outage_state;
-        let Some(revocations) = &s.revoked else {
+        let Some(moves) = &s.moves else {
             return Ok(());
         };
         let mut restored = s.restored.lock().await;
-        for (_, p) in revocations.take_revoked() {
+        for (_, p) in moves.take_moved() {
             if restored.remove(&p) {
                 self.outages.drop_partition(p);
             }
@@ -368,12 +368,14 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     let group = args.kafka.group("posflow-validator");
     let instance = args.exactly_once.instance();
     let client_id = format!("validator-{instance}");
+    let moves = pipeline::TxnContext::default();
+    let clients =
+        || pipeline::transactional_clients(&args.kafka, &group, "validator", &instance, &moves);
     let exactly_once = match args.delivery {
         Delivery::ExactlyOnce => {
-            let clients =
-                pipeline::transactional_clients(&args.kafka, &group, "validator", &instance)?;
-            posflow_kafka::replay::check_state_topics(&clients.0, &[(&raw, &outages_t)])?;
-            Some(clients)
+            let first = clients()?;
+            posflow_kafka::replay::check_state_topics(&first.0, &[(&raw, &outages_t)])?;
+            Some(first)
         }
         Delivery::AtLeastOnce => None,
     };
@@ -400,9 +402,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         outage_state: OutageState {
             topic: outages_t,
             replayer: posflow_kafka::replay::Replayer::new(&args.kafka, "validator", 0),
-            revoked: exactly_once
-                .as_ref()
-                .map(|(c, _)| rdkafka::consumer::Consumer::context(c).as_ref().clone()),
+            moves: exactly_once.is_some().then(|| moves.clone()),
             restored: Default::default(),
             window_ms: policies.longest_offline_age_ms() + OUTAGE_READ_MARGIN_MS,
         },
@@ -417,11 +417,18 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
     );
     let transform = |input: Input| validator.handle(input);
     match exactly_once {
-        Some((consumer, producer)) => {
-            rdkafka::consumer::Consumer::subscribe(&consumer, &[&raw])?;
+        Some(first) => {
             ctx.health.set_ready(true);
             let batching = args.exactly_once.batching();
-            pipeline::run_transactional(&consumer, &producer, batching, &ctx, transform).await?;
+            pipeline::run_transactional_restarting(
+                first,
+                clients,
+                &[&raw],
+                batching,
+                &ctx,
+                transform,
+            )
+            .await?;
         }
         None => {
             let consumer = posflow_kafka::clients::consumer(&args.kafka, &group, &client_id)?;

@@ -193,17 +193,98 @@ impl Transactions<'_> {
 /// [`run_transactional`]: client id `<stage>-<instance>`, a static group member named
 /// `instance`, and the transactional id `<group>-<instance>` — unique per instance and stable
 /// across its restarts, so a restarted instance fences its predecessor's open transaction.
+/// The consumer reports rebalances to `context`, which a stateful stage keeps a clone of
+/// ([`TxnContext::take_moved`]); clients made again by [`run_transactional_restarting`] share it.
 pub fn transactional_clients(
     args: &crate::KafkaArgs,
     group: &str,
     stage: &str,
     instance: &str,
+    context: &TxnContext,
 ) -> rdkafka::error::KafkaResult<(StreamConsumer<TxnContext>, FutureProducer)> {
     let client_id = format!("{stage}-{instance}");
-    let consumer = transactional_consumer(args, group, &client_id, instance)?;
+    let consumer = transactional_consumer(args, group, &client_id, instance, context.clone())?;
     let producer =
         crate::clients::transactional_producer(args, &client_id, &format!("{group}-{instance}"))?;
     Ok((consumer, producer))
+}
+
+/// Restarts of the clients allowed within [`RESTART_WINDOW`] before the error ends the run.
+const RESTARTS_PER_WINDOW: usize = 3;
+const RESTART_WINDOW: Duration = Duration::from_secs(600);
+
+/// [`run_transactional`] over `topics`, making the clients again (`again`) after a fatal
+/// Kafka error that a restart of the process would cure, instead of ending the process:
+/// - a static member fenced after a group-coordinator failover (`FencedInstanceId`: the
+///   coordinator gave this member a new id whose answer was lost on the way);
+/// - an idempotent producer whose sequences fell out of step with a broker that was killed.
+///
+/// Both came up in every chaos run (issue 23). The open transaction is aborted by the new
+/// producer's `init_transactions`; the new consumer's assignment reaches the stage as moved
+/// partitions, so their state is restored again. Not restarted: a producer fenced by a newer
+/// instance with the same transactional id (a second process with this instance id), or more
+/// than [`RESTARTS_PER_WINDOW`] restarts in [`RESTART_WINDOW`] — the process then exits and
+/// its supervisor decides.
+pub async fn run_transactional_restarting<F, Fut>(
+    first: (StreamConsumer<TxnContext>, FutureProducer),
+    again: impl Fn() -> rdkafka::error::KafkaResult<(StreamConsumer<TxnContext>, FutureProducer)>,
+    topics: &[&str],
+    batching: Batching,
+    ctx: &Context,
+    mut transform: F,
+) -> Result<(), PipelineError>
+where
+    F: FnMut(Input) -> Fut,
+    Fut: Future<Output = Result<Vec<Output>, Retry>>,
+{
+    let mut clients = first;
+    let mut restarts: std::collections::VecDeque<Instant> = Default::default();
+    loop {
+        clients
+            .0
+            .subscribe(topics)
+            .map_err(PipelineError::Consumer)?;
+        let result = run_transactional(&clients.0, &clients.1, batching, ctx, &mut transform).await;
+        let Err(e) = result else { return Ok(()) };
+        restarts.retain(|at| at.elapsed() < RESTART_WINDOW);
+        if !curable_by_restart(&e) || restarts.len() >= RESTARTS_PER_WINDOW {
+            return Err(e);
+        }
+        restarts.push_back(Instant::now());
+        restart_metrics().inc();
+        tracing::warn!(error = %e, restarts = restarts.len(), "fatal Kafka client error: making the clients again");
+        ctx.health.set_ready(false);
+        // Closing a consumer blocks while it leaves; not on the runtime's threads.
+        tokio::task::block_in_place(|| drop(clients));
+        clients = again().map_err(PipelineError::Consumer)?;
+    }
+}
+
+fn restart_metrics() -> &'static prometheus::IntCounter {
+    static M: std::sync::OnceLock<prometheus::IntCounter> = std::sync::OnceLock::new();
+    M.get_or_init(|| {
+        posflow_runtime::metrics::counter(
+            "posflow_kafka_client_restarts_total",
+            "Kafka clients made again in-process after a fatal error a restart cures (fenced static member, producer out of sequence)",
+        )
+    })
+}
+
+/// Whether making the clients again gets the stage going: any fatal consumer or transaction
+/// error except being fenced by a newer instance with the same transactional id.
+fn curable_by_restart(e: &PipelineError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    match e {
+        PipelineError::Consumer(KafkaError::MessageConsumptionFatal(_)) => true,
+        PipelineError::Consumer(_) => false,
+        PipelineError::Fatal(k) => {
+            let fenced_by_newer = matches!(
+                k.rdkafka_error_code(),
+                Some(C::Fenced | C::ProducerFenced | C::InvalidProducerEpoch)
+            ) || k.to_string().contains("fenced by a newer instance");
+            !fenced_by_newer
+        }
+    }
 }
 
 /// A consumer for [`run_transactional`]: offsets are committed only inside transactions, and
@@ -221,11 +302,12 @@ fn transactional_consumer(
     group: &str,
     client_id: &str,
     instance: &str,
+    context: TxnContext,
 ) -> rdkafka::error::KafkaResult<StreamConsumer<TxnContext>> {
     crate::clients::consumer_config(args, group, client_id)
         .set("enable.auto.commit", "false")
         .set("group.instance.id", instance)
-        .create_with_context(TxnContext::default())
+        .create_with_context(context)
 }
 
 /// The consumer context the exactly-once pipeline runs with. A revocation (a rebalance taking
@@ -242,7 +324,7 @@ struct TxnShared {
     committing: Mutex<bool>,
     committed: Condvar,
     revoked: AtomicBool,
-    revoked_partitions: Mutex<Vec<(String, i32)>>,
+    moved: Mutex<Vec<(String, i32)>>,
 }
 
 impl rdkafka::ClientContext for TxnContext {
@@ -257,25 +339,34 @@ impl rdkafka::consumer::ConsumerContext for TxnContext {
         _: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if let rdkafka::consumer::Rebalance::Revoke(tpl) = rebalance {
-            let mut busy = self.0.committing.lock().expect("poisoned");
-            while *busy {
-                busy = self.0.committed.wait(busy).expect("poisoned");
+        let moved = match rebalance {
+            rdkafka::consumer::Rebalance::Revoke(tpl) => {
+                let mut busy = self.0.committing.lock().expect("poisoned");
+                while *busy {
+                    busy = self.0.committed.wait(busy).expect("poisoned");
+                }
+                self.0.revoked.store(true, Ordering::SeqCst);
+                tpl
             }
-            self.0.revoked.store(true, Ordering::SeqCst);
-            self.0.revoked_partitions.lock().expect("poisoned").extend(
-                tpl.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition())),
-            );
-        }
+            // Assigned (cooperative: only the partitions added): whatever this instance held
+            // of them is stale — someone else may have committed them since.
+            rdkafka::consumer::Rebalance::Assign(tpl) => tpl,
+            rdkafka::consumer::Rebalance::Error(_) => return,
+        };
+        self.0.moved.lock().expect("poisoned").extend(
+            moved
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition())),
+        );
     }
 }
 
 impl TxnContext {
-    /// Partitions revoked since the last call: a stateful stage drops their state.
-    pub fn take_revoked(&self) -> Vec<(String, i32)> {
-        std::mem::take(&mut *self.0.revoked_partitions.lock().expect("poisoned"))
+    /// Partitions revoked or assigned since the last call: a stateful stage drops their state,
+    /// and restores a partition's again before its first record.
+    pub fn take_moved(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.0.moved.lock().expect("poisoned"))
     }
 
     fn set_committing(&self, busy: bool) {
@@ -402,6 +493,27 @@ fn rewind(consumer: &StreamConsumer<TxnContext>, first: &Positions) {
             Duration::from_secs(10),
         ) {
             tracing::debug!(error = %e, topic, partition, "rewind skipped (partition revoked?)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn a_restart_cures_a_fenced_static_member_or_a_broken_producer_not_a_newer_twin() {
+        let consumer = |c| PipelineError::Consumer(KafkaError::MessageConsumptionFatal(c));
+        assert!(curable_by_restart(&consumer(C::FencedInstanceId)));
+        assert!(!curable_by_restart(&PipelineError::Consumer(
+            KafkaError::MessageConsumption(C::FencedInstanceId)
+        )));
+        // (A transaction error carries its code the same way; rdkafka makes those itself only.)
+        let txn = |c| PipelineError::Fatal(KafkaError::Global(c));
+        assert!(curable_by_restart(&txn(C::OutOfOrderSequenceNumber)));
+        for fenced in [C::Fenced, C::ProducerFenced, C::InvalidProducerEpoch] {
+            assert!(!curable_by_restart(&txn(fenced)), "{fenced:?}");
         }
     }
 }

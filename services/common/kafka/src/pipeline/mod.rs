@@ -25,7 +25,9 @@ use std::time::Duration;
 pub mod at_least_once;
 pub mod exactly_once;
 pub use at_least_once::run;
-pub use exactly_once::{run_transactional, transactional_clients, TxnContext};
+pub use exactly_once::{
+    run_transactional, run_transactional_restarting, transactional_clients, TxnContext,
+};
 
 /// A consumed record, detached from the consumer.
 #[derive(Debug, Clone)]
