@@ -20,17 +20,20 @@ async fn provisioning_creates_every_topic_and_registers_every_schema_idempotentl
         .fetch_metadata(None, Duration::from_secs(10))
         .unwrap();
     let registry = d.kafka.registry();
-    for spec in CATALOGUE {
-        let name = d.topic(spec.name);
-        let topic = md
-            .topics()
+    let partitions_of = |name: &str| {
+        md.topics()
             .iter()
             .find(|t| t.name() == name)
-            .unwrap_or_else(|| panic!("{name} missing"));
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .partitions()
+            .len() as i32
+    };
+    for spec in CATALOGUE {
+        let name = d.topic(spec.name);
         // --partitions sets the event topics; the single-partition ones (the registry, the
         // audit chain) keep their one.
         let partitions = if spec.partitions == 1 { 1 } else { 4 };
-        assert_eq!(topic.partitions().len() as i32, partitions, "{name}");
+        assert_eq!(partitions_of(&name), partitions, "{name}");
         // Registered: the lookup finds this schema under the topic's subject. (Not through
         // the subject list: the registry caps it at 1,000, which a long-lived stack exceeds.)
         let id = registry
@@ -46,12 +49,7 @@ async fn provisioning_creates_every_topic_and_registers_every_schema_idempotentl
     // The state topics mirror their inputs' partitions (no schema: checked below).
     for spec in posflow_kafka::STATE_TOPICS {
         let name = d.topic(spec.name);
-        let topic = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == name)
-            .unwrap_or_else(|| panic!("{name} missing"));
-        assert_eq!(topic.partitions().len(), 4, "{name}");
+        assert_eq!(partitions_of(&name), 4, "{name}");
     }
     // Again: nothing created, the same schema ids.
     let again = provision(&d.kafka, &local_plan()).await.unwrap();
