@@ -10,9 +10,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A consumer outside any group (it never commits), assigned one partition at a time.
+/// A consumer outside any group (it never commits), assigned one partition at a time. Made
+/// again after a failed read: in a chaos run (issue 23) a replay consumer whose broker was
+/// killed kept answering `UnknownPartition` for a partition that had a new leader, until the
+/// run ended 30 s later, and the stage waited on it all that time. A fresh client starts from
+/// fresh metadata.
 pub struct Replayer {
-    consumer: Arc<BaseConsumer>,
+    config: rdkafka::ClientConfig,
+    consumer: std::sync::Mutex<Arc<BaseConsumer>>,
     skew_ms: i64,
 }
 
@@ -20,8 +25,8 @@ impl Replayer {
     /// `stage` names the (never joined) group; `skew_ms`: how far record timestamps (set when
     /// written) may trail the times a caller asks from.
     pub fn new(args: &KafkaArgs, stage: &str, skew_ms: i64) -> Self {
-        let consumer = args
-            .client_config()
+        let mut config = args.client_config();
+        config
             .set(
                 "group.id",
                 format!("posflow-{stage}-replay-{}", std::process::id()),
@@ -40,18 +45,18 @@ impl Replayer {
             // The end of a partition shows as a fetch that finds nothing new, which the broker
             // holds up to this long: with the default 500 ms, each partition's rebuild ended
             // half a second after its last record.
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .expect("a consumer from checked settings");
+            .set("fetch.wait.max.ms", "10");
+        let consumer = Arc::new(config.create().expect("a consumer from checked settings"));
         Self {
-            consumer: Arc::new(consumer),
+            config,
+            consumer: std::sync::Mutex::new(consumer),
             skew_ms,
         }
     }
 
     /// The records (key, payload) of `topic`/`partition` from the first stamped at or after
     /// `from_time - skew` up to, not including, offset `until` (`None`: to the end). Committed
-    /// records only.
+    /// records only. After an error the next read uses a new consumer.
     pub async fn read(
         &self,
         topic: &str,
@@ -60,15 +65,22 @@ impl Replayer {
         until: Option<i64>,
     ) -> KafkaResult<Vec<Record>> {
         let (consumer, topic, since) = (
-            self.consumer.clone(),
+            self.consumer.lock().expect("poisoned").clone(),
             topic.to_string(),
             from_time - self.skew_ms,
         );
-        tokio::task::spawn_blocking(move || {
+        let result = tokio::task::spawn_blocking(move || {
             read_blocking(&consumer, &topic, partition, since, until)
         })
         .await
-        .map_err(|_| KafkaError::Canceled)?
+        .map_err(|_| KafkaError::Canceled)?;
+        if result.is_err() {
+            let fresh = Arc::new(self.config.create()?);
+            let old = std::mem::replace(&mut *self.consumer.lock().expect("poisoned"), fresh);
+            // Closing a client may wait on brokers: not on the runtime's threads.
+            tokio::task::spawn_blocking(move || drop(old));
+        }
+        result
     }
 }
 
