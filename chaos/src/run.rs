@@ -253,6 +253,60 @@ async fn settle(w: &World, expect: (i64, usize), t0: Instant, exited: &mut Vec<S
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    // Fraud judges what it has not yet committed before its alerts are compared: a replica
+    // still restoring a partition is behind, not wrong. One stuck stays behind, and the
+    // checker reports the alerts it never raised.
+    let (brokers, group) = (
+        w.d.stack.brokers.clone(),
+        format!("{}posflow-fraud", w.d.prefix),
+    );
+    let inputs = vec![
+        w.d.topic("pos.transactions.raw"),
+        w.d.topic("pos.transactions.validated"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut told = Instant::now() - Duration::from_secs(10);
+    loop {
+        supervise(&w.stages, t0, exited);
+        let (b, g, i) = (brokers.clone(), group.clone(), inputs.clone());
+        let behind = tokio::task::spawn_blocking(move || topics::group_behind(&b, &g, &i))
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r);
+        match behind {
+            Ok(0) => {
+                println!(
+                    "[chaos {:>6.1}s] fraud has committed every input record",
+                    t0.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            Ok(n) if Instant::now() > deadline => {
+                println!(
+                    "[chaos {:>6.1}s] fraud still {n} records behind after 120 s",
+                    t0.elapsed().as_secs_f64()
+                );
+                break;
+            }
+            Err(e) if Instant::now() > deadline => {
+                println!("[chaos] fraud's lag unknown: {e}");
+                break;
+            }
+            other => {
+                if told.elapsed() >= Duration::from_secs(10) {
+                    told = Instant::now();
+                    match other {
+                        Ok(n) => println!(
+                            "[chaos {:>6.1}s] fraud {n} records behind; waiting",
+                            t0.elapsed().as_secs_f64()
+                        ),
+                        Err(e) => println!("[chaos] fraud's lag: {e} (again)"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
+        }
+    }
     // Anything extra (a duplicate) has a moment to show.
     tokio::time::sleep(Duration::from_secs(5)).await;
 }

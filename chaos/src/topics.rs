@@ -65,6 +65,55 @@ pub fn read_all(brokers: &str, topic: &str) -> anyhow::Result<Vec<Stored>> {
     Ok(out)
 }
 
+/// Records of `topics` that `group` has not committed yet: per partition, the offset after
+/// the last committed data record (found by reading the partition's tail read_committed, as
+/// transaction markers follow it) minus the group's committed offset.
+pub fn group_behind(brokers: &str, group: &str, topics: &[String]) -> anyhow::Result<i64> {
+    let config = |group_id: &str| {
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group_id)
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed")
+            .set("enable.partition.eof", "true")
+            .clone()
+    };
+    // Only asked for its committed offsets: never subscribes, so it never joins the group.
+    let member: BaseConsumer = config(group).create()?;
+    let reader: BaseConsumer =
+        config(&format!("chaos-checker-{}", rand::random::<u32>())).create()?;
+    let mut behind = 0;
+    for topic in topics {
+        let md = reader.fetch_metadata(Some(topic), Duration::from_secs(30))?;
+        for p in md.topics()[0].partitions().iter().map(|p| p.id()) {
+            let (low, high) = reader.fetch_watermarks(topic, p, Duration::from_secs(30))?;
+            let mut tail = TopicPartitionList::new();
+            // The last data record is among the last offsets: only markers follow it.
+            tail.add_partition_offset(topic, p, Offset::Offset((high - 1000).max(low)))?;
+            reader.assign(&tail)?;
+            let mut next = low;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                anyhow::ensure!(Instant::now() < deadline, "{topic}/{p}: tail not read");
+                match reader.poll(Duration::from_millis(500)) {
+                    Some(Ok(m)) => next = m.offset() + 1,
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    _ => {}
+                }
+            }
+            let mut asked = TopicPartitionList::new();
+            asked.add_partition(topic, p);
+            let committed = member.committed_offsets(asked, Duration::from_secs(30))?;
+            let at = match committed.elements().first().map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => low,
+            };
+            behind += (next - at).max(0);
+        }
+    }
+    Ok(behind)
+}
+
 /// Writes `records` to `topic`, each to its original partition with its key, timestamp and
 /// headers, in order; returns once Kafka has all.
 pub fn copy(brokers: &str, topic: &str, records: &[Stored]) -> anyhow::Result<()> {

@@ -237,6 +237,8 @@ where
     F: FnMut(Input) -> Fut,
     Fut: Future<Output = Result<Vec<Output>, Retry>>,
 {
+    // Registered at once, so the series exists (at 0) before the first restart.
+    let restarted = restart_metrics();
     let mut clients = first;
     let mut restarts: std::collections::VecDeque<Instant> = Default::default();
     loop {
@@ -251,7 +253,7 @@ where
             return Err(e);
         }
         restarts.push_back(Instant::now());
-        restart_metrics().inc();
+        restarted.inc();
         tracing::warn!(error = %e, restarts = restarts.len(), "fatal Kafka client error: making the clients again");
         ctx.health.set_ready(false);
         // Closing a consumer blocks while it leaves; not on the runtime's threads.
