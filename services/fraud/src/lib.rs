@@ -10,9 +10,9 @@
 //! transaction is also written, with the alerts it raised, to the partition's state topic, in
 //! the same Kafka transaction (`changelog`). A partition this replica did not hold — newly
 //! assigned, or rewound after an aborted transaction — is restored before its first record is
-//! judged, by reading its state partition back over the rules' horizon (`posflow_kafka::replay`): the previous
-//! owner's state exactly as it committed it, so alerts are neither missed nor raised twice
-//! (docs/fraud.md, "State changelog and recovery"). `--rebuild-from input` judges the horizon's
+//! judged, by reading its state partition back over the rules' horizon
+//! (`posflow_kafka::replay`): the previous owner's state exactly as it committed it, so alerts
+//! are neither missed nor raised twice (docs/fraud.md, "State changelog and recovery"). `--rebuild-from input` judges the horizon's
 //! input again instead, the way before the changelog (the upgrade path, and the benchmark's
 //! baseline).
 

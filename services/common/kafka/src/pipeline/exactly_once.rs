@@ -38,9 +38,9 @@ fn transaction_metrics() -> &'static prometheus::IntCounterVec {
 ///
 /// On an abortable error the transaction is aborted and the consumer rewound to the first
 /// offsets of both the failed batch and the one gathered meanwhile, which is dropped: both are
-/// processed again. A fatal error (fenced) ends the run with [`PipelineError::Fatal`]: the
-/// process must exit and be replaced. On shutdown the gathered batch is committed, then the run
-/// ends.
+/// processed again. A fatal error ends the run with [`PipelineError::Fatal`] (or a fatal
+/// consumer error): [`run_transactional_restarting`] decides whether new clients cure it or the
+/// process must exit. On shutdown the gathered batch is committed, then the run ends.
 ///
 /// The consumer must not commit by itself (`enable.auto.commit=false`) and the producer must
 /// have a `transactional.id` (see `clients`).

@@ -80,8 +80,9 @@ pub struct Retry(pub String);
 pub enum PipelineError {
     #[error("Kafka consumer: {0}")]
     Consumer(#[from] rdkafka::error::KafkaError),
-    /// The producer was fenced by a newer instance with the same transactional id, or hit
-    /// another fatal transaction error: this instance must stop (its replacement carries on).
+    /// The producer was fenced by a newer instance with the same transactional id (this
+    /// instance must stop: its replacement carries on), or hit another fatal transaction error
+    /// that new clients cure (`exactly_once::run_transactional_restarting`).
     #[error("Kafka transactions: {0}")]
     Fatal(rdkafka::error::KafkaError),
 }
