@@ -190,11 +190,12 @@ fn target_marks(s: &mut String, sc: &Scale, pts: &[Point], targets: &[(f64, f64,
     legend(s, 3, "target", GREEN);
 }
 
-/// Fraud's blind time after a kill against the card transactions in its horizon: restoring
-/// the state topic, and judging the input's horizon again (the same run's baseline), with the
-/// issue's 10 s bound. `None` when the run has no recovery points.
+/// Fraud's blind time after a kill against the card transactions in its horizon: reopening
+/// the local store, restoring the state topic's horizon, and judging the input's horizon
+/// again (the same run's baseline), with the issue's 10 s bound. `None` when the run has no
+/// recovery points.
 pub fn blind_over_horizon(run: &Value) -> Option<String> {
-    let pts: Vec<(f64, f64, f64)> = run["details"]["recovery"]
+    let pts: Vec<(f64, f64, f64, f64)> = run["details"]["recovery"]
         .as_array()?
         .iter()
         .filter_map(|p| {
@@ -202,6 +203,7 @@ pub fn blind_over_horizon(run: &Value) -> Option<String> {
                 p["records"].as_f64()?,
                 p["blind_s"].as_f64()?,
                 p["blind_replaying_s"].as_f64()?,
+                p["blind_local_s"].as_f64()?,
             ))
         })
         .collect();
@@ -253,8 +255,9 @@ pub fn blind_over_horizon(run: &Value) -> Option<String> {
         (l + r) / 2.0,
         b + 36.0
     );
-    type Pick = fn(&(f64, f64, f64)) -> f64;
-    let lines: [(&str, &str, Pick); 2] = [
+    type Pick = fn(&(f64, f64, f64, f64)) -> f64;
+    let lines: [(&str, &str, Pick); 3] = [
+        ("local store", "#d62728", |p| p.3),
         ("state topic", "#1f77b4", |p| p.1),
         ("input again", "#888", |p| p.2),
     ];
@@ -287,7 +290,7 @@ pub fn blind_over_horizon(run: &Value) -> Option<String> {
         r##"<line x1="{l}" x2="{r}" y1="{0:.1}" y2="{0:.1}" {GREEN}/>"##,
         y(10.0)
     );
-    legend(&mut s, 2, "target", GREEN);
+    legend(&mut s, 3, "target", GREEN);
     s.push_str("</svg>\n");
     Some(s)
 }
@@ -317,14 +320,18 @@ mod tests {
     }
 
     #[test]
-    fn the_recovery_chart_has_both_lines_and_the_bound() {
+    fn the_recovery_chart_has_its_three_lines_and_the_bound() {
         let run = json!({"machine": {"commit": "abc", "cpus": 2, "date": "d"},
             "details": {"recovery": [
-                {"records": 250000, "blind_s": 0.8, "blind_replaying_s": 1.0},
-                {"records": 2000000, "blind_s": 3.1, "blind_replaying_s": 5.0}]}});
+                {"records": 250000, "blind_s": 0.8, "blind_replaying_s": 1.0, "blind_local_s": 0.3},
+                {"records": 2000000, "blind_s": 3.1, "blind_replaying_s": 5.0, "blind_local_s": 0.31}]}});
         let svg = blind_over_horizon(&run).unwrap();
-        assert_eq!(svg.matches("<polyline").count(), 2);
-        assert_eq!(svg.matches("<circle").count(), 4);
+        assert_eq!(svg.matches("<polyline").count(), 3);
+        assert_eq!(svg.matches("<circle").count(), 6);
+        assert!(
+            svg.contains("local store, 2000000 records: 0.31 s"),
+            "{svg}"
+        );
         assert!(svg.contains("state topic") && svg.contains("2.00 M"));
         assert!(blind_over_horizon(&json!({"details": {}})).is_none());
     }

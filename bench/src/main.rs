@@ -296,8 +296,8 @@ async fn recovery(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         let f = recovery::run(n).await?;
         let row = Row::vs(
             "recovery",
-            &format!("s blind after a kill, {n} in horizon"),
-            f.blind.as_secs_f64(),
+            &format!("s blind after a kill, local store, {n} in horizon"),
+            f.blind_local.as_secs_f64(),
             "replaying the input's horizon",
             f.blind_replaying.as_secs_f64(),
         );
@@ -307,8 +307,17 @@ async fn recovery(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
         } else {
             row
         });
+        r.rows.push(Row::vs(
+            "recovery",
+            &format!("s blind after a kill, no local store, {n} in horizon"),
+            f.blind.as_secs_f64(),
+            "replaying the input's horizon",
+            f.blind_replaying.as_secs_f64(),
+        ));
         points.push(serde_json::json!({
             "records": f.records,
+            "blind_local_s": f.blind_local.as_secs_f64(),
+            "tail": f.tail,
             "blind_s": f.blind.as_secs_f64(),
             "blind_replaying_s": f.blind_replaying.as_secs_f64(),
             "restored": f.restored,

@@ -2,9 +2,12 @@
 //! horizon holds (issue 23, part 4): `n` validated transactions over the last 20 hours (ten per
 //! card), judged; the replica SIGKILLed and started again; then 16 transactions of new cards,
 //! each raising an alert. The figure is the time from producing them to the last of their
-//! alerts committed: every partition rebuilt before its first record is judged. Measured twice in the same run: restoring from
-//! the state topics (the default), then killed again and replaying the input's horizon
-//! (`--rebuild-from input`, the way before them) as the baseline.
+//! alerts committed: every partition rebuilt before its first record is judged. Measured three
+//! times in the same run: reopening the replica's local store (`--state-dir`, as deployed) and
+//! reading only what the state topics gained since its last flush; then killed again and
+//! started without the store, restoring the state topics' horizon; then killed again and
+//! replaying the input's horizon (`--rebuild-from input`, the way before state topics) as the
+//! baseline.
 
 use posflow_e2e::*;
 use posflow_schema::TransactionValidated;
@@ -12,7 +15,13 @@ use std::time::{Duration, Instant};
 
 pub struct Recovery {
     pub records: usize,
-    /// Blind after a kill, the partitions restored from their state topics (the default).
+    /// Blind after a kill, the replica reopening its local store and reading the state topics'
+    /// tail: what it gained since the store's last flush.
+    pub blind_local: Duration,
+    /// State records that tail held.
+    pub tail: u64,
+    /// Blind after a kill, without the store: the partitions restored from their state topics'
+    /// horizon.
     pub blind: Duration,
     /// The same replica, killed again and started with `--rebuild-from input`: the horizon's
     /// input judged again, as before the state topics (the baseline).
@@ -169,8 +178,14 @@ pub async fn run(n: usize) -> anyhow::Result<Recovery> {
     let mut env = d.env();
     env.push(("POSFLOW_LOG".into(), "warn".into()));
     env.push(("POSFLOW_INSTANCE_ID".into(), format!("{run}-0")));
+    let state_dir = std::env::temp_dir().join(format!("posflow-bench-{run}"));
+    let mut with_store = env.clone();
+    with_store.push((
+        "POSFLOW_FRAUD_STATE_DIR".into(),
+        state_dir.display().to_string(),
+    ));
     eprintln!("[bench] recovery: {n} transactions in the horizon ...");
-    let mut fraud = Service::start("posflow-fraud", &env, &[]).await;
+    let mut fraud = Service::start("posflow-fraud", &with_store, &[]).await;
     for from in (0..n).step_by(100_000) {
         let to = (from + 100_000).min(n);
         d.produce(
@@ -182,6 +197,11 @@ pub async fn run(n: usize) -> anyhow::Result<Recovery> {
     }
     until_judged(&fraud, n as u64, Duration::from_secs(1800)).await?;
     fraud.kill();
+    let (mut fraud, blind_local) =
+        blind_after_restart(&d, &with_store, "changelog", &format!("{run}l"), now).await?;
+    let tail = metric(&fraud.metrics().await, "posflow_fraud_restored_total").unwrap_or(0.0) as u64;
+    fraud.kill();
+    let _ = std::fs::remove_dir_all(&state_dir);
     let (mut fraud, blind) =
         blind_after_restart(&d, &env, "changelog", &format!("{run}c"), now).await?;
     let page = fraud.metrics().await;
@@ -195,13 +215,16 @@ pub async fn run(n: usize) -> anyhow::Result<Recovery> {
     let replayed = metric(&page, "posflow_fraud_replayed_total").unwrap_or(0.0) as u64;
     let replaying = metric(&page, "posflow_fraud_state_rebuild_seconds_sum").unwrap_or(0.0);
     eprintln!(
-        "[bench] recovery: {n} in horizon: blind {:.1} s restoring {restored} state records ({:.1} MB) in {rebuilding:.1} s; blind {:.1} s replaying {replayed} in {replaying:.1} s",
+        "[bench] recovery: {n} in horizon: blind {:.2} s with the local store ({tail} records of tail); blind {:.1} s restoring {restored} state records ({:.1} MB) in {rebuilding:.1} s; blind {:.1} s replaying {replayed} in {replaying:.1} s",
+        blind_local.as_secs_f64(),
         blind.as_secs_f64(),
         restored_bytes as f64 / 1e6,
         blind_replaying.as_secs_f64()
     );
     Ok(Recovery {
         records: n,
+        blind_local,
+        tail,
         blind,
         blind_replaying,
         restored,

@@ -597,6 +597,7 @@ fn validated_records(
         .collect()
 }
 
+/// As deployed: with a local state store (under the temporary directory, per instance id).
 fn fraud_env(d: &Deployment) -> Vec<(String, String)> {
     let mut env = d.env();
     env.push(("POSFLOW_LOG".into(), "warn".into()));
@@ -604,6 +605,8 @@ fn fraud_env(d: &Deployment) -> Vec<(String, String)> {
         "POSFLOW_INSTANCE_ID".into(),
         format!("bench-{}", rand::random::<u32>()),
     ));
+    let dir = std::env::temp_dir().join("posflow-bench-fraud-state");
+    env.push(("POSFLOW_FRAUD_STATE_DIR".into(), dir.display().to_string()));
     env
 }
 

@@ -87,6 +87,11 @@ impl Stages {
         let instance = format!("chaos-{}-{n}", stage.name());
         let mut env = self.d.env();
         env.push(("POSFLOW_INSTANCE_ID".into(), instance.clone()));
+        if stage == Stage::Fraud {
+            // As deployed: a local state store, kept across the replica's kills (per run).
+            let dir = std::env::temp_dir().join(format!("posflow-chaos-fraud-{}", self.d.prefix));
+            env.push(("POSFLOW_FRAUD_STATE_DIR".into(), dir.display().to_string()));
+        }
         env.extend(self.extra_env.iter().cloned());
         let args = match stage {
             Stage::Bridge => [

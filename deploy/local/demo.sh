@@ -72,6 +72,8 @@ db_url() { case $1 in storage) echo "$POSFLOW_STORAGE_DATABASE_URL";; notifier) 
 # The lake (docs/lake.md): Parquet files under the stack's directory, rolled every 2 s so the
 # demo's last query sees every row.
 export POSFLOW_LAKE_ROOT=$STACK/lake POSFLOW_LAKE_ROLL_SECONDS=2
+# Fraud keeps a local copy of its state topics, as deployed (docs/fraud.md, "Local state store").
+export POSFLOW_FRAUD_STATE_DIR=$STACK/fraud-state
 for s in bridge validator storage fraud notifier api lake; do
   POSFLOW_DATABASE_URL=$(db_url $s) POSFLOW_HTTP_ADDR=127.0.0.1:$(port $s) "$BIN/posflow-$s" > "$logs/$s.log" 2>&1 &
   pids+=($!)

@@ -20,7 +20,7 @@ use crate::rules::id;
 const VERSION: u8 = 1;
 
 /// Why a state record could not be read.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum Error {
     #[error("state record format {0} is not one this replica knows (1): a newer release wrote it")]
     Version(u8),

@@ -19,12 +19,14 @@
 pub mod changelog;
 pub mod engine;
 pub mod rules;
+pub mod store;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use engine::Feed;
 use posflow_kafka::deadletter::{DeadLetters, Refused};
 use posflow_kafka::pipeline::{self, Input, Output, Retry};
+use posflow_kafka::replay::Start;
 use posflow_kafka::{headers, ExactlyOnceArgs, KafkaArgs};
 use posflow_runtime::metrics::{counter, counter_vec, gauge, histogram};
 use posflow_runtime::{CommonArgs, ConfigErrors, Context};
@@ -59,6 +61,12 @@ pub struct Args {
     /// (`input`: for the first horizon after upgrading from a release without state topics).
     #[arg(long, env = "POSFLOW_FRAUD_REBUILD_FROM", value_enum, default_value_t = RebuildFrom::Changelog)]
     pub rebuild_from: RebuildFrom,
+    /// A directory on this replica's own disk for a copy of its partitions' state (`store`):
+    /// restarted on the same disk it reads back only what its state topics gained since,
+    /// instead of their whole horizon. Kept under `<dir>/<instance id>/`. Without it, state
+    /// is read back from the state topics on every takeover.
+    #[arg(long, env = "POSFLOW_FRAUD_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// See `--rebuild-from`.
@@ -82,6 +90,10 @@ impl Args {
         e.check(
             self.max_clock_skew_secs >= 0,
             "--max-clock-skew-secs must be >= 0",
+        );
+        e.check(
+            self.state_dir.is_none() || self.rebuild_from == RebuildFrom::Changelog,
+            "--state-dir keeps a copy of the state topics: it needs --rebuild-from changelog",
         );
         let settings = posflow_runtime::config::load_file(
             self.rules_file.as_deref(),
@@ -108,6 +120,9 @@ struct Metrics {
     replayed: IntCounter,
     restored: IntCounter,
     restored_bytes: IntCounter,
+    loaded: IntCounter,
+    store_pruned: IntCounter,
+    store_failures: IntCounter,
     evicted: IntCounter,
     state_keys: IntGauge,
     alert_latency: Histogram,
@@ -164,6 +179,18 @@ fn metrics() -> &'static Metrics {
             "posflow_fraud_restored_bytes_total",
             "Bytes of the state records read back: the state's size on the wire",
         ),
+        loaded: counter(
+            "posflow_fraud_store_loaded_total",
+            "State records loaded from the local store as their keys' transactions came (--state-dir)",
+        ),
+        store_pruned: counter(
+            "posflow_fraud_store_pruned_total",
+            "State records dropped from the local store after their horizon passed (--state-dir)",
+        ),
+        store_failures: counter(
+            "posflow_fraud_store_failures_total",
+            "Local store failures; the stage then goes on without it, restoring from the state topics",
+        ),
         evicted: counter(
             "posflow_fraud_state_evicted_total",
             "Keys dropped from state after their windows expired",
@@ -187,9 +214,22 @@ struct PartitionState {
     since_eviction: u32,
 }
 
+/// What the stage holds between records: its partitions' state, and the local store.
+struct States {
+    parts: HashMap<(String, i32), PartitionState>,
+    /// `--state-dir`; dropped (and every partition read back from its state topic) if it fails.
+    store: Option<store::Store>,
+    /// When the store was last flushed.
+    flushed: std::time::Instant,
+}
+
+/// How often the store is flushed: what a restart reads back from the state topics at most.
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Stage {
     settings: rules::Settings,
-    validated_topic: String,
+    /// The input topics: card rules read the validated one, terminal rules the raw one.
+    inputs: (String, String),
     /// The state topics of the card and the terminal rules.
     state_topics: (String, String),
     rebuild_from: RebuildFrom,
@@ -198,20 +238,25 @@ struct Stage {
     alerts: (String, Encoder<FraudAlert>),
     dead_letters: DeadLetters,
     replayer: posflow_kafka::replay::Replayer,
-    /// Tells which partitions a rebalance took away: their state is dropped (and rebuilt if they
-    /// come back, as another replica may have moved them on meanwhile).
     /// Partitions revoked or assigned: their state is dropped, and restored before their next
-    /// record.
+    /// record. Also hands back the state records that committed, for the store.
     moves: pipeline::TxnContext,
-    states: tokio::sync::Mutex<HashMap<(String, i32), PartitionState>>,
+    states: tokio::sync::Mutex<States>,
 }
 
 impl Stage {
     fn input_of(&self, topic: &str) -> Feed {
-        if topic == self.validated_topic {
+        if topic == self.inputs.0 {
             Feed::Card
         } else {
             Feed::Terminal
+        }
+    }
+
+    fn input_topic(&self, feed: Feed) -> &str {
+        match feed {
+            Feed::Card => &self.inputs.0,
+            Feed::Terminal => &self.inputs.1,
         }
     }
 
@@ -273,20 +318,26 @@ impl Stage {
         else {
             return Ok(vec![]);
         };
-        let mut states = self.states.lock().await;
-        for key in self.moves.take_moved() {
-            states.remove(&key);
-        }
+        let mut guard = self.states.lock().await;
+        let states = &mut *guard;
+        self.take_news(states);
         let key = (input.topic.clone(), input.partition);
         let stale = states
+            .parts
             .get(&key)
             .is_none_or(|s| input.offset <= s.last_offset);
         if stale {
-            let state = self.rebuild(kind, &input, &t).await?;
-            states.insert(key.clone(), state);
+            let state = self.rebuild(kind, &input, &t, states).await?;
+            states.parts.insert(key.clone(), state);
         }
-        let state = states.get_mut(&key).expect("inserted above");
+        let state = states.parts.get_mut(&key).expect("inserted above");
         state.last_offset = input.offset;
+        if let Err(e) = self.load_key(kind, input.partition, &t, state, &mut states.store) {
+            self.store_failed(states, e);
+            return Err(Retry(
+                "local state store failed; restoring from the state topics".into(),
+            ));
+        }
         let outcome = self.judge(kind, &mut state.engine, &t);
         let watermark = state.engine.watermark();
         posflow_runtime::metrics::observe_end_to_end(t.transaction_time);
@@ -302,10 +353,18 @@ impl Stage {
             state.since_eviction = 0;
             m.evicted
                 .inc_by(state.engine.evict(self.horizon_ms(kind)) as u64);
-            m.state_keys
-                .set(states.values().map(|s| s.engine.keys()).sum::<usize>() as i64);
+            m.state_keys.set(
+                states
+                    .parts
+                    .values()
+                    .map(|s| s.engine.keys())
+                    .sum::<usize>() as i64,
+            );
         }
-        drop(states);
+        if states.flushed.elapsed() >= FLUSH_EVERY {
+            self.flush_store(states);
+        }
+        drop(guard);
         if outcome.too_late {
             m.too_late.inc();
             return Ok(vec![self.too_late(&input, &t, watermark, span)?]);
@@ -354,12 +413,14 @@ impl Stage {
     }
 
     /// A partition's state as it was before `input`: after a rebalance or a rewind. From the
-    /// state partition, or by judging the input's horizon again (`--rebuild-from`).
+    /// local store and what its state partition gained since (`--state-dir`), from the state
+    /// partition's horizon, or by judging the input's horizon again (`--rebuild-from input`).
     async fn rebuild(
         &self,
         kind: Feed,
         input: &Input,
         t: &Transaction,
+        states: &mut States,
     ) -> Result<PartitionState, Retry> {
         let m = metrics();
         let started = std::time::Instant::now();
@@ -370,22 +431,64 @@ impl Stage {
             RebuildFrom::Changelog => (self.state_topic(kind), None),
             RebuildFrom::Input => (input.topic.as_str(), Some(input.offset)),
         };
-        let records = self
+        let part = (kind, input.partition);
+        // With a store, from where its copy of the partition stops (records queued but not
+        // yet written are read again: writing one twice is harmless).
+        let mark = match states.store.as_ref().map(|s| s.mark(part)).transpose() {
+            Ok(mark) => mark.flatten(),
+            Err(e) => {
+                self.store_failed(states, e);
+                return Err(Retry("local state store failed".into()));
+            }
+        };
+        let from = mark.map_or(Start::Time(from_time), |m| Start::Offset(m.next));
+        let mut records = self
             .replayer
-            .read(topic, input.partition, from_time, until)
-            .await
-            .map_err(|e| Retry(format!("reading {topic}/{}: {e}", input.partition)))?;
-        let read = records.len();
+            .read(topic, input.partition, from, until)
+            .await;
+        if let (Some(s), Err(e)) = (states.store.as_mut(), &records) {
+            if posflow_kafka::replay::ahead_of_partition(e) {
+                tracing::warn!(topic, partition = input.partition, ?from, "the local store is ahead of its state topic (a topic made again?): dropped, reading the horizon");
+                s.clear(part).map_err(|e| Retry(e.to_string()))?;
+                records = (self.replayer)
+                    .read(topic, input.partition, Start::Time(from_time), until)
+                    .await;
+            }
+        }
+        let records =
+            records.map_err(|e| Retry(format!("reading {topic}/{}: {e}", input.partition)))?;
+        let count = records.len();
         let bytes: usize = records.iter().map(|r| r.key.len() + r.payload.len()).sum();
-        for r in records {
-            match self.rebuild_from {
-                RebuildFrom::Changelog => {
+        match (self.rebuild_from, states.store.as_mut()) {
+            // The tail is queued, not written: the next flush writes it, and a key's history
+            // is loaded from the store and the queue alike. So a restart writes nothing
+            // before judging again.
+            (RebuildFrom::Changelog, Some(s)) => {
+                s.taken_over(part);
+                let mut watermark = mark.map_or(0, |m| m.watermark);
+                for r in records {
+                    let (event, _) = changelog::decode(&r.payload)
+                        .map_err(|e| Retry(format!("{topic}/{}: {e}", input.partition)))?;
+                    watermark = watermark.max(event.time);
+                    s.add(
+                        part,
+                        r.offset,
+                        String::from_utf8_lossy(&r.key).into_owned(),
+                        r.payload,
+                    );
+                }
+                engine = engine::Engine::resumed(watermark);
+            }
+            (RebuildFrom::Changelog, None) => {
+                for r in records {
                     let key = String::from_utf8_lossy(&r.key);
                     engine
                         .restore(kind, &key, &r.payload, &self.settings)
                         .map_err(|e| Retry(format!("{topic}/{}: {e}", input.partition)))?;
                 }
-                RebuildFrom::Input => {
+            }
+            (RebuildFrom::Input, _) => {
+                for r in records {
                     if let Some(past) = self.decode(kind, &r.payload).await? {
                         self.judge(kind, &mut engine, &past);
                     }
@@ -395,17 +498,18 @@ impl Stage {
         m.rebuilds.inc();
         match self.rebuild_from {
             RebuildFrom::Changelog => {
-                m.restored.inc_by(read as u64);
+                m.restored.inc_by(count as u64);
                 m.restored_bytes.inc_by(bytes as u64);
             }
-            RebuildFrom::Input => m.replayed.inc_by(read as u64),
+            RebuildFrom::Input => m.replayed.inc_by(count as u64),
         }
         m.rebuild_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
             topic = input.topic,
             partition = input.partition,
             from = topic,
-            records = read,
+            since = ?from,
+            records = count,
             keys = engine.keys(),
             seconds = started.elapsed().as_secs_f64(),
             "partition state rebuilt"
@@ -415,6 +519,89 @@ impl Stage {
             last_offset: -1,
             since_eviction: 0,
         })
+    }
+
+    /// What the pipeline reported since the last call: partitions moved (their state dropped)
+    /// and state records committed (queued for the store).
+    fn take_news(&self, states: &mut States) {
+        for key in self.moves.take_moved() {
+            states.parts.remove(&key);
+        }
+        self.absorb_committed(states);
+    }
+
+    /// The state records that committed since the last call, queued for the store: those of
+    /// partitions held only (a partition taken over later reads them back from its topic).
+    fn absorb_committed(&self, states: &mut States) {
+        let (committed, gap) = self.moves.take_committed();
+        let Some(store) = states.store.as_mut() else {
+            return;
+        };
+        if gap {
+            // A committed record is missing from what came back: read every partition back.
+            tracing::warn!(
+                "a committed state record came back without its offset: restoring every partition"
+            );
+            states.parts.clear();
+            return;
+        }
+        for c in committed {
+            let feed = if c.topic == self.state_topics.0 {
+                Feed::Card
+            } else {
+                Feed::Terminal
+            };
+            if states
+                .parts
+                .contains_key(&(self.input_topic(feed).to_string(), c.partition))
+            {
+                store.add((feed, c.partition), c.offset, c.key, c.value);
+            }
+        }
+    }
+
+    /// With a store, the transaction's key's history comes from it the first time a key of
+    /// its bucket is seen since the partition was taken over, with the bucket's other keys.
+    fn load_key(
+        &self,
+        kind: Feed,
+        partition: i32,
+        t: &Transaction,
+        state: &mut PartitionState,
+        store: &mut Option<store::Store>,
+    ) -> Result<(), store::Error> {
+        let (Some(store), Some(key)) = (store, Self::key(kind, t)) else {
+            return Ok(());
+        };
+        let Some(records) = store.read_bucket((kind, partition), key)? else {
+            return Ok(());
+        };
+        metrics().loaded.inc_by(records.len() as u64);
+        for (key, r) in records {
+            state.engine.restore(kind, &key, &r, &self.settings)?;
+        }
+        Ok(())
+    }
+
+    /// Writes what committed since the last flush to the store.
+    fn flush_store(&self, states: &mut States) {
+        states.flushed = std::time::Instant::now();
+        let Some(s) = states.store.as_mut() else {
+            return;
+        };
+        metrics().store_pruned.inc_by(s.take_pruned());
+        if let Err(e) = s.flush(|f| self.horizon_ms(f)) {
+            self.store_failed(states, e);
+        }
+    }
+
+    /// The store failed (a full or broken disk): the stage goes on without it, every partition
+    /// read back from its state topic, as without `--state-dir`.
+    fn store_failed(&self, states: &mut States, e: store::Error) {
+        tracing::error!(error = %e, "local state store failed: going on without it, restoring from the state topics");
+        metrics().store_failures.inc();
+        states.store = None;
+        states.parts.clear();
     }
 
     /// One alert as a record for the alerts topic, keyed by the rules' key: the card token
@@ -477,6 +664,22 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         ],
     )?;
     let inputs = [validated_topic.clone(), raw_topic.clone()];
+    let store = match &args.state_dir {
+        Some(dir) => {
+            let path = dir.join(&instance).join("fraud-state.redb");
+            let cluster = tokio::task::block_in_place(|| {
+                rdkafka::consumer::Consumer::client(&first.0)
+                    .fetch_cluster_id(std::time::Duration::from_secs(10))
+            })
+            .unwrap_or_default();
+            let identity = format!("{cluster}|{}|{}", state_topics.0, state_topics.1);
+            let store = tokio::task::block_in_place(|| store::Store::open(&path, &identity))?;
+            moves.track_commits(&[&state_topics.0, &state_topics.1]);
+            tracing::info!(path = %path.display(), "local state store open");
+            Some(store)
+        }
+        None => None,
+    };
     let stage = Stage {
         alerts: (
             alerts_topic.clone(),
@@ -493,12 +696,16 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             "fraud",
             args.max_clock_skew_secs * 1000,
         ),
-        validated_topic,
+        inputs: (validated_topic, raw_topic),
         state_topics,
         rebuild_from: args.rebuild_from,
         settings,
         moves: moves.clone(),
-        states: Default::default(),
+        states: tokio::sync::Mutex::new(States {
+            parts: HashMap::new(),
+            store,
+            flushed: std::time::Instant::now(),
+        }),
     };
     tracing::info!(
         card_horizon_s = stage.settings.card_horizon_ms() / 1000,
@@ -507,14 +714,37 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
         "judging"
     );
     ctx.health.set_ready(true);
-    pipeline::run_transactional_restarting(
+    let topics = [inputs[0].as_str(), inputs[1].as_str()];
+    let judging = pipeline::run_transactional_restarting(
         first,
         clients,
-        &[&inputs[0], &inputs[1]],
+        &topics,
         args.exactly_once.batching(),
         &ctx,
         |input| stage.handle(input),
-    )
-    .await?;
+    );
+    // The store is flushed by the records as they come, and by this when none come: what
+    // committed last before a quiet spell is on disk a second later, not at the next record.
+    let flushing = async {
+        loop {
+            tokio::time::sleep(FLUSH_EVERY).await;
+            let mut guard = stage.states.lock().await;
+            if guard.store.is_some() && guard.flushed.elapsed() >= FLUSH_EVERY {
+                stage.take_news(&mut guard);
+                stage.flush_store(&mut guard);
+            }
+        }
+    };
+    tokio::select! {
+        judged = judging => judged?,
+        () = flushing => {}
+    }
+    // A clean stop (a rolling upgrade) writes everything that committed: the next start reads
+    // no tail.
+    let mut guard = stage.states.lock().await;
+    stage.take_news(&mut guard);
+    if let Some(s) = guard.store.as_mut() {
+        tokio::task::block_in_place(|| s.sync(|f| stage.horizon_ms(f)))?;
+    }
     Ok(())
 }

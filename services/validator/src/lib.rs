@@ -311,7 +311,12 @@ impl Validator {
         let started = std::time::Instant::now();
         let records = s
             .replayer
-            .read(&s.topic, partition, now_millis() - s.window_ms, None)
+            .read(
+                &s.topic,
+                partition,
+                posflow_kafka::replay::Start::Time(now_millis() - s.window_ms),
+                None,
+            )
             .await
             .map_err(|e| Retry(format!("reading {}/{partition}: {e}", s.topic)))?;
         for r in &records {

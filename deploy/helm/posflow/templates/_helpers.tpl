@@ -327,6 +327,9 @@ spec:
             {{- if eq .stage "lake" }}
             - {name: lake, mountPath: /lake}
             {{- end }}
+            {{- if and (eq .stage "fraud") $root.Values.fraudStateStore.enabled }}
+            - {name: fraud-state, mountPath: /var/lib/posflow/fraud-state}
+            {{- end }}
             {{- with $s.extraVolumeMounts }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
@@ -364,6 +367,10 @@ spec:
         - name: lake
           persistentVolumeClaim: {claimName: {{ $root.Values.lake.existingClaim | default (printf "%s-lake" (include "posflow.fullname" $root)) }}}
         {{- end }}
+        {{- if and (eq .stage "fraud") $root.Values.fraudStateStore.enabled (not $root.Values.fraudStateStore.persistent) }}
+        - name: fraud-state
+          emptyDir: {sizeLimit: {{ $root.Values.fraudStateStore.sizeLimit }}}
+        {{- end }}
         {{- with $s.extraVolumes }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -392,6 +399,19 @@ spec:
       tolerations:
         {{- toYaml . | nindent 8 }}
       {{- end }}
+  {{- if and (eq .stage "fraud") $root.Values.fraudStateStore.enabled $root.Values.fraudStateStore.persistent }}
+  volumeClaimTemplates:
+    - metadata:
+        name: fraud-state
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources:
+          requests:
+            storage: {{ $root.Values.fraudStateStore.size }}
+        {{- with $root.Values.fraudStateStore.storageClassName }}
+        storageClassName: {{ . }}
+        {{- end }}
+  {{- end }}
 {{- end -}}
 
 {{/* Per-stage environment. */}}
@@ -459,6 +479,10 @@ spec:
 {{- end -}}
 
 {{- define "posflow.env.fraud" -}}
+{{- if .Values.fraudStateStore.enabled }}
+- name: POSFLOW_FRAUD_STATE_DIR
+  value: /var/lib/posflow/fraud-state
+{{- end }}
 {{- if .Values.rules.fraud }}
 - name: POSFLOW_FRAUD_RULES
   value: /etc/posflow/rules/fraud-rules.toml

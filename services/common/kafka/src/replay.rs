@@ -54,21 +54,24 @@ impl Replayer {
         }
     }
 
-    /// The records (key, payload) of `topic`/`partition` from the first stamped at or after
-    /// `from_time - skew` up to, not including, offset `until` (`None`: to the end). Committed
-    /// records only. After an error the next read uses a new consumer.
+    /// The records of `topic`/`partition` from `from` up to, not including, offset `until`
+    /// (`None`: to the end). Committed records only. After an error the next read uses a new
+    /// consumer.
     pub async fn read(
         &self,
         topic: &str,
         partition: i32,
-        from_time: i64,
+        from: Start,
         until: Option<i64>,
     ) -> KafkaResult<Vec<Record>> {
-        let (consumer, topic, since) = (
+        let (consumer, topic) = (
             self.consumer.lock().expect("poisoned").clone(),
             topic.to_string(),
-            from_time - self.skew_ms,
         );
+        let since = match from {
+            Start::Time(t) => Start::Time(t - self.skew_ms),
+            at => at,
+        };
         let result = tokio::task::spawn_blocking(move || {
             read_blocking(&consumer, &topic, partition, since, until)
         })
@@ -84,34 +87,67 @@ impl Replayer {
     }
 }
 
-/// A record read back: its key and payload.
+/// Where a read starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The first record stamped at or after this time (ms) less the replayer's skew.
+    Time(i64),
+    /// This offset: where a local copy of the partition left off. An offset past the
+    /// partition's end is an error ([`ahead_of_partition`]): the copy is of another
+    /// incarnation of the topic.
+    Offset(i64),
+}
+
+/// A record read back: its key, payload and offset.
 pub struct Record {
     pub key: Vec<u8>,
     pub payload: Vec<u8>,
+    pub offset: i64,
 }
+
+/// Whether a read failed because its start offset is past the partition's end.
+pub fn ahead_of_partition(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Seek(m) if m.starts_with(AHEAD))
+}
+
+const AHEAD: &str = "start offset past the partition's end";
 
 fn read_blocking(
     consumer: &BaseConsumer,
     topic: &str,
     partition: i32,
-    since: i64,
+    since: Start,
     until: Option<i64>,
 ) -> KafkaResult<Vec<Record>> {
     let until = until.unwrap_or(i64::MAX);
-    let mut by_time = TopicPartitionList::new();
-    by_time.add_partition_offset(topic, partition, Offset::Offset(since.max(0)))?;
-    let found = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
-    let elements = found.elements();
-    let Some(found) = elements.first() else {
-        return Err(KafkaError::NoMessageReceived);
-    };
-    // A partition without a leader (a broker killed or hung) answers with an error: that is
-    // not "nothing in the horizon", and restoring an empty state would miss alerts. Retried.
-    found.error()?;
-    let start = match found.offset() {
-        Offset::Offset(o) => o,
-        // No record stamped that late: nothing inside the horizon.
-        _ => return Ok(Vec::new()),
+    let start = match since {
+        Start::Offset(o) => {
+            let (low, high) =
+                consumer.fetch_watermarks(topic, partition, Duration::from_secs(10))?;
+            if o > high {
+                return Err(KafkaError::Seek(format!("{AHEAD}: {o} > {high}")));
+            }
+            // Below the log start: retention took the records; what is left is all there is.
+            o.max(low)
+        }
+        Start::Time(since) => {
+            let mut by_time = TopicPartitionList::new();
+            by_time.add_partition_offset(topic, partition, Offset::Offset(since.max(0)))?;
+            let found = consumer.offsets_for_times(by_time, Duration::from_secs(10))?;
+            let elements = found.elements();
+            let Some(found) = elements.first() else {
+                return Err(KafkaError::NoMessageReceived);
+            };
+            // A partition without a leader (a broker killed or hung) answers with an error:
+            // that is not "nothing in the horizon", and restoring an empty state would miss
+            // alerts. Retried.
+            found.error()?;
+            match found.offset() {
+                Offset::Offset(o) => o,
+                // No record stamped that late: nothing inside the horizon.
+                _ => return Ok(Vec::new()),
+            }
+        }
     };
     if start >= until {
         return Ok(Vec::new());
@@ -130,6 +166,7 @@ fn read_blocking(
                 out.push(Record {
                     key: m.key().unwrap_or_default().to_vec(),
                     payload: m.payload().unwrap_or_default().to_vec(),
+                    offset: m.offset(),
                 });
                 if m.offset() + 1 >= until {
                     break Ok(());

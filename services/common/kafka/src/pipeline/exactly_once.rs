@@ -146,7 +146,16 @@ impl Transactions<'_> {
         let shared = self.consumer.context().clone();
         shared.set_committing(true);
         let commit = tokio::task::spawn_blocking(move || {
-            let result = commit(&producer, batch, group);
+            let tracked = shared.tracked();
+            let result = commit(&producer, batch, group, &tracked).map(|(committed, gap)| {
+                if gap {
+                    shared.0.gap.store(true, Ordering::SeqCst);
+                }
+                if !committed.is_empty() {
+                    let mut q = shared.0.committed_records.lock().expect("poisoned");
+                    q.extend(committed);
+                }
+            });
             shared.set_committing(false);
             result
         });
@@ -327,6 +336,21 @@ struct TxnShared {
     committed: Condvar,
     revoked: AtomicBool,
     moved: Mutex<Vec<(String, i32)>>,
+    /// Topics whose committed records the stage wants back ([`TxnContext::track_commits`]).
+    tracked: Mutex<Vec<String>>,
+    committed_records: Mutex<Vec<Committed>>,
+    /// A tracked record committed without its delivery report (see `landed`).
+    gap: AtomicBool,
+}
+
+/// A record of a tracked topic that committed, where it landed.
+#[derive(Debug)]
+pub struct Committed {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Vec<u8>,
 }
 
 impl rdkafka::ClientContext for TxnContext {
@@ -369,6 +393,26 @@ impl TxnContext {
     /// and restores a partition's again before its first record.
     pub fn take_moved(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.0.moved.lock().expect("poisoned"))
+    }
+
+    /// From now on, the records produced to `topics` are handed back, with their offsets, once
+    /// their transaction has committed ([`TxnContext::take_committed`]): what a stage keeping a
+    /// local copy of its state topic may write to it (fraud's local store). Records of an
+    /// aborted transaction never come back.
+    pub fn track_commits(&self, topics: &[&str]) {
+        *self.0.tracked.lock().expect("poisoned") = topics.iter().map(|t| t.to_string()).collect();
+    }
+
+    /// Tracked records committed since the last call, in commit and offset order, and whether
+    /// one is missing from them (committed, but its offset never reported): a stage that
+    /// keeps a copy must then read its state topic back instead of trusting the copy.
+    pub fn take_committed(&self) -> (Vec<Committed>, bool) {
+        let records = std::mem::take(&mut *self.0.committed_records.lock().expect("poisoned"));
+        (records, self.0.gap.swap(false, Ordering::SeqCst))
+    }
+
+    fn tracked(&self) -> Vec<String> {
+        self.0.tracked.lock().expect("poisoned").clone()
     }
 
     fn set_committing(&self, busy: bool) {
@@ -419,11 +463,13 @@ impl From<KafkaError> for TxnError {
 }
 
 /// One batch as one transaction, on a blocking thread: begin, produce, send offsets, commit.
+/// Returns the outputs to `tracked` topics with the offsets they landed at (see `landed`).
 fn commit(
     producer: &FutureProducer,
     batch: Batch,
     group: Option<rdkafka::consumer::ConsumerGroupMetadata>,
-) -> Result<(), TxnError> {
+    tracked: &[String],
+) -> Result<(Vec<Committed>, bool), TxnError> {
     // Present once the consumer has joined its group, which it has if it delivered inputs.
     let group = group.ok_or(KafkaError::Rebalance(RDKafkaErrorCode::InvalidGroupId))?;
     producer
@@ -432,7 +478,8 @@ fn commit(
             // Beginning fails only in a broken state: nothing to abort, the instance must go.
             TxnError::Abort(e) | TxnError::Fatal(e) => TxnError::Fatal(e),
         })?;
-    for o in &batch.outputs {
+    let mut deliveries = Vec::new();
+    for (i, o) in batch.outputs.iter().enumerate() {
         let mut record = FutureRecord::to(&o.topic)
             .key(&o.key)
             .payload(&o.value)
@@ -442,7 +489,12 @@ fn commit(
             // Delivery is confirmed by the commit (it flushes and fails if any send failed),
             // so the per-record futures are not awaited.
             match producer.send_result(record) {
-                Ok(_) => break,
+                Ok(delivery) => {
+                    if tracked.contains(&o.topic) {
+                        deliveries.push((i, delivery));
+                    }
+                    break;
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(2));
@@ -460,11 +512,55 @@ fn commit(
     let mut attempts = 0;
     loop {
         match producer.commit_transaction(TXN_CALL) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(landed(batch.outputs, deliveries)),
             Err(KafkaError::Transaction(t)) if t.is_retriable() && attempts < 5 => attempts += 1,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The tracked outputs of a committed transaction with their offsets, and whether one had no
+/// report. Their delivery reports were served before the commit (`delivered`), so each future
+/// is ready or very nearly.
+fn landed(
+    outputs: Vec<Output>,
+    deliveries: Vec<(usize, rdkafka::producer::DeliveryFuture)>,
+) -> (Vec<Committed>, bool) {
+    use futures::FutureExt as _;
+    let mut outputs: Vec<Option<Output>> = outputs.into_iter().map(Some).collect();
+    let (mut out, mut gap) = (Vec::with_capacity(deliveries.len()), false);
+    for (i, mut delivery) in deliveries {
+        let deadline = std::time::Instant::now() + TXN_CALL;
+        let report = loop {
+            if let Some(r) = (&mut delivery).now_or_never() {
+                break r;
+            }
+            if std::time::Instant::now() >= deadline {
+                break Err(futures::channel::oneshot::Canceled);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let Some(o) = outputs[i].take() else { continue };
+        match report {
+            Ok(Ok(d)) => out.push(Committed {
+                topic: o.topic,
+                partition: d.partition,
+                offset: d.offset,
+                key: o.key,
+                value: o.value,
+            }),
+            // Not expected after a commit that succeeded; reported, so a copy with a hole
+            // is not trusted.
+            _ => {
+                tracing::warn!(
+                    topic = o.topic,
+                    "committed record without its delivery report"
+                );
+                gap = true;
+            }
+        }
+    }
+    (out, gap)
 }
 
 /// Waits until every record sent is acknowledged (or failed), in 1 ms steps. rdkafka's

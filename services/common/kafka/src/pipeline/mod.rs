@@ -26,7 +26,7 @@ pub mod at_least_once;
 pub mod exactly_once;
 pub use at_least_once::run;
 pub use exactly_once::{
-    run_transactional, run_transactional_restarting, transactional_clients, TxnContext,
+    run_transactional, run_transactional_restarting, transactional_clients, Committed, TxnContext,
 };
 
 /// A consumed record, detached from the consumer.
