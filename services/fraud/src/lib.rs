@@ -12,9 +12,15 @@
 //! assigned, or rewound after an aborted transaction — is restored before its first record is
 //! judged, by reading its state partition back over the rules' horizon
 //! (`posflow_kafka::replay`): the previous owner's state exactly as it committed it, so alerts
-//! are neither missed nor raised twice (docs/fraud.md, "State changelog and recovery"). `--rebuild-from input` judges the horizon's
-//! input again instead, the way before the changelog (the upgrade path, and the benchmark's
-//! baseline).
+//! are neither missed nor raised twice (docs/fraud.md, "State changelog and recovery").
+//! `--rebuild-from input` judges the horizon's input again instead, the way before the
+//! changelog (the upgrade path, and the benchmark's baseline).
+//!
+//! With `--state-dir`, a replica also keeps a copy of what its state partitions committed on
+//! its own disk (`store`): restarted there, it reads back only what they gained since its last
+//! write, and each key's history from the copy when the key's transactions come — so the time
+//! it is blind after a restart does not grow with the horizon (docs/fraud.md, "Local state
+//! store").
 
 pub mod changelog;
 pub mod engine;

@@ -487,7 +487,8 @@ fn commit(
         record.partition = o.partition;
         loop {
             // Delivery is confirmed by the commit (it flushes and fails if any send failed),
-            // so the per-record futures are not awaited.
+            // so the per-record futures are not awaited; those of tracked topics are kept
+            // for their offsets (`landed`).
             match producer.send_result(record) {
                 Ok(delivery) => {
                     if tracked.contains(&o.topic) {
