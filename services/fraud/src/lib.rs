@@ -234,8 +234,8 @@ const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Stage {
     settings: rules::Settings,
-    /// The input topics: card rules read the validated one, terminal rules the raw one.
-    inputs: (String, String),
+    /// Card rules read the validated topic; terminal rules the raw one.
+    validated_topic: String,
     /// The state topics of the card and the terminal rules.
     state_topics: (String, String),
     rebuild_from: RebuildFrom,
@@ -252,17 +252,10 @@ struct Stage {
 
 impl Stage {
     fn input_of(&self, topic: &str) -> Feed {
-        if topic == self.inputs.0 {
+        if topic == self.validated_topic {
             Feed::Card
         } else {
             Feed::Terminal
-        }
-    }
-
-    fn input_topic(&self, feed: Feed) -> &str {
-        match feed {
-            Feed::Card => &self.inputs.0,
-            Feed::Terminal => &self.inputs.1,
         }
     }
 
@@ -551,16 +544,22 @@ impl Stage {
             states.parts.clear();
             return;
         }
+        if committed.is_empty() {
+            return;
+        }
+        // The partitions held, once per call (not a lookup with a new string per record).
+        let held: std::collections::HashSet<store::Part> = states
+            .parts
+            .keys()
+            .map(|(topic, p)| (self.input_of(topic), *p))
+            .collect();
         for c in committed {
             let feed = if c.topic == self.state_topics.0 {
                 Feed::Card
             } else {
                 Feed::Terminal
             };
-            if states
-                .parts
-                .contains_key(&(self.input_topic(feed).to_string(), c.partition))
-            {
+            if held.contains(&(feed, c.partition)) {
                 store.add((feed, c.partition), c.offset, c.key, c.value);
             }
         }
@@ -702,7 +701,7 @@ pub async fn run(config: Config, ctx: Context) -> anyhow::Result<()> {
             "fraud",
             args.max_clock_skew_secs * 1000,
         ),
-        inputs: (validated_topic, raw_topic),
+        validated_topic,
         state_topics,
         rebuild_from: args.rebuild_from,
         settings,

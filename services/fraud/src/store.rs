@@ -103,7 +103,6 @@ pub struct Store {
     db: Arc<Database>,
     /// Committed records not yet handed to the writer.
     queued: Rows,
-    queued_count: usize,
     /// The records the writer is writing, until it is done.
     writing: Arc<Mutex<Option<Arc<Rows>>>>,
     /// The writer's last failure, and the rows it has pruned.
@@ -201,7 +200,6 @@ impl Store {
         Ok(Self {
             db: Arc::new(db),
             queued: HashMap::new(),
-            queued_count: 0,
             writing: Default::default(),
             failed: Default::default(),
             pruned: Default::default(),
@@ -225,7 +223,6 @@ impl Store {
     pub fn clear(&mut self, part: Part) -> Result<(), Error> {
         self.wait_for_writer();
         self.queued.retain(|(p, _), _| *p != part);
-        self.queued_count = self.queued.values().map(Vec::len).sum();
         let tx = write(&self.db)?;
         {
             let p = part_prefix(part);
@@ -256,12 +253,12 @@ impl Store {
                 key,
                 record,
             });
-        self.queued_count += 1;
     }
 
     /// Records waiting for the next write.
-    pub fn queued(&self) -> usize {
-        self.queued_count
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.queued.values().map(Vec::len).sum()
     }
 
     /// Rows pruned since the last call.
@@ -286,7 +283,6 @@ impl Store {
             return Ok(());
         }
         let rows = Arc::new(std::mem::take(&mut self.queued));
-        self.queued_count = 0;
         *writing = Some(rows.clone());
         drop(writing);
         let horizons = [horizon_ms(Feed::Card), horizon_ms(Feed::Terminal)];
