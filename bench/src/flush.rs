@@ -12,9 +12,10 @@
 use posflow_e2e::*;
 use posflow_runtime::Secret;
 use posflow_simulator::fleet;
-use posflow_terminal::flush::{flush, FlushOptions, Flushed};
+use posflow_terminal::flush::flush;
 use posflow_terminal::queue::{Caps, Queue};
 use posflow_terminal::sale::Sale;
+use posflow_terminal::sender::{SendOptions, Sent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ pub struct Figures {
     pub steady: (f64, f64),
     pub flush: (f64, f64),
     /// Summed over the flush's terminals.
-    pub flushed: Flushed,
+    pub flushed: Sent,
 }
 
 const LIMIT: [&str; 6] = [
@@ -125,29 +126,24 @@ pub async fn run(terminals: usize, per_terminal: usize) -> anyhow::Result<Figure
         let mut o = d.stack.mqtt_args().options(&t, &password)?;
         o.set_clean_start(true);
         tasks.push(tokio::spawn(async move {
-            let opts = FlushOptions {
+            let opts = SendOptions {
                 retry_after: Duration::from_secs(10),
                 in_flight: 32,
                 deadline: Duration::from_secs(300),
+                ..SendOptions::default()
             };
             let r = flush(&mut q, o, &m, &t, &opts, |_| {}).await;
             let _ = std::fs::remove_dir_all(dir);
             r
         }));
     }
-    let mut flushed = Flushed::default();
+    let mut flushed = Sent::default();
     for task in tasks {
-        let r = task.await??;
-        flushed.published += r.published;
-        flushed.republished += r.republished;
-        flushed.accepted += r.accepted;
-        flushed.rejected += r.rejected;
-        flushed.rate_limited += r.rate_limited;
-        flushed.pending += r.pending;
+        flushed.add(&task.await??);
     }
     let answered = started.elapsed();
     anyhow::ensure!(
-        flushed.accepted == total && flushed.pending == 0,
+        flushed.accepted == total && flushed.unanswered == 0,
         "flush: {flushed:?}"
     );
     validated(&validator, 2 * total).await?;

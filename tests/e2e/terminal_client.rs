@@ -16,6 +16,20 @@ fn client(queue: &std::path::Path, t: &str, m: &str) -> Vec<String> {
         .to_vec()
 }
 
+/// The client's queue key and broker, from the environment as a terminal's would be.
+fn client_env(d: &Deployment) -> Vec<(String, String)> {
+    let key = "a2VlcC10aGlzLXF1ZXVlLWtleS1zZWNyZXQtMDEyMzQ=";
+    vec![
+        ("POSFLOW_TERMINAL_QUEUE_KEY".to_string(), key.to_string()),
+        ("POSFLOW_MQTT_HOST".into(), d.stack.mqtt_host.clone()),
+        ("POSFLOW_MQTT_PORT".into(), d.stack.mqtt_port.to_string()),
+        (
+            "POSFLOW_MQTT_PASSWORD".into(),
+            d.stack.terminal_password.clone(),
+        ),
+    ]
+}
+
 /// Runs `args` until its output has a line starting with `marker` at least `n`, then SIGKILLs
 /// it: a power cut at that point.
 async fn cut_power_at(env: &[(String, String)], args: &[String], marker: &str, n: usize) {
@@ -70,16 +84,7 @@ async fn an_offline_terminal_power_cut_three_times_has_each_sale_answered_and_st
     let _storage = d.start("posflow-storage").await;
     let (t, m) = ("T0443", merchant_of("T0443"));
     let queue = std::env::temp_dir().join(format!("posflow-terminal-e2e-{}", d.prefix));
-    let key = "a2VlcC10aGlzLXF1ZXVlLWtleS1zZWNyZXQtMDEyMzQ=";
-    let env = vec![
-        ("POSFLOW_TERMINAL_QUEUE_KEY".to_string(), key.to_string()),
-        ("POSFLOW_MQTT_HOST".into(), d.stack.mqtt_host.clone()),
-        ("POSFLOW_MQTT_PORT".into(), d.stack.mqtt_port.to_string()),
-        (
-            "POSFLOW_MQTT_PASSWORD".into(),
-            d.stack.terminal_password.clone(),
-        ),
-    ];
+    let env = client_env(&d);
     let base = client(&queue, t, &m);
 
     // The outage: two hours of sales, one every 14.4 s, captured while the link is down.
@@ -163,5 +168,73 @@ async fn an_offline_terminal_power_cut_three_times_has_each_sale_answered_and_st
         .unwrap()
         .get(0);
     assert_eq!(rejected, 0);
+    let _ = std::fs::remove_dir_all(&queue);
+}
+
+/// A flush faster than the bridge's quota: the bridge names each refused transaction in its
+/// `RATE_LIMITED` answer, and the client sends that one again after a short, growing pause —
+/// not after its retry timeout. The retry timeout here (120 s) is past the deadline (60 s),
+/// so the flush only completes if the refusals name their transactions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_flush_retries_the_refused_transactions_soon_and_completes() {
+    let d = Deployment::new().await;
+    let _bridge = d
+        .start_bridge_with(
+            4,
+            &[
+                "--rate-limit",
+                "20",
+                "--rate-limit-burst",
+                "5",
+                "--rate-limit-policy",
+                "reject",
+            ],
+        )
+        .await;
+    let (t, m) = ("T0444", merchant_of("T0444"));
+    let queue = std::env::temp_dir().join(format!("posflow-terminal-e2e-rl-{}", d.prefix));
+    let env = client_env(&d);
+    let base = client(&queue, t, &m);
+    let mut capture = base.clone();
+    capture.extend(["capture", "--until", "60"].map(String::from));
+    run_to_end(&env, &capture);
+
+    let mut flush = base.clone();
+    flush.extend(
+        [
+            "flush",
+            "--retry-after-secs",
+            "120",
+            "--deadline-secs",
+            "60",
+        ]
+        .map(String::from),
+    );
+    let out = run_to_end(&env, &flush);
+    let summary = out.lines().find(|l| l.starts_with("flushed:")).unwrap();
+    println!("{summary}");
+    let count = |name: &str| -> u64 {
+        let at = summary.find(&format!("{name} ")).unwrap() + name.len() + 1;
+        summary[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!((count("accepted"), count("pending")), (60, 0), "{out}");
+    assert_eq!(count("published"), 60, "{out}");
+    assert!(count("rate-limited") > 0, "the quota refused none: {out}");
+    assert_eq!(
+        count("republished"),
+        count("rate-limited"),
+        "each refusal sent once more, nothing else republished: {out}"
+    );
+    let s = status(&env, &base);
+    assert_eq!(
+        (s["pending"].as_u64(), s["rejected"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
     let _ = std::fs::remove_dir_all(&queue);
 }

@@ -162,10 +162,14 @@ impl Ingress {
         let delay = match self.limiter.check(ids.terminal_id) {
             limit::Pace::Reject => {
                 metrics().throttled.with_label_values(&["reject"]).inc();
-                return Classified::Refused(refusal(
-                    ReasonCode::RateLimited,
-                    "terminal above its rate limit; retry later",
-                ));
+                // Named in the answer: the terminal retries that one later (the contract).
+                return Classified::Refused(payload::Refusal {
+                    transaction_id: payload::transaction_id_of(&r.publish.payload),
+                    ..refusal(
+                        ReasonCode::RateLimited,
+                        "terminal above its rate limit; retry later",
+                    )
+                });
             }
             limit::Pace::Delay(d) => {
                 metrics().throttled.with_label_values(&["delay"]).inc();

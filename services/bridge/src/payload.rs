@@ -255,17 +255,24 @@ fn oversize(bytes: &[u8], max_bytes: usize) -> Refusal {
         ReasonCode::Oversize,
         format!("payload is {} bytes, the limit is {max_bytes}", bytes.len()),
     );
+    if bytes.len() <= 4 * max_bytes {
+        r.transaction_id = transaction_id_of(bytes);
+    }
+    r
+}
+
+/// The payload's `transaction_id`, if it is JSON with one of at most 64 characters: for an
+/// answer to a message refused before it is parsed (over its size, over its terminal's rate),
+/// so the terminal knows which transaction to retry.
+pub fn transaction_id_of(bytes: &[u8]) -> Option<String> {
     #[derive(Deserialize)]
     struct Id {
         transaction_id: Option<String>,
     }
-    if bytes.len() <= 4 * max_bytes {
-        r.transaction_id = serde_json::from_slice::<Id>(bytes)
-            .ok()
-            .and_then(|i| i.transaction_id)
-            .filter(|id| id.len() <= 64);
-    }
-    r
+    serde_json::from_slice::<Id>(bytes)
+        .ok()
+        .and_then(|i| i.transaction_id)
+        .filter(|id| id.len() <= 64)
 }
 
 /// The checks before typed parsing: the version (its own reason), sensitive authentication

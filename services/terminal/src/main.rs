@@ -6,9 +6,10 @@ use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use posflow_mqtt::MqttArgs;
 use posflow_runtime::{ConfigErrors, Secret};
-use posflow_terminal::flush::{flush, FlushOptions};
+use posflow_terminal::flush::flush;
 use posflow_terminal::queue::{Caps, Error, Queue};
 use posflow_terminal::sale::Sale;
+use posflow_terminal::sender::SendOptions;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -219,10 +220,11 @@ async fn run(args: Args, key: [u8; 32]) -> anyhow::Result<ExitCode> {
             let password = mqtt.mqtt_password.clone();
             let mut o = mqtt.options(&args.terminal_id, &password)?;
             o.set_clean_start(true);
-            let opts = FlushOptions {
+            let opts = SendOptions {
                 retry_after: Duration::from_secs(retry_after_secs),
                 in_flight,
                 deadline: Duration::from_secs(deadline_secs),
+                ..SendOptions::default()
             };
             let r = flush(
                 &mut queue,
@@ -236,16 +238,16 @@ async fn run(args: Args, key: [u8; 32]) -> anyhow::Result<ExitCode> {
                         r.accepted + r.rejected,
                         r.accepted,
                         r.rejected,
-                        r.pending
+                        r.unanswered
                     );
                 },
             )
             .await?;
             println!(
                 "flushed: published {}, republished {}, accepted {}, rejected {}, rate-limited {}, pending {}",
-                r.published, r.republished, r.accepted, r.rejected, r.rate_limited, r.pending
+                r.published, r.republished, r.accepted, r.rejected, r.rate_limited, r.unanswered
             );
-            Ok(if r.pending == 0 {
+            Ok(if r.unanswered == 0 {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -273,6 +273,16 @@ impl Queue {
             .collect()
     }
 
+    /// The first unanswered transaction at or after position `at` of the queue, with its
+    /// position: a sender's cursor, walking the queue once in capture order.
+    pub fn pending_from(&self, at: usize) -> Option<(usize, &Entry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(at)
+            .find(|(_, e)| !self.answered.contains_key(&e.transaction_id))
+    }
+
     /// Rejected transactions with their reasons, for the merchant to see.
     pub fn rejected(&self) -> Vec<(&Entry, &str)> {
         self.entries
