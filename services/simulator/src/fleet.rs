@@ -173,8 +173,8 @@ impl Source for Plan {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn broker_acked(&mut self) {
-        self.progress.broker_acks.fetch_add(1, Ordering::Relaxed);
+    fn broker_acked(&mut self, n: u64) {
+        self.progress.broker_acks.fetch_add(n, Ordering::Relaxed);
     }
 }
 

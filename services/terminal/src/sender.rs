@@ -23,8 +23,10 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// A transaction to send: its id and the exact bytes of every attempt.
 #[derive(Debug, Clone)]
@@ -46,8 +48,8 @@ pub trait Source {
     fn answered(&mut self, id: &str, answer: Answer, latency: Duration) -> anyhow::Result<()>;
     /// A publish left for the broker; `again` for a republish.
     fn published(&mut self, _id: &str, _again: bool) {}
-    /// The broker acknowledged a publish (PUBACK), republishes included.
-    fn broker_acked(&mut self) {}
+    /// The broker acknowledged `n` more publishes (PUBACK), republishes included.
+    fn broker_acked(&mut self, _n: u64) {}
 }
 
 #[derive(Debug, Clone)]
@@ -108,7 +110,6 @@ impl Sent {
 
 enum Heard {
     Subscribed,
-    PubAck,
     /// `None`: `RATE_LIMITED`, try again later. `at`: when it arrived (the sender may be busy
     /// publishing when it does, and an answer's latency must not count that).
     Answer {
@@ -159,8 +160,13 @@ pub async fn send(
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let ack_topic = posflow_mqtt::ack_topic(merchant_id, terminal_id);
+    // PUBACKs are counted where they arrive and wake the sender only when it waits for them
+    // (broker only): a message per PUBACK through the channel cost the broker-alone
+    // benchmark 7% of its rate and a quarter more p99 (BENCHMARKS.md).
+    let acked = Arc::new((AtomicU64::new(0), Notify::new()));
     let poller = {
         let client = client.clone();
+        let acked = acked.clone();
         tokio::spawn(async move {
             let mut reconnect = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
             loop {
@@ -171,7 +177,11 @@ pub async fn send(
                         continue;
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => Heard::Subscribed,
-                    Ok(Event::Incoming(Packet::PubAck(_))) => Heard::PubAck,
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        acked.0.fetch_add(1, Ordering::Relaxed);
+                        acked.1.notify_one();
+                        continue;
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => match parse_answer(&p.payload) {
                         Some((id, answer)) => Heard::Answer {
                             id,
@@ -205,13 +215,20 @@ pub async fn send(
     let mut next_new = started;
     let mut exhausted = false;
     let mut acks = 0u64;
+    let wait_for_acks = !opts.await_answers;
     // RATE_LIMITED answers in a row: each waits longer (the bridge's quota refills at its rate).
     let mut limited = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let outcome = loop {
+        let now_acked = acked.0.load(Ordering::Relaxed);
+        if now_acked > acks {
+            source.broker_acked(now_acked - acks);
+            acks = now_acked;
+        }
+        // Ends on the last answer (or PUBACK), not at the next tick after it.
         let done = if opts.await_answers {
-            exhausted && flights.is_empty()
+            flights.is_empty() && (exhausted || source.remaining() == 0)
         } else {
-            exhausted && acks >= report.published
+            (exhausted || source.remaining() == 0) && acks >= report.published
         };
         let now = Instant::now();
         if done || now.duration_since(started) > opts.deadline {
@@ -281,17 +298,16 @@ pub async fn send(
                 wake = wake.min(next_new);
             }
         }
-        let heard = match tokio::time::timeout_at(wake.into(), rx.recv()).await {
-            Ok(Some(h)) => h,
-            Ok(None) => break Err(anyhow::anyhow!("the MQTT connection task ended")),
-            Err(_) => continue,
+        let heard = tokio::select! {
+            h = rx.recv() => match h {
+                Some(h) => h,
+                None => break Err(anyhow::anyhow!("the MQTT connection task ended")),
+            },
+            _ = acked.1.notified(), if wait_for_acks => continue,
+            _ = tokio::time::sleep_until(wake.into()) => continue,
         };
         match heard {
             Heard::Subscribed => subscribed = true,
-            Heard::PubAck => {
-                acks += 1;
-                source.broker_acked();
-            }
             // A repeat answer (to a republish) finds no flight: the first one counted.
             Heard::Answer { id, answer, at } => match (answer, flights.get_mut(&id)) {
                 (_, None) => {}
