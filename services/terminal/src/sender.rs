@@ -6,8 +6,8 @@
 //! - **Capture order.** New transactions go out in the order the source gives them, at most
 //!   `in_flight` unanswered at a time (a flush of hundreds neither floods the broker nor
 //!   overtakes itself), and no faster than `pace` if set.
-//! - **Answers.** `accepted` and `rejected` go to the source, once per transaction, with when it
-//!   was first sent. `RATE_LIMITED` is not an answer: the contract says retry later, so the
+//! - **Answers.** `accepted` and `rejected` go to the source, once per transaction, with the
+//!   time from its first publish. `RATE_LIMITED` is not an answer: the contract says retry later, so the
 //!   transaction goes again after a jittered pause that grows while refusals continue.
 //! - **No answer** within `retry_after` → published again, same bytes, same trace.
 //! - **Connection lost** → reconnect after a jittered, doubling pause (0.5 s up to 30 s,
