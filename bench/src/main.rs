@@ -323,6 +323,7 @@ async fn recovery(s: &Sizes, r: &mut Report) -> anyhow::Result<()> {
             "restored": f.restored,
             "restored_bytes": f.restored_bytes,
             "replayed": f.replayed,
+            "alerts_as_uninterrupted": f.alerts,
         }));
     }
     r.details
