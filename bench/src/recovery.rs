@@ -14,6 +14,7 @@
 //! run's alert ids — four kills, three restores, three sets of probes — must equal those of an
 //! uninterrupted replica given the same records on fresh topics. A run that differs fails.
 
+use crate::stages::{committed, measure};
 use posflow_e2e::*;
 use posflow_schema::TransactionValidated;
 use std::time::{Duration, Instant};
@@ -41,23 +42,6 @@ pub struct Recovery {
 
 fn judged(page: &str) -> u64 {
     metric(page, "posflow_fraud_received_total{input=\"card\"}").unwrap_or(0.0) as u64
-}
-
-async fn until_judged(fraud: &Service, n: u64, within: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + within;
-    let mut told = Instant::now();
-    loop {
-        let done = judged(&fraud.metrics().await);
-        if done >= n {
-            return Ok(());
-        }
-        if told.elapsed() > Duration::from_secs(10) {
-            eprintln!("[bench] recovery: judged {done}/{n}");
-            told = Instant::now();
-        }
-        anyhow::ensure!(Instant::now() < deadline, "fraud judged {done} of {n}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn records(run: &str, from: usize, to: usize, n: usize, now: i64) -> Vec<TransactionValidated> {
@@ -233,10 +217,28 @@ pub async fn run(n: usize) -> anyhow::Result<Recovery> {
     // (the last tenth), then restarted on its store: not measured, but in the run's alerts.
     // Broken on purpose (a restore that files nothing), a run at 20,000 found 87 of 88 alerts.
     let mut fraud = Service::start("posflow-fraud", &with_store, &[]).await;
-    until_judged(&fraud, n as u64 * 9 / 10, Duration::from_secs(1800)).await?;
+    measure(n as u64 * 9 / 10, "recovery: judged", || async {
+        judged(&fraud.metrics().await)
+    })
+    .await;
     fraud.kill();
     let mut fraud = Service::start("posflow-fraud", &with_store, &[]).await;
-    until_handled(&d, n as u64).await?;
+    // Done when the group has committed every record, whichever process judged it.
+    let (brokers, group, topic) = (
+        d.stack.brokers.clone(),
+        d.topic("posflow-fraud"),
+        d.topic("pos.transactions.validated"),
+    );
+    let partitions = posflow_e2e::partitions(&brokers, &topic).len() as i32;
+    measure(n as u64, "recovery: committed after the kill", || {
+        let (brokers, group, topic) = (brokers.clone(), group.clone(), topic.clone());
+        async move {
+            tokio::task::spawn_blocking(move || committed(&brokers, &group, &topic, partitions))
+                .await
+                .expect("offset reader")
+        }
+    })
+    .await;
     fraud.kill();
     let (mut fraud, blind_local) =
         blind_after_restart(&d, &with_store, "changelog", &probe_runs[0], now).await?;
@@ -338,50 +340,4 @@ async fn uninterrupted(
             .await;
     }
     alert_ids(&d, expected).await
-}
-
-/// Waits until the fraud group has committed all `n` records of the validated topic: judged,
-/// whichever process of the replica judged them.
-async fn until_handled(d: &Deployment, n: u64) -> anyhow::Result<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::{ClientConfig, Offset};
-    let (brokers, topic, group) = (
-        d.stack.brokers.clone(),
-        d.topic("pos.transactions.validated"),
-        d.topic("posflow-fraud"),
-    );
-    tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", &group)
-            .create()?;
-        let md = c.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in md.topics()[0].partitions() {
-            tpl.add_partition(&topic, p.id());
-        }
-        let deadline = Instant::now() + Duration::from_secs(1800);
-        let mut told = Instant::now();
-        loop {
-            let done: u64 = c
-                .committed_offsets(tpl.clone(), Duration::from_secs(5))?
-                .elements()
-                .iter()
-                .map(|e| match e.offset() {
-                    Offset::Offset(o) => o.max(0) as u64,
-                    _ => 0,
-                })
-                .sum();
-            if done >= n {
-                return Ok(());
-            }
-            if told.elapsed() > Duration::from_secs(10) {
-                eprintln!("[bench] recovery: committed {done}/{n} after the mid-stream kill");
-                told = Instant::now();
-            }
-            anyhow::ensure!(Instant::now() < deadline, "fraud committed {done} of {n}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    })
-    .await?
 }

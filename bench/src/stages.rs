@@ -58,7 +58,7 @@ fn raw_records(run: &str, n: usize) -> Vec<TransactionReceived> {
 }
 
 /// Sum of the group's committed offsets on `topic` (records fully handled).
-fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> u64 {
+pub fn committed(brokers: &str, group: &str, topic: &str, partitions: i32) -> u64 {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
