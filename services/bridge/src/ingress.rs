@@ -164,7 +164,10 @@ impl Ingress {
                 metrics().throttled.with_label_values(&["reject"]).inc();
                 // Named in the answer: the terminal retries that one later (the contract).
                 return Classified::Refused(payload::Refusal {
-                    transaction_id: payload::transaction_id_of(&r.publish.payload),
+                    transaction_id: payload::transaction_id_of(
+                        &r.publish.payload,
+                        self.max_payload_bytes,
+                    ),
                     ..refusal(
                         ReasonCode::RateLimited,
                         "terminal above its rate limit; retry later",

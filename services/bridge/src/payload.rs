@@ -255,19 +255,21 @@ fn oversize(bytes: &[u8], max_bytes: usize) -> Refusal {
         ReasonCode::Oversize,
         format!("payload is {} bytes, the limit is {max_bytes}", bytes.len()),
     );
-    if bytes.len() <= 4 * max_bytes {
-        r.transaction_id = transaction_id_of(bytes);
-    }
+    r.transaction_id = transaction_id_of(bytes, max_bytes);
     r
 }
 
 /// The payload's `transaction_id`, if it is JSON with one of at most 64 characters: for an
 /// answer to a message refused before it is parsed (over its size, over its terminal's rate),
-/// so the terminal knows which transaction to retry.
-pub fn transaction_id_of(bytes: &[u8]) -> Option<String> {
+/// so the terminal knows which transaction to retry. Not looked for in a payload over four
+/// times the size limit: a refused message (a runaway terminal's) must stay cheap.
+pub fn transaction_id_of(bytes: &[u8], max_bytes: usize) -> Option<String> {
     #[derive(Deserialize)]
     struct Id {
         transaction_id: Option<String>,
+    }
+    if bytes.len() > 4 * max_bytes {
+        return None;
     }
     serde_json::from_slice::<Id>(bytes)
         .ok()
